@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One set-up path for `make run`, `make test`, CI (.ci/run) and the Vagrant VM:
+# system packages (Debian/Ubuntu, as root), kernel modules, and the virtualenv at .venv.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc make nftables libnftables1 iproute2 conntrack
+              util-linux procps kmod iputils-ping netcat-openbsd curl ca-certificates)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: missing system packages: ${missing[*]}; run as root (or apt-get install them)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# br_netfilter makes bridged devbox-to-devbox traffic pass the inet forward hook; without it
+# devbox-to-devbox rules would be silently bypassed, so the simulator refuses to start.
+if [ ! -d /proc/sys/net/bridge ] && [ "$(id -u)" -eq 0 ]; then
+  modprobe br_netfilter 2>/dev/null || echo "bootstrap: warning: could not load br_netfilter" >&2
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "bootstrap: Python >= 3.11 is required ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+
+# Reinstall only when pyproject.toml changed (or the test extras are newly wanted).
+extras=""
+[ "$WITH_TEST" = 1 ] && extras="[test]"
+stamp=".venv/.devbox-sim-installed$([ "$WITH_TEST" = 1 ] && echo -test)"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing devbox-sim${extras} into .venv"
+  .venv/bin/pip install -q -e ".${extras}"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""HTTP layer: parses requests and serialises views. No decisions are made here."""

@@ -1,0 +1,67 @@
+"""Translate every error to ``{"message": ..., "error_code": ...}`` exactly once.
+
+Deliberate errors carry ``x-should-retry: false``: the SDK otherwise retries 408/409/429/5xx
+with exponential back-off (about 30 s in all) before giving up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from simulator.errors import ApiError
+
+log = logging.getLogger("devbox_sim.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+
+
+def error_response(status: int, code: str, message: str, retry: bool = False) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"message": message, "error_code": code},
+        headers={"x-should-retry": "true" if retry else "false"},
+    )
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        loc = [str(x) for x in error.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        where = ".".join(loc)
+        if error.get("type") == "json_invalid":
+            parts.append("the request body is not valid JSON")
+        elif error.get("type") == "missing" and where:
+            parts.append(f"{where} is required")
+        elif where:
+            parts.append(f"{where}: {error.get('msg')}")
+        else:
+            parts.append(str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, retry=exc.status == 408)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return error_response(400, "invalid_request", _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return error_response(exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")

@@ -1,0 +1,100 @@
+"""/v1/network-policies: parse, call the service action of the same name, serialise."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends, Query
+
+from simulator.api import deps
+from simulator.api.schemas import (
+    ERROR_RESPONSES,
+    NOT_FOUND,
+    NetworkPolicyCreateParams,
+    NetworkPolicyListView,
+    NetworkPolicyUpdateParams,
+    NetworkPolicyView,
+)
+from simulator.policy_model import NetworkPolicy
+
+router = APIRouter(prefix="/v1/network-policies", tags=["network-policies"], responses=ERROR_RESPONSES)
+
+
+def view(policy: NetworkPolicy) -> dict:
+    return {
+        "id": policy.id,
+        "name": policy.name,
+        "description": policy.description,
+        "create_time_ms": policy.create_time_ms,
+        "update_time_ms": policy.update_time_ms,
+        "egress": policy.egress.to_json(),
+    }
+
+
+@router.post("", response_model=NetworkPolicyView, summary="Create a network policy")
+def create_network_policy(
+    params: NetworkPolicyCreateParams,
+    account: str = Depends(deps.account),
+    request_id: str | None = Depends(deps.request_id),
+    services=Depends(deps.services),
+):
+    policy = services.network_policies.create_network_policy(
+        account, params.model_dump(exclude_unset=True), request_id
+    )
+    return view(policy)
+
+
+@router.get("", response_model=NetworkPolicyListView, summary="List network policies, newest first")
+def list_network_policies(
+    id: str | None = Query(None, description="Exact id"),
+    name: str | None = Query(None, description="Part of the name (case-insensitive)"),
+    search: str | None = Query(None, description="Part of the id or the name"),
+    limit: int | None = Query(None, description="Page size, 1 to 5000 (default 20)"),
+    starting_after: str | None = Query(None, description="Id of the last item of the previous page"),
+    include_total_count: bool = Query(True),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    page = services.network_policies.list_network_policies(
+        account,
+        id=id,
+        name=name,
+        search=search,
+        starting_after=starting_after,
+        limit=limit,
+        include_total_count=include_total_count,
+    )
+    return {
+        "network_policies": [view(p) for p in page.items],
+        "has_more": page.has_more,
+        "total_count": page.total_count,
+    }
+
+
+@router.get("/{id}", response_model=NetworkPolicyView, responses=NOT_FOUND, summary="Get a network policy")
+def retrieve_network_policy(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
+    return view(services.network_policies.retrieve_network_policy(account, id))
+
+
+@router.post("/{id}", response_model=NetworkPolicyView, responses=NOT_FOUND, summary="Update a network policy (partial)")
+def update_network_policy(
+    id: str,
+    params: NetworkPolicyUpdateParams | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    changes = params.model_dump(exclude_unset=True) if params is not None else {}
+    return view(services.network_policies.update_network_policy(account, id, changes))
+
+
+@router.post(
+    "/{id}/delete",
+    response_model=NetworkPolicyView,
+    responses=NOT_FOUND,
+    summary="Delete a network policy (400 while devboxes or blueprints use it)",
+)
+def delete_network_policy(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    return view(services.network_policies.delete_network_policy(account, id))

@@ -1,0 +1,67 @@
+"""``devbox-sim`` command line: ``devbox-sim serve`` runs the API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from simulator.config import Settings
+
+log = logging.getLogger("devbox_sim")
+
+
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devbox-sim", description="Offline Runloop network-policy simulator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the API server (env: DEVBOX_SIM_*)")
+    serve.add_argument("--host", default=defaults.host, help="listen address (DEVBOX_SIM_HOST)")
+    serve.add_argument("--port", type=int, default=defaults.port, help="listen port, 0 = any free port (DEVBOX_SIM_PORT)")
+    serve.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="SQLite store and devbox files (DEVBOX_SIM_DATA_DIR)")
+    serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
+    serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
+    serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = Settings.from_env()
+    args = build_parser(defaults).parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from simulator.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        api_keys=args.api_keys,
+        max_policies_per_account=args.max_policies_per_account,
+        log_level=args.log_level,
+    )
+    # Bind before starting so that --port 0 can report the port actually chosen.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
+    log.info("devbox-sim listening on http://%s:%d (data dir %s)", settings.host, port, settings.data_dir.resolve())
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Validation and normalisation of ``allowed_hostnames`` entries.
+
+An entry is an exact DNS name (``github.com``) or a wildcard whose whole first label is ``*``
+(``*.example.com``). ``*.example.com`` matches every name below example.com at any depth and
+never example.com itself (matching is in ``dns.patterns``). Entries are stored normalised:
+lower case, no trailing dot, IDN labels in punycode (``bücher.de`` -> ``xn--bcher-kva.de``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from simulator.errors import InvalidRequest
+
+MAX_NAME_LENGTH = 253
+MAX_LABEL_LENGTH = 63
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+
+
+def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
+    if not isinstance(raw, str):
+        raise InvalidRequest(f"{where}: expected a string, got {type(raw).__name__}")
+    shown = raw if len(raw) <= 80 else raw[:77] + "..."
+
+    def bad(why: str) -> InvalidRequest:
+        return InvalidRequest(f"{where}: {shown!r} is not a valid hostname: {why}")
+
+    if raw == "":
+        raise bad("it is empty")
+    if any(c.isspace() for c in raw):
+        raise bad("it contains white space")
+    if "://" in raw:
+        raise bad("it looks like a URL; give the bare hostname, e.g. 'github.com'")
+    if "/" in raw:
+        raise bad("it contains a path or a CIDR; give a bare hostname (CIDRs go in allowed_cidrs)")
+    if _is_ip(raw.strip("[]")):
+        raise bad("IP addresses are not hostnames; use allowed_cidrs with a /32")
+    if ":" in raw:
+        raise bad("ports are not part of a hostname (port rules go in allowed_cidrs)")
+    name = raw.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if name in ("*", ""):
+        raise bad("a wildcard needs a domain after it, e.g. '*.example.com'")
+    wildcard = name.startswith("*.")
+    body = name[2:] if wildcard else name
+    if "*" in body:
+        raise bad("a wildcard is only allowed as the whole first label, e.g. '*.example.com'")
+    labels = body.split(".")
+    ascii_labels = []
+    for label in labels:
+        if label == "":
+            raise bad("it has an empty label (two dots in a row, or a leading dot)")
+        if not label.isascii():
+            try:
+                label = label.encode("idna").decode("ascii")
+            except UnicodeError as exc:
+                raise bad(f"label {label!r} is not a valid internationalised name ({exc})") from None
+        if len(label) > MAX_LABEL_LENGTH:
+            raise bad(f"label {label[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters")
+        if not _LABEL.match(label):
+            raise bad(
+                f"label {label!r} may only hold letters, digits and inner hyphens"
+            )
+        ascii_labels.append(label)
+    if ascii_labels[-1].isdigit():
+        raise bad("the top-level label is all digits")
+    normalised = ".".join(ascii_labels)
+    if wildcard:
+        normalised = "*." + normalised
+    if len(normalised) > MAX_NAME_LENGTH:
+        raise bad(f"it is longer than {MAX_NAME_LENGTH} characters")
+    return normalised
+
+
+def normalise_patterns(raw: list[object]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for index, entry in enumerate(raw):
+        seen.setdefault(normalise_pattern(entry, f"allowed_hostnames[{index}]"))
+    return tuple(seen)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

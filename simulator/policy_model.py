@@ -1,0 +1,102 @@
+"""The network-policy domain model: plain frozen dataclasses, JSON in and out of the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PortRule:
+    port: int
+    end_port: int | None = None
+    protocol: str | None = None  # "TCP", "UDP", or None for both
+
+
+@dataclass(frozen=True)
+class AllowedCidr:
+    cidr: str
+    ports: tuple[PortRule, ...] | None = None  # None or empty: all ports and protocols
+
+
+@dataclass(frozen=True)
+class Egress:
+    allow_all: bool = False
+    allow_devbox_to_devbox: bool = False
+    allow_agent_gateway: bool = False
+    allow_mcp_gateway: bool = False
+    allow_runloop_mirrors: bool = False
+    allowed_hostnames: tuple[str, ...] = ()
+    allowed_cidrs: tuple[AllowedCidr, ...] = ()
+
+    def __post_init__(self):
+        # allow_all implies devbox-to-devbox (the contract; the view shows it too).
+        if self.allow_all and not self.allow_devbox_to_devbox:
+            object.__setattr__(self, "allow_devbox_to_devbox", True)
+
+    @property
+    def deny_all(self) -> bool:
+        return not self.allow_all and not self.allowed_hostnames and not self.allowed_cidrs
+
+    def to_json(self) -> dict:
+        return {
+            "allow_all": self.allow_all,
+            "allow_devbox_to_devbox": self.allow_devbox_to_devbox,
+            "allow_agent_gateway": self.allow_agent_gateway,
+            "allow_mcp_gateway": self.allow_mcp_gateway,
+            "allow_runloop_mirrors": self.allow_runloop_mirrors,
+            "allowed_hostnames": list(self.allowed_hostnames),
+            "allowed_cidrs": [
+                {
+                    "cidr": c.cidr,
+                    "ports": None
+                    if c.ports is None
+                    else [
+                        {"port": p.port, "end_port": p.end_port, "protocol": p.protocol}
+                        for p in c.ports
+                    ],
+                }
+                for c in self.allowed_cidrs
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Egress:
+        return cls(
+            allow_all=data["allow_all"],
+            allow_devbox_to_devbox=data["allow_devbox_to_devbox"],
+            allow_agent_gateway=data["allow_agent_gateway"],
+            allow_mcp_gateway=data["allow_mcp_gateway"],
+            allow_runloop_mirrors=data["allow_runloop_mirrors"],
+            allowed_hostnames=tuple(data["allowed_hostnames"]),
+            allowed_cidrs=tuple(
+                AllowedCidr(
+                    c["cidr"],
+                    None if c["ports"] is None else tuple(PortRule(**p) for p in c["ports"]),
+                )
+                for c in data["allowed_cidrs"]
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    id: str
+    account: str
+    name: str
+    description: str | None
+    egress: Egress
+    create_time_ms: int
+    update_time_ms: int
+
+    def egress_json(self) -> str:
+        return json.dumps(self.egress.to_json(), separators=(",", ":"))
+
+
+@dataclass
+class Page:
+    """One page of a list: ``items`` newest first, ``total_count`` None when not asked for."""
+
+    items: list = field(default_factory=list)
+    has_more: bool = False
+    total_count: int | None = None

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from simulator.app import create_app
+from simulator.config import Settings
+from tests.server import ServerProcess
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def make_client(tmp_path):
+    """Build an in-process client for an app with the given settings overrides."""
+    clients = []
+
+    def make(**overrides) -> TestClient:
+        settings = Settings(data_dir=tmp_path / f"data{len(clients)}", **overrides)
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+ALICE = {"Authorization": "Bearer alice-token"}
+BOB = {"Authorization": "Bearer bob-token"}
+
+
+@pytest.fixture
+def server(tmp_path):
+    with ServerProcess(tmp_path / "server-data", "--max-policies", "200") as proc:
+        yield proc

@@ -1,0 +1,365 @@
+"""HTTP tests for /v1/network-policies: every endpoint, field and error path."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.api.conftest import ALICE, BOB
+
+URL = "/v1/network-policies"
+EGRESS_DEFAULTS = {
+    "allow_all": False,
+    "allow_devbox_to_devbox": False,
+    "allow_agent_gateway": False,
+    "allow_mcp_gateway": False,
+    "allow_runloop_mirrors": False,
+    "allowed_hostnames": [],
+    "allowed_cidrs": [],
+}
+
+
+def create(client, headers=ALICE, **body):
+    body.setdefault("name", "p")
+    response = client.post(URL, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_error(response, status, code=None, contains=None):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"message", "error_code"}, body
+    assert response.headers["x-should-retry"] == "false"
+    if code:
+        assert body["error_code"] == code
+    if contains:
+        assert contains in body["message"], body["message"]
+    return body
+
+
+def test_create_minimal_has_every_field(client):
+    view = create(client, name="minimal")
+    assert re.fullmatch(r"npol_[0-9A-Za-z]{21}", view["id"])
+    assert view["name"] == "minimal"
+    assert view["description"] is None
+    assert view["egress"] == EGRESS_DEFAULTS
+    assert isinstance(view["create_time_ms"], int) and view["create_time_ms"] > 1_600_000_000_000
+    assert view["update_time_ms"] == view["create_time_ms"]
+
+
+def test_create_echoes_every_field(client):
+    body = {
+        "name": "full",
+        "description": "all the fields",
+        "allow_devbox_to_devbox": True,
+        "allow_agent_gateway": True,
+        "allow_mcp_gateway": True,
+        "allow_runloop_mirrors": True,
+        "allowed_hostnames": ["GitHub.com.", "*.npmjs.org", "github.com", "bücher.de"],
+        "allowed_cidrs": [
+            {"cidr": "10.12.0.0/16", "ports": [{"port": 443, "protocol": "TCP"}, {"port": 8000, "end_port": 8100}]},
+            {"cidr": "192.0.2.7/32"},
+            {"cidr": "198.51.100.0/24", "ports": []},
+        ],
+    }
+    view = create(client, **body)
+    assert view["description"] == "all the fields"
+    egress = view["egress"]
+    assert egress["allowed_hostnames"] == ["github.com", "*.npmjs.org", "xn--bcher-kva.de"]
+    assert egress["allowed_cidrs"] == [
+        {
+            "cidr": "10.12.0.0/16",
+            "ports": [
+                {"port": 443, "end_port": None, "protocol": "TCP"},
+                {"port": 8000, "end_port": 8100, "protocol": None},
+            ],
+        },
+        {"cidr": "192.0.2.7/32", "ports": None},
+        {"cidr": "198.51.100.0/24", "ports": []},
+    ]
+    for flag in ("allow_devbox_to_devbox", "allow_agent_gateway", "allow_mcp_gateway", "allow_runloop_mirrors"):
+        assert egress[flag] is True
+    assert egress["allow_all"] is False
+    assert client.get(f"{URL}/{view['id']}", headers=ALICE).json() == view
+
+
+def test_allow_all_forces_devbox_to_devbox(client):
+    view = create(client, allow_all=True, allow_devbox_to_devbox=False)
+    assert view["egress"]["allow_all"] is True
+    assert view["egress"]["allow_devbox_to_devbox"] is True
+
+
+def test_nulls_on_create_mean_defaults(client):
+    view = create(
+        client, description=None, allow_all=None, allowed_hostnames=None, allowed_cidrs=None, allow_mcp_gateway=None
+    )
+    assert view["egress"] == EGRESS_DEFAULTS
+
+
+def test_get_unknown_is_404(client):
+    assert_error(client.get(f"{URL}/npol_doesnotexist", headers=ALICE), 404, "not_found", "npol_doesnotexist")
+
+
+def test_update_is_partial_and_moves_update_time(client):
+    view = create(client, name="u", description="d", allowed_hostnames=["a.example.com"], allow_mcp_gateway=True)
+    response = client.post(f"{URL}/{view['id']}", json={"allowed_cidrs": [{"cidr": "10.0.0.0/8"}]}, headers=ALICE)
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert updated["name"] == "u" and updated["description"] == "d"
+    assert updated["egress"]["allowed_hostnames"] == ["a.example.com"]
+    assert updated["egress"]["allow_mcp_gateway"] is True
+    assert updated["egress"]["allowed_cidrs"] == [{"cidr": "10.0.0.0/8", "ports": None}]
+    assert updated["create_time_ms"] == view["create_time_ms"]
+    assert updated["update_time_ms"] > view["update_time_ms"]
+    # Nulls leave fields unchanged; explicit values replace them.
+    again = client.post(
+        f"{URL}/{view['id']}", json={"name": None, "allowed_hostnames": None, "description": "new"}, headers=ALICE
+    ).json()
+    assert again["name"] == "u" and again["description"] == "new"
+    assert again["egress"]["allowed_hostnames"] == ["a.example.com"]
+    assert again["update_time_ms"] > updated["update_time_ms"]
+    cleared = client.post(f"{URL}/{view['id']}", json={"allowed_hostnames": []}, headers=ALICE).json()
+    assert cleared["egress"]["allowed_hostnames"] == []
+    assert client.get(f"{URL}/{view['id']}", headers=ALICE).json() == cleared
+
+
+def test_update_with_empty_body(client):
+    view = create(client)
+    for kwargs in ({"content": b"", "headers": {**ALICE, "content-type": "application/json"}}, {"json": {}, "headers": ALICE}):
+        response = client.post(f"{URL}/{view['id']}", **kwargs)
+        assert response.status_code == 200, response.text
+        assert response.json()["egress"] == view["egress"]
+
+
+def test_turning_allow_all_off_drops_implied_devbox_to_devbox(client):
+    view = create(client, allow_all=True)
+    off = client.post(f"{URL}/{view['id']}", json={"allow_all": False}, headers=ALICE).json()
+    assert off["egress"]["allow_all"] is False
+    assert off["egress"]["allow_devbox_to_devbox"] is False
+    keep = client.post(
+        f"{URL}/{view['id']}", json={"allow_all": False, "allow_devbox_to_devbox": True}, headers=ALICE
+    ).json()
+    assert keep["egress"]["allow_devbox_to_devbox"] is True
+
+
+def test_invalid_update_changes_nothing(client):
+    view = create(client, allowed_hostnames=["ok.example.com"])
+    response = client.post(
+        f"{URL}/{view['id']}",
+        json={"description": "should not land", "allowed_hostnames": ["fine.com", "bad*.com"]},
+        headers=ALICE,
+    )
+    assert_error(response, 400, "invalid_request", "bad*.com")
+    assert client.get(f"{URL}/{view['id']}", headers=ALICE).json() == view
+
+
+def test_update_unknown_is_404(client):
+    assert_error(client.post(f"{URL}/npol_nope", json={"name": "x"}, headers=ALICE), 404, "not_found")
+
+
+def test_duplicate_name_on_create_and_rename(client):
+    first = create(client, name="same")
+    assert_error(client.post(URL, json={"name": "same"}, headers=ALICE), 400, "duplicate_name", "same")
+    other = create(client, name="other")
+    assert_error(
+        client.post(f"{URL}/{other['id']}", json={"name": "same"}, headers=ALICE), 400, "duplicate_name"
+    )
+    # Renaming to its own name is fine; another account may use the name.
+    assert client.post(f"{URL}/{first['id']}", json={"name": "same"}, headers=ALICE).status_code == 200
+    create(client, headers=BOB, name="same")
+
+
+def test_quota_of_100_per_account(client):
+    for index in range(100):
+        create(client, name=f"q{index}")
+    body = assert_error(client.post(URL, json={"name": "q100"}, headers=ALICE), 400, "quota_exceeded")
+    assert "100" in body["message"]
+    create(client, headers=BOB, name="q100")  # the cap is per account
+    assert client.get(URL, params={"limit": 1}, headers=ALICE).json()["total_count"] == 100
+
+
+def test_list_newest_first_with_paging_and_counts(client):
+    made = [create(client, name=f"item-{i}")["id"] for i in range(7)]
+    page = client.get(URL, params={"limit": 3}, headers=ALICE).json()
+    assert [p["id"] for p in page["network_policies"]] == made[::-1][:3]
+    assert page["has_more"] is True and page["total_count"] == 7
+    seen = []
+    cursor = None
+    while True:
+        params = {"limit": 3, **({"starting_after": cursor} if cursor else {})}
+        page = client.get(URL, params=params, headers=ALICE).json()
+        seen += [p["id"] for p in page["network_policies"]]
+        if not page["has_more"]:
+            break
+        cursor = page["network_policies"][-1]["id"]
+    assert seen == made[::-1]
+    assert client.get(URL, params={"include_total_count": "false"}, headers=ALICE).json()["total_count"] is None
+    default = client.get(URL, headers=ALICE).json()
+    assert len(default["network_policies"]) == 7 and default["has_more"] is False
+
+
+def test_list_pages_past_a_deleted_cursor(client):
+    made = [create(client, name=f"c{i}")["id"] for i in range(5)]
+    client.post(f"{URL}/{made[3]}/delete", headers=ALICE)
+    page = client.get(URL, params={"starting_after": made[3]}, headers=ALICE).json()
+    assert [p["id"] for p in page["network_policies"]] == [made[2], made[1], made[0]]
+
+
+def test_list_default_limit_is_20(client):
+    for i in range(23):
+        create(client, name=f"d{i}")
+    page = client.get(URL, headers=ALICE).json()
+    assert len(page["network_policies"]) == 20 and page["has_more"] is True
+
+
+def test_list_filters(client):
+    web = create(client, name="Web-Egress")
+    db = create(client, name="database")
+    create(client, name="other")
+    names = lambda params: sorted(p["name"] for p in client.get(URL, params=params, headers=ALICE).json()["network_policies"])  # noqa: E731
+    assert names({"name": "egress"}) == ["Web-Egress"]
+    assert names({"name": "a"}) == ["database"]
+    assert names({"id": db["id"]}) == ["database"]
+    assert names({"search": web["id"]}) == ["Web-Egress"]
+    assert names({"search": "WEB"}) == ["Web-Egress"]
+    assert names({"search": "zzz"}) == []
+    filtered = client.get(URL, params={"name": "e", "limit": 1}, headers=ALICE).json()
+    assert filtered["total_count"] == 3 and filtered["has_more"] is True
+
+
+@pytest.mark.parametrize("limit", [0, -1, 5001])
+def test_list_limit_bounds(client, limit):
+    assert_error(client.get(URL, params={"limit": limit}, headers=ALICE), 400, "invalid_request", "limit")
+
+
+def test_list_limit_max_is_accepted(client):
+    create(client)
+    assert client.get(URL, params={"limit": 5000}, headers=ALICE).status_code == 200
+
+
+def test_delete_returns_view_then_404(client):
+    view = create(client, name="gone", allowed_hostnames=["x.example.com"])
+    response = client.post(f"{URL}/{view['id']}/delete", headers=ALICE)
+    assert response.status_code == 200
+    assert response.json() == view
+    assert_error(client.get(f"{URL}/{view['id']}", headers=ALICE), 404)
+    assert_error(client.post(f"{URL}/{view['id']}/delete", headers=ALICE), 404)
+    assert client.get(URL, headers=ALICE).json()["network_policies"] == []
+    # The name is free again.
+    create(client, name="gone")
+
+
+def test_delete_accepts_empty_json_body(client):
+    view = create(client)
+    response = client.post(
+        f"{URL}/{view['id']}/delete", content=b"", headers={**ALICE, "content-type": "application/json"}
+    )
+    assert response.status_code == 200
+
+
+def test_delete_in_use_is_400_and_names_the_user(client):
+    view = create(client, name="busy")
+    users = {view["id"]: ["devbox dbx_example"]}
+    client.app.state.services.network_policies.add_usage_check(lambda account, pid: users.get(pid, []))
+    body = assert_error(client.post(f"{URL}/{view['id']}/delete", headers=ALICE), 400, "policy_in_use")
+    assert "dbx_example" in body["message"]
+    assert client.get(f"{URL}/{view['id']}", headers=ALICE).status_code == 200
+    users.clear()
+    assert client.post(f"{URL}/{view['id']}/delete", headers=ALICE).status_code == 200
+
+
+def test_retried_create_with_same_request_id_creates_once(client):
+    headers = {**ALICE, "x-request-id": "req-123"}
+    first = client.post(URL, json={"name": "once"}, headers=headers).json()
+    second = client.post(URL, json={"name": "once"}, headers=headers)
+    assert second.status_code == 200 and second.json()["id"] == first["id"]
+    assert client.get(URL, headers=ALICE).json()["total_count"] == 1
+
+
+# --- authentication and accounts ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": ""}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}]
+)
+def test_missing_or_malformed_key_is_401(client, headers):
+    assert_error(client.get(URL, headers=headers), 401, "unauthorized")
+    assert_error(client.post(URL, json={"name": "x"}, headers=headers), 401, "unauthorized")
+
+
+def test_two_tokens_are_two_isolated_accounts(client):
+    mine = create(client, headers=ALICE, name="alice-policy")
+    assert client.get(URL, headers=BOB).json() == {"network_policies": [], "has_more": False, "total_count": 0}
+    assert_error(client.get(f"{URL}/{mine['id']}", headers=BOB), 404)
+    assert_error(client.post(f"{URL}/{mine['id']}", json={"name": "stolen"}, headers=BOB), 404)
+    assert_error(client.post(f"{URL}/{mine['id']}/delete", headers=BOB), 404)
+    assert client.get(URL, params={"search": mine["id"]}, headers=BOB).json()["network_policies"] == []
+    assert client.get(f"{URL}/{mine['id']}", headers=ALICE).json() == mine
+
+
+def test_api_keys_file(make_client, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# token account\nkey-a1 team-a\nkey-a2 team-a\nkey-b team-b\n")
+    client = make_client(api_keys=keys)
+    a1, a2, b = ({"Authorization": f"Bearer {k}"} for k in ("key-a1", "key-a2", "key-b"))
+    assert_error(client.get(URL, headers=ALICE), 401, "unauthorized", "unknown")
+    view = create(client, headers=a1, name="shared")
+    assert client.get(f"{URL}/{view['id']}", headers=a2).json() == view  # same account
+    assert_error(client.get(f"{URL}/{view['id']}", headers=b), 404)
+
+
+# --- validation: clear errors, nothing stored ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, contains",
+    [
+        ({}, "name is required"),
+        ({"name": None}, "name"),
+        ({"name": ""}, "name must not be empty"),
+        ({"name": "   "}, "name must not be empty"),
+        ({"name": "x" * 257}, "longer than 256"),
+        ({"name": 5}, "name"),
+        ({"name": "x", "allow_all": "yes"}, "allow_all"),
+        ({"name": "x", "allowed_hostnames": "github.com"}, "allowed_hostnames"),
+        ({"name": "x", "allowed_hostnames": ["*"]}, "wildcard"),
+        ({"name": "x", "allowed_hostnames": ["https://github.com"]}, "URL"),
+        ({"name": "x", "allowed_hostnames": ["github.com:443"]}, "port"),
+        ({"name": "x", "allowed_hostnames": ["github.com/path"]}, "path"),
+        ({"name": "x", "allowed_hostnames": ["192.0.2.1"]}, "IP address"),
+        ({"name": "x", "allowed_hostnames": ["git hub.com"]}, "white space"),
+        ({"name": "x", "allowed_hostnames": ["a.*.example.com"]}, "first label"),
+        ({"name": "x", "allowed_hostnames": ["*example.com"]}, "first label"),
+        ({"name": "x", "allowed_hostnames": [("a" * 64) + ".com"]}, "longer than 63"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.1/16"}]}, "host bits"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.0"}]}, "prefix length"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "2001:db8::/32"}]}, "IPv6"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "nonsense"}]}, "not an IPv4 network"),
+        ({"name": "x", "allowed_cidrs": [{"ports": [{"port": 1}]}]}, "cidr is required"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.0/8", "ports": [{"port": 0}]}]}, "port"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.0/8", "ports": [{"port": 65536}]}]}, "port"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.0/8", "ports": [{"port": 80, "end_port": 79}]}]}, "smaller than port"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.0/8", "ports": [{"port": 80, "protocol": "ICMP"}]}]}, "protocol"),
+        ({"name": "x", "allowed_cidrs": [{"cidr": "10.0.0.0/8", "ports": [{}]}]}, "port is required"),
+    ],
+)
+def test_invalid_create_is_400_and_stores_nothing(client, body, contains):
+    assert_error(client.post(URL, json=body, headers=ALICE), 400, "invalid_request", contains)
+    assert client.get(URL, headers=ALICE).json()["total_count"] == 0
+
+
+def test_body_that_is_not_json_or_not_an_object(client):
+    headers = {**ALICE, "content-type": "application/json"}
+    assert_error(client.post(URL, content=b"{nope", headers=headers), 400, "invalid_request", "not valid JSON")
+    assert_error(client.post(URL, json=["name"], headers=ALICE), 400, "invalid_request")
+
+
+def test_unknown_fields_are_ignored(client):
+    view = create(client, name="extra", some_future_field={"x": 1})
+    assert "some_future_field" not in view
+
+
+def test_unknown_route_is_json_404(client):
+    assert_error(client.get("/v1/nothing-here", headers=ALICE), 404, "not_found")

@@ -1,0 +1,79 @@
+"""A real devbox-sim server process for tests: `python -m simulator serve --port 0`.
+
+The port is read from the server's own "listening on" log line; stop() terminates it and
+waits, so a test leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_LISTENING = re.compile(r"listening on (http://[\d.]+:(\d+))")
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.args = [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(data_dir), *extra_args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            self.args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
+        )
+        found = threading.Event()
+
+        def pump():
+            assert self.proc and self.proc.stderr
+            for line in self.proc.stderr:
+                self.log.append(line.rstrip())
+                match = _LISTENING.search(line)
+                if match and not found.is_set():
+                    self.url = match.group(1)
+                    found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("server did not start:\n" + "\n".join(self.log[-30:]))
+        self._wait_until_ready(deadline)
+        return self
+
+    def _wait_until_ready(self, deadline: float) -> None:
+        import httpx
+
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url + "/openapi.json", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.02)  # polling with a deadline: uvicorn binds before it serves
+        raise RuntimeError("server never answered")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,80 @@
+"""Accept/reject table for allowed_hostnames normalisation."""
+
+import pytest
+
+from simulator.errors import InvalidRequest
+from simulator.hostnames import normalise_pattern, normalise_patterns
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("github.com", "github.com"),
+        ("GitHub.COM", "github.com"),
+        ("github.com.", "github.com"),
+        ("*.npmjs.org", "*.npmjs.org"),
+        ("*.NPMJS.org.", "*.npmjs.org"),
+        ("a-b.c-d.example", "a-b.c-d.example"),
+        ("localhost", "localhost"),
+        ("bücher.de", "xn--bcher-kva.de"),
+        ("*.bücher.de", "*.xn--bcher-kva.de"),
+        ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("1password.com", "1password.com"),
+        ("a" * 63 + ".com", "a" * 63 + ".com"),
+        (".".join(["a" * 49] * 5), ".".join(["a" * 49] * 5)),  # 249 characters
+    ],
+)
+def test_accepts(raw, expected):
+    assert normalise_pattern(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "*",
+        "*.",
+        ".",
+        "**.example.com",
+        "*example.com",
+        "a.*.example.com",
+        "example.*",
+        "ex*ample.com",
+        "http://github.com",
+        "github.com/x",
+        "github.com:443",
+        "192.0.2.1",
+        "[2001:db8::1]",
+        "2001:db8::1",
+        "10.0.0.0/8",
+        "git hub.com",
+        " github.com",
+        "github..com",
+        ".github.com",
+        "-github.com",
+        "github-.com",
+        "git_hub.com",
+        "a" * 64 + ".com",
+        ".".join(["a" * 63] * 4) + ".com",  # > 253 characters
+        "example.123",
+        "github.com..",
+    ],
+)
+def test_rejects(raw):
+    with pytest.raises(InvalidRequest):
+        normalise_pattern(raw)
+
+
+@pytest.mark.parametrize("raw", [None, 5, ["a.com"], {"a": 1}])
+def test_rejects_non_strings(raw):
+    with pytest.raises(InvalidRequest, match="expected a string"):
+        normalise_pattern(raw)
+
+
+def test_duplicates_dropped_in_order():
+    assert normalise_patterns(["b.com", "A.com", "B.COM.", "a.com"]) == ("b.com", "a.com")
+
+
+def test_error_names_the_index():
+    with pytest.raises(InvalidRequest, match=r"allowed_hostnames\[1\]"):
+        normalise_patterns(["ok.com", "not ok"])

@@ -56,6 +56,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
+
+    @app.get("/healthz", tags=["simulator"], summary="Liveness probe (no authentication)")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     app.include_router(network_policies.router)
     app.add_middleware(RequestLog)
     return app

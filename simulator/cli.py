@@ -52,13 +52,16 @@ def serve(args: argparse.Namespace) -> int:
     )
     # Bind before starting so that --port 0 can report the port actually chosen.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # listener's proto says TCP; with proto 0, keep-alive requests stall ~40 ms on delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
     app = create_app(settings)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
-    log.info("devbox-sim listening on http://%s:%d (data dir %s)", settings.host, port, settings.data_dir.resolve())
+    # Printed whatever the log level: tests and scripts read the port from it (--port 0).
+    print(f"devbox-sim listening on http://{settings.host}:{port} (data dir {settings.data_dir.resolve()})", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -1,0 +1,36 @@
+"""What the resolver needs to know about the devbox that sent a query.
+
+The simulator builds one ``ClientView`` per devbox from its network policy; the resolver only
+reads it. Keeping it a plain value object is what lets the resolver stay ignorant of
+devboxes, policies and namespaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .patterns import HostnameMatcher
+
+__all__ = ["ClientView", "LocalAnswer"]
+
+# (qname, qtype name such as "A") -> addresses the simulator serves itself, or None when the
+# name is not one of its own (e.g. other devboxes).
+LocalAnswer = Callable[[str, str], "list[str] | None"]
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """Policy-relevant facts about one DNS client.
+
+    matcher:      allowed hostname patterns; None (or empty) means nothing is allowed.
+    allow_all:    every name is allowed, the matcher is ignored.
+    ipv6:         the client may use IPv6; when False, AAAA queries get an empty answer so
+                  applications fall back to IPv4 instead of trying an address they cannot reach.
+    local_answer: names answered by the simulator itself, before policy is applied.
+    """
+
+    matcher: HostnameMatcher | None
+    allow_all: bool
+    ipv6: bool = False
+    local_answer: LocalAnswer | None = None

@@ -1,0 +1,281 @@
+"""The policy half of the DNS proxy: decide, forward, report - no sockets here.
+
+Order of decisions for one query (first that applies wins):
+
+  1. unknown client                     -> REFUSED      (denied, unknown_client)
+  2. name the simulator serves itself   -> local answer (allowed, local), TTL 5, not forwarded
+  3. name not allowed by the policy     -> NXDOMAIN     (denied, deny_all | no_matching_pattern)
+     NXDOMAIN rather than REFUSED: musl's stub resolver gives up on REFUSED instead of
+     trying the next search domain, and "does not exist" is what the devbox should believe.
+  4. AAAA for an IPv4-only client       -> empty NOERROR (allowed), so apps fall back to A
+  5. cache, else upstream (following CNAME chains; targets inherit the queried name's
+     permission - the policy is about what the devbox asked for)
+
+Every A/AAAA the client is about to receive is passed to ``on_answer`` BEFORE ``resolve``
+returns, i.e. before the server sends the reply, so the firewall can open the address before
+the client can possibly connect to it. If ``on_answer`` fails we answer SERVFAIL: never hand
+out an address the firewall may not know about (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from dnslib import QTYPE, RCODE, RR, DNSQuestion, DNSRecord, OPCODE
+
+from .cache import AnswerCache
+from .client import ClientView
+from .event import QueryEvent
+from .message import (
+    addresses_with_ttl,
+    address_family_matches,
+    address_rr,
+    empty_reply,
+    qtype_name,
+    question,
+    rcode_name,
+)
+from .patterns import normalise_name
+from .upstream import UpstreamError
+
+__all__ = ["ClientView", "QueryEvent", "Resolver", "MAX_CNAME_DEPTH", "LOCAL_TTL"]
+
+log = logging.getLogger(__name__)
+
+MAX_CNAME_DEPTH = 8
+# Short: local names are devboxes that come and go.
+LOCAL_TTL = 5
+
+OnAnswer = Callable[[str, str, "list[tuple[str, int]]"], None]
+OnQuery = Callable[[QueryEvent], None]
+
+
+class UpstreamLike(Protocol):
+    def query(self, request: DNSRecord) -> DNSRecord: ...
+
+
+class _Failure(Exception):
+    """Internal: abort resolution with SERVFAIL and this reason."""
+
+    def __init__(self, reason: str, error: str):
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+class Resolver:
+    """Per-client policy resolver; ``resolve`` is a DnsServer handler and never raises.
+
+    cache: defaults to a fresh ``AnswerCache(clock=clock)``; pass ``AnswerCache(0)`` to
+    disable caching. ``wall_clock`` only stamps QueryEvent.time.
+    """
+
+    def __init__(
+        self,
+        clients: Callable[[str], ClientView | None],
+        upstream: UpstreamLike,
+        *,
+        on_answer: OnAnswer | None = None,
+        on_query: OnQuery | None = None,
+        cache: AnswerCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._clients = clients
+        self._upstream = upstream
+        self._on_answer = on_answer
+        self._on_query = on_query
+        self.cache = cache if cache is not None else AnswerCache(clock=clock)
+        self._wall_clock = wall_clock
+
+    # -- entry point -------------------------------------------------------------------
+
+    def resolve(self, client_ip: str, request: DNSRecord) -> DNSRecord:
+        arrived = self._wall_clock()
+        q = question(request)
+        qname = normalise_name(str(q.qname)) if q is not None else ""
+        qtype = qtype_name(q.qtype) if q is not None else ""
+        base = dict(client_ip=client_ip, qname=qname, qtype=qtype, time=arrived)
+        try:
+            reply, event = self._decide(client_ip, request, q, qname, base)
+        except Exception as exc:  # a bug must cost one SERVFAIL, not the server thread
+            log.exception("resolver failed for %s %s from %s", qname, qtype, client_ip)
+            reply = empty_reply(request, RCODE.SERVFAIL)
+            event = QueryEvent(
+                **base, verdict="error", reason="internal_error", error=repr(exc), rcode="SERVFAIL"
+            )
+        self._emit(event)
+        return reply
+
+    # -- policy ------------------------------------------------------------------------
+
+    def _decide(self, client_ip, request, q, qname, base) -> tuple[DNSRecord, QueryEvent]:
+        if q is None or request.header.opcode != OPCODE.QUERY or request.header.qr:
+            rcode = RCODE.NOTIMP if q is not None else RCODE.FORMERR
+            return empty_reply(request, rcode), QueryEvent(
+                **base, verdict="error", reason="bad_request", rcode=rcode_name(rcode)
+            )
+
+        view = self._clients(client_ip)
+        if view is None:
+            return empty_reply(request, RCODE.REFUSED), QueryEvent(
+                **base, verdict="denied", reason="unknown_client", rcode="REFUSED"
+            )
+
+        if view.local_answer is not None:
+            local = view.local_answer(qname, base["qtype"])
+            if local is not None:
+                return self._local(client_ip, request, q, view, local, base)
+
+        if view.allow_all:
+            reason, pattern = "allow_all", None
+        elif view.matcher is None or len(view.matcher) == 0:
+            return self._deny(request, "deny_all", base)
+        else:
+            pattern = view.matcher.match(qname)
+            if pattern is None:
+                return self._deny(request, "no_matching_pattern", base)
+            reason = "pattern"
+        allowed = dict(base, verdict="allowed", reason=reason, matched_pattern=pattern)
+
+        if q.qtype == QTYPE.AAAA and not view.ipv6:
+            return empty_reply(request), QueryEvent(**allowed)
+
+        try:
+            rcode, records = self._lookup(qname, q.qtype)
+        except _Failure as failure:
+            return self._servfail(request, allowed, failure.reason, failure.error)
+        return self._answer(client_ip, request, rcode, records, allowed, aa=False)
+
+    def _deny(self, request, reason, base):
+        return empty_reply(request, RCODE.NXDOMAIN), QueryEvent(
+            **base, verdict="denied", reason=reason, rcode="NXDOMAIN"
+        )
+
+    def _local(self, client_ip, request, q, view: ClientView, addresses, base):
+        records = []
+        name = str(q.qname)
+        if q.qtype == QTYPE.AAAA and not view.ipv6:
+            addresses = []
+        for address in addresses:
+            # The simulator's hook answers by name; keep only what fits the question.
+            if address_family_matches(address, q.qtype):
+                rr = address_rr(name, address, LOCAL_TTL)
+                if rr is not None:
+                    records.append(rr)
+        allowed = dict(base, verdict="allowed", reason="local")
+        return self._answer(client_ip, request, RCODE.NOERROR, records, allowed, aa=True)
+
+    def _servfail(self, request, fields, reason, error):
+        fields = dict(fields, verdict="error", reason=reason, error=error, rcode="SERVFAIL")
+        return empty_reply(request, RCODE.SERVFAIL), QueryEvent(**fields)
+
+    # -- answering ---------------------------------------------------------------------
+
+    def _answer(self, client_ip, request, rcode, records, fields, *, aa):
+        found = addresses_with_ttl(records)
+        if found and self._on_answer is not None:
+            try:
+                self._on_answer(client_ip, fields["qname"], found)
+            except Exception as exc:
+                log.warning("on_answer failed for %s from %s: %r", fields["qname"], client_ip, exc)
+                return self._servfail(request, fields, "on_answer_failed", repr(exc))
+        reply = empty_reply(request, rcode, aa=aa)
+        for rr in records:
+            reply.add_answer(rr)
+        event = QueryEvent(
+            **fields,
+            addresses=[address for address, _ttl in found],
+            ttl=min((int(rr.ttl) for rr in records), default=None),
+            rcode=rcode_name(rcode),
+        )
+        return reply, event
+
+    def _lookup(self, qname: str, qtype: int) -> tuple[int, list[RR]]:
+        """(rcode, answer records) for an allowed name, from the cache or upstream."""
+        cached = self.cache.get(qname, qtype)
+        if cached is not None:
+            return RCODE.NOERROR, cached
+        rcode, records = self._chase(qname, qtype)
+        if rcode == RCODE.NOERROR:
+            self.cache.put(qname, qtype, records)
+        return rcode, records
+
+    def _chase(self, qname: str, qtype: int) -> tuple[int, list[RR]]:
+        """Ask upstream, following CNAMEs across replies until the chain ends.
+
+        Only records on the chain from ``qname`` are kept: an upstream that volunteers
+        unrelated addresses must not get them into the client's answer (or the firewall).
+        """
+        chain: list[RR] = []
+        name = qname
+        seen = {qname}
+        # Each round is one upstream query; each hop adds a name to `seen`, so the
+        # depth check below bounds the rounds to MAX_CNAME_DEPTH + 1.
+        for _round in range(MAX_CNAME_DEPTH + 1):
+            reply = self._ask(name, qtype)
+            if reply.header.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+                raise _Failure("upstream_error", f"upstream answered {rcode_name(reply.header.rcode)}")
+            name, done = self._follow(reply.rr, name, qtype, chain, seen)
+            if done or reply.header.rcode == RCODE.NXDOMAIN:
+                # NXDOMAIN after a CNAME: the rcode describes the chain's end (RFC 6604).
+                return reply.header.rcode, chain
+        raise _Failure("cname_depth", f"CNAME chain longer than {MAX_CNAME_DEPTH}")
+
+    def _follow(self, records, name, qtype, chain, seen) -> tuple[str, bool]:
+        """Walk ``records`` from ``name``; returns (where the chain stands, finished?)."""
+        start = name
+        for _hop in range(MAX_CNAME_DEPTH + 1):
+            if qtype in (QTYPE.CNAME, QTYPE.ANY):
+                # The client asked for the records of this very name; nothing to chase.
+                chain.extend(
+                    rr
+                    for rr in records
+                    if _owner(rr) == name and (qtype == QTYPE.ANY or rr.rtype == qtype)
+                )
+                return name, True
+            wanted = [rr for rr in records if rr.rtype == qtype and _owner(rr) == name]
+            if wanted:
+                chain.extend(wanted)
+                return name, True
+            cname = next(
+                (rr for rr in records if rr.rtype == QTYPE.CNAME and _owner(rr) == name), None
+            )
+            if cname is None:
+                # Nothing about `name` here. If this reply moved us along a CNAME, the
+                # upstream only knew the alias: ask for the target separately. If it did
+                # not, the name simply has no records of this type (NODATA).
+                return name, name == start
+            chain.append(cname)
+            target = normalise_name(str(cname.rdata.label))
+            if target in seen:
+                raise _Failure("cname_loop", f"CNAME loop at {target}")
+            seen.add(target)
+            if len(seen) - 1 > MAX_CNAME_DEPTH:
+                raise _Failure("cname_depth", f"CNAME chain longer than {MAX_CNAME_DEPTH}")
+            name = target
+        raise _Failure("cname_depth", f"CNAME chain longer than {MAX_CNAME_DEPTH}")
+
+    def _ask(self, name: str, qtype: int) -> DNSRecord:
+        try:
+            return self._upstream.query(DNSRecord(q=DNSQuestion(name, qtype)))
+        except UpstreamError as exc:
+            raise _Failure("upstream_error", str(exc)) from exc
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def _emit(self, event: QueryEvent) -> None:
+        if self._on_query is None:
+            return
+        try:
+            self._on_query(event)
+        except Exception:
+            # The decision log is observability; losing one entry must not lose the answer.
+            log.exception("on_query callback failed")
+
+
+def _owner(rr: RR) -> str:
+    return normalise_name(str(rr.rname))

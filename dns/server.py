@@ -1,0 +1,388 @@
+"""The socket half of the DNS proxy: receive, call the handler, send. No policy here.
+
+Threads (all daemon):
+
+  io thread      one selector over every UDP socket, every TCP listener and a wake-up
+                 socketpair. UDP datagrams are queued raw (no parsing on this thread);
+                 TCP connections are accepted and handed to a connection thread.
+  workers        a small fixed pool: parse, call the handler, truncate if needed, send.
+                 A fixed pool means a slow upstream for one client cannot stall the
+                 others, and no thread is created per UDP query.
+  connections    one thread per TCP connection (capped), several length-framed queries
+                 each, closed after an idle timeout.
+
+Sockets are handed in already bound, because the simulator creates them inside the router's
+network namespace; the server owns them from then on and closes them in ``stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from dnslib import RCODE, DNSRecord
+
+from .message import empty_reply, truncated, udp_limit, with_edns
+
+__all__ = ["DnsServer", "ServerStats", "bind_tcp", "bind_udp", "bind_udp_tcp"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, DNSRecord], DNSRecord]
+
+_UDP_DRAIN = 64  # datagrams read per readiness event before servicing other sockets
+_ACCEPT_DRAIN = 16
+_TCP_MAX_MESSAGE = 65535
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_udp(host: str, port: int = 0) -> socket.socket:
+    """A UDP socket bound to (host, port); port 0 picks a free one."""
+    sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_tcp(host: str, port: int = 0, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket bound to (host, port); port 0 picks a free one."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        # A restarted simulator must be able to rebind port 53 while old connections
+        # sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_udp_tcp(host: str, port: int = 0, *, attempts: int = 16) -> tuple[socket.socket, socket.socket]:
+    """A UDP socket and a listening TCP socket on the same (host, port).
+
+    DNS clients retry a truncated UDP answer over TCP on the *same* port, so a server needs
+    both. With port 0 the UDP port is chosen by the kernel and may be taken for TCP; we try
+    a few fresh ports before giving up.
+    """
+    last_error: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        udp = bind_udp(host, port)
+        try:
+            return udp, bind_tcp(host, udp.getsockname()[1])
+        except OSError as exc:
+            udp.close()
+            last_error = exc
+    assert last_error is not None
+    raise last_error
+
+
+@dataclass
+class ServerStats:
+    """Counters for observability and tests."""
+
+    udp_received: int = 0
+    udp_dropped_overload: int = 0
+    udp_truncated: int = 0
+    malformed: int = 0
+    tcp_accepted: int = 0
+    tcp_rejected: int = 0
+    answered: int = 0
+    handler_errors: int = 0
+    # `+=` on an attribute is not atomic across threads; one uncontended lock is cheap.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def incr(self, counter: str) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+
+class DnsServer:
+    """Serves ``handler(client_ip, request) -> reply`` on the given bound sockets."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        udp_sockets: Iterable[socket.socket] = (),
+        tcp_sockets: Iterable[socket.socket] = (),
+        workers: int = 8,
+        max_pending: int = 1024,
+        max_tcp_connections: int = 64,
+        tcp_idle_timeout: float = 5.0,
+        max_queries_per_connection: int = 1000,
+        name: str = "dns",
+    ):
+        self._handler = handler
+        self._udp = list(udp_sockets)
+        self._tcp = list(tcp_sockets)
+        if not self._udp and not self._tcp:
+            raise ValueError("DnsServer needs at least one socket")
+        if workers < 1 or max_pending < 1 or max_tcp_connections < 1:
+            raise ValueError("workers, max_pending and max_tcp_connections must be >= 1")
+        self._workers_n = workers
+        self._max_tcp = max_tcp_connections
+        self._idle = tcp_idle_timeout
+        self._max_queries = max_queries_per_connection
+        self._name = name
+        # Bounded: under a flood we drop datagrams (clients retry) instead of growing memory.
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._stopping = threading.Event()
+        self._started = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._threads: list[threading.Thread] = []
+        self._io_thread: threading.Thread | None = None
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._conns_lock = threading.Lock()
+        self.stats = ServerStats()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def udp_addresses(self) -> list[tuple]:
+        return [s.getsockname() for s in self._udp]
+
+    @property
+    def tcp_addresses(self) -> list[tuple]:
+        return [s.getsockname() for s in self._tcp]
+
+    def start(self) -> DnsServer:
+        if self._started:
+            raise RuntimeError("DnsServer already started")
+        self._started = True
+        for i in range(self._workers_n):
+            self._spawn(self._worker, f"{self._name}-worker-{i}")
+        self._io_thread = self._spawn(self._io_loop, f"{self._name}-io")
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop serving and close every socket; returns within about ``timeout`` seconds."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        # The io thread first, so no datagram is queued and no connection accepted after
+        # the steps below.
+        if self._io_thread is not None:
+            self._io_thread.join(max(0.0, deadline - time.monotonic()))
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        for conn, _thread in conns:
+            try:
+                # Wakes a connection thread blocked in recv(); close() alone would not.
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        # Unblock idle workers. Pending datagrams are discarded: we are shutting down.
+        for _ in range(self._queue.maxsize):
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        for _ in range(self._workers_n):
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+        for thread in self._threads + [t for _c, t in conns]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s did not stop within %.1fs", thread.name, timeout)
+        for sock in self._udp + self._tcp + [self._wake_r, self._wake_w]:
+            sock.close()
+
+    def __enter__(self) -> DnsServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _spawn(self, target, name) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    # -- io thread ---------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            for sock in self._udp:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ, "udp")
+            for sock in self._tcp:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ, "tcp")
+            # Runs until stop(): the wake-up socketpair ends the blocking select.
+            while not self._stopping.is_set():
+                for key, _events in sel.select():
+                    if key.data == "wake" or self._stopping.is_set():
+                        return
+                    try:
+                        if key.data == "udp":
+                            self._drain_udp(key.fileobj)
+                        else:
+                            self._accept(key.fileobj)
+                    except Exception:
+                        log.exception("%s: io error", self._name)
+
+    def _drain_udp(self, sock: socket.socket) -> None:
+        for _ in range(_UDP_DRAIN):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # e.g. ICMP errors surfacing from an earlier sendto; nothing to do.
+                return
+            self.stats.incr("udp_received")
+            try:
+                self._queue.put_nowait((sock, data, addr))
+            except queue.Full:
+                self.stats.incr("udp_dropped_overload")
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(_ACCEPT_DRAIN):
+            try:
+                conn, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            with self._conns_lock:
+                if len(self._conns) >= self._max_tcp or self._stopping.is_set():
+                    self.stats.incr("tcp_rejected")
+                    conn.close()
+                    continue
+                thread = threading.Thread(
+                    target=self._serve_tcp,
+                    args=(conn, addr),
+                    name=f"{self._name}-tcp-{addr[0]}:{addr[1]}",
+                    daemon=True,
+                )
+                self._conns[conn] = thread
+                # Started under the lock so stop() never sees (and joins) an unstarted thread.
+                thread.start()
+            self.stats.incr("tcp_accepted")
+
+    # -- workers (UDP) -----------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None or self._stopping.is_set():
+                return
+            sock, data, addr = item
+            try:
+                self._answer_udp(sock, data, addr)
+            except Exception:
+                log.exception("%s: failed to answer %s", self._name, addr)
+
+    def _answer_udp(self, sock: socket.socket, data: bytes, addr) -> None:
+        request = self._parse(data)
+        if request is None:
+            return
+        reply = with_edns(request, self._call(addr[0], request))
+        wire = reply.pack()
+        if len(wire) > udp_limit(request):
+            self.stats.incr("udp_truncated")
+            wire = truncated(reply).pack()
+        try:
+            sock.sendto(wire, addr)
+        except OSError:
+            return  # socket full or closed by stop(): UDP clients retry
+        self.stats.incr("answered")
+
+    # -- connections (TCP) -------------------------------------------------------------
+
+    def _serve_tcp(self, conn: socket.socket, addr) -> None:
+        try:
+            conn.setblocking(True)
+            for _ in range(self._max_queries):
+                # The whole next message must arrive within the idle timeout, so a client
+                # trickling one byte at a time cannot hold a connection slot forever.
+                deadline = time.monotonic() + self._idle
+                prefix = _recv_exact(conn, 2, deadline)
+                if prefix is None:
+                    return
+                (length,) = struct.unpack("!H", prefix)
+                data = _recv_exact(conn, length, deadline) if length else None
+                if data is None:
+                    return
+                request = self._parse(data)
+                if request is None:
+                    return  # framing can no longer be trusted: close
+                reply = with_edns(request, self._call(addr[0], request))
+                wire = reply.pack()
+                if len(wire) > _TCP_MAX_MESSAGE:  # cannot be framed; tell the client so
+                    wire = truncated(reply).pack()
+                conn.settimeout(self._idle)
+                conn.sendall(struct.pack("!H", len(wire)) + wire)
+                self.stats.incr("answered")
+        except (OSError, ValueError):
+            return  # idle timeout, reset, or shut down by stop()
+        except Exception:
+            log.exception("%s: TCP connection from %s failed", self._name, addr)
+        finally:
+            with self._conns_lock:
+                self._conns.pop(conn, None)
+            conn.close()
+
+    # -- shared ------------------------------------------------------------------------
+
+    def _parse(self, data: bytes) -> DNSRecord | None:
+        try:
+            request = DNSRecord.parse(data)
+        except Exception:  # dnslib raises DNSError, struct.error, IndexError, ...
+            self.stats.incr("malformed")
+            return None
+        if request.header.qr:
+            # A response sent to us: answering it could start a reflection loop.
+            self.stats.incr("malformed")
+            return None
+        return request
+
+    def _call(self, client_ip: str, request: DNSRecord) -> DNSRecord:
+        try:
+            return self._handler(client_ip, request)
+        except Exception:
+            self.stats.incr("handler_errors")
+            log.exception("%s: handler failed", self._name)
+            return empty_reply(request, RCODE.SERVFAIL)
+
+
+def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes | None:
+    """Exactly n bytes, or None if the peer closed first; socket.timeout past ``deadline``."""
+    buf = bytearray()
+    # Each successful recv returns >= 1 byte, so n iterations always suffice.
+    for _ in range(n):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("message not received in time")
+        conn.settimeout(left)
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+        if len(buf) >= n:
+            break
+    return bytes(buf)

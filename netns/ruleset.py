@@ -1,0 +1,684 @@
+"""Pure compiler: desired network state -> libnftables JSON documents.
+
+Nothing here touches the kernel; every function returns a ``{"nftables": [...]}`` dict that
+``netns.nft.Nft.apply`` runs as ONE atomic transaction in the router namespace. The output is
+deterministic (golden-tested in ``tests/netns/golden``).
+
+Layout (two tables, ``OUR_TABLES``, which a reconcile replaces or removes by exact name)::
+
+    table inet devbox_sim                      (TABLE)
+      set   protected        ipv4_addr, interval      Router.protected (never reachable)
+      map   dbx_vmap         ipv4_addr : verdict      devbox ip -> jump dbx_<key>
+      set   acct_<account>   ipv4_addr                devbox IPs of one account
+      set   learned_<key>    ipv4_addr, timeout       addresses the resolver answered
+      set   cidr_<key>       ipv4_addr, interval      all-port CIDRs
+      set   cidrport_<key>   ipv4_addr . inet_proto . inet_service, interval
+      chain forward          hook forward  prio 0   policy drop
+      chain input            hook input    prio 0   policy drop
+      chain output           hook output   prio 0   policy accept
+      chain postrouting      nat postrouting prio 100 (masquerade out of the uplink)
+      chain dbx_<key>        regular chain, one per devbox (egress policy)
+
+    table bridge devbox_sim_br                 (BRIDGE_TABLE)
+      set   dbx_ports        ifname                   bridge ports of devboxes
+      set   dbx_port_mac     ifname . ether_addr      port -> the only allowed source MAC
+      set   dbx_port_ip      ifname . ipv4_addr       port -> the devbox's only IPv4 address
+      chain prerouting       hook prerouting prio -300 policy accept  (anti-spoofing)
+      chain forward          hook forward    prio -200 policy accept  (what a port may receive)
+
+Adding a devbox adds set/map elements and its own chain + sets; no base-chain rule changes.
+
+Learned-element timeout refresh (measured on kernel 6.18 + libnftables 1.0.6):
+re-adding an existing element with the SAME ``timeout`` does NOT refresh its expiry; a
+different ``timeout`` updates timeout and expiry; an explicit ``expires`` updates the expiry
+even when the timeout is unchanged. So ``learned_add`` always sends ``timeout == expires``:
+one ``add element`` that inserts new addresses and re-arms existing ones, with no need to
+know which are present (a delete+add would fail with ENOENT when the element had expired
+between the resolver's answer and the transaction).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TABLE = "devbox_sim"
+BRIDGE_TABLE = "devbox_sim_br"
+TABLE_PREFIX = "devbox_sim"  # every table compiled here starts with this
+# The exact tables this module owns. Note netns/links.py puts host-namespace tables named
+# devbox_sim_uplink_<ifname> under the same prefix, so removal goes by exact name.
+OUR_TABLES = (("inet", TABLE), ("bridge", BRIDGE_TABLE))
+
+VMAP = "dbx_vmap"
+PROTECTED_SET = "protected"
+PORTS_SET = "dbx_ports"
+PORT_MAC_SET = "dbx_port_mac"
+PORT_IP_SET = "dbx_port_ip"
+
+# DNS (53) and DNS-over-TLS (853) to anything but our resolver are always dropped.
+BLOCKED_DNS_PORTS = (53, 853)
+# Destinations never forwarded: "this network", loopback, multicast/reserved/broadcast.
+NEVER_FORWARD = ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3")
+LOG_RATE_PER_SECOND = 5
+LOG_BURST = 10
+# learned_remove first re-arms the element with this timeout so that the delete cannot fail
+# on an element that has just expired (libnftables 1.0.6 has no `destroy`).
+_REMOVE_TIMEOUT = 1
+
+_KEY_RE = re.compile(r"^[a-z0-9]{1,24}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
+
+Protocol = Literal["tcp", "udp"]
+
+
+# --------------------------------------------------------------------------- desired state
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """Destination port ``port`` (or ``port..end_port``) for ``protocol``; None = tcp and udp."""
+
+    port: int
+    end_port: int | None = None
+    protocol: Protocol | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+        if self.end_port is not None and not self.port <= self.end_port <= 65535:
+            raise ValueError(f"bad port range: {self.port}-{self.end_port}")
+        if self.protocol not in ("tcp", "udp", None):
+            raise ValueError(f"protocol must be tcp, udp or None: {self.protocol!r}")
+
+    @property
+    def last(self) -> int:
+        return self.port if self.end_port is None else self.end_port
+
+    @property
+    def protocols(self) -> tuple[Protocol, ...]:
+        return ("tcp", "udp") if self.protocol is None else (self.protocol,)
+
+
+@dataclass(frozen=True)
+class CidrRule:
+    """Destination CIDR; empty ``ports`` = every port of every protocol (ICMP too).
+
+    Host bits are cleared ("10.1.2.3/8" means 10.0.0.0/8). IPv6 CIDRs are accepted but
+    compile to nothing: devboxes are IPv4-only and IPv6 is dropped (fail closed).
+    """
+
+    cidr: str
+    ports: tuple[PortRange, ...] = ()
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "network", ipaddress.ip_network(self.cidr, strict=False))  # ValueError
+        object.__setattr__(self, "ports", tuple(self.ports))
+
+
+@dataclass(frozen=True)
+class Egress:
+    """A devbox's egress policy. Hostname-learned addresses are always allowed (via the
+    devbox's learned set, which is empty when the policy allows no names)."""
+
+    allow_all: bool = False
+    allow_devbox_to_devbox: bool = False
+    cidrs: tuple[CidrRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cidrs", tuple(self.cidrs))
+
+
+@dataclass(frozen=True)
+class Devbox:
+    """One devbox as the router sees it. ``egress=None`` means no policy: unrestricted
+    egress (like allow_all, devbox-to-devbox within the account included)."""
+
+    key: str  # [a-z0-9], used in chain/set names
+    account: str  # [a-z0-9], used in set names
+    ip: str
+    mac: str
+    port: str  # bridge-port ifname (router side of the veth)
+    egress: Egress | None = None
+
+    def __post_init__(self) -> None:
+        _check_key("devbox key", self.key)
+        _check_key("account", self.account)
+        object.__setattr__(self, "ip", str(ipaddress.IPv4Address(self.ip)))
+        mac = self.mac.lower()
+        if not _MAC_RE.match(mac):
+            raise ValueError(f"bad MAC address: {self.mac!r}")
+        object.__setattr__(self, "mac", mac)
+        _check_ifname(self.port)
+
+    @property
+    def chain(self) -> str:
+        return devbox_chain(self.key)
+
+
+@dataclass(frozen=True)
+class Router:
+    bridge: str
+    gateway: str  # "10.88.0.1" (a "/16" suffix is accepted and dropped)
+    subnet: str  # "10.88.0.0/16"
+    uplink: str
+    protected: tuple[str, ...] = ()  # addresses/CIDRs devboxes may never reach
+    dns_port: int = 53
+    log_group: int | None = None  # NFLOG group for dropped new connections; None = no log
+
+    def __post_init__(self) -> None:
+        _check_ifname(self.bridge)
+        _check_ifname(self.uplink)
+        gw = str(ipaddress.IPv4Interface(self.gateway).ip)
+        object.__setattr__(self, "gateway", gw)
+        net = ipaddress.IPv4Network(self.subnet, strict=False)
+        object.__setattr__(self, "subnet", str(net))
+        object.__setattr__(self, "protected", tuple(self.protected))
+        for p in self.protected:
+            ipaddress.ip_network(p, strict=False)
+        if not 1 <= self.dns_port <= 65535:
+            raise ValueError(f"bad dns_port: {self.dns_port}")
+        if self.log_group is not None and not 0 <= self.log_group <= 65535:
+            raise ValueError(f"bad log_group: {self.log_group}")
+
+
+def _check_key(what: str, value: str) -> None:
+    if not _KEY_RE.match(value):
+        raise ValueError(f"{what} must match {_KEY_RE.pattern}: {value!r}")
+
+
+def _check_ifname(name: str) -> None:
+    if not _IFNAME_RE.match(name):
+        raise ValueError(f"bad interface name: {name!r}")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def devbox_chain(key: str) -> str:
+    return f"dbx_{key}"
+
+
+def learned_set(key: str) -> str:
+    return f"learned_{key}"
+
+
+def cidr_set(key: str) -> str:
+    return f"cidr_{key}"
+
+
+def cidrport_set(key: str) -> str:
+    return f"cidrport_{key}"
+
+
+def account_set(account: str) -> str:
+    return f"acct_{account}"
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+Cmd = dict[str, Any]
+Expr = Any
+
+
+def _doc(cmds: Iterable[Cmd]) -> dict[str, list[Cmd]]:
+    return {"nftables": list(cmds)}
+
+
+def _t(**kw: Any) -> dict[str, Any]:
+    return {"family": "inet", "table": TABLE, **kw}
+
+
+def _b(**kw: Any) -> dict[str, Any]:
+    return {"family": "bridge", "table": BRIDGE_TABLE, **kw}
+
+
+def _match(left: Expr, right: Expr, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, fld: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": fld}}
+
+
+def _ct_state(*states: str) -> Expr:
+    return _match({"ct": {"key": "state"}}, list(states) if len(states) > 1 else states[0], "in")
+
+
+def _prefix(net: ipaddress.IPv4Network) -> Expr:
+    if net.prefixlen == 32:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _ip_span(lo: int, hi: int) -> Expr:
+    """An IPv4 interval as a single address, a prefix if it is exactly one, else a range."""
+    a = ipaddress.IPv4Address(lo)
+    if lo == hi:
+        return str(a)
+    size = hi - lo + 1
+    if size & (size - 1) == 0 and lo % size == 0:
+        return {"prefix": {"addr": str(a), "len": 33 - size.bit_length()}}
+    return {"range": [str(a), str(ipaddress.IPv4Address(hi))]}
+
+
+def _port_span(lo: int, hi: int) -> Expr:
+    return lo if lo == hi else {"range": [lo, hi]}
+
+
+def _rule(chain: str, expr: list[Expr], comment: str | None = None, *, bridge: bool = False) -> Cmd:
+    body = (_b if bridge else _t)(chain=chain, expr=expr)
+    if comment:
+        body["comment"] = comment
+    return {"add": {"rule": body}}
+
+
+ACCEPT: Expr = {"accept": None}
+DROP: Expr = {"drop": None}
+IP_SADDR = _payload("ip", "saddr")
+IP_DADDR = _payload("ip", "daddr")
+IIFNAME = _meta("iifname")
+OIFNAME = _meta("oifname")
+
+
+def _elements(setname: str, elems: list[Expr], *, bridge: bool = False, op: str = "add") -> Cmd:
+    return {op: {"element": (_b if bridge else _t)(name=setname, elem=elems)}}
+
+
+# --------------------------------------------------------------------------- CIDR math
+
+
+def _v4_networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network]:
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    return list(ipaddress.collapse_addresses(n for n in nets if n.version == 4))
+
+
+def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Union of closed integer intervals; adjacent intervals are joined."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in out)
+
+
+def _port_elements(cidrs: Sequence[CidrRule]) -> list[Expr]:
+    """Elements of the ``ipv4_addr . inet_proto . inet_service`` interval set.
+
+    The kernel (pipapo) rejects overlapping elements, and policies may overlap freely
+    (10.0.0.0/8 tcp 80-90 and 10.1.0.0/16 tcp 85-100), so the union of rectangles
+    (address interval x port interval) is recomputed per protocol as disjoint pieces: cut
+    the address line at every rule boundary, take the union of the ports of the rules
+    covering each piece, then join neighbouring pieces with identical port sets.
+    """
+    out: list[Expr] = []
+    for proto in ("tcp", "udp"):
+        rects: list[tuple[int, int, int, int]] = []
+        for rule in cidrs:
+            net = rule.network
+            if net.version != 4 or not rule.ports:
+                continue
+            lo, hi = int(net.network_address), int(net.broadcast_address)
+            for pr in rule.ports:
+                if proto in pr.protocols:
+                    rects.append((lo, hi, pr.port, pr.last))
+        if not rects:
+            continue
+        cuts = sorted({r[0] for r in rects} | {r[1] + 1 for r in rects})
+        pieces: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
+        for a, b in zip(cuts, cuts[1:]):
+            ports = _merge_ranges((p0, p1) for lo, hi, p0, p1 in rects if lo <= a and b - 1 <= hi)
+            if not ports:
+                continue
+            if pieces and pieces[-1][1] + 1 == a and pieces[-1][2] == ports:
+                pieces[-1] = (pieces[-1][0], b - 1, ports)
+            else:
+                pieces.append((a, b - 1, ports))
+        for lo, hi, ports in pieces:
+            for p0, p1 in ports:
+                out.append({"concat": [_ip_span(lo, hi), proto, _port_span(p0, p1)]})
+    return out
+
+
+def _all_port_elements(cidrs: Sequence[CidrRule]) -> list[Expr]:
+    return [{"concat": [_prefix(n), {"range": [0, 255]}]} for n in _v4_networks(r.cidr for r in cidrs if not r.ports)]
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _tables_fresh() -> list[Cmd]:
+    """Create our tables empty, whether or not they existed ("add; delete; add")."""
+    cmds: list[Cmd] = []
+    for family, name in OUR_TABLES:
+        t = {"table": {"family": family, "name": name}}
+        cmds += [{"add": t}, {"delete": t}, {"add": t}]
+    return cmds
+
+
+def _base(router: Router) -> list[Cmd]:
+    cmds: list[Cmd] = [
+        {"add": {"set": _t(name=PROTECTED_SET, type="ipv4_addr", flags=["interval"])}},
+        {"add": {"map": _t(name=VMAP, type="ipv4_addr", map="verdict")}},
+        {"add": {"chain": _t(name="forward", type="filter", hook="forward", prio=0, policy="drop")}},
+        {"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="drop")}},
+        {"add": {"chain": _t(name="output", type="filter", hook="output", prio=0, policy="accept")}},
+        {"add": {"chain": _t(name="postrouting", type="nat", hook="postrouting", prio=100, policy="accept")}},
+    ]
+    protected = _v4_networks(router.protected)
+    if protected:
+        cmds.append(_elements(PROTECTED_SET, [_prefix(n) for n in protected]))
+
+    fwd = "forward"
+    cmds += [
+        _rule(fwd, [_ct_state("established", "related"), ACCEPT]),
+        _rule(fwd, [_ct_state("invalid"), DROP]),
+        _rule(fwd, [_match(IIFNAME, router.uplink), DROP], "new from uplink"),
+        _rule(fwd, [_match(_meta("nfproto"), "ipv6"), DROP], "devboxes are IPv4-only"),
+        _rule(
+            fwd,
+            [
+                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+                _match(_payload("th", "dport"), {"set": list(BLOCKED_DNS_PORTS)}),
+                DROP,
+            ],
+            "only our resolver",
+        ),
+        _rule(fwd, [_match(IP_DADDR, {"set": [_prefix(ipaddress.IPv4Network(n)) for n in NEVER_FORWARD]}), DROP]),
+        _rule(fwd, [_match(IP_DADDR, "@" + PROTECTED_SET), DROP], "protected"),
+        _rule(fwd, [{"vmap": {"key": IP_SADDR, "data": "@" + VMAP}}]),
+        _rule(fwd, [DROP], "unknown source"),
+    ]
+
+    inp = "input"
+    cmds += [
+        _rule(inp, [_match(IIFNAME, "lo"), ACCEPT]),
+        _rule(inp, [_ct_state("established", "related"), ACCEPT]),
+        _rule(inp, [_ct_state("invalid"), DROP]),
+        _rule(
+            inp,
+            [
+                _match(IIFNAME, router.bridge),
+                _match(IP_DADDR, router.gateway),
+                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+                _match(_payload("th", "dport"), router.dns_port),
+                ACCEPT,
+            ],
+            "resolver",
+        ),
+        _rule(inp, [_match(IIFNAME, router.bridge), DROP], "devboxes reach nothing else here"),
+    ]
+
+    # Masquerade all IPv4 leaving through the uplink: devbox traffic (from the subnet) and the
+    # router's own resolver upstream queries.
+    cmds.append(
+        _rule("postrouting", [_match(OIFNAME, router.uplink), _match(_meta("nfproto"), "ipv4"), {"masquerade": None}])
+    )
+
+    # Bridge: anti-spoofing on ingress, and a devbox port only receives IPv4 addressed to
+    # its devbox (no cross-port L2 tricks: broadcast/multicast IP, foreign dst IP, VLAN).
+    cmds += [
+        {"add": {"set": _b(name=PORTS_SET, type="ifname")}},
+        {"add": {"set": _b(name=PORT_MAC_SET, type=["ifname", "ether_addr"])}},
+        {"add": {"set": _b(name=PORT_IP_SET, type=["ifname", "ipv4_addr"])}},
+        {"add": {"chain": _b(name="prerouting", type="filter", hook="prerouting", prio=-300, policy="accept")}},
+        {"add": {"chain": _b(name="forward", type="filter", hook="forward", prio=-200, policy="accept")}},
+    ]
+    ether_type = _payload("ether", "type")
+    pre = "prerouting"
+    for expr, comment in (
+        ([_match(IIFNAME, "@" + PORTS_SET, "!="), ACCEPT], "not a devbox port"),
+        ([_match({"concat": [IIFNAME, _payload("ether", "saddr")]}, "@" + PORT_MAC_SET, "!="), DROP], "spoofed MAC"),
+        ([_match(ether_type, {"set": ["ip", "arp"]}, "!="), DROP], "IPv4 and ARP only"),
+        ([_match(ether_type, "ip"), _match({"concat": [IIFNAME, IP_SADDR]}, "@" + PORT_IP_SET, "!="), DROP], "spoofed IP"),
+        ([_match(ether_type, "arp"), _match(_payload("arp", "htype"), 1, "!="), DROP], None),
+        ([_match(ether_type, "arp"), _match(_payload("arp", "ptype"), "ip", "!="), DROP], None),
+        ([_match(ether_type, "arp"), _match(_payload("arp", "hlen"), 6, "!="), DROP], None),
+        ([_match(ether_type, "arp"), _match(_payload("arp", "plen"), 4, "!="), DROP], None),
+        (
+            [_match(ether_type, "arp"), _match({"concat": [IIFNAME, _payload("arp", "saddr ether")]}, "@" + PORT_MAC_SET, "!="), DROP],
+            "spoofed ARP MAC",
+        ),
+        (
+            [_match(ether_type, "arp"), _match({"concat": [IIFNAME, _payload("arp", "saddr ip")]}, "@" + PORT_IP_SET, "!="), DROP],
+            "spoofed ARP IP",
+        ),
+    ):
+        cmds.append(_rule(pre, expr, comment, bridge=True))
+    bfwd = "forward"
+    for expr, comment in (
+        ([_match(OIFNAME, "@" + PORTS_SET, "!="), ACCEPT], "not to a devbox port"),
+        ([_match(ether_type, {"set": ["ip", "arp"]}, "!="), DROP], "IPv4 and ARP only"),
+        ([_match(ether_type, "ip"), _match({"concat": [OIFNAME, IP_DADDR]}, "@" + PORT_IP_SET, "!="), DROP], "not for this devbox"),
+    ):
+        cmds.append(_rule(bfwd, expr, comment, bridge=True))
+    return cmds
+
+
+def _account(account: str, members: Iterable[str]) -> list[Cmd]:
+    name = account_set(account)
+    ips = sorted({str(ipaddress.IPv4Address(m)) for m in members}, key=lambda s: ipaddress.IPv4Address(s))
+    cmds: list[Cmd] = [{"add": {"set": _t(name=name, type="ipv4_addr")}}]
+    if ips:
+        cmds.append(_elements(name, list(ips)))
+    return cmds
+
+
+def _devbox_objects(devbox: Devbox) -> list[Cmd]:
+    k = devbox.key
+    return [
+        {"add": {"set": _t(name=learned_set(k), type="ipv4_addr", flags=["timeout"])}},
+        {"add": {"set": _t(name=cidr_set(k), type=["ipv4_addr", "inet_proto"], flags=["interval"])}},
+        {"add": {"set": _t(name=cidrport_set(k), type=["ipv4_addr", "inet_proto", "inet_service"], flags=["interval"])}},
+        {"add": {"chain": _t(name=devbox.chain)}},
+    ]
+
+
+def _devbox_policy(router: Router, devbox: Devbox) -> list[Cmd]:
+    """Elements of the CIDR sets and the rules of dbx_<key> (chain and sets already empty)."""
+    k, chain, egress = devbox.key, devbox.chain, devbox.egress
+    subnet = _prefix(ipaddress.IPv4Network(router.subnet))
+    unrestricted = egress is None or egress.allow_all
+    cmds: list[Cmd] = []
+    if unrestricted or egress.allow_devbox_to_devbox:
+        cmds.append(
+            _rule(chain, [_match(IP_DADDR, subnet), _match(IP_DADDR, "@" + account_set(devbox.account)), ACCEPT], "same account")
+        )
+    cmds.append(_rule(chain, [_match(IP_DADDR, subnet), DROP], "other devboxes"))
+    if unrestricted:
+        cmds.append(_rule(chain, [ACCEPT], "no policy" if egress is None else "allow_all"))
+        return cmds
+    all_ports = _all_port_elements(egress.cidrs)
+    with_ports = _port_elements(egress.cidrs)
+    if all_ports:
+        cmds.append(_elements(cidr_set(k), all_ports))
+    if with_ports:
+        cmds.append(_elements(cidrport_set(k), with_ports))
+    cmds.append(_rule(chain, [_match(IP_DADDR, "@" + learned_set(k)), ACCEPT], "hostnames"))
+    if all_ports:
+        key = {"concat": [IP_DADDR, _meta("l4proto")]}
+        cmds.append(_rule(chain, [_match(key, "@" + cidr_set(k)), ACCEPT], "cidrs"))
+    if with_ports:
+        key = {"concat": [IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}
+        cmds.append(_rule(chain, [_match(key, "@" + cidrport_set(k)), ACCEPT], "cidr ports"))
+    if router.log_group is not None:
+        cmds.append(
+            _rule(
+                chain,
+                [
+                    _ct_state("new"),
+                    {"limit": {"rate": LOG_RATE_PER_SECOND, "per": "second", "burst": LOG_BURST}},
+                    {"log": {"prefix": f"{chain} ", "group": router.log_group}},
+                ],
+            )
+        )
+    cmds.append(_rule(chain, [DROP]))
+    return cmds
+
+
+def _flush_devbox(devbox: Devbox, *, learned: bool) -> list[Cmd]:
+    k = devbox.key
+    cmds: list[Cmd] = [
+        {"flush": {"chain": _t(name=devbox.chain)}},
+        {"flush": {"set": _t(name=cidr_set(k))}},
+        {"flush": {"set": _t(name=cidrport_set(k))}},
+    ]
+    if learned:
+        cmds.append({"flush": {"set": _t(name=learned_set(k))}})
+    return cmds
+
+
+def _attach(devbox: Devbox) -> list[Cmd]:
+    return [
+        _elements(VMAP, [[devbox.ip, {"jump": {"target": devbox.chain}}]]),
+        _elements(PORTS_SET, [devbox.port], bridge=True),
+        _elements(PORT_MAC_SET, [{"concat": [devbox.port, devbox.mac]}], bridge=True),
+        _elements(PORT_IP_SET, [{"concat": [devbox.port, devbox.ip]}], bridge=True),
+    ]
+
+
+def _learned_elems(entries: Iterable[tuple[str, int]]) -> list[Expr]:
+    latest: dict[str, int] = {}
+    for ip, timeout in entries:
+        t = int(timeout)
+        if t < 1:
+            raise ValueError(f"timeout must be >= 1 second: {timeout!r}")
+        latest[str(ipaddress.IPv4Address(ip))] = t
+    return [{"elem": {"val": ip, "timeout": t, "expires": t}} for ip, t in latest.items()]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def bootstrap(router: Router) -> dict:
+    """Our tables, recreated empty (old ones removed in the same transaction), with base
+    chains, maps and sets. Idempotent."""
+    return _doc(_tables_fresh() + _base(router))
+
+
+def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = ()) -> dict:
+    """Add a devbox: its account set (created if needed) gets ``account_members`` (IPs of the
+    account's devboxes) plus the devbox's own IP; its chain and sets are created (or, if
+    present, flushed and refilled: re-adding is safe and keeps learned addresses); then the
+    source-IP vmap and bridge anti-spoofing sets get its elements."""
+    return _doc(
+        _account(devbox.account, [*account_members, devbox.ip])
+        + _devbox_objects(devbox)
+        + _flush_devbox(devbox, learned=False)
+        + _devbox_policy(router, devbox)
+        + _attach(devbox)
+    )
+
+
+def update_egress(router: Router, devbox: Devbox, *, keep_learned: bool = False) -> dict:
+    """Swap a devbox's egress policy in one transaction: flush its chain and CIDR sets and
+    refill. The learned set is flushed too (fail closed: the new policy may allow fewer
+    names) unless ``keep_learned``."""
+    return _doc(_flush_devbox(devbox, learned=not keep_learned) + _devbox_policy(router, devbox))
+
+
+def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = False) -> dict:
+    """Detach and delete a devbox's elements, chain and sets. ``drop_account_set`` also deletes
+    its account set (pass it when this was the account's last devbox). Fails (atomically) if
+    the devbox is not present."""
+    k = devbox.key
+    cmds: list[Cmd] = [
+        _elements(VMAP, [devbox.ip], op="delete"),
+        _elements(PORTS_SET, [devbox.port], bridge=True, op="delete"),
+        _elements(PORT_MAC_SET, [{"concat": [devbox.port, devbox.mac]}], bridge=True, op="delete"),
+        _elements(PORT_IP_SET, [{"concat": [devbox.port, devbox.ip]}], bridge=True, op="delete"),
+        {"flush": {"chain": _t(name=devbox.chain)}},
+        {"delete": {"chain": _t(name=devbox.chain)}},
+        {"delete": {"set": _t(name=learned_set(k))}},
+        {"delete": {"set": _t(name=cidr_set(k))}},
+        {"delete": {"set": _t(name=cidrport_set(k))}},
+    ]
+    if drop_account_set:
+        cmds.append({"delete": {"set": _t(name=account_set(devbox.account))}})
+    else:
+        cmds.append(_elements(account_set(devbox.account), [devbox.ip], op="delete"))
+    return _doc(cmds)
+
+
+def learned_add(devbox_key: str, entries: Iterable[tuple[str, int]]) -> dict:
+    """Insert or re-arm learned addresses ``[(ip, timeout_seconds)]`` (see module doc: the
+    explicit ``expires`` is what refreshes an existing element). Duplicate IPs: last wins."""
+    _check_key("devbox key", devbox_key)
+    elems = _learned_elems(entries)
+    return _doc([_elements(learned_set(devbox_key), elems)] if elems else [])
+
+
+def learned_remove(devbox_key: str, ips: Iterable[str]) -> dict:
+    """Remove learned addresses; succeeds whether or not they are (still) present: each is
+    first (re-)added with a 1 s timeout, then deleted, in the same transaction."""
+    _check_key("devbox key", devbox_key)
+    elems = _learned_elems((ip, _REMOVE_TIMEOUT) for ip in ips)
+    if not elems:
+        return _doc([])
+    name = learned_set(devbox_key)
+    return _doc([_elements(name, elems), _elements(name, [e["elem"]["val"] for e in elems], op="delete")])
+
+
+def full(
+    router: Router,
+    devboxes: Iterable[Devbox],
+    learned: Mapping[str, Iterable[tuple[str, int]]] | None = None,
+) -> dict:
+    """The complete desired state in one transaction (for reconcile): our tables are replaced.
+    ``learned`` optionally restores learned addresses per devbox key (otherwise they are
+    lost, as the sets are recreated)."""
+    boxes = sorted(devboxes, key=lambda d: d.key)
+    keys = [d.key for d in boxes]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate devbox keys")
+    ips = [d.ip for d in boxes]
+    if len(set(ips)) != len(ips):
+        raise ValueError("duplicate devbox IPs")
+    members: dict[str, list[str]] = {}
+    for d in boxes:
+        members.setdefault(d.account, []).append(d.ip)
+    cmds = _tables_fresh() + _base(router)
+    for account in sorted(members):
+        cmds += _account(account, members[account])
+    for d in boxes:
+        cmds += _devbox_objects(d) + _devbox_policy(router, d)
+        entries = _learned_elems((learned or {}).get(d.key, ()))
+        if entries:
+            cmds.append(_elements(learned_set(d.key), entries))
+        cmds += _attach(d)
+    return _doc(cmds)
+
+
+__all__ = [
+    "BRIDGE_TABLE",
+    "OUR_TABLES",
+    "TABLE",
+    "TABLE_PREFIX",
+    "CidrRule",
+    "Devbox",
+    "Egress",
+    "PortRange",
+    "Router",
+    "account_set",
+    "add_devbox",
+    "bootstrap",
+    "cidr_set",
+    "cidrport_set",
+    "devbox_chain",
+    "full",
+    "learned_add",
+    "learned_remove",
+    "learned_set",
+    "remove_devbox",
+    "update_egress",
+]

@@ -1,0 +1,1186 @@
+"""Process isolation for devboxes on the netns runtime.
+
+A :class:`Sandbox` is the "machine" of one devbox: a long-lived *holder* process that is PID 1
+of its own PID namespace, lives in its own mount, IPC and UTS namespaces and is joined to the
+devbox's network namespace (``/run/netns/<netns>``, created elsewhere). Executions enter the
+holder's namespaces and drop to an unprivileged uid with no capabilities.
+
+How the holder is built (``start()``)
+    ``subprocess.Popen`` forks the simulator; a ``preexec_fn`` in the forked child (never in
+    the simulator itself: ``setns(CLONE_NEWNS)`` and ``unshare(CLONE_NEWPID)`` are per-thread
+    and refused in multithreaded processes) joins the network namespace, unshares
+    mount/PID/IPC/UTS, makes every mount private (nothing propagates back to the host) and
+    mounts the devbox's view with plain ``mount(2)`` calls through ctypes:
+
+    * every path in ``hidden_paths`` (and ``root`` itself) is covered with an empty read-only
+      tmpfs (a hidden regular file is covered with ``/dev/null``);
+    * ``/home`` becomes a read-only tmpfs holding only ``user``, onto which ``root/home`` is
+      bind-mounted; ``root/tmp`` is bind-mounted on ``/tmp`` and ``/var/tmp``;
+    * ``/dev/shm`` and ``/run/lock`` get private tmpfs (they are world-writable on the host);
+    * generated ``resolv.conf`` (only ``nameserver <nameserver>``) and ``hosts`` are bind-mounted
+      read-only over ``/etc/resolv.conf`` and ``/etc/hosts``;
+    * ``/sys`` is a fresh read-only sysfs of the devbox's network namespace.
+
+    Bind sources are opened (``O_PATH``) after the unshare but before any mount, and mounted
+    through ``/proc/self/fd/N``, so the order of mounts never hides a source (``root`` may well
+    live under ``/tmp`` or under a hidden path). The child then execs ``unshare --fork
+    --kill-child --mount-proc`` (util-linux, C), whose child is PID 1 of the new PID namespace
+    (and dies with that parent: killing either process ends the sandbox), mounts ``/proc`` for
+    it and execs the init: ``/bin/sh`` (dash) running ``while :; do sleep infinity & wait;
+    done``. dash's ``wait`` reaps *every* child (wait3(-1)), including orphans re-parented to
+    PID 1, so no zombie piles up, and no Python interpreter stays resident. ``close_fds``
+    strips every simulator descriptor. Readiness is a line the init prints once ``/proc`` is
+    mounted; a setup error is printed by the child and raised as :class:`SandboxError`.
+
+How an execution runs (``exec()``)
+    ``/bin/sh -c 'echo $$ > <cgroup>/cgroup.procs && exec "$@"'`` (only with a cgroup freezer,
+    so that everything the execution forks is in the devbox's cgroup) -> ``nsenter -t <holder>
+    --net=/run/netns/<netns> -m -p -i -u`` -> ``setpriv --reuid --regid --clear-groups
+    --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``env -i --chdir=<cwd> <env>`` ->
+    the command. Only small C programs, no Python. (nsenter 2.38's ``--wd`` would open the
+    directory in the *host's* mount namespace; ``env --chdir`` runs inside, as the devbox
+    user.) The privileged part of the chain runs with a fixed minimal environment: the
+    caller's ``env`` (untrusted: think ``LD_PRELOAD``) is applied by ``env -i`` *after*
+    privileges are gone. The Popen is started in a new session, so its pid is the process
+    group of the whole execution (``kill(popen)`` signals that group). Processes of the
+    execution live in the holder's PID namespace: killing the holder kills them.
+
+Suspend / resume
+    cgroup v2 ``cgroup.freeze`` if a writable cgroup2 hierarchy exists, else the cgroup v1
+    ``freezer`` controller, else SIGSTOP/SIGCONT of every process of the PID namespace
+    (see :attr:`Sandbox.freezer`). Each sandbox has its own cgroup ``dbxsim/<name>``.
+
+Restart of the simulator
+    The holder's pid (and start time, against pid reuse) is kept in ``root/.sandbox/state.json``
+    (``root/.sandbox`` is root-only and, like all of ``root``, hidden from the devbox).
+    :meth:`Sandbox.adopt` re-attaches to it (without a usable state file it scans ``/proc`` for
+    the holder's marker), :meth:`Sandbox.alive` checks pid, start time,
+    command-line marker and network namespace. :func:`find_orphans` lists holders (by their
+    command-line marker ``dbxsim-holder <name>``) whose name is not known any more.
+
+Files (``resolve_path``/``read_file``/``write_file``)
+    A devbox path is relative to the home, ``~``/``~/...``, or absolute under ``/home/user`` or
+    ``/tmp``. Any other absolute path raises ``ValueError``: the rest of the devbox's file
+    system is the host's, read-only to the devbox user, and not the simulator's to hand out.
+    Symlinks are resolved as the devbox sees them (an absolute link target is a devbox path),
+    and a result outside home and /tmp raises ``ValueError``. The actual open walks the
+    resolved host path component by component with ``O_NOFOLLOW`` from a directory fd, so a
+    devbox process swapping a directory for a symlink concurrently cannot redirect the
+    simulator (which is root) outside ``root``.
+
+This module must never import ``simulator``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import posixpath
+import re
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "HOLDER_TAG",
+    "DEVBOX_HOME",
+    "DEVBOX_TMP",
+    "Sandbox",
+    "SandboxError",
+    "find_orphans",
+    "kill_orphans",
+]
+
+DEVBOX_HOME = "/home/user"
+DEVBOX_TMP = "/tmp"
+HOLDER_TAG = "dbxsim-holder"  # $0 of the holder's init; its $1 is the sandbox name
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CHAIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+_CGROUP_PARENT = "dbxsim"
+
+# dash as PID 1: `wait` reaps any child (wait3(-1)), orphans included.
+_INIT_SCRIPT = (
+    'echo ready; exec </dev/null >/dev/null 2>&1; while :; do sleep infinity & wait; done'
+)
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUTS = 0x04000000
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWPID = 0x20000000
+_CLONE_NEWNET = 0x40000000
+_MS_RDONLY = 1
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_MS_REMOUNT = 32
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
+
+_libc = ctypes.CDLL(None, use_errno=True)
+try:
+    _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    _libc.unshare.argtypes = [ctypes.c_int]
+    _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+except AttributeError:  # not Linux: the path/file helpers still import and work
+    pass
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be started or used."""
+
+
+def _tool(name: str) -> str:
+    for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    found = shutil.which(name)
+    if found is None:
+        raise SandboxError(f"`{name}` not found")
+    return found
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(
+        _libc.mount(
+            src.encode() if src is not None else None,
+            target.encode(),
+            fstype.encode() if fstype is not None else None,
+            flags,
+            data.encode() if data is not None else None,
+        ),
+        f"mount {fstype or 'bind'} on {target}",
+    )
+
+
+def _bind(src_fd: int, target: str, extra: int) -> None:
+    _mount(f"/proc/self/fd/{src_fd}", target, None, _MS_BIND)
+    _mount(None, target, None, _MS_REMOUNT | _MS_BIND | extra)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write a small root-only-writable file, mode 0644.
+
+    Never truncate-and-rewrite nor rename over an existing file: ext4's auto_da_alloc turns
+    both into a synchronous flush (milliseconds); unlink + create costs microseconds.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _proc_starttime(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces/parens: fields resume after the last ')'
+    rest = data[data.rfind(b")") + 2 :].split()
+    return int(rest[19])
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def _nspid(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except OSError:
+        pass
+    return []
+
+
+def _ns_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _holder_name(pid: int) -> str | None:
+    """The sandbox name if ``pid`` is a holder init (PID 1 of its namespace), else None."""
+    argv = _cmdline(pid)
+    if len(argv) != 5 or argv[1] != "-c" or argv[2] != _INIT_SCRIPT or argv[3] != HOLDER_TAG:
+        return None
+    ns = _nspid(pid)
+    if len(ns) < 2 or ns[-1] != 1:
+        return None
+    return argv[4]
+
+
+def _wait_gone(pid: int, deadline: float) -> bool:
+    """Poll until ``pid`` has exited (gone or zombie). True if it did before ``deadline``."""
+    delay = 0.0005
+    while True:
+        st = _proc_state(pid)
+        if st is None or st in ("Z", "X"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# cgroups
+
+
+def _mountinfo_fs(fstype: str, option: str | None = None) -> str | None:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                fields = pre.split()
+                pfields = post.split()
+                if pfields and pfields[0] == fstype:
+                    if option is None or option in pfields[2].split(","):
+                        return fields[4].replace("\\040", " ")
+    except OSError:
+        pass
+    return None
+
+
+_hierarchies: list[tuple[str, str]] | None = None
+
+
+class _Freezer:
+    """One sandbox's freezer. kind: 'cgroup2' | 'cgroup1' | 'signal'."""
+
+    def __init__(self, kind: str, path: str | None):
+        self.kind = kind
+        self.path = path
+
+    @property
+    def procs_file(self) -> str | None:
+        return os.path.join(self.path, "cgroup.procs") if self.path else None
+
+    @staticmethod
+    def candidates(name: str) -> list[tuple[str, str]]:
+        """(kind, cgroup dir) for each freezer hierarchy mounted, preferred first."""
+        global _hierarchies
+        if _hierarchies is None:
+            found = []
+            v2 = _mountinfo_fs("cgroup2")
+            if v2:
+                found.append(("cgroup2", v2))
+            v1 = _mountinfo_fs("cgroup", "freezer")
+            if v1:
+                found.append(("cgroup1", v1))
+            _hierarchies = found
+        return [(kind, os.path.join(mnt, _CGROUP_PARENT, name)) for kind, mnt in _hierarchies]
+
+    @classmethod
+    def create(cls, name: str, prefer: str = "auto") -> _Freezer:
+        if prefer == "signal":
+            return cls("signal", None)
+        for kind, path in cls.candidates(name):
+            if prefer not in ("auto", kind):
+                continue
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    os.mkdir(path)
+                except FileExistsError:
+                    pass
+                state = "cgroup.freeze" if kind == "cgroup2" else "freezer.state"
+                if not os.access(os.path.join(path, state), os.W_OK):
+                    raise OSError(errno.EACCES, "freezer not writable")
+                f = cls(kind, path)
+                f.thaw()  # a leftover cgroup of the same name may still be frozen
+                return f
+            except OSError:
+                continue
+        if prefer not in ("auto", "signal"):
+            raise SandboxError(f"freezer {prefer!r} not available")
+        return cls("signal", None)
+
+    def _write(self, fname: str, value: str) -> None:
+        with open(os.path.join(self.path, fname), "w") as f:
+            f.write(value)
+
+    def _read(self, fname: str) -> str:
+        with open(os.path.join(self.path, fname)) as f:
+            return f.read()
+
+    def freeze(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        if self.kind == "cgroup2":
+            self._write("cgroup.freeze", "1")
+            done = lambda: "frozen 1" in self._read("cgroup.events")  # noqa: E731
+        else:
+            self._write("freezer.state", "FROZEN")
+            done = lambda: self._read("freezer.state").strip() == "FROZEN"  # noqa: E731
+        delay = 0.0002
+        while not done():
+            if time.monotonic() >= deadline:
+                raise SandboxError("freezing the sandbox timed out")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def is_frozen(self) -> bool:
+        try:
+            if self.kind == "cgroup2":
+                return self._read("cgroup.freeze").strip() == "1"
+            if self.kind == "cgroup1":
+                return self._read("freezer.state").strip() != "THAWED"
+        except OSError:
+            pass
+        return False
+
+    def thaw(self) -> None:
+        if self.kind == "cgroup2":
+            self._write("cgroup.freeze", "0")
+        elif self.kind == "cgroup1":
+            self._write("freezer.state", "THAWED")
+
+    def remove(self, deadline: float) -> bool:
+        if not self.path:
+            return True
+        delay = 0.0005
+        while True:
+            try:
+                os.rmdir(self.path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Sandbox:
+    """Process isolation of one devbox. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        netns: str,
+        root: Path,
+        uid: int,
+        gid: int,
+        nameserver: str,
+        hidden_paths: Sequence[Path] = (),
+        *,
+        freezer: str = "auto",
+    ):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
+            raise ValueError(f"bad sandbox name {name!r}")
+        if "/" in netns or netns in ("", ".", ".."):
+            raise ValueError(f"bad netns name {netns!r}")
+        if uid <= 0 or gid <= 0:
+            raise ValueError("the devbox user must not be root")
+        if any(c in nameserver for c in "\n\r \t"):
+            raise ValueError(f"bad nameserver {nameserver!r}")
+        if freezer not in ("auto", "cgroup2", "cgroup1", "signal"):
+            raise ValueError(f"bad freezer {freezer!r}")
+        self.name = name
+        self.netns = netns
+        self.root = Path(os.path.abspath(root))
+        self.uid = uid
+        self.gid = gid
+        self.nameserver = nameserver
+        self.hidden_paths = [Path(p) for p in hidden_paths]
+        self._freezer_pref = freezer
+        self._freezer: _Freezer | None = None
+        self._proc: subprocess.Popen | None = None  # the `unshare` parent, when we started it
+        self._holder_pid: int | None = None
+        self._holder_start: int | None = None
+        self._suspended = False
+
+    # -- layout ------------------------------------------------------------------------------
+
+    @property
+    def home_dir(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def _private_dir(self) -> Path:
+        return self.root / ".sandbox"
+
+    @property
+    def _state_file(self) -> Path:
+        return self._private_dir / "state.json"
+
+    @property
+    def netns_path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+    @property
+    def holder_pid(self) -> int | None:
+        return self._holder_pid
+
+    @property
+    def freezer(self) -> str | None:
+        """'cgroup2', 'cgroup1' or 'signal' once started."""
+        return self._freezer.kind if self._freezer else None
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
+
+    def _prepare_root(self) -> tuple[str, str]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        priv = self._private_dir
+        priv.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(priv, 0o700)
+        home = self.home_dir
+        if not home.exists():
+            home.mkdir(mode=0o755)
+            os.chown(home, self.uid, self.gid)
+        tmp = self.tmp_dir
+        if not tmp.exists():
+            tmp.mkdir()
+        os.chmod(tmp, 0o1777)
+        resolv = priv / "resolv.conf"
+        _write_if_changed(resolv, f"nameserver {self.nameserver}\n".encode())
+        hosts = priv / "hosts"
+        _write_if_changed(
+            hosts,
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{self.name}\n".encode(),
+        )
+        return str(resolv), str(hosts)
+
+    def _hide_targets(self) -> list[tuple[str, bool]]:
+        """(path, is_dir) to cover, outermost first; paths covered by another one dropped."""
+        paths = []
+        for p in [*self.hidden_paths, self.root]:
+            rp = os.path.realpath(p)
+            if rp == "/" or not os.path.lexists(rp):
+                continue
+            paths.append(rp)
+        paths = sorted(set(paths), key=len)
+        out: list[tuple[str, bool]] = []
+        for p in paths:
+            if any(p == q or p.startswith(q.rstrip("/") + "/") for q, d in out if d):
+                continue
+            out.append((p, os.path.isdir(p)))
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the holder. Raises SandboxError (and leaves nothing running) on failure."""
+        if self._holder_pid is not None and self.alive():
+            raise SandboxError(f"sandbox {self.name} already running")
+        resolv, hosts = self._prepare_root()
+        hides = self._hide_targets()
+        self._freezer = _Freezer.create(self.name, self._freezer_pref)
+
+        fds: list[int] = []
+        try:
+            net_fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(net_fd)
+        except OSError as e:
+            self._freezer.remove(time.monotonic())
+            raise SandboxError(f"network namespace {self.netns}: {e.strerror}") from None
+        try:
+            sources = [str(self.home_dir), str(self.tmp_dir), resolv, hosts, "/dev/null"]
+            hostname = self.name.encode()[:64]
+            ro_hide = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+
+            def setup() -> None:  # runs in the forked child, before exec
+                try:
+                    _check(_libc.setns(net_fd, _CLONE_NEWNET), "setns net")
+                    _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS), "unshare")
+                    _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
+                    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+                    # Bind sources must be mounts of *this* namespace: open them now, before
+                    # any mount can hide them (root may live under /tmp or a hidden path).
+                    home_fd, tmp_fd, resolv_fd, hosts_fd, null_fd = (
+                        os.open(p, os.O_PATH | os.O_CLOEXEC) for p in sources
+                    )
+                    for path, is_dir in hides:
+                        if is_dir:
+                            _mount("dbxsim-hidden", path, "tmpfs", ro_hide, "size=4k,nr_inodes=1,mode=0555")
+                        else:
+                            _bind(null_fd, path, _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)
+                    _mount("dbxsim-home", "/home", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=64k,nr_inodes=16,mode=0755")
+                    os.mkdir("/home/user", 0o755)
+                    _mount(None, "/home", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+                    _bind(home_fd, DEVBOX_HOME, _MS_NOSUID | _MS_NODEV)
+                    _bind(tmp_fd, DEVBOX_TMP, _MS_NOSUID | _MS_NODEV)
+                    # optional targets: absent on the host, or under a hidden path
+                    if os.path.isdir("/var/tmp"):
+                        _bind(tmp_fd, "/var/tmp", _MS_NOSUID | _MS_NODEV)
+                    for p, size in (("/dev/shm", "64m"), ("/run/lock", "1m")):
+                        if os.path.isdir(p):
+                            _mount("dbxsim-" + os.path.basename(p), p, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
+                    if os.path.exists("/etc/resolv.conf"):
+                        _bind(resolv_fd, "/etc/resolv.conf", _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+                    if os.path.exists("/etc/hosts"):
+                        _bind(hosts_fd, "/etc/hosts", _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+                    # sysfs of this network namespace (also hides the host's cgroup tree)
+                    _mount("sysfs", "/sys", "sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+                except BaseException as e:  # report through the pipe; never raise in preexec
+                    try:
+                        os.write(2, f"sandbox setup failed: {e}\n".encode())
+                    finally:
+                        os._exit(111)
+
+            argv = [
+                _tool("unshare"), "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "--",
+                "/bin/sh", "-c", _INIT_SCRIPT, HOLDER_TAG, self.name,
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                cwd="/",
+                env=dict(_CHAIN_ENV),
+                start_new_session=True,
+                preexec_fn=setup,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            out = self._read_ready(proc)
+            if out is not None:
+                raise SandboxError(f"sandbox {self.name} failed to start: {out.strip() or 'no output'}")
+            pid = self._find_init(proc.pid)
+        except BaseException:
+            proc.kill()
+            try:
+                proc.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.stdout:
+                proc.stdout.close()
+            self._freezer.remove(time.monotonic() + 1)
+            raise
+        proc.stdout.close()
+        self._proc = proc
+        self._holder_pid = pid
+        self._holder_start = _proc_starttime(pid)
+        self._suspended = False
+        self._save_state()
+
+    @staticmethod
+    def _read_ready(proc: subprocess.Popen) -> str | None:
+        """None when the init said ready, else whatever the chain printed before dying."""
+        fd = proc.stdout.fileno()
+        buf = b""
+        deadline = time.monotonic() + _START_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return buf.decode(errors="replace") + " (timed out)"
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return buf.decode(errors="replace")
+            buf += chunk
+            if buf.endswith(b"ready\n") and (buf == b"ready\n" or buf.endswith(b"\nready\n")):
+                return None
+
+    @staticmethod
+    def _find_init(parent: int) -> int:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            kids = f.read().split()
+        if len(kids) != 1:
+            raise SandboxError(f"holder has {len(kids)} init processes")
+        return int(kids[0])
+
+    def _save_state(self) -> None:
+        state = {
+            "name": self.name,
+            "holder_pid": self._holder_pid,
+            "holder_start": self._holder_start,
+            "freezer": self._freezer.kind if self._freezer else None,
+            "cgroup": self._freezer.path if self._freezer else None,
+            "suspended": self._suspended,
+        }
+        _write_if_changed(self._state_file, json.dumps(state).encode())
+
+    @classmethod
+    def adopt(
+        cls,
+        name: str,
+        netns: str,
+        root: Path,
+        uid: int,
+        gid: int,
+        nameserver: str,
+        hidden_paths: Sequence[Path] = (),
+        *,
+        freezer: str = "auto",
+    ) -> Sandbox:
+        """A Sandbox object for a holder started by an earlier simulator process.
+
+        Never raises for a dead holder: check :meth:`alive` (and ``start()`` it again, or
+        ``destroy()`` it).
+        """
+        sb = cls(name, netns, root, uid, gid, nameserver, hidden_paths, freezer=freezer)
+        try:
+            state = json.loads(sb._state_file.read_text())
+            if state.get("name") != name:
+                state = {}
+        except (OSError, ValueError):
+            state = {}
+        sb._holder_pid = state.get("holder_pid")
+        sb._holder_start = state.get("holder_start")
+        if not sb.alive():  # no (valid) state file: look for the marker
+            pids = find_orphans(name)
+            pids = [p for p in pids if _holder_name(p) == name]
+            sb._holder_pid = pids[0] if len(pids) == 1 else None
+            sb._holder_start = _proc_starttime(pids[0]) if len(pids) == 1 else None
+            if not sb.alive():
+                sb._holder_pid = sb._holder_start = None
+                return sb
+        if sb._holder_start is None:
+            sb._holder_start = _proc_starttime(sb._holder_pid)
+        kind = state.get("freezer")
+        if kind:
+            sb._freezer = _Freezer(kind, state.get("cgroup"))
+        else:  # find the cgroup by name
+            sb._freezer = _Freezer("signal", None)
+            for kind, path in _Freezer.candidates(name):
+                if os.path.isdir(path):
+                    sb._freezer = _Freezer(kind, path)
+                    break
+        sb._suspended = sb._freezer.is_frozen() if sb._freezer.kind != "signal" else bool(state.get("suspended"))
+        return sb
+
+    def alive(self) -> bool:
+        """True if the holder runs: same pid and start time, our marker, the devbox's netns."""
+        pid = self._holder_pid
+        if pid is None:
+            return False
+        if self._proc is not None and self._proc.poll() is not None:
+            return False
+        st = _proc_state(pid)
+        if st is None or st in ("Z", "X"):
+            return False
+        if self._holder_start is not None and _proc_starttime(pid) != self._holder_start:
+            return False
+        if _holder_name(pid) != self.name:
+            return False
+        net = _ns_id(self.netns_path)
+        return net is not None and _ns_id(f"/proc/{pid}/ns/net") == net
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Kill the holder, hence every process of the devbox. Idempotent, bounded."""
+        deadline = time.monotonic() + timeout
+        pid = self._holder_pid
+        if self._freezer is not None:
+            try:
+                self._freezer.thaw()  # v1-frozen tasks cannot die
+            except OSError:
+                pass
+        if pid is not None and (
+            _proc_starttime(pid) != self._holder_start if self._holder_start is not None else not self.alive()
+        ):
+            pid = None  # gone long ago (the pid may belong to someone else now)
+        if pid is not None:
+            # Executions' nsenter processes live outside the namespace, as parents of its
+            # processes. One that stopped itself (its child got SIGSTOP: suspend by signals,
+            # or a devbox user's `kill -STOP $$`) would never reap its dying child, and the
+            # namespace's init cannot finish exiting before that: kill them too (they would
+            # die of the same SIGKILL as their child anyway).
+            wrappers = self._outside_parents(pid, self._ns_members(pid))
+            for p in (pid, *wrappers):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not self._wait_holder(pid, min(deadline, time.monotonic() + 0.5)):
+                # slow path: wrappers we could not see through the namespace (e.g. its
+                # processes were already dying), found by their command line
+                for p in _wrappers_of(pid):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                if not self._wait_holder(pid, deadline):
+                    raise SandboxError(f"sandbox {self.name}: holder {pid} did not exit")
+        if self._proc is not None:
+            try:
+                self._proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise SandboxError(f"sandbox {self.name}: holder did not exit") from None
+            self._proc = None
+        self._holder_pid = None
+        self._holder_start = None
+        self._suspended = False
+        if self._freezer is not None:
+            # Executions' nsenter wrappers sit in the cgroup until their child is gone.
+            self._freezer.remove(min(deadline, time.monotonic() + 2.0))
+        if self._private_dir.exists():
+            try:
+                self._state_file.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def _wait_holder(self, pid: int, deadline: float) -> bool:
+        if self._proc is not None:
+            try:
+                self._proc.wait(max(0.0, deadline - time.monotonic()))
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        return _wait_gone(pid, deadline)
+
+    def destroy(self) -> None:
+        """stop() and remove ``root``."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- executions --------------------------------------------------------------------------
+
+    def devbox_cwd(self, cwd: str | None) -> str:
+        if cwd is None or cwd == "" or cwd == "~":
+            return DEVBOX_HOME
+        if cwd.startswith("~/"):
+            cwd = DEVBOX_HOME + cwd[1:]
+        return posixpath.normpath(posixpath.join(DEVBOX_HOME, cwd))
+
+    def exec(
+        self,
+        command: str | Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        *,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) -> subprocess.Popen:
+        """Run ``command`` (argv list, or a string for ``bash -c``) inside the devbox.
+
+        The command runs as uid/gid with no capabilities and no_new_privs, in the holder's
+        net/mount/pid/ipc/uts namespaces, cwd ``cwd`` (relative to /home/user; default home),
+        environment = HOME/USER/LOGNAME/SHELL/PATH/LANG defaults overlaid by ``env``. The
+        returned Popen's pid leads a new session and process group holding the execution.
+        A missing cwd makes the command fail (exit 1, message on stderr).
+        """
+        pid = self._holder_pid
+        if (
+            pid is None
+            or (self._proc is not None and self._proc.poll() is not None)
+            or _proc_starttime(pid) != self._holder_start  # gone, or pid reused
+        ):
+            raise SandboxError(f"sandbox {self.name} is not running")
+        if isinstance(command, str):
+            shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+            argv = [shell, "-c", command]
+        else:
+            argv = [str(a) for a in command]
+            if not argv:
+                raise ValueError("empty command")
+        if "=" in argv[0]:
+            raise ValueError("argv[0] must not contain '='")  # `env` would take it as a variable
+        full_env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": DEVBOX_HOME,
+            "USER": "user",
+            "LOGNAME": "user",
+            "SHELL": "/bin/bash",
+            "LANG": "C.UTF-8",
+        }
+        if env:
+            full_env.update({str(k): str(v) for k, v in env.items()})
+        for k, v in full_env.items():
+            if not k or "=" in k or "\0" in k or "\0" in v:
+                raise ValueError(f"bad environment variable {k!r}")
+        wd = self.devbox_cwd(cwd)
+        chain = [
+            _tool("nsenter"), "-t", str(pid), f"--net={self.netns_path}", "-m", "-p", "-i", "-u", "--",
+            _tool("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+            _tool("env"), "-i", f"--chdir={wd}", *(f"{k}={v}" for k, v in full_env.items()), *argv,
+        ]  # fmt: skip
+        procs = self._freezer.procs_file if self._freezer else None
+        if procs:
+            chain = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *chain]
+        return subprocess.Popen(
+            chain,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            close_fds=True,
+            cwd="/",
+            env=dict(_CHAIN_ENV),
+            start_new_session=True,
+        )
+
+    @staticmethod
+    def kill(popen: subprocess.Popen, group: bool = True, sig: int = signal.SIGKILL) -> None:
+        """Signal an execution: its whole process group (default) or only its leader."""
+        if popen.poll() is not None and not group:
+            return
+        try:
+            if group:
+                os.killpg(popen.pid, sig)
+            else:
+                popen.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # -- suspend / resume --------------------------------------------------------------------
+
+    def _ns_members(self, holder: int) -> list[int]:
+        ns = _ns_id(f"/proc/{holder}/ns/pid")
+        out = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            p = int(entry)
+            if p != holder and _ns_id(f"/proc/{p}/ns/pid") == ns:
+                out.append(p)
+        return out
+
+    def _outside_parents(self, holder: int, members: Collection[int]) -> set[int]:
+        """Parents of ``members`` outside the namespace: executions' nsenter processes."""
+        parents = set()
+        for p in members:
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    for line in f:
+                        if line.startswith("PPid:"):
+                            parents.add(int(line.split()[1]))
+                            break
+            except OSError:
+                pass
+        return parents - set(members) - {holder, 0}
+
+    def _signal_ns(self, sig: int, holder: int) -> set[int]:
+        seen: set[int] = set()
+        for _ in range(100):  # repeat until no new process shows up (forks during the sweep)
+            new = [p for p in self._ns_members(holder) if p not in seen]
+            if not new:
+                break
+            for p in new:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            seen.update(new)
+        return seen
+
+    def suspend(self, timeout: float = 5.0) -> None:
+        """Freeze every process of the devbox (the holder's init excepted)."""
+        pid = self._holder_pid
+        if pid is None or not self.alive():
+            raise SandboxError(f"sandbox {self.name} is not running")
+        if self._freezer.kind == "signal":
+            self._signal_ns(signal.SIGSTOP, pid)
+        else:
+            self._freezer.freeze(timeout)
+        self._suspended = True
+        self._save_state()
+
+    def resume(self) -> None:
+        pid = self._holder_pid
+        if pid is None or not self.alive():
+            raise SandboxError(f"sandbox {self.name} is not running")
+        if self._freezer.kind == "signal":
+            members = self._signal_ns(signal.SIGCONT, pid)
+            # nsenter (outside the namespace) stops itself when its child stops: wake it too,
+            # and again if it stopped itself only after our first SIGCONT.
+            parents = self._outside_parents(pid, members)
+            deadline = time.monotonic() + 0.05
+            while True:
+                stopped = [p for p in parents if _proc_state(p) == "T"]
+                for p in stopped:
+                    os.kill(p, signal.SIGCONT)
+                if not stopped or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
+        else:
+            self._freezer.thaw()
+        self._suspended = False
+        self._save_state()
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _area(self, devbox_abs: str) -> tuple[str, Path, str] | None:
+        """(area prefix, host base, remainder) for a normalised absolute devbox path."""
+        for prefix, base in ((DEVBOX_HOME, self.home_dir), (DEVBOX_TMP, self.tmp_dir)):
+            if devbox_abs == prefix:
+                return prefix, base, ""
+            if devbox_abs.startswith(prefix + "/"):
+                return prefix, base, devbox_abs[len(prefix) + 1 :]
+        return None
+
+    @staticmethod
+    def _devbox_abs(path: str) -> str:
+        if "\0" in path:
+            raise ValueError("NUL in path")
+        if path in ("", "~"):
+            return DEVBOX_HOME
+        if path.startswith("~/"):
+            return DEVBOX_HOME + path[1:]
+        if not path.startswith("/"):
+            return DEVBOX_HOME + "/" + path
+        return path
+
+    def resolve_path(self, path: str) -> Path:
+        """Host path (under ``root``) of a devbox path.
+
+        Accepted: relative (to /home/user), ``~``, ``~/...``, ``/home/user[/...]``,
+        ``/tmp[/...]``. The path is walked as the devbox would walk it: symlinks are followed
+        (an absolute target is a devbox path) before a following ``..`` applies; the last
+        component need not exist. Raises ValueError for any other absolute path, for a walk
+        that passes outside home and /tmp (other than through ``/`` and ``/home``), whether by
+        ``..`` or by a symlink, and for symlink loops.
+        """
+        devbox = self._devbox_abs(path)
+        todo = deque(devbox.split("/"))
+        cur: list[str] = []  # devbox path walked so far, symlinks resolved
+        links = 0
+        while todo:
+            part = todo.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if cur:
+                    cur.pop()
+                continue
+            cur.append(part)
+            area = self._area("/" + "/".join(cur))
+            if area is None:
+                if cur == ["home"]:  # on the way to /home/user
+                    continue
+                raise ValueError(
+                    f"{path!r}: only paths under {DEVBOX_HOME} and {DEVBOX_TMP} are accessible"
+                )
+            _, base, rest = area
+            if rest and (base / rest).is_symlink():
+                links += 1
+                if links > 40:
+                    raise ValueError(f"{path!r}: too many levels of symbolic links")
+                target = os.readlink(base / rest)
+                cur.pop()
+                if target.startswith("/"):
+                    cur = []
+                todo.extendleft(reversed(target.split("/")))
+        area = self._area("/" + "/".join(cur))
+        if area is None:
+            raise ValueError(f"{path!r}: only paths under {DEVBOX_HOME} and {DEVBOX_TMP} are accessible")
+        _, base, rest = area
+        result = base / rest if rest else base
+        real_base = os.path.realpath(base)
+        real = os.path.realpath(result)
+        if real != real_base and not real.startswith(real_base + "/"):
+            raise ValueError(f"{path!r} escapes the devbox")  # raced with a new symlink
+        return result
+
+    def _open_beneath(self, host: Path, flags: int, mode: int = 0o644, make_parents: bool = False) -> tuple[int, bool]:
+        """Open ``host`` (a resolve_path result) walking from its area base without following
+        any symlink. Returns (fd, created)."""
+        for base in (self.home_dir, self.tmp_dir):
+            try:
+                rel = host.relative_to(base)
+            except ValueError:
+                continue
+            break
+        else:
+            raise ValueError(f"{host} is not under the devbox areas")
+        parts = rel.parts
+        if not parts:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(host))
+        dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                except FileNotFoundError:
+                    if not make_parents:
+                        raise
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=dfd)
+                        os.chown(part, self.uid, self.gid, dir_fd=dfd, follow_symlinks=False)
+                    except FileExistsError:
+                        pass
+                    nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                os.close(dfd)
+                dfd = nfd
+            flags |= os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            created = False
+            if flags & os.O_CREAT:
+                try:
+                    fd = os.open(parts[-1], flags | os.O_EXCL, mode, dir_fd=dfd)
+                    created = True
+                except FileExistsError:
+                    fd = os.open(parts[-1], flags & ~os.O_CREAT, mode, dir_fd=dfd)
+            else:
+                fd = os.open(parts[-1], flags, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ValueError(f"{host}: not a regular file")
+        os.set_blocking(fd, True)
+        return fd, created
+
+    def read_file(self, path: str) -> bytes:
+        """Contents of a devbox file (see resolve_path for accepted paths)."""
+        fd, _ = self._open_beneath(self.resolve_path(path), os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> Path:
+        """Write a devbox file, creating parent directories; new files/dirs belong to uid."""
+        host = self.resolve_path(path)
+        fd, created = self._open_beneath(host, os.O_WRONLY | os.O_CREAT, mode, make_parents=True)
+        try:
+            if created:
+                os.fchown(fd, self.uid, self.gid)
+            elif os.fstat(fd).st_nlink > 1:
+                raise ValueError(f"{path!r}: refusing to write a file with several hard links")
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        finally:
+            os.close(fd)
+        return host
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _wrappers_of(holder: int) -> list[int]:
+    """nsenter processes of executions into ``holder`` (found by command line)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            argv = _cmdline(int(entry))
+            if len(argv) > 3 and os.path.basename(argv[0]) == "nsenter" and argv[1:3] == ["-t", str(holder)]:
+                out.append(int(entry))
+    return out
+
+
+def _scan_holders() -> dict[int, str]:
+    """pid -> sandbox name of every holder init, including one already exiting (no command
+    line any more), found through its `unshare` parent."""
+    out: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        name = _holder_name(pid)
+        if name is not None:
+            out[pid] = name
+            continue
+        argv = _cmdline(pid)
+        if (
+            len(argv) >= 6
+            and os.path.basename(argv[0]) == "unshare"
+            and argv[-5:-2] == ["/bin/sh", "-c", _INIT_SCRIPT]
+            and argv[-2] == HOLDER_TAG
+        ):
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            for k in kids:
+                out.setdefault(k, argv[-1])
+    return out
+
+
+def find_orphans(marker_prefix: str, known: Collection[str] = ()) -> list[int]:
+    """Pids of holder inits whose sandbox name starts with ``marker_prefix`` and is not in
+    ``known`` (e.g. left over by a simulator that died)."""
+    known = set(known)
+    return sorted(
+        pid for pid, name in _scan_holders().items() if name.startswith(marker_prefix) and name not in known
+    )
+
+
+def kill_orphans(marker_prefix: str, known: Collection[str] = (), timeout: float = 5.0) -> list[int]:
+    """SIGKILL the holders find_orphans() returns (thawing their cgroup first, killing their
+    executions' nsenter processes), wait bounded, and remove their cgroups. Returns the pids."""
+    known = set(known)
+    names = {
+        pid: name
+        for pid, name in _scan_holders().items()
+        if name.startswith(marker_prefix) and name not in known
+    }
+    deadline = time.monotonic() + timeout
+    for pid, name in names.items():
+        for kind, path in _Freezer.candidates(name):
+            if os.path.isdir(path):
+                try:
+                    _Freezer(kind, path).thaw()
+                except OSError:
+                    pass
+        for p in (pid, *_wrappers_of(pid)):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid, name in names.items():
+        _wait_gone(pid, deadline)
+        for kind, path in _Freezer.candidates(name):
+            if os.path.isdir(path):
+                _Freezer(kind, path).remove(min(deadline, time.monotonic() + 1))
+    return sorted(names)

@@ -1,0 +1,52 @@
+"""The interface every devbox runtime implements.
+
+The devbox service drives the lifecycle (provisioning -> initializing -> running -> shutdown,
+declared in ``simulator.lifecycle``) and calls these methods; a runtime never changes a
+devbox's status itself. All methods are blocking and thread-safe; ``provision`` and
+``shutdown`` are called from a worker thread, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from simulator.policy_model import NetworkPolicy
+
+
+class RuntimeFailure(Exception):
+    """Provisioning or an operation failed; the message is shown as the devbox's failure."""
+
+
+@dataclass(frozen=True)
+class DevboxSpec:
+    id: str
+    account: str
+    policy: NetworkPolicy | None  # None: no policy, unrestricted egress
+    environment_variables: dict[str, str] = field(default_factory=dict)
+
+
+class DevboxRuntime(Protocol):
+    name: str  # "netns" or "docker"
+
+    def provision(self, spec: DevboxSpec) -> None:
+        """Create the devbox (network + sandbox + policy) and return when it can run commands."""
+
+    def exec(
+        self,
+        devbox_id: str,
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> subprocess.Popen:
+        """Start ``/bin/sh -c command`` inside the devbox with stdin/stdout/stderr pipes (bytes).
+
+        The process runs in its own process group; killing the group kills the command."""
+
+    def shutdown(self, devbox_id: str) -> None:
+        """Kill every process and remove everything the devbox had. Idempotent."""
+
+    def close(self) -> None:
+        """Release runtime-wide resources (the simulator is stopping). Devboxes stay as stored."""

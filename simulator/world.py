@@ -1,0 +1,228 @@
+"""The offline world: hosts on documentation ranges, their services, and the DNS that names them.
+
+``--world FILE`` (TOML) builds a network namespace that stands in for the internet::
+
+    resolver = "198.51.100.53"      # the world's public DNS (upstream of our resolver)
+    ttl = 300                       # TTL of every answer the world's DNS gives
+
+    [hosts."github.com"]
+    address = "192.0.2.10"
+    aliases = ["www.github.com"]    # CNAMEs pointing at github.com
+    http = [80]                     # answers GET with "<name> <path>"
+    tcp_echo = [22, 443]            # echoes what it receives
+    udp_echo = [7]                  # echoes each datagram
+
+The router's uplink leads here, so nothing a devbox sends leaves the machine. Every service
+socket is bound to its host's own address (a UDP server on 0.0.0.0 answers from the wrong
+source address), inside the world namespace, and served by threads of this process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import socketserver
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from dns import DnsServer, Zone, bind_udp_tcp
+from netns import links, namespaces
+
+log = logging.getLogger(__name__)
+
+DOCUMENTATION_NETS = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+
+
+class WorldConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    aliases: tuple[str, ...] = ()
+    http: tuple[int, ...] = ()
+    tcp_echo: tuple[int, ...] = ()
+    udp_echo: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    resolver: str = "198.51.100.53"
+    ttl: int = 300
+    hosts: tuple[Host, ...] = ()
+
+    @classmethod
+    def load(cls, path: Path) -> WorldConfig:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise WorldConfigError(f"{path}: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "world") -> WorldConfig:
+        resolver = _documentation_address(data.get("resolver", cls.resolver), f"{where}: resolver")
+        hosts = []
+        for name, spec in (data.get("hosts") or {}).items():
+            here = f"{where}: hosts.{name!r}"
+            if not isinstance(spec, dict) or "address" not in spec:
+                raise WorldConfigError(f"{here}: needs an address")
+            hosts.append(
+                Host(
+                    name=name.lower().rstrip("."),
+                    address=_documentation_address(spec["address"], here),
+                    aliases=tuple(a.lower().rstrip(".") for a in spec.get("aliases", ())),
+                    http=_ports(spec.get("http", ()), here),
+                    tcp_echo=_ports(spec.get("tcp_echo", ()), here),
+                    udp_echo=_ports(spec.get("udp_echo", ()), here),
+                )
+            )
+        return cls(resolver=resolver, ttl=int(data.get("ttl", cls.ttl)), hosts=tuple(hosts))
+
+    def zone(self) -> Zone:
+        records: dict[str, list[str]] = {}
+        cnames: dict[str, str] = {}
+        for host in self.hosts:
+            records.setdefault(host.name, []).append(host.address)
+            for alias in host.aliases:
+                cnames[alias] = host.name
+        return Zone(records, cnames, ttl=self.ttl)
+
+    def addresses(self) -> list[str]:
+        return sorted({self.resolver, *(h.address for h in self.hosts)})
+
+
+def _documentation_address(value: object, where: str) -> str:
+    """World hosts live only on documentation ranges: never a real address by mistake."""
+    try:
+        address = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise WorldConfigError(f"{where}: {value!r} is not an IPv4 address") from None
+    if not any(address in net for net in DOCUMENTATION_NETS):
+        raise WorldConfigError(
+            f"{where}: {address} is outside the documentation ranges 192.0.2.0/24, "
+            "198.51.100.0/24 and 203.0.113.0/24"
+        )
+    return str(address)
+
+
+def _ports(values, where: str) -> tuple[int, ...]:
+    ports = tuple(values)
+    for port in ports:
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise WorldConfigError(f"{where}: {port!r} is not a port")
+    return ports
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+class _EchoTCP(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(30)
+        try:
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+        except OSError:
+            pass
+
+
+class _EchoUDP(socketserver.BaseRequestHandler):
+    def handle(self):
+        data, sock = self.request
+        sock.sendto(data, self.client_address)
+
+
+def _http_handler(host_name: str):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "devbox-sim-world"
+
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            body = f"{host_name} {self.path}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+class _ThreadingTCP(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _ThreadingUDP(socketserver.ThreadingUDPServer):
+    daemon_threads = True
+
+
+class _ThreadingHTTP(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+@dataclass
+class World:
+    """A running offline world: namespace, addresses, services and DNS."""
+
+    ns_name: str
+    config: WorldConfig
+    _net: links.World | None = None
+    _servers: list[socketserver.BaseServer] = field(default_factory=list)
+    _dns: DnsServer | None = None
+
+    def start(self) -> None:
+        self._net = links.World(self.ns_name)
+        self._net.setup()
+        try:
+            for address in self.config.addresses():
+                self._net.add_address(address)
+            with namespaces.entered(self.ns_name):
+                udp, tcp = bind_udp_tcp(self.config.resolver, 53)
+            self._dns = DnsServer(self.config.zone().resolve, udp_sockets=[udp], tcp_sockets=[tcp], name="world-dns")
+            self._dns.start()
+            for host in self.config.hosts:
+                for port in host.http:
+                    self._serve(_ThreadingHTTP, (host.address, port), _http_handler(host.name))
+                for port in host.tcp_echo:
+                    self._serve(_ThreadingTCP, (host.address, port), _EchoTCP)
+                for port in host.udp_echo:
+                    self._serve(_ThreadingUDP, (host.address, port), _EchoUDP)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _serve(self, server_class, address: tuple[str, int], handler) -> None:
+        server = server_class(address, handler, bind_and_activate=False)
+        server.socket.close()
+        # The socket must be created inside the world namespace; binding happens there too.
+        server.socket = namespaces.socket_in(self.ns_name, socket.AF_INET, server.socket_type)
+        with namespaces.entered(self.ns_name):
+            server.server_bind()
+            server.server_activate()
+        self._servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                         name=f"world-{address[0]}:{address[1]}").start()
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._servers.clear()
+        if self._dns is not None:
+            self._dns.stop()
+            self._dns = None
+        if self._net is not None:
+            self._net.teardown()
+            self._net = None

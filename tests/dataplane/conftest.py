@@ -1,0 +1,111 @@
+"""A real data plane for tests: router, offline world and netns devboxes, all uniquely named
+and always removed. Packets go only to namespaces these fixtures create (documentation
+ranges in the world, 10.x on the bridge)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from simulator.policy_model import AllowedCidr, Egress, NetworkPolicy, PortRule
+
+PROBE = (Path(__file__).parent / "probe.py").read_text()
+WORLD = {
+    "resolver": "198.51.100.53",
+    "ttl": 30,
+    "hosts": {
+        "github.com": {"address": "192.0.2.10", "aliases": ["www.github.com"], "http": [80], "tcp_echo": [443]},
+        "registry.npmjs.org": {"address": "192.0.2.20", "http": [80], "tcp_echo": [443]},
+        "blocked.example": {"address": "203.0.113.30", "http": [80], "tcp_echo": [443], "udp_echo": [7]},
+        "target.elsewhere.net": {"address": "198.51.100.40", "aliases": ["alias.allowed.org"], "tcp_echo": [443]},
+    },
+}
+GITHUB, NPM, BLOCKED, CNAME_TARGET, WORLD_DNS = "192.0.2.10", "192.0.2.20", "203.0.113.30", "198.51.100.40", "198.51.100.53"
+_ids = itertools.count()
+
+
+def make_policy(account: str = "acct-a", **egress) -> NetworkPolicy:
+    cidrs = tuple(
+        AllowedCidr(c["cidr"], None if c.get("ports") is None else tuple(PortRule(**p) for p in c["ports"]))
+        for c in egress.pop("allowed_cidrs", ())
+    )
+    hostnames = tuple(egress.pop("allowed_hostnames", ()))
+    return NetworkPolicy(
+        id=f"npol_test{next(_ids)}", account=account, name="t", description=None,
+        egress=Egress(allowed_hostnames=hostnames, allowed_cidrs=cidrs, **egress),
+        create_time_ms=0, update_time_ms=0,
+    )
+
+
+class Devboxes:
+    """Creates netns devboxes through the real runtime and removes them at the end."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.made: list[str] = []
+
+    def create(self, policy: NetworkPolicy | None, account: str = "acct-a") -> str:
+        from simulator.runtime.base import DevboxSpec
+
+        devbox_id = f"dbx_t{os.getpid():x}{next(_ids)}"
+        self.runtime.provision(DevboxSpec(id=devbox_id, account=account, policy=policy))
+        self.made.append(devbox_id)
+        return devbox_id
+
+    def run(self, devbox_id: str, *argv: str, timeout: float = 20) -> str:
+        proc = self.runtime.exec(devbox_id, "/usr/bin/python3 - " + " ".join(argv))
+        out, err = proc.communicate(PROBE.encode(), timeout=timeout)
+        lines = out.decode().strip().splitlines()
+        assert lines, f"probe printed nothing; stderr: {err.decode()}"
+        return lines[-1]
+
+    def sh(self, devbox_id: str, command: str, timeout: float = 20) -> subprocess.CompletedProcess:
+        proc = self.runtime.exec(devbox_id, command)
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(command, proc.returncode, out.decode(), err.decode())
+
+    def cleanup(self) -> None:
+        for devbox_id in self.made:
+            self.runtime.shutdown(devbox_id)
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory):
+    """One data plane per test module (starting one costs ~100 ms; devboxes are per test)."""
+    from tests.conftest import _privilege_problems
+
+    if _privilege_problems():
+        pytest.skip("needs root")  # the per-test privileged marker turns this into a failure in CI
+    from simulator.dataplane import DataPlane, DataPlaneConfig
+    from simulator.runtime.netns_runtime import NetnsRuntime
+    from simulator.world import WorldConfig
+
+    data_dir = tmp_path_factory.mktemp("dataplane")
+    dataplane = DataPlane(
+        DataPlaneConfig(instance=secrets.token_hex(3), world=WorldConfig.from_dict(WORLD), subnet="10.89.0.0/16")
+    )
+    dataplane.start()
+    runtime = None
+    try:
+        from simulator.runtime.netns_runtime import NetnsRuntime
+
+        runtime = NetnsRuntime(dataplane, data_dir)
+        yield dataplane, runtime
+    finally:
+        if runtime is not None:
+            runtime.close()
+        dataplane.stop()
+
+
+@pytest.fixture
+def devboxes(plane):
+    made = Devboxes(plane[1])
+    try:
+        yield made
+    finally:
+        made.cleanup()

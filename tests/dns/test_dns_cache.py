@@ -1,0 +1,94 @@
+"""AnswerCache with a fake clock: expiry, TTL decrement, bounds, what is not cached."""
+
+from __future__ import annotations
+
+from dnslib import QTYPE, RR, A, CNAME
+
+from dns.cache import AnswerCache
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def a(name: str, ip: str, ttl: int) -> RR:
+    return RR(name, QTYPE.A, rdata=A(ip), ttl=ttl)
+
+
+def test_hit_decrements_ttls_and_expires_at_min_ttl():
+    clock = FakeClock()
+    cache = AnswerCache(clock=clock)
+    records = [RR("www.x.com", QTYPE.CNAME, rdata=CNAME("x.com"), ttl=300), a("x.com", "10.0.0.1", 60)]
+    assert cache.put("www.x.com", QTYPE.A, records)
+
+    got = cache.get("www.x.com", QTYPE.A)
+    assert [rr.ttl for rr in got] == [300, 60]
+
+    clock.now += 20.5
+    got = cache.get("WWW.X.COM.", QTYPE.A)  # key is normalised
+    assert [rr.ttl for rr in got] == [280, 40]  # rounded up, never 0 while served
+    assert str(got[1].rdata) == "10.0.0.1"
+
+    clock.now += 39.4
+    assert [rr.ttl for rr in cache.get("www.x.com", QTYPE.A)] == [241, 1]
+
+    clock.now += 0.1  # exactly 60 s after storing: the shortest TTL has run out
+    assert cache.get("www.x.com", QTYPE.A) is None
+    assert len(cache) == 0
+
+
+def test_key_includes_qtype():
+    cache = AnswerCache(clock=FakeClock())
+    cache.put("x.com", QTYPE.A, [a("x.com", "10.0.0.1", 60)])
+    assert cache.get("x.com", QTYPE.AAAA) is None
+    assert cache.get("y.com", QTYPE.A) is None
+
+
+def test_returned_records_are_copies():
+    cache = AnswerCache(clock=FakeClock())
+    original = [a("x.com", "10.0.0.1", 60)]
+    cache.put("x.com", QTYPE.A, original)
+    original[0].ttl = 1
+    got = cache.get("x.com", QTYPE.A)
+    got[0].ttl = 2
+    assert cache.get("x.com", QTYPE.A)[0].ttl == 60
+
+
+def test_negative_and_zero_ttl_not_cached():
+    cache = AnswerCache(clock=FakeClock())
+    assert not cache.put("nx.com", QTYPE.A, [])  # negative answers are never cached
+    assert not cache.put("z.com", QTYPE.A, [a("z.com", "10.0.0.1", 0)])
+    assert len(cache) == 0
+
+
+def test_bounded_evicts_least_recently_used():
+    cache = AnswerCache(max_entries=3, clock=FakeClock())
+    for i in range(3):
+        cache.put(f"h{i}.com", QTYPE.A, [a(f"h{i}.com", f"10.0.0.{i}", 60)])
+    assert cache.get("h0.com", QTYPE.A) is not None  # h0 is now the most recently used
+    cache.put("h3.com", QTYPE.A, [a("h3.com", "10.0.0.3", 60)])
+    assert len(cache) == 3
+    assert cache.get("h1.com", QTYPE.A) is None  # evicted
+    assert cache.get("h0.com", QTYPE.A) is not None
+    assert cache.get("h3.com", QTYPE.A) is not None
+
+
+def test_size_zero_disables_caching():
+    cache = AnswerCache(max_entries=0, clock=FakeClock())
+    assert not cache.put("x.com", QTYPE.A, [a("x.com", "10.0.0.1", 60)])
+    assert cache.get("x.com", QTYPE.A) is None
+
+
+def test_purge_drops_only_expired():
+    clock = FakeClock()
+    cache = AnswerCache(clock=clock)
+    cache.put("short.com", QTYPE.A, [a("short.com", "10.0.0.1", 10)])
+    cache.put("long.com", QTYPE.A, [a("long.com", "10.0.0.2", 100)])
+    clock.now += 50
+    assert cache.purge() == 1
+    assert len(cache) == 1
+    assert cache.get("long.com", QTYPE.A)[0].ttl == 50

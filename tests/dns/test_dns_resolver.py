@@ -1,0 +1,441 @@
+"""Resolver policy: end to end over loopback sockets, plus edge cases with an in-process upstream."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord
+
+from dns import AnswerCache, ClientView, HostnameMatcher, Resolver, Upstream, Zone
+from dns.server import bind_udp
+from dns.upstream import UpstreamError
+
+CLIENT = "127.0.0.1"
+
+
+def view(*patterns, allow_all=False, ipv6=False, local_answer=None) -> ClientView:
+    matcher = HostnameMatcher(patterns) if patterns else None
+    return ClientView(matcher=matcher, allow_all=allow_all, ipv6=ipv6, local_answer=local_answer)
+
+
+def addresses(reply: DNSRecord) -> list[str]:
+    return [str(rr.rdata) for rr in reply.rr if rr.rtype in (QTYPE.A, QTYPE.AAAA)]
+
+
+class FakeClock:
+    def __init__(self, now: float = 500.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingHandler:
+    """Wraps a DnsServer handler and counts the queries that reach it (thread-safe)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, client_ip, request):
+        with self._lock:
+            self.count += 1
+        return self.inner(client_ip, request)
+
+
+class InProcessUpstream:
+    """Upstream stand-in calling a handler directly; records questions asked."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.asked: list[tuple[str, str]] = []
+
+    def query(self, request):
+        q = request.q
+        self.asked.append((str(q.qname), QTYPE[q.qtype]))
+        return self.handler("upstream-client", request)
+
+
+# -- end to end: client -> DnsServer(Resolver) -> Upstream -> DnsServer(Zone) -----------
+
+
+@pytest.fixture
+def proxy(serve, world, recorder):
+    """A resolver served on loopback, in front of the world zone; returns a namespace."""
+
+    class Proxy:
+        pass
+
+    p = Proxy()
+    p.answers, p.events = recorder(), recorder()
+    p.views = {CLIENT: view("api.example.com", "*.example.com", "github.com")}
+    p.resolver = Resolver(p.views.get, world[1], on_answer=p.answers, on_query=p.events)
+    p.server = serve(p.resolver.resolve)
+    p.address = p.server.udp_addresses[0]
+    return p
+
+
+def test_allowed_exact_and_wildcard(proxy, ask):
+    reply = ask(proxy.address, "api.example.com")
+    assert reply.header.rcode == RCODE.NOERROR
+    assert addresses(reply) == ["93.184.216.34"]
+    reply = ask(proxy.address, "A.B.Example.com.")
+    assert addresses(reply) == ["93.184.216.2"]
+
+    assert proxy.answers.calls == [
+        (CLIENT, "api.example.com", [("93.184.216.34", 60)]),
+        (CLIENT, "a.b.example.com", [("93.184.216.2", 60)]),
+    ]
+    first, second = proxy.events.calls
+    assert (first.verdict, first.reason, first.matched_pattern) == ("allowed", "pattern", "api.example.com")
+    assert (second.verdict, second.matched_pattern) == ("allowed", "*.example.com")
+    assert second.addresses == ["93.184.216.2"] and second.ttl == 60 and second.qtype == "A"
+    assert abs(second.time - time.time()) < 60
+
+
+def test_denied_is_nxdomain_with_verdict(proxy, ask):
+    reply = ask(proxy.address, "example.com")  # apex not covered by *.example.com
+    assert reply.header.rcode == RCODE.NXDOMAIN and reply.rr == []
+    reply = ask(proxy.address, "evil.net", tcp=True)
+    assert reply.header.rcode == RCODE.NXDOMAIN
+    assert proxy.answers.calls == []
+    verdicts = [(e.qname, e.verdict, e.reason, e.rcode) for e in proxy.events.calls]
+    assert verdicts == [
+        ("example.com", "denied", "no_matching_pattern", "NXDOMAIN"),
+        ("evil.net", "denied", "no_matching_pattern", "NXDOMAIN"),
+    ]
+
+
+def test_unknown_client_refused(proxy, ask):
+    proxy.views.clear()
+    reply = ask(proxy.address, "api.example.com")
+    assert reply.header.rcode == RCODE.REFUSED
+    [event] = proxy.events.calls
+    assert (event.verdict, event.reason) == ("denied", "unknown_client")
+
+
+def test_on_answer_runs_before_client_receives(serve, world):
+    """on_answer blocks; while it does, the client's socket must hold no reply."""
+    entered, release = threading.Event(), threading.Event()
+
+    def on_answer(client_ip, qname, found):
+        entered.set()
+        release.wait(5.0)
+
+    resolver = Resolver(lambda ip: view("github.com"), world[1], on_answer=on_answer)
+    server = serve(resolver.resolve)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.bind(("127.0.0.1", 0))  # blocking mode: MSG_DONTWAIT below must not poll
+        request = DNSRecord.question("github.com")
+        client.sendto(request.pack(), server.udp_addresses[0])
+        assert entered.wait(2.0), "on_answer was never called"
+        # Loopback delivery is synchronous with sendto(): had the reply been sent before
+        # on_answer, it would be sitting in this socket now.
+        with pytest.raises(BlockingIOError):
+            client.recv(4096, socket.MSG_DONTWAIT)
+        release.set()
+        client.settimeout(2.0)
+        reply = DNSRecord.parse(client.recv(4096))
+        assert reply.header.id == request.header.id
+        assert addresses(reply) == ["140.82.112.3"]
+    finally:
+        release.set()  # never leave a worker blocked, even when an assert failed
+        client.close()
+
+
+def test_cache_hit_skips_upstream_and_refreshes_on_answer(serve, world_zone, recorder, ask):
+    zone_handler = CountingHandler(world_zone.resolve)
+    zone_server = serve(zone_handler)
+    clock = FakeClock()
+    answers = recorder()
+    resolver = Resolver(
+        lambda ip: view("*.example.com"),
+        Upstream(zone_server.udp_addresses, timeout=1.0),
+        on_answer=answers,
+        clock=clock,
+    )
+    server = serve(resolver.resolve)
+
+    first = ask(server.udp_addresses[0], "api.example.com")
+    clock.now += 15
+    second = ask(server.udp_addresses[0], "api.example.com")
+
+    assert zone_handler.count == 1  # the second answer came from the cache
+    assert addresses(first) == addresses(second) == ["93.184.216.34"]
+    assert [rr.ttl for rr in second.rr] == [45]
+    assert answers.calls == [
+        (CLIENT, "api.example.com", [("93.184.216.34", 60)]),
+        (CLIENT, "api.example.com", [("93.184.216.34", 45)]),  # refreshed with remaining TTL
+    ]
+    clock.now += 45  # expired: back to the upstream
+    ask(server.udp_addresses[0], "api.example.com")
+    assert zone_handler.count == 2
+
+
+def test_cname_chain_returned_in_full(proxy, ask):
+    reply = ask(proxy.address, "www.example.com")
+    assert [QTYPE[rr.rtype] for rr in reply.rr] == ["CNAME", "CNAME", "A", "A"]
+    assert addresses(reply) == ["151.101.1.1", "151.101.65.1"]
+    # cdn.provider.net is not in the policy: the target is allowed via the queried name.
+    assert proxy.answers.calls == [(CLIENT, "www.example.com", [("151.101.1.1", 60), ("151.101.65.1", 60)])]
+
+
+def test_cname_only_upstream_is_chased(serve, recorder, ask):
+    zone = Zone(
+        {"cdn.provider.net": ["151.101.1.1"]},
+        cnames={"www.example.com": "edge.example.com", "edge.example.com": "cdn.provider.net"},
+        follow_cnames=False,  # like an authoritative server: only the CNAME comes back
+    )
+    zone_handler = CountingHandler(zone.resolve)
+    zone_server = serve(zone_handler)
+    answers = recorder()
+    resolver = Resolver(
+        lambda ip: view("www.example.com"), Upstream(zone_server.udp_addresses, timeout=1.0), on_answer=answers
+    )
+    server = serve(resolver.resolve)
+    reply = ask(server.udp_addresses[0], "www.example.com")
+    assert reply.header.rcode == RCODE.NOERROR
+    assert [QTYPE[rr.rtype] for rr in reply.rr] == ["CNAME", "CNAME", "A"]
+    assert addresses(reply) == ["151.101.1.1"]
+    assert zone_handler.count == 3
+    assert answers.calls == [(CLIENT, "www.example.com", [("151.101.1.1", 300)])]
+
+
+def test_aaaa_for_ipv4_only_client_is_empty_noerror(serve, world_zone, recorder, ask):
+    zone_handler = CountingHandler(world_zone.resolve)
+    zone_server = serve(zone_handler)
+    upstream = Upstream(zone_server.udp_addresses, timeout=1.0)
+    events = recorder()
+    v4 = serve(Resolver(lambda ip: view("api.example.com"), upstream, on_query=events).resolve)
+    v6 = serve(Resolver(lambda ip: view("api.example.com", ipv6=True), upstream).resolve)
+
+    reply = ask(v4.udp_addresses[0], "api.example.com", "AAAA")
+    assert reply.header.rcode == RCODE.NOERROR and reply.rr == []
+    assert zone_handler.count == 0  # not even asked upstream
+    assert events.calls[0].verdict == "allowed" and events.calls[0].qtype == "AAAA"
+
+    reply = ask(v6.udp_addresses[0], "api.example.com", "AAAA")
+    assert addresses(reply) == ["2606:2800:220:1:248:1893:25c8:1946"]
+
+
+def test_dead_upstream_is_servfail_quickly(serve, recorder, ask):
+    silent = bind_udp("127.0.0.1")  # bound, never answers
+    try:
+        events = recorder()
+        resolver = Resolver(
+            lambda ip: view(allow_all=True), Upstream([silent.getsockname()], timeout=0.2), on_query=events
+        )
+        server = serve(resolver.resolve)
+        start = time.monotonic()
+        reply = ask(server.udp_addresses[0], "anything.test", timeout=3.0)
+        assert time.monotonic() - start < 1.5
+        assert reply.header.rcode == RCODE.SERVFAIL
+        [event] = events.calls
+        assert (event.verdict, event.reason, event.matched_pattern) == ("error", "upstream_error", None)
+        assert "timeout" in event.error
+    finally:
+        silent.close()
+
+
+def test_on_answer_raising_is_servfail(serve, world, recorder, ask):
+    def on_answer(client_ip, qname, found):
+        raise RuntimeError("nft add element failed")
+
+    events = recorder()
+    resolver = Resolver(lambda ip: view("github.com"), world[1], on_answer=on_answer, on_query=events)
+    server = serve(resolver.resolve)
+    reply = ask(server.udp_addresses[0], "github.com")
+    assert reply.header.rcode == RCODE.SERVFAIL and reply.rr == []
+    [event] = events.calls
+    assert (event.verdict, event.reason) == ("error", "on_answer_failed")
+    assert "nft add element failed" in event.error
+
+
+def test_large_answer_truncated_over_udp_then_complete_over_tcp(serve, world, recorder, ask, tcp_exchange):
+    answers = recorder()
+    resolver = Resolver(lambda ip: view("*.example.com"), world[1], on_answer=answers)
+    server = serve(resolver.resolve)
+    address = server.udp_addresses[0]
+
+    udp = ask(address, "big.example.com")
+    assert udp.header.tc and udp.rr == []
+    assert str(udp.q.qname) == "big.example.com."  # question kept so stubs can match it
+
+    with socket.create_connection(address, timeout=2.0) as conn:
+        tcp = tcp_exchange(conn, DNSRecord.question("big.example.com"))
+    assert not tcp.header.tc
+    assert len(addresses(tcp)) == 60
+    # Both the truncated UDP answer and the TCP answer reported all 60 addresses first.
+    assert [len(found) for _ip, _name, found in answers.calls] == [60, 60]
+
+
+def test_edns_payload_size_avoids_truncation(serve, world, ask):
+    server = serve(Resolver(lambda ip: view("*.example.com"), world[1]).resolve)
+    request = DNSRecord.question("big.example.com")
+    request.add_ar(EDNS0(udp_len=4096))  # EDNS0: "I accept 4096-byte UDP replies"
+    reply = DNSRecord.parse(request.send(*server.udp_addresses[0], timeout=2.0))
+    assert not reply.header.tc and len(reply.rr) == 60
+    assert [rr.rtype for rr in reply.ar] == [QTYPE.OPT]  # EDNS0 echoed, so >512 is legitimate
+
+
+# -- in-process edge cases --------------------------------------------------------------
+
+
+def resolve(resolver: Resolver, name: str, qtype: str = "A") -> DNSRecord:
+    return resolver.resolve(CLIENT, DNSRecord.question(name, qtype))
+
+
+def test_deny_all_reason_for_no_patterns(recorder):
+    for client in (view(), ClientView(matcher=HostnameMatcher([]), allow_all=False)):
+        events = recorder()
+        upstream = InProcessUpstream(Zone({"x.test": ["10.0.0.1"]}).resolve)
+        reply = resolve(Resolver(lambda ip, c=client: c, upstream, on_query=events), "x.test")
+        assert reply.header.rcode == RCODE.NXDOMAIN
+        assert events.calls[0].reason == "deny_all"
+        assert upstream.asked == []
+
+
+def test_allow_all(recorder):
+    events = recorder()
+    upstream = InProcessUpstream(Zone({"x.test": ["10.0.0.1"]}).resolve)
+    reply = resolve(Resolver(lambda ip: view(allow_all=True), upstream, on_query=events), "x.test")
+    assert addresses(reply) == ["10.0.0.1"]
+    assert (events.calls[0].reason, events.calls[0].matched_pattern) == ("allow_all", None)
+
+
+def test_local_answer_is_authoritative_and_not_forwarded(recorder):
+    def local(qname, qtype):
+        if qname == "devbox-2.devbox.local":
+            return ["10.200.0.7", "fd00::7"]
+        return None
+
+    events, answers = recorder(), recorder()
+    upstream = InProcessUpstream(Zone({}).resolve)
+    resolver = Resolver(lambda ip: view(local_answer=local), upstream, on_answer=answers, on_query=events)
+
+    reply = resolve(resolver, "Devbox-2.devbox.local.")
+    assert reply.header.aa and reply.header.rcode == RCODE.NOERROR
+    assert addresses(reply) == ["10.200.0.7"]  # A question: only the IPv4 address
+    assert [rr.ttl for rr in reply.rr] == [5]
+    assert resolve(resolver, "devbox-2.devbox.local", "AAAA").rr == []  # client is IPv4-only
+    assert upstream.asked == []
+    assert events.calls[0].reason == "local" and events.calls[0].verdict == "allowed"
+    assert answers.calls == [(CLIENT, "devbox-2.devbox.local", [("10.200.0.7", 5)])]
+    # Not a local name, and the client has no patterns: normal policy applies.
+    assert resolve(resolver, "other.test").header.rcode == RCODE.NXDOMAIN
+
+
+def test_upstream_nxdomain_relayed():
+    upstream = InProcessUpstream(Zone({}).resolve)
+    reply = resolve(Resolver(lambda ip: view(allow_all=True), upstream), "missing.test")
+    assert reply.header.rcode == RCODE.NXDOMAIN
+
+
+def test_upstream_servfail_relayed_as_error(recorder):
+    def broken(client_ip, request):
+        reply = request.reply()
+        reply.header.rcode = RCODE.SERVFAIL
+        return reply
+
+    events = recorder()
+    reply = resolve(Resolver(lambda ip: view(allow_all=True), InProcessUpstream(broken), on_query=events), "x.test")
+    assert reply.header.rcode == RCODE.SERVFAIL
+    assert events.calls[0].reason == "upstream_error"
+
+
+def test_unrelated_upstream_records_are_dropped(recorder):
+    """An upstream volunteering addresses for other names must not reach client or firewall."""
+
+    def poisoning(client_ip, request):
+        reply = request.reply()
+        reply.add_answer(RR("evil.test", QTYPE.A, rdata=A("6.6.6.6"), ttl=60))
+        reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A("10.0.0.1"), ttl=60))
+        return reply
+
+    answers = recorder()
+    resolver = Resolver(lambda ip: view("good.test"), InProcessUpstream(poisoning), on_answer=answers)
+    reply = resolve(resolver, "good.test")
+    assert addresses(reply) == ["10.0.0.1"]
+    assert answers.calls == [(CLIENT, "good.test", [("10.0.0.1", 60)])]
+
+
+def chain_zone(length: int, *, loop: bool = False) -> Zone:
+    names = [f"n{i}.test" for i in range(length + 1)]
+    cnames = dict(zip(names, names[1:]))
+    records = {names[-1]: ["10.0.0.1"]}
+    if loop:
+        cnames[names[-1]] = names[0]
+        records = {}
+    return Zone(records, cnames=cnames, follow_cnames=False)
+
+
+def test_cname_depth_limit(recorder):
+    ok = Resolver(lambda ip: view(allow_all=True), InProcessUpstream(chain_zone(8).resolve))
+    assert addresses(resolve(ok, "n0.test")) == ["10.0.0.1"]
+
+    events = recorder()
+    deep = Resolver(lambda ip: view(allow_all=True), InProcessUpstream(chain_zone(9).resolve), on_query=events)
+    assert resolve(deep, "n0.test").header.rcode == RCODE.SERVFAIL
+    assert events.calls[0].reason == "cname_depth"
+
+
+def test_cname_loop_is_servfail(recorder):
+    events = recorder()
+    resolver = Resolver(
+        lambda ip: view(allow_all=True), InProcessUpstream(chain_zone(3, loop=True).resolve), on_query=events
+    )
+    assert resolve(resolver, "n0.test").header.rcode == RCODE.SERVFAIL
+    assert events.calls[0].reason == "cname_loop"
+
+
+def test_never_raises():
+    def clients(ip):
+        raise KeyError("bug in the simulator")
+
+    class Exploding:
+        def query(self, request):
+            raise ZeroDivisionError
+
+    assert resolve(Resolver(clients, Exploding()), "x.test").header.rcode == RCODE.SERVFAIL
+    assert resolve(Resolver(lambda ip: view(allow_all=True), Exploding()), "x.test").header.rcode == RCODE.SERVFAIL
+
+    class Failing:
+        def query(self, request):
+            raise UpstreamError("down")
+
+    assert resolve(Resolver(lambda ip: view(allow_all=True), Failing()), "x.test").header.rcode == RCODE.SERVFAIL
+    no_question = DNSRecord(DNSHeader(id=7))
+    reply = Resolver(lambda ip: view(allow_all=True), Failing()).resolve(CLIENT, no_question)
+    assert reply.header.rcode == RCODE.FORMERR and reply.header.id == 7
+
+
+def test_on_query_exception_is_swallowed():
+    def on_query(event):
+        raise RuntimeError("log sink down")
+
+    upstream = InProcessUpstream(Zone({"x.test": ["10.0.0.1"]}).resolve)
+    resolver = Resolver(lambda ip: view("x.test"), upstream, on_query=on_query)
+    assert addresses(resolve(resolver, "x.test")) == ["10.0.0.1"]
+
+
+def test_cache_disabled_with_size_zero():
+    upstream = InProcessUpstream(Zone({"x.test": ["10.0.0.1"]}).resolve)
+    resolver = Resolver(lambda ip: view("x.test"), upstream, cache=AnswerCache(0))
+    resolve(resolver, "x.test")
+    resolve(resolver, "x.test")
+    assert len(upstream.asked) == 2
+
+
+def test_reply_echoes_id_and_question():
+    upstream = InProcessUpstream(Zone({"x.test": ["10.0.0.1"]}).resolve)
+    resolver = Resolver(lambda ip: view("x.test"), upstream)
+    request = DNSRecord.question("X.test")
+    reply = resolver.resolve(CLIENT, request)
+    assert reply.header.id == request.header.id and reply.header.qr
+    assert str(reply.q.qname) == "X.test."
+    assert not reply.header.aa  # forwarded answers are not authoritative

@@ -1,0 +1,337 @@
+"""Golden + property tests for the pure nftables compiler (netns/ruleset.py).
+
+Golden files are pretty-printed JSON in tests/netns/golden/<case>.json; regenerate with
+``UPDATE_GOLDEN=1 pytest tests/netns/test_ruleset.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import ipaddress
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from netns import ruleset as R
+from netns.ruleset import CidrRule, Devbox, Egress, PortRange, Router
+
+GOLDEN = Path(__file__).parent / "golden"
+
+ROUTER = Router(bridge="dbxbr0", gateway="10.88.0.1/16", subnet="10.88.0.0/16", uplink="dbxup0")
+ROUTER_FULL = Router(
+    bridge="dbxbr0",
+    gateway="10.88.0.1",
+    subnet="10.88.0.0/16",
+    uplink="dbxup0",
+    protected=("192.168.50.1", "172.16.0.0/12", "172.17.0.0/16", "fd00::/8"),
+    dns_port=5353,
+    log_group=7,
+)
+
+MIXED = Egress(
+    cidrs=(
+        CidrRule("10.0.0.0/8"),
+        CidrRule("10.1.0.0/16"),  # covered by 10.0.0.0/8: collapsed away
+        CidrRule("93.184.216.34/32"),
+        CidrRule("192.0.2.0/24", (PortRange(443, None, "tcp"),)),
+        CidrRule("192.0.2.128/25", (PortRange(8000, 8100, None), PortRange(440, 450, "tcp"))),
+        CidrRule("198.51.100.7/32", (PortRange(53, None, "udp"), PortRange(5000, 5010))),
+        CidrRule("203.0.113.9/24", (PortRange(22),)),  # host bits dropped
+        CidrRule("2001:db8::/32"),  # IPv6: ignored (devboxes are IPv4-only)
+    )
+)
+
+
+def box(key: str, account: str, n: int, egress: Egress | None) -> Devbox:
+    return Devbox(key, account, f"10.88.0.{n}", f"02:00:0a:58:00:{n:02x}", f"vd{key}", egress)
+
+
+DENY = box("d1", "acme", 2, Egress())
+HOSTNAMES = box("d2", "acme", 3, Egress())  # names only: same rules, learned set gets filled
+ALLOW_ALL = box("d3", "acme", 4, Egress(allow_all=True))
+NO_POLICY = box("d4", "beta", 5, None)
+CIDRS = box("d5", "beta", 6, MIXED)
+D2D = box("d6", "beta", 7, dataclasses.replace(MIXED, allow_devbox_to_devbox=True))
+D2D_ONLY = box("d7", "acme", 8, Egress(allow_devbox_to_devbox=True))
+
+CASES = {
+    "bootstrap": lambda: R.bootstrap(ROUTER),
+    "bootstrap_protected_log": lambda: R.bootstrap(ROUTER_FULL),
+    "add_deny_all": lambda: R.add_devbox(ROUTER, DENY, []),
+    "add_deny_all_log": lambda: R.add_devbox(ROUTER_FULL, DENY, []),
+    "add_hostnames_only": lambda: R.add_devbox(ROUTER, HOSTNAMES, ["10.88.0.2"]),
+    "add_allow_all": lambda: R.add_devbox(ROUTER, ALLOW_ALL, ["10.88.0.2", "10.88.0.3"]),
+    "add_no_policy": lambda: R.add_devbox(ROUTER, NO_POLICY, []),
+    "add_cidrs": lambda: R.add_devbox(ROUTER, CIDRS, ["10.88.0.5"]),
+    "add_cidrs_d2d": lambda: R.add_devbox(ROUTER, D2D, ["10.88.0.5", "10.88.0.6"]),
+    "add_d2d_only": lambda: R.add_devbox(ROUTER, D2D_ONLY, ["10.88.0.2"]),
+    "update_deny_to_cidrs": lambda: R.update_egress(ROUTER, dataclasses.replace(DENY, egress=MIXED)),
+    "update_to_allow_all_keep_learned": lambda: R.update_egress(
+        ROUTER, dataclasses.replace(CIDRS, egress=Egress(allow_all=True)), keep_learned=True
+    ),
+    "update_to_no_policy": lambda: R.update_egress(ROUTER, dataclasses.replace(CIDRS, egress=None)),
+    "remove_devbox": lambda: R.remove_devbox(ROUTER, CIDRS),
+    "remove_last_in_account": lambda: R.remove_devbox(ROUTER, NO_POLICY, drop_account_set=True),
+    "learned_add": lambda: R.learned_add("d2", [("93.184.216.34", 300), ("1.1.1.1", 60), ("93.184.216.34", 120)]),
+    "learned_remove": lambda: R.learned_remove("d2", ["93.184.216.34", "1.1.1.1"]),
+    "full_two_accounts": lambda: R.full(
+        ROUTER_FULL,
+        [D2D, DENY, ALLOW_ALL, NO_POLICY, CIDRS, D2D_ONLY],
+        learned={"d1": [("93.184.216.34", 300)], "d6": [("1.1.1.1", 30)]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case):
+    doc = CASES[case]()
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    path = GOLDEN / f"{case}.json"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert json.loads(path.read_text()) == json.loads(text), f"{case} differs from {path} (UPDATE_GOLDEN=1 to accept)"
+
+
+def test_no_orphan_golden_files():
+    assert sorted(p.stem for p in GOLDEN.glob("*.json")) == sorted(CASES)
+
+
+def test_compile_is_deterministic():
+    for fn in CASES.values():
+        assert json.dumps(fn()) == json.dumps(fn())
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+def _rules(doc, chain, family="inet"):
+    return [
+        c["add"]["rule"]
+        for c in doc["nftables"]
+        if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain and c["add"]["rule"]["family"] == family
+    ]
+
+
+def test_everything_is_in_our_tables():
+    for fn in CASES.values():
+        for cmd in fn()["nftables"]:
+            ((_, obj),) = cmd.items()
+            ((kind, body),) = obj.items()
+            table = body["name"] if kind == "table" else body["table"]
+            assert (body["family"], table) in R.OUR_TABLES, cmd
+
+
+def test_bootstrap_recreates_tables_first():
+    cmds = R.bootstrap(ROUTER)["nftables"]
+    for family, name in (("inet", R.TABLE), ("bridge", R.BRIDGE_TABLE)):
+        t = {"table": {"family": family, "name": name}}
+        i = cmds.index({"add": t})
+        assert cmds[i : i + 3] == [{"add": t}, {"delete": t}, {"add": t}]
+
+
+def test_forward_order_dns_and_protected_before_policy():
+    doc = R.bootstrap(ROUTER_FULL)
+    rules = [json.dumps(r["expr"]) for r in _rules(doc, "forward")]
+    dns = next(i for i, r in enumerate(rules) if "853" in r)
+    protected = next(i for i, r in enumerate(rules) if "@protected" in r)
+    vmap = next(i for i, r in enumerate(rules) if "vmap" in r)
+    assert dns < vmap and protected < vmap
+    assert rules[-1] == json.dumps([{"drop": None}])
+    chains = [c["add"]["chain"] for c in doc["nftables"] if "chain" in c.get("add", {})]
+    policies = {(c["family"], c["name"]): c.get("policy") for c in chains}
+    assert policies[("inet", "forward")] == "drop"
+    assert policies[("inet", "input")] == "drop"
+
+
+@pytest.mark.parametrize("devbox", [DENY, ALLOW_ALL, NO_POLICY, CIDRS, D2D, D2D_ONLY], ids=lambda d: d.key)
+def test_devbox_chain_guards_subnet_first(devbox):
+    rules = _rules(R.add_devbox(ROUTER, devbox, []), devbox.chain)
+    subnet = {"prefix": {"addr": "10.88.0.0", "len": 16}}
+    same_account = {"match": {"op": "==", "left": R.IP_DADDR, "right": "@acct_" + devbox.account}}
+    d2d = devbox.egress is None or devbox.egress.allow_all or devbox.egress.allow_devbox_to_devbox
+    first_accept_or_drop_outside_subnet = None
+    for i, rule in enumerate(rules):
+        in_subnet = {"match": {"op": "==", "left": R.IP_DADDR, "right": subnet}} in rule["expr"]
+        if not in_subnet:
+            first_accept_or_drop_outside_subnet = i
+            break
+        if same_account in rule["expr"]:
+            assert d2d
+    # The subnet guard (accept same account, then drop) precedes every other rule.
+    subnet_rules = rules[:first_accept_or_drop_outside_subnet]
+    assert subnet_rules[-1]["expr"][-1] == {"drop": None}
+    assert len(subnet_rules) == (2 if d2d else 1)
+    assert rules[-1]["expr"][-1] == ({"accept": None} if d2d and (devbox.egress is None or devbox.egress.allow_all) else {"drop": None})
+
+
+def test_learned_add_sets_expires_equal_timeout_and_dedupes():
+    cmds = R.learned_add("d2", [("1.2.3.4", 10), ("1.2.3.4", 20), ("5.6.7.8", 30)])["nftables"]
+    assert cmds == [
+        {
+            "add": {
+                "element": {
+                    "family": "inet",
+                    "table": R.TABLE,
+                    "name": "learned_d2",
+                    "elem": [
+                        {"elem": {"val": "1.2.3.4", "timeout": 20, "expires": 20}},
+                        {"elem": {"val": "5.6.7.8", "timeout": 30, "expires": 30}},
+                    ],
+                }
+            }
+        }
+    ]
+    assert R.learned_add("d2", [])["nftables"] == []
+    assert R.learned_remove("d2", [])["nftables"] == []
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PortRange(70000),
+        lambda: PortRange(90, 80),
+        lambda: PortRange(80, None, "icmp"),
+        lambda: CidrRule("10.0.0.0/33"),
+        lambda: Devbox("D1", "a", "10.88.0.2", "02:00:00:00:00:01", "vd1"),
+        lambda: Devbox("d_1", "a", "10.88.0.2", "02:00:00:00:00:01", "vd1"),
+        lambda: Devbox("d1", "a-b", "10.88.0.2", "02:00:00:00:00:01", "vd1"),
+        lambda: Devbox("d1", "a", "10.88.0.300", "02:00:00:00:00:01", "vd1"),
+        lambda: Devbox("d1", "a", "fd00::1", "02:00:00:00:00:01", "vd1"),
+        lambda: Devbox("d1", "a", "10.88.0.2", "02:00:00:00:01", "vd1"),
+        lambda: Devbox("d1", "a", "10.88.0.2", "02:00:00:00:00:01", "a-very-long-ifname"),
+        lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", dns_port=0),
+        lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", protected=("nope",)),
+        lambda: R.learned_add("d1", [("1.2.3.4", 0)]),
+        lambda: R.learned_add("D1", [("1.2.3.4", 5)]),
+        lambda: R.full(ROUTER, [DENY, dataclasses.replace(DENY, ip="10.88.0.99")]),
+        lambda: R.full(ROUTER, [DENY, dataclasses.replace(ALLOW_ALL, ip=DENY.ip)]),
+    ],
+)
+def test_invalid_input_rejected(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_normalization():
+    d = Devbox("d1", "a", "10.88.0.2", "02:AB:00:00:00:01", "vd1")
+    assert d.mac == "02:ab:00:00:00:01"
+    r = Router("br0", "10.88.0.1/16", "10.88.0.5/16", "up0")
+    assert (r.gateway, r.subnet) == ("10.88.0.1", "10.88.0.0/16")
+    assert CidrRule("10.1.2.3/8").network == ipaddress.ip_network("10.0.0.0/8")
+
+
+# ----------------------------------------------------------------------------- CIDR math
+
+
+def _decode_ip(e):
+    if isinstance(e, str):
+        a = int(ipaddress.IPv4Address(e))
+        return a, a
+    if "prefix" in e:
+        n = ipaddress.IPv4Network(f"{e['prefix']['addr']}/{e['prefix']['len']}")
+        return int(n.network_address), int(n.broadcast_address)
+    lo, hi = e["range"]
+    return int(ipaddress.IPv4Address(lo)), int(ipaddress.IPv4Address(hi))
+
+
+def _decode_port(e):
+    return (e, e) if isinstance(e, int) else tuple(e["range"])
+
+
+def _boxes(elems):
+    out = []
+    for e in elems:
+        ip, proto, port = e["concat"]
+        out.append((*_decode_ip(ip), proto, *_decode_port(port)))
+    return out
+
+
+def _allowed_by_rules(rules, ip, proto, port):
+    for r in rules:
+        n = r.network
+        if n.version != 4 or not r.ports or ip not in n:
+            continue
+        for p in r.ports:
+            if proto in p.protocols and p.port <= port <= p.last:
+                return True
+    return False
+
+
+def test_port_elements_are_disjoint_and_exact():
+    rng = random.Random(1234)
+    for _ in range(200):
+        rules = []
+        for _ in range(rng.randint(1, 6)):
+            base = rng.choice(["10.0.0.0", "10.0.0.128", "10.0.1.0", "10.0.0.64"])
+            plen = rng.randint(24, 32)
+            net = ipaddress.IPv4Network(f"{base}/{plen}", strict=False)
+            ports = []
+            for _ in range(rng.randint(0, 3)):
+                a = rng.randint(1, 40)
+                b = rng.choice([None, a + rng.randint(0, 15)])
+                ports.append(PortRange(a, b, rng.choice(["tcp", "udp", None])))
+            rules.append(CidrRule(str(net), tuple(ports)))
+        boxes = _boxes(R._port_elements(rules))
+        # disjoint per protocol
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                if a[2] != b[2]:
+                    continue
+                ip_overlap = a[0] <= b[1] and b[0] <= a[1]
+                port_overlap = a[3] <= b[4] and b[3] <= a[4]
+                assert not (ip_overlap and port_overlap), (rules, a, b)
+        # exact: sample points
+        for _ in range(300):
+            ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.0.0.0")) + rng.randint(0, 511))
+            proto = rng.choice(["tcp", "udp"])
+            port = rng.randint(0, 60)
+            expect = _allowed_by_rules(rules, ip, proto, port)
+            got = any(b[0] <= int(ip) <= b[1] and b[2] == proto and b[3] <= port <= b[4] for b in boxes)
+            assert got == expect, (rules, ip, proto, port)
+
+
+def test_all_port_cidrs_collapse():
+    elems = R._all_port_elements(
+        [CidrRule("10.0.0.0/9"), CidrRule("10.128.0.0/9"), CidrRule("10.5.0.0/16"), CidrRule("1.2.3.4/32"), CidrRule("::/0")]
+    )
+    assert elems == [
+        {"concat": ["1.2.3.4", {"range": [0, 255]}]},
+        {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"range": [0, 255]}]},
+    ]
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def test_netns_never_imports_simulator():
+    root = Path(__file__).resolve().parents[2] / "netns"
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] != "simulator", f"{path.name} imports {name}"
+
+
+def test_ruleset_module_is_pure():
+    tree = ast.parse((Path(R.__file__)).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"__future__", "ipaddress", "re", "collections", "dataclasses", "typing"}, imported

@@ -1,0 +1,729 @@
+"""netns/sandbox.py: process isolation of netns devboxes.
+
+Unit tests (path mapping, symlink refusal, file helpers) run anywhere; the isolation tests are
+privileged: they create a network namespace and real sandboxes, and always stop them.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from netns.sandbox import (
+    HOLDER_TAG,
+    Sandbox,
+    SandboxError,
+    _Freezer,
+    find_orphans,
+    kill_orphans,
+)
+
+
+def _free_uid() -> int:
+    base = 61000 + os.getpid() % 3000
+    for uid in range(base, base + 1000):
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+    raise RuntimeError("no free uid")
+
+
+UID = _free_uid()
+
+
+def _poll(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _run(sb: Sandbox, cmd, *, input: bytes | None = None, env=None, cwd=None, timeout=30):
+    p = sb.exec(cmd, env=env, cwd=cwd)
+    try:
+        out, err = p.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        Sandbox.kill(p)
+        p.communicate()
+        raise
+    return p.returncode, out.decode(), err.decode()
+
+
+def _host_pids_with(marker: str) -> list[int]:
+    """Host pids whose argv[0] is ``marker``."""
+    out = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[0] == marker.encode():
+                        out.append(int(e))
+            except OSError:
+                pass
+    return out
+
+
+def _alive_pids(pids):
+    """Those of ``pids`` still running (zombies count as dead)."""
+    out = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    out.append(p)
+        except OSError:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# unit tests: path mapping and file helpers (no namespaces involved)
+
+
+@pytest.fixture
+def box(tmp_path):
+    uid = UID if os.geteuid() == 0 else os.getuid() or UID
+    root = tmp_path / "root"
+    (root / "home").mkdir(parents=True)
+    (root / "tmp").mkdir()
+    return Sandbox("dbxsim-unit-1", "nonexistent", root, uid, uid, "10.0.0.1")
+
+
+def test_resolve_path_mapping(box):
+    home, tmp = box.home_dir, box.tmp_dir
+    assert box.resolve_path("") == home
+    assert box.resolve_path("~") == home
+    assert box.resolve_path("a/b.txt") == home / "a" / "b.txt"
+    assert box.resolve_path("./a/../b") == home / "b"
+    assert box.resolve_path("~/x") == home / "x"
+    assert box.resolve_path("/home/user") == home
+    assert box.resolve_path("/home/user/d/f") == home / "d" / "f"
+    assert box.resolve_path("/tmp") == tmp
+    assert box.resolve_path("/tmp/x/y") == tmp / "x" / "y"
+    assert box.resolve_path("//tmp//x") == tmp / "x"
+    assert box.resolve_path("/home/../tmp/./x") == tmp / "x"
+    assert box.resolve_path("/home/user/../user/y") == home / "y"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/passwd", "/", "/home", "/home/userx", "/home/user/../../etc/shadow", "../x",
+     "../../etc", "~/../../root", "/tmp/../etc", "/var/tmp/x", "a\0b", "/etc/../tmp/x",
+     "/home/user/../../home/user/../other"],
+)  # fmt: skip
+def test_resolve_path_refuses_outside(box, path):
+    with pytest.raises(ValueError):
+        box.resolve_path(path)
+
+
+def test_resolve_path_follows_symlinks_as_the_devbox_does(box):
+    home, tmp = box.home_dir, box.tmp_dir
+    (home / "real").mkdir()
+    os.symlink("real", home / "rel")  # relative, stays in home
+    assert box.resolve_path("rel/f") == home / "real" / "f"
+    os.symlink("/tmp", home / "t")  # absolute: a devbox path, i.e. root/tmp
+    assert box.resolve_path("t/f") == tmp / "f"
+    os.symlink("/home/user/real", tmp / "h")
+    assert box.resolve_path("/tmp/h/x") == home / "real" / "x"
+    os.symlink("../tmp", home / "up")  # /home/user/../tmp = /home/tmp: not accessible
+    with pytest.raises(ValueError):
+        box.resolve_path("up/x")
+    os.symlink("/tmp/deep/er", home / "deep")  # `..` applies after the link, as in the devbox
+    assert box.resolve_path("deep/../f") == tmp / "deep" / "f"
+    os.symlink("../../../tmp", home / "real" / "totmp")  # relative, climbs through /home
+    assert box.resolve_path("real/totmp/z") == tmp / "z"
+
+
+@pytest.mark.parametrize("target", ["/etc", "/", "../../..", "../../../../../../etc", str(Path("/etc").resolve())])
+def test_resolve_path_refuses_symlink_escape(box, target):
+    os.symlink(target, box.home_dir / "esc")
+    with pytest.raises(ValueError):
+        box.resolve_path("esc/passwd")
+    with pytest.raises(ValueError):
+        box.resolve_path("esc")
+    with pytest.raises(ValueError):
+        box.write_file("esc/newfile", b"x")
+    with pytest.raises(ValueError):
+        box.read_file("esc/passwd")
+
+
+def test_resolve_path_symlink_loop(box):
+    os.symlink("b", box.home_dir / "a")
+    os.symlink("a", box.home_dir / "b")
+    with pytest.raises(ValueError):
+        box.resolve_path("a/x")
+
+
+def test_write_and_read_file(box):
+    host = box.write_file("d1/d2/f.txt", b"hello")
+    assert host == box.home_dir / "d1" / "d2" / "f.txt"
+    assert host.read_bytes() == b"hello"
+    assert box.read_file("~/d1/d2/f.txt") == b"hello"
+    assert box.read_file("/home/user/d1/d2/f.txt") == b"hello"
+    for p in (host, host.parent, host.parent.parent):
+        st = p.lstat()
+        assert (st.st_uid, st.st_gid) == (box.uid, box.gid)
+    box.write_file("d1/d2/f.txt", b"hi")  # overwrite truncates
+    assert box.read_file("d1/d2/f.txt") == b"hi"
+    box.write_file("/tmp/t.bin", bytes(range(256)) * 1000)
+    assert box.read_file("/tmp/t.bin") == bytes(range(256)) * 1000
+    with pytest.raises(FileNotFoundError):
+        box.read_file("missing")
+    with pytest.raises((IsADirectoryError, ValueError)):
+        box.read_file("d1")
+
+
+def test_open_never_follows_a_symlink_swapped_in(box, tmp_path):
+    """resolve_path's answer is re-walked with O_NOFOLLOW: a directory that a devbox process
+    replaced by a symlink after resolution is refused, not followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (box.home_dir / "d").mkdir()
+    host = box.resolve_path("d/f")
+    (box.home_dir / "d").rmdir()
+    os.symlink(outside, box.home_dir / "d")
+    with pytest.raises(OSError):
+        box._open_beneath(host, os.O_WRONLY | os.O_CREAT, make_parents=True)
+    assert not (outside / "f").exists()
+    os.symlink(outside / "secret", box.home_dir / "lnk")
+    (outside / "secret").write_text("s")
+    with pytest.raises(OSError):
+        box._open_beneath(box.home_dir / "lnk", os.O_RDONLY)
+
+
+def test_read_file_refuses_fifo_without_blocking(box):
+    os.mkfifo(box.home_dir / "fifo")
+    with pytest.raises(ValueError):
+        box.read_file("fifo")
+
+
+def test_constructor_validation(tmp_path):
+    with pytest.raises(ValueError):
+        Sandbox("bad/name", "ns", tmp_path, 1000, 1000, "10.0.0.1")
+    with pytest.raises(ValueError):
+        Sandbox("ok", "ns", tmp_path, 0, 0, "10.0.0.1")  # never root
+    with pytest.raises(ValueError):
+        Sandbox("ok", "../x", tmp_path, 1000, 1000, "10.0.0.1")
+    with pytest.raises(ValueError):
+        Sandbox("ok", "ns", tmp_path, 1000, 1000, "10.0.0.1\nnameserver 8.8.8.8")
+
+
+def test_devbox_cwd(box):
+    assert box.devbox_cwd(None) == "/home/user"
+    assert box.devbox_cwd("src") == "/home/user/src"
+    assert box.devbox_cwd("~/a/b") == "/home/user/a/b"
+    assert box.devbox_cwd("/tmp") == "/tmp"
+
+
+def test_find_orphans_ignores_unrelated():
+    assert find_orphans("dbxsim-no-such-prefix-" + uuid.uuid4().hex) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# privileged: real sandboxes
+
+
+@pytest.fixture
+def netns_name(uniq):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    name = uniq("sbx")
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    data = tmp_path / "data"
+    (data / "devboxes").mkdir(parents=True)
+    (data / "secret.txt").write_text("top-secret-value")
+    os.chmod(data / "secret.txt", 0o644)  # readable by anyone on the host: only hiding protects it
+    os.chmod(data, 0o755)
+    os.chmod(tmp_path, 0o755)
+    return data
+
+
+@pytest.fixture
+def make_sandbox(netns_name, data_dir, uniq):
+    made: list[Sandbox] = []
+
+    def make(start=True, **kw) -> Sandbox:
+        name = kw.pop("name", None) or f"dbxsim-t-{uniq('b')}"
+        kw.setdefault("hidden_paths", [data_dir])
+        sb = Sandbox(name, netns_name, data_dir / "devboxes" / name, UID, UID, "10.99.0.53", **kw)
+        made.append(sb)
+        if start:
+            sb.start()
+        return sb
+
+    try:
+        yield make
+    finally:
+        for sb in made:
+            try:
+                sb.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                pass
+
+
+@pytest.fixture
+def sb(make_sandbox) -> Sandbox:
+    return make_sandbox()
+
+
+@pytest.mark.privileged
+def test_runs_as_uid_without_capabilities(sb):
+    rc, out, err = _run(sb, "id -u; id -g; id -G; grep -E '^(Cap|NoNewPrivs)' /proc/self/status")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[:3] == [str(UID), str(UID), str(UID)]
+    status = dict(line.split(":\t") for line in lines[3:])
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[cap], 16) == 0, (cap, status[cap])
+    assert status["NoNewPrivs"] == "1"
+
+
+@pytest.mark.privileged
+def test_own_pid_namespace(sb):
+    rc, out, err = _run(sb, "echo $$; ls /proc | grep -E '^[0-9]+$'")
+    assert rc == 0, err
+    mypid, *pids = [int(x) for x in out.split()]
+    assert mypid < 50
+    # the init, its sleep, this shell, ls, grep: nothing of the host
+    assert 1 in pids and len(pids) <= 8, pids
+    rc, out, _ = _run(sb, "cat /proc/1/cmdline | tr '\\0' ' '")
+    assert HOLDER_TAG in out
+
+
+@pytest.mark.privileged
+def test_hidden_paths_are_invisible(sb, data_dir):
+    secret = data_dir / "secret.txt"
+    rc, out, err = _run(sb, f"cat {secret}; ls -A {data_dir}; ls -A {sb.root}; echo end")
+    assert "top-secret-value" not in out
+    assert out.strip() == "end"  # both directories look empty
+    rc, _, _ = _run(sb, f"cat {secret}")
+    assert rc != 0
+    rc, _, err = _run(sb, f"touch {data_dir}/x")
+    assert rc != 0
+    assert not (data_dir / "x").exists()
+
+
+@pytest.mark.privileged
+def test_hidden_regular_file(make_sandbox, data_dir, uniq):
+    # not under /tmp, which the devbox's own /tmp covers anyway
+    d = Path("/run") / f"dbxsim-test-{uniq('h')}"
+    d.mkdir()
+    try:
+        f = d / "key.pem"
+        f.write_text("PRIVATE")
+        os.chmod(f, 0o644)
+        (d / "visible").write_text("VISIBLE")
+        os.chmod(d / "visible", 0o644)
+        sb = make_sandbox(hidden_paths=[data_dir, f])
+        rc, out, _ = _run(sb, f"cat {f}; echo rc=$?; cat {d}/visible")
+        assert out == "rc=0\nVISIBLE"  # the hidden file reads as empty
+        rc, out, _ = _run(sb, f"echo x > {f}")
+        assert f.read_text() == "PRIVATE"
+        sb.stop()
+    finally:
+        shutil.rmtree(d)
+
+
+@pytest.mark.privileged
+def test_resolv_conf_hosts_hostname(sb):
+    rc, out, err = _run(sb, "cat /etc/resolv.conf")
+    assert out == "nameserver 10.99.0.53\n"
+    rc, out, err = _run(sb, "cat /etc/hosts")
+    assert "127.0.0.1\tlocalhost" in out
+    rc, out, err = _run(sb, "hostname")
+    assert out.strip() == sb.name
+    rc, _, _ = _run(sb, "echo 'nameserver 1.1.1.1' > /etc/resolv.conf")
+    assert rc != 0
+
+
+@pytest.mark.privileged
+def test_cannot_signal_simulator_processes(sb):
+    victim = subprocess.Popen(["sleep", "1000"])
+    try:
+        rc, out, err = _run(sb, f"kill -0 {victim.pid}; echo rc=$?; kill -9 {victim.pid}; echo rc=$?")
+        assert out.split() == ["rc=1", "rc=1"], (out, err)
+        assert victim.poll() is None
+        # nor the holder's parent or anything by pid 0/-1 semantics beyond the namespace
+        rc, out, err = _run(sb, "kill -9 -1; echo rc=$?")
+        assert victim.poll() is None and sb.alive()
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.privileged
+def test_no_net_admin(sb):
+    rc, out, err = _run(sb, "ip link set lo down")
+    assert rc != 0 and "not permitted" in err.lower()
+    rc, out, err = _run(sb, "nft list ruleset")
+    assert rc != 0
+    rc, out, err = _run(sb, "ip -o link show lo")
+    assert rc == 0 and "lo" in out
+
+
+@pytest.mark.privileged
+def test_network_namespace_is_the_devboxes(sb, netns_name):
+    subprocess.run(
+        ["ip", "-n", netns_name, "link", "add", "sbxv0", "type", "veth", "peer", "name", "sbxv1"], check=True
+    )
+    rc, out, err = _run(sb, "ip -o link | awk -F': ' '{print $2}'; ls /sys/class/net")
+    names = out.split()
+    assert sorted(set(n.split("@")[0] for n in names)) == ["lo", "sbxv0", "sbxv1"], out
+    host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "sbxv0" not in host_links
+    ns_ino = os.stat(f"/run/netns/{netns_name}").st_ino
+    assert os.stat(f"/proc/{sb.holder_pid}/ns/net").st_ino == ns_ino
+
+
+@pytest.mark.privileged
+def test_home_and_tmp_persist_between_execs(sb):
+    rc, out, err = _run(sb, "pwd; echo hello > note.txt; echo t > /tmp/t.txt; mkdir -p sub/dir")
+    assert rc == 0, err
+    assert out.strip() == "/home/user"
+    rc, out, err = _run(sb, "cat ~/note.txt /tmp/t.txt")
+    assert out == "hello\nt\n"
+    assert (sb.home_dir / "note.txt").read_text() == "hello\n"
+    assert (sb.tmp_dir / "t.txt").stat().st_uid == UID
+    assert sb.read_file("note.txt") == b"hello\n"
+    sb.write_file("sub/dir/from_api.txt", b"api\n")
+    rc, out, err = _run(sb, "cat from_api.txt; stat -c %u from_api.txt; echo more >> from_api.txt", cwd="sub/dir")
+    assert out.split() == ["api", str(UID)], err
+    assert sb.read_file("/home/user/sub/dir/from_api.txt") == b"api\nmore\n"
+    rc, out, err = _run(sb, "pwd", cwd="/tmp")
+    assert out.strip() == "/tmp"
+    rc, out, err = _run(sb, "pwd", cwd="missing-dir")
+    assert rc != 0
+    # persists across a restart of the sandbox
+    sb.stop()
+    sb.start()
+    rc, out, err = _run(sb, "cat note.txt /tmp/t.txt")
+    assert out == "hello\nt\n"
+
+
+@pytest.mark.privileged
+def test_io_exit_code_env(sb):
+    rc, out, err = _run(sb, "echo out; echo err >&2; exit 7")
+    assert (rc, out, err) == (7, "out\n", "err\n")
+    rc, out, err = _run(sb, ["cat"], input=b"stdin-data")
+    assert (rc, out) == (0, "stdin-data")
+    rc, out, err = _run(sb, ["/bin/sh", "-c", 'printf "%s|" "$@"', "sh", "a b", "c"])
+    assert out == "a b|c|"
+    rc, out, err = _run(sb, "env | sort", env={"FOO": "bar baz", "LD_PRELOAD": ""})
+    env = dict(line.split("=", 1) for line in out.splitlines())
+    assert env["FOO"] == "bar baz"
+    assert env["HOME"] == "/home/user" and env["USER"] == "user"
+    assert "/usr/bin" in env["PATH"]
+    assert "LC_ALL" not in env  # nothing of the privileged chain's environment
+    with pytest.raises(ValueError):
+        sb.exec("true", env={"A=B": "x"})
+
+
+@pytest.mark.privileged
+def test_untrusted_env_never_reaches_the_privileged_chain(sb):
+    # LD_PRELOAD applies only after privileges are dropped: a library the devbox user wrote
+    # would be loaded by a root nsenter/setpriv otherwise. ld.so complains once per process
+    # that tries to preload it: exactly once, for the user's own command.
+    rc, out, err = _run(sb, ["true"], env={"LD_PRELOAD": "/home/user/nonexistent-evil.so"})
+    assert rc == 0
+    assert err.count("nonexistent-evil.so") == 1, err
+
+
+@pytest.mark.privileged
+def test_kill_execution_group(sb):
+    mark = "dbxmark" + uuid.uuid4().hex[:10]
+    p = sb.exec(f"(exec -a {mark} sleep 1000) & (exec -a {mark} sleep 1000) & wait")
+    _poll(lambda: len(_alive_pids(_host_pids_with(mark))) == 2, what="sleeps to start")
+    Sandbox.kill(p)
+    p.communicate(timeout=10)
+    assert p.returncode != 0
+    _poll(lambda: not _alive_pids(_host_pids_with(mark)), what="group to die")
+    assert sb.alive()
+
+
+@pytest.mark.privileged
+def test_background_processes_die_with_stop(sb):
+    mark = "dbxmark" + uuid.uuid4().hex[:10]
+    rc, out, err = _run(sb, f"(setsid bash -c 'exec -a {mark} sleep 1000' >/dev/null 2>&1 &) ; echo started")
+    assert rc == 0 and "started" in out, err
+    _poll(lambda: _alive_pids(_host_pids_with(mark)), what="background sleep")
+    holder = sb.holder_pid
+    sb.stop()
+    assert not _alive_pids(_host_pids_with(mark))
+    assert not _alive_pids([holder])
+    assert not sb.alive()
+    sb.stop()  # idempotent
+
+
+@pytest.mark.privileged
+def test_stop_kills_running_execution(sb):
+    p = sb.exec("sleep 1000")
+    sb.stop()
+    p.communicate(timeout=10)
+    assert p.returncode != 0
+    with pytest.raises(SandboxError):
+        sb.exec("true")
+
+
+@pytest.mark.privileged
+def test_stop_with_a_self_stopped_execution(sb):
+    """`kill -STOP $$` makes nsenter (outside the namespace) stop itself too; stop() must
+    still finish promptly."""
+    p = sb.exec("kill -STOP $$; echo never")
+    _poll(lambda: open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", what="nsenter to stop")
+    t = time.monotonic()
+    sb.stop(timeout=5)
+    assert time.monotonic() - t < 4
+    out, _ = p.communicate(timeout=10)
+    assert out == b"" and p.returncode != 0
+
+
+@pytest.mark.privileged
+def test_killing_the_holder_parent_ends_the_sandbox(sb):
+    parent = int(open(f"/proc/{sb.holder_pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    holder = sb.holder_pid
+    os.kill(parent, signal.SIGKILL)
+    _poll(lambda: not _alive_pids([holder]), what="holder to die with its parent")
+    assert not sb.alive()
+    sb.stop()
+
+
+@pytest.mark.privileged
+def test_init_reaps_orphans(sb):
+    rc, out, err = _run(sb, "for i in $(seq 20); do (true &); done; sleep 0.2; echo done")
+    assert rc == 0
+
+    def zombies():
+        rc, out, _ = _run(sb, "cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}' | grep -c Z || true")
+        return int(out.strip() or 0)
+
+    _poll(lambda: zombies() == 0, what="orphans to be reaped")
+
+
+@pytest.mark.privileged
+def test_holder_keeps_no_simulator_fds(netns_name, make_sandbox, tmp_path):
+    leak = open(tmp_path / "leak", "w")  # noqa: SIM115
+    os.set_inheritable(leak.fileno(), True)
+    try:
+        sb = make_sandbox()
+        parent = int(open(f"/proc/{sb.holder_pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        for pid in (sb.holder_pid, parent):
+            fds = sorted(int(x) for x in os.listdir(f"/proc/{pid}/fd"))
+            assert fds == [0, 1, 2], (pid, fds)
+        # the init drops its readiness pipe right after saying ready
+        _poll(
+            lambda: all(os.readlink(f"/proc/{sb.holder_pid}/fd/{fd}") == "/dev/null" for fd in range(3)),
+            what="init to redirect to /dev/null",
+        )
+        assert os.readlink(f"/proc/{sb.holder_pid}/cwd") == "/"
+    finally:
+        leak.close()
+
+
+@pytest.mark.privileged
+def test_mounts_do_not_leak_to_the_host(sb):
+    with open("/proc/self/mountinfo") as f:
+        host = f.read()
+    assert "dbxsim-hidden" not in host and "dbxsim-home" not in host
+    assert not os.path.exists("/home/user") or not os.path.samefile("/home/user", sb.home_dir)
+
+
+def _counter_value(sb):
+    try:
+        txt = (sb.home_dir / "counter").read_text().strip()
+        return int(txt) if txt else None
+    except (OSError, ValueError):
+        return None
+
+
+def _freezers():
+    kinds = ["signal"]
+    for kind, path in _Freezer.candidates("probe"):
+        kinds.append(kind)
+    return kinds
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("freezer", ["auto", "cgroup2", "cgroup1", "signal"])
+def test_suspend_resume(make_sandbox, freezer):
+    if freezer not in ("auto", "signal") and freezer not in _freezers():
+        pytest.skip(f"no {freezer} hierarchy")
+    try:
+        sb = make_sandbox(freezer=freezer)
+    except SandboxError as e:
+        if freezer in ("cgroup1", "cgroup2"):
+            pytest.skip(str(e))
+        raise
+    if freezer != "auto":
+        assert sb.freezer == freezer
+    p = sb.exec("i=0; while :; do i=$((i+1)); echo $i > ~/counter.new; mv ~/counter.new ~/counter; sleep 0.005; done")
+    try:
+        first = _poll(lambda: _counter_value(sb), what="counter to start")
+        _poll(lambda: (_counter_value(sb) or 0) > first, what="counter to advance")
+        sb.suspend()
+        assert sb.suspended
+        frozen = _counter_value(sb)
+        # must stay put; a bounded observation window, not a synchronisation
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            assert _counter_value(sb) == frozen
+            time.sleep(0.02)
+        late = None
+        if sb.freezer != "signal":  # an execution started while frozen waits for resume
+            late = sb.exec("echo late")
+            with pytest.raises(subprocess.TimeoutExpired):
+                late.communicate(timeout=0.3)
+        sb.resume()
+        if late is not None:
+            assert late.communicate(timeout=10)[0] == b"late\n"
+        assert not sb.suspended
+        _poll(lambda: (_counter_value(sb) or 0) > frozen, timeout=10, what="counter to advance after resume")
+        assert p.poll() is None
+        rc, out, _ = _run(sb, "echo alive")
+        assert out == "alive\n"
+        # stop() while suspended still kills everything
+        sb.suspend()
+    finally:
+        sb.stop()
+    p.communicate(timeout=10)
+    assert p.returncode != 0
+
+
+@pytest.mark.privileged
+def test_adopt_alive_and_orphans(make_sandbox, netns_name, data_dir, uniq):
+    prefix = f"dbxsim-o{uniq('')}-"
+    sb = make_sandbox(name=prefix + "a")
+    other = make_sandbox(name=prefix + "b")
+    assert sb.alive() and other.alive()
+    again = Sandbox.adopt(sb.name, netns_name, sb.root, UID, UID, "10.99.0.53", [data_dir])
+    assert again.alive() and again.holder_pid == sb.holder_pid
+    assert again.freezer == sb.freezer
+    rc, out, _ = _run(again, "echo adopted")
+    assert out == "adopted\n"
+    # without the state file the holder is found by its marker
+    (sb.root / ".sandbox" / "state.json").unlink()
+    again = Sandbox.adopt(sb.name, netns_name, sb.root, UID, UID, "10.99.0.53", [data_dir])
+    assert again.holder_pid == sb.holder_pid
+    # adopt of a name with no holder
+    ghost = Sandbox.adopt(prefix + "ghost", netns_name, data_dir / "devboxes" / "ghost", UID, UID, "10.99.0.53")
+    assert not ghost.alive() and ghost.holder_pid is None
+
+    assert find_orphans(prefix) == sorted([sb.holder_pid, other.holder_pid])
+    assert find_orphans(prefix, known=[sb.name]) == [other.holder_pid]
+    orphan = other.holder_pid
+    assert kill_orphans(prefix, known=[sb.name]) == [orphan]
+    assert not other.alive()
+    assert sb.alive()
+    assert find_orphans(prefix) == [sb.holder_pid]
+    again.stop()
+    assert not sb.alive()
+    assert find_orphans(prefix) == []
+
+
+@pytest.mark.privileged
+def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
+    """A holder killed while an execution's nsenter is stopped cannot finish exiting (it
+    waits for that nsenter to reap its child) and has no command line any more: it is still
+    found (through its `unshare` parent) and cleaned up."""
+    prefix = f"dbxsim-s{uniq('')}-"
+    sb = make_sandbox(name=prefix + "a")
+    holder = sb.holder_pid
+    p = sb.exec("kill -STOP $$")
+    _poll(lambda: open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", what="nsenter to stop")
+    os.kill(holder, signal.SIGKILL)  # as if by someone else: no wrapper handling
+    _poll(lambda: open(f"/proc/{holder}/cmdline", "rb").read() == b"", what="holder to start exiting")
+    assert _alive_pids([holder]) == [holder]  # stuck in exit
+    assert find_orphans(prefix) == [holder]
+    assert kill_orphans(prefix) == [holder]
+    assert not _alive_pids([holder])
+    p.communicate(timeout=10)
+    sb.stop()
+
+
+@pytest.mark.privileged
+def test_destroy_removes_root_and_cgroup(make_sandbox):
+    sb = make_sandbox()
+    cg = sb._freezer.path
+    sb.write_file("f", b"x")
+    sb.destroy()
+    assert not sb.root.exists()
+    if cg:
+        assert not os.path.exists(cg)
+    sb.destroy()  # idempotent
+
+
+@pytest.mark.privileged
+def test_start_failure_is_reported(data_dir, uniq):
+    sb = Sandbox(f"dbxsim-t-{uniq('f')}", "no-such-netns-x", data_dir / "devboxes" / "f", UID, UID, "10.0.0.1")
+    with pytest.raises(SandboxError, match="no-such-netns-x"):
+        sb.start()
+    assert not sb.alive()
+    for _, path in _Freezer.candidates(sb.name):
+        assert not os.path.exists(path)
+
+
+@pytest.mark.privileged
+def test_sandbox_root_under_tmp_is_still_mounted(netns_name, uniq, tmp_path):
+    """root under /tmp (covered by the devbox's own /tmp) and hidden itself: mounts use fds."""
+    root = tmp_path / "rootdir"
+    sb = Sandbox(f"dbxsim-t-{uniq('r')}", netns_name, root, UID, UID, "10.0.0.1", [tmp_path])
+    sb.start()
+    try:
+        (root / "tmp").joinpath("seen").write_text("1")
+        rc, out, err = _run(sb, f"cat /tmp/seen; echo; ls -A {tmp_path}")
+        assert out == "1\n" and "No such file" in err
+    finally:
+        sb.stop()
+
+
+@pytest.mark.privileged
+def test_latency(make_sandbox, capsys):
+    sb = make_sandbox(start=False)
+    starts, execs = [], []
+    try:
+        for _ in range(20):
+            t = time.perf_counter()
+            sb.start()
+            starts.append((time.perf_counter() - t) * 1000)
+            sb.stop()
+        sb.start()
+        for _ in range(20):
+            t = time.perf_counter()
+            p = sb.exec(["true"])
+            p.communicate()
+            execs.append((time.perf_counter() - t) * 1000)
+            assert p.returncode == 0
+    finally:
+        sb.stop()
+    with capsys.disabled():
+        print(
+            f"\nsandbox start median {statistics.median(starts):.2f} ms (min {min(starts):.2f});"
+            f" exec `true` median {statistics.median(execs):.2f} ms (min {min(execs):.2f})"
+        )
+    # generous: CI machines are small and busy; the numbers above are what matters
+    assert statistics.median(starts) < 250
+    assert statistics.median(execs) < 250
+

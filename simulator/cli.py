@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from simulator.config import Settings
+from simulator.config import Settings, parse_servers
 
 log = logging.getLogger("devbox_sim")
 
@@ -23,6 +23,11 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
     serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--runtime", default=defaults.runtime, choices=["auto", "netns", "none"], help="devbox runtime: netns namespaces (needs root), none = API only, auto = netns when possible (DEVBOX_SIM_RUNTIME)")
+    serve.add_argument("--uplink", default=defaults.uplink, choices=["host", "offline"], help="where devbox egress goes: the host's network, or the offline world (DEVBOX_SIM_UPLINK; default offline with --world, else host)")
+    serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
+    serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
+    serve.add_argument("--upstream-dns", type=parse_servers, default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
     return parser
 
 
@@ -49,6 +54,11 @@ def serve(args: argparse.Namespace) -> int:
         api_keys=args.api_keys,
         max_policies_per_account=args.max_policies_per_account,
         log_level=args.log_level,
+        runtime=args.runtime,
+        uplink=args.uplink,
+        world=args.world,
+        subnet=args.subnet,
+        upstream_dns=tuple(args.upstream_dns),
     )
     # Bind before starting so that --port 0 can report the port actually chosen.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

@@ -17,6 +17,19 @@ class Settings:
     api_keys: Path | None = None
     max_policies_per_account: int = 100
     log_level: str = "info"
+    # Devbox runtime. The library default is "none" (API only); `devbox-sim serve` defaults
+    # to "auto": netns when running as root on Linux, else none.
+    runtime: str = "none"
+    uplink: str | None = None  # "host" or "offline"; default: offline with --world, else host
+    world: Path | None = None
+    subnet: str = "10.88.0.0/16"
+    upstream_dns: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def effective_uplink(self) -> str:
+        if self.uplink:
+            return self.uplink
+        return "offline" if self.world else "host"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -31,8 +44,24 @@ class Settings:
             env.get("DEVBOX_SIM_MAX_POLICIES", settings.max_policies_per_account)
         )
         settings.log_level = env.get("DEVBOX_SIM_LOG_LEVEL", settings.log_level)
+        settings.runtime = env.get("DEVBOX_SIM_RUNTIME", "auto")
+        settings.uplink = env.get("DEVBOX_SIM_UPLINK") or None
+        if env.get("DEVBOX_SIM_WORLD"):
+            settings.world = Path(env["DEVBOX_SIM_WORLD"])
+        settings.subnet = env.get("DEVBOX_SIM_SUBNET", settings.subnet)
+        if env.get("DEVBOX_SIM_UPSTREAM_DNS"):
+            settings.upstream_dns = parse_servers(env["DEVBOX_SIM_UPSTREAM_DNS"])
         return settings
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "devbox-sim.sqlite3"
+
+
+def parse_servers(text: str) -> tuple[tuple[str, int], ...]:
+    """``"192.0.2.53,198.51.100.1:5353"`` -> ((ip, port), ...)."""
+    servers = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = item.partition(":")
+        servers.append((host, int(port or 53)))
+    return tuple(servers)

@@ -251,12 +251,21 @@ class DataPlane:
     # --- policies ---------------------------------------------------------------------------
 
     def policy_updated(self, before: NetworkPolicy, after: NetworkPolicy) -> None:
-        """Enforce an updated policy on every devbox using it before the API answers."""
+        """Enforce an updated policy on every devbox using it before the API answers:
+        one nft transaction for all of them, then cut the flows the update revoked."""
         with self._lock:
-            for attached in [a for a in self._by_id.values() if a.policy and a.policy.id == after.id]:
-                self._swap_policy(attached, after)
+            affected = [a for a in self._by_id.values() if a.policy and a.policy.id == after.id]
+            if not affected:
+                return
+            doc: dict = {"nftables": []}
+            for attached in affected:
+                doc["nftables"] += self._swap_commands(attached, after)
+            self._nft.apply(doc)
+            self._cut_revoked_flows(affected)
 
-    def _swap_policy(self, attached: Attached, policy: NetworkPolicy | None) -> None:
+    def _swap_commands(self, attached: Attached, policy: NetworkPolicy | None) -> list:
+        """nft commands moving one devbox to ``policy``; learned addresses whose names the
+        policy no longer allows are dropped (and so are not re-added after the flush)."""
         view = _client_view_for(policy, attached, self._local_answer)
         now = time.monotonic()
         kept: dict[str, dict[str, float]] = {}
@@ -266,19 +275,21 @@ class DataPlane:
                 kept[ip] = still
         attached.policy, attached.view, attached.learned = policy, view, kept
         devbox = self._rules_devbox(attached)
-        doc = ruleset.update_egress(self._rules_router, devbox)
         entries = [(ip, max(1, int(max(names.values()) - now))) for ip, names in kept.items()]
-        doc["nftables"] += ruleset.learned_add(devbox.key, entries)["nftables"]
-        self._nft.apply(doc)
-        self._cut_revoked_flows(attached, devbox.egress)
+        return (
+            ruleset.update_egress(self._rules_router, devbox)["nftables"]
+            + ruleset.learned_add(devbox.key, entries)["nftables"]
+        )
 
-    def _cut_revoked_flows(self, attached: Attached, egress: ruleset.Egress | None) -> None:
-        learned = set(attached.learned)
+    def _cut_revoked_flows(self, affected: list[Attached]) -> None:
+        by_ip = {a.address.ip: a for a in affected}
         subnet = self.pool.network
-        for flow in conntrack.flows(self.router_ns, src=attached.address.ip):
-            if ipaddress.ip_address(flow.dst) in subnet:
-                continue  # devbox-to-devbox and resolver flows follow the account sets
-            if not flow_allowed(egress, learned, flow.dst, flow.proto, flow.dport):
+        for flow in conntrack.flows(self.router_ns):
+            attached = by_ip.get(flow.src)
+            if attached is None or ipaddress.ip_address(flow.dst) in subnet:
+                continue  # not ours, or devbox-to-devbox/resolver flows (they follow the account sets)
+            egress = egress_for(attached.policy)
+            if not flow_allowed(egress, set(attached.learned), flow.dst, flow.proto, flow.dport):
                 conntrack.delete(self.router_ns, flow.src, flow.dst, dport=flow.dport, proto=flow.proto)
 
     # --- resolver callbacks (DNS threads) --------------------------------------------------

@@ -21,7 +21,9 @@ _LISTENING = re.compile(r"listening on (http://[\d.]+:(\d+))")
 class ServerProcess:
     def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None):
         self.data_dir = data_dir
-        self.args = [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(data_dir), *extra_args]
+        # API only unless the test asks for a runtime: never a host uplink from a test.
+        runtime = [] if "--runtime" in extra_args else ["--runtime", "none"]
+        self.args = [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(data_dir), *runtime, *extra_args]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netns import namespaces
-from netns.sandbox import Sandbox
+from netns.sandbox import Sandbox, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime.base import DevboxSpec, RuntimeFailure
@@ -42,6 +42,11 @@ class NetnsRuntime:
         self.devboxes_dir.mkdir(parents=True, exist_ok=True)
         self._devboxes: dict[str, _Devbox] = {}
         self._lock = threading.Lock()
+        # Sandbox names carry the instance, so only this simulator's leftovers are killed.
+        self.sandbox_prefix = f"{dataplane.devbox_ns_prefix}-"
+        killed = kill_orphans(self.sandbox_prefix)
+        if killed:
+            log.warning("killed %d orphaned devbox process trees from a previous run", len(killed))
 
     def provision(self, spec: DevboxSpec) -> None:
         address = self.dataplane.allocate()
@@ -52,7 +57,7 @@ class NetnsRuntime:
             self.dataplane.connect(spec.id, spec.account, spec.policy, address, netns=netns)
             uid = DEVBOX_UID_BASE + address.slot
             sandbox = Sandbox(
-                name=spec.id,
+                name=self.sandbox_prefix + spec.id,
                 netns=netns,
                 root=self.devboxes_dir / spec.id,
                 uid=uid,
@@ -84,8 +89,10 @@ class NetnsRuntime:
             return set(self._devboxes)
 
     def close(self) -> None:
+        """Shut every devbox down and take the data plane with it (devboxes lose egress)."""
         for devbox_id in list(self.alive_ids()):
             self.shutdown(devbox_id)
+        self.dataplane.stop()
 
     def _get(self, devbox_id: str) -> _Devbox:
         with self._lock:

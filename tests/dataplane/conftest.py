@@ -55,11 +55,15 @@ class Devboxes:
         devbox_id = f"dbx_t{os.getpid():x}{next(_ids)}"
         self.runtime.provision(DevboxSpec(id=devbox_id, account=account, policy=policy))
         self.made.append(devbox_id)
+        self.runtime.sandbox(devbox_id).write_file("probe.py", PROBE.encode())
         return devbox_id
 
+    def start(self, devbox_id: str, *argv: str) -> subprocess.Popen:
+        return self.runtime.exec(devbox_id, "/usr/bin/python3 probe.py " + " ".join(argv))
+
     def run(self, devbox_id: str, *argv: str, timeout: float = 20) -> str:
-        proc = self.runtime.exec(devbox_id, "/usr/bin/python3 - " + " ".join(argv))
-        out, err = proc.communicate(PROBE.encode(), timeout=timeout)
+        proc = self.start(devbox_id, *argv)
+        out, err = proc.communicate(timeout=timeout)
         lines = out.decode().strip().splitlines()
         assert lines, f"probe printed nothing; stderr: {err.decode()}"
         return lines[-1]
@@ -98,8 +102,9 @@ def plane(tmp_path_factory):
         yield dataplane, runtime
     finally:
         if runtime is not None:
-            runtime.close()
-        dataplane.stop()
+            runtime.close()  # also stops the data plane
+        else:
+            dataplane.stop()
 
 
 @pytest.fixture

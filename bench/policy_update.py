@@ -1,0 +1,98 @@
+"""Benchmark: policy update -> enforcement in N running devboxes (goal: p99 <= 5 ms at N=100).
+
+`DataPlane.policy_updated` returns once the one nft transaction covering every devbox that
+uses the policy is committed (and revoked flows are cut), i.e. when enforcement is visible;
+the API calls it inside the update request. Baseline in the same run: the same update with
+the policy used by a single devbox. Writes bench/results/policy_update.json.
+Needs root (namespaces, nftables); only namespaces it creates are touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simulator.dataplane import DataPlane, DataPlaneConfig  # noqa: E402
+from simulator.policy_model import AllowedCidr, Egress, NetworkPolicy, PortRule  # noqa: E402
+from simulator.runtime.base import DevboxSpec  # noqa: E402
+from simulator.runtime.netns_runtime import NetnsRuntime  # noqa: E402
+from simulator.world import WorldConfig  # noqa: E402
+
+DEVBOXES = 100
+UPDATES = 60
+
+VARIANTS = [
+    Egress(allowed_hostnames=("github.com", "*.npmjs.org"),
+           allowed_cidrs=(AllowedCidr("192.0.2.0/24", (PortRule(443, None, "TCP"),)),)),
+    Egress(allowed_hostnames=("github.com",),
+           allowed_cidrs=(AllowedCidr("198.51.100.0/24", (PortRule(8000, 8100, None),)), AllowedCidr("203.0.113.7/32"))),
+]
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def measure(dataplane: DataPlane, policy: NetworkPolicy, count: int) -> list[float]:
+    timings = []
+    for index in range(count):
+        after = dataclasses.replace(policy, egress=VARIANTS[(index + 1) % 2], update_time_ms=index + 1)
+        start = time.perf_counter()
+        dataplane.policy_updated(policy, after)
+        timings.append((time.perf_counter() - start) * 1000)
+        policy = after
+    return timings
+
+
+def main() -> int:
+    policy_one = NetworkPolicy("npol_one", "bench", "one", None, VARIANTS[0], 0, 0)
+    policy_many = NetworkPolicy("npol_many", "bench", "many", None, VARIANTS[0], 0, 0)
+    world = WorldConfig.from_dict({"hosts": {"github.com": {"address": "192.0.2.10"}}})
+    dataplane = DataPlane(DataPlaneConfig(instance=secrets.token_hex(3), world=world, subnet="10.90.0.0/16"))
+    dataplane.start()
+    runtime = NetnsRuntime(dataplane, Path(tempfile.mkdtemp(prefix="bench-policy-")))
+    try:
+        runtime.provision(DevboxSpec("dbx_bench_one", "bench", policy_one))
+        provision = []
+        for index in range(DEVBOXES):
+            start = time.perf_counter()
+            runtime.provision(DevboxSpec(f"dbx_bench_{index}", "bench", policy_many))
+            provision.append((time.perf_counter() - start) * 1000)
+        baseline = measure(dataplane, policy_one, UPDATES)
+        many = measure(dataplane, policy_many, UPDATES)
+    finally:
+        runtime.close()
+
+    result = {
+        "benchmark": "policy_update",
+        "devboxes": DEVBOXES,
+        "updates": UPDATES,
+        "baseline_1_devbox": {"p50_ms": round(percentile(baseline, 50), 3), "p99_ms": round(percentile(baseline, 99), 3)},
+        f"{DEVBOXES}_devboxes": {
+            "p50_ms": round(percentile(many, 50), 3),
+            "p99_ms": round(percentile(many, 99), 3),
+            "mean_ms": round(statistics.fmean(many), 3),
+        },
+        "provision_ms_p50": round(percentile(provision, 50), 3),
+        "goal": f"p99 <= 5 ms with {DEVBOXES} devboxes",
+    }
+    result["ratio_p50_vs_baseline"] = round(result[f"{DEVBOXES}_devboxes"]["p50_ms"] / result["baseline_1_devbox"]["p50_ms"], 2)
+    result["goal_met"] = result[f"{DEVBOXES}_devboxes"]["p99_ms"] <= 5
+    out = ROOT / "bench" / "results" / "policy_update.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""A policy update reaches running devboxes at once, and revocation cuts established flows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from simulator.policy_model import AllowedCidr, PortRule
+from tests.dataplane.conftest import BLOCKED, GITHUB, make_policy
+
+pytestmark = pytest.mark.privileged
+
+
+def updated(policy, **changes):
+    egress = dataclasses.replace(policy.egress, **changes)
+    return dataclasses.replace(policy, egress=egress)
+
+
+class Held:
+    """An established TCP connection inside a devbox, poked on demand."""
+
+    def __init__(self, devboxes, box, host, port):
+        self.proc = devboxes.start(box, "hold", host, str(port))
+        assert self.proc.stdout.readline().decode().strip() == "OK first"
+
+    def poke(self, word: str) -> str:
+        self.proc.stdin.write(word.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().decode().strip()
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+def test_update_opens_a_running_devbox_at_once(plane, devboxes):
+    dataplane = plane[0]
+    policy = make_policy()
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+    opened = updated(policy, allowed_hostnames=("github.com",))
+    dataplane.policy_updated(policy, opened)
+    assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
+    assert devboxes.run(box, "tcp", "github.com", "443") == "OK ping"
+    to_all = updated(opened, allow_all=True)
+    dataplane.policy_updated(opened, to_all)
+    assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"
+
+
+def test_removing_a_cidr_cuts_the_established_connection(plane, devboxes):
+    dataplane = plane[0]
+    policy = make_policy(allowed_cidrs=[{"cidr": f"{BLOCKED}/32", "ports": [{"port": 443}]}])
+    box = devboxes.create(policy)
+    held = Held(devboxes, box, BLOCKED, 443)
+    try:
+        assert held.poke("before") == "OK before"
+        # An unrelated change keeps the flow.
+        wider = updated(policy, allowed_cidrs=policy.egress.allowed_cidrs + (AllowedCidr("192.0.2.0/24", (PortRule(80),)),))
+        dataplane.policy_updated(policy, wider)
+        assert held.poke("kept") == "OK kept"
+        revoked = updated(wider, allowed_cidrs=(AllowedCidr("192.0.2.0/24", (PortRule(80),)),))
+        dataplane.policy_updated(wider, revoked)
+        assert held.poke("after").startswith("FAIL")
+    finally:
+        held.close()
+    assert not devboxes.run(box, "tcp", BLOCKED, "443").startswith("OK")
+
+
+def test_removing_a_hostname_cuts_its_connections_and_closes_its_addresses(plane, devboxes):
+    dataplane = plane[0]
+    policy = make_policy(allowed_hostnames=["github.com", "*.npmjs.org"])
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
+    assert devboxes.run(box, "resolve", "registry.npmjs.org").startswith("OK")
+    held = Held(devboxes, box, GITHUB, 443)
+    try:
+        assert held.poke("before") == "OK before"
+        revoked = updated(policy, allowed_hostnames=("*.npmjs.org",))
+        dataplane.policy_updated(policy, revoked)
+        assert held.poke("after").startswith("FAIL")
+    finally:
+        held.close()
+    assert not devboxes.run(box, "tcp", GITHUB, "443").startswith("OK")
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+    # The name still allowed keeps its learned address: no re-resolve needed.
+    assert devboxes.run(box, "tcp", "192.0.2.20", "443") == "OK ping"
+
+
+def test_allow_all_to_hostnames_keeps_only_matching_flows(plane, devboxes):
+    dataplane = plane[0]
+    policy = make_policy(allow_all=True)
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
+    github = Held(devboxes, box, GITHUB, 443)
+    other = Held(devboxes, box, BLOCKED, 443)
+    try:
+        narrowed = updated(policy, allow_all=False, allow_devbox_to_devbox=False, allowed_hostnames=("github.com",))
+        dataplane.policy_updated(policy, narrowed)
+        assert github.poke("still") == "OK still"  # learned under allow_all, still allowed
+        assert other.poke("gone").startswith("FAIL")
+    finally:
+        github.close()
+        other.close()

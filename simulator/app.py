@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -9,11 +12,25 @@ from fastapi import FastAPI
 
 from simulator import __doc__ as package_doc
 from simulator.accounts import Accounts
+from simulator.api import devboxes as devbox_routes
 from simulator.api import errors, network_policies
+from simulator.api import executions as execution_routes
 from simulator.api.request_log import RequestLog
 from simulator.config import Settings
 from simulator.db import Database
+from simulator.devboxes import DevboxService
+from simulator.executions import ExecutionService
 from simulator.network_policies import NetworkPolicyService
+from simulator.runtime.base import DevboxRuntime
+from simulator.runtime.factory import make_runtime
+from simulator.watch import Watch
+
+log = logging.getLogger("devbox_sim")
+
+# TEST HOOK, not a feature: "module:factory" naming a callable factory(settings) -> runtime.
+# It lets the HTTP-contract tests run a real server process over a test-double runtime
+# (tests.api.local_runtime:make_runtime); users choose a runtime with --runtime.
+TEST_RUNTIME_ENV = "DEVBOX_SIM_TEST_RUNTIME"
 
 
 @dataclass
@@ -22,31 +39,69 @@ class Services:
     db: Database
     accounts: Accounts
     network_policies: NetworkPolicyService
+    devboxes: DevboxService
+    executions: ExecutionService
+    runtime: DevboxRuntime | None = None  # None: devbox endpoints answer 503 no_runtime
 
     def close(self) -> None:
         self.db.close()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # devboxes run untrusted code: the store is root's alone
     db = Database(settings.database_path)
+    policies = NetworkPolicyService(db, max_per_account=settings.max_policies_per_account)
+    dataplane = getattr(runtime, "dataplane", None)
+    if dataplane is not None:
+        # Inside the update transaction: enforcement fails -> the stored update rolls back.
+        policies.add_update_hook(dataplane.policy_updated)
+    devboxes = DevboxService(db, policies, runtime, Watch())
     return Services(
         settings=settings,
         db=db,
         accounts=Accounts.from_file(settings.api_keys),
-        network_policies=NetworkPolicyService(db, max_per_account=settings.max_policies_per_account),
+        network_policies=policies,
+        devboxes=devboxes,
+        executions=ExecutionService(db, devboxes),
+        runtime=runtime,
     )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    services = build_services(settings)
+def _test_runtime(settings: Settings) -> DevboxRuntime | None:
+    spec = os.environ.get(TEST_RUNTIME_ENV)
+    if not spec:
+        return None
+    module, _, factory = spec.partition(":")
+    log.warning("using the TEST runtime %s (%s is a test hook)", spec, TEST_RUNTIME_ENV)
+    return getattr(importlib.import_module(module), factory)(settings)
+
+
+def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> FastAPI:
+    """The app; with no ``runtime`` given it makes (and owns) the one the settings ask for."""
+    owned_runtime = None
+    if runtime is None:
+        runtime = owned_runtime = _test_runtime(settings) or make_runtime(settings)
+    try:
+        services = build_services(settings, runtime)
+    except BaseException:
+        if owned_runtime is not None:
+            owned_runtime.close()
+        raise
+    if owned_runtime is not None:
+        # A freshly started runtime has nothing alive (it removed what a previous run left):
+        # devboxes the store still shows as active are marked failed, never shown running.
+        vanished = services.devboxes.reconcile(set())
+        if vanished:
+            log.warning("%d devboxes from a previous run are gone: %s", len(vanished), ", ".join(vanished))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # The store lives as long as the app object (a test client may run the ASGI lifespan
         # several times); SQLite needs no close for durability, commits are already on disk.
         yield
+        if owned_runtime is not None:
+            owned_runtime.close()  # a runtime the app made itself dies with the server
 
     app = FastAPI(
         title="devbox-sim",
@@ -62,5 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(network_policies.router)
+    app.include_router(devbox_routes.router)
+    app.include_router(execution_routes.router)
     app.add_middleware(RequestLog)
     return app

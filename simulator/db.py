@@ -31,6 +31,50 @@ MIGRATIONS: list[str] = [
         ON network_policies(account, request_id) WHERE request_id IS NOT NULL;
     CREATE INDEX network_policies_account ON network_policies(account, id);
     """,
+    # Devboxes and their executions. JSON columns hold what is echoed as given; the policy id
+    # is also a column so that "is this policy in use" is one indexed query.
+    """
+    CREATE TABLE devboxes (
+        id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        status TEXT NOT NULL,
+        name TEXT,
+        metadata TEXT NOT NULL,
+        launch_parameters TEXT NOT NULL,
+        environment_variables TEXT NOT NULL,
+        network_policy_id TEXT,
+        blueprint_id TEXT,
+        snapshot_id TEXT,
+        state_transitions TEXT NOT NULL,
+        create_time_ms INTEGER NOT NULL,
+        end_time_ms INTEGER,
+        failure_reason TEXT,
+        shutdown_reason TEXT,
+        request_id TEXT
+    );
+    CREATE INDEX devboxes_account ON devboxes(account, id);
+    CREATE INDEX devboxes_policy ON devboxes(account, network_policy_id) WHERE network_policy_id IS NOT NULL;
+    CREATE UNIQUE INDEX devboxes_request ON devboxes(account, request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        devbox_id TEXT NOT NULL REFERENCES devboxes(id),
+        command TEXT NOT NULL,
+        command_id TEXT,
+        request_id TEXT,
+        status TEXT NOT NULL,
+        exit_status INTEGER,
+        stdout TEXT,
+        stderr TEXT,
+        stdout_truncated INTEGER NOT NULL DEFAULT 0,
+        stderr_truncated INTEGER NOT NULL DEFAULT 0,
+        create_time_ms INTEGER NOT NULL,
+        end_time_ms INTEGER
+    );
+    CREATE INDEX executions_devbox ON executions(devbox_id, id);
+    CREATE UNIQUE INDEX executions_command ON executions(devbox_id, command_id) WHERE command_id IS NOT NULL;
+    CREATE UNIQUE INDEX executions_request ON executions(account, request_id) WHERE request_id IS NOT NULL;
+    """,
 ]
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from simulator.app import create_app
 from simulator.config import Settings
+from tests.api.devbox_fixtures import devbox_client, devbox_server, runtime  # noqa: F401 (fixtures)
 from tests.server import ServerProcess
 
 with warnings.catch_warnings():
@@ -18,9 +19,9 @@ def make_client(tmp_path):
     """Build an in-process client for an app with the given settings overrides."""
     clients = []
 
-    def make(**overrides) -> TestClient:
+    def make(runtime=None, **overrides) -> TestClient:
         settings = Settings(data_dir=tmp_path / f"data{len(clients)}", **overrides)
-        client = TestClient(create_app(settings))
+        client = TestClient(create_app(settings, runtime))
         client.__enter__()
         clients.append(client)
         return client

@@ -27,4 +27,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms(case):
-    case.call_and_validate(headers={"Authorization": "Bearer fuzz"}, checks=CHECKS)
+    response = case.call(headers={"Authorization": "Bearer fuzz"})
+    checks = CHECKS
+    if response.status_code == 503 and response.json().get("error_code") == "no_runtime":
+        # This app has no devbox runtime (fuzzing must not run generated shell commands):
+        # the devbox endpoints' documented answer is 503 no_runtime, not a server fault.
+        checks = [check for check in CHECKS if check is not not_a_server_error]
+    case.validate_response(response, checks=checks, headers={"Authorization": "Bearer fuzz"})

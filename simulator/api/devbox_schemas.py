@@ -1,0 +1,144 @@
+"""Wire models for devboxes and executions, as the Runloop SDK (3.0.0) sends and reads them.
+
+Requests ignore unknown fields. Fields the simulator does not implement yet (mounts, secrets,
+gateways, tunnels...) are accepted loosely and ignored; ``launch_parameters`` is echoed back.
+Responses mirror ``runloop_api_client.types``: every field the SDK requires is always present.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from simulator.api.schemas import ErrorBody
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+Seconds = StrictInt | StrictFloat  # the SDK sends floats such as 29.97 for timeouts
+
+
+class LaunchParametersParam(BaseModel):
+    # Unknown keys are kept: launch_parameters is echoed back as given.
+    model_config = ConfigDict(extra="allow")
+
+    network_policy_id: StrictStr | None = None
+    launch_commands: list[StrictStr] | None = None
+    keep_alive_time_seconds: StrictInt | None = Field(default=None, ge=1, le=172800)
+    resource_size_request: Literal["X_SMALL", "SMALL", "MEDIUM", "LARGE", "X_LARGE", "XX_LARGE", "CUSTOM_SIZE"] | None = None
+    custom_cpu_cores: StrictInt | StrictFloat | None = None
+    custom_gb_memory: StrictInt | None = None
+    custom_disk_size: StrictInt | None = None
+    architecture: Literal["x86_64", "arm64"] | None = None
+    available_ports: list[StrictInt] | None = None
+    required_services: list[StrictStr] | None = None
+    provisioning_tier: Literal["standard", "flex"] | None = None
+    after_idle: dict[str, Any] | None = None
+    lifecycle: dict[str, Any] | None = None
+    user_parameters: dict[str, Any] | None = None
+
+
+class DevboxCreateParams(_Request):
+    name: StrictStr | None = None
+    blueprint_id: StrictStr | None = None
+    blueprint_name: StrictStr | None = None
+    snapshot_id: StrictStr | None = None
+    launch_parameters: LaunchParametersParam | None = None
+    environment_variables: dict[str, StrictStr] | None = None
+    metadata: dict[str, StrictStr] | None = None
+    # Accepted, not simulated yet:
+    entrypoint: StrictStr | None = None
+    file_mounts: dict[str, StrictStr] | None = None
+    code_mounts: list[dict[str, Any]] | None = None
+    mounts: list[dict[str, Any]] | None = None
+    secrets: dict[str, StrictStr] | None = None
+    gateways: dict[str, dict[str, Any]] | None = None
+    mcp: dict[str, dict[str, Any]] | None = None
+    tunnel: dict[str, Any] | None = None
+
+
+class DevboxUpdateParams(_Request):
+    name: StrictStr | None = None
+    metadata: dict[str, StrictStr] | None = None
+
+
+class DevboxWaitForStatusParams(_Request):
+    statuses: list[StrictStr]
+    timeout_seconds: Seconds | None = Field(default=None, description="Hold at most this long (default 10, at most 30)")
+
+
+class ExecuteAsyncParams(_Request):
+    command: StrictStr
+    attach_stdin: StrictBool | None = None  # accepted; stdin is closed for now
+    shell_name: StrictStr | None = None  # 1.29 SDKs; ignored
+
+
+class ExecuteParams(_Request):
+    command: StrictStr
+    command_id: StrictStr = Field(description="Idempotency key (UUIDv7): a repeat returns the same execution")
+    optimistic_timeout: Seconds | None = Field(default=None, description="Hold at most this long (default and max 25)")
+    shell_name: StrictStr | None = None
+
+
+class ExecutionWaitForStatusParams(_Request):
+    statuses: list[StrictStr]
+    timeout_seconds: Seconds | None = Field(default=None, description="Hold at most this long (default and max 25)")
+
+
+class ExecutionKillParams(_Request):
+    kill_process_group: StrictBool | None = None  # the whole group is always killed
+
+
+class StateTransitionView(BaseModel):
+    status: str
+    transition_time_ms: int
+    failure_reason: str | None = None
+
+
+class DevboxView(BaseModel):
+    id: str
+    status: str
+    create_time_ms: int
+    launch_parameters: dict[str, Any]
+    metadata: dict[str, str]
+    state_transitions: list[StateTransitionView]
+    capabilities: list[str]
+    name: str | None = None
+    end_time_ms: int | None = None
+    blueprint_id: str | None = None
+    snapshot_id: str | None = None
+    failure_reason: str | None = None
+    shutdown_reason: str | None = None
+    initiator_type: str | None = None
+    tunnel: dict[str, Any] | None = None
+
+
+class DevboxListView(BaseModel):
+    devboxes: list[DevboxView]
+    has_more: bool
+    total_count: int | None = None
+
+
+class AsyncExecutionView(BaseModel):
+    devbox_id: str
+    execution_id: str
+    status: Literal["queued", "running", "completed"]
+    exit_status: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    stdout_truncated: bool | None = None
+    stderr_truncated: bool | None = None
+
+
+class SyncExecutionView(BaseModel):
+    devbox_id: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+
+NO_RUNTIME = {503: {"model": ErrorBody, "description": "The simulator runs without a devbox runtime"}}
+LONG_POLL_TIMEOUT = {408: {"model": ErrorBody, "description": "Not there yet within the hold; ask again (x-should-retry: true)"}}

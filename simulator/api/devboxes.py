@@ -1,0 +1,153 @@
+"""/v1/devboxes: parse, call the service action of the same name, serialise.
+
+Long polls (``wait_for_status``, ``create_and_await_running``) are ``async`` endpoints that
+await a wake-up instead of holding a worker thread, so many held requests never starve the
+thread pool the other (sync) endpoints run on.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Depends, Query
+
+from simulator.api import deps
+from simulator.api.devbox_schemas import (
+    LONG_POLL_TIMEOUT,
+    NO_RUNTIME,
+    DevboxCreateParams,
+    DevboxListView,
+    DevboxUpdateParams,
+    DevboxView,
+    DevboxWaitForStatusParams,
+)
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND
+from simulator.devbox_model import Devbox
+
+
+def runtime_ready(_account: str = Depends(deps.account), services=Depends(deps.services)) -> None:
+    """Every devbox endpoint needs a runtime: without one, a clear 503 (after the 401 check)."""
+    services.devboxes.require_runtime()
+
+
+router = APIRouter(
+    prefix="/v1/devboxes",
+    tags=["devboxes"],
+    responses={**ERROR_RESPONSES, **NO_RUNTIME},
+    dependencies=[Depends(runtime_ready)],
+)
+
+
+def view(devbox: Devbox) -> dict:
+    return {
+        "id": devbox.id,
+        "status": devbox.status,
+        "create_time_ms": devbox.create_time_ms,
+        "launch_parameters": devbox.launch_parameters,
+        "metadata": devbox.metadata,
+        "state_transitions": [t.to_json() for t in devbox.state_transitions],
+        "capabilities": [],
+        "name": devbox.name,
+        "end_time_ms": devbox.end_time_ms,
+        "blueprint_id": devbox.blueprint_id,
+        "snapshot_id": devbox.snapshot_id,
+        "failure_reason": devbox.failure_reason,
+        "shutdown_reason": devbox.shutdown_reason,
+        "initiator_type": "api",
+        "tunnel": None,
+    }
+
+
+def _create_params(params: DevboxCreateParams | None) -> dict:
+    return params.model_dump(exclude_unset=True) if params is not None else {}
+
+
+@router.post("", response_model=DevboxView, summary="Create a devbox (returns while it provisions)")
+def create_devbox(
+    params: DevboxCreateParams | None = Body(None),
+    account: str = Depends(deps.account),
+    request_id: str | None = Depends(deps.request_id),
+    services=Depends(deps.services),
+):
+    return view(services.devboxes.create_devbox(account, _create_params(params), request_id))
+
+
+# Declared before POST /{id}: "create_and_await_running" is not a devbox id.
+@router.post(
+    "/create_and_await_running",
+    response_model=DevboxView,
+    summary="Create a devbox and hold (up to ~20 s) until it is running, failed or shut down",
+)
+async def create_and_await_running(
+    params: DevboxCreateParams | None = Body(None),
+    account: str = Depends(deps.account),
+    request_id: str | None = Depends(deps.request_id),
+    services=Depends(deps.services),
+):
+    return view(await services.devboxes.create_and_await_running(account, _create_params(params), request_id))
+
+
+@router.get("", response_model=DevboxListView, summary="List devboxes, newest first")
+def list_devboxes(
+    status: str | None = Query(None, description="Only devboxes with this status"),
+    limit: int | None = Query(None, description="Page size, 1 to 5000 (default 20)"),
+    starting_after: str | None = Query(None, description="Id of the last item of the previous page"),
+    include_total_count: bool = Query(True),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    page = services.devboxes.list_devboxes(
+        account, status=status, starting_after=starting_after, limit=limit, include_total_count=include_total_count
+    )
+    return {"devboxes": [view(d) for d in page.items], "has_more": page.has_more, "total_count": page.total_count}
+
+
+@router.get("/{id}", response_model=DevboxView, responses=NOT_FOUND, summary="Get a devbox")
+def retrieve_devbox(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
+    return view(services.devboxes.retrieve_devbox(account, id))
+
+
+@router.post("/{id}", response_model=DevboxView, responses=NOT_FOUND, summary="Update a devbox's name and metadata")
+def update_devbox(
+    id: str,
+    params: DevboxUpdateParams | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    changes = params.model_dump(exclude_unset=True) if params is not None else {}
+    return view(services.devboxes.update_devbox(account, id, changes))
+
+
+@router.post(
+    "/{id}/wait_for_status",
+    response_model=DevboxView,
+    responses={**NOT_FOUND, **LONG_POLL_TIMEOUT},
+    summary="Hold until the devbox has one of the statuses (408 when the hold runs out)",
+)
+async def wait_for_status(
+    id: str,
+    params: DevboxWaitForStatusParams,
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    return view(await services.devboxes.wait_for_status(account, id, params.statuses, params.timeout_seconds))
+
+
+@router.post("/{id}/shutdown", response_model=DevboxView, responses=NOT_FOUND, summary="Shut a devbox down (synchronous)")
+def shutdown_devbox(
+    id: str,
+    force: bool | None = Query(None, description="Accepted; snapshots are not simulated, so nothing blocks a shutdown"),
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    return view(services.devboxes.shutdown_devbox(account, id))
+
+
+@router.post("/{id}/keep_alive", response_model=dict, responses=NOT_FOUND, summary="Extend the devbox's keep-alive")
+def keep_alive(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    services.devboxes.keep_alive(account, id)
+    return {}

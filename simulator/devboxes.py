@@ -1,0 +1,389 @@
+"""The devbox service: one method per API action, named like the action.
+
+The service owns the lifecycle: it validates every status change against
+``simulator.lifecycle``, records it in ``state_transitions`` and wakes the long polls waiting
+on the devbox. The runtime (``simulator.runtime.base.DevboxRuntime``) only does the work:
+provisioning runs in a worker thread (provisioning -> [initializing: launch_commands] ->
+running), shutdown is synchronous. The runtime is never called inside a store transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+import anyio.to_thread
+
+from simulator import clock, devbox_store, ids, lifecycle
+from simulator.db import Database
+from simulator.devbox_model import Devbox, StateTransition
+from simulator.errors import ApiError, InvalidRequest, NotFound, RequestTimeout
+from simulator.network_policies import NetworkPolicyService
+from simulator.policy_model import NetworkPolicy, Page
+from simulator.runtime.base import DevboxRuntime, DevboxSpec, RuntimeFailure
+from simulator.watch import Watch
+
+log = logging.getLogger("devbox_sim.devboxes")
+
+ID_PREFIX = "dbx"
+WAIT_DEFAULT_SECONDS = 10.0
+WAIT_MAX_SECONDS = 30.0  # the SDK's read timeout is the hold + 5 s
+CREATE_HOLD_SECONDS = 20.0  # create_and_await_running: well under the client's 30 s timeout
+MAX_NAME_LENGTH = 256
+LAUNCH_OUTPUT_TAIL = 2000  # characters of a failed launch command's output kept in the reason
+
+# A devbox reached shutdown or failure (called outside any transaction, after the runtime
+# released it). Executions use it to finish the devbox's commands.
+TerminalHook = Callable[[Devbox], None]
+
+
+class NoRuntime(ApiError):
+    status = 503
+    code = "no_runtime"
+
+
+def watch_key(devbox_id: str) -> str:
+    return f"devbox:{devbox_id}"
+
+
+class DevboxService:
+    def __init__(
+        self,
+        db: Database,
+        network_policies: NetworkPolicyService,
+        runtime: DevboxRuntime | None = None,
+        watch: Watch | None = None,
+    ):
+        self.db = db
+        self.network_policies = network_policies
+        self.runtime = runtime
+        self.watch = watch or Watch()
+        self._terminal_hooks: list[TerminalHook] = []
+        # Deleting a policy that an active devbox uses is a 400 naming the devbox.
+        network_policies.add_usage_check(self._policy_users)
+
+    def add_terminal_hook(self, hook: TerminalHook) -> None:
+        self._terminal_hooks.append(hook)
+
+    # --- API actions -------------------------------------------------------------------
+
+    def create_devbox(self, account: str, params: dict[str, Any], request_id: str | None = None) -> Devbox:
+        runtime = self.require_runtime()
+        name = _check_name(params.get("name"))
+        sources = [key for key in ("blueprint_id", "blueprint_name", "snapshot_id") if params.get(key)]
+        if len(sources) > 1:
+            raise InvalidRequest(f"give at most one of blueprint_id, blueprint_name and snapshot_id, got {sources}")
+        launch = {k: v for k, v in (params.get("launch_parameters") or {}).items() if v is not None}
+        for command in launch.get("launch_commands") or []:
+            _check_text("launch_commands", command)
+        environment = _check_environment(params.get("environment_variables") or {})
+        with self.db.transaction() as conn:
+            if request_id:
+                # A retried create (same x-request-id) returns what the first attempt made.
+                previous = devbox_store.by_request_id(conn, account, request_id)
+                if previous is not None:
+                    return previous
+            # Checked inside the transaction: the policy cannot be deleted before we store.
+            if launch.get("network_policy_id"):
+                self.network_policies.require(account, launch["network_policy_id"])
+            now = clock.now_ms()
+            devbox = Devbox(
+                id=ids.new_id(ID_PREFIX),
+                account=account,
+                status=lifecycle.PROVISIONING,
+                create_time_ms=now,
+                launch_parameters=launch,
+                metadata=dict(params.get("metadata") or {}),
+                environment_variables=environment,
+                state_transitions=(StateTransition(lifecycle.PROVISIONING, now),),
+                name=name,
+                # Blueprints and snapshots are not simulated yet: the ids are recorded and shown.
+                blueprint_id=params.get("blueprint_id"),
+                snapshot_id=params.get("snapshot_id"),
+            )
+            devbox_store.insert(conn, devbox, request_id)
+        threading.Thread(
+            target=self._provision, args=(runtime, devbox), name=f"provision-{devbox.id}", daemon=True
+        ).start()
+        return devbox
+
+    async def create_and_await_running(
+        self, account: str, params: dict[str, Any], request_id: str | None = None, hold_seconds: float = CREATE_HOLD_SECONDS
+    ) -> Devbox:
+        """Create, then hold until running, failure or shutdown (or ``hold_seconds``)."""
+        devbox = await anyio.to_thread.run_sync(self.create_devbox, account, params, request_id)
+        settled = (lifecycle.RUNNING, *lifecycle.TERMINAL)
+        held = await self.watch.wait(watch_key(devbox.id), self._status_check(account, devbox.id, settled), hold_seconds)
+        return held or await anyio.to_thread.run_sync(self.retrieve_devbox, account, devbox.id)
+
+    def retrieve_devbox(self, account: str, devbox_id: str) -> Devbox:
+        with self.db.read() as conn:
+            devbox = devbox_store.get(conn, account, devbox_id)
+        if devbox is None:
+            raise NotFound(f"devbox {devbox_id!r} not found")
+        return devbox
+
+    def list_devboxes(
+        self,
+        account: str,
+        *,
+        status: str | None = None,
+        starting_after: str | None = None,
+        limit: int | None = None,
+        include_total_count: bool = True,
+    ) -> Page:
+        if status is not None:
+            _check_statuses([status])
+        with self.db.read() as conn:
+            return devbox_store.list_page(
+                conn,
+                account,
+                status=status,
+                starting_after=starting_after,
+                limit=limit,
+                include_total_count=include_total_count,
+            )
+
+    def update_devbox(self, account: str, devbox_id: str, params: dict[str, Any]) -> Devbox:
+        name = _check_name(params.get("name"))
+        with self.db.transaction() as conn:
+            devbox = self._get(conn, account, devbox_id)
+            devbox = replace(
+                devbox,
+                name=name if name is not None else devbox.name,
+                metadata=dict(params["metadata"]) if params.get("metadata") is not None else devbox.metadata,
+            )
+            devbox_store.update(conn, devbox)
+        return devbox
+
+    async def wait_for_status(
+        self, account: str, devbox_id: str, statuses: list[str], timeout_seconds: float | None = None
+    ) -> Devbox:
+        """Hold until the devbox's status is one of ``statuses``; 408 when the time runs out."""
+        wanted = _check_statuses(statuses)
+        timeout = hold_seconds(timeout_seconds, WAIT_DEFAULT_SECONDS, WAIT_MAX_SECONDS)
+        devbox = await self.watch.wait(watch_key(devbox_id), self._status_check(account, devbox_id, wanted), timeout)
+        if devbox is None:
+            current = await anyio.to_thread.run_sync(self.retrieve_devbox, account, devbox_id)
+            raise RequestTimeout(
+                f"devbox {devbox_id} is {current.status}, not one of {sorted(wanted)}, after {timeout:g} s; ask again"
+            )
+        return devbox
+
+    def shutdown_devbox(self, account: str, devbox_id: str) -> Devbox:
+        """Synchronous: the result is already shut down. Idempotent on a finished devbox."""
+        devbox = self.retrieve_devbox(account, devbox_id)
+        if devbox.status in lifecycle.TERMINAL:
+            return devbox
+        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="api_shutdown")
+        if moved is None:  # it failed or was shut down meanwhile
+            return self.retrieve_devbox(account, devbox_id)
+        self._release(moved)
+        return moved
+
+    def keep_alive(self, account: str, devbox_id: str) -> None:
+        # Idle and keep-alive timeouts are not simulated yet: there is nothing to extend.
+        self.retrieve_devbox(account, devbox_id)
+
+    # --- helpers for other services and the simulator -----------------------------------
+
+    def require_runtime(self) -> DevboxRuntime:
+        if self.runtime is None:
+            raise NoRuntime("this simulator was started without a devbox runtime; devbox endpoints are unavailable")
+        return self.runtime
+
+    def require_running(self, account: str, devbox_id: str) -> Devbox:
+        devbox = self.retrieve_devbox(account, devbox_id)
+        if devbox.status != lifecycle.RUNNING:
+            raise InvalidRequest(f"devbox {devbox_id} is {devbox.status}, not running", code="devbox_not_running")
+        return devbox
+
+    def reconcile(self, alive_ids: Iterable[str]) -> list[str]:
+        """After a restart: make the store agree with what the runtime still has.
+
+        A devbox stored as active survives only if the runtime reports it alive and it had
+        finished booting (running or suspended); any other active devbox (its processes are
+        gone, or its provisioning was cut short) becomes ``failure`` with a reason, and is
+        released in the runtime if it was still there. Returns the ids marked failed.
+        """
+        alive = set(alive_ids)
+        with self.db.read() as conn:
+            active = devbox_store.all_active(conn)
+        failed = []
+        for devbox in active:
+            if devbox.id in alive and devbox.status in (lifecycle.RUNNING, lifecycle.SUSPENDED):
+                continue
+            why = (
+                "the simulator restarted while the devbox was " + devbox.status
+                if devbox.id in alive
+                else "the simulator restarted and the devbox's runtime was gone"
+            )
+            moved = self._move(devbox, lifecycle.FAILURE, failure_reason="health_check_failed", detail=why)
+            if moved is not None:
+                failed.append(devbox.id)
+                if devbox.id in alive:
+                    self._release(moved)
+        return failed
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def _provision(self, runtime: DevboxRuntime, devbox: Devbox) -> None:
+        """Worker thread: drive provisioning -> [initializing] -> running, or failure."""
+        try:
+            # Read now, not at create: an update made meanwhile must not be lost. (It cannot
+            # have been deleted: an active devbox keeps its policy in use.)
+            policy = self._policy(devbox)
+            runtime.provision(
+                DevboxSpec(
+                    id=devbox.id,
+                    account=devbox.account,
+                    policy=policy,
+                    environment_variables=dict(devbox.environment_variables),
+                )
+            )
+        except Exception as exc:  # a RuntimeFailure, or a runtime bug: the devbox failed either way
+            if not isinstance(exc, RuntimeFailure):
+                log.exception("runtime %s failed to provision %s", runtime.name, devbox.id)
+            self._fail(devbox, "execution_failed", f"provisioning failed: {exc}")
+            return
+        if devbox.launch_commands:
+            if self._move(devbox, lifecycle.INITIALIZING) is None:
+                return self._release_quietly(devbox)  # shut down while provisioning
+            for command in devbox.launch_commands:
+                failure = self._run_launch_command(runtime, devbox, command)
+                if failure is not None:
+                    self._fail(devbox, "execution_failed", failure)
+                    return
+        if self._move(devbox, lifecycle.RUNNING) is None:
+            self._release_quietly(devbox)
+
+    def _run_launch_command(self, runtime: DevboxRuntime, devbox: Devbox, command: str) -> str | None:
+        """Run one launch command to completion; a failure description, or None if it exited 0."""
+        try:
+            proc = runtime.exec(devbox.id, command, env=dict(devbox.environment_variables))
+            stdout, stderr = proc.communicate()
+        except Exception as exc:
+            return f"launch command {command!r} could not run: {exc}"
+        if proc.returncode == 0:
+            return None
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        output = (stdout or b"").decode("utf-8", "replace") + (stderr or b"").decode("utf-8", "replace")
+        return f"launch command {command!r} exited with {code}: {output[-LAUNCH_OUTPUT_TAIL:].strip()}"
+
+    def _fail(self, devbox: Devbox, reason: str, detail: str) -> None:
+        moved = self._move(devbox, lifecycle.FAILURE, failure_reason=reason, detail=detail)
+        if moved is not None:  # else it was shut down meanwhile (which is what killed it)
+            log.warning("devbox %s failed: %s", devbox.id, detail)
+        self._release(moved or devbox)
+
+    def _move(
+        self,
+        devbox: Devbox,
+        status: str,
+        *,
+        failure_reason: str | None = None,
+        shutdown_reason: str | None = None,
+        detail: str | None = None,
+    ) -> Devbox | None:
+        """Change the stored status if the lifecycle allows it from the current one; wake the
+        waiters. None when it does not (another change won the race, e.g. a shutdown)."""
+        with self.db.transaction() as conn:
+            current = devbox_store.get(conn, devbox.account, devbox.id)
+            if current is None or not lifecycle.can_move(current.status, status):
+                return None
+            now = clock.later_than(current.state_transitions[-1].transition_time_ms - 1)
+            terminal = status in lifecycle.TERMINAL
+            moved = replace(
+                current,
+                status=status,
+                state_transitions=(*current.state_transitions, StateTransition(status, now, detail or failure_reason)),
+                end_time_ms=now if terminal else current.end_time_ms,
+                failure_reason=failure_reason or current.failure_reason,
+                shutdown_reason=shutdown_reason or current.shutdown_reason,
+            )
+            devbox_store.update(conn, moved)
+        self.watch.notify(watch_key(devbox.id))
+        return moved
+
+    def _release(self, devbox: Devbox) -> None:
+        """The devbox is finished: free its runtime resources, then let hooks tidy up."""
+        self._release_quietly(devbox)
+        for hook in self._terminal_hooks:
+            try:
+                hook(devbox)
+            except Exception:
+                log.exception("terminal hook failed for %s", devbox.id)
+
+    def _release_quietly(self, devbox: Devbox) -> None:
+        if self.runtime is None:
+            return
+        try:
+            self.runtime.shutdown(devbox.id)
+        except Exception:
+            log.exception("runtime %s failed to shut down %s", self.runtime.name, devbox.id)
+
+    def _status_check(self, account: str, devbox_id: str, wanted: Iterable[str]) -> Callable[[], Devbox | None]:
+        wanted = frozenset(wanted)
+
+        def check() -> Devbox | None:
+            devbox = self.retrieve_devbox(account, devbox_id)  # 404 ends the wait at once
+            return devbox if devbox.status in wanted else None
+
+        return check
+
+    def _policy(self, devbox: Devbox) -> NetworkPolicy | None:
+        if not devbox.network_policy_id:
+            return None
+        return self.network_policies.require(devbox.account, devbox.network_policy_id)
+
+    def _policy_users(self, account: str, policy_id: str) -> list[str]:
+        with self.db.read() as conn:
+            return [f"devbox {devbox_id}" for devbox_id in devbox_store.active_using_policy(conn, account, policy_id)]
+
+    @staticmethod
+    def _get(conn, account: str, devbox_id: str) -> Devbox:
+        devbox = devbox_store.get(conn, account, devbox_id)
+        if devbox is None:
+            raise NotFound(f"devbox {devbox_id!r} not found")
+        return devbox
+
+
+def hold_seconds(requested: float | None, default: float, cap: float) -> float:
+    """A long poll's hold: the request's (any number, the SDK sends floats), capped."""
+    if requested is None:
+        return default
+    if requested < 0:
+        raise InvalidRequest(f"timeout_seconds must not be negative, got {requested}")
+    return min(float(requested), cap)
+
+
+def _check_statuses(statuses: list[str]) -> frozenset[str]:
+    if not statuses:
+        raise InvalidRequest("statuses must name at least one status")
+    unknown = [s for s in statuses if s not in lifecycle.ALL_STATUSES]
+    if unknown:
+        raise InvalidRequest(f"unknown devbox status {unknown[0]!r}; known: {', '.join(lifecycle.ALL_STATUSES)}")
+    return frozenset(statuses)
+
+
+def _check_name(name: str | None) -> str | None:
+    if name is not None and len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def _check_text(field: str, value: str) -> str:
+    if "\0" in value:
+        raise InvalidRequest(f"{field} must not contain NUL characters")
+    return value
+
+
+def _check_environment(environment: dict[str, str]) -> dict[str, str]:
+    for key, value in environment.items():
+        if not key or "=" in key or "\0" in key:
+            raise InvalidRequest(f"environment variable name {key!r} is not valid")
+        _check_text(f"environment_variables.{key}", value)
+    return dict(environment)

@@ -1,0 +1,95 @@
+"""SQL for executions. Callers hold the connection (``Database.read``/``transaction``).
+
+A row is written when a command starts (so ``command_id`` and ``x-request-id`` de-duplicate
+at once) and rewritten when it completes; output lives in memory until then.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from simulator.devbox_model import Execution
+
+
+def _from_row(row: sqlite3.Row) -> Execution:
+    return Execution(
+        id=row["id"],
+        account=row["account"],
+        devbox_id=row["devbox_id"],
+        command=row["command"],
+        command_id=row["command_id"],
+        status=row["status"],
+        create_time_ms=row["create_time_ms"],
+        exit_status=row["exit_status"],
+        stdout=row["stdout"],
+        stderr=row["stderr"],
+        stdout_truncated=bool(row["stdout_truncated"]),
+        stderr_truncated=bool(row["stderr_truncated"]),
+        end_time_ms=row["end_time_ms"],
+    )
+
+
+def get(conn: sqlite3.Connection, account: str, devbox_id: str, execution_id: str) -> Execution | None:
+    row = conn.execute(
+        "SELECT * FROM executions WHERE account = ? AND devbox_id = ? AND id = ?",
+        (account, devbox_id, execution_id),
+    ).fetchone()
+    return _from_row(row) if row else None
+
+
+def by_command_id(conn: sqlite3.Connection, account: str, devbox_id: str, command_id: str) -> Execution | None:
+    row = conn.execute(
+        "SELECT * FROM executions WHERE account = ? AND devbox_id = ? AND command_id = ?",
+        (account, devbox_id, command_id),
+    ).fetchone()
+    return _from_row(row) if row else None
+
+
+def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> Execution | None:
+    row = conn.execute(
+        "SELECT * FROM executions WHERE account = ? AND request_id = ?", (account, request_id)
+    ).fetchone()
+    return _from_row(row) if row else None
+
+
+def insert(conn: sqlite3.Connection, execution: Execution, request_id: str | None) -> None:
+    conn.execute(
+        "INSERT INTO executions (id, account, devbox_id, command, command_id, request_id, status,"
+        " create_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            execution.id,
+            execution.account,
+            execution.devbox_id,
+            execution.command,
+            execution.command_id,
+            request_id,
+            execution.status,
+            execution.create_time_ms,
+        ),
+    )
+
+
+def complete(conn: sqlite3.Connection, execution: Execution) -> None:
+    conn.execute(
+        "UPDATE executions SET status = ?, exit_status = ?, stdout = ?, stderr = ?, stdout_truncated = ?,"
+        " stderr_truncated = ?, end_time_ms = ? WHERE id = ?",
+        (
+            execution.status,
+            execution.exit_status,
+            execution.stdout,
+            execution.stderr,
+            int(execution.stdout_truncated),
+            int(execution.stderr_truncated),
+            execution.end_time_ms,
+            execution.id,
+        ),
+    )
+
+
+def complete_unfinished(conn: sqlite3.Connection, exit_status: int, end_time_ms: int) -> int:
+    """Complete rows left queued/running by a previous process (their processes are gone)."""
+    return conn.execute(
+        "UPDATE executions SET status = 'completed', exit_status = ?, stdout = COALESCE(stdout, ''),"
+        " stderr = COALESCE(stderr, ''), end_time_ms = ? WHERE status != 'completed'",
+        (exit_status, end_time_ms),
+    ).rowcount

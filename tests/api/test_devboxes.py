@@ -1,0 +1,541 @@
+"""HTTP tests for /v1/devboxes: every endpoint, the lifecycle and the error paths.
+
+Written against the ``runtime`` fixture (today the subprocess test double).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+import warnings
+
+import httpx
+import pytest
+
+from simulator.app import create_app
+from simulator.config import Settings
+from simulator.devboxes import watch_key
+from tests.api.conftest import ALICE, BOB
+from tests.api.devbox_fixtures import needs_hooks
+from tests.api.local_runtime import LocalRuntime
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+URL = "/v1/devboxes"
+REQUIRED = {"id", "status", "create_time_ms", "launch_parameters", "metadata", "state_transitions", "capabilities"}
+
+
+def assert_error(response, status, code=None, contains=None):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"message", "error_code"}, body
+    if code:
+        assert body["error_code"] == code, body
+    if contains:
+        assert contains in body["message"], body["message"]
+    return body
+
+
+def create(client, headers=ALICE, **body):
+    response = client.post(URL, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def create_running(client, headers=ALICE, **body):
+    response = client.post(f"{URL}/create_and_await_running", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["status"] == "running", view
+    return view
+
+
+def wait_status(client, devbox_id, statuses, timeout=10, headers=ALICE):
+    return client.post(
+        f"{URL}/{devbox_id}/wait_for_status", json={"statuses": statuses, "timeout_seconds": timeout}, headers=headers
+    )
+
+
+def settle(client, devbox_id, headers=ALICE):
+    response = wait_status(client, devbox_id, ["running", "failure", "shutdown"], headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def until(predicate, timeout=5.0):
+    """Poll a condition with a deadline (only to learn that a request is being held)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def in_thread(fn):
+    """Run ``fn`` in a thread; returns (thread, result holder)."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def statuses_of(view):
+    return [t["status"] for t in view["state_transitions"]]
+
+
+# --- create and view -------------------------------------------------------------------
+
+
+def test_create_minimal_view_has_every_required_field(devbox_client):
+    view = create(devbox_client)
+    assert REQUIRED <= set(view)
+    assert re.fullmatch(r"dbx_[0-9A-Za-z]{21}", view["id"])
+    assert view["status"] in ("provisioning", "running")
+    assert view["metadata"] == {} and view["capabilities"] == [] and view["launch_parameters"] == {}
+    assert view["initiator_type"] == "api"
+    assert view["name"] is None and view["end_time_ms"] is None
+    assert isinstance(view["create_time_ms"], int) and view["create_time_ms"] > 1_600_000_000_000
+    assert view["state_transitions"][0]["status"] == "provisioning"
+    settled = settle(devbox_client, view["id"])
+    assert settled["status"] == "running"
+    assert statuses_of(settled) == ["provisioning", "running"]
+    times = [t["transition_time_ms"] for t in settled["state_transitions"]]
+    assert times == sorted(times) and times[0] == view["create_time_ms"]
+
+
+def test_create_echoes_launch_parameters_name_and_metadata(devbox_client):
+    launch = {
+        "resource_size_request": "SMALL",
+        "keep_alive_time_seconds": 600,
+        "architecture": "arm64",
+        "launch_commands": ["true"],
+        "user_parameters": {"username": "user", "uid": 1000},
+        "some_future_field": {"x": 1},
+    }
+    view = create_running(
+        devbox_client,
+        name="box",
+        metadata={"team": "a"},
+        launch_parameters=launch,
+        entrypoint="sleep 1",
+        file_mounts={"a": "b"},
+        secrets={"X": "Y"},
+        tunnel={"auth_mode": "open"},
+    )
+    assert view["name"] == "box" and view["metadata"] == {"team": "a"}
+    assert view["launch_parameters"] == launch
+    assert devbox_client.get(f"{URL}/{view['id']}", headers=ALICE).json() == view
+
+
+def test_create_and_await_running_holds_until_running(devbox_client):
+    view = create_running(devbox_client, launch_parameters={"launch_commands": ["echo one > one.txt", "echo two"]})
+    assert statuses_of(view) == ["provisioning", "initializing", "running"]
+
+
+def test_launch_commands_run_before_running(devbox_client):
+    view = create_running(devbox_client, launch_parameters={"launch_commands": ["echo ready > marker"]})
+    response = devbox_client.post(f"{URL}/{view['id']}/execute_sync", json={"command": "cat marker"}, headers=ALICE)
+    assert response.json()["stdout"] == "ready\n"
+
+
+def test_failing_launch_command_fails_the_devbox(devbox_client):
+    response = devbox_client.post(
+        f"{URL}/create_and_await_running",
+        json={"launch_parameters": {"launch_commands": ["true", "echo boom >&2; exit 7", "touch never"]}},
+        headers=ALICE,
+    )
+    assert response.status_code == 200
+    view = response.json()
+    assert view["status"] == "failure"
+    assert view["failure_reason"] == "execution_failed"
+    assert view["end_time_ms"] is not None and view["shutdown_reason"] is None
+    assert statuses_of(view) == ["provisioning", "initializing", "failure"]
+    detail = view["state_transitions"][-1]["failure_reason"]
+    assert "exited with 7" in detail and "boom" in detail
+
+
+def test_runtime_failure_fails_the_devbox(devbox_client, runtime):
+    needs_hooks(runtime, "fail_provisioning")
+    runtime.fail_provisioning("no addresses left")
+    view = settle(devbox_client, create(devbox_client)["id"])
+    assert view["status"] == "failure" and view["failure_reason"] == "execution_failed"
+    assert "no addresses left" in view["state_transitions"][-1]["failure_reason"]
+    assert_error(
+        devbox_client.post(f"{URL}/{view['id']}/execute_async", json={"command": "true"}, headers=ALICE),
+        400,
+        "devbox_not_running",
+    )
+
+
+def test_retried_create_with_same_request_id_returns_same_devbox(devbox_client):
+    headers = {**ALICE, "x-request-id": "retry-1"}
+    first = devbox_client.post(URL, json={"name": "once"}, headers=headers).json()
+    again = devbox_client.post(f"{URL}/create_and_await_running", json={"name": "once"}, headers=headers).json()
+    assert again["id"] == first["id"]
+    assert [d["id"] for d in devbox_client.get(URL, headers=ALICE).json()["devboxes"]] == [first["id"]]
+    other = devbox_client.post(URL, json={}, headers={**BOB, "x-request-id": "retry-1"}).json()
+    assert other["id"] != first["id"]
+
+
+@pytest.mark.parametrize(
+    "body, contains",
+    [
+        ({"name": 5}, "name"),
+        ({"launch_parameters": {"launch_commands": "echo"}}, "launch_commands"),
+        ({"launch_parameters": {"resource_size_request": "HUGE"}}, "resource_size_request"),
+        ({"launch_parameters": {"keep_alive_time_seconds": 10**9}}, "keep_alive_time_seconds"),
+        ({"environment_variables": {"A": 1}}, "environment_variables"),
+        ({"environment_variables": {"A=B": "x"}}, "A=B"),
+        ({"metadata": {"k": ["v"]}}, "metadata"),
+        ({"blueprint_id": "bpt_1", "snapshot_id": "snp_1"}, "at most one"),
+        ({"name": "x" * 300}, "name"),
+    ],
+)
+def test_create_rejects_invalid_bodies(devbox_client, body, contains):
+    assert_error(devbox_client.post(URL, json=body, headers=ALICE), 400, contains=contains)
+    assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
+
+
+def test_body_is_optional_and_auth_is_required(devbox_client):
+    response = devbox_client.post(URL, headers={**ALICE, "Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert_error(devbox_client.post(URL, json={}), 401, "unauthorized")
+    assert_error(devbox_client.get(f"{URL}/{response.json()['id']}"), 401)
+
+
+# --- network policies ------------------------------------------------------------------
+
+
+def test_network_policy_is_validated_stored_and_shown(devbox_client):
+    assert_error(
+        devbox_client.post(URL, json={"launch_parameters": {"network_policy_id": "npol_missing"}}, headers=ALICE),
+        400,
+        "unknown_network_policy",
+    )
+    bobs = devbox_client.post("/v1/network-policies", json={"name": "bob"}, headers=BOB).json()
+    assert_error(
+        devbox_client.post(URL, json={"launch_parameters": {"network_policy_id": bobs["id"]}}, headers=ALICE),
+        400,
+        "unknown_network_policy",
+    )
+    assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
+
+    policy = devbox_client.post("/v1/network-policies", json={"name": "p"}, headers=ALICE).json()
+    view = create_running(devbox_client, launch_parameters={"network_policy_id": policy["id"]})
+    assert view["launch_parameters"]["network_policy_id"] == policy["id"]
+
+
+def test_policy_in_use_cannot_be_deleted_until_shutdown(devbox_client):
+    policy = devbox_client.post("/v1/network-policies", json={"name": "p"}, headers=ALICE).json()
+    view = create_running(devbox_client, launch_parameters={"network_policy_id": policy["id"]})
+    delete = f"/v1/network-policies/{policy['id']}/delete"
+    assert_error(devbox_client.post(delete, headers=ALICE), 400, "policy_in_use", f"devbox {view['id']}")
+    devbox_client.post(f"{URL}/{view['id']}/shutdown", headers=ALICE)
+    assert devbox_client.post(delete, headers=ALICE).status_code == 200
+
+
+def test_policy_of_a_failed_devbox_can_be_deleted(devbox_client):
+    policy = devbox_client.post("/v1/network-policies", json={"name": "p"}, headers=ALICE).json()
+    response = devbox_client.post(
+        f"{URL}/create_and_await_running",
+        json={"launch_parameters": {"network_policy_id": policy["id"], "launch_commands": ["false"]}},
+        headers=ALICE,
+    )
+    assert response.json()["status"] == "failure"
+    assert devbox_client.post(f"/v1/network-policies/{policy['id']}/delete", headers=ALICE).status_code == 200
+
+
+# --- retrieve, list, update ------------------------------------------------------------
+
+
+def test_unknown_and_foreign_devboxes_are_404(devbox_client):
+    mine = create_running(devbox_client)["id"]
+    for devbox_id in ("dbx_unknown", mine):
+        headers = BOB if devbox_id == mine else ALICE
+        assert_error(devbox_client.get(f"{URL}/{devbox_id}", headers=headers), 404, "not_found")
+        assert_error(devbox_client.post(f"{URL}/{devbox_id}", json={"name": "x"}, headers=headers), 404)
+        assert_error(devbox_client.post(f"{URL}/{devbox_id}/shutdown", headers=headers), 404)
+        assert_error(devbox_client.post(f"{URL}/{devbox_id}/keep_alive", headers=headers), 404)
+        assert_error(wait_status(devbox_client, devbox_id, ["running"], 0.1, headers=headers), 404)
+        assert_error(
+            devbox_client.post(f"{URL}/{devbox_id}/execute_async", json={"command": "true"}, headers=headers), 404
+        )
+    assert devbox_client.get(URL, headers=BOB).json() == {"devboxes": [], "has_more": False, "total_count": 0}
+    assert devbox_client.get(f"{URL}/{mine}", headers=ALICE).json()["status"] == "running"
+
+
+def test_list_newest_first_with_filter_and_pages(devbox_client):
+    made = [create_running(devbox_client, name=f"d{i}")["id"] for i in range(5)]
+    devbox_client.post(f"{URL}/{made[1]}/shutdown", headers=ALICE)
+    listing = devbox_client.get(URL, headers=ALICE).json()
+    assert [d["id"] for d in listing["devboxes"]] == made[::-1]
+    assert listing["has_more"] is False and listing["total_count"] == 5
+
+    running = devbox_client.get(URL, params={"status": "running"}, headers=ALICE).json()
+    assert [d["id"] for d in running["devboxes"]] == [made[4], made[3], made[2], made[0]]
+    assert running["total_count"] == 4
+    shut = devbox_client.get(URL, params={"status": "shutdown"}, headers=ALICE).json()
+    assert [d["id"] for d in shut["devboxes"]] == [made[1]]
+
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 2, "include_total_count": "false", **({"starting_after": cursor} if cursor else {})}
+        page = devbox_client.get(URL, params=params, headers=ALICE).json()
+        assert page["total_count"] is None
+        pages.append([d["id"] for d in page["devboxes"]])
+        if not page["has_more"]:
+            break
+        cursor = page["devboxes"][-1]["id"]
+    assert pages == [made[4:2:-1], made[2:0:-1], made[0:1]]
+
+    assert_error(devbox_client.get(URL, params={"status": "sleeping"}, headers=ALICE), 400, contains="sleeping")
+    assert_error(devbox_client.get(URL, params={"limit": 0}, headers=ALICE), 400, contains="limit")
+
+
+def test_update_name_and_metadata(devbox_client):
+    view = create_running(devbox_client, name="old", metadata={"a": "1"})
+    updated = devbox_client.post(f"{URL}/{view['id']}", json={"name": "new"}, headers=ALICE).json()
+    assert updated["name"] == "new" and updated["metadata"] == {"a": "1"}
+    updated = devbox_client.post(f"{URL}/{view['id']}", json={"metadata": {"b": "2"}}, headers=ALICE).json()
+    assert updated["name"] == "new" and updated["metadata"] == {"b": "2"}
+    assert devbox_client.post(f"{URL}/{view['id']}", headers=ALICE).json() == updated
+    assert devbox_client.get(f"{URL}/{view['id']}", headers=ALICE).json() == updated
+    assert_error(devbox_client.post(f"{URL}/{view['id']}", json={"metadata": "x"}, headers=ALICE), 400)
+
+
+# --- wait_for_status -------------------------------------------------------------------
+
+
+def test_wait_for_status_holds_until_a_transition(devbox_client):
+    devbox_id = create_running(devbox_client)["id"]
+    watch = devbox_client.app.state.services.devboxes.watch
+    thread, box = in_thread(lambda: wait_status(devbox_client, devbox_id, ["shutdown"], 20))
+    until(lambda: watch.waiting(watch_key(devbox_id)) == 1)
+    assert thread.is_alive()  # held, not answered
+    devbox_client.post(f"{URL}/{devbox_id}/shutdown", headers=ALICE)
+    thread.join(10)
+    assert box["result"].status_code == 200
+    assert box["result"].json()["status"] == "shutdown"
+
+
+def test_wait_for_status_is_released_by_provisioning(devbox_client, runtime):
+    needs_hooks(runtime, "hold_provisioning")
+    gate = runtime.hold_provisioning()
+    devbox_id = create(devbox_client)["id"]
+    watch = devbox_client.app.state.services.devboxes.watch
+    thread, box = in_thread(lambda: wait_status(devbox_client, devbox_id, ["running"], 20))
+    until(lambda: watch.waiting(watch_key(devbox_id)) == 1)
+    assert devbox_client.get(f"{URL}/{devbox_id}", headers=ALICE).json()["status"] == "provisioning"
+    assert_error(
+        devbox_client.post(f"{URL}/{devbox_id}/execute_async", json={"command": "true"}, headers=ALICE),
+        400,
+        "devbox_not_running",
+        "provisioning",
+    )
+    assert thread.is_alive()
+    gate.set()
+    thread.join(10)
+    assert box["result"].status_code == 200 and box["result"].json()["status"] == "running"
+
+
+def test_shutdown_while_provisioning(devbox_client, runtime):
+    needs_hooks(runtime, "hold_provisioning")
+    gate = runtime.hold_provisioning()
+    devbox_id = create(devbox_client)["id"]
+    view = devbox_client.post(f"{URL}/{devbox_id}/shutdown", headers=ALICE).json()
+    assert view["status"] == "shutdown"
+    gate.set()
+    # The worker finds the devbox shut down: it stays so, and the runtime is told to release it.
+    until(lambda: runtime.shut_down.count(devbox_id) >= 2)
+    assert devbox_client.get(f"{URL}/{devbox_id}", headers=ALICE).json()["status"] == "shutdown"
+    assert statuses_of(view) == ["provisioning", "shutdown"]
+
+
+def test_wait_for_status_times_out_with_408(devbox_client):
+    devbox_id = create_running(devbox_client)["id"]
+    started = time.monotonic()
+    response = wait_status(devbox_client, devbox_id, ["suspended"], 0.25)
+    elapsed = time.monotonic() - started
+    assert_error(response, 408, "timeout", "running")
+    assert response.headers["x-should-retry"] == "true"
+    assert 0.2 <= elapsed < 5
+
+
+def test_wait_for_status_answers_at_once_when_already_there(devbox_client):
+    devbox_id = create_running(devbox_client)["id"]
+    response = devbox_client.post(f"{URL}/{devbox_id}/wait_for_status", json={"statuses": ["running"]}, headers=ALICE)
+    assert response.status_code == 200 and response.json()["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    "body, contains",
+    [
+        ({"statuses": ["running", "sleeping"]}, "sleeping"),
+        ({"statuses": []}, "statuses"),
+        ({}, "statuses"),
+        ({"statuses": ["running"], "timeout_seconds": -1}, "timeout_seconds"),
+        ({"statuses": ["running"], "timeout_seconds": "soon"}, "timeout_seconds"),
+    ],
+)
+def test_wait_for_status_rejects_bad_requests(devbox_client, body, contains):
+    devbox_id = create_running(devbox_client)["id"]
+    assert_error(
+        devbox_client.post(f"{URL}/{devbox_id}/wait_for_status", json=body, headers=ALICE), 400, contains=contains
+    )
+
+
+def test_fifty_waits_do_not_block_other_requests(devbox_client):
+    app = devbox_client.app
+    devbox_id = create_running(devbox_client)["id"]
+    watch = app.state.services.devboxes.watch
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim", headers=ALICE) as client:
+            waits = [
+                asyncio.create_task(
+                    client.post(f"{URL}/{devbox_id}/wait_for_status", json={"statuses": ["shutdown"], "timeout_seconds": 20})
+                )
+                for _ in range(50)
+            ]
+            while watch.waiting(watch_key(devbox_id)) < 50:
+                await asyncio.sleep(0.01)
+            # Sync endpoints run on the thread pool (40 threads): it must still be free.
+            got = await asyncio.wait_for(client.get(f"{URL}/{devbox_id}"), 5)
+            assert got.status_code == 200 and got.json()["status"] == "running"
+            other = await asyncio.wait_for(client.post(f"{URL}/{devbox_id}", json={"name": "busy"}), 5)
+            assert other.status_code == 200
+            assert not any(task.done() for task in waits)
+            shut = await asyncio.wait_for(client.post(f"{URL}/{devbox_id}/shutdown"), 10)
+            assert shut.status_code == 200
+            answers = await asyncio.wait_for(asyncio.gather(*waits), 10)
+            assert {(r.status_code, r.json()["status"]) for r in answers} == {(200, "shutdown")}
+
+    asyncio.run(scenario())
+
+
+# --- shutdown and keep_alive -----------------------------------------------------------
+
+
+def test_shutdown_is_synchronous_and_idempotent(devbox_client, runtime):
+    devbox_id = create_running(devbox_client)["id"]
+    view = devbox_client.post(f"{URL}/{devbox_id}/shutdown", headers=ALICE).json()
+    assert view["status"] == "shutdown" and view["shutdown_reason"] == "api_shutdown"
+    assert view["end_time_ms"] == view["state_transitions"][-1]["transition_time_ms"]
+    assert devbox_id in runtime.shut_down
+    again = devbox_client.post(f"{URL}/{devbox_id}/shutdown", params={"force": "true"}, json={}, headers=ALICE)
+    assert again.status_code == 200 and again.json() == view
+    assert_error(
+        devbox_client.post(f"{URL}/{devbox_id}/execute_async", json={"command": "true"}, headers=ALICE),
+        400,
+        "devbox_not_running",
+        "shutdown",
+    )
+
+
+def test_keep_alive_returns_empty_object(devbox_client):
+    devbox_id = create_running(devbox_client)["id"]
+    response = devbox_client.post(f"{URL}/{devbox_id}/keep_alive", headers=ALICE)
+    assert response.status_code == 200 and response.json() == {}
+
+
+# --- no runtime, restart ---------------------------------------------------------------
+
+
+def test_without_a_runtime_devbox_endpoints_answer_503(client):
+    for method, path in [
+        ("post", URL),
+        ("post", f"{URL}/create_and_await_running"),
+        ("get", URL),
+        ("get", f"{URL}/dbx_x"),
+        ("post", f"{URL}/dbx_x/shutdown"),
+        ("post", f"{URL}/dbx_x/execute_async"),
+        ("get", f"{URL}/dbx_x/executions/exn_x"),
+    ]:
+        response = getattr(client, method)(path, headers=ALICE)
+        body = assert_error(response, 503, "no_runtime", "runtime")
+        assert response.headers["x-should-retry"] == "false", body
+    assert_error(client.get(URL), 401)
+    assert client.post("/v1/network-policies", json={"name": "still works"}, headers=ALICE).status_code == 200
+
+
+def test_restart_reconciles_devboxes_that_are_gone(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    first_runtime = LocalRuntime(tmp_path / "rt1")
+    first = TestClient(create_app(settings, first_runtime))
+    first.__enter__()
+    kept = create_running(first)["id"]
+    lost = create_running(first)["id"]
+    finished = create_running(first)["id"]
+    first.post(f"{URL}/{finished}/shutdown", headers=ALICE)
+    running = first.post(f"{URL}/{lost}/execute_async", json={"command": "sleep 30"}, headers=ALICE).json()
+    first.__exit__(None, None, None)
+    first_runtime.close()  # the "crash": every process is gone
+
+    second_runtime = LocalRuntime(tmp_path / "rt2")
+    second = TestClient(create_app(settings, second_runtime))
+    second.__enter__()
+    try:
+        services = second.app.state.services
+        # Stored as running: nothing rewrites it until the runtime's findings are reconciled.
+        assert second.get(f"{URL}/{lost}", headers=ALICE).json()["status"] == "running"
+        assert services.devboxes.reconcile({kept}) == [lost]
+        gone = second.get(f"{URL}/{lost}", headers=ALICE).json()
+        assert gone["status"] == "failure" and gone["failure_reason"] == "health_check_failed"
+        assert "restarted" in gone["state_transitions"][-1]["failure_reason"]
+        assert second.get(f"{URL}/{kept}", headers=ALICE).json()["status"] == "running"
+        assert second.get(f"{URL}/{finished}", headers=ALICE).json()["status"] == "shutdown"
+        execution = second.get(f"{URL}/{lost}/executions/{running['execution_id']}", headers=ALICE).json()
+        assert execution["status"] == "completed" and execution["exit_status"] == 137
+        assert execution["stdout"] == "" and execution["stderr"] == ""
+        assert services.devboxes.reconcile(set()) == [kept]
+        assert services.devboxes.reconcile(set()) == []
+    finally:
+        second.__exit__(None, None, None)
+        second_runtime.close()
+
+
+# --- the lifecycle table and holds -----------------------------------------------------
+
+
+def test_lifecycle_table_is_consistent():
+    from simulator import lifecycle
+
+    assert lifecycle.TERMINAL == {"failure", "shutdown"}
+    for status in lifecycle.ACTIVE:
+        assert {"failure", "shutdown"} <= lifecycle.TRANSITIONS[status], status
+    assert lifecycle.can_move("provisioning", "initializing") and lifecycle.can_move("initializing", "running")
+    assert not lifecycle.can_move("running", "provisioning")
+    assert not lifecycle.can_move("shutdown", "running")
+    with pytest.raises(lifecycle.InvalidTransition, match="dbx_1 is shutdown and cannot become running"):
+        lifecycle.check_move("dbx_1", "shutdown", "running")
+
+
+def test_holds_accept_floats_and_are_capped():
+    from simulator.devboxes import hold_seconds
+    from simulator.errors import InvalidRequest
+
+    assert hold_seconds(None, 10, 30) == 10
+    assert hold_seconds(29.97, 10, 30) == 29.97
+    assert hold_seconds(300, 10, 30) == 30
+    assert hold_seconds(0, 10, 30) == 0
+    with pytest.raises(InvalidRequest):
+        hold_seconds(-0.5, 10, 30)
+
+
+def test_provisioning_gets_the_policy_and_environment(devbox_client, runtime):
+    seen = []
+    original = runtime.provision
+    runtime.provision = lambda spec: (seen.append(spec), original(spec))[1]
+    policy = devbox_client.post("/v1/network-policies", json={"name": "p", "allow_all": True}, headers=ALICE).json()
+    devbox_id = create_running(
+        devbox_client, launch_parameters={"network_policy_id": policy["id"]}, environment_variables={"A": "1"}
+    )["id"]
+    [spec] = seen
+    assert spec.id == devbox_id and spec.policy.id == policy["id"] and spec.policy.egress.allow_all is True
+    assert spec.environment_variables == {"A": "1"} and spec.account.startswith("acct_")
+    no_policy = create_running(devbox_client)["id"]
+    assert seen[1].id == no_policy and seen[1].policy is None

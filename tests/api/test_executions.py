@@ -1,0 +1,244 @@
+"""HTTP tests for executions: execute_async / execute / execute_sync, get, wait, kill."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from simulator.executions import watch_key
+from tests.api.conftest import ALICE, BOB
+from tests.api.test_devboxes import URL, assert_error, create, create_running, in_thread, until
+from tests.api.devbox_fixtures import needs_hooks
+
+
+@pytest.fixture
+def devbox(devbox_client):
+    return create_running(devbox_client, environment_variables={"GREETING": "hello there"})["id"]
+
+
+def start(client, devbox_id, command, headers=ALICE):
+    response = client.post(f"{URL}/{devbox_id}/execute_async", json={"command": command}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait(client, devbox_id, execution_id, statuses=("completed",), timeout=20, headers=ALICE, **params):
+    return client.post(
+        f"{URL}/{devbox_id}/executions/{execution_id}/wait_for_status",
+        json={"statuses": list(statuses), "timeout_seconds": timeout},
+        params=params,
+        headers=headers,
+    )
+
+
+def run(client, devbox_id, command):
+    execution = start(client, devbox_id, command)
+    response = wait(client, devbox_id, execution["execution_id"])
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_execute_async_then_wait_gives_output_and_exit_code(devbox_client, devbox):
+    execution = start(devbox_client, devbox, 'echo "$GREETING"; echo oops >&2; pwd; exit 3')
+    assert execution["devbox_id"] == devbox
+    assert execution["execution_id"].startswith("exn_")
+    assert execution["status"] in ("running", "completed")
+    done = wait(devbox_client, devbox, execution["execution_id"]).json()
+    assert done["status"] == "completed" and done["exit_status"] == 3
+    stdout_lines = done["stdout"].splitlines()
+    assert stdout_lines[0] == "hello there"
+    assert stdout_lines[1].endswith("home")  # commands start in the devbox user's home
+    assert done["stderr"] == "oops\n"
+    assert done["stdout_truncated"] is False and done["stderr_truncated"] is False
+    got = devbox_client.get(f"{URL}/{devbox}/executions/{execution['execution_id']}", headers=ALICE).json()
+    assert got == done
+
+
+def test_output_is_empty_string_not_null_once_completed(devbox_client, devbox):
+    done = run(devbox_client, devbox, "true")
+    assert done["stdout"] == "" and done["stderr"] == "" and done["exit_status"] == 0
+
+
+def test_running_execution_has_no_output_fields_yet(devbox_client, devbox):
+    execution = start(devbox_client, devbox, "sleep 30")
+    got = devbox_client.get(f"{URL}/{devbox}/executions/{execution['execution_id']}", headers=ALICE).json()
+    assert got["status"] == "running" and got["exit_status"] is None and got["stdout"] is None
+    devbox_client.post(f"{URL}/{devbox}/executions/{execution['execution_id']}/kill", headers=ALICE)
+
+
+def test_two_thousand_lines_come_back_complete(devbox_client, devbox):
+    done = run(devbox_client, devbox, "seq 1 2000; seq 1 2000 >&2")
+    expected = "".join(f"{i}\n" for i in range(1, 2001))
+    assert done["stdout"] == expected and done["stderr"] == expected
+    assert done["stdout_truncated"] is False
+
+
+def test_large_output_is_complete(devbox_client, devbox):
+    done = run(devbox_client, devbox, "head -c 3000000 /dev/zero | tr '\\0' x")
+    assert done["stdout"] == "x" * 3_000_000
+
+
+def test_output_beyond_the_cap_is_truncated(devbox_client, devbox):
+    devbox_client.app.state.services.executions.max_output_bytes = 1000
+    done = run(devbox_client, devbox, "seq 1 5000; echo small >&2")
+    assert len(done["stdout"]) == 1000 and done["stdout_truncated"] is True
+    assert done["stderr"] == "small\n" and done["stderr_truncated"] is False
+    assert done["exit_status"] == 0  # the rest was drained, the command was not blocked
+
+
+def test_invalid_utf8_is_replaced(devbox_client, devbox):
+    done = run(devbox_client, devbox, "printf 'a\\377b'")
+    assert done["stdout"] == "a\ufffdb"
+
+
+def test_stdin_is_closed(devbox_client, devbox):
+    done = run(devbox_client, devbox, "cat; echo after")
+    assert done["stdout"] == "after\n"
+
+
+def test_last_n_returns_the_tail(devbox_client, devbox):
+    execution = start(devbox_client, devbox, "seq 1 10")
+    done = wait(devbox_client, devbox, execution["execution_id"], last_n="3").json()
+    assert done["stdout"] == "8\n9\n10\n" and done["stdout_truncated"] is True
+    path = f"{URL}/{devbox}/executions/{execution['execution_id']}"
+    assert devbox_client.get(path, params={"last_n": "100"}, headers=ALICE).json()["stdout_truncated"] is False
+    assert_error(devbox_client.get(path, params={"last_n": "many"}, headers=ALICE), 400, contains="last_n")
+
+
+def test_execute_sync_returns_the_sync_view(devbox_client, devbox):
+    response = devbox_client.post(f"{URL}/{devbox}/execute_sync", json={"command": "echo hi; exit 4"}, headers=ALICE)
+    assert response.json() == {"devbox_id": devbox, "exit_status": 4, "stdout": "hi\n", "stderr": ""}
+
+
+def test_execute_holds_until_done_and_is_idempotent_by_command_id(devbox_client, devbox):
+    body = {"command": "echo run >> runs.txt; echo done", "command_id": "0190c2b4-0000-7000-8000-000000000001"}
+    first = devbox_client.post(f"{URL}/{devbox}/execute", json=body, headers=ALICE).json()
+    assert first["status"] == "completed" and first["stdout"] == "done\n"
+    again = devbox_client.post(f"{URL}/{devbox}/execute", json=body, headers=ALICE).json()
+    assert again == first
+    runs = devbox_client.post(f"{URL}/{devbox}/execute_sync", json={"command": "cat runs.txt"}, headers=ALICE).json()
+    assert runs["stdout"] == "run\n"  # ran once
+
+
+def test_execute_returns_running_after_the_optimistic_timeout(devbox_client, devbox):
+    started = time.monotonic()
+    response = devbox_client.post(
+        f"{URL}/{devbox}/execute",
+        json={"command": "sleep 1; echo late", "command_id": "cid-2", "optimistic_timeout": 0.2},
+        headers=ALICE,
+    )
+    assert time.monotonic() - started < 0.9
+    assert response.json()["status"] == "running"
+    done = wait(devbox_client, devbox, response.json()["execution_id"]).json()
+    assert done["stdout"] == "late\n"
+
+
+def test_execute_requires_a_command_id(devbox_client, devbox):
+    assert_error(devbox_client.post(f"{URL}/{devbox}/execute", json={"command": "true"}, headers=ALICE), 400, contains="command_id")
+
+
+def test_retried_execute_async_with_same_request_id_runs_once(devbox_client, devbox):
+    headers = {**ALICE, "x-request-id": "exec-retry"}
+    first = devbox_client.post(f"{URL}/{devbox}/execute_async", json={"command": "echo x >> once"}, headers=headers).json()
+    again = devbox_client.post(f"{URL}/{devbox}/execute_async", json={"command": "echo x >> once"}, headers=headers).json()
+    assert again["execution_id"] == first["execution_id"]
+    assert run(devbox_client, devbox, "cat once")["stdout"] == "x\n"
+
+
+def test_wait_for_status_holds_until_completion(devbox_client, devbox):
+    # The command waits for a file the test creates: completion happens only after we act.
+    execution = start(devbox_client, devbox, "while [ ! -e go ]; do sleep 0.01; done; echo went")
+    execution_id = execution["execution_id"]
+    watch = devbox_client.app.state.services.executions.watch
+    thread, box = in_thread(lambda: wait(devbox_client, devbox, execution_id))
+    until(lambda: watch.waiting(watch_key(execution_id)) == 1)
+    assert thread.is_alive()
+    start(devbox_client, devbox, "touch go")
+    thread.join(10)
+    assert box["result"].json()["stdout"] == "went\n"
+
+
+def test_wait_for_status_408_says_retry(devbox_client, devbox):
+    execution = start(devbox_client, devbox, "sleep 30")
+    response = wait(devbox_client, devbox, execution["execution_id"], timeout=0.2)
+    assert_error(response, 408, "timeout")
+    assert response.headers["x-should-retry"] == "true"
+    running = wait(devbox_client, devbox, execution["execution_id"], statuses=("running", "completed"), timeout=0.2)
+    assert running.status_code == 200 and running.json()["status"] == "running"
+    devbox_client.post(f"{URL}/{devbox}/executions/{execution['execution_id']}/kill", headers=ALICE)
+
+
+def test_wait_for_status_rejects_unknown_statuses(devbox_client, devbox):
+    execution = start(devbox_client, devbox, "true")
+    assert_error(wait(devbox_client, devbox, execution["execution_id"], statuses=("done",)), 400, contains="done")
+
+
+def test_kill_kills_the_process_group(devbox_client, devbox):
+    execution = start(devbox_client, devbox, "sleep 300 & echo $! > child.pid; wait")
+    execution_id = execution["execution_id"]
+    until(lambda: run(devbox_client, devbox, "test -s child.pid")["exit_status"] == 0)
+    killed = devbox_client.post(
+        f"{URL}/{devbox}/executions/{execution_id}/kill", json={"kill_process_group": True}, headers=ALICE
+    ).json()
+    assert killed["status"] == "completed" and killed["exit_status"] == 137
+    assert killed["stdout"] == "" and killed["stderr"] == ""
+    # The background child was in the group: it is gone too (or a zombie nobody reaped yet).
+    gone = 'state=$(cut -d" " -f3 /proc/$(cat child.pid)/stat 2>/dev/null); [ -z "$state" ] || [ "$state" = Z ]'
+    assert run(devbox_client, devbox, gone)["exit_status"] == 0
+    again = devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE).json()
+    assert again == killed
+
+
+def test_shutdown_completes_running_executions(devbox_client, devbox):
+    execution = start(devbox_client, devbox, "echo started; sleep 300")
+    devbox_client.post(f"{URL}/{devbox}/shutdown", headers=ALICE)
+    got = devbox_client.get(f"{URL}/{devbox}/executions/{execution['execution_id']}", headers=ALICE).json()
+    assert got["status"] == "completed" and got["exit_status"] == 137
+    assert got["stdout"] == "started\n"
+
+
+def test_background_child_holding_stdout_does_not_keep_it_running(devbox_client, devbox):
+    started = time.monotonic()
+    done = run(devbox_client, devbox, "sleep 30 & echo parent")
+    assert done["stdout"] == "parent\n" and done["exit_status"] == 0
+    assert time.monotonic() - started < 10
+
+
+def test_executions_need_a_running_devbox(devbox_client, runtime):
+    needs_hooks(runtime, "hold_provisioning")
+    gate = runtime.hold_provisioning()
+    devbox_id = create(devbox_client)["id"]
+    for path, body in [
+        ("execute_async", {"command": "true"}),
+        ("execute", {"command": "true", "command_id": "c"}),
+        ("execute_sync", {"command": "true"}),
+    ]:
+        assert_error(
+            devbox_client.post(f"{URL}/{devbox_id}/{path}", json=body, headers=ALICE), 400, "devbox_not_running"
+        )
+    gate.set()
+
+
+def test_unknown_and_foreign_executions_are_404(devbox_client, devbox):
+    execution_id = run(devbox_client, devbox, "echo secret")["execution_id"]
+    other = create_running(devbox_client)["id"]
+    paths = [
+        (ALICE, f"{URL}/{devbox}/executions/exn_unknown"),
+        (ALICE, f"{URL}/{other}/executions/{execution_id}"),  # right id, wrong devbox
+        (BOB, f"{URL}/{devbox}/executions/{execution_id}"),  # someone else's
+        (ALICE, f"{URL}/dbx_unknown/executions/{execution_id}"),
+    ]
+    for headers, path in paths:
+        assert_error(devbox_client.get(path, headers=headers), 404, "not_found")
+        assert_error(devbox_client.post(f"{path}/kill", headers=headers), 404)
+        response = devbox_client.post(
+            f"{path}/wait_for_status", json={"statuses": ["completed"], "timeout_seconds": 0.1}, headers=headers
+        )
+        assert_error(response, 404)
+    assert_error(devbox_client.post(f"{URL}/{devbox}/execute_async", json={"command": "id"}, headers=BOB), 404)
+
+
+def test_execute_async_validates_the_body(devbox_client, devbox):
+    for body in ({}, {"command": 5}, {"command": "a\u0000b"}):
+        assert_error(devbox_client.post(f"{URL}/{devbox}/execute_async", json=body, headers=ALICE), 400)

@@ -122,5 +122,11 @@ class Database:
             self._conn.close()
 
 
+def select_one(conn: sqlite3.Connection, table: str, **where) -> sqlite3.Row | None:
+    """The row of ``table`` matching every ``column=value`` given (callers pass trusted names)."""
+    clause = " AND ".join(f"{column} = ?" for column in where)
+    return conn.execute(f"SELECT * FROM {table} WHERE {clause}", tuple(where.values())).fetchone()
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]

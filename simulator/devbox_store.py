@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 from simulator import lifecycle
+from simulator.db import select_one
 from simulator.devbox_model import Devbox, StateTransition
 from simulator.pagination import paginate
 from simulator.policy_model import Page
@@ -35,19 +36,13 @@ def _from_row(row: sqlite3.Row) -> Devbox:
 
 
 def get(conn: sqlite3.Connection, account: str, devbox_id: str) -> Devbox | None:
-    row = conn.execute("SELECT * FROM devboxes WHERE account = ? AND id = ?", (account, devbox_id)).fetchone()
+    row = select_one(conn, "devboxes", account=account, id=devbox_id)
     return _from_row(row) if row else None
 
-
-def get_any_account(conn: sqlite3.Connection, devbox_id: str) -> Devbox | None:
-    row = conn.execute("SELECT * FROM devboxes WHERE id = ?", (devbox_id,)).fetchone()
-    return _from_row(row) if row else None
 
 
 def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> Devbox | None:
-    row = conn.execute(
-        "SELECT * FROM devboxes WHERE account = ? AND request_id = ?", (account, request_id)
-    ).fetchone()
+    row = select_one(conn, "devboxes", account=account, request_id=request_id)
     return _from_row(row) if row else None
 
 

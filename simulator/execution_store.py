@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from simulator.db import select_one
 from simulator.devbox_model import Execution
 
 
@@ -30,10 +31,7 @@ def _from_row(row: sqlite3.Row) -> Execution:
 
 
 def get(conn: sqlite3.Connection, account: str, devbox_id: str, execution_id: str) -> Execution | None:
-    row = conn.execute(
-        "SELECT * FROM executions WHERE account = ? AND devbox_id = ? AND id = ?",
-        (account, devbox_id, execution_id),
-    ).fetchone()
+    row = select_one(conn, "executions", account=account, devbox_id=devbox_id, id=execution_id)
     return _from_row(row) if row else None
 
 
@@ -46,9 +44,7 @@ def by_command_id(conn: sqlite3.Connection, account: str, devbox_id: str, comman
 
 
 def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> Execution | None:
-    row = conn.execute(
-        "SELECT * FROM executions WHERE account = ? AND request_id = ?", (account, request_id)
-    ).fetchone()
+    row = select_one(conn, "executions", account=account, request_id=request_id)
     return _from_row(row) if row else None
 
 

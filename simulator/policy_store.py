@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from simulator.db import select_one
 from simulator.pagination import paginate
 from simulator.policy_model import Egress, NetworkPolicy, Page
 
@@ -22,21 +23,13 @@ def _from_row(row: sqlite3.Row) -> NetworkPolicy:
 
 
 def get(conn: sqlite3.Connection, account: str, policy_id: str) -> NetworkPolicy | None:
-    row = conn.execute(
-        "SELECT * FROM network_policies WHERE account = ? AND id = ?", (account, policy_id)
-    ).fetchone()
+    row = select_one(conn, "network_policies", account=account, id=policy_id)
     return _from_row(row) if row else None
 
-
-def get_any_account(conn: sqlite3.Connection, policy_id: str) -> NetworkPolicy | None:
-    row = conn.execute("SELECT * FROM network_policies WHERE id = ?", (policy_id,)).fetchone()
-    return _from_row(row) if row else None
 
 
 def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> NetworkPolicy | None:
-    row = conn.execute(
-        "SELECT * FROM network_policies WHERE account = ? AND request_id = ?", (account, request_id)
-    ).fetchone()
+    row = select_one(conn, "network_policies", account=account, request_id=request_id)
     return _from_row(row) if row else None
 
 

@@ -91,7 +91,9 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
         assert find_orphans(prefix) == []
         assert subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True).stdout == b""
         sdk = RunloopSDK(bearer_token="netns-restart", base_url=restarted.url, max_retries=0)
-        info = sdk.devbox.from_id(devbox.id).get_info()
+        # (sdk.devbox.from_id would await "running"; read the view directly.)
+        info = sdk.api.devboxes.retrieve(devbox.id)
         assert info.status == "failure"
+        assert "restart" in (info.state_transitions[-1].failure_reason or "")
     finally:
         restarted.stop()

@@ -33,7 +33,8 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def ping(ns: str, ip: str) -> bool:
-    return sh("ip", "netns", "exec", ns, "ping", "-n", "-c1", "-W1", ip, check=False).returncode == 0
+    # One reply within 3 s, re-sending every 0.2 s: the first probe may wait on ARP under load.
+    return sh("ip", "netns", "exec", ns, "ping", "-n", "-c1", "-w3", "-i0.2", ip, check=False).returncode == 0
 
 
 def ip_json(*args: str) -> list[dict]:

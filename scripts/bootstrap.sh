@@ -10,6 +10,9 @@ WITH_TEST=0
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc make nftables libnftables1 iproute2 conntrack
               util-linux procps kmod iputils-ping netcat-openbsd curl ca-certificates)
+# Only with --test: `vagrant validate` (and ruby) check the Vagrantfile (tests/test_service.py).
+TEST_APT_PACKAGES=(vagrant ruby)
+[ "$WITH_TEST" = 1 ] && APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -46,7 +49,8 @@ fi
 # Reinstall only when pyproject.toml changed (or the test extras are newly wanted).
 extras=""
 [ "$WITH_TEST" = 1 ] && extras="[test]"
-stamp=".venv/.devbox-sim-installed$([ "$WITH_TEST" = 1 ] && echo -test)"
+stamp=".venv/.devbox-sim-installed"
+[ "$WITH_TEST" = 1 ] && stamp="$stamp-test"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing devbox-sim${extras} into .venv"

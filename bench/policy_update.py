@@ -1,9 +1,12 @@
 """Benchmark: policy update -> enforcement in N running devboxes (goal: p99 <= 5 ms at N=100).
 
-`DataPlane.policy_updated` returns once the one nft transaction covering every devbox that
-uses the policy is committed (and revoked flows are cut), i.e. when enforcement is visible;
-the API calls it inside the update request. Baseline in the same run: the same update with
-the policy used by a single devbox. Writes bench/results/policy_update.json.
+`DataPlane.policy_updated` returns once the nft transaction rewriting the policy's shared
+chain and sets is committed (and, as the update revokes something, learned addresses of
+revoked names are removed and revoked flows cut), i.e. when enforcement is visible in every
+devbox using the policy; the API calls it inside the update request. The two variants below
+alternate, and each narrows the other (hostnames and CIDRs removed), so every measured update
+takes the revocation path. Baseline in the same run: the same update with the policy used by
+a single devbox. Writes bench/results/policy_update.json.
 Needs root (namespaces, nftables); only namespaces it creates are touched.
 """
 

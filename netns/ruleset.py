@@ -1,23 +1,34 @@
 """Pure compiler: desired network state -> libnftables JSON documents.
 
 Nothing here touches the kernel; every function returns a ``{"nftables": [...]}`` dict that
-``netns.nft.Nft.apply`` runs as ONE atomic transaction in the router namespace. The output is
-deterministic (golden-tested in ``tests/netns/golden``).
+``netns.nft.Nft.apply`` runs as ONE atomic transaction in the router namespace (documents of
+several functions may be concatenated into one transaction). The output is deterministic
+(golden-tested in ``tests/netns/golden``).
 
-Layout (two tables, ``OUR_TABLES``, which a reconcile replaces or removes by exact name)::
+Layout v2 (two tables, ``OUR_TABLES``, which a reconcile replaces or removes by exact name).
+What depends on a devbox lives in per-devbox objects; what depends on a policy lives in
+per-POLICY objects shared by every devbox using it, so a policy update rewrites one chain and
+its two sets however many devboxes use the policy::
 
     table inet devbox_sim                      (TABLE)
       set   protected        ipv4_addr, interval      Router.protected (never reachable)
       map   dbx_vmap         ipv4_addr : verdict      devbox ip -> jump dbx_<key>
       set   acct_<account>   ipv4_addr                devbox IPs of one account
-      set   learned_<key>    ipv4_addr, timeout       addresses the resolver answered
-      set   cidr_<key>       ipv4_addr, interval      all-port CIDRs
-      set   cidrport_<key>   ipv4_addr . inet_proto . inet_service, interval
+      set   learned_<key>    ipv4_addr, timeout       addresses the resolver answered (per devbox)
+      set   pcidr_<pkey>     ipv4_addr . inet_proto, interval                  all-port CIDRs
+      set   pcidrport_<pkey> ipv4_addr . inet_proto . inet_service, interval   CIDR + ports
       chain forward          hook forward  prio 0   policy drop
       chain input            hook input    prio 0   policy drop
       chain output           hook output   prio 0   policy accept
       chain postrouting      nat postrouting prio 100 (masquerade out of the uplink)
-      chain dbx_<key>        regular chain, one per devbox (egress policy)
+      chain unrestricted     shared "no policy" chain: accept
+      chain pol_<pkey>       one per policy in use: its egress rules (returns = not allowed)
+      chain dbx_<key>        one per devbox:
+                               ip daddr <subnet> ip daddr != @acct_<account> drop   (guard, first)
+                               ip daddr != <subnet> ip daddr @learned_<key> accept
+                               jump pol_<pkey> | jump unrestricted
+                               [log group N prefix "dbx_<key> "]   (Router.log_group)
+                               drop
 
     table bridge devbox_sim_br                 (BRIDGE_TABLE)
       set   dbx_ports        ifname                   bridge ports of devboxes
@@ -26,7 +37,18 @@ Layout (two tables, ``OUR_TABLES``, which a reconcile replaces or removes by exa
       chain prerouting       hook prerouting prio -300 policy accept  (anti-spoofing)
       chain forward          hook forward    prio -200 policy accept  (what a port may receive)
 
-Adding a devbox adds set/map elements and its own chain + sets; no base-chain rule changes.
+The subnet guard comes first in ``dbx_<key>``: a destination inside the devbox subnet that is
+not a devbox of the same account is dropped before anything else, and learned addresses only
+open destinations OUTSIDE the subnet (a DNS answer may point into it). ``pol_<pkey>`` starts
+with the same-account decision (``ip daddr <subnet>`` accept if allow_all or
+allow_devbox_to_devbox, else drop), then ``accept`` (allow_all) or the CIDR set lookups; when
+nothing accepts, it returns and ``dbx_<key>`` logs (with the devbox's own prefix) and drops.
+
+A policy chain exists while at least one devbox uses it: the caller concatenates
+``add_policy`` with the first ``add_devbox`` and ``remove_policy`` with the last
+``remove_devbox`` (the kernel refuses to delete a chain that is still jumped to). A policy
+update is ``update_policy``: flush + refill of ``pol_<pkey>`` and its two sets.
+``move_devbox`` points one devbox at another policy (rewrites its ``dbx_<key>``).
 
 Learned-element timeout refresh (measured on kernel 6.18 + libnftables 1.0.6):
 re-adding an existing element with the SAME ``timeout`` does NOT refresh its expiry; a
@@ -53,6 +75,7 @@ TABLE_PREFIX = "devbox_sim"  # every table compiled here starts with this
 OUR_TABLES = (("inet", TABLE), ("bridge", BRIDGE_TABLE))
 
 VMAP = "dbx_vmap"
+UNRESTRICTED_CHAIN = "unrestricted"  # shared by devboxes without a policy
 PROTECTED_SET = "protected"
 PORTS_SET = "dbx_ports"
 PORT_MAC_SET = "dbx_port_mac"
@@ -135,19 +158,22 @@ class Egress:
 
 @dataclass(frozen=True)
 class Devbox:
-    """One devbox as the router sees it. ``egress=None`` means no policy: unrestricted
-    egress (like allow_all, devbox-to-devbox within the account included)."""
+    """One devbox as the router sees it. ``policy`` is the key of the policy whose chain
+    (``pol_<policy>``) decides its egress; None means no policy: unrestricted egress (like
+    allow_all, devbox-to-devbox within the account included)."""
 
     key: str  # [a-z0-9], used in chain/set names
     account: str  # [a-z0-9], used in set names
     ip: str
     mac: str
     port: str  # bridge-port ifname (router side of the veth)
-    egress: Egress | None = None
+    policy: str | None = None  # policy key [a-z0-9]; None = no policy
 
     def __post_init__(self) -> None:
         _check_key("devbox key", self.key)
         _check_key("account", self.account)
+        if self.policy is not None:
+            _check_key("policy key", self.policy)
         object.__setattr__(self, "ip", str(ipaddress.IPv4Address(self.ip)))
         mac = self.mac.lower()
         if not _MAC_RE.match(mac):
@@ -158,6 +184,11 @@ class Devbox:
     @property
     def chain(self) -> str:
         return devbox_chain(self.key)
+
+    @property
+    def target(self) -> str:
+        """The chain its ``dbx_<key>`` jumps to."""
+        return UNRESTRICTED_CHAIN if self.policy is None else policy_chain(self.policy)
 
 
 @dataclass(frozen=True)
@@ -207,12 +238,16 @@ def learned_set(key: str) -> str:
     return f"learned_{key}"
 
 
-def cidr_set(key: str) -> str:
-    return f"cidr_{key}"
+def policy_chain(pkey: str) -> str:
+    return f"pol_{pkey}"
 
 
-def cidrport_set(key: str) -> str:
-    return f"cidrport_{key}"
+def cidr_set(pkey: str) -> str:
+    return f"pcidr_{pkey}"
+
+
+def cidrport_set(pkey: str) -> str:
+    return f"pcidrport_{pkey}"
 
 
 def account_set(account: str) -> str:
@@ -374,6 +409,8 @@ def _base(router: Router) -> list[Cmd]:
         {"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="drop")}},
         {"add": {"chain": _t(name="output", type="filter", hook="output", prio=0, policy="accept")}},
         {"add": {"chain": _t(name="postrouting", type="nat", hook="postrouting", prio=100, policy="accept")}},
+        {"add": {"chain": _t(name=UNRESTRICTED_CHAIN)}},
+        _rule(UNRESTRICTED_CHAIN, [ACCEPT], "no policy"),
     ]
     protected = _v4_networks(router.protected)
     if protected:
@@ -474,43 +511,29 @@ def _account(account: str, members: Iterable[str]) -> list[Cmd]:
     return cmds
 
 
+def _subnet(router: Router) -> Expr:
+    return _prefix(ipaddress.IPv4Network(router.subnet))
+
+
 def _devbox_objects(devbox: Devbox) -> list[Cmd]:
-    k = devbox.key
     return [
-        {"add": {"set": _t(name=learned_set(k), type="ipv4_addr", flags=["timeout"])}},
-        {"add": {"set": _t(name=cidr_set(k), type=["ipv4_addr", "inet_proto"], flags=["interval"])}},
-        {"add": {"set": _t(name=cidrport_set(k), type=["ipv4_addr", "inet_proto", "inet_service"], flags=["interval"])}},
+        {"add": {"set": _t(name=learned_set(devbox.key), type="ipv4_addr", flags=["timeout"])}},
         {"add": {"chain": _t(name=devbox.chain)}},
     ]
 
 
-def _devbox_policy(router: Router, devbox: Devbox) -> list[Cmd]:
-    """Elements of the CIDR sets and the rules of dbx_<key> (chain and sets already empty)."""
-    k, chain, egress = devbox.key, devbox.chain, devbox.egress
-    subnet = _prefix(ipaddress.IPv4Network(router.subnet))
-    unrestricted = egress is None or egress.allow_all
-    cmds: list[Cmd] = []
-    if unrestricted or egress.allow_devbox_to_devbox:
-        cmds.append(
-            _rule(chain, [_match(IP_DADDR, subnet), _match(IP_DADDR, "@" + account_set(devbox.account)), ACCEPT], "same account")
-        )
-    cmds.append(_rule(chain, [_match(IP_DADDR, subnet), DROP], "other devboxes"))
-    if unrestricted:
-        cmds.append(_rule(chain, [ACCEPT], "no policy" if egress is None else "allow_all"))
-        return cmds
-    all_ports = _all_port_elements(egress.cidrs)
-    with_ports = _port_elements(egress.cidrs)
-    if all_ports:
-        cmds.append(_elements(cidr_set(k), all_ports))
-    if with_ports:
-        cmds.append(_elements(cidrport_set(k), with_ports))
-    cmds.append(_rule(chain, [_match(IP_DADDR, "@" + learned_set(k)), ACCEPT], "hostnames"))
-    if all_ports:
-        key = {"concat": [IP_DADDR, _meta("l4proto")]}
-        cmds.append(_rule(chain, [_match(key, "@" + cidr_set(k)), ACCEPT], "cidrs"))
-    if with_ports:
-        key = {"concat": [IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}
-        cmds.append(_rule(chain, [_match(key, "@" + cidrport_set(k)), ACCEPT], "cidr ports"))
+def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
+    """The rules of dbx_<key> (chain already empty): subnet guard, learned, jump to the policy."""
+    chain, subnet = devbox.chain, _subnet(router)
+    cmds = [
+        _rule(
+            chain,
+            [_match(IP_DADDR, subnet), _match(IP_DADDR, "@" + account_set(devbox.account), "!="), DROP],
+            "other accounts",
+        ),
+        _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + learned_set(devbox.key)), ACCEPT], "hostnames"),
+        _rule(chain, [{"jump": {"target": devbox.target}}]),
+    ]
     if router.log_group is not None:
         cmds.append(
             _rule(
@@ -526,15 +549,47 @@ def _devbox_policy(router: Router, devbox: Devbox) -> list[Cmd]:
     return cmds
 
 
-def _flush_devbox(devbox: Devbox, *, learned: bool) -> list[Cmd]:
-    k = devbox.key
-    cmds: list[Cmd] = [
-        {"flush": {"chain": _t(name=devbox.chain)}},
-        {"flush": {"set": _t(name=cidr_set(k))}},
-        {"flush": {"set": _t(name=cidrport_set(k))}},
+def _policy_objects(pkey: str) -> list[Cmd]:
+    return [
+        {"add": {"set": _t(name=cidr_set(pkey), type=["ipv4_addr", "inet_proto"], flags=["interval"])}},
+        {"add": {"set": _t(name=cidrport_set(pkey), type=["ipv4_addr", "inet_proto", "inet_service"], flags=["interval"])}},
+        {"add": {"chain": _t(name=policy_chain(pkey))}},
     ]
-    if learned:
-        cmds.append({"flush": {"set": _t(name=learned_set(k))}})
+
+
+def _flush_policy(pkey: str) -> list[Cmd]:
+    return [
+        {"flush": {"chain": _t(name=policy_chain(pkey))}},
+        {"flush": {"set": _t(name=cidr_set(pkey))}},
+        {"flush": {"set": _t(name=cidrport_set(pkey))}},
+    ]
+
+
+def _policy_rules(router: Router, pkey: str, egress: Egress) -> list[Cmd]:
+    """Elements of the CIDR sets and the rules of pol_<pkey> (chain and sets already empty).
+    The chain only ever accepts (or drops same-account subnet traffic); everything else
+    returns to the devbox chain, which logs and drops."""
+    chain, subnet = policy_chain(pkey), _subnet(router)
+    cmds: list[Cmd] = []
+    if egress.allow_all or egress.allow_devbox_to_devbox:
+        cmds.append(_rule(chain, [_match(IP_DADDR, subnet), ACCEPT], "same account"))
+    else:
+        cmds.append(_rule(chain, [_match(IP_DADDR, subnet), DROP], "other devboxes"))
+    if egress.allow_all:
+        cmds.append(_rule(chain, [ACCEPT], "allow_all"))
+        return cmds
+    all_ports = _all_port_elements(egress.cidrs)
+    with_ports = _port_elements(egress.cidrs)
+    if all_ports:
+        cmds.append(_elements(cidr_set(pkey), all_ports))
+    if with_ports:
+        cmds.append(_elements(cidrport_set(pkey), with_ports))
+    if all_ports:
+        key = {"concat": [IP_DADDR, _meta("l4proto")]}
+        cmds.append(_rule(chain, [_match(key, "@" + cidr_set(pkey)), ACCEPT], "cidrs"))
+    if with_ports:
+        key = {"concat": [IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}
+        cmds.append(_rule(chain, [_match(key, "@" + cidrport_set(pkey)), ACCEPT], "cidr ports"))
     return cmds
 
 
@@ -566,32 +621,66 @@ def bootstrap(router: Router) -> dict:
     return _doc(_tables_fresh() + _base(router))
 
 
+def add_policy(router: Router, pkey: str, egress: Egress) -> dict:
+    """Create policy ``pkey``'s chain and CIDR sets (or, if present, flush and refill them).
+    Concatenate it before the ``add_devbox`` of the policy's first devbox."""
+    _check_key("policy key", pkey)
+    return _doc(_policy_objects(pkey) + _flush_policy(pkey) + _policy_rules(router, pkey, egress))
+
+
+def update_policy(router: Router, pkey: str, egress: Egress) -> dict:
+    """Swap policy ``pkey``'s rules in one transaction: flush its chain and CIDR sets and
+    refill them. Every devbox using the policy sees the new rules at once; the cost does not
+    depend on how many devboxes use it. Learned sets are the caller's business (it removes
+    the addresses of names the update revoked)."""
+    _check_key("policy key", pkey)
+    return _doc(_flush_policy(pkey) + _policy_rules(router, pkey, egress))
+
+
+def remove_policy(pkey: str) -> dict:
+    """Delete policy ``pkey``'s chain and sets. Fails (atomically) if a devbox chain still
+    jumps to it: concatenate it after the ``remove_devbox``/``move_devbox`` of its last user."""
+    _check_key("policy key", pkey)
+    return _doc(
+        [
+            {"flush": {"chain": _t(name=policy_chain(pkey))}},
+            {"delete": {"chain": _t(name=policy_chain(pkey))}},
+            {"delete": {"set": _t(name=cidr_set(pkey))}},
+            {"delete": {"set": _t(name=cidrport_set(pkey))}},
+        ]
+    )
+
+
 def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = ()) -> dict:
     """Add a devbox: its account set (created if needed) gets ``account_members`` (IPs of the
-    account's devboxes) plus the devbox's own IP; its chain and sets are created (or, if
-    present, flushed and refilled: re-adding is safe and keeps learned addresses); then the
-    source-IP vmap and bridge anti-spoofing sets get its elements."""
+    account's devboxes) plus the devbox's own IP; its chain and learned set are created (or,
+    if present, the chain is flushed and refilled: re-adding is safe and keeps learned
+    addresses); then the source-IP vmap and bridge anti-spoofing sets get its elements.
+    Its policy chain must exist (``add_policy`` earlier in the same or a previous
+    transaction), unless ``devbox.policy`` is None."""
     return _doc(
         _account(devbox.account, [*account_members, devbox.ip])
         + _devbox_objects(devbox)
-        + _flush_devbox(devbox, learned=False)
-        + _devbox_policy(router, devbox)
+        + [{"flush": {"chain": _t(name=devbox.chain)}}]
+        + _devbox_rules(router, devbox)
         + _attach(devbox)
     )
 
 
-def update_egress(router: Router, devbox: Devbox, *, keep_learned: bool = False) -> dict:
-    """Swap a devbox's egress policy in one transaction: flush its chain and CIDR sets and
-    refill. The learned set is flushed too (fail closed: the new policy may allow fewer
-    names) unless ``keep_learned``."""
-    return _doc(_flush_devbox(devbox, learned=not keep_learned) + _devbox_policy(router, devbox))
+def move_devbox(router: Router, devbox: Devbox, *, flush_learned: bool = True) -> dict:
+    """Point a devbox at ``devbox.policy`` (rewrite its chain's jump; the target chain must
+    exist). Its learned set is flushed too (fail closed: the new policy may allow fewer
+    names) unless ``flush_learned`` is False."""
+    cmds: list[Cmd] = [{"flush": {"chain": _t(name=devbox.chain)}}]
+    if flush_learned:
+        cmds.append({"flush": {"set": _t(name=learned_set(devbox.key))}})
+    return _doc(cmds + _devbox_rules(router, devbox))
 
 
 def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = False) -> dict:
-    """Detach and delete a devbox's elements, chain and sets. ``drop_account_set`` also deletes
-    its account set (pass it when this was the account's last devbox). Fails (atomically) if
-    the devbox is not present."""
-    k = devbox.key
+    """Detach and delete a devbox's elements, chain and learned set. ``drop_account_set``
+    also deletes its account set (pass it when this was the account's last devbox). Fails
+    (atomically) if the devbox is not present. Its policy chain is left alone."""
     cmds: list[Cmd] = [
         _elements(VMAP, [devbox.ip], op="delete"),
         _elements(PORTS_SET, [devbox.port], bridge=True, op="delete"),
@@ -599,9 +688,7 @@ def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = Fa
         _elements(PORT_IP_SET, [{"concat": [devbox.port, devbox.ip]}], bridge=True, op="delete"),
         {"flush": {"chain": _t(name=devbox.chain)}},
         {"delete": {"chain": _t(name=devbox.chain)}},
-        {"delete": {"set": _t(name=learned_set(k))}},
-        {"delete": {"set": _t(name=cidr_set(k))}},
-        {"delete": {"set": _t(name=cidrport_set(k))}},
+        {"delete": {"set": _t(name=learned_set(devbox.key))}},
     ]
     if drop_account_set:
         cmds.append({"delete": {"set": _t(name=account_set(devbox.account))}})
@@ -632,11 +719,13 @@ def learned_remove(devbox_key: str, ips: Iterable[str]) -> dict:
 def full(
     router: Router,
     devboxes: Iterable[Devbox],
+    policies: Mapping[str, Egress] | None = None,
     learned: Mapping[str, Iterable[tuple[str, int]]] | None = None,
 ) -> dict:
     """The complete desired state in one transaction (for reconcile): our tables are replaced.
-    ``learned`` optionally restores learned addresses per devbox key (otherwise they are
-    lost, as the sets are recreated)."""
+    ``policies`` maps policy keys to their egress: every devbox's policy must be there (a
+    policy nobody uses is not created). ``learned`` optionally restores learned addresses per
+    devbox key (otherwise they are lost, as the sets are recreated)."""
     boxes = sorted(devboxes, key=lambda d: d.key)
     keys = [d.key for d in boxes]
     if len(set(keys)) != len(keys):
@@ -644,14 +733,22 @@ def full(
     ips = [d.ip for d in boxes]
     if len(set(ips)) != len(ips):
         raise ValueError("duplicate devbox IPs")
+    policies = dict(policies or {})
+    used = sorted({d.policy for d in boxes if d.policy is not None})
+    missing = [p for p in used if p not in policies]
+    if missing:
+        raise ValueError(f"devboxes use unknown policies: {missing}")
     members: dict[str, list[str]] = {}
     for d in boxes:
         members.setdefault(d.account, []).append(d.ip)
     cmds = _tables_fresh() + _base(router)
     for account in sorted(members):
         cmds += _account(account, members[account])
+    for pkey in used:
+        _check_key("policy key", pkey)
+        cmds += _policy_objects(pkey) + _policy_rules(router, pkey, policies[pkey])
     for d in boxes:
-        cmds += _devbox_objects(d) + _devbox_policy(router, d)
+        cmds += _devbox_objects(d) + _devbox_rules(router, d)
         entries = _learned_elems((learned or {}).get(d.key, ()))
         if entries:
             cmds.append(_elements(learned_set(d.key), entries))
@@ -664,6 +761,7 @@ __all__ = [
     "OUR_TABLES",
     "TABLE",
     "TABLE_PREFIX",
+    "UNRESTRICTED_CHAIN",
     "CidrRule",
     "Devbox",
     "Egress",
@@ -671,6 +769,7 @@ __all__ = [
     "Router",
     "account_set",
     "add_devbox",
+    "add_policy",
     "bootstrap",
     "cidr_set",
     "cidrport_set",
@@ -679,6 +778,9 @@ __all__ = [
     "learned_add",
     "learned_remove",
     "learned_set",
+    "move_devbox",
+    "policy_chain",
     "remove_devbox",
-    "update_egress",
+    "remove_policy",
+    "update_policy",
 ]

@@ -7,11 +7,21 @@
                              │ resolver on gateway:53 (dns.Resolver + DnsServer)
                              │     answers -> on_answer -> learned set, BEFORE the reply
                              ▼
-                          policy updates -> one nft transaction per devbox + conntrack cut
+                          policy updates -> one nft transaction rewriting the policy's chain
+                                            (+ learned/conntrack cuts when it revokes anything)
 
 Runtimes call ``connect`` (a namespace by name, or a container's by pid) and ``disconnect``;
 the policy service calls ``policy_updated`` inside its update transaction, so a failure rolls
 the stored update back. The resolver only reports answers; this module opens them in nftables.
+
+nftables layout (``netns.ruleset`` v2): every devbox has a small chain of its own (subnet guard,
+learned addresses, jump to its policy) and every policy in use has ONE chain + CIDR sets shared
+by its devboxes, created with its first devbox and deleted with its last. A policy update
+rewrites that one chain: its cost does not depend on how many devboxes use the policy. Only an
+update that revokes something (``policy_rules.revokes_nothing`` is False) also touches the
+devboxes: learned addresses of names no longer allowed are removed, and established flows the
+new policy does not allow are cut, found in a live mirror of the router's conntrack table
+(``conntrack.Tracker``: a kernel dump walks the global conntrack hash table, ~6 ms).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from netns import conntrack, links, namespaces, ruleset
 from netns.nft import Nft
 from simulator.addresses import Address, AddressPool
 from simulator.policy_model import NetworkPolicy
-from simulator.policy_rules import egress_for, flow_allowed
+from simulator.policy_rules import egress_for, flow_allowed, revokes_nothing
 from simulator.world import World, WorldConfig
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,19 @@ class Attached:
     # ip -> {queried name -> expiry (monotonic)}: what the resolver opened, and why.
     learned: dict[str, dict[str, float]] = field(default_factory=dict)
     view: ClientView | None = None
+    # ip -> when its nft element expires, as last armed by the resolver path. Trusted only
+    # while the ip is in ``learned`` (swaps rewrite both); a stale value just means a re-add.
+    armed: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _PolicyState:
+    """A policy enforced in the router: its chain exists while ``users`` is not empty."""
+
+    key: str
+    policy: NetworkPolicy
+    users: set[str] = field(default_factory=set)  # devbox ids
+    views: dict[str, ClientView] = field(default_factory=dict)  # account -> shared view
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,8 @@ class DataPlane:
         self._lock = threading.RLock()
         self._by_id: dict[str, Attached] = {}
         self._by_ip: dict[str, Attached] = {}
+        self._policies: dict[str, _PolicyState] = {}  # policy key -> state
+        self._conntrack: conntrack.Tracker | None = None
         self.query_listeners: list = []  # callables(devbox_id | None, QueryEvent), e.g. an event log
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -118,6 +143,7 @@ class DataPlane:
             )
             self._nft = Nft(self.router_ns)
             self._nft.apply(ruleset.bootstrap(self._rules_router))
+            self._conntrack = conntrack.Tracker(self.router_ns)
             self._start_resolver(upstream)
         except BaseException:
             self.stop()
@@ -150,6 +176,9 @@ class DataPlane:
         if self._nft is not None:
             self._nft.close()
             self._nft = None
+        if self._conntrack is not None:
+            self._conntrack.close()
+            self._conntrack = None
         self._router.teardown()
         if self._world is not None:
             self._world.stop()
@@ -157,6 +186,7 @@ class DataPlane:
         with self._lock:
             self._by_id.clear()
             self._by_ip.clear()
+            self._policies.clear()
 
     @property
     def uplink_address(self) -> str | None:
@@ -209,12 +239,28 @@ class DataPlane:
     ) -> Attached:
         """Plug a devbox namespace into the bridge and enforce its policy, all or nothing."""
         attached = Attached(devbox_id, account, _account_key(account), address, policy, name)
-        attached.view = _client_view(attached, self._local_answer)
         self._router.attach(netns, pid, port_ifname=address.port, ip=address.ip, mac=address.mac)
         try:
             with self._lock:
+                doc: list = []
+                state = None
+                if policy is not None:
+                    key = _policy_key(policy.id)
+                    state = self._policies.get(key)
+                    if state is None:
+                        state = _PolicyState(key, policy)
+                        doc += ruleset.add_policy(self._rules_router, key, egress_for(policy))["nftables"]
+                    elif policy.update_time_ms > state.policy.update_time_ms:
+                        self.policy_updated(state.policy, policy)  # a newer version than enforced
+                        state = self._policies[key]
+                    attached.policy = state.policy  # every user of a policy runs the same version
+                attached.view = self._view(state, account)
                 members = [a.address.ip for a in self._by_id.values() if a.account == account]
-                self._nft.apply(ruleset.add_devbox(self._rules_router, self._rules_devbox(attached), members))
+                doc += ruleset.add_devbox(self._rules_router, self._rules_devbox(attached), members)["nftables"]
+                self._nft.apply({"nftables": doc})
+                if state is not None:
+                    self._policies[state.key] = state
+                    state.users.add(devbox_id)
                 self._by_id[devbox_id] = attached
                 self._by_ip[address.ip] = attached
         except BaseException:
@@ -229,14 +275,19 @@ class DataPlane:
                 return
             self._by_ip.pop(attached.address.ip, None)
             last = not any(a.account == attached.account for a in self._by_id.values())
+            doc = ruleset.remove_devbox(self._rules_router, self._rules_devbox(attached), drop_account_set=last)["nftables"]
+            state = self._policies.get(_policy_key(attached.policy.id)) if attached.policy else None
+            if state is not None:
+                state.users.discard(devbox_id)
+                if not state.users:  # its last devbox: the policy chain goes too
+                    del self._policies[state.key]
+                    doc += ruleset.remove_policy(state.key)["nftables"]
             try:
-                self._nft.apply(
-                    ruleset.remove_devbox(self._rules_router, self._rules_devbox(attached), drop_account_set=last)
-                )
+                self._nft.apply({"nftables": doc})
             except Exception:
                 log.exception("removing nft state of %s", devbox_id)
         self._router.detach(attached.address.port)
-        conntrack.delete(self.router_ns, attached.address.ip)
+        self._cut_flows_from(attached.address.ip)
 
     def attached(self, devbox_id: str) -> Attached | None:
         return self._by_id.get(devbox_id)
@@ -245,52 +296,102 @@ class DataPlane:
         a = attached.address
         return ruleset.Devbox(
             key=a.key, account=attached.account_key, ip=a.ip, mac=a.mac, port=a.port,
-            egress=egress_for(attached.policy),
+            policy=_policy_key(attached.policy.id) if attached.policy is not None else None,
         )
+
+    def _view(self, state: _PolicyState | None, account: str) -> ClientView:
+        """The resolver's view for a devbox of ``account`` under a policy (None: no policy);
+        one view (and one hostname matcher) per policy and account, shared by its devboxes."""
+        if state is None:
+            return _client_view_for(None, account, self._local_answer)
+        view = state.views.get(account)
+        if view is None:
+            view = state.views[account] = _client_view_for(state.policy, account, self._local_answer)
+        return view
 
     # --- policies ---------------------------------------------------------------------------
 
     def policy_updated(self, before: NetworkPolicy, after: NetworkPolicy) -> None:
-        """Enforce an updated policy on every devbox using it before the API answers:
-        one nft transaction for all of them, then cut the flows the update revoked."""
+        """Enforce an updated policy on every devbox using it before the API answers: one nft
+        transaction rewriting the policy's chain and sets (plus, if the update revokes
+        anything, the removal of learned addresses whose names are no longer allowed), then
+        the flows it revoked are cut."""
         with self._lock:
-            affected = [a for a in self._by_id.values() if a.policy and a.policy.id == after.id]
-            if not affected:
-                return
-            doc: dict = {"nftables": []}
-            for attached in affected:
-                doc["nftables"] += self._swap_commands(attached, after)
-            self._nft.apply(doc)
-            self._cut_revoked_flows(affected)
-
-    def _swap_commands(self, attached: Attached, policy: NetworkPolicy | None) -> list:
-        """nft commands moving one devbox to ``policy``; learned addresses whose names the
-        policy no longer allows are dropped (and so are not re-added after the flush)."""
-        view = _client_view_for(policy, attached, self._local_answer)
-        now = time.monotonic()
-        kept: dict[str, dict[str, float]] = {}
-        for ip, names in attached.learned.items():
-            still = {n: exp for n, exp in names.items() if exp > now and _allows_name(view, n)}
-            if still:
-                kept[ip] = still
-        attached.policy, attached.view, attached.learned = policy, view, kept
-        devbox = self._rules_devbox(attached)
-        entries = [(ip, max(1, int(max(names.values()) - now))) for ip, names in kept.items()]
-        return (
-            ruleset.update_egress(self._rules_router, devbox)["nftables"]
-            + ruleset.learned_add(devbox.key, entries)["nftables"]
-        )
+            state = self._policies.get(_policy_key(after.id))
+            if state is None:
+                return  # no running devbox uses it
+            enforced = state.policy  # what the router enforces (``before`` as we know it)
+            doc = ruleset.update_policy(self._rules_router, state.key, egress_for(after))["nftables"]
+            users = [self._by_id[i] for i in sorted(state.users)]
+            narrowed = not revokes_nothing(enforced.egress, after.egress)
+            new_state = _PolicyState(state.key, after, state.users)
+            kept_by_id: dict[str, dict[str, dict[str, float]]] = {}
+            if narrowed:
+                now = time.monotonic()
+                was_open = enforced.egress.allow_all  # names learned then are not in nft yet
+                for attached in users:
+                    view = self._view(new_state, attached.account)
+                    kept: dict[str, dict[str, float]] = {}
+                    for ip, names in attached.learned.items():
+                        still = {n: exp for n, exp in names.items() if exp > now and _allows_name(view, n)}
+                        if still:
+                            kept[ip] = still
+                    kept_by_id[attached.devbox_id] = kept
+                    key = attached.address.key
+                    dropped = [ip for ip in attached.learned if ip not in kept]
+                    if dropped:
+                        doc += ruleset.learned_remove(key, dropped)["nftables"]
+                    if was_open and not after.egress.allow_all and kept:
+                        entries = [(ip, max(1, int(max(n.values()) - now))) for ip, n in kept.items()]
+                        doc += ruleset.learned_add(key, entries)["nftables"]
+            self._nft.apply({"nftables": doc})
+            self._policies[state.key] = new_state
+            for attached in users:
+                attached.policy = after
+                attached.view = self._view(new_state, attached.account)
+                if narrowed:
+                    attached.learned = kept_by_id[attached.devbox_id]
+            if narrowed:
+                self._cut_revoked_flows(users)
 
     def _cut_revoked_flows(self, affected: list[Attached]) -> None:
+        """Delete the conntrack entries of ``affected`` devboxes that their (new) policy no
+        longer allows; flows inside the devbox subnet follow the account sets and stay."""
         by_ip = {a.address.ip: a for a in affected}
         subnet = self.pool.network
-        for flow in conntrack.flows(self.router_ns):
-            attached = by_ip.get(flow.src)
-            if attached is None or ipaddress.ip_address(flow.dst) in subnet:
-                continue  # not ours, or devbox-to-devbox/resolver flows (they follow the account sets)
-            egress = egress_for(attached.policy)
-            if not flow_allowed(egress, set(attached.learned), flow.dst, flow.proto, flow.dport):
-                conntrack.delete(self.router_ns, flow.src, flow.dst, dport=flow.dport, proto=flow.proto)
+        revoked = []
+        egress: dict[str, ruleset.Egress | None] = {}
+        for flow in self._flows_from(by_ip):
+            if ipaddress.ip_address(flow.dst) in subnet:
+                continue  # devbox-to-devbox and resolver flows
+            attached = by_ip[flow.src]
+            policy_id = attached.policy.id if attached.policy else ""
+            if policy_id not in egress:
+                egress[policy_id] = egress_for(attached.policy)
+            if not flow_allowed(egress[policy_id], set(attached.learned), flow.dst, flow.proto, flow.dport):
+                revoked.append(flow)
+        if revoked:
+            self._delete_flows(revoked)
+
+    def _flows_from(self, sources) -> list[conntrack.Flow]:
+        if self._conntrack is None:
+            wanted = set(sources)
+            return [f for f in conntrack.flows(self.router_ns) if f.src in wanted]
+        self._conntrack.sync()
+        return self._conntrack.flows(sources)
+
+    def _delete_flows(self, flows: list[conntrack.Flow]) -> None:
+        if self._conntrack is not None:
+            self._conntrack.delete(flows)
+        else:
+            conntrack.delete_flows(self.router_ns, flows)
+
+    def _cut_flows_from(self, ip: str) -> None:
+        with self._lock:
+            if self._conntrack is None:
+                conntrack.delete(self.router_ns, ip)
+            else:
+                self._delete_flows(self._flows_from([ip]))
 
     # --- resolver callbacks (DNS threads) --------------------------------------------------
 
@@ -302,18 +403,32 @@ class DataPlane:
         attached = self._by_ip.get(client_ip)
         if attached is None:
             raise LookupError(f"no devbox at {client_ip}")
-        now = time.monotonic()
-        entries = []
-        for address, ttl in answers:
-            if ":" in address:
-                continue  # devboxes are IPv4-only
-            timeout = max(ttl, LEARN_FLOOR_SECONDS) + LEARN_GRACE_SECONDS
-            attached.learned.setdefault(address, {})[qname] = now + timeout
-            entries.append((address, timeout))
-        restricted = attached.policy is not None and not attached.policy.egress.allow_all
-        if entries and restricted:
-            # Raising here makes the resolver answer SERVFAIL: never an address nft lacks.
-            self._nft.apply(ruleset.learned_add(attached.address.key, entries))
+        subnet = self.pool.network
+        with self._lock:  # not while a policy update swaps the rules and learned sets
+            if qname.endswith("." + LOCAL_SUFFIX):
+                return  # the simulator's own answers: devbox addresses follow the account sets
+            if not _allows_name(attached.view, qname):
+                # The policy changed between the resolver's decision and now.
+                raise PermissionError(f"{qname} is no longer allowed for {client_ip}")
+            now = time.monotonic()
+            entries = []
+            for address, ttl in answers:
+                if ":" in address:
+                    continue  # devboxes are IPv4-only
+                if ipaddress.ip_address(address) in subnet:
+                    continue  # learned addresses never open the devbox subnet
+                timeout = max(ttl, LEARN_FLOOR_SECONDS) + LEARN_GRACE_SECONDS
+                known = address in attached.learned
+                attached.learned.setdefault(address, {})[qname] = now + timeout
+                if known and attached.armed.get(address, 0.0) - now > timeout / 2:
+                    continue  # armed recently (e.g. a cache hit): over half its window is left
+                entries.append((address, timeout))
+            restricted = attached.policy is not None and not attached.policy.egress.allow_all
+            if entries and restricted:
+                # Raising here makes the resolver answer SERVFAIL: never an address nft lacks.
+                self._nft.apply(ruleset.learned_add(attached.address.key, entries))
+                for address, timeout in entries:
+                    attached.armed[address] = now + timeout
 
     def _on_query(self, event: QueryEvent) -> None:
         attached = self._by_ip.get(event.client_ip)
@@ -338,13 +453,11 @@ def _account_key(account: str) -> str:
     return "a" + hashlib.sha1(account.encode()).hexdigest()[:12]
 
 
-def _client_view(attached: Attached, local) -> ClientView:
-    return _client_view_for(attached.policy, attached, local)
+def _policy_key(policy_id: str) -> str:
+    return "p" + hashlib.sha1(policy_id.encode()).hexdigest()[:12]
 
 
-def _client_view_for(policy: NetworkPolicy | None, attached: Attached, local) -> ClientView:
-    account = attached.account
-
+def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> ClientView:
     def local_answer(qname: str, qtype: str):
         return local(account, qname, qtype)
 

@@ -3,7 +3,10 @@
 - ``egress_for``: NetworkPolicy -> ``netns.ruleset.Egress`` (what nftables enforces).
 - ``flow_allowed``: would the new rules still accept this established flow? Used after a
   policy update to cut (conntrack-delete) exactly the flows the update revoked; it mirrors
-  the per-devbox chain in ``netns.ruleset`` for traffic leaving the devbox subnet.
+  the devbox + policy chains in ``netns.ruleset`` for traffic leaving the devbox subnet.
+- ``revokes_nothing``: does an update only widen a policy? Then no learned address and no
+  established flow can have lost its permission, and the data plane skips the learned-set
+  and conntrack work (the conntrack dump is the costly part of an update).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 
 from netns import ruleset
-from simulator.policy_model import NetworkPolicy
+from simulator.policy_model import Egress, NetworkPolicy
 
 _PROTOCOLS = {"TCP": "tcp", "UDP": "udp", None: None}
 
@@ -57,3 +60,30 @@ def flow_allowed(
             if port.port <= dport <= (port.end_port or port.port):
                 return True
     return False
+
+
+def revokes_nothing(before: Egress | None, after: Egress | None) -> bool:
+    """True when ``after`` allows everything ``before`` allowed, judged conservatively on
+    the policy's terms (a False can be a false alarm, a True is never wrong):
+
+    - no policy (None) and allow_all allow everything: after them, nothing is revoked;
+      leaving them is a revocation (unless to another of them);
+    - otherwise allow_devbox_to_devbox must not be turned off, every hostname pattern of
+      ``before`` must still be there (the same string), and every CIDR entry of ``before``
+      (address and ports) must still be there.
+    """
+    if after is None or after.allow_all:
+        return True
+    if before is None or before.allow_all:
+        return False
+    if before.allow_devbox_to_devbox and not after.allow_devbox_to_devbox:
+        return False
+    if not set(before.allowed_hostnames) <= set(after.allowed_hostnames):
+        return False
+    return set(_cidr_entries(before)) <= set(_cidr_entries(after))
+
+
+def _cidr_entries(egress: Egress):
+    """CIDR entries in a comparable form: ports None and () both mean every port."""
+    for cidr in egress.allowed_cidrs:
+        yield cidr.cidr, tuple(cidr.ports or ())

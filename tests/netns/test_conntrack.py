@@ -90,7 +90,7 @@ def _backend(name: str) -> str:
 
 
 @pytest.mark.privileged
-@pytest.mark.parametrize("backend", ["pyroute2", "cli"])
+@pytest.mark.parametrize("backend", ["netlink", "pyroute2", "cli"])
 def test_established_flow_listed_and_cut(topo, backend):
     backend = _backend(backend)
     r, w, d = topo
@@ -174,3 +174,76 @@ def test_parse_cli_lines():
     f = conntrack.parse_cli_line(icmp)
     assert (f.proto, f.sport, f.dport, f.icmp_id) == ("icmp", None, None, 77)
     assert conntrack.parse_cli_line("conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.") is None
+
+
+@pytest.fixture
+def bare_ns(uniq):
+    name = uniq("tcB")
+    namespaces.create(name)
+    try:
+        yield name
+    finally:
+        namespaces.delete(name)
+        assert not namespaces.exists(name)
+
+
+def _insert(ns: str, src: str, dport: int = 443) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "conntrack", "-I", "-p", "tcp", "-s", src, "-d", WORLD_IP, "--sport", "1000",
+         "--dport", str(dport), "--state", "ESTABLISHED", "-t", "120", "-u", "SEEN_REPLY"],
+        check=True, capture_output=True, timeout=20,
+    )
+
+
+@pytest.mark.privileged
+def test_netlink_dump_spans_many_messages_and_filters_in_the_kernel(bare_ns):
+    if shutil.which("conntrack") is None:
+        pytest.skip("conntrack CLI not installed (used to insert entries)")
+    sources = [f"10.233.{i // 250}.{i % 250 + 1}" for i in range(600)]
+    for src in sources:
+        _insert(bare_ns, src)
+    got = conntrack.flows(bare_ns, backend="netlink")
+    assert sorted(f.src for f in got) == sorted(sources)  # > one recv buffer of messages
+    assert all(f.state == "ESTABLISHED" and f.dport == 443 and f.raw_tuple for f in got)
+    (one,) = conntrack.flows(bare_ns, "10.233.1.7", backend="netlink")
+    assert one.src == "10.233.1.7"
+    assert conntrack.flows(bare_ns, "10.233.1.7", "192.0.2.99", backend="netlink") == []
+    # delete_flows deletes exactly the given entries, and does not count gone ones
+    victims = [f for f in got if f.src.startswith("10.233.0.")]
+    assert conntrack.delete_flows(bare_ns, victims) == len(victims) == 250
+    assert conntrack.delete_flows(bare_ns, victims[:3]) == 0
+    assert len(conntrack.flows(bare_ns)) == 350
+
+
+@pytest.mark.privileged
+def test_tracker_mirrors_the_table_from_events(bare_ns):
+    if shutil.which("conntrack") is None:
+        pytest.skip("conntrack CLI not installed (used to insert entries)")
+    _insert(bare_ns, "10.233.0.1")  # before the tracker: found by its initial dump
+    tracker = conntrack.Tracker(bare_ns)
+    try:
+        assert tracker.events_enabled
+        assert [f.src for f in tracker.flows()] == ["10.233.0.1"]
+        for i in range(2, 40):
+            _insert(bare_ns, f"10.233.0.{i}", dport=8000 + i)
+        tracker.sync()
+        assert tracker.resyncs == 1  # events, no new dump
+        assert sorted(f.src for f in tracker.flows()) == sorted(f.src for f in conntrack.flows(bare_ns))
+        (f5,) = tracker.flows(["10.233.0.5"])
+        assert (f5.proto, f5.dst, f5.dport, f5.state) == ("tcp", WORLD_IP, 8005, "ESTABLISHED")
+        # deleted elsewhere: the DESTROY event removes it from the mirror
+        subprocess.run(["ip", "netns", "exec", bare_ns, "conntrack", "-D", "-s", "10.233.0.6"], capture_output=True, check=True)
+        tracker.sync()
+        assert tracker.flows(["10.233.0.6"]) == []
+        # deleted through the tracker
+        assert tracker.delete(tracker.flows(["10.233.0.7", "10.233.0.8"])) == 2
+        assert conntrack.flows(bare_ns, "10.233.0.7") == [] and tracker.flows(["10.233.0.7"]) == []
+        tracker.sync()
+        assert sorted(f.src for f in tracker.flows()) == sorted(f.src for f in conntrack.flows(bare_ns))
+        # lost events (simulated): the next sync rebuilds the mirror from a dump
+        tracker._stale = True
+        tracker.sync()
+        assert tracker.resyncs == 2
+        assert len(tracker.flows()) == 36
+    finally:
+        tracker.close()

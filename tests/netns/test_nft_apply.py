@@ -36,9 +36,11 @@ CIDRS = Egress(
         CidrRule("192.0.2.128/25", (PortRange(440, 450, "tcp"),)),
     )
 )
-A1 = Devbox("a1", "acme", "10.88.0.2", "02:00:0a:58:00:02", "vda1", CIDRS)
+D2D = Egress(allow_devbox_to_devbox=True)
+POLICIES = {"pcidrs": CIDRS, "pd2d": D2D}
+A1 = Devbox("a1", "acme", "10.88.0.2", "02:00:0a:58:00:02", "vda1", "pcidrs")
 A2 = Devbox("a2", "acme", "10.88.0.3", "02:00:0a:58:00:03", "vda2", None)
-B1 = Devbox("b1", "beta", "10.88.0.4", "02:00:0a:58:00:04", "vdb1", Egress(allow_devbox_to_devbox=True))
+B1 = Devbox("b1", "beta", "10.88.0.4", "02:00:0a:58:00:04", "vdb1", "pd2d")
 
 
 def _host_tables() -> set[tuple[str, str]]:
@@ -94,11 +96,15 @@ def _learned(nft, key):
     return {e["elem"]["val"]: e["elem"] for e in nft.list_set("inet", R.TABLE, R.learned_set(key))}
 
 
+def _cat(*docs):
+    return {"nftables": [c for d in docs for c in d["nftables"]]}
+
+
 def _setup(nft):
     nft.apply(R.bootstrap(ROUTER))
-    nft.apply(R.add_devbox(ROUTER, A1, []))
+    nft.apply(_cat(R.add_policy(ROUTER, "pcidrs", CIDRS), R.add_devbox(ROUTER, A1, [])))
     nft.apply(R.add_devbox(ROUTER, A2, [A1.ip]))
-    nft.apply(R.add_devbox(ROUTER, B1, []))
+    nft.apply(_cat(R.add_policy(ROUTER, "pd2d", D2D), R.add_devbox(ROUTER, B1, [])))
 
 
 def test_context_is_pinned_to_the_namespace(netns, nft):
@@ -126,13 +132,13 @@ def test_bootstrap_and_devboxes(netns, nft):
     _setup(nft)
     rs = nft.list_ruleset()
     chains = _objects(rs, "chain")
-    for name in ("forward", "input", "output", "postrouting", "dbx_a1", "dbx_a2", "dbx_b1"):
+    for name in ("forward", "input", "output", "postrouting", "unrestricted", "dbx_a1", "dbx_a2", "dbx_b1", "pol_pcidrs", "pol_pd2d"):
         assert ("inet", R.TABLE, name) in chains, name
     assert chains[("inet", R.TABLE, "forward")]["policy"] == "drop"
     assert chains[("inet", R.TABLE, "input")]["hook"] == "input"
     assert chains[("bridge", R.BRIDGE_TABLE, "prerouting")]["prio"] == -300
     sets = _objects(rs, "set")
-    for name in ("learned_a1", "cidr_a1", "cidrport_a1", "acct_acme", "acct_beta", "protected"):
+    for name in ("learned_a1", "learned_a2", "pcidr_pcidrs", "pcidrport_pcidrs", "pcidr_pd2d", "acct_acme", "acct_beta", "protected"):
         assert ("inet", R.TABLE, name) in sets, name
     assert "timeout" in sets[("inet", R.TABLE, "learned_a1")]["flags"]
 
@@ -144,22 +150,29 @@ def test_bootstrap_and_devboxes(netns, nft):
     assert {"concat": ["vda1", "02:00:0a:58:00:02"]} in nft.list_set("bridge", R.BRIDGE_TABLE, R.PORT_MAC_SET)
     assert {"concat": ["vdb1", "10.88.0.4"]} in nft.list_set("bridge", R.BRIDGE_TABLE, R.PORT_IP_SET)
 
-    cidr = nft.list_set("inet", R.TABLE, "cidr_a1")
+    cidr = nft.list_set("inet", R.TABLE, "pcidr_pcidrs")
     assert cidr == [{"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"range": [0, 255]}]}]
-    cidrport = nft.list_set("inet", R.TABLE, "cidrport_a1")
+    cidrport = nft.list_set("inet", R.TABLE, "pcidrport_pcidrs")
     assert {"concat": [{"prefix": {"addr": "192.0.2.128", "len": 25}}, "tcp", {"range": [440, 450]}]} in cidrport
     assert {"concat": [{"prefix": {"addr": "192.0.2.0", "len": 24}}, "udp", {"range": [8000, 8100]}]} in cidrport
 
     text = _cli_ruleset(netns)
     assert 'log prefix "dbx_a1 " group 7' in text
     assert "ip saddr vmap @dbx_vmap" in text
-    assert "ip daddr 10.88.0.0/16 ip daddr @acct_acme accept" in text  # a2 (no policy)
-    assert "ip daddr 10.88.0.0/16 ip daddr @acct_beta accept" in text  # b1 (d2d on)
-    assert "@acct_acme accept" not in "\n".join(line for line in text.splitlines() if "dbx_a1" in line)
+    assert "ip daddr 10.88.0.0/16 ip daddr != @acct_acme drop" in text
+    assert "ip daddr 10.88.0.0/16 ip daddr != @acct_beta drop" in text
+    assert "ip daddr != 10.88.0.0/16 ip daddr @learned_a1 accept" in text
+    assert "jump pol_pcidrs" in text and "jump pol_pd2d" in text and "jump unrestricted" in text
+    assert _chain_rules(rs, "pol_pd2d")[0]["expr"][-1] == {"accept": None}  # d2d on
+    assert _chain_rules(rs, "pol_pcidrs")[0]["expr"][-1] == {"drop": None}  # d2d off
     # counts of live rules equal the compiled ones
     for d, members in ((A1, []), (A2, [A1.ip]), (B1, [])):
         compiled = [c for c in R.add_devbox(ROUTER, d, members)["nftables"] if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == d.chain]
         assert len(_chain_rules(rs, d.chain)) == len(compiled)
+    for pkey, egress in POLICIES.items():
+        chain = R.policy_chain(pkey)
+        compiled = [c for c in R.add_policy(ROUTER, pkey, egress)["nftables"] if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == chain]
+        assert len(_chain_rules(rs, chain)) == len(compiled)
 
 
 def test_add_devbox_is_repeatable(nft):
@@ -174,7 +187,7 @@ def test_add_devbox_is_repeatable(nft):
 def test_invalid_doc_raises_and_changes_nothing(nft):
     _setup(nft)
     before = nft.list_ruleset()
-    bad = R.update_egress(ROUTER, dataclasses.replace(A1, egress=Egress(allow_all=True)))
+    bad = R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True))
     bad["nftables"].append({"add": {"element": {"family": "inet", "table": R.TABLE, "name": "no_such_set", "elem": ["1.2.3.4"]}}})
     with pytest.raises(NftError) as e:
         nft.apply(bad)
@@ -193,30 +206,61 @@ def test_invalid_doc_raises_and_changes_nothing(nft):
     assert nft.list_ruleset() == before
 
 
-def test_update_egress_swaps_in_one_transaction(netns, nft):
+def test_update_policy_swaps_in_one_transaction(netns, nft):
     _setup(nft)
+    a3 = Devbox("a3", "acme", "10.88.0.5", "02:00:0a:58:00:05", "vda3", "pcidrs")
+    nft.apply(R.add_devbox(ROUTER, a3, [A1.ip, A2.ip]))
     nft.apply(R.learned_add("a1", [("93.184.216.34", 300)]))
-    new = dataclasses.replace(A1, egress=Egress(cidrs=(CidrRule("198.51.100.0/24", (PortRange(22),)),)))
-    nft.apply(R.update_egress(ROUTER, new, keep_learned=True))
-    assert nft.list_set("inet", R.TABLE, "cidr_a1") == []
-    assert nft.list_set("inet", R.TABLE, "cidrport_a1") == [
+    nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(cidrs=(CidrRule("198.51.100.0/24", (PortRange(22),)),))))
+    assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") == []
+    assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == [
         {"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, "tcp", 22]},
         {"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, "udp", 22]},
     ]
-    assert "93.184.216.34" in _learned(nft, "a1")
-    rules = _chain_rules(nft.list_ruleset(), "dbx_a1")
-    assert not any("@cidr_a1" in json.dumps(r["expr"]) for r in rules)  # no all-port CIDRs left
-    # to allow_all: learned flushed (default), chain ends in accept
-    nft.apply(R.update_egress(ROUTER, dataclasses.replace(A1, egress=Egress(allow_all=True))))
-    assert _learned(nft, "a1") == {}
-    assert nft.list_set("inet", R.TABLE, "cidrport_a1") == []
-    rules = _chain_rules(nft.list_ruleset(), "dbx_a1")
-    assert rules[-1]["expr"] == [{"accept": None}]
-    assert "@acct_acme" in json.dumps(rules[0]["expr"])
+    assert "93.184.216.34" in _learned(nft, "a1")  # learned sets are not the policy's
+    rules = _chain_rules(nft.list_ruleset(), "pol_pcidrs")
+    assert not any("@pcidr_pcidrs" in json.dumps(r["expr"]) for r in rules)  # no all-port CIDRs left
+    # both devboxes still jump to the one policy chain, untouched
+    for key in ("a1", "a3"):
+        assert {"jump": {"target": "pol_pcidrs"}} in [r["expr"][0] for r in _chain_rules(nft.list_ruleset(), "dbx_" + key)]
+    # to allow_all: the chain accepts same-account devboxes, then everything
+    nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)))
+    assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == []
+    rules = _chain_rules(nft.list_ruleset(), "pol_pcidrs")
+    assert [r["expr"][-1] for r in rules] == [{"accept": None}, {"accept": None}]
     # and back
-    nft.apply(R.update_egress(ROUTER, A1))
-    assert nft.list_set("inet", R.TABLE, "cidr_a1") != []
-    assert _chain_rules(nft.list_ruleset(), "dbx_a1")[-1]["expr"] == [{"drop": None}]
+    nft.apply(R.update_policy(ROUTER, "pcidrs", CIDRS))
+    assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") != []
+    assert _chain_rules(nft.list_ruleset(), "pol_pcidrs")[0]["expr"][-1] == {"drop": None}
+
+
+def test_policy_lifecycle_and_move(netns, nft):
+    _setup(nft)
+    # a policy still jumped to cannot be deleted (atomically refused)
+    before = nft.list_ruleset()
+    with pytest.raises(NftError):
+        nft.apply(R.remove_policy("pcidrs"))
+    assert nft.list_ruleset() == before
+    # move a1 to pd2d (keeping its learned set), then the unused policy can go
+    nft.apply(R.learned_add("a1", [("93.184.216.34", 300)]))
+    moved = dataclasses.replace(A1, policy="pd2d")
+    nft.apply(_cat(R.move_devbox(ROUTER, moved, flush_learned=False), R.remove_policy("pcidrs")))
+    rs = nft.list_ruleset()
+    assert ("inet", R.TABLE, "pol_pcidrs") not in _objects(rs, "chain")
+    assert ("inet", R.TABLE, "pcidr_pcidrs") not in _objects(rs, "set")
+    assert [r["expr"] for r in _chain_rules(rs, "dbx_a1")][2] == [{"jump": {"target": "pol_pd2d"}}]
+    assert "93.184.216.34" in _learned(nft, "a1")
+    # to no policy, flushing learned addresses
+    nft.apply(R.move_devbox(ROUTER, dataclasses.replace(A1, policy=None)))
+    assert [r["expr"] for r in _chain_rules(nft.list_ruleset(), "dbx_a1")][2] == [{"jump": {"target": "unrestricted"}}]
+    assert _learned(nft, "a1") == {}
+    # moving to a policy whose chain does not exist fails atomically
+    with pytest.raises(NftError):
+        nft.apply(R.move_devbox(ROUTER, dataclasses.replace(A1, policy="nosuch")))
+    # the last devbox of a policy leaves together with its policy
+    nft.apply(_cat(R.remove_devbox(ROUTER, B1, drop_account_set=True), R.remove_devbox(ROUTER, A1), R.remove_policy("pd2d")))
+    rs = nft.list_ruleset()
+    assert not any(n.startswith(("pol_", "pcidr")) for (_, _, n) in {**_objects(rs, "chain"), **_objects(rs, "set")})
 
 
 def test_remove_devbox(netns, nft):
@@ -225,8 +269,8 @@ def test_remove_devbox(netns, nft):
     nft.apply(R.remove_devbox(ROUTER, A1))
     rs = nft.list_ruleset()
     assert ("inet", R.TABLE, "dbx_a1") not in _objects(rs, "chain")
-    for name in ("learned_a1", "cidr_a1", "cidrport_a1"):
-        assert ("inet", R.TABLE, name) not in _objects(rs, "set")
+    assert ("inet", R.TABLE, "learned_a1") not in _objects(rs, "set")
+    assert ("inet", R.TABLE, "pol_pcidrs") in _objects(rs, "chain")  # the caller removes policies
     assert nft.list_set("inet", R.TABLE, "acct_acme") == ["10.88.0.3"]
     assert "10.88.0.2" not in dict(nft.list_set("inet", R.TABLE, R.VMAP))
     assert "vda1" not in nft.list_set("bridge", R.BRIDGE_TABLE, R.PORTS_SET)
@@ -267,7 +311,7 @@ def test_learned_timeouts_and_refresh(nft):
 
 def test_learned_elements_expire(nft):
     nft.apply(R.bootstrap(ROUTER))
-    nft.apply(R.add_devbox(ROUTER, A1, []))
+    nft.apply(_cat(R.add_policy(ROUTER, "pcidrs", CIDRS), R.add_devbox(ROUTER, A1, [])))
     nft.apply(R.learned_add("a1", [("93.184.216.34", 1)]))
     assert "93.184.216.34" in _learned(nft, "a1")
     time.sleep(1.6)
@@ -282,23 +326,24 @@ def test_full_reconciles_and_bootstrap_is_idempotent(netns, nft):
         {"add": {"table": {"family": "inet", "name": "foreign"}}},
         {"add": {"table": {"family": "inet", "name": "devbox_sim_uplink_x"}}},
     ]})
-    nft.apply(R.full(ROUTER, [A1, B1], learned={"a1": [("93.184.216.34", 300)]}))
+    nft.apply(R.full(ROUTER, [A1, B1], POLICIES, learned={"a1": [("93.184.216.34", 300)]}))
     rs = nft.list_ruleset()
     chains = _objects(rs, "chain")
     assert ("inet", R.TABLE, "stray") not in chains
     assert ("inet", R.TABLE, "dbx_a2") not in chains
     assert ("inet", R.TABLE, "dbx_a1") in chains
+    assert ("inet", R.TABLE, "pol_pcidrs") in chains
     assert nft.list_set("inet", R.TABLE, "acct_acme") == ["10.88.0.2"]
     assert _learned(nft, "a1")["93.184.216.34"]["timeout"] == 300
     assert ("inet", "foreign") in nft.list_tables()
     # full() twice gives the same ruleset (modulo learned expiry countdown)
-    nft.apply(R.full(ROUTER, [A1, B1]))
+    nft.apply(R.full(ROUTER, [A1, B1], POLICIES))
     once = _no_handles(nft.list_ruleset())
-    nft.apply(R.full(ROUTER, [A1, B1]))
+    nft.apply(R.full(ROUTER, [A1, B1], POLICIES))
     assert _no_handles(nft.list_ruleset()) == once
     nft.apply(R.bootstrap(ROUTER))
     nft.apply(R.bootstrap(ROUTER))
-    assert not any(n.startswith("dbx_") for (_, _, n) in _objects(nft.list_ruleset(), "chain"))
+    assert not any(n.startswith(("dbx_", "pol_")) for (_, _, n) in _objects(nft.list_ruleset(), "chain"))
     # delete_our_tables removes ours only
     deleted = nft.delete_our_tables()
     assert sorted(deleted) == [("bridge", R.BRIDGE_TABLE), ("inet", R.TABLE)]
@@ -313,7 +358,7 @@ def test_two_contexts_two_namespaces(netns):
         with Nft(netns) as n1, Nft(other) as n2:
             n1.apply(R.bootstrap(ROUTER))
             assert n2.list_tables() == []
-            n2.apply(R.full(ROUTER, [B1]))
+            n2.apply(R.full(ROUTER, [B1], POLICIES))
             assert "dbx_b1" not in _cli_ruleset(netns)
             assert "dbx_b1" in _cli_ruleset(other)
     finally:
@@ -335,8 +380,8 @@ def test_closed_context_raises(nft):
 
 def test_apply_timings(nft, capsys):
     """Not a benchmark gate (loose bounds only); prints the in-process costs."""
-    nft.apply(R.full(ROUTER, [A1, A2, B1]))
-    swap = [R.update_egress(ROUTER, dataclasses.replace(A1, egress=Egress(allow_all=True))), R.update_egress(ROUTER, A1)]
+    nft.apply(R.full(ROUTER, [A1, A2, B1], POLICIES))
+    swap = [R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)), R.update_policy(ROUTER, "pcidrs", CIDRS)]
     learn = R.learned_add("a1", [("93.184.216.34", 300)])
 
     def median(docs, n=200):
@@ -349,5 +394,5 @@ def test_apply_timings(nft, capsys):
 
     s, learned = median(swap), median([learn])
     with capsys.disabled():
-        print(f"\n[nft] egress swap {s * 1e3:.3f} ms, learned_add(1) {learned * 1e3:.3f} ms (median, in-process)")
+        print(f"\n[nft] policy swap {s * 1e3:.3f} ms, learned_add(1) {learned * 1e3:.3f} ms (median, in-process)")
     assert s < 0.05 and learned < 0.05

@@ -46,34 +46,46 @@ MIXED = Egress(
 )
 
 
-def box(key: str, account: str, n: int, egress: Egress | None) -> Devbox:
-    return Devbox(key, account, f"10.88.0.{n}", f"02:00:0a:58:00:{n:02x}", f"vd{key}", egress)
+def box(key: str, account: str, n: int, policy: str | None) -> Devbox:
+    return Devbox(key, account, f"10.88.0.{n}", f"02:00:0a:58:00:{n:02x}", f"vd{key}", policy)
 
 
-DENY = box("d1", "acme", 2, Egress())
-HOSTNAMES = box("d2", "acme", 3, Egress())  # names only: same rules, learned set gets filled
-ALLOW_ALL = box("d3", "acme", 4, Egress(allow_all=True))
+# policy key -> egress
+POLICIES = {
+    "pdeny": Egress(),  # deny all (or names only: same rules, the learned sets get filled)
+    "pall": Egress(allow_all=True),
+    "pmixed": MIXED,
+    "pd2d": dataclasses.replace(MIXED, allow_devbox_to_devbox=True),
+    "pd2donly": Egress(allow_devbox_to_devbox=True),
+}
+
+DENY = box("d1", "acme", 2, "pdeny")
+HOSTNAMES = box("d2", "acme", 3, "pdeny")
+ALLOW_ALL = box("d3", "acme", 4, "pall")
 NO_POLICY = box("d4", "beta", 5, None)
-CIDRS = box("d5", "beta", 6, MIXED)
-D2D = box("d6", "beta", 7, dataclasses.replace(MIXED, allow_devbox_to_devbox=True))
-D2D_ONLY = box("d7", "acme", 8, Egress(allow_devbox_to_devbox=True))
+CIDRS = box("d5", "beta", 6, "pmixed")
+D2D = box("d6", "beta", 7, "pd2d")
+D2D_ONLY = box("d7", "acme", 8, "pd2donly")
 
 CASES = {
     "bootstrap": lambda: R.bootstrap(ROUTER),
     "bootstrap_protected_log": lambda: R.bootstrap(ROUTER_FULL),
-    "add_deny_all": lambda: R.add_devbox(ROUTER, DENY, []),
-    "add_deny_all_log": lambda: R.add_devbox(ROUTER_FULL, DENY, []),
-    "add_hostnames_only": lambda: R.add_devbox(ROUTER, HOSTNAMES, ["10.88.0.2"]),
-    "add_allow_all": lambda: R.add_devbox(ROUTER, ALLOW_ALL, ["10.88.0.2", "10.88.0.3"]),
-    "add_no_policy": lambda: R.add_devbox(ROUTER, NO_POLICY, []),
-    "add_cidrs": lambda: R.add_devbox(ROUTER, CIDRS, ["10.88.0.5"]),
-    "add_cidrs_d2d": lambda: R.add_devbox(ROUTER, D2D, ["10.88.0.5", "10.88.0.6"]),
-    "add_d2d_only": lambda: R.add_devbox(ROUTER, D2D_ONLY, ["10.88.0.2"]),
-    "update_deny_to_cidrs": lambda: R.update_egress(ROUTER, dataclasses.replace(DENY, egress=MIXED)),
-    "update_to_allow_all_keep_learned": lambda: R.update_egress(
-        ROUTER, dataclasses.replace(CIDRS, egress=Egress(allow_all=True)), keep_learned=True
+    "policy_deny_all": lambda: R.add_policy(ROUTER, "pdeny", POLICIES["pdeny"]),
+    "policy_allow_all": lambda: R.add_policy(ROUTER, "pall", POLICIES["pall"]),
+    "policy_cidrs": lambda: R.add_policy(ROUTER, "pmixed", POLICIES["pmixed"]),
+    "policy_cidrs_d2d": lambda: R.add_policy(ROUTER, "pd2d", POLICIES["pd2d"]),
+    "policy_d2d_only": lambda: R.add_policy(ROUTER, "pd2donly", POLICIES["pd2donly"]),
+    "policy_update_deny_to_cidrs": lambda: R.update_policy(ROUTER, "pdeny", MIXED),
+    "policy_update_to_allow_all": lambda: R.update_policy(ROUTER, "pmixed", Egress(allow_all=True)),
+    "policy_remove": lambda: R.remove_policy("pmixed"),
+    "add_devbox": lambda: R.add_devbox(ROUTER, DENY, []),
+    "add_devbox_log": lambda: R.add_devbox(ROUTER_FULL, DENY, []),
+    "add_devbox_members": lambda: R.add_devbox(ROUTER, HOSTNAMES, ["10.88.0.2"]),
+    "add_devbox_no_policy": lambda: R.add_devbox(ROUTER, NO_POLICY, []),
+    "move_devbox": lambda: R.move_devbox(ROUTER, dataclasses.replace(DENY, policy="pmixed")),
+    "move_devbox_to_no_policy_keep_learned": lambda: R.move_devbox(
+        ROUTER_FULL, dataclasses.replace(CIDRS, policy=None), flush_learned=False
     ),
-    "update_to_no_policy": lambda: R.update_egress(ROUTER, dataclasses.replace(CIDRS, egress=None)),
     "remove_devbox": lambda: R.remove_devbox(ROUTER, CIDRS),
     "remove_last_in_account": lambda: R.remove_devbox(ROUTER, NO_POLICY, drop_account_set=True),
     "learned_add": lambda: R.learned_add("d2", [("93.184.216.34", 300), ("1.1.1.1", 60), ("93.184.216.34", 120)]),
@@ -81,6 +93,7 @@ CASES = {
     "full_two_accounts": lambda: R.full(
         ROUTER_FULL,
         [D2D, DENY, ALLOW_ALL, NO_POLICY, CIDRS, D2D_ONLY],
+        POLICIES,
         learned={"d1": [("93.184.216.34", 300)], "d6": [("1.1.1.1", 30)]},
     ),
 }
@@ -149,25 +162,62 @@ def test_forward_order_dns_and_protected_before_policy():
     assert policies[("inet", "input")] == "drop"
 
 
+SUBNET = {"prefix": {"addr": "10.88.0.0", "len": 16}}
+
+
 @pytest.mark.parametrize("devbox", [DENY, ALLOW_ALL, NO_POLICY, CIDRS, D2D, D2D_ONLY], ids=lambda d: d.key)
-def test_devbox_chain_guards_subnet_first(devbox):
-    rules = _rules(R.add_devbox(ROUTER, devbox, []), devbox.chain)
-    subnet = {"prefix": {"addr": "10.88.0.0", "len": 16}}
-    same_account = {"match": {"op": "==", "left": R.IP_DADDR, "right": "@acct_" + devbox.account}}
-    d2d = devbox.egress is None or devbox.egress.allow_all or devbox.egress.allow_devbox_to_devbox
-    first_accept_or_drop_outside_subnet = None
-    for i, rule in enumerate(rules):
-        in_subnet = {"match": {"op": "==", "left": R.IP_DADDR, "right": subnet}} in rule["expr"]
-        if not in_subnet:
-            first_accept_or_drop_outside_subnet = i
-            break
-        if same_account in rule["expr"]:
-            assert d2d
-    # The subnet guard (accept same account, then drop) precedes every other rule.
-    subnet_rules = rules[:first_accept_or_drop_outside_subnet]
-    assert subnet_rules[-1]["expr"][-1] == {"drop": None}
-    assert len(subnet_rules) == (2 if d2d else 1)
-    assert rules[-1]["expr"][-1] == ({"accept": None} if d2d and (devbox.egress is None or devbox.egress.allow_all) else {"drop": None})
+@pytest.mark.parametrize("router", [ROUTER, ROUTER_FULL], ids=["plain", "log"])
+def test_devbox_chain_guards_subnet_first(devbox, router):
+    rules = [r["expr"] for r in _rules(R.add_devbox(router, devbox, []), devbox.chain)]
+    # 1. the subnet guard: another account's devbox is dropped before anything else
+    assert rules[0] == [
+        {"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}},
+        {"match": {"op": "!=", "left": R.IP_DADDR, "right": "@acct_" + devbox.account}},
+        {"drop": None},
+    ]
+    # 2. learned addresses only open destinations outside the subnet
+    assert rules[1] == [
+        {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}},
+        {"match": {"op": "==", "left": R.IP_DADDR, "right": "@learned_" + devbox.key}},
+        {"accept": None},
+    ]
+    # 3. the policy decides the rest; what it does not accept is (logged and) dropped
+    target = R.UNRESTRICTED_CHAIN if devbox.policy is None else "pol_" + devbox.policy
+    assert rules[2] == [{"jump": {"target": target}}]
+    assert rules[-1] == [{"drop": None}]
+    assert len(rules) == (5 if router.log_group is not None else 4)
+    # nothing in the devbox chain depends on its policy's content
+    assert json.dumps(rules).count("@") == 2
+
+
+@pytest.mark.parametrize("pkey", sorted(POLICIES))
+def test_policy_chain_decides_same_account_first(pkey):
+    egress = POLICIES[pkey]
+    rules = [r["expr"] for r in _rules(R.add_policy(ROUTER, pkey, egress), R.policy_chain(pkey))]
+    d2d = egress.allow_all or egress.allow_devbox_to_devbox
+    assert rules[0] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}, {"accept": None} if d2d else {"drop": None}]
+    if egress.allow_all:
+        assert rules[1:] == [[{"accept": None}]]
+    # every other rule accepts: what is not accepted returns to the devbox chain
+    assert all(r[-1] == {"accept": None} for r in rules[1:])
+    # the policy chain is the same for every router option (log lives in the devbox chain)
+    assert R.add_policy(ROUTER, pkey, egress) == R.add_policy(ROUTER_FULL, pkey, egress)
+
+
+def test_policy_update_touches_only_the_policy():
+    cmds = R.update_policy(ROUTER, "pmixed", MIXED)["nftables"]
+    names = set()
+    for cmd in cmds:
+        ((_, obj),) = cmd.items()
+        ((kind, body),) = obj.items()
+        names.add(body.get("chain") or body["name"])
+    assert names == {"pol_pmixed", "pcidr_pmixed", "pcidrport_pmixed"}
+    assert cmds[:3] == R._flush_policy("pmixed")
+
+
+def test_unrestricted_chain_accepts():
+    doc = R.bootstrap(ROUTER)
+    assert [r["expr"] for r in _rules(doc, R.UNRESTRICTED_CHAIN)] == [[{"accept": None}]]
 
 
 def test_learned_add_sets_expires_equal_timeout_and_dedupes():
@@ -212,8 +262,13 @@ def test_learned_add_sets_expires_equal_timeout_and_dedupes():
         lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", protected=("nope",)),
         lambda: R.learned_add("d1", [("1.2.3.4", 0)]),
         lambda: R.learned_add("D1", [("1.2.3.4", 5)]),
-        lambda: R.full(ROUTER, [DENY, dataclasses.replace(DENY, ip="10.88.0.99")]),
-        lambda: R.full(ROUTER, [DENY, dataclasses.replace(ALLOW_ALL, ip=DENY.ip)]),
+        lambda: R.full(ROUTER, [DENY, dataclasses.replace(DENY, ip="10.88.0.99")], POLICIES),
+        lambda: R.full(ROUTER, [DENY, dataclasses.replace(ALLOW_ALL, ip=DENY.ip)], POLICIES),
+        lambda: R.full(ROUTER, [DENY], {}),  # its policy is missing
+        lambda: Devbox("d1", "a", "10.88.0.2", "02:00:00:00:00:01", "vd1", "P-1"),
+        lambda: R.add_policy(ROUTER, "p_1", Egress()),
+        lambda: R.update_policy(ROUTER, "", Egress()),
+        lambda: R.remove_policy("x" * 25),
     ],
 )
 def test_invalid_input_rejected(make):

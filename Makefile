@@ -13,6 +13,10 @@ test:
 	./scripts/bootstrap.sh --test
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
+BENCHES ?= policies_api policy_update devbox_create resolver resolve_connect throughput
+
+# Each benchmark prints ratios against a baseline from the same run and writes
+# bench/results/<name>.json. Most need root (namespaces); none sends packets off the machine.
 bench:
 	./scripts/bootstrap.sh --test
-	.venv/bin/python bench/policies_api.py
+	for b in $(BENCHES); do .venv/bin/python bench/$$b.py || exit 1; done

@@ -637,10 +637,21 @@ def test_adopt_alive_and_orphans(make_sandbox, netns_name, data_dir, uniq):
     assert kill_orphans(prefix, known=[sb.name]) == [orphan]
     assert not other.alive()
     assert sb.alive()
-    assert find_orphans(prefix) == [sb.holder_pid]
+    # A killed PID-namespace init can linger in /proc for a moment while the kernel reaps
+    # its namespace: poll (bounded) rather than read once.
+    assert _settled(lambda: find_orphans(prefix), [sb.holder_pid])
     again.stop()
     assert not sb.alive()
-    assert find_orphans(prefix) == []
+    assert _settled(lambda: find_orphans(prefix), [])
+
+
+def _settled(read, want, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while read() != want:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)  # polling /proc with a deadline
+    return True
 
 
 @pytest.mark.privileged

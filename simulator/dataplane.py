@@ -255,8 +255,10 @@ class DataPlane:
                         state = self._policies[key]
                     attached.policy = state.policy  # every user of a policy runs the same version
                 attached.view = self._view(state, account)
-                members = [a.address.ip for a in self._by_id.values() if a.account == account]
-                doc += ruleset.add_devbox(self._rules_router, self._rules_devbox(attached), members)["nftables"]
+                # The account set already holds the other members (created with the account's
+                # first devbox, dropped with its last): only this devbox's IP is new. Re-sending
+                # every member made each connect O(devboxes).
+                doc += ruleset.add_devbox(self._rules_router, self._rules_devbox(attached))["nftables"]
                 self._nft.apply({"nftables": doc})
                 if state is not None:
                     self._policies[state.key] = state

@@ -20,16 +20,13 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._stats import percentile, write_results  # noqa: E402
 from tests.server import ServerProcess  # noqa: E402
 
 IN_A_ROW = 100
 HELD = 500
 HEADERS = {"Authorization": "Bearer bench-devboxes"}
 
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def stats(values):
@@ -102,8 +99,7 @@ def main() -> int:
         and result["held_500"]["p95_ms"] <= 50
         and result["growth_last_vs_first_p50"] <= 2
     )
-    out = ROOT / "bench" / "results" / "devbox_create.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("devbox_create", result)
     print(json.dumps(result, indent=2))
     return 0
 

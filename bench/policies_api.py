@@ -10,7 +10,6 @@ Writes bench/results/policies_api.json. Goal: p99 < 10 ms at 200 requests/s.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._stats import percentile, write_results  # noqa: E402
 from tests.server import ServerProcess  # noqa: E402
 
 RATE = 200.0
@@ -28,10 +28,6 @@ POLICIES = 1000
 ACCOUNTS = 10  # 100 policies each: the default per-account quota
 BURST_SECONDS = 3.0
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def paced(client: httpx.Client, requests: list[tuple[str, str, dict]], rate: float) -> list[float]:
@@ -118,9 +114,7 @@ def main() -> int:
         "goal": "p99 < 10 ms at 200 requests/s",
     }
     results["goal_met"] = all(results[k]["p99_ms"] < 10 for k in ("create", "get", "list_limit_20"))
-    out = ROOT / "bench" / "results" / "policies_api.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_results("policies_api", results)
     for key in ("baseline_healthz", "create", "get", "list_limit_20"):
         r = results[key]
         ratio = f"  ({r['p50_vs_baseline']}x baseline p50)" if "p50_vs_baseline" in r else ""

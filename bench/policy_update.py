@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._stats import percentile, write_results  # noqa: E402
 
 from simulator.dataplane import DataPlane, DataPlaneConfig  # noqa: E402
 from simulator.policy_model import AllowedCidr, Egress, NetworkPolicy, PortRule  # noqa: E402
@@ -40,10 +41,6 @@ VARIANTS = [
            allowed_cidrs=(AllowedCidr("198.51.100.0/24", (PortRule(8000, 8100, None),)), AllowedCidr("203.0.113.7/32"))),
 ]
 
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def measure(dataplane: DataPlane, policy: NetworkPolicy, count: int) -> list[float]:
@@ -91,8 +88,7 @@ def main() -> int:
     }
     result["ratio_p50_vs_baseline"] = round(result[f"{DEVBOXES}_devboxes"]["p50_ms"] / result["baseline_1_devbox"]["p50_ms"], 2)
     result["goal_met"] = result[f"{DEVBOXES}_devboxes"]["p99_ms"] <= 5
-    out = ROOT / "bench" / "results" / "policy_update.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("policy_update", result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._stats import percentile, write_results  # noqa: E402
 
 from simulator.dataplane import DataPlane, DataPlaneConfig  # noqa: E402
 from simulator.policy_model import Egress, NetworkPolicy  # noqa: E402
@@ -103,10 +104,6 @@ for line in sys.stdin:
     print("%s %s %.4f %.4f" % (result, ip, (t1 - t0) * 1e3, (t2 - t1) * 1e3), flush=True)
 '''
 
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def world_hosts() -> dict[str, str]:
@@ -292,9 +289,7 @@ def main() -> int:
         trials_done == TRIALS and not failures and not_via_resolver == 0
         and controls_blocked == len(controls) == CONTROLS and all(n == 0 for n in set_checks)
     )
-    out = ROOT / "bench" / "results" / "resolve_connect.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results("resolve_connect", result)
     print(json.dumps(result, indent=2))
     return 0
 

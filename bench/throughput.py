@@ -29,7 +29,6 @@ Needs root; touches only namespaces it creates.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import queue
 import random
@@ -46,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._stats import write_results  # noqa: E402
 
 from simulator.dataplane import DataPlane, DataPlaneConfig  # noqa: E402
 from simulator.policy_model import AllowedCidr, Egress, NetworkPolicy, PortRule  # noqa: E402
@@ -275,9 +275,7 @@ def main() -> int:
     result["goal_met"] = (
         result["ratio_filtered_vs_unfiltered"] >= 0.95 and size_after >= LEARNED + 1 and blocked.startswith("blocked")
     )
-    out = ROOT / "bench" / "results" / "throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_results("throughput", result)
     print(f"unfiltered {unfiltered:.2f} Gbit/s, filtered {filtered:.2f} Gbit/s (means); median per-round ratio "
           f"{result['ratio_filtered_vs_unfiltered']:.3f}x (goal >= 0.95x): {'met' if result['goal_met'] else 'NOT met'}")
     print(f"written to {out}")

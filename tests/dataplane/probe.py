@@ -13,7 +13,6 @@ Prints one line: ``OK <detail>`` or ``FAIL <reason>``. Usage (argv):
 import socket
 import struct
 import sys
-import time
 
 TIMEOUT = 1.5
 

@@ -20,6 +20,12 @@ Data flow for one query::
                            ▼
     devbox ◀── reply ── server.DnsServer
 
+Hot path: when DnsServer serves ``Resolver.resolve`` it calls ``Resolver.resolve_wire`` on the
+thread that received the datagram. Plain queries are answered from wire bytes (``wire``):
+cached answer sections are spliced behind the client's question with TTLs patched, upstream
+answers are relayed as received (pooled upstream sockets). Anything unusual goes the dnslib
+way above. Same policy, callbacks and order on both paths.
+
 The DNS side only *reports* answered addresses; opening them in nftables is the caller's job.
 """
 

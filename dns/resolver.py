@@ -15,7 +15,21 @@ Every A/AAAA the client is about to receive is passed to ``on_answer`` BEFORE ``
 returns, i.e. before the server sends the reply, so the firewall can open the address before
 the client can possibly connect to it. If ``on_answer`` fails we answer SERVFAIL: never hand
 out an address the firewall may not know about (fail closed).
+
+Two ways in, one policy:
+
+* ``resolve(client_ip, DNSRecord) -> DNSRecord`` - the general path, on dnslib objects.
+* ``resolve_wire(client_ip, bytes) -> bytes | None`` - the hot path DnsServer uses when it
+  serves ``resolver.resolve``: plain queries (see ``wire``) are answered from wire bytes
+  without dnslib - cached answer sections are spliced behind the client's question with
+  their TTLs patched, upstream answer sections are relayed as received when every record in
+  them is on the CNAME chain. It returns None, before calling any callback, for a query it
+  does not handle; the server then uses ``resolve``. Decisions, callbacks and their order,
+  events and replies are the same on both paths (tests/dns/test_dns_wire.py compares them).
+
+``close()`` releases pooled upstream sockets (DnsServer.stop calls it); still usable after.
 """
+
 
 from __future__ import annotations
 
@@ -26,6 +40,7 @@ from typing import Protocol
 
 from dnslib import QTYPE, RCODE, RR, DNSQuestion, DNSRecord, OPCODE
 
+from . import wire
 from .cache import AnswerCache
 from .client import ClientView
 from .event import QueryEvent
@@ -37,6 +52,9 @@ from .message import (
     qtype_name,
     question,
     rcode_name,
+    truncated,
+    with_edns,
+    ADDRESS_TYPES,
 )
 from .patterns import normalise_name
 from .upstream import UpstreamError
@@ -55,6 +73,8 @@ OnQuery = Callable[[QueryEvent], None]
 
 class UpstreamLike(Protocol):
     def query(self, request: DNSRecord) -> DNSRecord: ...
+
+    # Optional (Upstream has it): query_wire(name_wire, qtype) -> (raw reply, question section)
 
 
 class _Failure(Exception):
@@ -204,7 +224,7 @@ class Resolver:
             self.cache.put(qname, qtype, records)
         return rcode, records
 
-    def _chase(self, qname: str, qtype: int) -> tuple[int, list[RR]]:
+    def _chase(self, qname: str, qtype: int, first: DNSRecord | None = None) -> tuple[int, list[RR]]:
         """Ask upstream, following CNAMEs across replies until the chain ends.
 
         Only records on the chain from ``qname`` are kept: an upstream that volunteers
@@ -216,7 +236,7 @@ class Resolver:
         # Each round is one upstream query; each hop adds a name to `seen`, so the
         # depth check below bounds the rounds to MAX_CNAME_DEPTH + 1.
         for _round in range(MAX_CNAME_DEPTH + 1):
-            reply = self._ask(name, qtype)
+            reply, first = (first, None) if first is not None else (self._ask(name, qtype), None)
             if reply.header.rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
                 raise _Failure("upstream_error", f"upstream answered {rcode_name(reply.header.rcode)}")
             name, done = self._follow(reply.rr, name, qtype, chain, seen)
@@ -265,6 +285,138 @@ class Resolver:
         except UpstreamError as exc:
             raise _Failure("upstream_error", str(exc)) from exc
 
+    # -- hot path (wire format) -------------------------------------------------------------
+
+    def resolve_wire(self, client_ip: str, data: bytes, tcp: bool = False) -> bytes | None:
+        """The reply to query ``data`` in wire form, or None - with no callback called - to
+        say "use ``resolve``". Over UDP a reply larger than the client accepts (512 bytes,
+        or its EDNS0 size) is truncated with TC set, as DnsServer does on the general path."""
+        q = wire.parse_query(data)
+        if q is None:
+            return None
+        max_size = 65535 if tcp else q.udp_limit
+        arrived = self._wall_clock()
+        qtype = qtype_name(q.qtype)
+        base = dict(client_ip=client_ip, qname=q.name, qtype=qtype, time=arrived)
+        try:
+            out, event = self._decide_wire(client_ip, data, q, base, max_size)
+        except Exception as exc:  # as in resolve: one SERVFAIL, never a dead thread
+            log.exception("resolver failed for %s %s from %s", q.name, qtype, client_ip)
+            out = wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size)
+            event = QueryEvent(
+                **base, verdict="error", reason="internal_error", error=repr(exc), rcode="SERVFAIL"
+            )
+        self._emit(event)
+        return out
+
+    def _decide_wire(self, client_ip, data, q: wire.Query, base, max_size) -> tuple[bytes, QueryEvent]:
+        # Same order as _decide; the request is already known to be a plain QUERY.
+        view = self._clients(client_ip)
+        if view is None:
+            return wire.empty_reply(data, q, RCODE.REFUSED, max_size=max_size), QueryEvent(
+                **base, verdict="denied", reason="unknown_client", rcode="REFUSED"
+            )
+
+        if view.local_answer is not None:
+            local = view.local_answer(q.name, base["qtype"])
+            if local is not None:
+                # Rare and built from text: the dnslib way, then packed.
+                request = DNSRecord.parse(data)
+                reply, event = self._local(client_ip, request, request.q, view, local, base)
+                return _fit(with_edns(request, reply), max_size), event
+
+        if view.allow_all:
+            reason, pattern = "allow_all", None
+        elif view.matcher is None or len(view.matcher) == 0:
+            return self._deny_wire(data, q, "deny_all", base, max_size)
+        else:
+            pattern = view.matcher.match(q.name)
+            if pattern is None:
+                return self._deny_wire(data, q, "no_matching_pattern", base, max_size)
+            reason = "pattern"
+        allowed = dict(base, verdict="allowed", reason=reason, matched_pattern=pattern)
+
+        if q.qtype == QTYPE.AAAA and not view.ipv6:
+            return wire.empty_reply(data, q, RCODE.NOERROR, max_size=max_size), QueryEvent(**allowed)
+
+        try:
+            rcode, section, found, ttl = self._lookup_wire(q)
+        except _Failure as failure:
+            return self._servfail_wire(data, q, allowed, failure.reason, failure.error, max_size)
+
+        if found and self._on_answer is not None:
+            try:
+                self._on_answer(client_ip, q.name, found)
+            except Exception as exc:
+                log.warning("on_answer failed for %s from %s: %r", q.name, client_ip, exc)
+                return self._servfail_wire(data, q, allowed, "on_answer_failed", repr(exc), max_size)
+        out = wire.reply(data, q, rcode, section.data if section else b"",
+                         section.count if section else 0, max_size=max_size)
+        event = QueryEvent(
+            **allowed, addresses=[address for address, _ttl in found], ttl=ttl, rcode=rcode_name(rcode)
+        )
+        return out, event
+
+    def _deny_wire(self, data, q, reason, base, max_size):
+        return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), QueryEvent(
+            **base, verdict="denied", reason=reason, rcode="NXDOMAIN"
+        )
+
+    def _servfail_wire(self, data, q, fields, reason, error, max_size):
+        fields = dict(fields, verdict="error", reason=reason, error=error, rcode="SERVFAIL")
+        return wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size), QueryEvent(**fields)
+
+    def _lookup_wire(self, q: wire.Query):
+        """(rcode, section or None, [(address, ttl)], smallest TTL) for an allowed name."""
+        name_len = len(q.name_wire)
+        hit = self.cache.lookup(q.name, q.qtype)
+        if hit is not None and hit[0].name_len == name_len:
+            section, elapsed = hit
+            data, found, ttl = section.aged(elapsed)
+            return RCODE.NOERROR, _Spliced(data, section.count), found, ttl
+        rcode, section = self._chase_wire(q)
+        if section is None:
+            return rcode, None, [], None
+        if rcode == RCODE.NOERROR:
+            self.cache.put_section(q.name, q.qtype, section)
+        return rcode, section, section.found(), section.min_ttl
+
+    def _chase_wire(self, q: wire.Query) -> tuple[int, wire.Section | None]:
+        """_chase for the common case - the whole chain in the first reply, nothing dropped -
+        without dnslib; any other reply continues in _chase from where it stands."""
+        query_wire = getattr(self._upstream, "query_wire", None)
+        first = None
+        if query_wire is not None:
+            try:
+                raw, qsection = query_wire(q.name_wire, q.qtype)
+            except UpstreamError as exc:
+                raise _Failure("upstream_error", str(exc)) from exc
+            got = wire.read_answers(raw, qsection)
+            if got is not None:
+                rcode, records, data, offsets = got
+                if rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+                    raise _Failure("upstream_error", f"upstream answered {rcode_name(rcode)}")
+                if _whole_chain(records, q.name, q.qtype):
+                    addresses = [(rr.value, i) for i, rr in enumerate(records) if rr.rtype in ADDRESS_TYPES]
+                    ttls = [rr.ttl for rr in records]
+                    return rcode, (wire.Section(data, offsets, ttls, addresses, len(q.name_wire)) if records else None)
+            try:
+                first = DNSRecord.parse(raw)
+            except Exception as exc:
+                raise _Failure("upstream_error", f"unreadable reply: {exc!r}") from exc
+        rcode, records = self._chase(q.name, q.qtype, first)
+        if not records:
+            return rcode, None
+        section = wire.section_from_records(q.name, q.qtype, records)
+        if section is None or section.name_len != len(q.name_wire):
+            raise _Failure("internal_error", "answer could not be packed")
+        return rcode, section
+
+    def close(self) -> None:
+        close = getattr(self._upstream, "close", None)
+        if close is not None:
+            close()
+
     # -- reporting ---------------------------------------------------------------------
 
     def _emit(self, event: QueryEvent) -> None:
@@ -279,3 +431,49 @@ class Resolver:
 
 def _owner(rr: RR) -> str:
     return normalise_name(str(rr.rname))
+
+
+class _Spliced:
+    """A cached section's bytes as aged for this reply (count as in the section)."""
+
+    __slots__ = ("data", "count")
+
+    def __init__(self, data: bytes, count: int):
+        self.data = data
+        self.count = count
+
+
+def _whole_chain(records, qname: str, qtype: int) -> bool:
+    """Whether _chase would keep exactly ``records`` (wire.Record), in order, and stop.
+
+    Mirrors _follow for A/AAAA questions: CNAMEs from ``qname`` in chain order, then the
+    records of the wanted type for the chain's end. Anything else is left to _chase.
+    """
+    if qtype not in ADDRESS_TYPES:
+        return False
+    name = qname
+    seen = {qname}
+    i = 0
+    n = len(records)
+    while i < n:
+        rr = records[i]
+        if rr.rtype == qtype and rr.owner == name:
+            # The rest must be exactly the wanted records of `name` (_follow takes them all).
+            return all(r.rtype == qtype and r.owner == name for r in records[i:])
+        if rr.rtype != QTYPE.CNAME or rr.owner != name:
+            return False
+        # _follow takes the first CNAME of `name`; a second one would be dropped.
+        name = rr.value
+        if name in seen or len(seen) > MAX_CNAME_DEPTH:
+            return False
+        seen.add(name)
+        i += 1
+    # No records at all (NODATA / NXDOMAIN) ends the chase; CNAMEs only need another round.
+    return n == 0
+
+
+def _fit(reply: DNSRecord, max_size: int) -> bytes:
+    out = reply.pack()
+    if len(out) > max_size:
+        out = truncated(reply).pack()
+    return out

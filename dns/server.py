@@ -11,6 +11,18 @@ Threads (all daemon):
   connections    one thread per TCP connection (capped), several length-framed queries
                  each, closed after an idle timeout.
 
+Wire handlers. When the handler is the bound ``resolve`` of an object that also has
+``resolve_wire(client_ip, data, tcp=False) -> bytes | None`` (``Resolver``), UDP is served
+without the io thread and the queue: the workers themselves block in ``recvfrom`` on the UDP
+sockets (the kernel wakes one of them per datagram), ask ``resolve_wire`` for the reply bytes
+and send them - one thread and no hand-off per query, so a cache hit is answered by the
+thread that received it, and a query that needs the upstream occupies that thread as before.
+The kernel's socket buffer is then the bound on pending datagrams. ``resolve_wire`` returning
+None means "not a query I handle": the worker then takes the general path below (parse,
+handler, pack), which also counts malformed datagrams. TCP queries try ``resolve_wire`` too.
+``stop()`` also calls the handler object's ``close()`` if it has one (the resolver releases
+its pooled upstream sockets; it stays usable).
+
 Sockets are handed in already bound, because the simulator creates them inside the router's
 network namespace; the server owns them from then on and closes them in ``stop()``.
 """
@@ -149,6 +161,10 @@ class DnsServer:
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
         self.stats = ServerStats()
+        owner = getattr(handler, "__self__", None)
+        resolve_wire = getattr(owner, "resolve_wire", None)
+        self._wire = resolve_wire if getattr(handler, "__name__", None) == "resolve" else None
+        self._owner_close = getattr(owner, "close", None) if self._wire is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -164,8 +180,16 @@ class DnsServer:
         if self._started:
             raise RuntimeError("DnsServer already started")
         self._started = True
-        for i in range(self._workers_n):
-            self._spawn(self._worker, f"{self._name}-worker-{i}")
+        if self._wire is not None and self._udp:
+            # Readers per socket; with more sockets than workers, one each.
+            per_socket = max(1, self._workers_n // len(self._udp))
+            for index, sock in enumerate(self._udp):
+                sock.setblocking(True)
+                for i in range(per_socket):
+                    self._spawn(lambda sock=sock: self._reader(sock), f"{self._name}-worker-{index}.{i}")
+        else:
+            for i in range(self._workers_n):
+                self._spawn(self._worker, f"{self._name}-worker-{i}")
         self._io_thread = self._spawn(self._io_loop, f"{self._name}-io")
         return self
 
@@ -191,6 +215,14 @@ class DnsServer:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if self._wire is not None:
+            for sock in self._udp:
+                try:
+                    # Wakes every reader blocked in recvfrom(), even on an unconnected UDP
+                    # socket (Linux reports ENOTCONN but shuts the socket down anyway).
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         # Unblock idle workers. Pending datagrams are discarded: we are shutting down.
         for _ in range(self._queue.maxsize):
             try:
@@ -208,6 +240,11 @@ class DnsServer:
                 log.warning("%s did not stop within %.1fs", thread.name, timeout)
         for sock in self._udp + self._tcp + [self._wake_r, self._wake_w]:
             sock.close()
+        if self._owner_close is not None:
+            try:
+                self._owner_close()
+            except Exception:
+                log.exception("%s: closing the handler failed", self._name)
 
     def __enter__(self) -> DnsServer:
         return self.start()
@@ -226,7 +263,7 @@ class DnsServer:
     def _io_loop(self) -> None:
         with selectors.DefaultSelector() as sel:
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-            for sock in self._udp:
+            for sock in self._udp if self._wire is None else ():
                 sock.setblocking(False)
                 sel.register(sock, selectors.EVENT_READ, "udp")
             for sock in self._tcp:
@@ -297,6 +334,37 @@ class DnsServer:
             except Exception:
                 log.exception("%s: failed to answer %s", self._name, addr)
 
+    def _reader(self, sock: socket.socket) -> None:
+        """Wire-handler mode: receive, answer, send - all on this thread."""
+        resolve_wire = self._wire
+        stopping = self._stopping
+        stats = self.stats
+        while True:
+            try:
+                data, addr = sock.recvfrom(65535)
+            except OSError:
+                if stopping.is_set():
+                    return
+                time.sleep(0.001)  # e.g. a queued ICMP error; never spin on a broken socket
+                continue
+            if stopping.is_set():
+                return
+            stats.incr("udp_received")
+            try:
+                wire = resolve_wire(addr[0], data)
+                if wire is None:
+                    self._answer_udp(sock, data, addr)
+                    continue
+                if wire[2] & 0x02:
+                    stats.incr("udp_truncated")
+                try:
+                    sock.sendto(wire, addr)
+                except OSError:
+                    continue  # socket full or closed by stop(): UDP clients retry
+                stats.incr("answered")
+            except Exception:
+                log.exception("%s: failed to answer %s", self._name, addr)
+
     def _answer_udp(self, sock: socket.socket, data: bytes, addr) -> None:
         request = self._parse(data)
         if request is None:
@@ -328,6 +396,12 @@ class DnsServer:
                 data = _recv_exact(conn, length, deadline) if length else None
                 if data is None:
                     return
+                wire = self._wire(addr[0], data, tcp=True) if self._wire is not None else None
+                if wire is not None:
+                    conn.settimeout(self._idle)
+                    conn.sendall(struct.pack("!H", len(wire)) + wire)
+                    self.stats.incr("answered")
+                    continue
                 request = self._parse(data)
                 if request is None:
                     return  # framing can no longer be trusted: close

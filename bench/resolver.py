@@ -1,0 +1,396 @@
+"""Benchmark: the policy resolver against the upstream it forwards to, on loopback only.
+
+Goals: through-resolver queries/s >= 0.8x the upstream queried directly (uncached),
+>= 2x on cache hits, and <= 0.15 ms added p50 latency (one client).
+
+Setup (all on 127.0.0.0/8; no packet leaves the machine):
+
+  upstream   process: dns.Zone (NAMES names *.bench.example -> 100.64.x.y, TTL 3600) served by
+             dns.DnsServer on 127.0.0.1 - the baseline, queried directly by the clients.
+  resolvers  one process each, dns.Resolver served by dns.DnsServer on 127.0.0.2, forwarding
+             to the upstream; the client address 127.0.0.3 has a ClientView allowing
+             *.bench.example. Variants:
+               memory-nocache  AnswerCache(0); on_answer records (ip -> qname -> expiry) in a
+                               dict, like Attached.learned: isolates the resolver's own cost
+               memory-cache    default AnswerCache, warmed with HOT names before measuring
+               nft-nocache     like memory-nocache, and on_answer also does a real nft
+               nft-cache       learned_add (netns.ruleset) into a learned timeout set in a
+                               throwaway network namespace this script creates (and deletes)
+  clients    this process: 1 or 8 threads, each a connected UDP socket bound to 127.0.0.3,
+             closed loop (send, wait for the matching reply, repeat) for SECONDS; pre-built
+             query wire (only the ID is patched) so the load generator stays cheap.
+
+"uncached": distinct names cycled from NAMES (the zone never caches; resolver cache off).
+"hot": HOT names that every cache-on resolver has answered once before the measurement;
+the direct baseline for hot names is the same upstream (a zone lookup is its "cache").
+Every measurement is run ROUNDS times, interleaved; qps is the mean over rounds and
+latency percentiles are over all queries of all rounds. Server processes' CPU time per
+query (from /proc) is reported too, for the analysis. Writes bench/results/resolver.json.
+
+Servers run in child processes (this same file with --serve) so client threads, resolver
+and upstream do not share one GIL; children exit when their stdin closes, and the parent
+terminates/kills them and deletes the namespace in ``finally`` (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+UPSTREAM_IP, RESOLVER_IP, CLIENT_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+SUFFIX = "bench.example"
+NAMES = 60_000
+HOT = 256
+TTL = 3600
+SECONDS = 3.0
+ROUNDS = 2
+THREADS = (1, 8)
+QUERY_TIMEOUT = 1.0
+VARIANTS = ("memory-nocache", "memory-cache", "nft-nocache", "nft-cache")
+LEARNED_KEY = "bench"
+
+
+def name(i: int) -> str:
+    return f"n{i}.{SUFFIX}"
+
+
+def address(i: int) -> str:
+    # 100.64.0.0/10 (shared address space): only ever a DNS answer / set element, never a
+    # destination; picked so that even a mistake could not reach anything real.
+    return f"100.{64 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}"
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _throwaway_learned_set(ns: str):
+    """Coupling to netns internals kept here: a namespace with only our learned timeout set
+    (same table/set names and type as netns.ruleset uses), and an on_answer step doing what
+    DataPlane._on_answer does for a restricted devbox. Returns (apply_answers, close)."""
+    from netns import namespaces, ruleset
+    from netns.nft import Nft
+
+    namespaces.create(ns)
+    nft = Nft(ns)
+    table = {"family": "inet", "table": ruleset.TABLE}
+    nft.apply({"nftables": [
+        {"add": {"table": {"family": "inet", "name": ruleset.TABLE}}},
+        {"add": {"set": dict(table, name=ruleset.learned_set(LEARNED_KEY), type="ipv4_addr", flags=["timeout"])}},
+    ]})
+
+    def apply_answers(entries):
+        nft.apply(ruleset.learned_add(LEARNED_KEY, entries))
+
+    def close():
+        nft.close()
+        namespaces.delete(ns)
+
+    return apply_answers, close
+
+
+def serve(args) -> None:
+    from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, Resolver, Upstream, Zone, bind_udp
+
+    close = None
+    if args.serve == "upstream":
+        zone = Zone({name(i): [address(i)] for i in range(NAMES)}, ttl=TTL)
+        server = DnsServer(zone.resolve, udp_sockets=[bind_udp(UPSTREAM_IP, 0)], name="upstream")
+    else:
+        view = ClientView(matcher=HostnameMatcher([f"*.{SUFFIX}"]), allow_all=False)
+        learned: dict[str, dict[str, float]] = {}
+        lock = threading.Lock()
+        nft_add = None
+        if args.serve.startswith("nft"):
+            nft_add, close = _throwaway_learned_set(args.netns)
+
+        def on_answer(client_ip, qname, answers):
+            now = time.monotonic()
+            entries = []
+            with lock:
+                for addr, ttl in answers:
+                    timeout = max(ttl, 60) + 30  # as DataPlane._on_answer
+                    learned.setdefault(addr, {})[qname] = now + timeout
+                    entries.append((addr, timeout))
+            if nft_add is not None and entries:
+                nft_add(entries)
+
+        resolver = Resolver(
+            lambda ip: view if ip == CLIENT_IP else None,
+            Upstream([(UPSTREAM_IP, args.upstream_port)], timeout=2.0),
+            on_answer=on_answer,
+            cache=AnswerCache(0) if args.serve.endswith("nocache") else AnswerCache(),
+        )
+        server = DnsServer(resolver.resolve, udp_sockets=[bind_udp(RESOLVER_IP, 0)], name=args.serve)
+    try:
+        server.start()
+        print(f"READY {server.udp_addresses[0][1]}", flush=True)
+        sys.stdin.read()  # until the parent closes our stdin (or a signal)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if close is not None:
+            close()
+
+
+# --------------------------------------------------------------------------- parent
+
+
+class Child:
+    def __init__(self, role: str, *extra: str):
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", role, *extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            line = self.proc.stdout.readline().split()
+            if len(line) != 2 or line[0] != "READY":
+                raise RuntimeError(f"{role} did not start (exit {self.proc.poll()})")
+        except BaseException:
+            self.stop()
+            raise
+        self.port = int(line[1])
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.terminate()
+                try:
+                    self.proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+
+def build_queries(indices) -> list[bytes]:
+    from dnslib import DNSRecord
+
+    return [DNSRecord.question(name(i), "A").pack() for i in indices]
+
+
+def client(target, queries, offset, stride, deadline, out) -> None:
+    lat, errors, timeouts = [], 0, 0
+    n = len(queries)
+    i = offset
+    qid = random.randrange(0x10000)
+    perf = time.perf_counter
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((CLIENT_IP, 0))
+        s.connect(target)
+        s.settimeout(QUERY_TIMEOUT)
+        while perf() < deadline:
+            qid = (qid + 1) & 0xFFFF
+            head = struct.pack("!H", qid)
+            msg = head + queries[i % n][2:]
+            i += stride
+            t0 = perf()
+            s.send(msg)
+            try:
+                data = s.recv(4096)
+                while data[:2] != head:  # a late reply to an earlier timed-out query
+                    data = s.recv(4096)
+            except socket.timeout:
+                timeouts += 1
+                continue
+            lat.append(perf() - t0)
+            if data[3] & 0xF or data[6:8] == b"\0\0":  # rcode != NOERROR or no answer
+                errors += 1
+    out.append((lat, errors, timeouts))
+
+
+def warm(target, queries) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((CLIENT_IP, 0))
+        s.connect(target)
+        s.settimeout(QUERY_TIMEOUT)
+        for wire in queries:
+            s.send(wire)
+            while s.recv(4096)[:2] != wire[:2]:
+                pass
+
+
+def measure(target, queries, threads, start_offset, server: Child | None, upstream: Child) -> dict:
+    out: list = []
+    cpu0 = (server.cpu_seconds() if server else 0.0, upstream.cpu_seconds())
+    begin = time.perf_counter()
+    deadline = begin + SECONDS
+    workers = [
+        threading.Thread(target=client, args=(target, queries, start_offset + k, threads, deadline, out))
+        for k in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - begin
+    cpu1 = (server.cpu_seconds() if server else 0.0, upstream.cpu_seconds())
+    lat = [x for l, _e, _t in out for x in l]
+    count = len(lat)
+    return {
+        "queries": count,
+        "qps": count / elapsed,
+        "errors": sum(e for _l, e, _t in out),
+        "timeouts": sum(t for _l, _e, t in out),
+        "lat": lat,
+        "server_cpu_us_per_query": (cpu1[0] - cpu0[0]) / max(count, 1) * 1e6 if server else None,
+        "upstream_cpu_us_per_query": (cpu1[1] - cpu0[1]) / max(count, 1) * 1e6,
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    lat = [x for r in runs for x in r["lat"]]
+    out = {
+        "qps": round(sum(r["qps"] for r in runs) / len(runs), 1),
+        "qps_per_round": [round(r["qps"], 1) for r in runs],
+        "queries": sum(r["queries"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "timeouts": sum(r["timeouts"] for r in runs),
+        "p50_ms": round(percentile(lat, 50) * 1000, 4) if lat else None,
+        "p99_ms": round(percentile(lat, 99) * 1000, 4) if lat else None,
+        "upstream_cpu_us_per_query": round(sum(r["upstream_cpu_us_per_query"] for r in runs) / len(runs), 1),
+    }
+    if runs[0]["server_cpu_us_per_query"] is not None:
+        out["resolver_cpu_us_per_query"] = round(sum(r["server_cpu_us_per_query"] for r in runs) / len(runs), 1)
+    return out
+
+
+def run(netns: str) -> dict:
+    children: list[Child] = []
+    try:
+        upstream = Child("upstream")
+        children.append(upstream)
+        resolvers = {}
+        for index, variant in enumerate(VARIANTS):
+            extra = ["--upstream-port", str(upstream.port), "--netns", f"{netns}{index}"]
+            resolvers[variant] = Child(variant, *extra)
+            children.append(resolvers[variant])
+        uncached = build_queries(random.Random(1).sample(range(NAMES), NAMES))
+        hot = build_queries(range(HOT))
+        # Warm every cache-on resolver (the nocache ones get the same treatment, harmlessly).
+        for child in resolvers.values():
+            warm((RESOLVER_IP, child.port), hot)
+        plan = []
+        for threads in THREADS:
+            plan += [("uncached", "direct", threads), ("uncached", "memory-nocache", threads),
+                     ("uncached", "nft-nocache", threads), ("hot", "direct", threads),
+                     ("hot", "memory-cache", threads), ("hot", "nft-cache", threads)]
+        raw: dict[tuple, list] = {key: [] for key in plan}
+        offset = 0
+        for rnd in range(ROUNDS):
+            for key in plan if rnd % 2 == 0 else reversed(plan):
+                kind, target_name, threads = key
+                queries = uncached if kind == "uncached" else hot
+                server = None if target_name == "direct" else resolvers[target_name]
+                target = (UPSTREAM_IP, upstream.port) if server is None else (RESOLVER_IP, server.port)
+                r = measure(target, queries, threads, offset, server, upstream)
+                offset += r["queries"] + 1  # uncached: never reuse the names just asked
+                raw[key].append(r)
+                print(f"  round {rnd + 1} {kind:8} {target_name:15} {threads} thr: {r['qps']:8.0f} q/s"
+                      f"  p50 {percentile(r['lat'], 50) * 1000:.3f} ms", flush=True)
+        return {f"{k}/{t}/{n}thr": summarise(v) for (k, t, n), v in raw.items()}
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def _interrupt(*_args):
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    load_start = os.getloadavg()[0]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve")
+    parser.add_argument("--upstream-port", type=int)
+    parser.add_argument("--netns")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C
+    if args.serve:
+        serve(args)
+        return 0
+
+    from netns import namespaces
+
+    netns = f"dbxs-{secrets.token_hex(3)}-n"  # + variant index; only the nft variants make one
+    print(f"throwaway namespaces: {netns}<i>", flush=True)
+    try:
+        results = run(netns)
+    finally:
+        for index in range(len(VARIANTS)):
+            namespaces.delete(f"{netns}{index}")  # normally already gone (the children delete it)
+
+    ratios = {}
+    for threads in THREADS:
+        d_unc, d_hot = results[f"uncached/direct/{threads}thr"], results[f"hot/direct/{threads}thr"]
+        for answer in ("memory", "nft"):
+            unc = results[f"uncached/{answer}-nocache/{threads}thr"]
+            hit = results[f"hot/{answer}-cache/{threads}thr"]
+            ratios[f"{answer}/{threads}thr"] = {
+                "uncached_qps_vs_direct": round(unc["qps"] / d_unc["qps"], 3),
+                "cache_hit_qps_vs_direct": round(hit["qps"] / d_hot["qps"], 3),
+                "uncached_added_p50_ms": round(unc["p50_ms"] - d_unc["p50_ms"], 4),
+                "cache_hit_added_p50_ms": round(hit["p50_ms"] - d_hot["p50_ms"], 4),
+            }
+    mem1, mem8 = ratios["memory/1thr"], ratios["memory/8thr"]
+    goals = {
+        "uncached_qps_ratio_ge_0.8": min(mem1["uncached_qps_vs_direct"], mem8["uncached_qps_vs_direct"]) >= 0.8,
+        "cache_hit_qps_ratio_ge_2": min(mem1["cache_hit_qps_vs_direct"], mem8["cache_hit_qps_vs_direct"]) >= 2,
+        "added_p50_le_0.15ms_1thr_uncached": mem1["uncached_added_p50_ms"] <= 0.15,
+    }
+    result = {
+        "benchmark": "resolver",
+        "cpus": os.cpu_count(),
+        "loadavg_1min_at_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # other load on the machine
+        "seconds_per_measurement": SECONDS,
+        "rounds": ROUNDS,
+        "names": NAMES,
+        "hot_names": HOT,
+        "measurements": results,
+        "ratios": ratios,
+        "goal": "uncached qps >= 0.8x direct upstream, cache hits >= 2x, <= 0.15 ms added p50 (memory on_answer)",
+        "goals_met": goals,
+        "goal_met": all(goals.values()),
+    }
+    out = ROOT / "bench" / "results" / "resolver.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    for key, r in results.items():
+        print(f"{key:30} {r['qps']:9.0f} q/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+              f"  errors {r['errors']} timeouts {r['timeouts']}")
+    for key, r in ratios.items():
+        print(f"{key:12} uncached {r['uncached_qps_vs_direct']:.2f}x (+{r['uncached_added_p50_ms']:.3f} ms p50)"
+              f"  cache hits {r['cache_hit_qps_vs_direct']:.2f}x (+{r['cache_hit_added_p50_ms']:.3f} ms p50)")
+    print(f"goals: {goals}; written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -113,7 +113,7 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
     errors.install(app)
 
     @app.get("/healthz", tags=["simulator"], summary="Liveness probe (no authentication)")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     app.include_router(network_policies.router)

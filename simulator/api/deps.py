@@ -8,13 +8,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 _bearer = HTTPBearer(auto_error=False, description="Any API key; each key is its own account unless --api-keys is set")
 
 
-def services(request: Request):
+async def services(request: Request):
     return request.app.state.services
 
 
-def account(request: Request, _: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+async def account(request: Request, _: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
     return request.app.state.services.accounts.account_for(request.headers.get("authorization"))
 
 
-def request_id(request: Request) -> str | None:
+async def request_id(request: Request) -> str | None:
     return request.headers.get("x-request-id") or None

@@ -19,19 +19,27 @@ _LISTENING = re.compile(r"listening on (http://[\d.]+:(\d+))")
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, *extra_args: str, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: Path | None, *extra_args: str, env: dict[str, str] | None = None,
+                 argv: list[str] | None = None, cwd: str | None = None):
+        """``devbox-sim serve`` on ``data_dir`` with ``extra_args``; or, with ``argv``, exactly
+        that command, in ``cwd``, with exactly ``env`` (e.g. a systemd unit's ExecStart)."""
         self.data_dir = data_dir
-        # API only unless the test asks for a runtime: never a host uplink from a test.
-        runtime = [] if "--runtime" in extra_args else ["--runtime", "none"]
-        self.args = [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(data_dir), *runtime, *extra_args]
-        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        if argv is not None:
+            self.args, self.env = list(argv), dict(env or {})
+        else:
+            # API only unless the test asks for a runtime: never a host uplink from a test.
+            runtime = [] if "--runtime" in extra_args else ["--runtime", "none"]
+            self.args = [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(data_dir), *runtime, *extra_args]
+            self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
         self.log: list[str] = []
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         self.proc = subprocess.Popen(
-            self.args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
+            self.args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True, env=self.env, cwd=self.cwd,
         )
         found = threading.Event()
 
@@ -58,21 +66,24 @@ class ServerProcess:
 
         while time.monotonic() < deadline:
             try:
-                httpx.get(self.url + "/openapi.json", timeout=1.0)
-                return
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
             except httpx.TransportError:
                 time.sleep(0.02)  # polling with a deadline: uvicorn binds before it serves
         raise RuntimeError("server never answered")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop (SIGTERM, like `systemctl stop`); the exit code, or None if never started."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -17,8 +17,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +24,7 @@ import pytest
 from runloop_api_client import RunloopSDK
 
 from simulator.config import Settings
+from tests.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "scripts" / "install-service.sh"
@@ -37,7 +36,6 @@ SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # uvicorn re-raises SIGTERM after its graceful shutdown; systemd counts death by SIGTERM as a
 # clean exit (so Restart=on-failure does not restart a stopped service).
 CLEAN_EXIT = (0, -signal.SIGTERM)
-_LISTENING = re.compile(r"listening on (http://[\d.]+:(\d+))")
 
 
 # --- staging and parsing ------------------------------------------------------------------
@@ -120,57 +118,9 @@ def set_env_lines(path: Path, **values: str) -> None:
 # --- running ExecStart --------------------------------------------------------------------
 
 
-class Service:
+def Service(argv: list[str], env: dict[str, str], cwd: str) -> ServerProcess:  # noqa: N802
     """ExecStart as a process: started with the unit's environment and working directory."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: str):
-        self.argv, self.env, self.cwd = argv, env, cwd
-        self.proc: subprocess.Popen | None = None
-        self.url: str | None = None
-        self.log: list[str] = []
-
-    def start(self, timeout: float = 60.0) -> Service:
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        found = threading.Event()
-
-        def pump():
-            for line in self.proc.stderr:
-                self.log.append(line.rstrip())
-                match = _LISTENING.search(line)
-                if match and not found.is_set():
-                    self.url = match.group(1)
-                    found.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not found.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("service did not start:\n" + "\n".join(self.log[-30:]))
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)  # polling with a deadline: uvicorn binds before it serves
-        self.stop()
-        raise RuntimeError("service never answered /healthz:\n" + "\n".join(self.log[-30:]))
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # what systemctl stop sends (KillMode=mixed)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return self.proc.returncode
+    return ServerProcess(None, argv=argv, env=env, cwd=cwd)
 
 
 @pytest.fixture

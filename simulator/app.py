@@ -15,11 +15,13 @@ from simulator.accounts import Accounts
 from simulator.api import devboxes as devbox_routes
 from simulator.api import errors, network_policies
 from simulator.api import executions as execution_routes
+from simulator.api import network_events as network_event_routes
 from simulator.api.request_log import RequestLog
 from simulator.config import Settings
 from simulator.db import Database
 from simulator.devboxes import DevboxService
 from simulator.executions import ExecutionService
+from simulator.network_events import NetworkEventLog
 from simulator.network_policies import NetworkPolicyService
 from simulator.runtime.base import DevboxRuntime
 from simulator.runtime.factory import make_runtime
@@ -41,6 +43,7 @@ class Services:
     network_policies: NetworkPolicyService
     devboxes: DevboxService
     executions: ExecutionService
+    network_events: NetworkEventLog
     runtime: DevboxRuntime | None = None  # None: devbox endpoints answer 503 no_runtime
 
     def close(self) -> None:
@@ -57,6 +60,12 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         # Inside the update transaction: enforcement fails -> the stored update rolls back.
         policies.add_update_hook(dataplane.policy_updated)
     devboxes = DevboxService(db, policies, runtime, Watch())
+    events = NetworkEventLog()
+    if dataplane is not None:
+        dataplane.query_listeners.append(events.on_query)
+    devboxes.add_terminal_hook(
+        lambda devbox: log.info("devbox %s %s: %s", devbox.id, devbox.status, events.summary(devbox.id))
+    )
     return Services(
         settings=settings,
         db=db,
@@ -64,6 +73,7 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         network_policies=policies,
         devboxes=devboxes,
         executions=ExecutionService(db, devboxes),
+        network_events=events,
         runtime=runtime,
     )
 
@@ -119,5 +129,6 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
     app.include_router(network_policies.router)
     app.include_router(devbox_routes.router)
     app.include_router(execution_routes.router)
+    app.include_router(network_event_routes.router)
     app.add_middleware(RequestLog)
     return app

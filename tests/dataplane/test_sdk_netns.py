@@ -97,3 +97,28 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
         assert "restart" in (info.state_transitions[-1].failure_reason or "")
     finally:
         restarted.stop()
+
+
+def test_network_events_show_what_a_devbox_tried(netns_server):
+    server, _ = netns_server
+    sdk = RunloopSDK(bearer_token="netns-events", base_url=server.url, max_retries=0)
+    policy = sdk.network_policy.create(name="events", allowed_hostnames=["github.com"])
+    devbox = sdk.devbox.create(launch_parameters={"network_policy_id": policy.id})
+    with devbox:
+        assert curl(devbox, "http://github.com/").exit_code == 0
+        assert curl(devbox, "http://evil.example/").exit_code == 6
+        events = sdk.api.get(f"/v1/devboxes/{devbox.id}/network_events", cast_to=object)
+        by_name = {}
+        for event in events["network_events"]:
+            by_name.setdefault((event["name"], event["qtype"]), event)
+        allowed = by_name[("github.com", "A")]
+        assert allowed["verdict"] == "allowed" and allowed["matched_pattern"] == "github.com"
+        assert allowed["addresses"] == ["192.0.2.10"] and allowed["ttl"] > 0
+        denied = by_name[("evil.example", "A")]
+        assert denied["verdict"] == "denied" and denied["reason"] == "no_matching_pattern"
+        only_denied = sdk.api.get(f"/v1/devboxes/{devbox.id}/network_events", options={"params": {"verdict": "denied"}}, cast_to=object)
+        assert {e["name"] for e in only_denied["network_events"]} == {"evil.example"}
+        other = RunloopSDK(bearer_token="someone-else", base_url=server.url, max_retries=0)
+        with pytest.raises(Exception) as excinfo:
+            other.api.get(f"/v1/devboxes/{devbox.id}/network_events", cast_to=object)
+        assert getattr(excinfo.value, "status_code", None) == 404

@@ -1,0 +1,58 @@
+"""GET /v1/devboxes/{id}/network_events: a simulator extension (not in Runloop's API)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from simulator.api import deps
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND
+
+
+class NetworkEventView(BaseModel):
+    seq: int
+    time_ms: int
+    kind: str
+    verdict: str
+    reason: str
+    name: str
+    qtype: str
+    matched_pattern: str | None = None
+    addresses: list[str]
+    ttl: int | None = None
+    error: str | None = None
+
+
+class NetworkEventListView(BaseModel):
+    network_events: list[NetworkEventView]
+    has_more: bool
+
+
+router = APIRouter(prefix="/v1/devboxes", tags=["simulator extensions"], responses=ERROR_RESPONSES)
+
+
+@router.get(
+    "/{id}/network_events",
+    response_model=NetworkEventListView,
+    responses=NOT_FOUND,
+    summary="What the devbox tried to reach and what its policy decided (simulator extension)",
+    description=(
+        "Every DNS decision of the devbox's resolver, oldest first: the name and type, the verdict "
+        "(allowed, denied, error) and why (matched pattern, deny_all, no_matching_pattern, "
+        "upstream_error, ...), the addresses and TTL handed out. Bounded per devbox and globally."
+    ),
+)
+async def list_network_events(
+    id: str,
+    verdict: str | None = Query(None, description="allowed, denied or error"),
+    since: int | None = Query(None, description="Only events at or after this time (ms since the epoch)"),
+    starting_after: int | None = Query(None, description="The last seq of the previous page"),
+    limit: int = Query(100, description="Page size, 1 to 1000"),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    services.devboxes.retrieve_devbox(account, id)  # 404 for unknown or another account's
+    events, has_more = services.network_events.list_network_events(
+        id, verdict=verdict, since_ms=since, starting_after=starting_after, limit=limit
+    )
+    return {"network_events": [e.to_json() for e in events], "has_more": has_more}

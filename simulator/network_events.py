@@ -1,0 +1,118 @@
+"""The egress decision log: what each devbox tried to reach and what its policy decided.
+
+Today it records every DNS decision the resolver makes (``dns.QueryEvent``, delivered through
+``DataPlane.query_listeners``): the name, type, verdict and why (the matched pattern, deny-all,
+no matching pattern, upstream errors), and the addresses and TTL handed out. Memory is bounded
+twice: a ring per devbox, and a global cap that evicts from the devbox holding the most.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from dns import QueryEvent
+from simulator.errors import InvalidRequest
+
+VERDICTS = ("allowed", "denied", "error")
+DEFAULT_PER_DEVBOX = 1000
+DEFAULT_TOTAL = 100_000
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class NetworkEvent:
+    seq: int  # increasing across the log: the paging cursor
+    time_ms: int
+    kind: str  # "dns" (later: "blocked", "allowed" connections)
+    verdict: str
+    reason: str
+    name: str
+    qtype: str
+    matched_pattern: str | None
+    addresses: tuple[str, ...]
+    ttl: int | None
+    error: str | None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["addresses"] = list(self.addresses)
+        return data
+
+
+class NetworkEventLog:
+    def __init__(self, per_devbox: int = DEFAULT_PER_DEVBOX, total: int = DEFAULT_TOTAL):
+        self.per_devbox = per_devbox
+        self.total = total
+        self._events: dict[str, deque[NetworkEvent]] = {}
+        self._count = 0
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def on_query(self, devbox_id: str | None, event: QueryEvent) -> None:
+        """``DataPlane.query_listeners`` callback (resolver threads): must stay cheap."""
+        if devbox_id is None:
+            return  # not a devbox (e.g. a stale address): nothing to attribute it to
+        with self._lock:
+            self._seq += 1
+            self._append(devbox_id, NetworkEvent(
+                seq=self._seq,
+                time_ms=int(event.time * 1000),
+                kind="dns",
+                verdict=event.verdict,
+                reason=event.reason,
+                name=event.qname,
+                qtype=event.qtype,
+                matched_pattern=event.matched_pattern,
+                addresses=tuple(event.addresses),
+                ttl=event.ttl,
+                error=event.error,
+            ))
+
+    def _append(self, devbox_id: str, event: NetworkEvent) -> None:
+        ring = self._events.setdefault(devbox_id, deque())
+        ring.append(event)
+        self._count += 1
+        if len(ring) > self.per_devbox:
+            ring.popleft()
+            self._count -= 1
+        if self._count > self.total:
+            # A noisy devbox cannot push the others out: evict from the largest ring.
+            largest = max(self._events.values(), key=len)
+            largest.popleft()
+            self._count -= 1
+
+    def list_network_events(
+        self,
+        devbox_id: str,
+        *,
+        verdict: str | None = None,
+        since_ms: int | None = None,
+        starting_after: int | None = None,
+        limit: int = 100,
+    ) -> tuple[list[NetworkEvent], bool]:
+        """Oldest first; ``starting_after`` is the last ``seq`` of the previous page."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise InvalidRequest(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        with self._lock:
+            events = list(self._events.get(devbox_id, ()))
+        matching = [
+            e for e in events
+            if (verdict is None or e.verdict == verdict)
+            and (since_ms is None or e.time_ms >= since_ms)
+            and (starting_after is None or e.seq > starting_after)
+        ]
+        return matching[:limit], len(matching) > limit
+
+    def summary(self, devbox_id: str) -> str:
+        with self._lock:
+            events = list(self._events.get(devbox_id, ()))
+        counts = {v: sum(e.verdict == v for e in events) for v in VERDICTS}
+        return ", ".join(f"{n} {v}" for v, n in counts.items()) + " DNS decisions"
+
+    def size(self) -> int:
+        with self._lock:
+            return self._count

@@ -1,0 +1,61 @@
+"""The decision log: bounded per devbox and globally, filtered and paged."""
+
+import pytest
+
+from dns import QueryEvent
+from simulator.errors import InvalidRequest
+from simulator.network_events import NetworkEventLog
+
+
+def query(name="a.example.com", verdict="allowed", reason="pattern", at=1000.0, **kw):
+    return QueryEvent(client_ip="10.88.0.2", qname=name, qtype="A", verdict=verdict, reason=reason, time=at, **kw)
+
+
+def test_records_and_filters():
+    log = NetworkEventLog()
+    log.on_query("dbx_a", query("ok.example.com", addresses=["192.0.2.1"], ttl=30, matched_pattern="*.example.com"))
+    log.on_query("dbx_a", query("bad.example", "denied", "no_matching_pattern", at=1001.0))
+    log.on_query("dbx_b", query("other.example"))
+    log.on_query(None, query("nobody.example"))  # not a devbox: not recorded
+    events, more = log.list_network_events("dbx_a")
+    assert [(e.name, e.verdict, e.reason) for e in events] == [
+        ("ok.example.com", "allowed", "pattern"), ("bad.example", "denied", "no_matching_pattern")]
+    assert events[0].addresses == ("192.0.2.1",) and events[0].ttl == 30 and events[0].matched_pattern == "*.example.com"
+    assert not more
+    assert [e.name for e in log.list_network_events("dbx_a", verdict="denied")[0]] == ["bad.example"]
+    assert [e.name for e in log.list_network_events("dbx_a", since_ms=1000500)[0]] == ["bad.example"]
+    assert log.size() == 3
+
+
+def test_pages_by_seq():
+    log = NetworkEventLog()
+    for i in range(7):
+        log.on_query("dbx_a", query(f"h{i}.example.com"))
+    seen, cursor = [], None
+    while True:
+        page, more = log.list_network_events("dbx_a", starting_after=cursor, limit=3)
+        seen += [e.name for e in page]
+        if not more:
+            break
+        cursor = page[-1].seq
+    assert seen == [f"h{i}.example.com" for i in range(7)]
+
+
+def test_noisy_devbox_cannot_exhaust_memory_or_evict_others():
+    log = NetworkEventLog(per_devbox=50, total=120)
+    for i in range(10):
+        log.on_query("quiet", query(f"q{i}.example.com"))
+    for i in range(10_000):
+        log.on_query("noisy", query(f"n{i}.example.com"))
+    assert len(log.list_network_events("noisy", limit=1000)[0]) == 50  # the ring keeps the newest
+    assert log.list_network_events("noisy", limit=1000)[0][-1].name == "n9999.example.com"
+    for i in range(100):
+        log.on_query(f"dbx_{i}", query())
+    assert log.size() <= 120
+    assert len(log.list_network_events("quiet")[0]) == 10  # the global cap evicted from the largest
+
+
+@pytest.mark.parametrize("kwargs", [{"verdict": "maybe"}, {"limit": 0}, {"limit": 1001}])
+def test_bad_filters_are_400(kwargs):
+    with pytest.raises(InvalidRequest):
+        NetworkEventLog().list_network_events("dbx_a", **kwargs)

@@ -28,6 +28,10 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
     serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
     serve.add_argument("--upstream-dns", type=parse_servers, default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
+    events = commands.add_parser("events", help="a devbox's network decisions as a table (--follow to keep watching)")
+    from simulator import events_cli
+
+    events_cli.add_arguments(events)
     return parser
 
 
@@ -36,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(defaults).parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "events":
+        from simulator import events_cli
+
+        return events_cli.run(args)
     return 2
 
 

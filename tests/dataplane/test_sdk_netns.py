@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 import signal
 import subprocess
+import sys
+import time
 
 import pytest
 from runloop_api_client import RunloopSDK
@@ -122,3 +124,65 @@ def test_network_events_show_what_a_devbox_tried(netns_server):
         with pytest.raises(Exception) as excinfo:
             other.api.get(f"/v1/devboxes/{devbox.id}/network_events", cast_to=object)
         assert getattr(excinfo.value, "status_code", None) == 404
+
+
+def _events_cli(server, devbox_id, token, *extra):
+    argv = [sys.executable, "-m", "simulator", "events", devbox_id, "--base-url", server.url, "--api-key", token, *extra]
+    return argv
+
+
+def test_events_cli_table_and_follow(netns_server):
+    server, _ = netns_server
+    token = "netns-events-cli"
+    sdk = RunloopSDK(bearer_token=token, base_url=server.url, max_retries=0)
+    policy = sdk.network_policy.create(name="cli", allowed_hostnames=["github.com"])
+    devbox = sdk.devbox.create(launch_parameters={"network_policy_id": policy.id})
+    follow = None
+    try:
+        assert curl(devbox, "http://github.com/").exit_code == 0
+        assert curl(devbox, "http://evil.example/").exit_code == 6
+        table = subprocess.run(_events_cli(server, devbox.id, token), capture_output=True, text=True, timeout=30)
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].startswith("TIME")
+        assert any("allowed" in l and "github.com" in l and "192.0.2.10" in l for l in lines)
+        assert any("denied" in l and "evil.example" in l and "no_matching_pattern" in l for l in lines)
+        assert "\033[" not in table.stdout  # no colour codes when not a terminal
+
+        follow = subprocess.Popen(_events_cli(server, devbox.id, token, "--follow", "--verdict", "denied"),
+                                  stdout=subprocess.PIPE, text=True)
+        assert curl(devbox, "http://nothere.example/").exit_code == 6
+        output = _Lines(follow)
+        seen = output.until("nothere.example", seconds=20)
+        assert any("nothere.example" in l for l in seen) and not any("github.com" in l for l in seen)
+        devbox.shutdown()
+        assert follow.wait(timeout=20) == 0  # it stops by itself when the devbox ends
+        assert f"-- devbox {devbox.id} is shutdown" in output.all()
+    finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+            follow.wait()
+        if sdk.api.devboxes.retrieve(devbox.id).status != "shutdown":
+            devbox.shutdown()
+
+
+class _Lines:
+    """Every line a process prints, collected by a thread; waits are bounded by deadlines."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        self._thread.start()
+
+    def until(self, needle: str, seconds: float) -> list[str]:
+        deadline = time.monotonic() + seconds
+        while not any(needle in line for line in list(self.lines)):
+            assert time.monotonic() < deadline, f"{needle!r} never appeared; got {self.lines}"
+            time.sleep(0.05)  # polling collected output with a deadline
+        return list(self.lines)
+
+    def all(self, seconds: float = 10) -> str:
+        self._thread.join(seconds)
+        return "".join(self.lines)

@@ -63,6 +63,7 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
     events = NetworkEventLog()
     if dataplane is not None:
         dataplane.query_listeners.append(events.on_query)
+        dataplane.block_listeners.append(events.on_blocked)
     devboxes.add_terminal_hook(
         lambda devbox: log.info("devbox %s %s: %s", devbox.id, devbox.status, events.summary(devbox.id))
     )

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent, Resolver, Upstream, bind_udp_tcp
 from netns import conntrack, links, namespaces, ruleset
+from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft
 from simulator.addresses import Address, AddressPool
 from simulator.policy_model import NetworkPolicy
@@ -91,7 +92,9 @@ class DataPlaneConfig:
     uplink: str = "offline"  # "offline" (world namespace) or "host"
     world: WorldConfig | None = None
     upstream_dns: tuple[tuple[str, int], ...] = ()  # host mode; default: the host's resolv.conf
-    log_group: int | None = None
+    # NFLOG group for dropped new connections (rate-limited per devbox), read in-process for
+    # the decision log; groups are per network namespace. None: no logging.
+    log_group: int | None = 1
 
 
 class DataPlane:
@@ -114,6 +117,8 @@ class DataPlane:
         self._policies: dict[str, _PolicyState] = {}  # policy key -> state
         self._conntrack: conntrack.Tracker | None = None
         self.query_listeners: list = []  # callables(devbox_id | None, QueryEvent), e.g. an event log
+        self.block_listeners: list = []  # callables(devbox_id, nflog.LoggedPacket): dropped attempts
+        self._nflog: NflogReader | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -145,6 +150,11 @@ class DataPlane:
             self._nft.apply(ruleset.bootstrap(self._rules_router))
             self._conntrack = conntrack.Tracker(self.router_ns)
             self._start_resolver(upstream)
+            if self.config.log_group is not None:
+                try:
+                    self._nflog = NflogReader(self.router_ns, self.config.log_group, self._on_logged).start()
+                except OSError as exc:  # no nfnetlink_log: enforcement is unaffected
+                    log.warning("blocked connection attempts will not be logged: %s", exc)
         except BaseException:
             self.stop()
             raise
@@ -170,6 +180,9 @@ class DataPlane:
 
     def stop(self) -> None:
         """Tear everything down: devboxes lose their network (fail closed)."""
+        if self._nflog is not None:
+            self._nflog.stop()
+            self._nflog = None
         if self._dns is not None:
             self._dns.stop()
             self._dns = None
@@ -431,6 +444,15 @@ class DataPlane:
                 self._nft.apply(ruleset.learned_add(attached.address.key, entries))
                 for address, timeout in entries:
                     attached.armed[address] = now + timeout
+
+    def _on_logged(self, packet: LoggedPacket) -> None:
+        """A dropped new connection, from the chain ``dbx_<key>`` that logged it (NFLOG thread)."""
+        key = packet.prefix.removeprefix("dbx_")
+        attached = next((a for a in list(self._by_id.values()) if a.address.key == key), None)
+        if attached is None or packet.src != attached.address.ip:
+            return
+        for listener in self.block_listeners:
+            listener(attached.devbox_id, packet)
 
     def _on_query(self, event: QueryEvent) -> None:
         attached = self._by_ip.get(event.client_ip)

@@ -83,11 +83,14 @@ def _row(event: dict, colour: bool) -> str:
     if colour:
         verdict = COLOURS.get(event["verdict"], "") + verdict + RESET
     detail = ", ".join(event["addresses"])
+    if event["kind"] == "blocked":
+        detail = f"{event['protocol']} {event['addresses'][0]}" + (f":{event['port']}" if event.get("port") else "")
     if event.get("matched_pattern"):
         detail = f"{detail} (by {event['matched_pattern']})".strip()
     if event.get("error"):
         detail = event["error"]
-    return f"{when:12}  {verdict}  {event['reason']:20}  {event['qtype']:5}  {event['name']:40}  {detail}"
+    kind = event["qtype"] if event["kind"] == "dns" else "CONN"
+    return f"{when:12}  {verdict}  {event['reason']:20}  {kind:5}  {event['name'] or '-':40}  {detail}"
 
 
 class _Client:

@@ -1,23 +1,29 @@
 """The egress decision log: what each devbox tried to reach and what its policy decided.
 
-Today it records every DNS decision the resolver makes (``dns.QueryEvent``, delivered through
+It records every DNS decision the resolver makes (``dns.QueryEvent``, delivered through
 ``DataPlane.query_listeners``): the name, type, verdict and why (the matched pattern, deny-all,
-no matching pattern, upstream errors), and the addresses and TTL handed out. Memory is bounded
-twice: a ring per devbox, and a global cap that evicts from the devbox holding the most.
+no matching pattern, upstream errors), and the addresses and TTL handed out; and every new
+connection nftables dropped (NFLOG, through ``DataPlane.block_listeners``, rate-limited per
+devbox in the kernel): destination, protocol, port, and the name that address last resolved to
+from any devbox. Memory is bounded twice: a ring per devbox, and a global cap that evicts from
+the devbox holding the most.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
 from dns import QueryEvent
+from netns.nflog import LoggedPacket
 from simulator.errors import InvalidRequest
 
 VERDICTS = ("allowed", "denied", "error")
 DEFAULT_PER_DEVBOX = 1000
 DEFAULT_TOTAL = 100_000
+MAX_NAMES = 100_000  # address -> last name it resolved to
 MAX_LIMIT = 1000
 
 
@@ -25,7 +31,7 @@ MAX_LIMIT = 1000
 class NetworkEvent:
     seq: int  # increasing across the log: the paging cursor
     time_ms: int
-    kind: str  # "dns" (later: "blocked", "allowed" connections)
+    kind: str  # "dns" or "blocked" (a new connection nftables dropped)
     verdict: str
     reason: str
     name: str
@@ -34,6 +40,8 @@ class NetworkEvent:
     addresses: tuple[str, ...]
     ttl: int | None
     error: str | None
+    protocol: str | None = None  # blocked: "tcp", "udp", "icmp", ...
+    port: int | None = None  # blocked: destination port
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -48,6 +56,7 @@ class NetworkEventLog:
         self._events: dict[str, deque[NetworkEvent]] = {}
         self._count = 0
         self._seq = 0
+        self._names: dict[str, str] = {}  # address -> the name it last resolved to (any devbox)
         self._lock = threading.Lock()
 
     def on_query(self, devbox_id: str | None, event: QueryEvent) -> None:
@@ -55,6 +64,11 @@ class NetworkEventLog:
         if devbox_id is None:
             return  # not a devbox (e.g. a stale address): nothing to attribute it to
         with self._lock:
+            for address in event.addresses if event.verdict == "allowed" else ():
+                self._names.pop(address, None)
+                self._names[address] = event.qname  # re-inserted: newest last, oldest evicted
+                if len(self._names) > MAX_NAMES:
+                    del self._names[next(iter(self._names))]
             self._seq += 1
             self._append(devbox_id, NetworkEvent(
                 seq=self._seq,
@@ -68,6 +82,26 @@ class NetworkEventLog:
                 addresses=tuple(event.addresses),
                 ttl=event.ttl,
                 error=event.error,
+            ))
+
+    def on_blocked(self, devbox_id: str, packet: LoggedPacket) -> None:
+        """``DataPlane.block_listeners`` callback (NFLOG thread)."""
+        with self._lock:
+            self._seq += 1
+            self._append(devbox_id, NetworkEvent(
+                seq=self._seq,
+                time_ms=int(time.time() * 1000),
+                kind="blocked",
+                verdict="denied",
+                reason="policy",
+                name=self._names.get(packet.dst, ""),
+                qtype="",
+                matched_pattern=None,
+                addresses=(packet.dst,),
+                ttl=None,
+                error=None,
+                protocol=packet.proto,
+                port=packet.dport,
             ))
 
     def _append(self, devbox_id: str, event: NetworkEvent) -> None:
@@ -110,8 +144,9 @@ class NetworkEventLog:
     def summary(self, devbox_id: str) -> str:
         with self._lock:
             events = list(self._events.get(devbox_id, ()))
-        counts = {v: sum(e.verdict == v for e in events) for v in VERDICTS}
-        return ", ".join(f"{n} {v}" for v, n in counts.items()) + " DNS decisions"
+        dns_counts = {v: sum(e.kind == "dns" and e.verdict == v for e in events) for v in VERDICTS}
+        blocked = sum(e.kind == "blocked" for e in events)
+        return ", ".join(f"{n} {v}" for v, n in dns_counts.items()) + f" DNS decisions, {blocked} blocked connections"
 
     def size(self) -> int:
         with self._lock:

@@ -21,6 +21,8 @@ class NetworkEventView(BaseModel):
     addresses: list[str]
     ttl: int | None = None
     error: str | None = None
+    protocol: str | None = None
+    port: int | None = None
 
 
 class NetworkEventListView(BaseModel):
@@ -37,9 +39,11 @@ router = APIRouter(prefix="/v1/devboxes", tags=["simulator extensions"], respons
     responses=NOT_FOUND,
     summary="What the devbox tried to reach and what its policy decided (simulator extension)",
     description=(
-        "Every DNS decision of the devbox's resolver, oldest first: the name and type, the verdict "
-        "(allowed, denied, error) and why (matched pattern, deny_all, no_matching_pattern, "
-        "upstream_error, ...), the addresses and TTL handed out. Bounded per devbox and globally."
+        "Oldest first: every DNS decision of the devbox's resolver (kind dns: name and type, verdict "
+        "allowed/denied/error and why - matched pattern, deny_all, no_matching_pattern, "
+        "upstream_error, ... - the addresses and TTL handed out), and every new connection the "
+        "firewall dropped (kind blocked: destination address, protocol, port, and the name that "
+        "address last resolved to, when known). Bounded per devbox and globally."
     ),
 )
 async def list_network_events(

@@ -1,0 +1,66 @@
+"""The decision log fed by real traffic: DNS decisions from the resolver, dropped connections
+from nftables (NFLOG), each attributed to the right devbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from simulator.network_events import NetworkEventLog
+from tests.dataplane.conftest import BLOCKED, GITHUB, make_policy
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def events(plane):
+    dataplane = plane[0]
+    log = NetworkEventLog()
+    dataplane.query_listeners.append(log.on_query)
+    dataplane.block_listeners.append(log.on_blocked)
+    try:
+        yield log
+    finally:
+        dataplane.query_listeners.remove(log.on_query)
+        dataplane.block_listeners.remove(log.on_blocked)
+
+
+def wait_for(log, devbox, predicate, seconds=10.0):
+    """NFLOG delivers asynchronously: poll the log (bounded) until an event matches."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = [e for e in log.list_network_events(devbox, limit=1000)[0] if predicate(e)]
+        if found:
+            return found
+        time.sleep(0.05)  # polling with a deadline
+    raise AssertionError(f"no matching event; have {log.list_network_events(devbox, limit=1000)[0]}")
+
+
+def test_blocked_direct_ip_and_denied_name(plane, devboxes, events):
+    box = devboxes.create(make_policy())
+    other = devboxes.create(make_policy(allow_all=True))
+    assert not devboxes.run(box, "tcp", BLOCKED, "443").startswith("OK")
+    blocked = wait_for(events, box, lambda e: e.kind == "blocked" and e.addresses == (BLOCKED,))
+    assert (blocked[0].verdict, blocked[0].protocol, blocked[0].port) == ("denied", "tcp", 443)
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+    dns = wait_for(events, box, lambda e: e.kind == "dns" and e.name == "github.com" and e.qtype == "A")
+    assert (dns[0].verdict, dns[0].reason) == ("denied", "deny_all")
+    assert events.list_network_events(other)[0] == []  # nothing attributed to the wrong devbox
+
+
+def test_allowed_connection_then_revoked_attempt_names_the_host(plane, devboxes, events):
+    dataplane = plane[0]
+    policy = make_policy(allowed_hostnames=["github.com"])
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "tcp", "github.com", "443") == "OK ping"
+    allowed = wait_for(events, box, lambda e: e.kind == "dns" and e.name == "github.com" and e.qtype == "A")
+    assert allowed[0].verdict == "allowed" and allowed[0].addresses == (GITHUB,)
+    assert allowed[0].matched_pattern == "github.com"
+    assert not [e for e in events.list_network_events(box, limit=1000)[0] if e.kind == "blocked"]
+    revoked = dataclasses.replace(policy, egress=dataclasses.replace(policy.egress, allowed_hostnames=()), update_time_ms=1)
+    dataplane.policy_updated(policy, revoked)
+    assert not devboxes.run(box, "tcp", GITHUB, "443").startswith("OK")
+    blocked = wait_for(events, box, lambda e: e.kind == "blocked" and e.addresses == (GITHUB,))
+    assert blocked[0].name == "github.com"  # the name that address last resolved to

@@ -3,6 +3,7 @@ policies decide what commands inside devboxes can reach; a kill -9 leaves nothin
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
 import subprocess
@@ -124,6 +125,13 @@ def test_network_events_show_what_a_devbox_tried(netns_server):
         with pytest.raises(Exception) as excinfo:
             other.api.get(f"/v1/devboxes/{devbox.id}/network_events", cast_to=object)
         assert getattr(excinfo.value, "status_code", None) == 404
+    # Shutting down writes a one-line summary to the server log (pumped by a thread: poll).
+    deadline = time.monotonic() + 10
+    while not any(f"devbox {devbox.id} shutdown:" in line for line in server.log):
+        assert time.monotonic() < deadline, server.log[-10:]
+        time.sleep(0.05)  # polling the collected log with a deadline
+    summary = next(line for line in server.log if f"devbox {devbox.id} shutdown:" in line)
+    assert re.search(r"[1-9]\d* allowed, [1-9]\d* denied, 0 error DNS decisions, \d+ blocked connections", summary), summary
 
 
 def _events_cli(server, devbox_id, token, *extra):

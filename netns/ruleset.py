@@ -77,6 +77,11 @@ OUR_TABLES = (("inet", TABLE), ("bridge", BRIDGE_TABLE))
 VMAP = "dbx_vmap"
 UNRESTRICTED_CHAIN = "unrestricted"  # shared by devboxes without a policy
 PROTECTED_SET = "protected"
+# Allowed new TCP/UDP connections, counted per (devbox ip, destination, protocol, port) for the
+# decision log; entries expire an hour after their last connection.
+CONNS_SET = "conns"
+CONNS_TIMEOUT_S = 3600
+CONNS_SIZE = 65536
 PORTS_SET = "dbx_ports"
 PORT_MAC_SET = "dbx_port_mac"
 PORT_IP_SET = "dbx_port_ip"
@@ -409,6 +414,9 @@ def _base(router: Router) -> list[Cmd]:
         {"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="drop")}},
         {"add": {"chain": _t(name="output", type="filter", hook="output", prio=0, policy="accept")}},
         {"add": {"chain": _t(name="postrouting", type="nat", hook="postrouting", prio=100, policy="accept")}},
+        {"add": {"set": _t(name=CONNS_SET, type=["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
+                           flags=["timeout"], timeout=CONNS_TIMEOUT_S, size=CONNS_SIZE,
+                           stmt=[{"counter": None}])}},
         {"add": {"chain": _t(name=UNRESTRICTED_CHAIN)}},
         _rule(UNRESTRICTED_CHAIN, [ACCEPT], "no policy"),
     ]
@@ -456,6 +464,20 @@ def _base(router: Router) -> list[Cmd]:
         _rule(inp, [_match(IIFNAME, router.bridge), DROP], "devboxes reach nothing else here"),
     ]
 
+    # Count allowed new connections: a NAT chain sees only a connection's first packet, and only
+    # packets the forward chain accepted, so the per-element counter counts connections.
+    cmds.append(
+        _rule(
+            "postrouting",
+            [
+                _match(IP_SADDR, _subnet(router)),
+                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+                {"set": {"op": "update", "set": "@" + CONNS_SET, "elem": {"concat": [
+                    IP_SADDR, IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}}},
+            ],
+            "count allowed connections",
+        )
+    )
     # Masquerade all IPv4 leaving through the uplink: devbox traffic (from the subnet) and the
     # router's own resolver upstream queries.
     cmds.append(

@@ -445,6 +445,21 @@ class DataPlane:
                 for address, timeout in entries:
                     attached.armed[address] = now + timeout
 
+    def allowed_connections(self, devbox_id: str) -> list[dict]:
+        """New TCP/UDP connections the devbox made that the firewall allowed, counted per
+        destination (from the nft ``conns`` set; entries expire an hour after their last use)."""
+        attached = self._by_id.get(devbox_id)
+        if attached is None or self._nft is None:
+            return []
+        counts = []
+        for element in self._nft.list_set("inet", ruleset.TABLE, ruleset.CONNS_SET):
+            elem = element.get("elem", element) if isinstance(element, dict) else {}
+            src, dst, proto, port = elem.get("val", {}).get("concat", [None] * 4)
+            if src == attached.address.ip:
+                counts.append({"destination": dst, "protocol": proto, "port": port,
+                               "connections": elem.get("counter", {}).get("packets", 0)})
+        return sorted(counts, key=lambda c: (-c["connections"], c["destination"], c["port"]))
+
     def _on_logged(self, packet: LoggedPacket) -> None:
         """A dropped new connection, from the chain ``dbx_<key>`` that logged it (NFLOG thread)."""
         key = packet.prefix.removeprefix("dbx_")

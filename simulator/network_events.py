@@ -141,6 +141,11 @@ class NetworkEventLog:
         ]
         return matching[:limit], len(matching) > limit
 
+    def name_for(self, address: str) -> str | None:
+        """The DNS name ``address`` last resolved to, from any devbox."""
+        with self._lock:
+            return self._names.get(address)
+
     def summary(self, devbox_id: str) -> str:
         with self._lock:
             events = list(self._events.get(devbox_id, ()))

@@ -60,3 +60,35 @@ async def list_network_events(
         id, verdict=verdict, since_ms=since, starting_after=starting_after, limit=limit
     )
     return {"network_events": [e.to_json() for e in events], "has_more": has_more}
+
+
+class AllowedConnectionView(BaseModel):
+    destination: str
+    protocol: str
+    port: int
+    name: str | None = None
+    connections: int
+
+
+class AllowedConnectionListView(BaseModel):
+    connections: list[AllowedConnectionView]
+
+
+@router.get(
+    "/{id}/network_connections",
+    response_model=AllowedConnectionListView,
+    responses=NOT_FOUND,
+    summary="Allowed new connections, counted per destination (simulator extension)",
+    description=(
+        "New TCP/UDP connections the firewall let through, counted per destination address, "
+        "protocol and port (most used first), with the DNS name that address last resolved to. "
+        "A destination drops out an hour after its last connection."
+    ),
+)
+async def list_network_connections(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
+    services.devboxes.retrieve_devbox(account, id)  # 404 for unknown or another account's
+    dataplane = getattr(services.runtime, "dataplane", None)
+    counts = dataplane.allowed_connections(id) if dataplane is not None else []
+    for count in counts:
+        count["name"] = services.network_events.name_for(count["destination"])
+    return {"connections": counts}

@@ -64,3 +64,19 @@ def test_allowed_connection_then_revoked_attempt_names_the_host(plane, devboxes,
     assert not devboxes.run(box, "tcp", GITHUB, "443").startswith("OK")
     blocked = wait_for(events, box, lambda e: e.kind == "blocked" and e.addresses == (GITHUB,))
     assert blocked[0].name == "github.com"  # the name that address last resolved to
+
+
+def test_allowed_new_connections_are_counted_per_destination(plane, devboxes):
+    dataplane = plane[0]
+    open_box = devboxes.create(make_policy(allow_all=True))
+    closed_box = devboxes.create(make_policy())
+    for _ in range(3):
+        assert devboxes.run(open_box, "tcp", GITHUB, "443") == "OK ping"
+    assert devboxes.run(open_box, "udp", BLOCKED, "7") == "OK ping"
+    assert not devboxes.run(closed_box, "tcp", BLOCKED, "443").startswith("OK")
+    counts = dataplane.allowed_connections(open_box)
+    assert counts == [
+        {"destination": GITHUB, "protocol": "tcp", "port": 443, "connections": 3},
+        {"destination": BLOCKED, "protocol": "udp", "port": 7, "connections": 1},
+    ]
+    assert dataplane.allowed_connections(closed_box) == []  # dropped attempts are not counted

@@ -121,6 +121,9 @@ def test_network_events_show_what_a_devbox_tried(netns_server):
         assert denied["verdict"] == "denied" and denied["reason"] == "no_matching_pattern"
         only_denied = sdk.api.get(f"/v1/devboxes/{devbox.id}/network_events", options={"params": {"verdict": "denied"}}, cast_to=object)
         assert {e["name"] for e in only_denied["network_events"]} == {"evil.example"}
+        connections = sdk.api.get(f"/v1/devboxes/{devbox.id}/network_connections", cast_to=object)
+        assert connections["connections"] == [
+            {"destination": "192.0.2.10", "protocol": "tcp", "port": 80, "name": "github.com", "connections": 1}]
         other = RunloopSDK(bearer_token="someone-else", base_url=server.url, max_retries=0)
         with pytest.raises(Exception) as excinfo:
             other.api.get(f"/v1/devboxes/{devbox.id}/network_events", cast_to=object)

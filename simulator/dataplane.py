@@ -119,6 +119,7 @@ class DataPlane:
         self.query_listeners: list = []  # callables(devbox_id | None, QueryEvent), e.g. an event log
         self.block_listeners: list = []  # callables(devbox_id, nflog.LoggedPacket): dropped attempts
         self._nflog: NflogReader | None = None
+        self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -251,6 +252,10 @@ class DataPlane:
         name: str | None = None,
     ) -> Attached:
         """Plug a devbox namespace into the bridge and enforce its policy, all or nothing."""
+        with self._lock:
+            newer = self._latest.get(policy.id) if policy is not None else None
+            if newer is not None and newer.update_time_ms > policy.update_time_ms:
+                policy = newer
         attached = Attached(devbox_id, account, _account_key(account), address, policy, name)
         self._router.attach(netns, pid, port_ifname=address.port, ip=address.ip, mac=address.mac)
         try:
@@ -332,6 +337,9 @@ class DataPlane:
         anything, the removal of learned addresses whose names are no longer allowed), then
         the flows it revoked are cut."""
         with self._lock:
+            # Remember the newest version even if no devbox uses it yet: a devbox whose
+            # provisioning read the old one just before this update must not enforce it.
+            self._latest[after.id] = after
             state = self._policies.get(_policy_key(after.id))
             if state is None:
                 return  # no running devbox uses it
@@ -371,7 +379,9 @@ class DataPlane:
 
     def _cut_revoked_flows(self, affected: list[Attached]) -> None:
         """Delete the conntrack entries of ``affected`` devboxes that their (new) policy no
-        longer allows; flows inside the devbox subnet follow the account sets and stay."""
+        longer allows; flows inside the devbox subnet follow the account sets and stay.
+        (Cutting devbox-to-devbox flows needs a symmetric rule first: the peer, whose policy
+        may still allow devbox-to-devbox, would otherwise re-create the flow from its side.)"""
         by_ip = {a.address.ip: a for a in affected}
         subnet = self.pool.network
         revoked = []

@@ -58,7 +58,8 @@ def make_runtime(settings: Settings):
     )
     dataplane.start()
     try:
-        return NetnsRuntime(dataplane, settings.data_dir)
+        secrets = (settings.api_keys,) if settings.api_keys else ()
+        return NetnsRuntime(dataplane, settings.data_dir, secret_paths=secrets)
     except BaseException:
         dataplane.stop()
         raise

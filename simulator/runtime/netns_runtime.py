@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netns import namespaces
-from netns.sandbox import Sandbox, kill_orphans
+from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime.base import DevboxSpec, RuntimeFailure
@@ -35,9 +35,11 @@ class _Devbox:
 class NetnsRuntime:
     name = "netns"
 
-    def __init__(self, dataplane: DataPlane, data_dir: Path):
+    def __init__(self, dataplane: DataPlane, data_dir: Path, secret_paths: tuple[Path, ...] = ()):
+        """``secret_paths``: files outside the data dir devboxes must not read (e.g. --api-keys)."""
         self.dataplane = dataplane
         self.data_dir = Path(data_dir).resolve()
+        self.hidden_paths = [self.data_dir, *(Path(p).resolve() for p in secret_paths)]
         self.devboxes_dir = self.data_dir / "devboxes"
         self.devboxes_dir.mkdir(parents=True, exist_ok=True)
         self._devboxes: dict[str, _Devbox] = {}
@@ -63,7 +65,7 @@ class NetnsRuntime:
                 uid=uid,
                 gid=uid,
                 nameserver=self.dataplane.gateway,
-                hidden_paths=[self.data_dir],
+                hidden_paths=self.hidden_paths,
             )
             sandbox.start()
         except Exception as exc:
@@ -73,7 +75,10 @@ class NetnsRuntime:
             self._devboxes[spec.id] = _Devbox(address, netns, sandbox)
 
     def exec(self, devbox_id: str, command: str, *, env=None, cwd=None) -> subprocess.Popen:
-        return self._get(devbox_id).sandbox.exec(command, env=env, cwd=cwd)
+        try:
+            return self._get(devbox_id).sandbox.exec(command, env=env, cwd=cwd)
+        except (SandboxError, ValueError) as exc:  # e.g. the sandbox is gone: a clear 4xx, not a 500
+            raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {exc}") from exc
 
     def sandbox(self, devbox_id: str) -> Sandbox:
         return self._get(devbox_id).sandbox

@@ -102,3 +102,14 @@ def test_allow_all_to_hostnames_keeps_only_matching_flows(plane, devboxes):
     finally:
         github.close()
         other.close()
+
+
+
+def test_a_devbox_never_enforces_an_older_version_than_the_latest_update(plane, devboxes):
+    dataplane = plane[0]
+    old = make_policy(allowed_hostnames=["github.com"])
+    new = dataclasses.replace(updated(old, allowed_hostnames=()), update_time_ms=old.update_time_ms + 1)
+    dataplane.policy_updated(old, new)  # lands while no devbox uses the policy yet
+    box = devboxes.create(old)  # provisioning read the policy just before the update
+    assert dataplane.attached(box).policy.update_time_ms == new.update_time_ms
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")

@@ -197,3 +197,18 @@ class _Lines:
     def all(self, seconds: float = 10) -> str:
         self._thread.join(seconds)
         return "".join(self.lines)
+
+
+def test_api_keys_file_is_invisible_inside_devboxes(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("secret-token team-a\n")
+    keys.chmod(0o644)  # even world-readable
+    world = tmp_path / "world.toml"
+    world.write_text(WORLD)
+    args = ("--runtime", "netns", "--world", str(world), "--api-keys", str(keys), "--subnet", "10.149.0.0/16")
+    with ServerProcess(tmp_path / "data", *args) as server:
+        sdk = RunloopSDK(bearer_token="secret-token", base_url=server.url, max_retries=0)
+        with sdk.devbox.create() as devbox:
+            result = devbox.cmd.exec(f"cat {keys}; echo exit=$?")
+            assert "secret-token" not in result.stdout()
+            assert "exit=0" in result.stdout() or "exit=1" in result.stdout()

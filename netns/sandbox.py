@@ -1083,6 +1083,10 @@ class Sandbox:
         """Contents of a devbox file (see resolve_path for accepted paths)."""
         fd, _ = self._open_beneath(self.resolve_path(path), os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
+            # We read as root: a hard link the devbox made to a file it cannot read itself
+            # (possible where fs.protected_hardlinks is 0) must not leak that file.
+            if os.fstat(f.fileno()).st_nlink > 1:
+                raise ValueError(f"{path!r}: refusing to read a file with several hard links")
             return f.read()
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> Path:

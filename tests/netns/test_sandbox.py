@@ -207,6 +207,17 @@ def test_open_never_follows_a_symlink_swapped_in(box, tmp_path):
         box._open_beneath(box.home_dir / "lnk", os.O_RDONLY)
 
 
+def test_read_file_refuses_a_hard_link_to_a_foreign_file(box, tmp_path):
+    """A devbox could hard-link a file it cannot read (where fs.protected_hardlinks is 0);
+    the simulator reads as root, so it must refuse rather than leak that file."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    os.link(secret, box.home_dir / "innocent.txt")  # what such a devbox would do
+    with pytest.raises(ValueError, match="hard links"):
+        box.read_file("innocent.txt")
+
+
 def test_read_file_refuses_fifo_without_blocking(box):
     os.mkfifo(box.home_dir / "fifo")
     with pytest.raises(ValueError):

@@ -81,11 +81,11 @@ def serve():
 def world_zone() -> Zone:
     return Zone(
         {
-            "api.example.com": ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"],
-            "example.com": ["93.184.216.1"],
-            "a.b.example.com": ["93.184.216.2"],
-            "cdn.provider.net": ["151.101.1.1", "151.101.65.1"],
-            "github.com": ["140.82.112.3"],
+            "api.example.com": ["203.0.113.34", "2606:2800:220:1:248:1893:25c8:1946"],
+            "example.com": ["203.0.113.101"],
+            "a.b.example.com": ["203.0.113.102"],
+            "cdn.provider.net": ["192.0.2.151", "192.0.2.165"],
+            "github.com": ["192.0.2.140"],
             "big.example.com": [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(60)],
         },
         cnames={

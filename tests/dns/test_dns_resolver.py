@@ -82,18 +82,18 @@ def proxy(serve, world, recorder):
 def test_allowed_exact_and_wildcard(proxy, ask):
     reply = ask(proxy.address, "api.example.com")
     assert reply.header.rcode == RCODE.NOERROR
-    assert addresses(reply) == ["93.184.216.34"]
+    assert addresses(reply) == ["203.0.113.34"]
     reply = ask(proxy.address, "A.B.Example.com.")
-    assert addresses(reply) == ["93.184.216.2"]
+    assert addresses(reply) == ["203.0.113.102"]
 
     assert proxy.answers.calls == [
-        (CLIENT, "api.example.com", [("93.184.216.34", 60)]),
-        (CLIENT, "a.b.example.com", [("93.184.216.2", 60)]),
+        (CLIENT, "api.example.com", [("203.0.113.34", 60)]),
+        (CLIENT, "a.b.example.com", [("203.0.113.102", 60)]),
     ]
     first, second = proxy.events.calls
     assert (first.verdict, first.reason, first.matched_pattern) == ("allowed", "pattern", "api.example.com")
     assert (second.verdict, second.matched_pattern) == ("allowed", "*.example.com")
-    assert second.addresses == ["93.184.216.2"] and second.ttl == 60 and second.qtype == "A"
+    assert second.addresses == ["203.0.113.102"] and second.ttl == 60 and second.qtype == "A"
     assert abs(second.time - time.time()) < 60
 
 
@@ -142,7 +142,7 @@ def test_on_answer_runs_before_client_receives(serve, world):
         client.settimeout(2.0)
         reply = DNSRecord.parse(client.recv(4096))
         assert reply.header.id == request.header.id
-        assert addresses(reply) == ["140.82.112.3"]
+        assert addresses(reply) == ["192.0.2.140"]
     finally:
         release.set()  # never leave a worker blocked, even when an assert failed
         client.close()
@@ -166,11 +166,11 @@ def test_cache_hit_skips_upstream_and_refreshes_on_answer(serve, world_zone, rec
     second = ask(server.udp_addresses[0], "api.example.com")
 
     assert zone_handler.count == 1  # the second answer came from the cache
-    assert addresses(first) == addresses(second) == ["93.184.216.34"]
+    assert addresses(first) == addresses(second) == ["203.0.113.34"]
     assert [rr.ttl for rr in second.rr] == [45]
     assert answers.calls == [
-        (CLIENT, "api.example.com", [("93.184.216.34", 60)]),
-        (CLIENT, "api.example.com", [("93.184.216.34", 45)]),  # refreshed with remaining TTL
+        (CLIENT, "api.example.com", [("203.0.113.34", 60)]),
+        (CLIENT, "api.example.com", [("203.0.113.34", 45)]),  # refreshed with remaining TTL
     ]
     clock.now += 45  # expired: back to the upstream
     ask(server.udp_addresses[0], "api.example.com")
@@ -180,14 +180,14 @@ def test_cache_hit_skips_upstream_and_refreshes_on_answer(serve, world_zone, rec
 def test_cname_chain_returned_in_full(proxy, ask):
     reply = ask(proxy.address, "www.example.com")
     assert [QTYPE[rr.rtype] for rr in reply.rr] == ["CNAME", "CNAME", "A", "A"]
-    assert addresses(reply) == ["151.101.1.1", "151.101.65.1"]
+    assert addresses(reply) == ["192.0.2.151", "192.0.2.165"]
     # cdn.provider.net is not in the policy: the target is allowed via the queried name.
-    assert proxy.answers.calls == [(CLIENT, "www.example.com", [("151.101.1.1", 60), ("151.101.65.1", 60)])]
+    assert proxy.answers.calls == [(CLIENT, "www.example.com", [("192.0.2.151", 60), ("192.0.2.165", 60)])]
 
 
 def test_cname_only_upstream_is_chased(serve, recorder, ask):
     zone = Zone(
-        {"cdn.provider.net": ["151.101.1.1"]},
+        {"cdn.provider.net": ["192.0.2.151"]},
         cnames={"www.example.com": "edge.example.com", "edge.example.com": "cdn.provider.net"},
         follow_cnames=False,  # like an authoritative server: only the CNAME comes back
     )
@@ -201,9 +201,9 @@ def test_cname_only_upstream_is_chased(serve, recorder, ask):
     reply = ask(server.udp_addresses[0], "www.example.com")
     assert reply.header.rcode == RCODE.NOERROR
     assert [QTYPE[rr.rtype] for rr in reply.rr] == ["CNAME", "CNAME", "A"]
-    assert addresses(reply) == ["151.101.1.1"]
+    assert addresses(reply) == ["192.0.2.151"]
     assert zone_handler.count == 3
-    assert answers.calls == [(CLIENT, "www.example.com", [("151.101.1.1", 300)])]
+    assert answers.calls == [(CLIENT, "www.example.com", [("192.0.2.151", 300)])]
 
 
 def test_aaaa_for_ipv4_only_client_is_empty_noerror(serve, world_zone, recorder, ask):
@@ -353,7 +353,7 @@ def test_unrelated_upstream_records_are_dropped(recorder):
 
     def poisoning(client_ip, request):
         reply = request.reply()
-        reply.add_answer(RR("evil.test", QTYPE.A, rdata=A("6.6.6.6"), ttl=60))
+        reply.add_answer(RR("evil.test", QTYPE.A, rdata=A("203.0.113.166"), ttl=60))
         reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A("10.0.0.1"), ttl=60))
         return reply
 

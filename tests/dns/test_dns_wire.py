@@ -166,7 +166,7 @@ def test_on_answer_failure_and_upstream_failure_same(world):
 
 def test_cname_only_upstream_chased_from_wire_path(serve):
     zone = Zone(
-        {"cdn.provider.net": ["151.101.1.1"]},
+        {"cdn.provider.net": ["192.0.2.151"]},
         cnames={"www.example.com": "edge.example.com", "edge.example.com": "cdn.provider.net"},
         follow_cnames=False,
     )
@@ -179,7 +179,7 @@ def test_cname_only_upstream_chased_from_wire_path(serve):
 def test_unrelated_records_dropped_on_wire_path(serve):
     def poisoning(client_ip, request):
         reply = request.reply()
-        reply.add_answer(RR("evil.test", QTYPE.A, rdata=A("6.6.6.6"), ttl=60))
+        reply.add_answer(RR("evil.test", QTYPE.A, rdata=A("203.0.113.166"), ttl=60))
         reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A("10.0.0.1"), ttl=60))
         return reply
 
@@ -228,7 +228,7 @@ def test_cache_hit_bytes_equal_fresh_reply_apart_from_ttl(world):
     assert strip(hit) == strip(fresh)
     assert [rr.ttl for rr in fresh.rr] == [60, 60, 60, 60]
     assert [rr.ttl for rr in hit.rr] == [50, 50, 50, 50]  # 60 - 10.5, rounded up
-    assert calls[1] == (CLIENT, "www.example.com", [("151.101.1.1", 50), ("151.101.65.1", 50)])
+    assert calls[1] == (CLIENT, "www.example.com", [("192.0.2.151", 50), ("192.0.2.165", 50)])
 
     clock.now += 0.4  # same second of age: same TTLs
     assert [rr.ttl for rr in DNSRecord.parse(resolver.resolve_wire(CLIENT, request.pack())).rr] == [50] * 4
@@ -248,8 +248,8 @@ def test_cache_shared_between_paths(world):
         by_wire = DNSRecord.parse(resolver.resolve_wire(CLIENT, question("api.example.com").pack()))
         by_dnslib = resolver.resolve(CLIENT, question("api.example.com"))
         assert resolver._upstream.count == 1
-        assert [(str(rr.rdata), rr.ttl) for rr in by_wire.rr] == [("93.184.216.34", 55)]
-        assert [(str(rr.rdata), rr.ttl) for rr in by_dnslib.rr] == [("93.184.216.34", 55)]
+        assert [(str(rr.rdata), rr.ttl) for rr in by_wire.rr] == [("203.0.113.34", 55)]
+        assert [(str(rr.rdata), rr.ttl) for rr in by_dnslib.rr] == [("203.0.113.34", 55)]
 
 
 class CountingUpstream:
@@ -295,7 +295,7 @@ def test_on_answer_runs_before_cache_hit_is_sent(serve, world):
         client.settimeout(2.0)
         reply = DNSRecord.parse(client.recv(4096))
         assert reply.header.id == request.header.id
-        assert [str(rr.rdata) for rr in reply.rr] == ["140.82.112.3"]
+        assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.140"]
         deadline = time.monotonic() + 2.0  # counted just after the send: may lag the reply
         while server.stats.answered < 2 and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -26,7 +26,7 @@ ROUTER = Router(
     gateway="10.88.0.1",
     subnet="10.88.0.0/16",
     uplink="dbxup0",
-    protected=("192.168.50.1", "172.16.0.0/12"),
+    protected=("198.18.50.1", "100.64.0.0/12"),
     log_group=7,
 )
 CIDRS = Egress(
@@ -177,24 +177,24 @@ def test_bootstrap_and_devboxes(netns, nft):
 
 def test_add_devbox_is_repeatable(nft):
     _setup(nft)
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 300)]))
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 300)]))
     before = len(_chain_rules(nft.list_ruleset(), "dbx_a1"))
     nft.apply(R.add_devbox(ROUTER, A1, [A2.ip]))
     assert len(_chain_rules(nft.list_ruleset(), "dbx_a1")) == before
-    assert "93.184.216.34" in _learned(nft, "a1")
+    assert "203.0.113.34" in _learned(nft, "a1")
 
 
 def test_invalid_doc_raises_and_changes_nothing(nft):
     _setup(nft)
     before = nft.list_ruleset()
     bad = R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True))
-    bad["nftables"].append({"add": {"element": {"family": "inet", "table": R.TABLE, "name": "no_such_set", "elem": ["1.2.3.4"]}}})
+    bad["nftables"].append({"add": {"element": {"family": "inet", "table": R.TABLE, "name": "no_such_set", "elem": ["198.51.100.234"]}}})
     with pytest.raises(NftError) as e:
         nft.apply(bad)
     assert "no_such_set" in str(e.value) or "No such file" in str(e.value)
     assert nft.list_ruleset() == before
     # a kernel-side failure (deleting an absent element) is atomic too
-    bad2 = R.learned_add("a1", [("1.1.1.1", 60)])
+    bad2 = R.learned_add("a1", [("198.51.100.111", 60)])
     bad2["nftables"].append({"delete": {"element": {"family": "inet", "table": R.TABLE, "name": "acct_acme", "elem": ["10.88.9.9"]}}})
     with pytest.raises(NftError):
         nft.apply(bad2)
@@ -210,14 +210,14 @@ def test_update_policy_swaps_in_one_transaction(netns, nft):
     _setup(nft)
     a3 = Devbox("a3", "acme", "10.88.0.5", "02:00:0a:58:00:05", "vda3", "pcidrs")
     nft.apply(R.add_devbox(ROUTER, a3, [A1.ip, A2.ip]))
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 300)]))
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 300)]))
     nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(cidrs=(CidrRule("198.51.100.0/24", (PortRange(22),)),))))
     assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") == []
     assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == [
         {"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, "tcp", 22]},
         {"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, "udp", 22]},
     ]
-    assert "93.184.216.34" in _learned(nft, "a1")  # learned sets are not the policy's
+    assert "203.0.113.34" in _learned(nft, "a1")  # learned sets are not the policy's
     rules = _chain_rules(nft.list_ruleset(), "pol_pcidrs")
     assert not any("@pcidr_pcidrs" in json.dumps(r["expr"]) for r in rules)  # no all-port CIDRs left
     # both devboxes still jump to the one policy chain, untouched
@@ -242,14 +242,14 @@ def test_policy_lifecycle_and_move(netns, nft):
         nft.apply(R.remove_policy("pcidrs"))
     assert nft.list_ruleset() == before
     # move a1 to pd2d (keeping its learned set), then the unused policy can go
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 300)]))
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 300)]))
     moved = dataclasses.replace(A1, policy="pd2d")
     nft.apply(_cat(R.move_devbox(ROUTER, moved, flush_learned=False), R.remove_policy("pcidrs")))
     rs = nft.list_ruleset()
     assert ("inet", R.TABLE, "pol_pcidrs") not in _objects(rs, "chain")
     assert ("inet", R.TABLE, "pcidr_pcidrs") not in _objects(rs, "set")
     assert [r["expr"] for r in _chain_rules(rs, "dbx_a1")][2] == [{"jump": {"target": "pol_pd2d"}}]
-    assert "93.184.216.34" in _learned(nft, "a1")
+    assert "203.0.113.34" in _learned(nft, "a1")
     # to no policy, flushing learned addresses
     nft.apply(R.move_devbox(ROUTER, dataclasses.replace(A1, policy=None)))
     assert [r["expr"] for r in _chain_rules(nft.list_ruleset(), "dbx_a1")][2] == [{"jump": {"target": "unrestricted"}}]
@@ -265,7 +265,7 @@ def test_policy_lifecycle_and_move(netns, nft):
 
 def test_remove_devbox(netns, nft):
     _setup(nft)
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 300)]))
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 300)]))
     nft.apply(R.remove_devbox(ROUTER, A1))
     rs = nft.list_ruleset()
     assert ("inet", R.TABLE, "dbx_a1") not in _objects(rs, "chain")
@@ -285,37 +285,45 @@ def test_remove_devbox(netns, nft):
     assert sorted(nft.list_set("inet", R.TABLE, "acct_acme")) == ["10.88.0.2", "10.88.0.3"]
 
 
+def _until(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # polling kernel state with a deadline
+    return True
+
+
 def test_learned_timeouts_and_refresh(nft):
     _setup(nft)
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 30), ("1.1.1.1", 600)]))
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 30), ("198.51.100.111", 600)]))
     el = _learned(nft, "a1")
-    assert el["93.184.216.34"]["timeout"] == 30 and 28 <= el["93.184.216.34"]["expires"] <= 30
-    assert el["1.1.1.1"]["timeout"] == 600
-    time.sleep(2.2)
-    assert _learned(nft, "a1")["93.184.216.34"]["expires"] <= 28
+    assert el["203.0.113.34"]["timeout"] == 30 and 28 <= el["203.0.113.34"]["expires"] <= 30
+    assert el["198.51.100.111"]["timeout"] == 600
+    # The kernel counts the expiry down: wait (bounded) until it has visibly moved.
+    assert _until(lambda: _learned(nft, "a1")["203.0.113.34"]["expires"] <= 28, seconds=5)
     # same timeout again: expiry is re-armed (this is what `expires` in learned_add buys)
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 30), ("8.8.8.8", 45)]))
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 30), ("198.51.100.88", 45)]))
     el = _learned(nft, "a1")
-    assert el["93.184.216.34"]["expires"] >= 29
-    assert el["8.8.8.8"]["timeout"] == 45
+    assert el["203.0.113.34"]["expires"] >= 29
+    assert el["198.51.100.88"]["timeout"] == 45
     # a different (shorter) timeout is applied as well
-    nft.apply(R.learned_add("a1", [("1.1.1.1", 20)]))
+    nft.apply(R.learned_add("a1", [("198.51.100.111", 20)]))
     el = _learned(nft, "a1")
-    assert el["1.1.1.1"]["timeout"] == 20 and el["1.1.1.1"]["expires"] <= 20
+    assert el["198.51.100.111"]["timeout"] == 20 and el["198.51.100.111"]["expires"] <= 20
     # remove: present and absent addresses, idempotent
-    nft.apply(R.learned_remove("a1", ["93.184.216.34", "203.0.113.1"]))
-    assert set(_learned(nft, "a1")) == {"1.1.1.1", "8.8.8.8"}
-    nft.apply(R.learned_remove("a1", ["93.184.216.34"]))
-    assert set(_learned(nft, "a1")) == {"1.1.1.1", "8.8.8.8"}
+    nft.apply(R.learned_remove("a1", ["203.0.113.34", "203.0.113.1"]))
+    assert set(_learned(nft, "a1")) == {"198.51.100.111", "198.51.100.88"}
+    nft.apply(R.learned_remove("a1", ["203.0.113.34"]))
+    assert set(_learned(nft, "a1")) == {"198.51.100.111", "198.51.100.88"}
 
 
 def test_learned_elements_expire(nft):
     nft.apply(R.bootstrap(ROUTER))
     nft.apply(_cat(R.add_policy(ROUTER, "pcidrs", CIDRS), R.add_devbox(ROUTER, A1, [])))
-    nft.apply(R.learned_add("a1", [("93.184.216.34", 1)]))
-    assert "93.184.216.34" in _learned(nft, "a1")
-    time.sleep(1.6)
-    assert _learned(nft, "a1") == {}
+    nft.apply(R.learned_add("a1", [("203.0.113.34", 1)]))
+    assert "203.0.113.34" in _learned(nft, "a1")
+    assert _until(lambda: _learned(nft, "a1") == {}, seconds=5)  # the kernel expires it
 
 
 def test_full_reconciles_and_bootstrap_is_idempotent(netns, nft):
@@ -326,7 +334,7 @@ def test_full_reconciles_and_bootstrap_is_idempotent(netns, nft):
         {"add": {"table": {"family": "inet", "name": "foreign"}}},
         {"add": {"table": {"family": "inet", "name": "devbox_sim_uplink_x"}}},
     ]})
-    nft.apply(R.full(ROUTER, [A1, B1], POLICIES, learned={"a1": [("93.184.216.34", 300)]}))
+    nft.apply(R.full(ROUTER, [A1, B1], POLICIES, learned={"a1": [("203.0.113.34", 300)]}))
     rs = nft.list_ruleset()
     chains = _objects(rs, "chain")
     assert ("inet", R.TABLE, "stray") not in chains
@@ -334,7 +342,7 @@ def test_full_reconciles_and_bootstrap_is_idempotent(netns, nft):
     assert ("inet", R.TABLE, "dbx_a1") in chains
     assert ("inet", R.TABLE, "pol_pcidrs") in chains
     assert nft.list_set("inet", R.TABLE, "acct_acme") == ["10.88.0.2"]
-    assert _learned(nft, "a1")["93.184.216.34"]["timeout"] == 300
+    assert _learned(nft, "a1")["203.0.113.34"]["timeout"] == 300
     assert ("inet", "foreign") in nft.list_tables()
     # full() twice gives the same ruleset (modulo learned expiry countdown)
     nft.apply(R.full(ROUTER, [A1, B1], POLICIES))
@@ -382,7 +390,7 @@ def test_apply_timings(nft, capsys):
     """Not a benchmark gate (loose bounds only); prints the in-process costs."""
     nft.apply(R.full(ROUTER, [A1, A2, B1], POLICIES))
     swap = [R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)), R.update_policy(ROUTER, "pcidrs", CIDRS)]
-    learn = R.learned_add("a1", [("93.184.216.34", 300)])
+    learn = R.learned_add("a1", [("203.0.113.34", 300)])
 
     def median(docs, n=200):
         ts = []

@@ -27,7 +27,7 @@ ROUTER_FULL = Router(
     gateway="10.88.0.1",
     subnet="10.88.0.0/16",
     uplink="dbxup0",
-    protected=("192.168.50.1", "172.16.0.0/12", "172.17.0.0/16", "fd00::/8"),
+    protected=("198.18.50.1", "100.64.0.0/12", "100.65.0.0/16", "fd00::/8"),
     dns_port=5353,
     log_group=7,
 )
@@ -36,7 +36,7 @@ MIXED = Egress(
     cidrs=(
         CidrRule("10.0.0.0/8"),
         CidrRule("10.1.0.0/16"),  # covered by 10.0.0.0/8: collapsed away
-        CidrRule("93.184.216.34/32"),
+        CidrRule("203.0.113.34/32"),
         CidrRule("192.0.2.0/24", (PortRange(443, None, "tcp"),)),
         CidrRule("192.0.2.128/25", (PortRange(8000, 8100, None), PortRange(440, 450, "tcp"))),
         CidrRule("198.51.100.7/32", (PortRange(53, None, "udp"), PortRange(5000, 5010))),
@@ -88,13 +88,13 @@ CASES = {
     ),
     "remove_devbox": lambda: R.remove_devbox(ROUTER, CIDRS),
     "remove_last_in_account": lambda: R.remove_devbox(ROUTER, NO_POLICY, drop_account_set=True),
-    "learned_add": lambda: R.learned_add("d2", [("93.184.216.34", 300), ("1.1.1.1", 60), ("93.184.216.34", 120)]),
-    "learned_remove": lambda: R.learned_remove("d2", ["93.184.216.34", "1.1.1.1"]),
+    "learned_add": lambda: R.learned_add("d2", [("203.0.113.34", 300), ("198.51.100.111", 60), ("203.0.113.34", 120)]),
+    "learned_remove": lambda: R.learned_remove("d2", ["203.0.113.34", "198.51.100.111"]),
     "full_two_accounts": lambda: R.full(
         ROUTER_FULL,
         [D2D, DENY, ALLOW_ALL, NO_POLICY, CIDRS, D2D_ONLY],
         POLICIES,
-        learned={"d1": [("93.184.216.34", 300)], "d6": [("1.1.1.1", 30)]},
+        learned={"d1": [("203.0.113.34", 300)], "d6": [("198.51.100.111", 30)]},
     ),
 }
 
@@ -221,7 +221,7 @@ def test_unrestricted_chain_accepts():
 
 
 def test_learned_add_sets_expires_equal_timeout_and_dedupes():
-    cmds = R.learned_add("d2", [("1.2.3.4", 10), ("1.2.3.4", 20), ("5.6.7.8", 30)])["nftables"]
+    cmds = R.learned_add("d2", [("198.51.100.234", 10), ("198.51.100.234", 20), ("198.51.100.78", 30)])["nftables"]
     assert cmds == [
         {
             "add": {
@@ -230,8 +230,8 @@ def test_learned_add_sets_expires_equal_timeout_and_dedupes():
                     "table": R.TABLE,
                     "name": "learned_d2",
                     "elem": [
-                        {"elem": {"val": "1.2.3.4", "timeout": 20, "expires": 20}},
-                        {"elem": {"val": "5.6.7.8", "timeout": 30, "expires": 30}},
+                        {"elem": {"val": "198.51.100.234", "timeout": 20, "expires": 20}},
+                        {"elem": {"val": "198.51.100.78", "timeout": 30, "expires": 30}},
                     ],
                 }
             }
@@ -260,8 +260,8 @@ def test_learned_add_sets_expires_equal_timeout_and_dedupes():
         lambda: Devbox("d1", "a", "10.88.0.2", "02:00:00:00:00:01", "a-very-long-ifname"),
         lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", dns_port=0),
         lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", protected=("nope",)),
-        lambda: R.learned_add("d1", [("1.2.3.4", 0)]),
-        lambda: R.learned_add("D1", [("1.2.3.4", 5)]),
+        lambda: R.learned_add("d1", [("198.51.100.234", 0)]),
+        lambda: R.learned_add("D1", [("198.51.100.234", 5)]),
         lambda: R.full(ROUTER, [DENY, dataclasses.replace(DENY, ip="10.88.0.99")], POLICIES),
         lambda: R.full(ROUTER, [DENY, dataclasses.replace(ALLOW_ALL, ip=DENY.ip)], POLICIES),
         lambda: R.full(ROUTER, [DENY], {}),  # its policy is missing
@@ -356,11 +356,11 @@ def test_port_elements_are_disjoint_and_exact():
 
 def test_all_port_cidrs_collapse():
     elems = R._all_port_elements(
-        [CidrRule("10.0.0.0/9"), CidrRule("10.128.0.0/9"), CidrRule("10.5.0.0/16"), CidrRule("1.2.3.4/32"), CidrRule("::/0")]
+        [CidrRule("10.0.0.0/9"), CidrRule("10.128.0.0/9"), CidrRule("10.5.0.0/16"), CidrRule("198.51.100.234/32"), CidrRule("::/0")]
     )
     assert elems == [
-        {"concat": ["1.2.3.4", {"range": [0, 255]}]},
         {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"range": [0, 255]}]},
+        {"concat": ["198.51.100.234", {"range": [0, 255]}]},
     ]
 
 

@@ -232,7 +232,7 @@ def test_constructor_validation(tmp_path):
     with pytest.raises(ValueError):
         Sandbox("ok", "../x", tmp_path, 1000, 1000, "10.0.0.1")
     with pytest.raises(ValueError):
-        Sandbox("ok", "ns", tmp_path, 1000, 1000, "10.0.0.1\nnameserver 8.8.8.8")
+        Sandbox("ok", "ns", tmp_path, 1000, 1000, "10.0.0.1\nnameserver 198.51.100.88")
 
 
 def test_devbox_cwd(box):
@@ -367,7 +367,7 @@ def test_resolv_conf_hosts_hostname(sb):
     assert "127.0.0.1\tlocalhost" in out
     rc, out, err = _run(sb, "hostname")
     assert out.strip() == sb.name
-    rc, _, _ = _run(sb, "echo 'nameserver 1.1.1.1' > /etc/resolv.conf")
+    rc, _, _ = _run(sb, "echo 'nameserver 198.51.100.111' > /etc/resolv.conf")
     assert rc != 0
 
 

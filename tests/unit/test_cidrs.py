@@ -33,7 +33,7 @@ def test_accepts(raw, expected):
         {"cidr": "10.0.0.1/8"},
         {"cidr": "10.0.0.0"},
         {"cidr": "10.0.0.0/33"},
-        {"cidr": "010.0.0.0/8"},
+        {"cidr": "10.01.0.0/16"},  # leading zeros
         {"cidr": "2001:db8::/32"},
         {"cidr": "example.com/32"},
         {"cidr": "10.0.0.0/8", "ports": [{"port": 0}]},

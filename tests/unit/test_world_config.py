@@ -22,9 +22,9 @@ def test_example_world_parses_and_answers():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"hosts": {"x": {"address": "8.8.8.8"}}}, "outside the documentation ranges"),
+        ({"hosts": {"x": {"address": "198.18.0.1"}}}, "outside the documentation ranges"),
         ({"hosts": {"x": {"address": "10.0.0.1"}}}, "outside the documentation ranges"),
-        ({"resolver": "1.1.1.1"}, "outside the documentation ranges"),
+        ({"resolver": "100.64.0.53"}, "outside the documentation ranges"),
         ({"hosts": {"x": {"address": "not-an-ip"}}}, "not an IPv4 address"),
         ({"hosts": {"x": {}}}, "needs an address"),
         ({"hosts": {"x": {"address": "192.0.2.1", "http": [0]}}}, "not a port"),

@@ -25,6 +25,8 @@ class DevboxSpec:
     account: str
     policy: NetworkPolicy | None  # None: no policy, unrestricted egress
     environment_variables: dict[str, str] = field(default_factory=dict)
+    # A disk captured by ``snapshot_disk`` (of this runtime) to start from; None: an empty home.
+    disk: str | None = None
 
 
 class DevboxRuntime(Protocol):
@@ -44,6 +46,28 @@ class DevboxRuntime(Protocol):
         """Start ``/bin/sh -c command`` inside the devbox with stdin/stdout/stderr pipes (bytes).
 
         The process runs in its own process group; killing the group kills the command."""
+
+    def read_file(self, devbox_id: str, path: str) -> bytes:
+        """A file's bytes. ``path`` is home-relative, ``~/``-relative or absolute (devbox view).
+
+        Raises ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError`` /
+        ``ValueError`` (a path the devbox may not use), which the service maps to 4xx."""
+
+    def write_file(self, devbox_id: str, path: str, data: bytes) -> None:
+        """Create or replace a file (parents created), owned by the devbox's user."""
+
+    def suspend(self, devbox_id: str) -> None:
+        """Freeze every process of the devbox; its network and rules stay as they are."""
+
+    def resume(self, devbox_id: str) -> None:
+        """Thaw what ``suspend`` froze."""
+
+    def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:
+        """Capture the devbox's files; return a reference that ``DevboxSpec.disk`` accepts
+        (runtime-specific: a directory for netns, an image for Docker)."""
+
+    def delete_disk(self, disk: str) -> None:
+        """Remove what ``snapshot_disk`` captured. Idempotent."""
 
     def shutdown(self, devbox_id: str) -> None:
         """Kill every process and remove everything the devbox had. Idempotent."""

@@ -80,6 +80,24 @@ class NetnsRuntime:
         except (SandboxError, ValueError) as exc:  # e.g. the sandbox is gone: a clear 4xx, not a 500
             raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {exc}") from exc
 
+    def read_file(self, devbox_id: str, path: str) -> bytes:
+        return self._get(devbox_id).sandbox.read_file(path)
+
+    def write_file(self, devbox_id: str, path: str, data: bytes) -> None:
+        self._get(devbox_id).sandbox.write_file(path, data)
+
+    def suspend(self, devbox_id: str) -> None:
+        try:
+            self._get(devbox_id).sandbox.suspend()
+        except SandboxError as exc:
+            raise RuntimeFailure(f"devbox {devbox_id} cannot be suspended: {exc}") from exc
+
+    def resume(self, devbox_id: str) -> None:
+        try:
+            self._get(devbox_id).sandbox.resume()
+        except SandboxError as exc:
+            raise RuntimeFailure(f"devbox {devbox_id} cannot be resumed: {exc}") from exc
+
     def sandbox(self, devbox_id: str) -> Sandbox:
         return self._get(devbox_id).sandbox
 

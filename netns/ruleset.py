@@ -13,7 +13,8 @@ its two sets however many devboxes use the policy::
     table inet devbox_sim                      (TABLE)
       set   protected        ipv4_addr, interval      Router.protected (never reachable)
       map   dbx_vmap         ipv4_addr : verdict      devbox ip -> jump dbx_<key>
-      set   acct_<account>   ipv4_addr                devbox IPs of one account
+      set   acct_<account>   ipv4_addr                devbox IPs of one account that accept
+                                                      devbox-to-devbox traffic ("peers")
       set   learned_<key>    ipv4_addr, timeout       addresses the resolver answered (per devbox)
       set   pcidr_<pkey>     ipv4_addr . inet_proto, interval                  all-port CIDRs
       set   pcidrport_<pkey> ipv4_addr . inet_proto . inet_service, interval   CIDR + ports
@@ -38,11 +39,17 @@ its two sets however many devboxes use the policy::
       chain forward          hook forward    prio -200 policy accept  (what a port may receive)
 
 The subnet guard comes first in ``dbx_<key>``: a destination inside the devbox subnet that is
-not a devbox of the same account is dropped before anything else, and learned addresses only
+not a peer of the same account is dropped before anything else, and learned addresses only
 open destinations OUTSIDE the subnet (a DNS answer may point into it). ``pol_<pkey>`` starts
 with the same-account decision (``ip daddr <subnet>`` accept if allow_all or
 allow_devbox_to_devbox, else drop), then ``accept`` (allow_all) or the CIDR set lookups; when
 nothing accepts, it returns and ``dbx_<key>`` logs (with the devbox's own prefix) and drops.
+
+Devbox-to-devbox is symmetric: a connection needs BOTH ends to allow it. The sender's policy
+chain decides whether it may send into the subnet; the account set holds only the devboxes
+whose policy accepts peers (``Devbox.peer``), so the guard drops traffic to the others. Without
+the second half, turning allow_devbox_to_devbox off could not cut a flow for good: the peer,
+still allowed, would re-create it from its side and the replies would pass as established.
 
 A policy chain exists while at least one devbox uses it: the caller concatenates
 ``add_policy`` with the first ``add_devbox`` and ``remove_policy`` with the last
@@ -173,6 +180,7 @@ class Devbox:
     mac: str
     port: str  # bridge-port ifname (router side of the veth)
     policy: str | None = None  # policy key [a-z0-9]; None = no policy
+    peer: bool = True  # its policy allows devbox-to-devbox: a member of its account set
 
     def __post_init__(self) -> None:
         _check_key("devbox key", self.key)
@@ -675,13 +683,14 @@ def remove_policy(pkey: str) -> dict:
 
 def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = ()) -> dict:
     """Add a devbox: its account set (created if needed) gets ``account_members`` (IPs of the
-    account's devboxes) plus the devbox's own IP; its chain and learned set are created (or,
+    account's peer devboxes) plus the devbox's own IP if it is a peer; its chain and learned
+    set are created (or,
     if present, the chain is flushed and refilled: re-adding is safe and keeps learned
     addresses); then the source-IP vmap and bridge anti-spoofing sets get its elements.
     Its policy chain must exist (``add_policy`` earlier in the same or a previous
     transaction), unless ``devbox.policy`` is None."""
     return _doc(
-        _account(devbox.account, [*account_members, devbox.ip])
+        _account(devbox.account, [*account_members, *([devbox.ip] if devbox.peer else [])])
         + _devbox_objects(devbox)
         + [{"flush": {"chain": _t(name=devbox.chain)}}]
         + _devbox_rules(router, devbox)
@@ -714,9 +723,17 @@ def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = Fa
     ]
     if drop_account_set:
         cmds.append({"delete": {"set": _t(name=account_set(devbox.account))}})
-    else:
+    elif devbox.peer:
         cmds.append(_elements(account_set(devbox.account), [devbox.ip], op="delete"))
     return _doc(cmds)
+
+
+def set_peer(devbox: Devbox, peer: bool) -> dict:
+    """Add the devbox to its account set (``peer``) or remove it: its policy started or
+    stopped allowing devbox-to-devbox. Pass the devbox as it was (``devbox.peer`` != ``peer``)."""
+    if devbox.peer == peer:
+        return _doc([])
+    return _doc([_elements(account_set(devbox.account), [devbox.ip], op="add" if peer else "delete")])
 
 
 def learned_add(devbox_key: str, entries: Iterable[tuple[str, int]]) -> dict:
@@ -762,7 +779,9 @@ def full(
         raise ValueError(f"devboxes use unknown policies: {missing}")
     members: dict[str, list[str]] = {}
     for d in boxes:
-        members.setdefault(d.account, []).append(d.ip)
+        members.setdefault(d.account, [])
+        if d.peer:
+            members[d.account].append(d.ip)
     cmds = _tables_fresh() + _base(router)
     for account in sorted(members):
         cmds += _account(account, members[account])
@@ -804,5 +823,6 @@ __all__ = [
     "policy_chain",
     "remove_devbox",
     "remove_policy",
+    "set_peer",
     "update_policy",
 ]

@@ -40,7 +40,7 @@ from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft
 from simulator.addresses import Address, AddressPool
 from simulator.policy_model import NetworkPolicy
-from simulator.policy_rules import egress_for, flow_allowed, revokes_nothing
+from simulator.policy_rules import accepts_peers, egress_for, flow_allowed, revokes_nothing
 from simulator.world import World, WorldConfig
 
 log = logging.getLogger(__name__)
@@ -317,6 +317,7 @@ class DataPlane:
         return ruleset.Devbox(
             key=a.key, account=attached.account_key, ip=a.ip, mac=a.mac, port=a.port,
             policy=_policy_key(attached.policy.id) if attached.policy is not None else None,
+            peer=accepts_peers(attached.policy),
         )
 
     def _view(self, state: _PolicyState | None, account: str) -> ClientView:
@@ -346,6 +347,10 @@ class DataPlane:
             enforced = state.policy  # what the router enforces (``before`` as we know it)
             doc = ruleset.update_policy(self._rules_router, state.key, egress_for(after))["nftables"]
             users = [self._by_id[i] for i in sorted(state.users)]
+            peer_after = accepts_peers(after)
+            for attached in users:  # devbox-to-devbox turned on or off: the account sets follow
+                doc += ruleset.set_peer(self._rules_devbox(attached), peer_after)["nftables"]
+            peers_cut = accepts_peers(enforced) and not peer_after
             narrowed = not revokes_nothing(enforced.egress, after.egress)
             new_state = _PolicyState(state.key, after, state.users)
             kept_by_id: dict[str, dict[str, dict[str, float]]] = {}
@@ -375,20 +380,28 @@ class DataPlane:
                 if narrowed:
                     attached.learned = kept_by_id[attached.devbox_id]
             if narrowed:
-                self._cut_revoked_flows(users)
+                self._cut_revoked_flows(users, peers_cut)
 
-    def _cut_revoked_flows(self, affected: list[Attached]) -> None:
+    def _cut_revoked_flows(self, affected: list[Attached], peers_cut: bool = False) -> None:
         """Delete the conntrack entries of ``affected`` devboxes that their (new) policy no
-        longer allows; flows inside the devbox subnet follow the account sets and stay.
-        (Cutting devbox-to-devbox flows needs a symmetric rule first: the peer, whose policy
-        may still allow devbox-to-devbox, would otherwise re-create the flow from its side.)"""
+        longer allows. Flows inside the devbox subnet stay unless ``peers_cut`` (their policy
+        stopped allowing devbox-to-devbox): then every flow between them and another devbox
+        goes, whichever side opened it (the rules are symmetric, see netns.ruleset)."""
         by_ip = {a.address.ip: a for a in affected}
         subnet = self.pool.network
+        gateway = self.gateway
         revoked = []
         egress: dict[str, ruleset.Egress | None] = {}
+        if peers_cut:  # flows other devboxes opened towards the affected ones
+            revoked += [
+                f for f in self._flows_from(None)
+                if f.dst in by_ip and f.src not in by_ip and ipaddress.ip_address(f.src) in subnet
+            ]
         for flow in self._flows_from(by_ip):
             if ipaddress.ip_address(flow.dst) in subnet:
-                continue  # devbox-to-devbox and resolver flows
+                if peers_cut and flow.dst != gateway:
+                    revoked.append(flow)
+                continue  # devbox-to-devbox (the account sets decide) and resolver flows
             attached = by_ip[flow.src]
             policy_id = attached.policy.id if attached.policy else ""
             if policy_id not in egress:
@@ -399,9 +412,10 @@ class DataPlane:
             self._delete_flows(revoked)
 
     def _flows_from(self, sources) -> list[conntrack.Flow]:
+        """Flows opened by ``sources`` (IPs), or every flow when None."""
         if self._conntrack is None:
-            wanted = set(sources)
-            return [f for f in conntrack.flows(self.router_ns) if f.src in wanted]
+            every = conntrack.flows(self.router_ns)
+            return every if sources is None else [f for f in every if f.src in set(sources)]
         self._conntrack.sync()
         return self._conntrack.flows(sources)
 

@@ -62,6 +62,11 @@ def flow_allowed(
     return False
 
 
+def accepts_peers(policy: NetworkPolicy | None) -> bool:
+    """Does a devbox under ``policy`` take part in devbox-to-devbox traffic (both ways)?"""
+    return policy is None or policy.egress.allow_all or policy.egress.allow_devbox_to_devbox
+
+
 def revokes_nothing(before: Egress | None, after: Egress | None) -> bool:
     """True when ``after`` allows everything ``before`` allowed, judged conservatively on
     the policy's terms (a False can be a false alarm, a True is never wrong):

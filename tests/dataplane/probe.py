@@ -8,6 +8,8 @@ Prints one line: ``OK <detail>`` or ``FAIL <reason>``. Usage (argv):
   dns SERVER PORT NAME udp|tcp -> a raw DNS query to SERVER (not via resolv.conf)
   hold HOST PORT               -> open a TCP connection, echo once, then report every second
                                   whether the connection still echoes (for revocation tests)
+  serve PORT                   -> a TCP echo server (every connection, every read) on PORT;
+                                  prints "OK ready" once listening, then runs until killed
 """
 
 import socket
@@ -23,6 +25,8 @@ def main(argv):
         if mode == "resolve":
             infos = socket.getaddrinfo(argv[1], None, socket.AF_INET, socket.SOCK_STREAM)
             return "OK " + ",".join(sorted({i[4][0] for i in infos}))
+        if mode == "serve":
+            return serve(int(argv[1]))
         host, port = argv[1], int(argv[2])
         if mode == "tcp":
             with socket.create_connection((host, port), timeout=TIMEOUT) as s:
@@ -70,6 +74,24 @@ def main(argv):
         return f"FAIL unknown mode {mode}"
     except OSError as exc:
         return f"FAIL {type(exc).__name__}: {exc}"
+
+
+def serve(port):
+    import threading
+
+    def echo(conn):
+        with conn:
+            while data := conn.recv(100):
+                conn.sendall(data)
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen()
+    print("OK ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -121,6 +121,11 @@ def test_devbox_to_devbox_on_off_and_never_across_accounts(plane, devboxes):
     assert not ok(devboxes.run(peer_off, "tcp", target_ip, "9000"))
     assert not ok(devboxes.run(stranger, "tcp", target_ip, "9000"))
     assert devboxes.run(stranger, "resolve", local_name).startswith("FAIL")
+    # Both ends must allow it: an allow_all devbox reaches the target, not the devbox without.
+    open_box = devboxes.create(make_policy(allow_all=True))
+    _listen(devboxes, peer_off, 9000)
+    assert devboxes.run(open_box, "tcp", target_ip, "9000") == "OK ping"
+    assert not ok(devboxes.run(open_box, "tcp", _ip(plane, peer_off), "9000"))
 
 
 def test_devboxes_reach_neither_router_services_nor_host(plane, devboxes):

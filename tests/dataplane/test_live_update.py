@@ -113,3 +113,49 @@ def test_a_devbox_never_enforces_an_older_version_than_the_latest_update(plane, 
     box = devboxes.create(old)  # provisioning read the policy just before the update
     assert dataplane.attached(box).policy.update_time_ms == new.update_time_ms
     assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+
+
+def _ip(dataplane, box: str) -> str:
+    return dataplane.attached(box).address.ip
+
+
+def test_devbox_to_devbox_off_cuts_flows_whichever_side_opened_them(plane, devboxes):
+    """Devbox-to-devbox needs both ends' policies: turning it off on either side cuts the
+    established flows for good (the other side, still allowed, cannot re-create them)."""
+    dataplane = plane[0]
+    target_policy = make_policy(allow_devbox_to_devbox=True)
+    peer_policy = make_policy(allow_devbox_to_devbox=True)
+    target, peer = devboxes.create(target_policy), devboxes.create(peer_policy)
+    target_ip, peer_ip = _ip(dataplane, target), _ip(dataplane, peer)
+    servers = [devboxes.start(box, "serve", "9100") for box in (target, peer)]
+    for server in servers:
+        assert server.stdout.readline().decode().strip() == "OK ready"
+    assert devboxes.run(peer, "tcp", target_ip, "9100") == "OK ping"
+
+    # The receiving side turns it off: the flow the peer opened is cut and stays cut.
+    held = Held(devboxes, peer, target_ip, 9100)
+    try:
+        assert held.poke("before") == "OK before"
+        target_off = updated(target_policy, allow_devbox_to_devbox=False)
+        dataplane.policy_updated(target_policy, target_off)
+        assert held.poke("after").startswith("FAIL")
+    finally:
+        held.close()
+    assert not devboxes.run(peer, "tcp", target_ip, "9100").startswith("OK")
+    assert not devboxes.run(target, "tcp", peer_ip, "9100").startswith("OK")
+    # Back on: new connections work again.
+    target_on = updated(target_off, allow_devbox_to_devbox=True)
+    dataplane.policy_updated(target_off, target_on)
+    assert devboxes.run(peer, "tcp", target_ip, "9100") == "OK ping"
+
+    # The opening side turns it off: its own flow is cut too.
+    held = Held(devboxes, peer, target_ip, 9100)
+    try:
+        assert held.poke("before") == "OK before"
+        dataplane.policy_updated(peer_policy, updated(peer_policy, allow_devbox_to_devbox=False))
+        assert held.poke("after").startswith("FAIL")
+    finally:
+        held.close()
+    assert not devboxes.run(target, "tcp", peer_ip, "9100").startswith("OK")
+    for server in servers:
+        server.kill()

@@ -47,7 +47,10 @@ MIXED = Egress(
 
 
 def box(key: str, account: str, n: int, policy: str | None) -> Devbox:
-    return Devbox(key, account, f"10.88.0.{n}", f"02:00:0a:58:00:{n:02x}", f"vd{key}", policy)
+    """A devbox; it is a peer (in its account set) when its policy allows devbox-to-devbox."""
+    egress = POLICIES[policy] if policy is not None else None
+    peer = egress is None or egress.allow_all or egress.allow_devbox_to_devbox
+    return Devbox(key, account, f"10.88.0.{n}", f"02:00:0a:58:00:{n:02x}", f"vd{key}", policy, peer)
 
 
 # policy key -> egress
@@ -87,6 +90,9 @@ CASES = {
         ROUTER_FULL, dataclasses.replace(CIDRS, policy=None), flush_learned=False
     ),
     "remove_devbox": lambda: R.remove_devbox(ROUTER, CIDRS),
+    "remove_devbox_peer": lambda: R.remove_devbox(ROUTER, D2D),
+    "set_peer_on": lambda: R.set_peer(DENY, True),
+    "set_peer_off": lambda: R.set_peer(D2D, False),
     "remove_last_in_account": lambda: R.remove_devbox(ROUTER, NO_POLICY, drop_account_set=True),
     "learned_add": lambda: R.learned_add("d2", [("203.0.113.34", 300), ("198.51.100.111", 60), ("203.0.113.34", 120)]),
     "learned_remove": lambda: R.learned_remove("d2", ["203.0.113.34", "198.51.100.111"]),

@@ -16,6 +16,11 @@ How the holder is built (``start()``)
       tmpfs (a hidden regular file is covered with ``/dev/null``);
     * ``/home`` becomes a read-only tmpfs holding only ``user``, onto which ``root/home`` is
       bind-mounted; ``root/tmp`` is bind-mounted on ``/tmp`` and ``/var/tmp``;
+    * ``/run`` becomes an empty tmpfs owned by root: the host's ``/run`` holds UNIX sockets
+      (D-Bus, systemd, dockerd, ...) that a read-only view would still let a devbox connect
+      to (connect(2) ignores read-only mounts). If ``/etc/resolv.conf`` is a symlink into
+      ``/run`` (systemd-resolved), its target is recreated as an empty file there for the
+      resolv.conf bind below;
     * ``/dev/shm`` and ``/run/lock`` get private tmpfs (they are world-writable on the host);
     * generated ``resolv.conf`` (only ``nameserver <nameserver>``) and ``hosts`` are bind-mounted
       read-only over ``/etc/resolv.conf`` and ``/etc/hosts``;
@@ -194,6 +199,10 @@ def _write_if_changed(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
 
 
 def _proc_starttime(pid: int) -> int | None:
@@ -518,7 +527,10 @@ class Sandbox:
         if self._holder_pid is not None and self.alive():
             raise SandboxError(f"sandbox {self.name} already running")
         resolv, hosts = self._prepare_root()
-        hides = self._hide_targets()
+        # /run is replaced whole (below): hiding anything under it is moot, and would fail.
+        hides = [(p, d) for p, d in self._hide_targets() if not _under(p, "/run")]
+        resolv_target = os.path.realpath("/etc/resolv.conf")
+        resolv_in_run = resolv_target if _under(resolv_target, "/run") else None
         self._freezer = _Freezer.create(self.name, self._freezer_pref)
 
         fds: list[int] = []
@@ -544,6 +556,10 @@ class Sandbox:
                     home_fd, tmp_fd, resolv_fd, hosts_fd, null_fd = (
                         os.open(p, os.O_PATH | os.O_CLOEXEC) for p in sources
                     )
+                    _mount("dbxsim-run", "/run", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=1m,mode=0755")
+                    if resolv_in_run is not None:
+                        os.makedirs(os.path.dirname(resolv_in_run), 0o755, exist_ok=True)
+                        os.close(os.open(resolv_in_run, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
                     for path, is_dir in hides:
                         if is_dir:
                             _mount("dbxsim-hidden", path, "tmpfs", ro_hide, "size=4k,nr_inodes=1,mode=0555")
@@ -557,6 +573,7 @@ class Sandbox:
                     # optional targets: absent on the host, or under a hidden path
                     if os.path.isdir("/var/tmp"):
                         _bind(tmp_fd, "/var/tmp", _MS_NOSUID | _MS_NODEV)
+                    os.mkdir("/run/lock", 0o1777)
                     for p, size in (("/dev/shm", "64m"), ("/run/lock", "1m")):
                         if os.path.isdir(p):
                             _mount("dbxsim-" + os.path.basename(p), p, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")

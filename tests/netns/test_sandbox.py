@@ -12,6 +12,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -340,8 +341,8 @@ def test_hidden_paths_are_invisible(sb, data_dir):
 
 @pytest.mark.privileged
 def test_hidden_regular_file(make_sandbox, data_dir, uniq):
-    # not under /tmp, which the devbox's own /tmp covers anyway
-    d = Path("/run") / f"dbxsim-test-{uniq('h')}"
+    # not under /tmp or /run, which the devbox's own tmpfs cover anyway
+    d = Path("/var/lib") / f"dbxsim-test-{uniq('h')}"
     d.mkdir()
     try:
         f = d / "key.pem"
@@ -749,3 +750,79 @@ def test_latency(make_sandbox, capsys):
     assert statistics.median(starts) < 250
     assert statistics.median(execs) < 250
 
+
+
+@pytest.mark.privileged
+def test_host_run_and_its_unix_sockets_are_invisible(make_sandbox, uniq):
+    """connect(2) to a UNIX socket ignores read-only mounts: the host's /run (D-Bus, dockerd,
+    systemd sockets) must not be there at all."""
+    import socket as socketlib
+
+    path = f"/run/dbxsim-test-{uniq('s')}.sock"
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        os.chmod(path, 0o666)
+        listener.listen()
+        sb = make_sandbox()
+        probe = (
+            "import socket,sys\n"
+            "s=socket.socket(socket.AF_UNIX)\n"
+            f"try: s.connect({path!r}); print('CONNECTED')\n"
+            "except OSError as e: print(type(e).__name__)\n"
+        )
+        rc, out, err = _run(sb, f"/usr/bin/python3 -c \"{probe}\"; ls -A /run; touch /run/x")
+        lines = out.split()
+        assert lines[0] == "FileNotFoundError", (out, err)
+        assert lines[1:] == ["lock"]  # an empty root-owned tmpfs with a private /run/lock
+        assert rc != 0 and ("Permission denied" in err or "Read-only" in err), err
+        rc, _, err = _run(sb, "touch /run/lock/mine && ls /run/lock")
+        assert rc == 0, err
+    finally:
+        listener.close()
+        os.unlink(path)
+
+
+_RESOLV_SYMLINK_CHILD = """
+import os, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from netns.sandbox import Sandbox
+work = Path({work!r})
+subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+# /etc as systemd-resolved leaves it: resolv.conf is a symlink into /run
+(work / "upper").mkdir(); (work / "ovl").mkdir()
+os.symlink("../run/systemd/resolve/stub-resolv.conf", work / "upper" / "resolv.conf")
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir=/etc,upperdir={{work}}/upper,workdir={{work}}/ovl", "/etc"], check=True)
+assert os.path.islink("/etc/resolv.conf")
+sb = Sandbox({name!r}, {netns!r}, work / "root", {uid}, {uid}, "10.99.0.53")
+sb.start()
+try:
+    p = sb.exec("cat /etc/resolv.conf")
+    out, err = p.communicate(timeout=30)
+    print(out.decode(), end="")
+    sys.stderr.write(err.decode())
+finally:
+    sb.stop()
+"""
+
+
+@pytest.mark.privileged
+def test_resolv_conf_symlink_into_run_still_gets_our_nameserver(netns_name, tmp_path, uniq):
+    """Ubuntu's /etc/resolv.conf points into /run, which the sandbox replaces: the link's
+    target is recreated there so that our resolv.conf can still be bound over it. Run in a
+    private mount namespace with an overlay /etc, so the host's /etc is untouched."""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.chmod(tmp_path, 0o755)
+    script = _RESOLV_SYMLINK_CHILD.format(
+        repo=str(Path(__file__).resolve().parents[2]), work=str(work), name=f"dbxsim-t-{uniq('r')}",
+        netns=netns_name, uid=UID,
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "nameserver 10.99.0.53\n", done.stderr

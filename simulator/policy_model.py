@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class Egress:
         # allow_all implies devbox-to-devbox (the contract; the view shows it too).
         if self.allow_all and not self.allow_devbox_to_devbox:
             object.__setattr__(self, "allow_devbox_to_devbox", True)
+
+    @cached_property
+    def json_text(self) -> str:
+        """The view's ``egress`` object as compact JSON: the stored form, spliced into views
+        as is (cached: a list of 20 policies would otherwise re-encode 20 of them)."""
+        return json.dumps(self.to_json(), separators=(",", ":"))
 
     @property
     def deny_all(self) -> bool:
@@ -90,7 +97,7 @@ class NetworkPolicy:
     update_time_ms: int
 
     def egress_json(self) -> str:
-        return json.dumps(self.egress.to_json(), separators=(",", ":"))
+        return self.egress.json_text
 
 
 @dataclass

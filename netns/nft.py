@@ -9,6 +9,10 @@ to the target namespace's nf_tables (verified in tests/netns/test_nft_apply.py).
 
 Every ``apply`` is one libnftables run = one nf_tables transaction: on any error nothing is
 applied. Calls are serialized by a lock (a context is not thread-safe).
+
+One exception to "everything through here": the resolver's per-answer ``add element`` into a
+learned set goes through ``netns.nft_elements`` (raw netlink, ~15x cheaper, since libnftables
+re-reads its whole table/set cache on every call).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent,
 from netns import conntrack, links, namespaces, ruleset
 from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft
+from netns.nft_elements import SetElements
 from simulator.addresses import Address, AddressPool
 from simulator.policy_model import NetworkPolicy
 from simulator.policy_rules import accepts_peers, egress_for, flow_allowed, revokes_nothing
@@ -108,6 +109,8 @@ class DataPlane:
         self._router = links.Router(self.router_ns, gateway=self.gateway, prefix=self.pool.network.prefixlen)
         self._rules_router: ruleset.Router | None = None
         self._nft: Nft | None = None
+        # The resolver's hot path (learned addresses) bypasses libnftables: see netns.nft_elements.
+        self._elements: SetElements | None = None
         self._world: World | None = None
         self._dns: DnsServer | None = None
         self.resolver: Resolver | None = None
@@ -149,6 +152,7 @@ class DataPlane:
             )
             self._nft = Nft(self.router_ns)
             self._nft.apply(ruleset.bootstrap(self._rules_router))
+            self._elements = SetElements(self.router_ns)
             self._conntrack = conntrack.Tracker(self.router_ns)
             self._start_resolver(upstream)
             if self.config.log_group is not None:
@@ -190,6 +194,9 @@ class DataPlane:
         if self._nft is not None:
             self._nft.close()
             self._nft = None
+        if self._elements is not None:
+            self._elements.close()
+            self._elements = None
         if self._conntrack is not None:
             self._conntrack.close()
             self._conntrack = None
@@ -465,7 +472,7 @@ class DataPlane:
             restricted = attached.policy is not None and not attached.policy.egress.allow_all
             if entries and restricted:
                 # Raising here makes the resolver answer SERVFAIL: never an address nft lacks.
-                self._nft.apply(ruleset.learned_add(attached.address.key, entries))
+                self._elements.add("inet", ruleset.TABLE, ruleset.learned_set(attached.address.key), entries)
                 for address, timeout in entries:
                     attached.armed[address] = now + timeout
 

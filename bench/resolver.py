@@ -14,7 +14,7 @@ Setup (all on 127.0.0.0/8; no packet leaves the machine):
                                dict, like Attached.learned: isolates the resolver's own cost
                memory-cache    default AnswerCache, warmed with HOT names before measuring
                nft-nocache     like memory-nocache, and on_answer also does a real nft
-               nft-cache       learned_add (netns.ruleset) into a learned timeout set in a
+               nft-cache       learned add (netns.nft_elements, as the data plane) into a timeout set in a
                                throwaway network namespace this script creates (and deletes)
   clients    this process: 1 or 8 threads, each a connected UDP socket bound to 127.0.0.3,
              closed loop (send, wait for the matching reply, repeat) for SECONDS; pre-built
@@ -85,9 +85,10 @@ def percentile(values, q):
 def _throwaway_learned_set(ns: str):
     """Coupling to netns internals kept here: a namespace with only our learned timeout set
     (same table/set names and type as netns.ruleset uses), and an on_answer step doing what
-    DataPlane._on_answer does for a restricted devbox. Returns (apply_answers, close)."""
+    DataPlane._on_answer does for a restricted devbox (through netns.nft_elements). Returns (apply_answers, close)."""
     from netns import namespaces, ruleset
     from netns.nft import Nft
+    from netns.nft_elements import SetElements
 
     namespaces.create(ns)
     nft = Nft(ns)
@@ -97,10 +98,13 @@ def _throwaway_learned_set(ns: str):
         {"add": {"set": dict(table, name=ruleset.learned_set(LEARNED_KEY), type="ipv4_addr", flags=["timeout"])}},
     ]})
 
+    elements = SetElements(ns)  # the data plane's path (raw netlink), not libnftables
+
     def apply_answers(entries):
-        nft.apply(ruleset.learned_add(LEARNED_KEY, entries))
+        elements.add("inet", ruleset.TABLE, ruleset.learned_set(LEARNED_KEY), entries)
 
     def close():
+        elements.close()
         nft.close()
         namespaces.delete(ns)
 

@@ -6,9 +6,10 @@ devbox's network namespace (``/run/netns/<netns>``, created elsewhere). Executio
 holder's namespaces and drop to an unprivileged uid with no capabilities.
 
 How the holder is built (``start()``)
-    ``subprocess.Popen`` forks the simulator; a ``preexec_fn`` in the forked child (never in
-    the simulator itself: ``setns(CLONE_NEWNS)`` and ``unshare(CLONE_NEWPID)`` are per-thread
-    and refused in multithreaded processes) joins the network namespace, unshares
+    The small zygote process (netns/zygote.py) forks a child (never the simulator itself:
+    ``setns(CLONE_NEWNS)`` and ``unshare(CLONE_NEWPID)`` are per-thread and refused in
+    multithreaded processes, and forking the simulator's heap cost 6-10 ms). The child runs
+    ``netns.sandbox_setup.prepare``: it joins the network namespace, unshares
     mount/PID/IPC/UTS, makes every mount private (nothing propagates back to the host) and
     mounts the devbox's view with plain ``mount(2)`` calls through ctypes:
 
@@ -33,9 +34,10 @@ How the holder is built (``start()``)
     (and dies with that parent: killing either process ends the sandbox), mounts ``/proc`` for
     it and execs the init: ``/bin/sh`` (dash) running ``while :; do sleep infinity & wait;
     done``. dash's ``wait`` reaps *every* child (wait3(-1)), including orphans re-parented to
-    PID 1, so no zombie piles up, and no Python interpreter stays resident. ``close_fds``
-    strips every simulator descriptor. Readiness is a line the init prints once ``/proc`` is
-    mounted; a setup error is printed by the child and raised as :class:`SandboxError`.
+    PID 1, so no zombie piles up, and no Python interpreter stays resident. The child holds
+    no descriptor but its stdin (/dev/null) and output pipe. Readiness is a line the init
+    prints once ``/proc`` is mounted; a setup error is printed by the child and raised as
+    :class:`SandboxError`.
 
 How an execution runs (``exec()``)
     ``/bin/sh -c 'echo $$ > <cgroup>/cgroup.procs && exec "$@"'`` (only with a cgroup freezer,
@@ -78,7 +80,6 @@ This module must never import ``simulator``.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
@@ -94,6 +95,9 @@ from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
+from netns import zygote
+from netns.sandbox_setup import DEVBOX_HOME, DEVBOX_TMP
+
 __all__ = [
     "HOLDER_TAG",
     "DEVBOX_HOME",
@@ -104,8 +108,6 @@ __all__ = [
     "kill_orphans",
 ]
 
-DEVBOX_HOME = "/home/user"
-DEVBOX_TMP = "/tmp"
 HOLDER_TAG = "dbxsim-holder"  # $0 of the holder's init; its $1 is the sandbox name
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHAIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -117,30 +119,6 @@ _CGROUP_PARENT = "dbxsim"
 _INIT_SCRIPT = (
     'echo ready; exec </dev/null >/dev/null 2>&1; while :; do sleep infinity & wait; done'
 )
-
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWUTS = 0x04000000
-_CLONE_NEWIPC = 0x08000000
-_CLONE_NEWPID = 0x20000000
-_CLONE_NEWNET = 0x40000000
-_MS_RDONLY = 1
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_NOEXEC = 8
-_MS_REMOUNT = 32
-_MS_BIND = 4096
-_MS_REC = 16384
-_MS_PRIVATE = 1 << 18
-
-_libc = ctypes.CDLL(None, use_errno=True)
-try:
-    _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    _libc.unshare.argtypes = [ctypes.c_int]
-    _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-    _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-except AttributeError:  # not Linux: the path/file helpers still import and work
-    pass
-
 
 class SandboxError(RuntimeError):
     """The sandbox could not be started or used."""
@@ -155,30 +133,6 @@ def _tool(name: str) -> str:
     if found is None:
         raise SandboxError(f"`{name}` not found")
     return found
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-
-
-def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(
-        _libc.mount(
-            src.encode() if src is not None else None,
-            target.encode(),
-            fstype.encode() if fstype is not None else None,
-            flags,
-            data.encode() if data is not None else None,
-        ),
-        f"mount {fstype or 'bind'} on {target}",
-    )
-
-
-def _bind(src_fd: int, target: str, extra: int) -> None:
-    _mount(f"/proc/self/fd/{src_fd}", target, None, _MS_BIND)
-    _mount(None, target, None, _MS_REMOUNT | _MS_BIND | extra)
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -442,7 +396,6 @@ class Sandbox:
         self.hidden_paths = [Path(p) for p in hidden_paths]
         self._freezer_pref = freezer
         self._freezer: _Freezer | None = None
-        self._proc: subprocess.Popen | None = None  # the `unshare` parent, when we started it
         self._holder_pid: int | None = None
         self._holder_start: int | None = None
         self._suspended = False
@@ -533,106 +486,49 @@ class Sandbox:
         resolv_in_run = resolv_target if _under(resolv_target, "/run") else None
         self._freezer = _Freezer.create(self.name, self._freezer_pref)
 
-        fds: list[int] = []
-        try:
-            net_fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            fds.append(net_fd)
+        try:  # a clear error for a missing namespace (the child opens it again)
+            os.close(os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC))
         except OSError as e:
             self._freezer.remove(time.monotonic())
             raise SandboxError(f"network namespace {self.netns}: {e.strerror}") from None
+        plan = {
+            "net": self.netns_path,
+            "hostname": self.name,
+            "sources": [str(self.home_dir), str(self.tmp_dir), resolv, hosts, "/dev/null"],
+            "hides": hides,
+            "resolv_in_run": resolv_in_run,
+        }
+        argv = [
+            _tool("unshare"), "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "--",
+            "/bin/sh", "-c", _INIT_SCRIPT, HOLDER_TAG, self.name,
+        ]  # fmt: skip
         try:
-            sources = [str(self.home_dir), str(self.tmp_dir), resolv, hosts, "/dev/null"]
-            hostname = self.name.encode()[:64]
-            ro_hide = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-
-            def setup() -> None:  # runs in the forked child, before exec
-                try:
-                    _check(_libc.setns(net_fd, _CLONE_NEWNET), "setns net")
-                    _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS), "unshare")
-                    _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
-                    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
-                    # Bind sources must be mounts of *this* namespace: open them now, before
-                    # any mount can hide them (root may live under /tmp or a hidden path).
-                    home_fd, tmp_fd, resolv_fd, hosts_fd, null_fd = (
-                        os.open(p, os.O_PATH | os.O_CLOEXEC) for p in sources
-                    )
-                    _mount("dbxsim-run", "/run", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "size=1m,mode=0755")
-                    if resolv_in_run is not None:
-                        os.makedirs(os.path.dirname(resolv_in_run), 0o755, exist_ok=True)
-                        os.close(os.open(resolv_in_run, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-                    for path, is_dir in hides:
-                        if is_dir:
-                            _mount("dbxsim-hidden", path, "tmpfs", ro_hide, "size=4k,nr_inodes=1,mode=0555")
-                        else:
-                            _bind(null_fd, path, _MS_RDONLY | _MS_NOSUID | _MS_NOEXEC)
-                    _mount("dbxsim-home", "/home", "tmpfs", _MS_NOSUID | _MS_NODEV, "size=64k,nr_inodes=16,mode=0755")
-                    os.mkdir("/home/user", 0o755)
-                    _mount(None, "/home", None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-                    _bind(home_fd, DEVBOX_HOME, _MS_NOSUID | _MS_NODEV)
-                    _bind(tmp_fd, DEVBOX_TMP, _MS_NOSUID | _MS_NODEV)
-                    # optional targets: absent on the host, or under a hidden path
-                    if os.path.isdir("/var/tmp"):
-                        _bind(tmp_fd, "/var/tmp", _MS_NOSUID | _MS_NODEV)
-                    os.mkdir("/run/lock", 0o1777)
-                    for p, size in (("/dev/shm", "64m"), ("/run/lock", "1m")):
-                        if os.path.isdir(p):
-                            _mount("dbxsim-" + os.path.basename(p), p, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={size},mode=1777")
-                    if os.path.exists("/etc/resolv.conf"):
-                        _bind(resolv_fd, "/etc/resolv.conf", _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-                    if os.path.exists("/etc/hosts"):
-                        _bind(hosts_fd, "/etc/hosts", _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-                    # sysfs of this network namespace (also hides the host's cgroup tree)
-                    _mount("sysfs", "/sys", "sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-                except BaseException as e:  # report through the pipe; never raise in preexec
-                    try:
-                        os.write(2, f"sandbox setup failed: {e}\n".encode())
-                    finally:
-                        os._exit(111)
-
-            argv = [
-                _tool("unshare"), "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "--",
-                "/bin/sh", "-c", _INIT_SCRIPT, HOLDER_TAG, self.name,
-            ]  # fmt: skip
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-                cwd="/",
-                env=dict(_CHAIN_ENV),
-                start_new_session=True,
-                preexec_fn=setup,
-            )
-        finally:
-            for fd in fds:
-                os.close(fd)
+            child, out_fd = zygote.default().spawn(argv, dict(_CHAIN_ENV), plan)
+        except OSError as e:
+            self._freezer.remove(time.monotonic())
+            raise SandboxError(f"sandbox {self.name} could not be started: {e}") from None
         try:
-            out = self._read_ready(proc)
+            out = self._read_ready(out_fd)
             if out is not None:
                 raise SandboxError(f"sandbox {self.name} failed to start: {out.strip() or 'no output'}")
-            pid = self._find_init(proc.pid)
+            pid = self._find_init(child)
         except BaseException:
-            proc.kill()
             try:
-                proc.wait(_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
+                os.killpg(child, signal.SIGKILL)  # its own session: the whole chain
+            except ProcessLookupError:
                 pass
-            if proc.stdout:
-                proc.stdout.close()
             self._freezer.remove(time.monotonic() + 1)
             raise
-        proc.stdout.close()
-        self._proc = proc
+        finally:
+            os.close(out_fd)
         self._holder_pid = pid
         self._holder_start = _proc_starttime(pid)
         self._suspended = False
         self._save_state()
 
     @staticmethod
-    def _read_ready(proc: subprocess.Popen) -> str | None:
+    def _read_ready(fd: int) -> str | None:
         """None when the init said ready, else whatever the chain printed before dying."""
-        fd = proc.stdout.fileno()
         buf = b""
         deadline = time.monotonic() + _START_TIMEOUT
         while True:
@@ -722,8 +618,6 @@ class Sandbox:
         pid = self._holder_pid
         if pid is None:
             return False
-        if self._proc is not None and self._proc.poll() is not None:
-            return False
         st = _proc_state(pid)
         if st is None or st in ("Z", "X"):
             return False
@@ -769,12 +663,6 @@ class Sandbox:
                         pass
                 if not self._wait_holder(pid, deadline):
                     raise SandboxError(f"sandbox {self.name}: holder {pid} did not exit")
-        if self._proc is not None:
-            try:
-                self._proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise SandboxError(f"sandbox {self.name}: holder did not exit") from None
-            self._proc = None
         self._holder_pid = None
         self._holder_start = None
         self._suspended = False
@@ -788,12 +676,6 @@ class Sandbox:
                 pass
 
     def _wait_holder(self, pid: int, deadline: float) -> bool:
-        if self._proc is not None:
-            try:
-                self._proc.wait(max(0.0, deadline - time.monotonic()))
-                return True
-            except subprocess.TimeoutExpired:
-                return False
         return _wait_gone(pid, deadline)
 
     def destroy(self) -> None:
@@ -838,7 +720,6 @@ class Sandbox:
         pid = self._holder_pid
         if (
             pid is None
-            or (self._proc is not None and self._proc.poll() is not None)
             or _proc_starttime(pid) != self._holder_start  # gone, or pid reused
         ):
             raise SandboxError(f"sandbox {self.name} is not running")

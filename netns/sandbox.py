@@ -397,6 +397,7 @@ class Sandbox:
         self._freezer_pref = freezer
         self._freezer: _Freezer | None = None
         self._holder_pid: int | None = None
+        self._starting: tuple[int, int] | None = None  # (pid, output fd) between the two halves of start()
         self._holder_start: int | None = None
         self._suspended = False
 
@@ -477,6 +478,14 @@ class Sandbox:
 
     def start(self) -> None:
         """Start the holder. Raises SandboxError (and leaves nothing running) on failure."""
+        self.begin_start()
+        self.finish_start()
+
+    def begin_start(self) -> None:
+        """The first half of ``start()``: the holder is forked and sets itself up while the
+        caller does other work (the runtime plugs the network in meanwhile); ``finish_start``
+        waits for it. A failure here leaves nothing running; after a successful
+        ``begin_start`` the caller must call ``finish_start`` (or ``abort_start``)."""
         if self._holder_pid is not None and self.alive():
             raise SandboxError(f"sandbox {self.name} already running")
         resolv, hosts = self._prepare_root()
@@ -503,10 +512,17 @@ class Sandbox:
             "/bin/sh", "-c", _INIT_SCRIPT, HOLDER_TAG, self.name,
         ]  # fmt: skip
         try:
-            child, out_fd = zygote.default().spawn(argv, dict(_CHAIN_ENV), plan)
+            self._starting = zygote.default().spawn(argv, dict(_CHAIN_ENV), plan)
         except OSError as e:
             self._freezer.remove(time.monotonic())
             raise SandboxError(f"sandbox {self.name} could not be started: {e}") from None
+
+    def finish_start(self) -> None:
+        """Wait until the holder begun by ``begin_start`` is ready (or raise SandboxError,
+        leaving nothing running)."""
+        if self._starting is None:
+            raise SandboxError(f"sandbox {self.name}: finish_start without begin_start")
+        (child, out_fd), self._starting = self._starting, None
         try:
             out = self._read_ready(out_fd)
             if out is not None:
@@ -525,6 +541,18 @@ class Sandbox:
         self._holder_start = _proc_starttime(pid)
         self._suspended = False
         self._save_state()
+
+    def abort_start(self) -> None:
+        """Undo a ``begin_start`` whose ``finish_start`` will not come (the caller failed)."""
+        if self._starting is None:
+            return
+        (child, out_fd), self._starting = self._starting, None
+        try:
+            os.killpg(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(out_fd)
+        self._freezer.remove(time.monotonic() + 1)
 
     @staticmethod
     def _read_ready(fd: int) -> str | None:
@@ -630,6 +658,7 @@ class Sandbox:
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Kill the holder, hence every process of the devbox. Idempotent, bounded."""
+        self.abort_start()  # a start begun but never finished
         deadline = time.monotonic() + timeout
         pid = self._holder_pid
         if self._freezer is not None:

@@ -52,8 +52,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "world.toml"
         world.write_text('resolver = "198.51.100.53"\n[hosts."github.com"]\naddress = "192.0.2.10"\n')
-        args = ("--runtime", "netns", "--world", str(world), "--subnet", "10.93.0.0/16", "--log-level", "warning")
-        with ServerProcess(Path(tmp) / "data", *args) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        args = ("--runtime", "netns", "--world", str(world), "--subnet", "10.93.0.0/16")
+        # Every request logged, as in production, to a file (see ServerProcess.log_file).
+        with ServerProcess(Path(tmp) / "data", *args, log_file=Path(tmp) / "server.log") as server, httpx.Client(base_url=server.url, timeout=60) as client:
             policy = client.post("/v1/network-policies", json={"name": "bench", "allowed_hostnames": ["github.com"]},
                                  headers=HEADERS).json()
             body = {"launch_parameters": {"network_policy_id": policy["id"]}}

@@ -59,7 +59,8 @@ def summary(latencies: list[float], baseline: list[float] | None = None) -> dict
 
 def main() -> int:
     headers = [{"Authorization": f"Bearer bench-{i}"} for i in range(ACCOUNTS)]
-    with tempfile.TemporaryDirectory() as data, ServerProcess(Path(data), "--log-level", "warning") as server:
+    # The server logs every request, as in production, to a file (see ServerProcess.log_file).
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "data", log_file=Path(tmp) / "server.log") as server:
         with httpx.Client(base_url=server.url, timeout=10) as client:
             baseline = paced(server.url, [("GET", "/healthz", {})] * 500, RATE)
             creates = [

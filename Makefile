@@ -13,7 +13,7 @@ test:
 	./scripts/bootstrap.sh --test
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
-BENCHES ?= policies_api policy_update devbox_create resolver resolve_connect throughput
+BENCHES ?= policies_api policy_update devbox_create resolver resolve_connect throughput docker_create
 
 # Each benchmark prints ratios against a baseline from the same run and writes
 # bench/results/<name>.json. Most need root (namespaces); none sends packets off the machine.

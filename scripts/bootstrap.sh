@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 WITH_TEST=0
 [ "${1:-}" = "--test" ] && WITH_TEST=1
 
+# busybox-static: the docker runtime's default image is built from it, offline.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc make nftables libnftables1 iproute2 conntrack
-              util-linux procps kmod iputils-ping netcat-openbsd curl ca-certificates)
-# Only with --test: `vagrant validate` (and ruby) check the Vagrantfile (tests/test_service.py).
-TEST_APT_PACKAGES=(vagrant ruby)
+              util-linux procps kmod iputils-ping netcat-openbsd curl ca-certificates busybox-static)
+# Only with --test: `vagrant validate` (and ruby) check the Vagrantfile (tests/test_service.py);
+# docker.io runs the real-traffic suite a second time, on the docker runtime.
+TEST_APT_PACKAGES=(vagrant ruby docker.io)
 [ "$WITH_TEST" = 1 ] && APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 
 missing=()
@@ -56,4 +58,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing devbox-sim${extras} into .venv"
   .venv/bin/pip install -q -e ".${extras}"
   echo "$want" > "$stamp"
+fi
+
+# --test: the docker runtime's tests need a daemon. Where none answers (CI containers and VMs
+# without systemd), start one. --iptables=false: devboxes use network mode "none" and the
+# simulator's own data plane, so docker's NAT and its FORWARD DROP policy are not needed (with
+# them on, as under systemd, the host uplink adds its DOCKER-USER accept rules; see README).
+if [ "$WITH_TEST" = 1 ] && [ "$(id -u)" -eq 0 ] && command -v dockerd >/dev/null 2>&1; then
+  if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    echo "bootstrap: starting dockerd --iptables=false (log: /var/log/devbox-sim-dockerd.log)"
+    nohup setsid dockerd --iptables=false >/var/log/devbox-sim-dockerd.log 2>&1 </dev/null &
+    for _ in $(seq 1 60); do
+      docker version --format '{{.Server.Version}}' >/dev/null 2>&1 && break
+      sleep 0.5  # bounded wait for the daemon's socket (30 s)
+    done
+    docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
+      || echo "bootstrap: warning: dockerd did not answer; see /var/log/devbox-sim-dockerd.log" >&2
+  fi
 fi

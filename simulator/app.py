@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -12,19 +13,26 @@ from fastapi import FastAPI
 
 from simulator import __doc__ as package_doc
 from simulator.accounts import Accounts
+from simulator.api import blueprints as blueprint_routes
 from simulator.api import devboxes as devbox_routes
 from simulator.api import errors, network_policies
 from simulator.api import executions as execution_routes
+from simulator.api import files as file_routes
 from simulator.api import network_events as network_event_routes
+from simulator.api import snapshots as snapshot_routes
 from simulator.api.request_log import RequestLog
+from simulator.blueprints import BlueprintService
 from simulator.config import Settings
 from simulator.db import Database
+from simulator.devbox_origins import DevboxOrigins
 from simulator.devboxes import DevboxService
 from simulator.executions import ExecutionService
+from simulator.files import FileService
 from simulator.network_events import NetworkEventLog
 from simulator.network_policies import NetworkPolicyService
 from simulator.runtime.base import DevboxRuntime
 from simulator.runtime.factory import make_runtime
+from simulator.snapshots import SnapshotService
 from simulator.watch import Watch
 
 log = logging.getLogger("devbox_sim")
@@ -43,7 +51,10 @@ class Services:
     network_policies: NetworkPolicyService
     devboxes: DevboxService
     executions: ExecutionService
+    files: FileService
     network_events: NetworkEventLog
+    snapshots: SnapshotService
+    blueprints: BlueprintService
     runtime: DevboxRuntime | None = None  # None: devbox endpoints answer 503 no_runtime
 
     def close(self) -> None:
@@ -60,6 +71,9 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         # Inside the update transaction: enforcement fails -> the stored update rolls back.
         policies.add_update_hook(dataplane.policy_updated)
     devboxes = DevboxService(db, policies, runtime, Watch())
+    snapshots = SnapshotService(db, devboxes)
+    blueprints = BlueprintService(db, policies, devboxes)
+    devboxes.set_origins(DevboxOrigins(blueprints, snapshots))
     events = NetworkEventLog()
     if dataplane is not None:
         dataplane.query_listeners.append(events.on_query)
@@ -74,7 +88,10 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         network_policies=policies,
         devboxes=devboxes,
         executions=ExecutionService(db, devboxes),
+        files=FileService(devboxes),
         network_events=events,
+        snapshots=snapshots,
+        blueprints=blueprints,
         runtime=runtime,
     )
 
@@ -105,11 +122,18 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         vanished = services.devboxes.reconcile(set())
         if vanished:
             log.warning("%d devboxes from a previous run are gone: %s", len(vanished), ", ".join(vanished))
+        cut = services.snapshots.reconcile() + services.blueprints.reconcile()
+        if cut:
+            log.warning("snapshots and builds cut short by a restart failed: %s", ", ".join(cut))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # The store lives as long as the app object (a test client may run the ASGI lifespan
         # several times); SQLite needs no close for durability, commits are already on disk.
+        # Tail latency: a full GC pass walks every object startup made (FastAPI, pydantic,
+        # the runtime); frozen, they are skipped and such passes stay short.
+        gc.collect()
+        gc.freeze()
         yield
         if owned_runtime is not None:
             owned_runtime.close()  # a runtime the app made itself dies with the server
@@ -128,8 +152,11 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         return {"status": "ok"}
 
     app.include_router(network_policies.router)
+    app.include_router(blueprint_routes.router)
+    app.include_router(snapshot_routes.router)  # before the devbox routes: /disk_snapshots is no devbox id
     app.include_router(devbox_routes.router)
     app.include_router(execution_routes.router)
+    app.include_router(file_routes.router)
     app.include_router(network_event_routes.router)
     app.add_middleware(RequestLog)
     return app

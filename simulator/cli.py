@@ -23,7 +23,8 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
     serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--runtime", default=defaults.runtime, choices=["auto", "netns", "none"], help="devbox runtime: netns namespaces (needs root), none = API only, auto = netns when possible (DEVBOX_SIM_RUNTIME)")
+    serve.add_argument("--runtime", default=defaults.runtime, choices=["auto", "docker", "netns", "none"], help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME)")
+    serve.add_argument("--image", default=defaults.image, help="docker runtime: the devboxes' image, already in the daemon (never pulled); default: a busybox image built offline (DEVBOX_SIM_IMAGE)")
     serve.add_argument("--uplink", default=defaults.uplink, choices=["host", "offline"], help="where devbox egress goes: the host's network, or the offline world (DEVBOX_SIM_UPLINK; default offline with --world, else host)")
     serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
     serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
@@ -63,6 +64,7 @@ def serve(args: argparse.Namespace) -> int:
         max_policies_per_account=args.max_policies_per_account,
         log_level=args.log_level,
         runtime=args.runtime,
+        image=args.image,
         uplink=args.uplink,
         world=args.world,
         subnet=args.subnet,

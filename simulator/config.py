@@ -18,8 +18,9 @@ class Settings:
     max_policies_per_account: int = 100
     log_level: str = "info"
     # Devbox runtime. The library default is "none" (API only); `devbox-sim serve` defaults
-    # to "auto": netns when running as root on Linux, else none.
+    # to "auto": docker when a daemon answers, else netns when running as root on Linux, else none.
     runtime: str = "none"
+    image: str | None = None  # docker runtime: the devboxes' image; None = the built-in busybox one
     uplink: str | None = None  # "host" or "offline"; default: offline with --world, else host
     world: Path | None = None
     subnet: str = "10.88.0.0/16"
@@ -45,6 +46,7 @@ class Settings:
         )
         settings.log_level = env.get("DEVBOX_SIM_LOG_LEVEL", settings.log_level)
         settings.runtime = env.get("DEVBOX_SIM_RUNTIME", "auto")
+        settings.image = env.get("DEVBOX_SIM_IMAGE") or None
         settings.uplink = env.get("DEVBOX_SIM_UPLINK") or None
         if env.get("DEVBOX_SIM_WORLD"):
             settings.world = Path(env["DEVBOX_SIM_WORLD"])

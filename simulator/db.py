@@ -75,6 +75,73 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX executions_command ON executions(devbox_id, command_id) WHERE command_id IS NOT NULL;
     CREATE UNIQUE INDEX executions_request ON executions(account, request_id) WHERE request_id IS NOT NULL;
     """,
+    # Devbox logs (GET /v1/devboxes/{id}/logs): commands, their output lines and exit codes,
+    # launch commands and file writes. seq orders them (timestamps may tie).
+    """
+    CREATE TABLE devbox_logs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL,
+        devbox_id TEXT NOT NULL,
+        execution_id TEXT,
+        level TEXT NOT NULL,
+        source TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        cmd TEXT,
+        exit_code INTEGER,
+        message TEXT
+    );
+    CREATE INDEX devbox_logs_devbox ON devbox_logs(account, devbox_id, seq);
+    """,
+    # Disk snapshots and blueprints. A deleted one keeps its row (status/state "deleted") so
+    # that status and GET still answer; ``disk`` is the runtime's reference to the files.
+    """
+    CREATE TABLE disk_snapshots (
+        id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        source_devbox_id TEXT NOT NULL,
+        source_blueprint_id TEXT,
+        network_policy_id TEXT,
+        status TEXT NOT NULL,
+        name TEXT,
+        commit_message TEXT,
+        metadata TEXT NOT NULL,
+        disk TEXT,
+        error_message TEXT,
+        create_time_ms INTEGER NOT NULL,
+        request_id TEXT
+    );
+    CREATE INDEX disk_snapshots_account ON disk_snapshots(account, id);
+    CREATE INDEX disk_snapshots_devbox ON disk_snapshots(account, source_devbox_id);
+    CREATE INDEX disk_snapshots_blueprint ON disk_snapshots(account, source_blueprint_id) WHERE source_blueprint_id IS NOT NULL;
+    CREATE UNIQUE INDEX disk_snapshots_request ON disk_snapshots(account, request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE blueprints (
+        id TEXT PRIMARY KEY,
+        account TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        state TEXT NOT NULL,
+        parameters TEXT NOT NULL,
+        build_policy_id TEXT,
+        launch_policy_id TEXT,
+        base_blueprint_id TEXT,
+        disk TEXT,
+        failure_reason TEXT,
+        create_time_ms INTEGER NOT NULL,
+        build_finish_time_ms INTEGER,
+        request_id TEXT
+    );
+    CREATE INDEX blueprints_account ON blueprints(account, id);
+    CREATE INDEX blueprints_name ON blueprints(account, name, id);
+    CREATE UNIQUE INDEX blueprints_request ON blueprints(account, request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE blueprint_logs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        blueprint_id TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL
+    );
+    CREATE INDEX blueprint_logs_blueprint ON blueprint_logs(blueprint_id, seq);
+    """,
 ]
 
 

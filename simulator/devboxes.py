@@ -4,7 +4,11 @@ The service owns the lifecycle: it validates every status change against
 ``simulator.lifecycle``, records it in ``state_transitions`` and wakes the long polls waiting
 on the devbox. The runtime (``simulator.runtime.base.DevboxRuntime``) only does the work:
 provisioning runs in a worker thread (provisioning -> [initializing: launch_commands] ->
-running), shutdown is synchronous. The runtime is never called inside a store transaction.
+running); shutdown, suspend (running -> suspending -> suspended) and resume (suspended ->
+running) are synchronous. The runtime is never called inside a store transaction.
+
+A running devbox has a keep-alive timer (``simulator.keep_alive``): it shuts down with
+``shutdown_reason: keep_alive_timeout`` after ``keep_alive_time_seconds`` without activity.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from typing import Any
 
 import anyio.to_thread
 
-from simulator import clock, devbox_store, ids, lifecycle
+from simulator import clock, devbox_logs, devbox_store, ids, lifecycle
 from simulator.db import Database
 from simulator.devbox_model import Devbox, StateTransition
-from simulator.errors import ApiError, InvalidRequest, NotFound, RequestTimeout
+from simulator.errors import ApiError, Conflict, InvalidRequest, NotFound, RequestTimeout
+from simulator.keep_alive import KeepAliveTimers
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import NetworkPolicy, Page
 from simulator.runtime.base import DevboxRuntime, DevboxSpec, RuntimeFailure
@@ -62,11 +67,24 @@ class DevboxService:
         self.runtime = runtime
         self.watch = watch or Watch()
         self._terminal_hooks: list[TerminalHook] = []
+        # Blueprints and snapshots (simulator.devbox_origins): a devbox's disk and defaults.
+        self.origins = None
+        self._shutdown_guards: list[Callable[[Devbox], None]] = []  # raise to refuse (409)
+        self.keep_alive_timers = KeepAliveTimers(self._keep_alive_expired)
+        # Suspend and resume of one devbox are serialised (striped locks): each is a stored
+        # move, a runtime call and another stored move, which must not interleave.
+        self._lifecycle_locks = [threading.Lock() for _ in range(64)]
         # Deleting a policy that an active devbox uses is a 400 naming the devbox.
         network_policies.add_usage_check(self._policy_users)
 
     def add_terminal_hook(self, hook: TerminalHook) -> None:
         self._terminal_hooks.append(hook)
+
+    def set_origins(self, origins) -> None:
+        self.origins = origins
+
+    def add_shutdown_guard(self, guard: Callable[[Devbox], None]) -> None:
+        self._shutdown_guards.append(guard)
 
     # --- API actions -------------------------------------------------------------------
 
@@ -86,6 +104,10 @@ class DevboxService:
                 previous = devbox_store.by_request_id(conn, account, request_id)
                 if previous is not None:
                     return previous
+            blueprint_id, snapshot_id = params.get("blueprint_id"), params.get("snapshot_id")
+            if self.origins is not None:  # a blueprint's or snapshot's defaults (400 if unusable)
+                origin = self.origins.resolve(account, params, launch)
+                launch, blueprint_id, snapshot_id = origin.launch_parameters, origin.blueprint_id, origin.snapshot_id
             # Checked inside the transaction: the policy cannot be deleted before we store.
             if launch.get("network_policy_id"):
                 self.network_policies.require(account, launch["network_policy_id"])
@@ -100,9 +122,8 @@ class DevboxService:
                 environment_variables=environment,
                 state_transitions=(StateTransition(lifecycle.PROVISIONING, now),),
                 name=name,
-                # Blueprints and snapshots are not simulated yet: the ids are recorded and shown.
-                blueprint_id=params.get("blueprint_id"),
-                snapshot_id=params.get("snapshot_id"),
+                blueprint_id=blueprint_id,
+                snapshot_id=snapshot_id,
             )
             devbox_store.insert(conn, devbox, request_id)
         threading.Thread(
@@ -173,20 +194,65 @@ class DevboxService:
             )
         return devbox
 
-    def shutdown_devbox(self, account: str, devbox_id: str) -> Devbox:
-        """Synchronous: the result is already shut down. Idempotent on a finished devbox."""
+    def shutdown_devbox(self, account: str, devbox_id: str, force: bool = False) -> Devbox:
+        """Synchronous: the result is already shut down. Idempotent on a finished devbox.
+        Without ``force``, the shutdown guards may refuse (409 while a snapshot is taken)."""
         devbox = self.retrieve_devbox(account, devbox_id)
         if devbox.status in lifecycle.TERMINAL:
             return devbox
+        for guard in self._shutdown_guards if not force else ():
+            guard(devbox)  # e.g. 409 while a disk snapshot is in progress
         moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="api_shutdown")
         if moved is None:  # it failed or was shut down meanwhile
             return self.retrieve_devbox(account, devbox_id)
         self._release(moved)
         return moved
 
+    def suspend_devbox(self, account: str, devbox_id: str) -> Devbox:
+        """Freeze every process (suspending -> suspended); network and rules stay. 400 unless
+        running. Synchronous: the result is already suspended."""
+        runtime = self.require_runtime()
+        with self._lifecycle_lock(devbox_id):
+            devbox = self.retrieve_devbox(account, devbox_id)
+            suspending = self._move(devbox, lifecycle.SUSPENDING) if devbox.status == lifecycle.RUNNING else None
+            if suspending is None:
+                raise lifecycle.InvalidTransition(f"devbox {devbox_id} is {devbox.status}; only a running devbox can be suspended")
+            self.keep_alive_timers.stop(devbox_id)
+            try:
+                runtime.suspend(devbox_id)
+            except Exception as exc:
+                return self._suspend_failed(runtime, suspending, exc)
+            return self._move(suspending, lifecycle.SUSPENDED) or self.retrieve_devbox(account, devbox_id)
+
+    def resume_devbox(self, account: str, devbox_id: str) -> Devbox:
+        """Thaw the processes: suspended -> running (``resuming`` is never shown). 400 unless
+        suspended."""
+        runtime = self.require_runtime()
+        with self._lifecycle_lock(devbox_id):
+            devbox = self.retrieve_devbox(account, devbox_id)
+            if devbox.status != lifecycle.SUSPENDED:
+                raise lifecycle.InvalidTransition(f"devbox {devbox_id} is {devbox.status}; only a suspended devbox can be resumed")
+            try:
+                runtime.resume(devbox_id)
+            except Exception as exc:
+                if not isinstance(exc, RuntimeFailure):
+                    log.exception("runtime %s failed to resume %s", runtime.name, devbox_id)
+                self._fail(devbox, "health_check_failed", f"resume failed: {exc}")
+                raise Conflict(f"devbox {devbox_id} could not be resumed ({exc}); it failed") from exc
+            moved = self._move(devbox, lifecycle.RUNNING)
+            if moved is None:  # shut down meanwhile
+                return self.retrieve_devbox(account, devbox_id)
+            self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(moved))
+            return moved
+
     def keep_alive(self, account: str, devbox_id: str) -> None:
-        # Idle and keep-alive timeouts are not simulated yet: there is nothing to extend.
-        self.retrieve_devbox(account, devbox_id)
+        """Reset the keep-alive timer (400 unless running)."""
+        self.require_running(account, devbox_id)
+        self.keep_alive_timers.touch(devbox_id)
+
+    def touch(self, devbox_id: str) -> None:
+        """Activity on the devbox (a command, stdin, a file): its keep-alive timer restarts."""
+        self.keep_alive_timers.touch(devbox_id)
 
     # --- helpers for other services and the simulator -----------------------------------
 
@@ -215,6 +281,8 @@ class DevboxService:
         failed = []
         for devbox in active:
             if devbox.id in alive and devbox.status in (lifecycle.RUNNING, lifecycle.SUSPENDED):
+                if devbox.status == lifecycle.RUNNING:
+                    self.keep_alive_timers.start(devbox.account, devbox.id, keep_alive_seconds(devbox))
                 continue
             why = (
                 "the simulator restarted while the devbox was " + devbox.status
@@ -230,6 +298,46 @@ class DevboxService:
 
     # --- lifecycle ---------------------------------------------------------------------
 
+    def _lifecycle_lock(self, devbox_id: str) -> threading.Lock:
+        return self._lifecycle_locks[hash(devbox_id) % len(self._lifecycle_locks)]
+
+    def _suspend_failed(self, runtime: DevboxRuntime, suspending: Devbox, exc: Exception) -> Devbox:
+        """The freeze failed: thaw what froze and go back to running, or report the shutdown
+        that caused it."""
+        if not isinstance(exc, RuntimeFailure):
+            log.exception("runtime %s failed to suspend %s", runtime.name, suspending.id)
+        try:
+            runtime.resume(suspending.id)
+        except Exception:
+            pass  # nothing froze, or the devbox is gone
+        back = self._move(suspending, lifecycle.RUNNING, detail=f"suspend failed: {exc}")
+        if back is None:  # shut down (or failed) meanwhile: that is the answer
+            return self.retrieve_devbox(suspending.account, suspending.id)
+        self.keep_alive_timers.start(back.account, back.id, keep_alive_seconds(back))
+        raise Conflict(f"devbox {suspending.id} could not be suspended: {exc}; it keeps running", code="suspend_failed")
+
+    def _keep_alive_expired(self, account: str, devbox_id: str) -> None:
+        """Timer thread: no activity for keep_alive_time_seconds. Only a running devbox expires
+        (one suspended meanwhile has no timer; a stale expiry finds it not running)."""
+        devbox = self.retrieve_devbox(account, devbox_id)
+        if devbox.status in (lifecycle.PROVISIONING, lifecycle.INITIALIZING):
+            # Armed just before the move to running, which has not happened yet: a full period.
+            self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(devbox))
+            return
+        if devbox.status != lifecycle.RUNNING:
+            return
+        try:
+            for guard in self._shutdown_guards:
+                guard(devbox)
+        except ApiError as refused:  # e.g. a disk snapshot in progress: that is activity too
+            log.info("devbox %s keeps running past its keep-alive time: %s", devbox_id, refused.message)
+            self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(devbox))
+            return
+        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="keep_alive_timeout", expect=lifecycle.RUNNING)
+        if moved is not None:
+            log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
+            self._release(moved)
+
     def _provision(self, runtime: DevboxRuntime, devbox: Devbox) -> None:
         """Worker thread: drive provisioning -> [initializing] -> running, or failure."""
         try:
@@ -242,6 +350,7 @@ class DevboxService:
                     account=devbox.account,
                     policy=policy,
                     environment_variables=dict(devbox.environment_variables),
+                    disk=self.origins.disk_for(devbox) if self.origins is not None else None,
                 )
             )
         except Exception as exc:  # a RuntimeFailure, or a runtime bug: the devbox failed either way
@@ -257,21 +366,37 @@ class DevboxService:
                 if failure is not None:
                     self._fail(devbox, "execution_failed", failure)
                     return
+        # Armed before the move, so that whoever sees "running" also sees the timer, and a
+        # shutdown racing the move finds (and stops) it.
+        self.keep_alive_timers.start(devbox.account, devbox.id, keep_alive_seconds(devbox))
         if self._move(devbox, lifecycle.RUNNING) is None:
+            self.keep_alive_timers.stop(devbox.id)
             self._release_quietly(devbox)
 
     def _run_launch_command(self, runtime: DevboxRuntime, devbox: Devbox, command: str) -> str | None:
         """Run one launch command to completion; a failure description, or None if it exited 0."""
+        lines = devbox_logs.LineLog("setup_commands", command, None)
         try:
             proc = runtime.exec(devbox.id, command, env=dict(devbox.environment_variables))
             stdout, stderr = proc.communicate()
         except Exception as exc:
             return f"launch command {command!r} could not run: {exc}"
-        if proc.returncode == 0:
-            return None
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        output = (stdout or b"").decode("utf-8", "replace") + (stderr or b"").decode("utf-8", "replace")
+        stdout_text, stderr_text = (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
+        lines.add("stdout", stdout_text)
+        lines.add("stderr", stderr_text)
+        self.record_logs(devbox, lines.finish(code))
+        if code == 0:
+            return None
+        output = stdout_text + stderr_text
         return f"launch command {command!r} exited with {code}: {output[-LAUNCH_OUTPUT_TAIL:].strip()}"
+
+    def record_logs(self, devbox: Devbox, entries: list[devbox_logs.LogEntry]) -> None:
+        try:
+            with self.db.transaction() as conn:
+                devbox_logs.insert(conn, devbox.account, devbox.id, entries)
+        except Exception:
+            log.exception("could not store %d log entries of devbox %s", len(entries), devbox.id)
 
     def _fail(self, devbox: Devbox, reason: str, detail: str) -> None:
         moved = self._move(devbox, lifecycle.FAILURE, failure_reason=reason, detail=detail)
@@ -287,12 +412,16 @@ class DevboxService:
         failure_reason: str | None = None,
         shutdown_reason: str | None = None,
         detail: str | None = None,
+        expect: str | None = None,
     ) -> Devbox | None:
-        """Change the stored status if the lifecycle allows it from the current one; wake the
-        waiters. None when it does not (another change won the race, e.g. a shutdown)."""
+        """Change the stored status if the lifecycle allows it from the current one (and the
+        current one is ``expect``, when given); wake the waiters. None when it does not
+        (another change won the race, e.g. a shutdown)."""
         with self.db.transaction() as conn:
             current = devbox_store.get(conn, devbox.account, devbox.id)
             if current is None or not lifecycle.can_move(current.status, status):
+                return None
+            if expect is not None and current.status != expect:
                 return None
             now = clock.later_than(current.state_transitions[-1].transition_time_ms - 1)
             terminal = status in lifecycle.TERMINAL
@@ -310,6 +439,7 @@ class DevboxService:
 
     def _release(self, devbox: Devbox) -> None:
         """The devbox is finished: free its runtime resources, then let hooks tidy up."""
+        self.keep_alive_timers.stop(devbox.id)
         self._release_quietly(devbox)
         for hook in self._terminal_hooks:
             try:
@@ -349,6 +479,11 @@ class DevboxService:
         if devbox is None:
             raise NotFound(f"devbox {devbox_id!r} not found")
         return devbox
+
+
+def keep_alive_seconds(devbox: Devbox) -> float | None:
+    """The devbox's keep-alive period (None: Runloop's default, an hour)."""
+    return devbox.launch_parameters.get("keep_alive_time_seconds")
 
 
 def hold_seconds(requested: float | None, default: float, cap: float) -> float:

@@ -1,10 +1,15 @@
 """The execution service: commands run in a devbox, one method per API action.
 
-A command starts through ``runtime.exec`` and is followed by three daemon threads: one per
-output pipe (bytes are appended to an in-memory buffer, capped per stream) and one that waits
-for the exit, then records the completed execution in SQLite and wakes the long polls.
-Output is kept whole up to the cap, so ``*_truncated`` is false in practice and the SDK never
-needs the SSE streams to see everything.
+A command starts through ``runtime.exec`` and becomes a ``LiveExecution``, followed by three
+daemon threads: one per output pipe (bytes are decoded into the live execution's buffers,
+capped per stream, and each read wakes the SSE streams) and one that waits for the exit, then
+records the completed execution and its log lines in SQLite and wakes the long polls. Output is kept whole up to the cap, so
+``*_truncated`` is false in practice and the SDK never needs the SSE streams to see everything.
+
+SSE streams (``stream_stdout_updates``/``stream_stderr_updates``) send ``(text, offset)``
+chunks from a byte offset; see ``simulator.output_buffer`` for what offsets count.
+Stdin: a command started with ``attach_stdin`` keeps its stdin pipe open for ``send_std_in``;
+any other command reads EOF at once.
 """
 
 from __future__ import annotations
@@ -12,26 +17,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
 import zlib
-from dataclasses import replace
+from collections.abc import AsyncIterator
 
 import anyio.to_thread
 
-from simulator import clock, execution_store, ids
+from simulator import clock, devbox_logs, execution_store, ids, lifecycle
 from simulator.db import Database
 from simulator.devbox_model import Devbox, Execution
 from simulator.devboxes import DevboxService, _check_text, hold_seconds
 from simulator.errors import InvalidRequest, NotFound, RequestTimeout
+from simulator.live_execution import COMPLETED, LiveExecution
+from simulator.output_buffer import boundary_after, boundary_before
 from simulator.runtime.base import RuntimeFailure
 from simulator.watch import Watch
 
 log = logging.getLogger("devbox_sim.executions")
 
 ID_PREFIX = "exn"
-QUEUED, RUNNING, COMPLETED = "queued", "running", "completed"
+QUEUED, RUNNING = "queued", "running"
 STATUSES = (QUEUED, RUNNING, COMPLETED)
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream; beyond it the rest is dropped, *_truncated true
 WAIT_MAX_SECONDS = 25.0  # execution long polls: the SDK's read timeout is the hold + 5 s
@@ -41,40 +47,27 @@ KILLED = 128 + signal.SIGKILL  # what a shell reports for a SIGKILLed command: 1
 # that inherited stdout could otherwise keep the execution "running" forever.
 OUTPUT_GRACE_SECONDS = 1.0
 FINISH_WAIT_SECONDS = 5.0  # kill / devbox shutdown: how long to wait for the exit to be recorded
+SSE_CHUNK_BYTES = 65536  # at most this much output per SSE event
+# An SSE stream with nothing new sends a comment this often, so the client's 30 s read
+# timeout never fires on a quiet command (the SDK would reconnect, but needlessly).
+SSE_PING_SECONDS = 10.0
+# send_std_in: how long a write may wait for the command to read (a full pipe) before 409.
+STDIN_WRITE_SECONDS = 10.0
+STDIN_SIGNALS = ("EOF", "INTERRUPT")
 
 
 def watch_key(execution_id: str) -> str:
     return f"execution:{execution_id}"
 
 
+def output_key(execution_id: str) -> str:
+    """Notified on every new piece of output and on completion (SSE streams wait on it)."""
+    return f"output:{execution_id}"
+
+
 def exit_status(returncode: int) -> int:
     """Popen reports death by signal N as -N; a shell (and Runloop) reports 128 + N."""
     return returncode if returncode >= 0 else 128 - returncode
-
-
-class _Live:
-    """A command still running: its process and the output read so far."""
-
-    def __init__(self, execution: Execution, proc: subprocess.Popen):
-        self.execution = execution
-        self.proc = proc
-        self.lock = threading.Lock()
-        self.output = {"stdout": bytearray(), "stderr": bytearray()}
-        self.truncated = {"stdout": False, "stderr": False}
-        self.final: Execution | None = None
-        self.done = threading.Event()
-
-    def view(self) -> Execution:
-        return self.final or self.execution
-
-    def kill(self) -> None:
-        if self.proc.returncode is not None:
-            return
-        try:
-            # The runtime starts each command as the leader of its own process group.
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone
 
 
 class ExecutionService:
@@ -90,7 +83,7 @@ class ExecutionService:
         self.devboxes = devboxes
         self.watch = watch or devboxes.watch
         self.max_output_bytes = max_output_bytes
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveExecution] = {}
         self._live_lock = threading.Lock()
         # Starting a command is serialised per devbox (striped), so that two attempts with
         # the same command_id or x-request-id cannot both start it.
@@ -105,8 +98,10 @@ class ExecutionService:
 
     # --- API actions -------------------------------------------------------------------
 
-    def execute_async(self, account: str, devbox_id: str, command: str, request_id: str | None = None) -> Execution:
-        return self._start(account, devbox_id, command, command_id=None, request_id=request_id)
+    def execute_async(
+        self, account: str, devbox_id: str, command: str, request_id: str | None = None, attach_stdin: bool = False
+    ) -> Execution:
+        return self._start(account, devbox_id, command, None, request_id, attach_stdin)
 
     async def execute(
         self,
@@ -137,7 +132,7 @@ class ExecutionService:
     def retrieve_execution(self, account: str, devbox_id: str, execution_id: str) -> Execution:
         with self._live_lock:
             live = self._live.get(execution_id)
-        if live is not None and live.execution.account == account and live.execution.devbox_id == devbox_id:
+        if live is not None and live.belongs_to(account, devbox_id):
             return live.view()
         with self.db.read() as conn:
             execution = execution_store.get(conn, account, devbox_id, execution_id)
@@ -165,15 +160,139 @@ class ExecutionService:
             live = self._live.get(execution_id)
         if live is None:
             return execution  # already completed
+        self._require_not_frozen(account, devbox_id)
         live.kill()
         if not live.done.wait(FINISH_WAIT_SECONDS):
             log.warning("execution %s did not finish within %s s of SIGKILL", execution_id, FINISH_WAIT_SECONDS)
         return live.view()
 
+    def send_std_in(
+        self, account: str, devbox_id: str, execution_id: str, text: str | None = None, signal_name: str | None = None
+    ) -> bool:
+        """Write ``text`` to the command's stdin, or close it (``EOF``) or interrupt the command
+        (``INTERRUPT``: SIGINT to its process group). Returns False when the command no longer
+        reads its stdin (it closed it or exited meanwhile)."""
+        if (text is None or text == "") == (signal_name is None):
+            raise InvalidRequest("give exactly one of a non-empty text and a signal")
+        if signal_name is not None and signal_name not in STDIN_SIGNALS:
+            raise InvalidRequest(f"signal must be one of {', '.join(STDIN_SIGNALS)}, got {signal_name!r}")
+        self.retrieve_execution(account, devbox_id, execution_id)  # 404 first
+        with self._live_lock:
+            live = self._live.get(execution_id)
+        if live is None or live.completed:
+            raise InvalidRequest(f"execution {execution_id} has completed; it reads no more input", code="execution_completed")
+        if not live.attach_stdin:
+            raise InvalidRequest(
+                f"execution {execution_id} was not started with attach_stdin: its stdin is closed", code="stdin_not_attached"
+            )
+        self._require_not_frozen(account, devbox_id)
+        self.devboxes.touch(devbox_id)
+        if signal_name == "INTERRUPT":
+            live.kill(signal.SIGINT)
+            return True
+        if signal_name == "EOF":
+            live.close_stdin()
+            return True
+        return live.write_stdin(text.encode("utf-8"), STDIN_WRITE_SECONDS)
+
+    async def stream_stdout_updates(
+        self, account: str, devbox_id: str, execution_id: str, offset: int = 0
+    ) -> AsyncIterator[tuple[str, int] | None]:
+        return await self._stream_updates(account, devbox_id, execution_id, "stdout", offset)
+
+    async def stream_stderr_updates(
+        self, account: str, devbox_id: str, execution_id: str, offset: int = 0
+    ) -> AsyncIterator[tuple[str, int] | None]:
+        return await self._stream_updates(account, devbox_id, execution_id, "stderr", offset)
+
+    def list_logs(self, account: str, devbox_id: str, execution_id: str | None = None) -> list[devbox_logs.LogEntry]:
+        """The devbox's logs, oldest first: stored entries plus the lines of running commands."""
+        self.devboxes.retrieve_devbox(account, devbox_id)  # 404 for an unknown devbox
+        with self.db.read() as conn:
+            entries = devbox_logs.list_for(conn, account, devbox_id, execution_id)
+        with self._live_lock:
+            running = [
+                live
+                for live in self._live.values()
+                if live.belongs_to(account, devbox_id) and execution_id in (None, live.id)
+            ]
+        for live in running:
+            entries.extend(live.log_entries())  # none once completed: those are stored
+        # Stored entries are in completion order; a stable sort by time interleaves commands.
+        return sorted(entries, key=lambda entry: entry.timestamp_ms)
+
+    # --- output streams ----------------------------------------------------------------
+
+    async def _stream_updates(
+        self, account: str, devbox_id: str, execution_id: str, stream: str, offset: int
+    ) -> AsyncIterator[tuple[str, int] | None]:
+        """Check the request (404, bad offset) now, then return the chunks as an iterator:
+        ``(text, offset after it)``, or None when nothing came for ``SSE_PING_SECONDS``."""
+        if offset < 0:
+            raise InvalidRequest(f"offset must not be negative, got {offset}")
+        await anyio.to_thread.run_sync(self.retrieve_execution, account, devbox_id, execution_id)
+        return self._chunks(account, devbox_id, execution_id, stream, offset)
+
+    async def _chunks(
+        self, account: str, devbox_id: str, execution_id: str, stream: str, position: int
+    ) -> AsyncIterator[tuple[str, int] | None]:
+        while True:
+            data, start, completed = await anyio.to_thread.run_sync(
+                self._read_output, account, devbox_id, execution_id, stream, position
+            )
+            # Once completed, ``data`` is all the rest: cut it here, without re-reading.
+            while data:
+                end = boundary_before(data, SSE_CHUNK_BYTES)
+                position = start = start + end
+                yield data[:end].decode("utf-8"), position
+                data = data[end:]
+            if completed:
+                return
+
+            def more(position: int = position) -> bool | None:
+                return True if self._has_more(account, devbox_id, execution_id, stream, position) else None
+
+            if await self.watch.wait(output_key(execution_id), more, SSE_PING_SECONDS) is None:
+                yield None
+
+    def _read_output(
+        self, account: str, devbox_id: str, execution_id: str, stream: str, position: int
+    ) -> tuple[bytes, int, bool]:
+        """(output from ``position``, moved to the next character boundary; that start; whether
+        the execution has completed, so that this is all of the rest)."""
+        with self._live_lock:
+            live = self._live.get(execution_id)
+        if live is not None and live.belongs_to(account, devbox_id):
+            return live.read_from(stream, position)
+        execution = self.retrieve_execution(account, devbox_id, execution_id)
+        data = (getattr(execution, stream) or "").encode("utf-8")
+        start = boundary_after(data, position)
+        return data[start:], start, execution.status == COMPLETED
+
+    def _has_more(self, account: str, devbox_id: str, execution_id: str, stream: str, position: int) -> bool:
+        """Is there output beyond ``position``, or has the execution completed? (Cheap: no copy.)"""
+        with self._live_lock:
+            live = self._live.get(execution_id)
+        if live is not None:
+            return live.has_more(stream, position)
+        return True  # completed (and stored) meanwhile: the next read says so
+
     # --- running a command -------------------------------------------------------------
 
+    def _require_not_frozen(self, account: str, devbox_id: str) -> None:
+        # A frozen process cannot take a signal or read input until it is thawed.
+        status = self.devboxes.retrieve_devbox(account, devbox_id).status
+        if status in (lifecycle.SUSPENDING, lifecycle.SUSPENDED):
+            raise InvalidRequest(f"devbox {devbox_id} is {status}; resume it first", code="devbox_not_running")
+
     def _start(
-        self, account: str, devbox_id: str, command: str, command_id: str | None, request_id: str | None
+        self,
+        account: str,
+        devbox_id: str,
+        command: str,
+        command_id: str | None,
+        request_id: str | None,
+        attach_stdin: bool = False,
     ) -> Execution:
         _check_text("command", command)
         devbox = self.devboxes.require_running(account, devbox_id)
@@ -200,9 +319,7 @@ class ExecutionService:
                 proc = runtime.exec(devbox_id, command, env=dict(devbox.environment_variables))
             except RuntimeFailure as exc:
                 raise InvalidRequest(f"cannot run a command on devbox {devbox_id}: {exc}", code="devbox_not_running")
-            if proc.stdin is not None:
-                proc.stdin.close()  # stdin is not offered yet (send_std_in): commands read EOF
-            live = _Live(execution, proc)
+            live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin)
             try:
                 with self.db.transaction() as conn:
                     execution_store.insert(conn, execution, request_id)
@@ -212,9 +329,10 @@ class ExecutionService:
             with self._live_lock:
                 self._live[execution.id] = live
         threading.Thread(target=self._follow, args=(live,), name=f"follow-{execution.id}", daemon=True).start()
+        self.devboxes.touch(devbox_id)
         return execution
 
-    def _follow(self, live: _Live) -> None:
+    def _follow(self, live: LiveExecution) -> None:
         readers = [
             threading.Thread(target=self._read, args=(live, name, pipe), name=f"{name}-{live.execution.id}", daemon=True)
             for name, pipe in (("stdout", live.proc.stdout), ("stderr", live.proc.stderr))
@@ -228,45 +346,32 @@ class ExecutionService:
             reader.join(max(0.0, deadline - time.monotonic()))
         self._complete(live, exit_status(returncode))
 
-    def _read(self, live: _Live, name: str, pipe) -> None:
+    def _read(self, live: LiveExecution, name: str, pipe) -> None:
+        key = output_key(live.id)
         try:
             while chunk := os.read(pipe.fileno(), 65536):
-                with live.lock:
-                    if live.final is not None:
-                        continue  # completed without us (a background child kept the pipe): drain
-                    buffer = live.output[name]
-                    room = self.max_output_bytes - len(buffer)
-                    if len(chunk) > room:
-                        chunk = chunk[: max(room, 0)]
-                        live.truncated[name] = True
-                    buffer += chunk
+                if live.feed(name, chunk):  # (after completion it only drains the pipe)
+                    self.watch.notify(key)
         except OSError:
             pass  # the pipe was closed under us
         finally:
             pipe.close()
 
-    def _complete(self, live: _Live, status: int) -> None:
-        with live.lock:
-            live.final = replace(
-                live.execution,
-                status=COMPLETED,
-                exit_status=status,
-                stdout=live.output["stdout"].decode("utf-8", "replace"),
-                stderr=live.output["stderr"].decode("utf-8", "replace"),
-                stdout_truncated=live.truncated["stdout"],
-                stderr_truncated=live.truncated["stderr"],
-                end_time_ms=clock.now_ms(),
-            )
-            live.output = {"stdout": bytearray(), "stderr": bytearray()}
+    def _complete(self, live: LiveExecution, status: int) -> None:
+        final, entries = live.complete(status)
         try:
             with self.db.transaction() as conn:
-                execution_store.complete(conn, live.final)
+                execution_store.complete(conn, final)
+                devbox_logs.insert(conn, final.account, final.devbox_id, entries)
         except Exception:
-            log.exception("could not store the result of execution %s", live.execution.id)
+            log.exception("could not store the result of execution %s", live.id)
         with self._live_lock:
-            self._live.pop(live.execution.id, None)
+            self._live.pop(live.id, None)
+        live.close_stdin()
         live.done.set()
-        self.watch.notify(watch_key(live.execution.id))
+        self.devboxes.touch(final.devbox_id)
+        self.watch.notify(watch_key(live.id))
+        self.watch.notify(output_key(live.id))
 
     def _devbox_finished(self, devbox: Devbox) -> None:
         """The devbox is gone: its commands are killed (if the runtime left any) and completed."""

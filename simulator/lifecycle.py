@@ -2,7 +2,12 @@
 
 The devbox service validates every status change against ``TRANSITIONS``; nothing else decides
 which change is legal. Suspend/resume statuses are listed so that views and ``wait_for_status``
-accept them, and their transitions are declared for when suspend/resume exist.
+accept them.
+
+``resuming`` is never entered: resume thaws the devbox's processes and moves it from
+``suspended`` straight to ``running`` (the SDK's ``resume_async`` callers accept only
+suspended/running), as ``scheduled`` is listed but never entered. ``suspending`` is stored
+while the processes are being frozen; a freeze that fails goes back to ``running``.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     PROVISIONING: frozenset({INITIALIZING, RUNNING, FAILURE, SHUTDOWN}),
     INITIALIZING: frozenset({RUNNING, FAILURE, SHUTDOWN}),
     RUNNING: frozenset({SUSPENDING, FAILURE, SHUTDOWN}),
-    SUSPENDING: frozenset({SUSPENDED, FAILURE, SHUTDOWN}),
-    SUSPENDED: frozenset({RESUMING, FAILURE, SHUTDOWN}),
+    SUSPENDING: frozenset({SUSPENDED, RUNNING, FAILURE, SHUTDOWN}),
+    SUSPENDED: frozenset({RUNNING, RESUMING, FAILURE, SHUTDOWN}),
     RESUMING: frozenset({RUNNING, FAILURE, SHUTDOWN}),
     FAILURE: frozenset(),
     SHUTDOWN: frozenset(),

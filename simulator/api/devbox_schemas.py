@@ -72,8 +72,55 @@ class DevboxWaitForStatusParams(_Request):
 
 class ExecuteAsyncParams(_Request):
     command: StrictStr
-    attach_stdin: StrictBool | None = None  # accepted; stdin is closed for now
+    attach_stdin: StrictBool | None = Field(default=None, description="Keep stdin open for send_std_in")
     shell_name: StrictStr | None = None  # 1.29 SDKs; ignored
+
+
+class SendStdInParams(_Request):
+    text: StrictStr | None = Field(default=None, description="Non-empty text to write to the command's stdin")
+    signal: Literal["EOF", "INTERRUPT"] | None = Field(
+        default=None, description="EOF closes stdin; INTERRUPT sends SIGINT to the command's process group"
+    )
+
+
+class SendStdInResult(BaseModel):
+    devbox_id: str
+    execution_id: str
+    success: bool
+
+
+class ExecutionUpdateChunk(BaseModel):
+    """One SSE event's data: text and the byte offset just after it (resume from there)."""
+
+    output: str
+    offset: int
+
+
+class DevboxLogView(BaseModel):
+    level: str
+    source: str
+    timestamp_ms: int
+    cmd: str | None = None
+    cmd_id: str | None = None
+    exit_code: int | None = None
+    message: str | None = None
+
+
+class DevboxLogsListView(BaseModel):
+    logs: list[DevboxLogView]
+
+
+class ReadFileContentsParams(_Request):
+    file_path: StrictStr = Field(description="Home-relative, ~/..., or absolute path")
+
+
+class WriteFileContentsParams(_Request):
+    file_path: StrictStr = Field(description="Home-relative, ~/..., or absolute path")
+    contents: StrictStr = Field(description="UTF-8 text; the file is created or replaced")
+
+
+class DownloadFileParams(_Request):
+    path: StrictStr = Field(description="Home-relative, ~/..., or absolute path")
 
 
 class ExecuteParams(_Request):

@@ -15,11 +15,12 @@ from simulator.api.devbox_schemas import (
     NO_RUNTIME,
     DevboxCreateParams,
     DevboxListView,
+    DevboxLogsListView,
     DevboxUpdateParams,
     DevboxView,
     DevboxWaitForStatusParams,
 )
-from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody
 from simulator.devbox_model import Devbox
 
 
@@ -131,18 +132,75 @@ async def wait_for_status(
     return view(await services.devboxes.wait_for_status(account, id, params.statuses, params.timeout_seconds))
 
 
-@router.post("/{id}/shutdown", response_model=DevboxView, responses=NOT_FOUND, summary="Shut a devbox down (synchronous)")
+@router.post(
+    "/{id}/shutdown",
+    response_model=DevboxView,
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "A disk snapshot is in progress (without force)"}},
+    summary="Shut a devbox down (synchronous)",
+)
 def shutdown_devbox(
     id: str,
-    force: bool | None = Query(None, description="Accepted; snapshots are not simulated, so nothing blocks a shutdown"),
+    force: bool | None = Query(None, description="Shut down even while a disk snapshot is in progress (it then fails)"),
     _body: dict | None = Body(None),
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    return view(services.devboxes.shutdown_devbox(account, id))
+    return view(services.devboxes.shutdown_devbox(account, id, force=bool(force)))
 
 
-@router.post("/{id}/keep_alive", response_model=dict, responses=NOT_FOUND, summary="Extend the devbox's keep-alive")
+@router.post(
+    "/{id}/suspend",
+    response_model=DevboxView,
+    responses=NOT_FOUND,
+    summary="Freeze every process of a running devbox (synchronous: the result is suspended)",
+)
+def suspend_devbox(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    return view(services.devboxes.suspend_devbox(account, id))
+
+
+@router.post(
+    "/{id}/resume",
+    response_model=DevboxView,
+    responses=NOT_FOUND,
+    summary="Thaw a suspended devbox (synchronous: the result is running)",
+)
+def resume_devbox(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    return view(services.devboxes.resume_devbox(account, id))
+
+
+@router.get(
+    "/{id}/logs",
+    response_model=DevboxLogsListView,
+    responses=NOT_FOUND,
+    summary="Commands run in the devbox, their output lines and exit codes, oldest first",
+)
+def list_logs(
+    id: str,
+    execution_id: str | None = Query(None, description="Only this execution's entries"),
+    shell_name: str | None = Query(None, description="1.29 SDKs; ignored"),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    entries = services.executions.list_logs(account, id, execution_id)
+    return {"logs": [entry.to_json() for entry in entries]}
+
+
+@router.post(
+    "/{id}/keep_alive",
+    response_model=dict,
+    responses=NOT_FOUND,
+    summary="Reset the devbox's keep-alive timer (launch_parameters.keep_alive_time_seconds)",
+)
 def keep_alive(
     id: str,
     _body: dict | None = Body(None),

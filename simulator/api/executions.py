@@ -1,12 +1,13 @@
 """/v1/devboxes/{id}/execute*, /v1/devboxes/{id}/executions/...: commands in a devbox.
 
-Holding endpoints (``execute``, ``execute_sync``, ``wait_for_status``) are ``async`` and await
-a wake-up, so held requests take no worker thread.
+Holding endpoints (``execute``, ``execute_sync``, ``wait_for_status``) and the SSE streams are
+``async`` and await a wake-up, so held requests take no worker thread.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Query
+from fastapi.responses import StreamingResponse
 
 from simulator.api import deps
 from simulator.api.devbox_schemas import (
@@ -17,10 +18,13 @@ from simulator.api.devbox_schemas import (
     ExecuteParams,
     ExecutionKillParams,
     ExecutionWaitForStatusParams,
+    SendStdInParams,
+    SendStdInResult,
     SyncExecutionView,
 )
 from simulator.api.devboxes import runtime_ready
 from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND
+from simulator.api.sse import SSE_RESPONSES, event_stream
 from simulator.devbox_model import Execution
 from simulator.errors import InvalidRequest
 
@@ -79,7 +83,7 @@ def execute_async(
     request_id: str | None = Depends(deps.request_id),
     services=Depends(deps.services),
 ):
-    return view(services.executions.execute_async(account, id, params.command, request_id))
+    return view(services.executions.execute_async(account, id, params.command, request_id, bool(params.attach_stdin)))
 
 
 @router.post(
@@ -169,3 +173,72 @@ def kill_execution(
     services=Depends(deps.services),
 ):
     return view(services.executions.kill_execution(account, devbox_id, execution_id))
+
+
+@router.post(
+    "/{devbox_id}/executions/{execution_id}/send_std_in",
+    response_model=SendStdInResult,
+    summary="Write text to a command's stdin, close it (EOF) or interrupt the command (needs attach_stdin)",
+)
+def send_std_in(
+    devbox_id: str,
+    execution_id: str,
+    params: SendStdInParams,
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    success = services.executions.send_std_in(account, devbox_id, execution_id, params.text, params.signal)
+    return {"devbox_id": devbox_id, "execution_id": execution_id, "success": success}
+
+
+OFFSET = Query(
+    None,
+    description="Byte offset to start from (UTF-8 of the output text); each event's offset is the position after it",
+)
+
+
+def _offset(value: str | None) -> int:
+    # The SDK types offset as a string.
+    if value is None or value == "":
+        return 0
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidRequest(f"offset must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise InvalidRequest(f"offset must not be negative, got {number}")
+    return number
+
+
+@router.get(
+    "/{devbox_id}/executions/{execution_id}/stream_stdout_updates",
+    response_class=StreamingResponse,
+    responses=SSE_RESPONSES,
+    summary="Stream the command's stdout (SSE) from offset until it completes",
+)
+async def stream_stdout_updates(
+    devbox_id: str,
+    execution_id: str,
+    offset: str | None = OFFSET,
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    chunks = await services.executions.stream_stdout_updates(account, devbox_id, execution_id, _offset(offset))
+    return event_stream(chunks)
+
+
+@router.get(
+    "/{devbox_id}/executions/{execution_id}/stream_stderr_updates",
+    response_class=StreamingResponse,
+    responses=SSE_RESPONSES,
+    summary="Stream the command's stderr (SSE) from offset until it completes",
+)
+async def stream_stderr_updates(
+    devbox_id: str,
+    execution_id: str,
+    offset: str | None = OFFSET,
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    chunks = await services.executions.stream_stderr_updates(account, devbox_id, execution_id, _offset(offset))
+    return event_stream(chunks)

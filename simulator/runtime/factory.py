@@ -1,4 +1,10 @@
-"""Choose and start the devbox runtime (and the data plane it runs on) from the settings."""
+"""Choose and start the devbox runtime (and the data plane it runs on) from the settings.
+
+``--runtime docker|netns|auto|none``: both real runtimes run on the same data plane (router
+namespace, nftables, resolver), which needs root and br_netfilter; netns sandboxes also need
+util-linux, docker devboxes a daemon that answers. ``auto`` takes docker when a daemon
+answers, else netns, else none (API only, devbox endpoints answer 503).
+"""
 
 from __future__ import annotations
 
@@ -11,39 +17,74 @@ from simulator.config import Settings
 
 log = logging.getLogger(__name__)
 
+RUNTIMES = ("auto", "docker", "netns", "none")
+
 
 class RuntimeUnavailable(RuntimeError):
     pass
 
 
-def netns_problems() -> list[str]:
+def dataplane_problems() -> list[str]:
+    """What the data plane (shared by both runtimes) lacks here."""
     problems = []
     if sys.platform != "linux":
         problems.append("not Linux")
     elif os.geteuid() != 0:
         problems.append("not running as root")
-    for tool in ("nsenter", "setpriv", "unshare"):
-        if shutil.which(tool) is None:
-            problems.append(f"{tool} (util-linux) missing")
     if not os.path.isdir("/proc/sys/net/bridge"):
         problems.append("br_netfilter is not loaded (modprobe br_netfilter)")
     return problems
 
 
-def make_runtime(settings: Settings):
-    """The runtime for these settings, started; None for an API-only simulator."""
-    choice = settings.runtime
+def netns_problems() -> list[str]:
+    problems = dataplane_problems()
+    for tool in ("nsenter", "setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} (util-linux) missing")
+    return problems
+
+
+def docker_problems() -> list[str]:
+    problems = dataplane_problems()
+    if not problems:  # asking the daemon is pointless (and slow) when the data plane cannot run
+        from simulator.runtime.docker_runtime import docker_problem
+
+        problem = docker_problem()
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def choose_runtime(choice: str) -> str | None:
+    """The runtime to start for ``choice``; None for API only. Raises RuntimeUnavailable when
+    an explicitly chosen runtime cannot run here."""
+    if choice not in RUNTIMES:
+        raise RuntimeUnavailable(f"unknown runtime {choice!r}; choose one of {', '.join(RUNTIMES)}")
     if choice == "none":
         return None
-    problems = netns_problems()
-    if problems:
-        if choice == "auto":
-            log.warning("no devbox runtime (%s): devbox endpoints answer 503", "; ".join(problems))
-            return None
-        raise RuntimeUnavailable("the netns runtime needs: " + "; ".join(problems))
+    if choice in ("docker", "netns"):
+        problems = docker_problems() if choice == "docker" else netns_problems()
+        if problems:
+            raise RuntimeUnavailable(f"the {choice} runtime needs: " + "; ".join(problems))
+        return choice
+    docker = docker_problems()
+    if not docker:
+        return "docker"
+    netns = netns_problems()
+    if not netns:
+        log.info("runtime auto: netns (no docker: %s)", "; ".join(docker))
+        return "netns"
+    log.warning("no devbox runtime (%s): devbox endpoints answer 503", "; ".join(netns))
+    return None
+
+
+def make_runtime(settings: Settings):
+    """The runtime for these settings, started; None for an API-only simulator."""
+    chosen = choose_runtime(settings.runtime)
+    if chosen is None:
+        return None
 
     from simulator.dataplane import DataPlane, DataPlaneConfig, instance_id
-    from simulator.runtime.netns_runtime import NetnsRuntime
     from simulator.world import WorldConfig
 
     world = WorldConfig.load(settings.world) if settings.world else None
@@ -58,8 +99,17 @@ def make_runtime(settings: Settings):
     )
     dataplane.start()
     try:
-        secrets = (settings.api_keys,) if settings.api_keys else ()
-        return NetnsRuntime(dataplane, settings.data_dir, secret_paths=secrets)
+        if chosen == "docker":
+            from simulator.runtime.docker_runtime import DockerRuntime
+
+            runtime = DockerRuntime(dataplane, image=settings.image)
+        else:
+            from simulator.runtime.netns_runtime import NetnsRuntime
+
+            secrets = (settings.api_keys,) if settings.api_keys else ()
+            runtime = NetnsRuntime(dataplane, settings.data_dir, secret_paths=secrets)
+        log.info("devbox runtime: %s", chosen)
+        return runtime
     except BaseException:
         dataplane.stop()
         raise

@@ -8,6 +8,7 @@ inside every sandbox, so untrusted code cannot read the store or other devboxes'
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime.base import DevboxSpec, RuntimeFailure
+from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ class NetnsRuntime:
         self.hidden_paths = [self.data_dir, *(Path(p).resolve() for p in secret_paths)]
         self.devboxes_dir = self.data_dir / "devboxes"
         self.devboxes_dir.mkdir(parents=True, exist_ok=True)
+        # Disk snapshots: <disks>/<snapshot id>/{home,tmp}, root-owned, hidden like the data dir.
+        self.disks_dir = self.data_dir / "disks"
+        self.disks_dir.mkdir(mode=0o700, exist_ok=True)
+        for partial in self.disks_dir.glob("*.partial"):  # copies a crash cut short
+            remove_tree(partial)
         self._devboxes: dict[str, _Devbox] = {}
         self._lock = threading.Lock()
         # Sandbox names carry the instance, so only this simulator's leftovers are killed.
@@ -55,9 +62,11 @@ class NetnsRuntime:
         netns = self.dataplane.devbox_netns(address)
         sandbox = None
         try:
-            namespaces.create(netns)
-            self.dataplane.connect(spec.id, spec.account, spec.policy, address, netns=netns)
             uid = DEVBOX_UID_BASE + address.slot
+            if spec.disk is not None:
+                # Before the sandbox prepares its root: it keeps an existing home as it is.
+                copy_areas(self._disk_path(spec.disk), self.devboxes_dir / spec.id, only_owner=0, uid=uid, gid=uid)
+            namespaces.create(netns)
             sandbox = Sandbox(
                 name=self.sandbox_prefix + spec.id,
                 netns=netns,
@@ -67,9 +76,15 @@ class NetnsRuntime:
                 nameserver=self.dataplane.gateway,
                 hidden_paths=self.hidden_paths,
             )
-            sandbox.start()
+            # The holder sets itself up while the network is plugged in (it runs nothing of the
+            # devbox's before provision returns, so no packet can beat the rules).
+            sandbox.begin_start()
+            self.dataplane.connect(spec.id, spec.account, spec.policy, address, netns=netns)
+            sandbox.finish_start()
         except Exception as exc:
             self._teardown(spec.id, _Devbox(address, netns, sandbox) if sandbox else None, address, netns)
+            if sandbox is None:
+                remove_tree(self.devboxes_dir / spec.id)  # a restored disk with no sandbox yet
             raise RuntimeFailure(f"could not provision devbox {spec.id}: {exc}") from exc
         with self._lock:
             self._devboxes[spec.id] = _Devbox(address, netns, sandbox)
@@ -97,6 +112,33 @@ class NetnsRuntime:
             self._get(devbox_id).sandbox.resume()
         except SandboxError as exc:
             raise RuntimeFailure(f"devbox {devbox_id} cannot be resumed: {exc}") from exc
+
+    def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:
+        """Copy the devbox's home and /tmp (see ``disk_copy``: no devbox symlink is followed,
+        only the devbox user's own files are taken) to ``<data-dir>/disks/<snapshot_id>``."""
+        sandbox = self._get(devbox_id).sandbox
+        target = self._disk_path(snapshot_id)
+        if target.exists():
+            raise RuntimeFailure(f"disk {snapshot_id} already exists")
+        # Copied under another name, renamed when complete: a disk is never half there.
+        partial = target.with_name(target.name + ".partial")
+        remove_tree(partial)
+        try:
+            copy_areas(sandbox.root, partial, only_owner=sandbox.uid, uid=0, gid=0)
+            partial.rename(target)
+        except (OSError, DiskCopyError) as exc:
+            remove_tree(partial)
+            raise RuntimeFailure(f"could not snapshot the disk of devbox {devbox_id}: {exc}") from exc
+        return snapshot_id
+
+    def delete_disk(self, disk: str) -> None:
+        remove_tree(self._disk_path(disk))
+
+    def _disk_path(self, disk: str) -> Path:
+        # A disk reference is the snapshot's id: a plain name, never a path.
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", disk):
+            raise RuntimeFailure(f"not a disk of this runtime: {disk!r}")
+        return self.disks_dir / disk
 
     def sandbox(self, devbox_id: str) -> Sandbox:
         return self._get(devbox_id).sandbox

@@ -6,7 +6,15 @@ directory with a ``home``; each command is ``/bin/sh -c`` in its own session (so
 process group, like the real runtimes promise).
 
 Test hooks: ``hold_provisioning()`` blocks ``provision`` until released, and
-``fail_provisioning(message)`` makes the next ``provision`` raise ``RuntimeFailure``.
+``fail_provisioning(message)`` makes the next ``provision`` raise ``RuntimeFailure``;
+``hold_snapshots()`` and ``fail_snapshot(message)`` do the same for ``snapshot_disk``.
+Disk snapshots copy the home with ``simulator.runtime.disk_copy`` (as the current user) to
+``<root>/disks/<id>``.
+Files: devbox paths as on the real runtimes (home-relative, ``~/``, absolute under
+``/home/user`` or ``/tmp``) map to ``<root>/<id>/home`` and ``<root>/<id>/tmp``; any other
+absolute path, or one that leaves those areas, raises ValueError. (Commands see the host's
+``/tmp``: only the file endpoints know the mapping.) Suspend/resume send SIGSTOP/SIGCONT to
+every command's process group; ``suspended`` lists the devboxes currently stopped.
 The server-side test hook (``DEVBOX_SIM_TEST_RUNTIME=tests.api.local_runtime:make_runtime``)
 builds one from the simulator settings.
 """
@@ -14,6 +22,7 @@ builds one from the simulator settings.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import signal
 import subprocess
@@ -22,6 +31,7 @@ import threading
 from pathlib import Path
 
 from simulator.runtime.base import DevboxSpec, RuntimeFailure
+from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree
 
 
 class LocalRuntime:
@@ -35,8 +45,13 @@ class LocalRuntime:
         self._procs: dict[str, list[subprocess.Popen]] = {}
         self._gate: threading.Event | None = None
         self._fail_next: str | None = None
+        self._snapshot_gate: threading.Event | None = None
+        self._fail_snapshot: str | None = None
+        self.disks = self.root / "disks"
+        self.disks.mkdir(exist_ok=True)
         self.provisioned: list[str] = []
         self.shut_down: list[str] = []
+        self.suspended: set[str] = set()
 
     # --- test hooks ------------------------------------------------------------------------
 
@@ -47,6 +62,14 @@ class LocalRuntime:
 
     def fail_provisioning(self, message: str) -> None:
         self._fail_next = message
+
+    def hold_snapshots(self) -> threading.Event:
+        """Block every ``snapshot_disk`` until the returned event is set."""
+        self._snapshot_gate = threading.Event()
+        return self._snapshot_gate
+
+    def fail_snapshot(self, message: str) -> None:
+        self._fail_snapshot = message
 
     def alive_ids(self) -> set[str]:
         with self._lock:
@@ -62,6 +85,11 @@ class LocalRuntime:
             message, self._fail_next = self._fail_next, None
         if message is not None:
             raise RuntimeFailure(message)
+        if spec.disk is not None:
+            try:
+                copy_areas(self._disk_path(spec.disk), self.root / spec.id, only_owner=os.getuid(), uid=os.getuid(), gid=os.getgid())
+            except (OSError, DiskCopyError) as exc:
+                raise RuntimeFailure(f"could not restore disk {spec.disk}: {exc}") from exc
         (self.root / spec.id / "home").mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._devboxes[spec.id] = dict(spec.environment_variables)
@@ -92,11 +120,91 @@ class LocalRuntime:
             self._procs[devbox_id].append(proc)
             return proc
 
+    def read_file(self, devbox_id: str, path: str) -> bytes:
+        return self._host_path(devbox_id, path).read_bytes()
+
+    def write_file(self, devbox_id: str, path: str, data: bytes) -> None:
+        host = self._host_path(devbox_id, path)
+        try:
+            host.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a parent is a file: what the real runtime reports
+            raise NotADirectoryError(f"a parent of {path!r} is not a directory") from None
+        host.write_bytes(data)
+
+    def suspend(self, devbox_id: str) -> None:
+        self._signal_all(devbox_id, signal.SIGSTOP)
+        with self._lock:
+            self.suspended.add(devbox_id)
+
+    def resume(self, devbox_id: str) -> None:
+        self._signal_all(devbox_id, signal.SIGCONT)
+        with self._lock:
+            self.suspended.discard(devbox_id)
+
+    def _signal_all(self, devbox_id: str, sig: int) -> None:
+        with self._lock:
+            if devbox_id not in self._devboxes:
+                raise RuntimeFailure(f"devbox {devbox_id} is not provisioned")
+            procs = list(self._procs[devbox_id])
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)  # the group outlives its leader: background children
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _host_path(self, devbox_id: str, path: str) -> Path:
+        with self._lock:
+            if devbox_id not in self._devboxes:
+                raise RuntimeFailure(f"devbox {devbox_id} is not provisioned")
+        if path in ("", "~") or path.startswith("~/"):
+            path = "/home/user" + path[1:]
+        elif not path.startswith("/"):
+            path = "/home/user/" + path
+        path = posixpath.normpath(path)
+        for prefix, area in (("/home/user", "home"), ("/tmp", "tmp")):
+            if path == prefix or path.startswith(prefix + "/"):
+                base = self.root / devbox_id / area
+                base.mkdir(parents=True, exist_ok=True)
+                host = base / path[len(prefix) + 1 :]
+                if host.resolve() != base.resolve() and base.resolve() not in host.resolve().parents:
+                    raise ValueError(f"{path!r} leaves the devbox")
+                return host
+        raise ValueError(f"{path!r}: only paths under /home/user and /tmp are accessible")
+
+    def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:
+        gate = self._snapshot_gate
+        if gate is not None:
+            gate.wait(60)
+        with self._lock:
+            message, self._fail_snapshot = self._fail_snapshot, None
+            alive = devbox_id in self._devboxes
+        if message is not None:
+            raise RuntimeFailure(message)
+        if not alive:
+            raise RuntimeFailure(f"devbox {devbox_id} is not provisioned")
+        try:
+            copy_areas(self.root / devbox_id, self._disk_path(snapshot_id), only_owner=os.getuid(), uid=os.getuid(), gid=os.getgid())
+        except (OSError, DiskCopyError) as exc:
+            raise RuntimeFailure(f"could not snapshot {devbox_id}: {exc}") from exc
+        return snapshot_id
+
+    def delete_disk(self, disk: str) -> None:
+        remove_tree(self._disk_path(disk))
+
+    def disk_ids(self) -> set[str]:
+        return {p.name for p in self.disks.iterdir()}
+
+    def _disk_path(self, disk: str) -> Path:
+        if "/" in disk or disk in ("", ".", ".."):
+            raise RuntimeFailure(f"not a disk: {disk!r}")
+        return self.disks / disk
+
     def shutdown(self, devbox_id: str) -> None:
         with self._lock:
             self._devboxes.pop(devbox_id, None)
             procs = self._procs.pop(devbox_id, [])
             self.shut_down.append(devbox_id)
+            self.suspended.discard(devbox_id)
         for proc in procs:
             # The whole group, even if its leader exited: background children live on in it.
             try:
@@ -106,8 +214,9 @@ class LocalRuntime:
         shutil.rmtree(self.root / devbox_id, ignore_errors=True)
 
     def close(self) -> None:
-        if self._gate is not None:
-            self._gate.set()
+        for gate in (self._gate, self._snapshot_gate):
+            if gate is not None:
+                gate.set()
         for devbox_id in list(self.alive_ids()):
             self.shutdown(devbox_id)
 

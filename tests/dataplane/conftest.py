@@ -1,6 +1,10 @@
-"""A real data plane for tests: router, offline world and netns devboxes, all uniquely named
-and always removed. Packets go only to namespaces these fixtures create (documentation
-ranges in the world, 10.x on the bridge)."""
+"""A real data plane for tests: router, offline world and devboxes, all uniquely named and
+always removed. Packets go only to namespaces these fixtures create (documentation ranges in
+the world, 10.x on the bridge).
+
+``plane`` is parametrised over both runtimes, so every real-traffic test runs on netns
+devboxes and on Docker containers (a test image with python3 for probe.py, built offline).
+Without a Docker daemon the docker half skips, except in CI, where it fails."""
 
 from __future__ import annotations
 
@@ -43,11 +47,24 @@ def make_policy(account: str = "acct-a", **egress) -> NetworkPolicy:
 
 
 class Devboxes:
-    """Creates netns devboxes through the real runtime and removes them at the end."""
+    """Creates devboxes through the real runtime (netns or docker) and removes them at the end."""
 
     def __init__(self, runtime):
         self.runtime = runtime
         self.made: list[str] = []
+
+    def netns(self, devbox_id: str):
+        """The devbox's network namespace as a ``netns.namespaces`` target: a name (netns) or
+        the container's init pid (docker)."""
+        if self.runtime.name == "docker":
+            return self.runtime.container_pid(devbox_id)
+        return self.runtime.dataplane.devbox_netns(self.runtime.dataplane.attached(devbox_id).address)
+
+    def nsenter(self, devbox_id: str) -> list[str]:
+        """A command prefix that runs a host tool (ip, sysctl) in the devbox's network namespace."""
+        target = self.netns(devbox_id)
+        path = f"/proc/{target}/ns/net" if isinstance(target, int) else f"/run/netns/{target}"
+        return ["nsenter", f"--net={path}"]
 
     def create(self, policy: NetworkPolicy | None, account: str = "acct-a") -> str:
         from simulator.runtime.base import DevboxSpec
@@ -55,7 +72,7 @@ class Devboxes:
         devbox_id = f"dbx_t{os.getpid():x}{next(_ids)}"
         self.runtime.provision(DevboxSpec(id=devbox_id, account=account, policy=policy))
         self.made.append(devbox_id)
-        self.runtime.sandbox(devbox_id).write_file("probe.py", PROBE.encode())
+        self.runtime.write_file(devbox_id, "probe.py", PROBE.encode())
         return devbox_id
 
     def start(self, devbox_id: str, *argv: str) -> subprocess.Popen:
@@ -78,15 +95,34 @@ class Devboxes:
             self.runtime.shutdown(devbox_id)
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    """One data plane per test module (starting one costs ~100 ms; devboxes are per test)."""
+def _docker_image() -> str:
+    """The python test image (built once per machine); skip without a daemon, fail in CI."""
+    from simulator.runtime.docker_runtime import docker_client, docker_problem
+
+    problem = docker_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the docker runtime's tests: {problem}")
+        pytest.skip(problem)
+    from tests.docker.images import python_image
+
+    client = docker_client()
+    try:
+        return python_image(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module", params=["netns", "docker"])
+def plane(request, tmp_path_factory):
+    """One data plane per test module and runtime (starting one costs ~100 ms; devboxes are
+    per test)."""
     from tests.conftest import _privilege_problems
 
     if _privilege_problems():
         pytest.skip("needs root")  # the per-test privileged marker turns this into a failure in CI
+    image = _docker_image() if request.param == "docker" else None
     from simulator.dataplane import DataPlane, DataPlaneConfig
-    from simulator.runtime.netns_runtime import NetnsRuntime
     from simulator.world import WorldConfig
 
     data_dir = tmp_path_factory.mktemp("dataplane")
@@ -96,9 +132,14 @@ def plane(tmp_path_factory):
     dataplane.start()
     runtime = None
     try:
-        from simulator.runtime.netns_runtime import NetnsRuntime
+        if request.param == "docker":
+            from simulator.runtime.docker_runtime import DockerRuntime
 
-        runtime = NetnsRuntime(dataplane, data_dir)
+            runtime = DockerRuntime(dataplane, image=image)
+        else:
+            from simulator.runtime.netns_runtime import NetnsRuntime
+
+            runtime = NetnsRuntime(dataplane, data_dir)
         yield dataplane, runtime
     finally:
         if runtime is not None:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.privileged
 ETH_P_ALL = 0x0003  # a protocol-specific tap would sit after the bridge's rx handler: blind
 
 
-def tap(netns: str, ifname: str) -> socket.socket:
+def tap(netns, ifname: str) -> socket.socket:
     sock = namespaces.socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     sock.bind((ifname, ETH_P_ALL))
     sock.settimeout(0.2)
@@ -38,16 +38,16 @@ def test_ipv6_from_a_devbox_never_passes_the_bridge(plane, devboxes):
     dataplane = plane[0]
     box = devboxes.create(make_policy(allow_all=True))
     address = dataplane.attached(box).address
-    devbox_ns = dataplane.devbox_netns(address)
+    devbox_ns, in_devbox = devboxes.netns(box), devboxes.nsenter(box)
     port_tap = tap(dataplane.router_ns, address.port)  # what the devbox sends, before filtering
     bridge_tap = tap(dataplane.router_ns, "br0")  # what the bridge lets through to the router
     try:
         assert namespaces.run_in(devbox_ns, lambda: open("/proc/sys/net/ipv6/conf/eth0/disable_ipv6").read().strip()) == "1"
         # A privileged helper inside the devbox turns IPv6 back on and queries DNS over IPv6.
         for setting in ("net.ipv6.conf.eth0.accept_dad=0", "net.ipv6.conf.eth0.disable_ipv6=0"):
-            subprocess.run(["ip", "netns", "exec", devbox_ns, "sysctl", "-qw", setting], check=True)
+            subprocess.run([*in_devbox, "sysctl", "-qw", setting], check=True)
         deadline = time.monotonic() + 5
-        while "fe80::" not in subprocess.run(["ip", "-n", devbox_ns, "-6", "addr", "show", "dev", "eth0"],
+        while "fe80::" not in subprocess.run([*in_devbox, "ip", "-6", "addr", "show", "dev", "eth0"],
                                              capture_output=True, text=True).stdout:
             assert time.monotonic() < deadline, "no IPv6 link-local address appeared"
             time.sleep(0.05)  # polling the kernel with a deadline

@@ -1,4 +1,4 @@
-"""Root inside a devbox namespace cannot borrow another devbox's IP or MAC to get out.
+"""Root inside a devbox namespace (netns or container) cannot borrow another devbox's IP or MAC to get out.
 
 The sender is this (root) test process with a socket created in the devbox's namespace: the
 "privileged helper inside the devbox". The receiver is a UDP socket the test binds in the world.
@@ -41,7 +41,7 @@ def received(listener) -> list[tuple[bytes, str]]:
     return got
 
 
-def send_from(netns: str, src: str, payload: bytes) -> None:
+def send_from(netns, src: str, payload: bytes) -> None:
     sock = namespaces.socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)  # send from an address eth0 does not hold
@@ -56,7 +56,8 @@ def test_spoofed_ip_or_mac_gets_nothing_out(plane, devboxes, world_listener):
     open_box = devboxes.create(make_policy(allow_all=True))
     closed_box = devboxes.create(make_policy())
     open_addr, closed_addr = dataplane.attached(open_box).address, dataplane.attached(closed_box).address
-    open_ns, closed_ns = dataplane.devbox_netns(open_addr), dataplane.devbox_netns(closed_addr)
+    open_ns, closed_ns = devboxes.netns(open_box), devboxes.netns(closed_box)
+    in_closed = devboxes.nsenter(closed_box)
 
     # Control: the allow_all devbox's own packets do arrive, so silence below means "blocked".
     send_from(open_ns, open_addr.ip, b"legit")
@@ -65,10 +66,10 @@ def test_spoofed_ip_or_mac_gets_nothing_out(plane, devboxes, world_listener):
     # The deny-all devbox takes the allow_all devbox's IP.
     send_from(closed_ns, open_addr.ip, b"spoofed-ip")
     # ... and its MAC, with its own IP (a pair the bridge has never seen on this port).
-    subprocess.run(["ip", "-n", closed_ns, "link", "set", "eth0", "address", open_addr.mac], check=True)
+    subprocess.run([*in_closed, "ip", "link", "set", "eth0", "address", open_addr.mac], check=True)
     try:
         send_from(closed_ns, closed_addr.ip, b"spoofed-mac")
         send_from(closed_ns, open_addr.ip, b"spoofed-both")
     finally:
-        subprocess.run(["ip", "-n", closed_ns, "link", "set", "eth0", "address", closed_addr.mac], check=True)
+        subprocess.run([*in_closed, "ip", "link", "set", "eth0", "address", closed_addr.mac], check=True)
     assert received(world_listener) == []

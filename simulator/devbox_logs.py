@@ -1,0 +1,114 @@
+"""Devbox logs (``GET /v1/devboxes/{id}/logs``): what ran in a devbox and what it printed.
+
+Entries, oldest first (``source`` as the SDK's ``Log`` model names them):
+
+* ``exec``: a command started (``cmd``, ``message`` "started"), each line it printed (level
+  ``info`` for stdout, ``error`` for stderr, at the time it was read), and its end
+  (``exit_code``). ``cmd_id`` is the execution id, which the ``execution_id`` filter matches.
+* ``setup_commands``: the same for launch commands (no execution id).
+* ``files``: a file written through the API.
+
+A running command's lines live in memory (its ``LineLog``) and are stored with its result in
+one transaction, so a busy command costs no write per line; the endpoint shows both. At most
+``MAX_LINES_PER_COMMAND`` lines of a command are logged (the execution keeps all its output).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from simulator import clock
+
+MAX_LINES_PER_COMMAND = 10_000
+MAX_LINE_CHARS = 16_384  # a longer line is cut (marked with "...")
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    level: str
+    source: str
+    timestamp_ms: int
+    cmd: str | None = None
+    execution_id: str | None = None
+    exit_code: int | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "level": self.level,
+            "source": self.source,
+            "timestamp_ms": self.timestamp_ms,
+            "cmd": self.cmd,
+            "cmd_id": self.execution_id,
+            "exit_code": self.exit_code,
+            "message": self.message,
+        }
+
+
+class LineLog:
+    """Lines of one command's stdout and stderr as they arrive (call under the caller's lock)."""
+
+    def __init__(self, source: str, cmd: str, execution_id: str | None):
+        self.source, self.cmd, self.execution_id = source, cmd, execution_id
+        self.entries: list[LogEntry] = [self._entry("info", "started")]
+        self._partial = {"stdout": "", "stderr": ""}
+        self._lines = 0
+        self._dropped = 0
+
+    def add(self, stream: str, text: str) -> None:
+        pending = self._partial[stream] + text
+        *lines, partial = pending.split("\n")
+        for line in lines:
+            self._line(stream, line)
+        # A line without end (16 MB of output, no newline) is kept only as long as it is logged.
+        self._partial[stream] = partial[: MAX_LINE_CHARS + 1]
+
+    def finish(self, exit_code: int) -> list[LogEntry]:
+        for stream, rest in self._partial.items():
+            if rest:
+                self._line(stream, rest)
+        self._partial = {"stdout": "", "stderr": ""}
+        if self._dropped:
+            self.entries.append(self._entry("warn", f"{self._dropped} more output lines not logged"))
+        self.entries.append(self._entry("info" if exit_code == 0 else "error", f"exited with {exit_code}", exit_code))
+        return self.entries
+
+    def _line(self, stream: str, line: str) -> None:
+        if self._lines >= MAX_LINES_PER_COMMAND:
+            self._dropped += 1
+            return
+        self._lines += 1
+        if len(line) > MAX_LINE_CHARS:
+            line = line[:MAX_LINE_CHARS] + "..."
+        self.entries.append(self._entry("info" if stream == "stdout" else "error", line))
+
+    def _entry(self, level: str, message: str, exit_code: int | None = None) -> LogEntry:
+        return LogEntry(level, self.source, clock.now_ms(), self.cmd, self.execution_id, exit_code, message)
+
+
+# --- SQL (callers hold the connection) ---------------------------------------------------
+
+
+def insert(conn: sqlite3.Connection, account: str, devbox_id: str, entries: list[LogEntry]) -> None:
+    conn.executemany(
+        "INSERT INTO devbox_logs (account, devbox_id, execution_id, level, source, timestamp_ms, cmd,"
+        " exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (account, devbox_id, e.execution_id, e.level, e.source, e.timestamp_ms, e.cmd, e.exit_code, e.message)
+            for e in entries
+        ],
+    )
+
+
+def list_for(conn: sqlite3.Connection, account: str, devbox_id: str, execution_id: str | None) -> list[LogEntry]:
+    sql = "SELECT * FROM devbox_logs WHERE account = ? AND devbox_id = ?"
+    params: list = [account, devbox_id]
+    if execution_id is not None:
+        sql += " AND execution_id = ?"
+        params.append(execution_id)
+    rows = conn.execute(sql + " ORDER BY seq", params).fetchall()
+    return [
+        LogEntry(r["level"], r["source"], r["timestamp_ms"], r["cmd"], r["execution_id"], r["exit_code"], r["message"])
+        for r in rows
+    ]

@@ -1,0 +1,160 @@
+"""A command while it runs: its process, its output so far and its stdin.
+
+Reader threads ``feed`` output in; request threads read it (the view, the SSE streams, the
+logs) and write stdin. Everything about the output is guarded by one lock, so a reader of
+the output sees either the running state or the completed one, never a mix; stdin has its
+own lock, so that sends are written one after the other, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import replace
+
+from simulator import clock, devbox_logs
+from simulator.devbox_model import Execution
+from simulator.errors import Conflict, InvalidRequest
+from simulator.output_buffer import OutputBuffer, boundary_after
+
+STREAMS = ("stdout", "stderr")
+COMPLETED = "completed"
+
+
+class LiveExecution:
+    def __init__(self, execution: Execution, proc: subprocess.Popen, max_output_bytes: int, attach_stdin: bool):
+        self.execution = execution
+        self.proc = proc
+        self.attach_stdin = attach_stdin
+        self.done = threading.Event()  # set once the completed execution is stored
+        self._lock = threading.Lock()  # guards _output, _lines and _final
+        self._output = {name: OutputBuffer(max_output_bytes) for name in STREAMS}
+        self._lines = devbox_logs.LineLog("exec", execution.command, execution.id)
+        self._final: Execution | None = None
+        self._stdin_lock = threading.Lock()
+        if proc.stdin is not None and not attach_stdin:
+            proc.stdin.close()  # nobody will write to it: the command reads EOF at once
+
+    @property
+    def id(self) -> str:
+        return self.execution.id
+
+    def belongs_to(self, account: str, devbox_id: str) -> bool:
+        return self.execution.account == account and self.execution.devbox_id == devbox_id
+
+    def view(self) -> Execution:
+        with self._lock:
+            return self._final or self.execution
+
+    @property
+    def completed(self) -> bool:
+        with self._lock:
+            return self._final is not None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.returncode is not None:
+            return
+        try:
+            # The runtime starts each command as the leader of its own process group.
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone
+
+    # --- output ----------------------------------------------------------------------------
+
+    def feed(self, stream: str, chunk: bytes) -> bool:
+        """Output the command wrote; True when new text became readable."""
+        with self._lock:
+            if self._final is not None:
+                return False  # completed without this (a background child kept the pipe): drop
+            buffer = self._output[stream]
+            before = len(buffer.data)
+            if not buffer.feed(chunk):
+                return False  # only part of a character so far, or beyond the cap
+            self._lines.add(stream, buffer.data[before:].decode("utf-8"))
+            return True
+
+    def complete(self, exit_status: int) -> tuple[Execution, list[devbox_logs.LogEntry]]:
+        """The command ended: its final view and its log entries (to store together)."""
+        with self._lock:
+            for stream, buffer in self._output.items():
+                before = len(buffer.data)
+                buffer.finish()  # a trailing partial character becomes U+FFFD
+                self._lines.add(stream, buffer.data[before:].decode("utf-8"))
+            self._final = replace(
+                self.execution,
+                status=COMPLETED,
+                exit_status=exit_status,
+                stdout=self._output["stdout"].text(),
+                stderr=self._output["stderr"].text(),
+                stdout_truncated=self._output["stdout"].truncated,
+                stderr_truncated=self._output["stderr"].truncated,
+                end_time_ms=clock.now_ms(),
+            )
+            return self._final, self._lines.finish(exit_status)
+
+    def read_from(self, stream: str, position: int) -> tuple[bytes, int, bool]:
+        """(output from ``position``, moved to the next character boundary; that start;
+        whether the command completed, so that this is all of the rest)."""
+        with self._lock:  # copied under the lock: readers append to the buffer
+            data = self._output[stream].data
+            start = boundary_after(data, position)
+            return bytes(data[start:]), start, self._final is not None
+
+    def has_more(self, stream: str, position: int) -> bool:
+        """Output beyond ``position``, or completed? (Cheap: no copy.)"""
+        with self._lock:
+            return self._final is not None or len(self._output[stream].data) > position
+
+    def log_entries(self) -> list[devbox_logs.LogEntry]:
+        """Log entries so far; none once completed (they are stored with the result)."""
+        with self._lock:
+            return [] if self._final is not None else list(self._lines.entries)
+
+    # --- stdin -----------------------------------------------------------------------------
+
+    def write_stdin(self, data: bytes, seconds: float) -> bool:
+        """Write ``data`` to the command's stdin; False when nobody reads it any more."""
+        with self._stdin_lock:
+            stdin = self.proc.stdin
+            if stdin is None or stdin.closed:
+                raise InvalidRequest(f"the stdin of execution {self.id} was closed (EOF was sent)", code="stdin_closed")
+            return _write_all(stdin.fileno(), data, seconds, self.id)
+
+    def close_stdin(self) -> None:
+        """EOF for the command (idempotent)."""
+        with self._stdin_lock:
+            if self.proc.stdin is not None and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+
+
+def _write_all(fd: int, data: bytes, seconds: float, execution_id: str) -> bool:
+    """Write everything to a pipe without blocking longer than ``seconds``; False if the
+    reader is gone. A command that does not read for that long gets a 409 (what was written
+    stays written: a pipe cannot take bytes back)."""
+    deadline = time.monotonic() + seconds
+    view = memoryview(data)
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                raise Conflict(
+                    f"execution {execution_id} has not read its stdin for {seconds:g} s; "
+                    f"{len(data) - len(view)} of {len(data)} bytes were written",
+                    code="stdin_full",
+                )
+        return True
+    finally:
+        os.set_blocking(fd, True)

@@ -1,0 +1,238 @@
+"""A ``docker exec`` that looks like ``subprocess.Popen`` to the execution service.
+
+The execution service reads ``proc.stdout``/``proc.stderr`` with ``os.read(fileno())``, writes
+and closes ``proc.stdin``, calls ``wait()`` and kills with ``os.killpg(proc.pid, SIGKILL)``. So:
+
+- stdin, stdout and stderr are real OS pipes; two pump threads move bytes between them and
+  the exec's hijacked API connection (docker multiplexes stdout/stderr into frames with an
+  8-byte header: stream, 3 zero bytes, big-endian length). Closing ``stdin`` half-closes the
+  connection, which docker turns into EOF on the command's stdin.
+- ``pid`` is the command's pid in the host's PID namespace (from ``exec inspect``). runc
+  starts every exec'd process with ``setsid``, so it leads its own process group and
+  ``killpg(pid)`` kills the command with its children, exactly as for a netns sandbox.
+- ``wait()`` follows the process itself (a pidfd), not the output: a background child that
+  keeps stdout open must not keep the command "running". The exit code then comes from
+  docker (128 + N for a signal, like a shell; Popen would say -N).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+# Bounded polls on docker's exec state: the process starts (pid known) and its exit is recorded
+# a moment after the hijacked connection answers / the pid dies. Never an unbounded wait.
+START_TIMEOUT_SECONDS = 10.0
+EXIT_RECORD_TIMEOUT_SECONDS = 10.0
+POLL_SECONDS = 0.002
+
+
+class ExecFailed(RuntimeError):
+    pass
+
+
+class DockerProcess:
+    def __init__(self, api, exec_id: str, args: list[str]):
+        self.args = args
+        self.returncode: int | None = None
+        self._api = api
+        self._exec_id = exec_id
+        self._exited = threading.Event()
+        self._sock = api.exec_start(exec_id, socket=True)
+        response = getattr(self._sock, "_response", None)
+        # Read through the HTTP response's buffered reader: it may already hold the first
+        # output bytes, read together with the response headers.
+        self._reader = response.raw._fp.fp if response is not None else self._sock
+        self._raw = getattr(self._sock, "_sock", self._sock)  # the socket, for writes and half-close
+        in_r, in_w = os.pipe()
+        out_r, self._out_w = os.pipe()
+        err_r, self._err_w = os.pipe()
+        self.stdin = os.fdopen(in_w, "wb")
+        self.stdout = os.fdopen(out_r, "rb")
+        self.stderr = os.fdopen(err_r, "rb")
+        self._stdin_r = in_r
+        try:
+            self.pid, exited = self._started()
+        except BaseException:
+            self._close_everything()
+            raise
+        threading.Thread(target=self._pump_out, name=f"exec-out-{exec_id[:12]}", daemon=True).start()
+        threading.Thread(target=self._pump_in, name=f"exec-in-{exec_id[:12]}", daemon=True).start()
+        threading.Thread(target=self._wait_exit, args=(exited,), name=f"exec-wait-{exec_id[:12]}", daemon=True).start()
+
+    # --- Popen API ---------------------------------------------------------------------------
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._exited.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode  # type: ignore[return-value]
+
+    def communicate(self, input: bytes | None = None, timeout: float | None = None):  # noqa: A002
+        """Like Popen.communicate: feed ``input``, read both streams to EOF, wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.stdin.closed:
+            try:
+                if input:
+                    self.stdin.write(input)
+                self.stdin.close()
+            except BrokenPipeError:
+                pass
+        results: dict[str, bytes] = {}
+
+        def drain(name: str, pipe) -> None:
+            results[name] = pipe.read()
+
+        readers = [threading.Thread(target=drain, args=(n, p), daemon=True)
+                   for n, p in (("out", self.stdout), ("err", self.stderr)) if not p.closed]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return results.get("out", b""), results.get("err", b"")
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _inspect(self) -> dict:
+        return self._api.exec_inspect(self._exec_id)
+
+    def _started(self) -> tuple[int, bool]:
+        """(host pid, already exited); polls until docker reports the process."""
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            state = self._inspect()
+            if state.get("Pid"):
+                return int(state["Pid"]), not state.get("Running", False) and state.get("ExitCode") is not None
+            if not state.get("Running") and state.get("ExitCode") is not None:
+                return 0, True  # failed to start (e.g. no such working directory)
+            if time.monotonic() > deadline:
+                raise ExecFailed(f"exec {self._exec_id[:12]} did not start within {START_TIMEOUT_SECONDS:g} s")
+            time.sleep(POLL_SECONDS)  # bounded poll: docker has no "started" event for execs
+
+    def _wait_exit(self, exited: bool) -> None:
+        if not exited and self.pid:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                pidfd = None  # gone already
+            if pidfd is not None:
+                try:
+                    poller = select.poll()
+                    poller.register(pidfd, select.POLLIN)
+                    poller.poll()  # readable once the process has exited
+                finally:
+                    os.close(pidfd)
+        code = None
+        deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS
+        while code is None and time.monotonic() < deadline:
+            try:
+                state = self._inspect()
+            except Exception:  # the container (and with it the exec) was removed: killed
+                code = 128 + signal.SIGKILL
+                break
+            if not state.get("Running") and state.get("ExitCode") is not None:
+                code = int(state["ExitCode"])
+            else:
+                time.sleep(POLL_SECONDS)  # bounded poll: docker records the exit a moment later
+        self.returncode = code if code is not None else 128 + signal.SIGKILL
+        self._exited.set()
+
+    def _pump_out(self) -> None:
+        targets = {1: self._out_w, 2: self._err_w}
+        try:
+            while True:
+                header = self._read_exact(8)
+                if header is None:
+                    break
+                stream, length = header[0], struct.unpack(">I", header[4:])[0]
+                data = self._read_exact(length) if length else b""
+                if data is None:
+                    break
+                fd = targets.get(stream)
+                if fd is not None:
+                    try:
+                        _write_all(fd, data)
+                    except BrokenPipeError:
+                        targets[stream] = None  # the reader went away: drop this stream's output
+        except OSError:
+            pass  # the connection was closed under us (container removed)
+        finally:
+            for fd in (self._out_w, self._err_w):
+                _close_quietly(fd)
+            self._close_socket()
+
+    def _read_exact(self, n: int) -> bytes | None:
+        chunks, size = [], 0
+        while size < n:
+            chunk = self._reader.read1(n - size) if hasattr(self._reader, "read1") else self._reader.read(n - size)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+
+    def _pump_in(self) -> None:
+        try:
+            while chunk := os.read(self._stdin_r, 65536):
+                self._raw.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            _close_quietly(self._stdin_r)
+            try:
+                self._raw.shutdown(socket.SHUT_WR)  # docker: EOF on the command's stdin
+            except OSError:
+                pass
+
+    def _close_socket(self) -> None:
+        try:
+            self._sock.close()
+            response = getattr(self._sock, "_response", None)
+            if response is not None:
+                response.close()
+        except Exception:
+            pass
+
+    def _close_everything(self) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            pipe.close()
+        for fd in (self._stdin_r, self._out_w, self._err_w):
+            _close_quietly(fd)
+        self._close_socket()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

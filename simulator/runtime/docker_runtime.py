@@ -1,0 +1,268 @@
+"""The Docker runtime: a devbox is a container on the simulator's data plane.
+
+The container starts with network mode ``none``; the data plane then plumbs a veth from the
+router bridge into the container's network namespace, found by its init pid, with the very
+same addressing, anti-spoofing, nftables chains and resolver as a netns devbox
+(``DataPlane.connect(pid=...)``). Only processes and files differ: commands are ``docker
+exec``s (``docker_exec.DockerProcess``, Popen-like), files go through docker's archive API.
+
+Every container carries the labels ``devbox-sim.instance`` (the data plane's instance, i.e.
+the data dir) and ``devbox-sim.devbox``; a new runtime removes the containers of its
+instance that a crashed run left. NET_ADMIN and NET_RAW are dropped (the firewall lives
+outside the container anyway); the anti-spoofing rules stay, for images that add them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from simulator.addresses import Address
+from simulator.dataplane import DataPlane
+from simulator.runtime import docker_files
+from simulator.runtime.base import DevboxSpec, RuntimeFailure
+from simulator.runtime.docker_exec import DockerProcess, ExecFailed
+from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists
+
+log = logging.getLogger(__name__)
+
+INSTANCE_LABEL = "devbox-sim.instance"
+DEVBOX_LABEL = "devbox-sim.devbox"
+# The container's main process only keeps it alive; docker's init (tini) as pid 1 reaps the
+# orphans of exec'd commands. Needs /bin/sh and sleep in the image, like every devbox command.
+# It is the entrypoint, so an image's own ENTRYPOINT/CMD (a server, say) never runs instead.
+KEEPALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
+DROPPED_CAPABILITIES = ["NET_ADMIN", "NET_RAW"]
+API_POOL_SIZE = 64  # hijacked exec connections leave the pool while a command runs
+
+
+@dataclass
+class _Container:
+    id: str
+    name: str
+    address: Address
+
+
+def docker_client(timeout: float = 60.0):
+    """A client for the daemon of the environment (DOCKER_HOST or the local socket)."""
+    import docker
+
+    return docker.from_env(timeout=timeout, max_pool_size=API_POOL_SIZE)
+
+
+def docker_problem() -> str | None:
+    """Why the Docker runtime cannot run here (None: a local daemon answers)."""
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        return "the docker Python package is not installed"
+    try:
+        client = docker_client(timeout=3.0)
+    except Exception as exc:
+        return f"no Docker daemon answers ({exc})"
+    try:
+        client.ping()
+        # Devboxes are plumbed into the container's network namespace by pid: the daemon must
+        # share this machine's PID namespace, i.e. be local (a unix socket).
+        if not client.api.base_url.startswith("http+docker://local"):
+            return f"the Docker daemon at {client.api.base_url} is not local (the docker runtime needs its unix socket)"
+    except Exception as exc:
+        return f"no Docker daemon answers ({exc})"
+    finally:
+        client.close()
+    return None
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, dataplane: DataPlane, image: str | None = None, client=None):
+        """``image``: the devboxes' image (must exist in the daemon: it is never pulled);
+        None builds and uses the default busybox image."""
+        self.dataplane = dataplane
+        self.instance = dataplane.config.instance
+        self.client = client or docker_client()
+        self.api = self.client.api
+        self._devboxes: dict[str, _Container] = {}
+        self._lock = threading.Lock()
+        try:
+            removed = self.remove_orphans()
+            if removed:
+                log.warning("removed %d orphaned devbox containers from a previous run", removed)
+            self.image = self._check_image(image)
+        except BaseException:
+            if client is None:
+                self.client.close()  # ours; a client passed in stays its owner's
+            raise
+
+    def _check_image(self, image: str | None) -> str:
+        if image is None:
+            return default_image(self.client)
+        if not image_exists(self.client, image):
+            raise RuntimeFailure(f"image {image!r} is not in the Docker daemon (it is never pulled: docker load/build it first)")
+        return image
+
+    def remove_orphans(self) -> int:
+        """Remove every container of this instance (after a crash, they are unknown here)."""
+        orphans = self.api.containers(all=True, quiet=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
+        for container in orphans:
+            self._remove(container["Id"])
+        return len(orphans)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def provision(self, spec: DevboxSpec) -> None:
+        image = spec.disk or self.image
+        address = self.dataplane.allocate()
+        name = f"dbxs-{self.instance}-{spec.id}"
+        container_id = None
+        try:
+            created = self.api.create_container(
+                image,
+                entrypoint=KEEPALIVE,
+                name=name,
+                hostname=spec.id.lower().replace("_", "-")[:63],
+                working_dir=HOME,
+                environment={"HOME": HOME, **spec.environment_variables},
+                labels={INSTANCE_LABEL: self.instance, DEVBOX_LABEL: spec.id},
+                host_config=self.api.create_host_config(
+                    network_mode="none",
+                    cap_drop=DROPPED_CAPABILITIES,
+                    security_opt=["no-new-privileges"],
+                    init=True,
+                    dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
+                ),
+            )
+            container_id = created["Id"]
+            self.api.start(container_id)
+            pid = self.api.inspect_container(container_id)["State"]["Pid"]
+            if not pid:
+                raise RuntimeFailure(f"container {name} did not start")
+            self.dataplane.connect(spec.id, spec.account, spec.policy, address, pid=pid)
+        except Exception as exc:
+            if container_id is not None:
+                self._remove(container_id)
+            self.dataplane.release(address)
+            raise RuntimeFailure(f"could not provision devbox {spec.id} on Docker: {_explain(exc)}") from exc
+        with self._lock:
+            self._devboxes[spec.id] = _Container(container_id, name, address)
+
+    def shutdown(self, devbox_id: str) -> None:
+        with self._lock:
+            container = self._devboxes.pop(devbox_id, None)
+        if container is None:
+            return
+        # Network first (the policy state goes with it), then the container and its processes.
+        try:
+            self.dataplane.disconnect(devbox_id)
+        except Exception:
+            log.exception("disconnecting %s", devbox_id)
+        self._remove(container.id)
+        self.dataplane.release(container.address)
+
+    def close(self) -> None:
+        """Shut every devbox down and take the data plane with it (devboxes lose egress)."""
+        for devbox_id in list(self.alive_ids()):
+            self.shutdown(devbox_id)
+        self.dataplane.stop()
+        self.client.close()
+
+    def alive_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._devboxes)
+
+    # --- processes and files ---------------------------------------------------------------
+
+    def exec(self, devbox_id: str, command: str, *, env=None, cwd=None) -> DockerProcess:
+        container = self._get(devbox_id)
+        args = ["/bin/sh", "-c", command]
+        try:
+            exec_id = self.api.exec_create(
+                container.id, args, stdin=True, stdout=True, stderr=True,
+                environment=dict(env or {}), workdir=cwd or HOME,
+            )["Id"]
+            return DockerProcess(self.api, exec_id, args)
+        except (ExecFailed, OSError) as exc:
+            raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {exc}") from exc
+        except Exception as exc:
+            if _is_docker_error(exc):  # e.g. the container is paused or gone: a 4xx, not a 500
+                raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {_explain(exc)}") from exc
+            raise
+
+    def read_file(self, devbox_id: str, path: str) -> bytes:
+        return docker_files.read_file(self.api, self._get(devbox_id).id, path)
+
+    def write_file(self, devbox_id: str, path: str, data: bytes) -> None:
+        docker_files.write_file(self.api, self._get(devbox_id).id, path, data)
+
+    def suspend(self, devbox_id: str) -> None:
+        self._call(devbox_id, "suspended", self.api.pause)
+
+    def resume(self, devbox_id: str) -> None:
+        self._call(devbox_id, "resumed", self.api.unpause)
+
+    def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:
+        """``docker commit`` the container's files into ``devbox-sim/snapshot:<snapshot id>``."""
+        tag = snapshot_id.replace("/", "-")
+        self._call(devbox_id, "snapshotted", lambda cid: self.api.commit(cid, repository=SNAPSHOT_REPOSITORY, tag=tag))
+        return f"{SNAPSHOT_REPOSITORY}:{tag}"
+
+    def delete_disk(self, disk: str) -> None:
+        if not disk.startswith(SNAPSHOT_REPOSITORY + ":"):
+            raise ValueError(f"{disk!r} is not a disk snapshot of this runtime")
+        import docker.errors
+
+        try:
+            self.api.remove_image(disk, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    # --- for tests and tools ----------------------------------------------------------------
+
+    def container_pid(self, devbox_id: str) -> int:
+        """The host pid of the container's init: its network namespace is ``/proc/<pid>/ns/net``."""
+        return int(self.api.inspect_container(self._get(devbox_id).id)["State"]["Pid"])
+
+    def container_name(self, devbox_id: str) -> str:
+        return self._get(devbox_id).name
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _get(self, devbox_id: str) -> _Container:
+        with self._lock:
+            container = self._devboxes.get(devbox_id)
+        if container is None:
+            raise RuntimeFailure(f"devbox {devbox_id} is not running on this runtime")
+        return container
+
+    def _call(self, devbox_id: str, what: str, fn) -> None:
+        container = self._get(devbox_id)
+        try:
+            fn(container.id)
+        except Exception as exc:
+            if _is_docker_error(exc):
+                raise RuntimeFailure(f"devbox {devbox_id} cannot be {what}: {_explain(exc)}") from exc
+            raise
+
+    def _remove(self, container_id: str) -> None:
+        import docker.errors
+
+        try:
+            self.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                log.exception("removing container %s", container_id[:12])
+
+
+def _is_docker_error(exc: BaseException) -> bool:
+    import docker.errors
+    import requests
+
+    return isinstance(exc, (docker.errors.DockerException, requests.RequestException))
+
+
+def _explain(exc: BaseException) -> str:
+    return getattr(exc, "explanation", None) or str(exc)

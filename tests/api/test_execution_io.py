@@ -1,0 +1,281 @@
+"""HTTP tests for what flows in and out of a command: the SSE output streams, stdin and the
+devbox logs. Written against the ``runtime`` fixture (the subprocess test double); live
+streaming needs a real server process (the in-process test client buffers whole responses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from simulator import executions
+from tests.api.conftest import ALICE, BOB
+from tests.api.test_devboxes import URL, assert_error, create_running, until
+from tests.api.test_executions import run, start, wait
+
+
+@pytest.fixture
+def devbox(devbox_client):
+    return create_running(devbox_client)["id"]
+
+
+def sse_events(response) -> list[dict]:
+    """The data of every event of a finished SSE body (comments skipped)."""
+    events = []
+    for block in response.text.split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if lines:
+            assert len(lines) == 1 and lines[0].startswith("data: "), block
+            events.append(json.loads(lines[0][len("data: ") :]))
+    return events
+
+
+def stream(client, devbox_id, execution_id, name="stdout", headers=ALICE, **params):
+    return client.get(
+        f"{URL}/{devbox_id}/executions/{execution_id}/stream_{name}_updates", params=params, headers=headers
+    )
+
+
+# --- SSE ---------------------------------------------------------------------------------
+
+
+def test_stream_of_a_completed_execution_sends_everything_then_closes(devbox_client, devbox):
+    done = run(devbox_client, devbox, "seq 1 2000; seq 2001 2100 >&2")
+    response = stream(devbox_client, devbox, done["execution_id"])
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response)
+    assert "".join(e["output"] for e in events) == done["stdout"]
+    assert events[-1]["offset"] == len(done["stdout"].encode())
+    offsets = [e["offset"] for e in events]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    errors = sse_events(stream(devbox_client, devbox, done["execution_id"], "stderr"))
+    assert "".join(e["output"] for e in errors) == done["stderr"] == "".join(f"{i}\n" for i in range(2001, 2101))
+
+
+def test_large_output_comes_in_several_events_that_join_exactly(devbox_client, devbox):
+    done = run(devbox_client, devbox, "printf 'ü%.0s' $(seq 1 70000)")  # 140,000 bytes
+    events = sse_events(stream(devbox_client, devbox, done["execution_id"]))
+    assert len(events) > 1
+    assert "".join(e["output"] for e in events) == done["stdout"] == "ü" * 70000
+    for previous, event in zip(events, events[1:]):
+        # Offsets are UTF-8 byte positions after each chunk.
+        assert event["offset"] - previous["offset"] == len(event["output"].encode())
+
+
+def test_offset_resumes_from_a_byte_position(devbox_client, devbox):
+    done = run(devbox_client, devbox, "printf 'héllo wörld'")
+    data = done["stdout"].encode()
+    for offset in (0, 1, 3, len(data) - 1, len(data), len(data) + 5):
+        events = sse_events(stream(devbox_client, devbox, done["execution_id"], offset=str(offset)))
+        joined = "".join(e["output"] for e in events)
+        assert joined.encode() == data[offset:]
+        if events:
+            assert events[-1]["offset"] == len(data)
+    # Inside a multi-byte character ("é" is bytes 1-2): the stream starts at the next one.
+    events = sse_events(stream(devbox_client, devbox, done["execution_id"], offset="2"))
+    assert "".join(e["output"] for e in events) == "llo wörld"
+
+
+def test_invalid_utf8_is_replaced_and_offsets_count_the_replacement(devbox_client, devbox):
+    done = run(devbox_client, devbox, "printf 'a\\377b'")
+    events = sse_events(stream(devbox_client, devbox, done["execution_id"]))
+    assert "".join(e["output"] for e in events) == done["stdout"] == "a\ufffdb"
+    assert events[-1]["offset"] == len("a\ufffdb".encode()) == 5
+
+
+def test_stream_rejects_bad_offsets_and_unknown_executions(devbox_client, devbox):
+    execution_id = run(devbox_client, devbox, "echo hi")["execution_id"]
+    assert_error(stream(devbox_client, devbox, execution_id, offset="-1"), 400, contains="offset")
+    assert_error(stream(devbox_client, devbox, execution_id, offset="abc"), 400, contains="offset")
+    assert_error(stream(devbox_client, devbox, "exn_nope"), 404)
+    assert_error(stream(devbox_client, devbox, execution_id, headers=BOB), 404)
+    assert_error(stream(devbox_client, "dbx_nope", execution_id, "stderr"), 404)
+
+
+def _live_events(response):
+    """Yield each event's data of a streaming httpx response as it arrives."""
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line[len("data: ") :])
+
+
+def test_live_stream_delivers_output_while_the_command_runs(devbox_server):
+    client = httpx.Client(base_url=devbox_server.url, headers=ALICE, timeout=30)
+    with client:
+        devbox_id = client.post(f"{URL}/create_and_await_running").json()["id"]
+        try:
+            # A multi-byte character written in two halves, with a pause between them.
+            command = "printf 'first\\n\\303'; while [ ! -e go ]; do sleep 0.01; done; printf '\\251 second\\n'"
+            execution = client.post(f"{URL}/{devbox_id}/execute_async", json={"command": command}).json()
+            path = f"{URL}/{devbox_id}/executions/{execution['execution_id']}/stream_stdout_updates"
+            with client.stream("GET", path) as response:
+                events = _live_events(response)
+                first = next(events)
+                assert first == {"output": "first\n", "offset": 6}  # the half character is held back
+                state = client.get(f"{URL}/{devbox_id}/executions/{execution['execution_id']}").json()
+                assert state["status"] == "running"  # the event came before the end
+                client.post(f"{URL}/{devbox_id}/execute_sync", json={"command": "touch go"})
+                rest = list(events)  # ends when the command completes
+            assert "".join(e["output"] for e in [first, *rest]) == "first\né second\n"
+            assert rest[-1]["offset"] == len("first\né second\n".encode())
+            done = client.get(f"{URL}/{devbox_id}/executions/{execution['execution_id']}").json()
+            assert done["stdout"] == "first\né second\n"
+        finally:
+            client.post(f"{URL}/{devbox_id}/shutdown")
+
+
+# --- stdin -------------------------------------------------------------------------------
+
+
+def send(client, devbox_id, execution_id, headers=ALICE, **body):
+    return client.post(f"{URL}/{devbox_id}/executions/{execution_id}/send_std_in", json=body, headers=headers)
+
+
+def start_attached(client, devbox_id, command):
+    response = client.post(
+        f"{URL}/{devbox_id}/execute_async", json={"command": command, "attach_stdin": True}, headers=ALICE
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["execution_id"]
+
+
+def test_send_std_in_text_then_eof(devbox_client, devbox):
+    execution_id = start_attached(devbox_client, devbox, "cat; echo done")
+    first = send(devbox_client, devbox, execution_id, text="hello\n")
+    assert first.json() == {"devbox_id": devbox, "execution_id": execution_id, "success": True}
+    assert send(devbox_client, devbox, execution_id, text="wörld\n").json()["success"] is True
+    assert send(devbox_client, devbox, execution_id, signal="EOF").json()["success"] is True
+    done = wait(devbox_client, devbox, execution_id).json()
+    assert done["stdout"] == "hello\nwörld\ndone\n" and done["exit_status"] == 0
+    assert_error(send(devbox_client, devbox, execution_id, text="late"), 400, "execution_completed")
+
+
+def test_send_std_in_interrupt_signals_the_command(devbox_client, devbox):
+    execution_id = start_attached(devbox_client, devbox, "trap 'echo interrupted; exit 7' INT; echo ready; while :; do sleep 0.01; done")
+    until(lambda: "ready" in [e["message"] for e in logs(devbox_client, devbox, execution_id=execution_id)])
+    assert send(devbox_client, devbox, execution_id, signal="INTERRUPT").json()["success"] is True
+    done = wait(devbox_client, devbox, execution_id).json()
+    assert done["exit_status"] == 7 and done["stdout"].endswith("interrupted\n")
+
+
+def test_text_after_eof_is_refused(devbox_client, devbox):
+    execution_id = start_attached(devbox_client, devbox, "sleep 30")
+    assert send(devbox_client, devbox, execution_id, signal="EOF").json()["success"] is True
+    assert send(devbox_client, devbox, execution_id, signal="EOF").json()["success"] is True  # idempotent
+    assert_error(send(devbox_client, devbox, execution_id, text="x"), 400, "stdin_closed")
+    devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+
+
+def test_send_std_in_validates(devbox_client, devbox):
+    attached = start_attached(devbox_client, devbox, "sleep 30")
+    for body in ({}, {"text": ""}, {"text": "a", "signal": "EOF"}, {"signal": "HUP"}, {"text": 5}):
+        assert_error(send(devbox_client, devbox, attached, **body), 400)
+    closed = start(devbox_client, devbox, "sleep 30")["execution_id"]
+    assert_error(send(devbox_client, devbox, closed, text="x"), 400, "stdin_not_attached")
+    assert_error(send(devbox_client, devbox, "exn_nope", text="x"), 404)
+    assert_error(send(devbox_client, devbox, attached, headers=BOB, text="x"), 404)
+    for execution_id in (attached, closed):
+        devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+
+
+def test_a_command_that_does_not_read_gets_a_409_not_a_hang(devbox_client, devbox, monkeypatch):
+    monkeypatch.setattr(executions, "STDIN_WRITE_SECONDS", 0.2)
+    execution_id = start_attached(devbox_client, devbox, "sleep 30")
+    response = send(devbox_client, devbox, execution_id, text="x" * 1_000_000)  # far more than a pipe holds
+    body = assert_error(response, 409, "stdin_full", "stdin")
+    assert response.headers["x-should-retry"] == "false", body
+    devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+
+
+def test_stdin_of_an_exited_command_reports_no_success(devbox_client, devbox):
+    # The command closes its stdin and lingers: the write finds no reader.
+    execution_id = start_attached(devbox_client, devbox, "exec 0<&-; echo closed; sleep 30")
+    until(lambda: devbox_client.get(f"{URL}/{devbox}/logs", params={"execution_id": execution_id}, headers=ALICE).json()["logs"][-1]["message"] == "closed")
+    assert send(devbox_client, devbox, execution_id, text="anyone?\n").json()["success"] is False
+    devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+
+
+# --- logs --------------------------------------------------------------------------------
+
+
+def logs(client, devbox_id, headers=ALICE, **params):
+    response = client.get(f"{URL}/{devbox_id}/logs", params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["logs"]
+
+
+def test_logs_show_commands_output_lines_and_exit_codes(devbox_client):
+    devbox = create_running(devbox_client, launch_parameters={"launch_commands": ["echo setting up"]})["id"]
+    first = run(devbox_client, devbox, "echo out; echo err >&2; printf 'no newline'; exit 3")
+    second = run(devbox_client, devbox, "echo second")
+    entries = logs(devbox_client, devbox)
+    for entry in entries:
+        assert set(entry) == {"level", "source", "timestamp_ms", "cmd", "cmd_id", "exit_code", "message"}
+    setup = [e for e in entries if e["source"] == "setup_commands"]
+    assert [e["message"] for e in setup] == ["started", "setting up", "exited with 0"]
+    assert setup[-1]["exit_code"] == 0 and setup[0]["cmd"] == "echo setting up"
+    mine = logs(devbox_client, devbox, execution_id=first["execution_id"])
+    assert {e["cmd_id"] for e in mine} == {first["execution_id"]} and {e["source"] for e in mine} == {"exec"}
+    # stdout and stderr are separate pipes: their relative order is the order they were read.
+    assert sorted((e["message"], e["level"]) for e in mine[1:-1]) == [
+        ("err", "error"), ("no newline", "info"), ("out", "info")
+    ]
+    assert mine[0]["message"] == "started" and mine[0]["cmd"].startswith("echo out")
+    assert mine[-1]["exit_code"] == 3 and mine[-1]["level"] == "error"
+    times = [e["timestamp_ms"] for e in entries]
+    assert times == sorted(times)
+    assert [e["message"] for e in logs(devbox_client, devbox, execution_id=second["execution_id"])] == [
+        "started", "second", "exited with 0"
+    ]
+    assert logs(devbox_client, devbox, execution_id="exn_unknown") == []
+
+
+def test_logs_show_a_running_commands_lines_so_far(devbox_client, devbox):
+    execution_id = start(devbox_client, devbox, "echo early; sleep 30")["execution_id"]
+    until(lambda: [e["message"] for e in logs(devbox_client, devbox, execution_id=execution_id)] == ["started", "early"])
+    devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+    assert logs(devbox_client, devbox, execution_id=execution_id)[-1]["exit_code"] == 137
+
+
+def test_logs_of_unknown_or_foreign_devboxes_are_404(devbox_client, devbox):
+    assert_error(devbox_client.get(f"{URL}/{devbox}/logs", headers=BOB), 404)
+    assert_error(devbox_client.get(f"{URL}/dbx_nope/logs", headers=ALICE), 404)
+
+
+def test_a_quiet_stream_sends_keep_alive_pings_and_ends_with_the_command(devbox_client, devbox, monkeypatch):
+    monkeypatch.setattr(executions, "SSE_PING_SECONDS", 0.05)
+    services = devbox_client.app.state.services
+    execution_id = start(devbox_client, devbox, "while [ ! -e go ]; do sleep 0.01; done; echo end")["execution_id"]
+
+    async def consume():
+        account = services.accounts.account_for(ALICE["Authorization"])
+        chunks = await services.executions.stream_stdout_updates(account, devbox, execution_id)
+        seen = [await chunks.__anext__(), await chunks.__anext__()]  # nothing printed yet: two pings
+        run(devbox_client, devbox, "touch go")
+        seen += [item async for item in chunks]
+        return seen
+
+    seen = asyncio.run(consume())
+    assert seen[:2] == [None, None]
+    assert [item for item in seen if item is not None] == [("end\n", 4)]
+
+
+def test_event_stream_formats_chunks_and_pings():
+    from simulator.api.sse import event_stream
+
+    async def chunks():
+        yield "a\n", 2
+        yield None
+        yield 'é"\r', 6
+
+    async def body():
+        return [part async for part in event_stream(chunks()).body_iterator]
+
+    assert asyncio.run(body()) == [
+        'data: {"output": "a\\n", "offset": 2}\n\n',
+        ": keep-alive\n\n",
+        'data: {"output": "\\u00e9\\"\\r", "offset": 6}\n\n',  # one line per event: all escaped
+    ]

@@ -1,0 +1,322 @@
+"""The official SDK (3.0.0, sync and async) on a real server process: output callbacks (SSE),
+long output, stdin, suspend/resume, ``with devbox:``, files with every path form, logs and
+keep-alive expiry.
+
+Each test runs on the netns runtime (privileged: real sandboxes, an offline world, nothing
+leaves the machine) and on the subprocess test double (no root, fast), so a wire-format
+problem shows up even on a laptop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+from runloop_api_client import (
+    APIStatusError,
+    AsyncRunloopSDK,
+    BadRequestError,
+    NotFoundError,
+    RunloopSDK,
+)
+
+from netns import namespaces
+from simulator.dataplane import NS_PREFIX, instance_id
+from tests.server import ServerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+WORLD = """
+resolver = "198.51.100.53"
+[hosts."github.com"]
+address = "192.0.2.10"
+http = [80]
+"""
+EXPECTED_2000 = "".join(f"{i}\n" for i in range(1, 2001))
+_tokens = itertools.count()
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param("netns", marks=pytest.mark.privileged), "local"],
+)
+def server(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"lifecycle-{request.param}")
+    data = tmp / "data"
+    if request.param == "netns":
+        if os.geteuid() != 0:
+            pytest.skip("the netns runtime needs root")  # CI fails instead (privileged marker)
+        world = tmp / "world.toml"
+        world.write_text(WORLD)
+        subnet = f"10.{secrets.randbelow(50) + 100}.0.0/16"
+        proc = ServerProcess(data, "--runtime", "netns", "--world", str(world), "--subnet", subnet)
+    else:
+        env = {
+            "DEVBOX_SIM_TEST_RUNTIME": "tests.api.local_runtime:make_runtime",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        proc = ServerProcess(data, env=env)
+    proc.start()
+    proc.runtime_name = request.param
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if request.param == "netns":
+            leftovers = namespaces.list_names(f"{NS_PREFIX}{instance_id(data)}-")
+            assert leftovers == [], f"a stopped server left namespaces: {leftovers}"
+
+
+def token() -> str:
+    return f"lifecycle-{os.getpid()}-{next(_tokens)}"  # its own account: nothing shared
+
+
+@pytest.fixture
+def sdk(server):
+    return RunloopSDK(bearer_token=token(), base_url=server.url, max_retries=0)
+
+
+@pytest.fixture
+def devbox(sdk):
+    box = sdk.devbox.create()
+    try:
+        yield box
+    finally:
+        if sdk.api.devboxes.retrieve(box.id).status not in ("shutdown", "failure"):
+            box.shutdown()
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def test_exec_with_stdout_stderr_and_output_callbacks(devbox):
+    out, err, both = [], [], []
+    result = devbox.cmd.exec(
+        "for i in 1 2 3; do echo out$i; echo err$i >&2; done; printf 'ünïcode'",
+        stdout=out.append,
+        stderr=err.append,
+        output=both.append,
+    )
+    assert result.exit_code == 0
+    assert "".join(out) == result.stdout() == "out1\nout2\nout3\nünïcode"
+    assert "".join(err) == result.stderr() == "err1\nerr2\nerr3\n"
+    # output= gets both streams in arrival order: the same characters, interleaved somehow.
+    assert sorted("".join(both)) == sorted(result.stdout() + result.stderr())
+
+
+def test_two_thousand_lines_come_back_complete(devbox):
+    streamed = []
+    result = devbox.cmd.exec("seq 1 2000", stdout=streamed.append)
+    assert result.stdout() == EXPECTED_2000 == "".join(streamed)
+    assert result.stdout(num_lines=3) == "1998\n1999\n2000"  # the SDK joins the tail lines
+    plain = devbox.cmd.exec("seq 1 2000 >&2")
+    assert plain.stderr() == EXPECTED_2000 and plain.stdout() == ""
+
+
+def test_send_std_in_and_close_std_in(devbox):
+    execution = devbox.cmd.exec_async("cat; echo done", attach_stdin=True)
+    execution.send_std_in("hello\n")
+    execution.send_std_in("wörld\n")
+    execution.close_std_in()
+    result = execution.result()
+    assert result.exit_code == 0 and result.stdout() == "hello\nwörld\ndone\n"
+    with pytest.raises(BadRequestError):
+        execution.send_std_in("too late\n")
+
+
+def test_logs_name_each_command(devbox):
+    result = devbox.cmd.exec("echo logged; exit 4")
+    logs = devbox.logs(execution_id=result.execution_id).logs
+    assert [log.message for log in logs] == ["started", "logged", "exited with 4"]
+    assert {log.cmd_id for log in logs} == {result.execution_id} and logs[-1].exit_code == 4
+    assert logs[0].source == "exec" and logs[0].cmd == "echo logged; exit 4"
+
+
+# --- suspend / resume --------------------------------------------------------------------
+
+
+def stamps(text: str) -> list[int]:
+    return [int(line) for line in text.split()]
+
+
+def last_stamp(devbox, execution_id: str) -> int:
+    """The newest time the command printed so far (its log lines; the view has output only
+    once the command completed)."""
+    lines = [log.message for log in devbox.logs(execution_id=execution_id).logs if (log.message or "").isdigit()]
+    return int(lines[-1]) if lines else 0
+
+
+def poll(condition, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)  # bounded poll
+
+
+def test_suspended_devbox_makes_no_progress_until_resumed(devbox):
+    # The command prints the time every 20 ms; while suspended it may print nothing.
+    execution = devbox.cmd.exec_async("while :; do date +%s%N; sleep 0.02; done")
+    poll(lambda: last_stamp(devbox, execution.execution_id) > 0, "the command never printed")
+    suspended = devbox.suspend()
+    assert suspended.status == "suspended"
+    frozen_at = time.time_ns()
+    time.sleep(1.0)  # the observation window in which nothing may happen
+    thawed_at = time.time_ns()
+    resumed = devbox.resume()
+    assert resumed.status == "running"
+    assert [t.status for t in resumed.state_transitions][-3:] == ["suspending", "suspended", "running"]
+    poll(lambda: last_stamp(devbox, execution.execution_id) > thawed_at, "the command did not continue")
+    execution.kill()
+    printed = stamps(execution.result().stdout())
+    assert not [t for t in printed if frozen_at < t < thawed_at], "the command ran while suspended"
+    assert any(t < frozen_at for t in printed) and any(t > thawed_at for t in printed)
+
+
+def test_suspend_and_resume_only_from_the_right_status(devbox, sdk):
+    with pytest.raises(BadRequestError):
+        devbox.resume()
+    devbox.suspend()
+    with pytest.raises(BadRequestError):
+        devbox.suspend()
+    with pytest.raises(BadRequestError):
+        devbox.cmd.exec("true")
+    view = devbox.resume_async()
+    assert view.status == "running"
+    assert devbox.cmd.exec("echo back").stdout() == "back\n"
+
+
+def test_shutdown_of_a_suspended_devbox_ends_its_commands(sdk):
+    devbox = sdk.devbox.create()
+    try:
+        execution = devbox.cmd.exec_async("echo 1; exec sleep 300")
+        # Suspend only once the command runs: a shutdown that catches the exec chain still
+        # entering the namespaces ends it with nsenter's error (exit 1), not SIGKILL's 137.
+        poll(lambda: last_stamp(devbox, execution.execution_id) == 1, "the command did not start")
+        devbox.suspend()
+        started = time.monotonic()
+        info = devbox.shutdown()
+        assert info.status == "shutdown" and time.monotonic() - started < 10
+        result = execution.result()
+        assert result.exit_code == 137
+    finally:
+        if devbox.get_info().status != "shutdown":
+            devbox.shutdown()
+
+
+def test_network_rules_stay_through_suspend_and_resume(server, sdk):
+    policy = sdk.network_policy.create(name=f"suspend-{token()}", allowed_hostnames=["github.com"])
+    with sdk.devbox.create(launch_parameters={"network_policy_id": policy.id}) as devbox:
+        if server.runtime_name == "netns":
+            assert devbox.cmd.exec("curl -sS --max-time 2 http://github.com/a").stdout() == "github.com /a\n"
+        devbox.suspend()
+        assert devbox.get_info().launch_parameters.network_policy_id == policy.id
+        devbox.resume()
+        if server.runtime_name == "netns":  # the test double has no network to check
+            assert devbox.cmd.exec("curl -sS --max-time 2 http://github.com/b").stdout() == "github.com /b\n"
+            assert devbox.cmd.exec("curl -sS --max-time 2 http://203.0.113.66/").exit_code == 28  # still dropped
+        assert devbox.cmd.exec("echo alive").stdout() == "alive\n"
+
+
+# --- with devbox, keep-alive ------------------------------------------------------------
+
+
+def test_with_devbox_shuts_down_on_exit(sdk):
+    with sdk.devbox.create() as devbox:
+        assert devbox.get_info().status == "running"
+    info = devbox.get_info()
+    assert info.status == "shutdown" and info.shutdown_reason == "api_shutdown"
+
+
+def test_keep_alive_time_expiry(sdk):
+    devbox = sdk.devbox.create(launch_parameters={"keep_alive_time_seconds": 2})
+    try:
+        assert devbox.keep_alive() == {}
+        view = sdk.api.post(
+            f"/v1/devboxes/{devbox.id}/wait_for_status", body={"statuses": ["shutdown"], "timeout_seconds": 15}, cast_to=object
+        )
+        assert view["status"] == "shutdown" and view["shutdown_reason"] == "keep_alive_timeout"
+    finally:
+        if devbox.get_info().status != "shutdown":
+            devbox.shutdown()
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "written, read_as",
+    [("notes/a.txt", "~/notes/a.txt"), ("~/b.txt", "/home/user/b.txt"), ("/home/user/c.txt", "c.txt"), ("/tmp/d.txt", "/tmp/d.txt")],
+)
+def test_file_round_trips_with_every_path_form(server, devbox, written, read_as, tmp_path):
+    devbox.file.write(file_path=written, contents=f"text for {written} ✓")
+    assert devbox.file.read(file_path=read_as) == f"text for {written} ✓"
+    if server.runtime_name != "local" or not read_as.startswith("/"):
+        # (the test double's commands see the host's absolute paths; a sandbox sees its own)
+        assert devbox.cmd.exec(f"cat {read_as}").stdout() == f"text for {written} ✓"
+    blob = bytes(range(256)) * 16
+    local = tmp_path / "blob.bin"
+    local.write_bytes(blob)
+    assert devbox.file.upload(path=written + ".bin", file=local) == {}
+    assert devbox.file.download(path=read_as + ".bin") == blob
+    assert devbox.file.upload(path=written + ".raw", file=blob) == {}
+    assert devbox.file.download(path=read_as + ".raw") == blob
+
+
+def test_file_errors_reach_the_sdk_as_4xx(devbox):
+    with pytest.raises(NotFoundError):
+        devbox.file.read(file_path="missing.txt")
+    with pytest.raises(BadRequestError):
+        devbox.file.read(file_path="/etc/passwd")
+    with pytest.raises(BadRequestError):
+        devbox.file.download(path="~")
+
+
+def test_hostile_paths_get_a_4xx_never_a_500(server, devbox):
+    devbox.cmd.exec("ln -s /etc/passwd ~/passwd-link; mkdir -p ~/d; ln -s ~/d ~/dir-link; ln -s ../.. ~/up-link")
+    hostile = ["../../etc/passwd", "/proc/self/environ", "~/../../root/x", "/home/user/../../etc/shadow",
+               "passwd-link", "up-link/etc/passwd", "dir-link", "~/d/", "/", " ", "\n"]
+    for path in hostile:
+        for call, kwargs in ((devbox.file.read, {}), (devbox.file.write, {"contents": "x"})):
+            try:
+                call(file_path=path, **kwargs)
+            except APIStatusError as error:
+                assert 400 <= error.status_code < 500, (path, error)
+            else:
+                # Only a container has a whole file system of its own to read or write.
+                assert server.runtime_name == "docker", path
+    if server.runtime_name != "docker":  # (Docker's write_file does not follow directory links yet)
+        # A link that stays inside the devbox's areas is followed, as a command would.
+        devbox.file.write(file_path="dir-link/inside.txt", contents="through a link inside home")
+        assert devbox.file.read(file_path="d/inside.txt") == "through a link inside home"
+
+
+# --- the async SDK ------------------------------------------------------------------------
+
+
+def test_async_sdk_flows(server, tmp_path):
+    async def main():
+        sdk = AsyncRunloopSDK(bearer_token=token(), base_url=server.url, max_retries=0)
+        async with await sdk.devbox.create() as devbox:
+            out, err = [], []
+            result = await devbox.cmd.exec("seq 1 2000; echo e >&2", stdout=out.append, stderr=err.append)
+            assert await result.stdout() == EXPECTED_2000 == "".join(out) and "".join(err) == "e\n"
+            execution = await devbox.cmd.exec_async("cat", attach_stdin=True)
+            await execution.send_std_in("piped\n")
+            await execution.close_std_in()
+            assert await (await execution.result()).stdout() == "piped\n"
+            await devbox.file.write(file_path="~/async.txt", contents="async ✓")
+            assert await devbox.file.read(file_path="/home/user/async.txt") == "async ✓"
+            await devbox.file.upload(path="/tmp/async.bin", file=b"\x00\xff")
+            assert await devbox.file.download(path="/tmp/async.bin") == b"\x00\xff"
+            assert (await devbox.suspend()).status == "suspended"
+            assert (await devbox.resume()).status == "running"
+            logs = (await devbox.logs()).logs
+            assert any(log.source == "files" for log in logs) and any(log.message == "piped" for log in logs)
+        info = await devbox.get_info()
+        assert info.status == "shutdown"
+
+    asyncio.run(main())

@@ -1,0 +1,214 @@
+"""The Docker runtime itself: container shape (labels, network none, dropped capabilities,
+resolver), Popen-like execs, files, suspend/resume, disk snapshots, shutdown and orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import docker.errors
+import pytest
+
+from simulator.runtime.base import RuntimeFailure
+from simulator.runtime.docker_runtime import DEVBOX_LABEL, INSTANCE_LABEL, DockerRuntime
+from tests.dataplane.conftest import make_policy
+
+pytestmark = pytest.mark.privileged
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+
+def test_container_is_labelled_networkless_and_plumbed_onto_the_data_plane(docker_plane, boxes, docker_client):
+    dataplane, runtime = docker_plane
+    box = boxes.create(make_policy(allowed_hostnames=["github.com"]))
+    info = docker_client.api.inspect_container(runtime.container_name(box))
+    assert info["Config"]["Labels"][INSTANCE_LABEL] == dataplane.config.instance
+    assert info["Config"]["Labels"][DEVBOX_LABEL] == box
+    assert info["HostConfig"]["NetworkMode"] == "none"
+    assert set(info["HostConfig"]["CapDrop"]) == {"NET_ADMIN", "NET_RAW"}
+    address = dataplane.attached(box).address
+    out = boxes.sh(box, "ip -4 addr show eth0; cat /etc/resolv.conf; grep CapEff /proc/self/status; pwd; echo $HOME")
+    assert out.returncode == 0, out.stderr
+    assert f"inet {address.ip}/16" in out.stdout
+    assert f"nameserver {dataplane.gateway}" in out.stdout
+    cap_eff = int(next(l for l in out.stdout.splitlines() if l.startswith("CapEff")).split()[1], 16)
+    assert not cap_eff & (1 << CAP_NET_ADMIN) and not cap_eff & (1 << CAP_NET_RAW)
+    assert out.stdout.splitlines()[-2:] == ["/home/user", "/home/user"]
+    # Real outcomes of the policy and of the dropped capabilities, from inside.
+    assert "192.0.2.10" in boxes.sh(box, "nslookup github.com").stdout
+    assert boxes.sh(box, "nslookup blocked.example").returncode != 0
+    spoof = boxes.sh(box, "ip link set eth0 address 02:00:00:00:00:99")
+    assert spoof.returncode != 0 and "not permitted" in spoof.stderr.lower()
+
+
+def test_exec_is_popen_like(docker_plane, boxes):
+    runtime = docker_plane[1]
+    box = boxes.create(None, environment_variables={"FROM_SPEC": "spec"})
+    proc = runtime.exec(box, "echo out; echo err >&2; echo $FROM_SPEC $EXTRA; pwd; exit 7", env={"EXTRA": "x"}, cwd="/tmp")
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (7, b"out\nspec x\n/tmp\n", b"err\n")
+    cat = runtime.exec(box, "cat; echo done")
+    assert cat.communicate(b"from stdin\n", timeout=10) == (b"from stdin\ndone\n", b"")
+    # Killing the process group (what the execution service does) kills the children too.
+    proc = runtime.exec(box, "sleep 301 & sleep 302")
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(10) == 128 + signal.SIGKILL
+    assert "sleep 30" not in boxes.sh(box, "ps -o args").stdout
+    # A background child that keeps stdout open does not keep the command running.
+    proc = runtime.exec(box, "sleep 303 & echo started")
+    assert proc.wait(5) == 0
+    assert proc.stdout.readline() == b"started\n"
+    missing = runtime.exec(box, "exit 0", cwd="/no/such/dir")
+    assert missing.wait(10) != 0
+
+
+def test_files_read_write_and_errors(docker_plane, boxes):
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    runtime.write_file(box, "a/b/c.txt", b"hello\x00bytes")
+    assert runtime.read_file(box, "~/a/b/c.txt") == b"hello\x00bytes"
+    assert runtime.read_file(box, "/home/user/a/b/c.txt") == b"hello\x00bytes"
+    assert boxes.sh(box, "cat a/b/c.txt | wc -c").stdout.strip() == "11"
+    runtime.write_file(box, "/tmp/x", b"1")
+    runtime.write_file(box, "/tmp/x", b"replaced")
+    assert boxes.sh(box, "cat /tmp/x").stdout == "replaced"
+    assert boxes.sh(box, "echo made > made.txt; ln -s /home/user/made.txt /tmp/link").returncode == 0
+    assert runtime.read_file(box, "/tmp/link") == b"made\n"
+    with pytest.raises(FileNotFoundError):
+        runtime.read_file(box, "nope")
+    with pytest.raises(IsADirectoryError):
+        runtime.read_file(box, "a")
+    with pytest.raises(IsADirectoryError):
+        runtime.write_file(box, "a/b", b"would delete the directory")
+    assert runtime.read_file(box, "a/b/c.txt") == b"hello\x00bytes"  # still there
+    with pytest.raises(NotADirectoryError):
+        runtime.read_file(box, "a/b/c.txt/deeper")
+    with pytest.raises(NotADirectoryError):
+        runtime.write_file(box, "a/b/c.txt/deeper", b"x")
+    for bad in ("", "  ", "a\0b", "/"):
+        with pytest.raises(ValueError):
+            runtime.read_file(box, bad)
+
+
+def test_suspend_freezes_and_resume_thaws(docker_plane, boxes, docker_client):
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    runtime.suspend(box)
+    assert docker_client.api.inspect_container(runtime.container_name(box))["State"]["Paused"] is True
+    with pytest.raises(RuntimeFailure):
+        runtime.exec(box, "true")
+    runtime.resume(box)
+    assert boxes.sh(box, "echo back").stdout == "back\n"
+    with pytest.raises(RuntimeFailure):
+        runtime.resume(box)  # not paused: a clear failure, not a crash
+
+
+def test_snapshot_disk_restores_files_into_a_new_devbox(docker_plane, boxes, docker_client):
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    assert boxes.sh(box, "echo home > kept.txt; echo tmp > /tmp/kept").returncode == 0
+    snapshot = f"snp_test{os.getpid():x}"
+    disk = runtime.snapshot_disk(box, snapshot)
+    try:
+        restored = boxes.create(make_policy(allow_all=True), disk=disk)
+        assert runtime.read_file(restored, "kept.txt") == b"home\n"
+        assert boxes.sh(restored, "cat /tmp/kept").stdout == "tmp\n"
+        assert "nameserver" in boxes.sh(restored, "cat /etc/resolv.conf").stdout  # not a stale copy
+    finally:
+        runtime.delete_disk(disk)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(disk)
+    runtime.delete_disk(disk)  # idempotent
+    with pytest.raises(ValueError):
+        runtime.delete_disk(runtime.image)  # never an image it did not make
+
+
+def test_shutdown_removes_the_container_and_its_port(docker_plane, boxes, docker_client):
+    dataplane, runtime = docker_plane
+    box = boxes.create(make_policy())
+    name = runtime.container_name(box)
+    port = dataplane.attached(box).address.port
+    runtime.shutdown(box)
+    runtime.shutdown(box)  # idempotent
+    assert docker_client.api.containers(all=True, filters={"name": name}) == []
+    assert dataplane.attached(box) is None
+    assert port not in [p.ifname for p in dataplane._router.list_ports()]
+    with pytest.raises(RuntimeFailure):
+        runtime.exec(box, "true")
+
+
+def test_failed_provisioning_leaves_nothing(docker_plane, docker_client):
+    from simulator.runtime.base import DevboxSpec
+
+    dataplane, runtime = docker_plane
+    used = len(dataplane.pool._used)
+    with pytest.raises(RuntimeFailure):
+        runtime.provision(DevboxSpec(id="dbx_missingdisk", account="a", policy=None, disk="devbox-sim/snapshot:missing"))
+    assert docker_client.api.containers(all=True, filters={"label": f"{DEVBOX_LABEL}=dbx_missingdisk"}) == []
+    assert dataplane.attached("dbx_missingdisk") is None
+    assert len(dataplane.pool._used) == used  # its address went back to the pool
+
+
+def test_orphans_of_this_instance_only_are_removed(docker_plane, docker_client):
+    dataplane, runtime = docker_plane
+    mine = docker_client.api.create_container(
+        runtime.image, command=["true"], labels={INSTANCE_LABEL: dataplane.config.instance, DEVBOX_LABEL: "dbx_orphan"},
+        host_config=docker_client.api.create_host_config(network_mode="none"))["Id"]
+    other = docker_client.api.create_container(
+        runtime.image, command=["true"], labels={INSTANCE_LABEL: "other-instance"},
+        host_config=docker_client.api.create_host_config(network_mode="none"))["Id"]
+    try:
+        assert runtime.remove_orphans() == 1
+        ids = {c["Id"] for c in docker_client.api.containers(all=True)}
+        assert mine not in ids and other in ids
+    finally:
+        for container in (mine, other):
+            try:
+                docker_client.api.remove_container(container, force=True)
+            except Exception:
+                pass
+
+
+def test_unknown_image_is_refused_not_pulled(docker_plane, docker_client):
+    dataplane = docker_plane[0]
+    with pytest.raises(RuntimeFailure, match="never pulled"):
+        DockerRuntime(dataplane, image="devbox-sim/never-built:nope", client=docker_client)
+    assert docker_client.api.images(name="devbox-sim/never-built") == []
+
+
+def test_an_images_own_entrypoint_never_replaces_the_devbox(docker_plane, boxes):
+    from simulator.runtime.docker_image import SNAPSHOT_REPOSITORY
+
+    runtime = docker_plane[1]
+    source = boxes.create(None)
+    tag = f"entrypoint{os.getpid():x}"
+    runtime.api.commit(runtime.container_name(source), repository=SNAPSHOT_REPOSITORY, tag=tag,
+                       changes=['ENTRYPOINT ["/bin/false"]', 'CMD ["exit 1"]'])
+    disk = f"{SNAPSHOT_REPOSITORY}:{tag}"
+    try:
+        box = boxes.create(None, disk=disk)
+        assert boxes.sh(box, "echo alive").stdout == "alive\n"
+    finally:
+        runtime.delete_disk(disk)
+
+
+def test_exec_streams_big_input_and_runs_concurrently(docker_plane, boxes):
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    blob = os.urandom(1 << 20)  # 1 MiB through stdin and back out: both pumps under load
+    out, err = runtime.exec(box, "cat").communicate(blob, timeout=30)
+    assert out == blob and err == b""
+
+    def run(i: int) -> bytes:
+        return runtime.exec(box, f"echo {i}; echo e{i} >&2").communicate(timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(run, range(16)))
+    assert results == [(f"{i}\n".encode(), f"e{i}\n".encode()) for i in range(16)]
+    slow = runtime.exec(box, "sleep 30")
+    with pytest.raises(subprocess.TimeoutExpired):
+        slow.communicate(timeout=0.2)
+    slow.kill()
+    assert slow.wait(10) == 128 + signal.SIGKILL

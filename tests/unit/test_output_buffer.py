@@ -1,0 +1,54 @@
+"""OutputBuffer: incremental UTF-8 decoding whose chunks join to exactly the one-shot text."""
+
+from __future__ import annotations
+
+import random
+
+from simulator.output_buffer import OutputBuffer, boundary_after, boundary_before
+
+
+def test_a_character_split_across_reads_is_held_back_until_whole():
+    buffer = OutputBuffer(1000)
+    assert buffer.feed(b"a\xc3") is True and buffer.data == b"a"
+    assert buffer.feed(b"") is False
+    assert buffer.feed(b"\xa9") is True and buffer.text() == "a\u00e9"
+
+
+def test_any_split_joins_to_the_one_shot_decoding():
+    rng = random.Random(7)
+    raw = "héllo wörld ✓ 😀 ".encode() * 50 + b"\xff\xfe bad \xe2\x82" + b"tail"
+    expected = raw.decode("utf-8", "replace")
+    for _ in range(200):
+        buffer, pieces, position = OutputBuffer(10_000), [], 0
+        cuts = sorted(rng.sample(range(1, len(raw)), 20))
+        for start, end in zip([0, *cuts], [*cuts, len(raw)]):
+            buffer.feed(raw[start:end])
+            pieces.append(buffer.data[position:].decode("utf-8"))  # always whole characters
+            position = len(buffer.data)
+        buffer.finish()
+        pieces.append(buffer.data[position:].decode("utf-8"))
+        assert "".join(pieces) == buffer.text() == expected
+
+
+def test_a_trailing_partial_character_becomes_a_replacement_at_the_end():
+    buffer = OutputBuffer(1000)
+    buffer.feed(b"x\xe2\x82")
+    assert buffer.text() == "x"
+    buffer.finish()
+    assert buffer.text() == "x\ufffd"
+    assert buffer.feed(b"more") is False  # nothing after the end
+
+
+def test_the_cap_counts_bytes_read_and_marks_truncation():
+    buffer = OutputBuffer(5)
+    buffer.feed(b"abc")
+    buffer.feed(b"defgh")
+    buffer.finish()
+    assert buffer.text() == "abcde" and buffer.truncated and buffer.read_bytes == 5
+
+
+def test_boundaries():
+    data = "aé✓".encode()  # a | c3 a9 | e2 9c 93
+    assert [boundary_after(data, i) for i in range(7)] == [0, 1, 3, 3, 6, 6, 6]
+    assert [boundary_before(data, i) for i in range(8)] == [0, 1, 1, 3, 3, 3, 6, 6]
+

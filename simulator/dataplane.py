@@ -354,10 +354,11 @@ class DataPlane:
             enforced = state.policy  # what the router enforces (``before`` as we know it)
             doc = ruleset.update_policy(self._rules_router, state.key, egress_for(after))["nftables"]
             users = [self._by_id[i] for i in sorted(state.users)]
-            peer_after = accepts_peers(after)
-            for attached in users:  # devbox-to-devbox turned on or off: the account sets follow
-                doc += ruleset.set_peer(self._rules_devbox(attached), peer_after)["nftables"]
-            peers_cut = accepts_peers(enforced) and not peer_after
+            peer_before, peer_after = accepts_peers(enforced), accepts_peers(after)
+            if peer_before != peer_after:  # devbox-to-devbox turned on or off: the account sets follow
+                for attached in users:
+                    doc += ruleset.set_peer(self._rules_devbox(attached), peer_after)["nftables"]
+            peers_cut = peer_before and not peer_after
             narrowed = not revokes_nothing(enforced.egress, after.egress)
             new_state = _PolicyState(state.key, after, state.users)
             kept_by_id: dict[str, dict[str, dict[str, float]]] = {}

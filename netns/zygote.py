@@ -145,11 +145,15 @@ def main(fd: int) -> None:
             return
         if not msg:
             return  # the simulator closed its end
+        r = w = -1
         try:
             request = json.loads(msg)
             r, w = os.pipe()
             pid = os.fork()
         except Exception as exc:  # noqa: BLE001 - reported to the caller
+            for fd in (r, w):  # a failed fork must not leak the pipe (EAGAIN under a pids limit)
+                if fd >= 0:
+                    os.close(fd)
             sock.sendall(json.dumps({"error": f"fork failed: {exc}"}).encode())
             continue
         if pid == 0:

@@ -72,3 +72,46 @@ def test_zygote_exits_when_the_simulator_side_closes(spawner):
     pid = spawner.pid
     spawner.close()
     assert not os.path.exists(f"/proc/{pid}")  # exited on EOF and was reaped
+
+
+def _pids_cgroup_dir() -> str | None:
+    """A pids-controller hierarchy to put the zygote in: cgroup v1's, else v2's."""
+    if os.path.isdir("/sys/fs/cgroup/pids"):
+        return "/sys/fs/cgroup/pids"
+    controllers = "/sys/fs/cgroup/cgroup.controllers"
+    if os.path.exists(controllers) and "pids" in open(controllers).read().split():
+        return "/sys/fs/cgroup"
+    return None
+
+
+@pytest.mark.privileged
+def test_failed_forks_leak_no_descriptors(spawner, tmp_path):
+    """Under a pids limit fork fails; the zygote reports it and closes the pipe it made."""
+    base = _pids_cgroup_dir()
+    if base is None:
+        pytest.skip("no pids cgroup controller")
+    spawner.start()
+    zygote = spawner.pid
+    group = os.path.join(base, f"dbxsim-test-{os.getpid()}-{time.monotonic_ns()}")
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("1")  # the zygote itself: no child can be forked
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(zygote))
+        before = len(os.listdir(f"/proc/{zygote}/fd"))
+        for _ in range(5):
+            with pytest.raises(OSError, match="fork failed"):
+                spawner.spawn(["/bin/true"], {}, None)
+        assert len(os.listdir(f"/proc/{zygote}/fd")) == before
+    finally:
+        spawner.close()  # the zygote leaves the group by exiting
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.rmdir(group)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)  # bounded: the exited zygote leaves the group asynchronously

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from simulator import __doc__ as package_doc
+from simulator import disks
 from simulator.accounts import Accounts
 from simulator.api import blueprints as blueprint_routes
 from simulator.api import devboxes as devbox_routes
@@ -21,6 +22,7 @@ from simulator.api import files as file_routes
 from simulator.api import network_events as network_event_routes
 from simulator.api import snapshots as snapshot_routes
 from simulator.api.request_log import RequestLog
+from simulator.api.text_check import RejectLoneSurrogates
 from simulator.blueprints import BlueprintService
 from simulator.config import Settings
 from simulator.db import Database
@@ -125,6 +127,11 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         cut = services.snapshots.reconcile() + services.blueprints.reconcile()
         if cut:
             log.warning("snapshots and builds cut short by a restart failed: %s", ", ".join(cut))
+        # Before any request can start a snapshot or build: disks no stored snapshot or
+        # blueprint references (a crash between recording a delete and removing the files).
+        stray = disks.remove_unreferenced(services.db, owned_runtime)
+        if stray:
+            log.warning("removed %d disks nothing references: %s", len(stray), ", ".join(stray))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -158,5 +165,6 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
     app.include_router(execution_routes.router)
     app.include_router(file_routes.router)
     app.include_router(network_event_routes.router)
-    app.add_middleware(RequestLog)
+    app.add_middleware(RejectLoneSurrogates)
+    app.add_middleware(RequestLog)  # outermost: logs the 400s of the check too
     return app

@@ -967,10 +967,11 @@ class Sandbox:
                 continue
             break
         else:
-            raise ValueError(f"{host} is not under the devbox areas")
+            raise ValueError("the path is not under the devbox areas")
         parts = rel.parts
+        shown = posixpath.join(DEVBOX_HOME if base == self.home_dir else DEVBOX_TMP, *parts)  # never a host path
         if not parts:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(host))
+            raise IsADirectoryError(errno.EISDIR, "is a directory", shown)
         dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             for part in parts[:-1]:
@@ -1002,19 +1003,27 @@ class Sandbox:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise ValueError(f"{host}: not a regular file")
+            raise ValueError(f"{shown}: not a regular file")
         os.set_blocking(fd, True)
         return fd, created
 
-    def read_file(self, path: str) -> bytes:
-        """Contents of a devbox file (see resolve_path for accepted paths)."""
+    def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
+        """Contents of a devbox file (see resolve_path for accepted paths). A file larger than
+        ``max_bytes`` raises OSError(EFBIG): a devbox can make a sparse 100 GB file for free,
+        and reading it whole would take the simulator's memory with it."""
         fd, _ = self._open_beneath(self.resolve_path(path), os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
             # We read as root: a hard link the devbox made to a file it cannot read itself
             # (possible where fs.protected_hardlinks is 0) must not leak that file.
-            if os.fstat(f.fileno()).st_nlink > 1:
+            if st.st_nlink > 1:
                 raise ValueError(f"{path!r}: refusing to read a file with several hard links")
-            return f.read()
+            if max_bytes is None:
+                return f.read()
+            data = f.read(max_bytes + 1)  # the file may grow while we read
+            if st.st_size > max_bytes or len(data) > max_bytes:
+                raise OSError(errno.EFBIG, f"larger than the {max_bytes} bytes a read may return", path)
+            return data
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> Path:
         """Write a devbox file, creating parent directories; new files/dirs belong to uid."""

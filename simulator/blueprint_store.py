@@ -6,9 +6,8 @@ import json
 import sqlite3
 
 from simulator.blueprint_model import BUILD_COMPLETE, CREATED, IN_BUILD, Blueprint, BuildLog
-from simulator.db import select_one
-from simulator.pagination import paginate
 from simulator.policy_model import Page
+from simulator.table import Table, Where
 
 # Stored as columns; ``parameters`` holds the rest (and the policy ids, for the view).
 _COLUMNS = (
@@ -21,26 +20,18 @@ def _from_row(row: sqlite3.Row) -> Blueprint:
     return Blueprint(parameters=json.loads(row["parameters"]), **{column: row[column] for column in _COLUMNS})
 
 
-def _values(blueprint: Blueprint) -> list:
-    return [
-        *(getattr(blueprint, column) for column in _COLUMNS),
-        json.dumps(blueprint.parameters, separators=(",", ":")),
-        blueprint.build_policy_id,
-        blueprint.launch_parameters.get("network_policy_id"),
-    ]
+def _values(blueprint: Blueprint) -> dict:
+    return {
+        **{column: getattr(blueprint, column) for column in _COLUMNS},
+        "parameters": json.dumps(blueprint.parameters, separators=(",", ":")),
+        "build_policy_id": blueprint.build_policy_id,
+        "launch_policy_id": blueprint.launch_parameters.get("network_policy_id"),
+    }
 
 
-_ALL = (*_COLUMNS, "parameters", "build_policy_id", "launch_policy_id")
-
-
-def get(conn: sqlite3.Connection, account: str, blueprint_id: str) -> Blueprint | None:
-    row = select_one(conn, "blueprints", account=account, id=blueprint_id)
-    return _from_row(row) if row else None
-
-
-def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> Blueprint | None:
-    row = select_one(conn, "blueprints", account=account, request_id=request_id)
-    return _from_row(row) if row else None
+TABLE = Table("blueprints", _from_row)
+get = TABLE.get
+by_request_id = TABLE.by_request_id
 
 
 def newest_built(conn: sqlite3.Connection, account: str, name: str) -> Blueprint | None:
@@ -52,16 +43,11 @@ def newest_built(conn: sqlite3.Connection, account: str, name: str) -> Blueprint
 
 
 def insert(conn: sqlite3.Connection, blueprint: Blueprint, request_id: str | None) -> None:
-    marks = ", ".join("?" * (len(_ALL) + 1))
-    conn.execute(f"INSERT INTO blueprints ({', '.join(_ALL)}, request_id) VALUES ({marks})", [*_values(blueprint), request_id])
+    TABLE.insert(conn, _values(blueprint), request_id)
 
 
 def update(conn: sqlite3.Connection, blueprint: Blueprint) -> None:
-    sets = ", ".join(f"{column} = ?" for column in _ALL[2:])
-    conn.execute(
-        f"UPDATE blueprints SET {sets} WHERE account = ? AND id = ?",
-        [*_values(blueprint)[2:], blueprint.account, blueprint.id],
-    )
+    TABLE.update(conn, _values(blueprint))
 
 
 def using_policy(conn: sqlite3.Connection, account: str, policy_id: str) -> list[str]:
@@ -104,21 +90,7 @@ def list_page(
     limit: int | None,
     include_total_count: bool,
 ) -> Page:
-    where, params = ["account = ?", "state = ?"], [account, CREATED]
-    if name:
-        where.append("name = ?")
-        params.append(name)
-    if status:
-        where.append("status = ?")
-        params.append(status)
-    page = paginate(
-        conn,
-        table="blueprints",
-        where=where,
-        params=params,
-        starting_after=starting_after,
-        limit=limit,
-        include_total_count=include_total_count,
+    where = Where.of(account=account, state=CREATED).equal(name=name, status=status)
+    return TABLE.page(
+        conn, where, starting_after=starting_after, limit=limit, include_total_count=include_total_count
     )
-    page.items = [_from_row(row) for row in page.items]
-    return page

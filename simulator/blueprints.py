@@ -15,7 +15,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from simulator import blueprint_store, clock, ids, snapshot_store
+from simulator import blueprint_store, clock, disks, ids, snapshot_store
 from simulator.blueprint_build import BuildFailed, BuildRequest, build
 from simulator.blueprint_model import (
     ALL_STATUSES,
@@ -31,7 +31,7 @@ from simulator.blueprint_model import (
 )
 from simulator.db import Database
 from simulator.devboxes import DevboxService
-from simulator.errors import InvalidRequest, NotFound
+from simulator.errors import InvalidRequest, found
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import Page
 from simulator.runtime.base import RuntimeFailure
@@ -116,7 +116,7 @@ class BlueprintService:
                 )
             blueprint_store.update(conn, replace(blueprint, state=DELETED, disk=None))
         if blueprint.disk is not None:
-            self._delete_disk(blueprint.disk)
+            disks.delete(self.devboxes.runtime, blueprint.disk)
         if blueprint.status in IN_BUILD and self.devboxes.runtime is not None:
             # Stop the build devbox (its id is the blueprint's): the running step dies and
             # the build ends as failed; a build not provisioned yet finds the blueprint deleted.
@@ -182,7 +182,7 @@ class BlueprintService:
             self._finish(blueprint, status=FAILED)
             return
         if not self._finish(blueprint, status=BUILD_COMPLETE, disk=disk):
-            self._delete_disk(disk)  # deleted while it built
+            disks.delete(runtime, disk)  # deleted while it built
 
     def _move(self, blueprint: Blueprint, status: str) -> bool:
         with self.db.transaction() as conn:
@@ -218,15 +218,6 @@ class BlueprintService:
             for message in messages:
                 blueprint_store.add_log(conn, blueprint_id, BuildLog(level, message, now))
 
-    def _delete_disk(self, disk: str) -> None:
-        runtime = self.devboxes.runtime
-        if runtime is None:
-            return
-        try:
-            runtime.delete_disk(disk)
-        except Exception:
-            log.exception("runtime %s could not delete disk %s", runtime.name, disk)
-
     def _base(self, account: str, params: dict[str, Any]) -> Blueprint | None:
         if params.get("base_blueprint_id"):
             return self.require_built(account, blueprint_id=params["base_blueprint_id"])
@@ -240,10 +231,7 @@ class BlueprintService:
 
     @staticmethod
     def _get(conn, account: str, blueprint_id: str) -> Blueprint:
-        blueprint = blueprint_store.get(conn, account, blueprint_id)
-        if blueprint is None:
-            raise NotFound(f"blueprint {blueprint_id!r} not found")
-        return blueprint
+        return found(blueprint_store.get(conn, account, blueprint_id), "blueprint", blueprint_id)
 
 
 def _check_params(params: dict[str, Any]) -> None:

@@ -142,6 +142,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX blueprint_logs_blueprint ON blueprint_logs(blueprint_id, seq);
     """,
+    # A complete snapshot's disk size (DevboxRuntime.disk_size); NULL where unknown, e.g.
+    # snapshots taken before this version.
+    """
+    ALTER TABLE disk_snapshots ADD COLUMN size_bytes INTEGER;
+    """,
+    # Devbox log retention (simulator.devbox_logs): lines stored per devbox, so that an insert
+    # knows when to prune without counting the devbox's rows.
+    """
+    CREATE TABLE devbox_log_counts (
+        account TEXT NOT NULL,
+        devbox_id TEXT NOT NULL,
+        lines INTEGER NOT NULL,
+        PRIMARY KEY (account, devbox_id)
+    );
+    INSERT INTO devbox_log_counts (account, devbox_id, lines)
+        SELECT account, devbox_id, COUNT(*) FROM devbox_logs GROUP BY account, devbox_id;
+    """,
 ]
 
 

@@ -11,6 +11,12 @@ Entries, oldest first (``source`` as the SDK's ``Log`` model names them):
 A running command's lines live in memory (its ``LineLog``) and are stored with its result in
 one transaction, so a busy command costs no write per line; the endpoint shows both. At most
 ``MAX_LINES_PER_COMMAND`` lines of a command are logged (the execution keeps all its output).
+
+Retention: the store keeps the newest ``MAX_LINES_PER_DEVBOX`` entries of each devbox (every
+entry counts: a command's start, its lines, its end); older ones are dropped, so a chatty
+devbox cannot grow the store without bound. Pruning is amortised: it runs once a devbox holds
+``PRUNE_SLACK`` more than the cap, so at most cap + slack rows stay stored, and the endpoint
+always shows the newest cap of them.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from dataclasses import dataclass
 from simulator import clock
 
 MAX_LINES_PER_COMMAND = 10_000
+MAX_LINES_PER_DEVBOX = 20_000  # stored entries per devbox: the newest are kept
+PRUNE_SLACK = MAX_LINES_PER_DEVBOX // 10
 MAX_LINE_CHARS = 16_384  # a longer line is cut (marked with "...")
 
 
@@ -91,6 +99,8 @@ class LineLog:
 
 
 def insert(conn: sqlite3.Connection, account: str, devbox_id: str, entries: list[LogEntry]) -> None:
+    if not entries:
+        return
     conn.executemany(
         "INSERT INTO devbox_logs (account, devbox_id, execution_id, level, source, timestamp_ms, cmd,"
         " exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -99,16 +109,37 @@ def insert(conn: sqlite3.Connection, account: str, devbox_id: str, entries: list
             for e in entries
         ],
     )
+    stored = conn.execute(
+        "INSERT INTO devbox_log_counts (account, devbox_id, lines) VALUES (?, ?, ?)"
+        " ON CONFLICT (account, devbox_id) DO UPDATE SET lines = lines + excluded.lines RETURNING lines",
+        (account, devbox_id, len(entries)),
+    ).fetchone()[0]
+    if stored > MAX_LINES_PER_DEVBOX + PRUNE_SLACK:
+        _prune(conn, account, devbox_id, MAX_LINES_PER_DEVBOX)
+
+
+def _prune(conn: sqlite3.Connection, account: str, devbox_id: str, keep: int) -> None:
+    """Drop all but the newest ``keep`` entries of the devbox."""
+    conn.execute(
+        "DELETE FROM devbox_logs WHERE account = ? AND devbox_id = ? AND seq <= ("
+        " SELECT seq FROM devbox_logs WHERE account = ? AND devbox_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (account, devbox_id, account, devbox_id, keep),
+    )
+    conn.execute(
+        "UPDATE devbox_log_counts SET lines = MIN(lines, ?) WHERE account = ? AND devbox_id = ?",
+        (keep, account, devbox_id),
+    )
 
 
 def list_for(conn: sqlite3.Connection, account: str, devbox_id: str, execution_id: str | None) -> list[LogEntry]:
+    """Stored entries, oldest first: the newest ``MAX_LINES_PER_DEVBOX`` at most."""
     sql = "SELECT * FROM devbox_logs WHERE account = ? AND devbox_id = ?"
     params: list = [account, devbox_id]
     if execution_id is not None:
         sql += " AND execution_id = ?"
         params.append(execution_id)
-    rows = conn.execute(sql + " ORDER BY seq", params).fetchall()
+    rows = conn.execute(sql + " ORDER BY seq DESC LIMIT ?", [*params, MAX_LINES_PER_DEVBOX]).fetchall()
     return [
         LogEntry(r["level"], r["source"], r["timestamp_ms"], r["cmd"], r["execution_id"], r["exit_code"], r["message"])
-        for r in rows
+        for r in reversed(rows)
     ]

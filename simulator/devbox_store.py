@@ -6,10 +6,9 @@ import json
 import sqlite3
 
 from simulator import lifecycle
-from simulator.db import select_one
 from simulator.devbox_model import Devbox, StateTransition
-from simulator.pagination import paginate
 from simulator.policy_model import Page
+from simulator.table import Table, Where
 
 
 def _dumps(value) -> str:
@@ -35,61 +34,43 @@ def _from_row(row: sqlite3.Row) -> Devbox:
     )
 
 
-def get(conn: sqlite3.Connection, account: str, devbox_id: str) -> Devbox | None:
-    row = select_one(conn, "devboxes", account=account, id=devbox_id)
-    return _from_row(row) if row else None
+def _values(devbox: Devbox) -> dict:
+    return {
+        "id": devbox.id,
+        "account": devbox.account,
+        "status": devbox.status,
+        "name": devbox.name,
+        "metadata": _dumps(devbox.metadata),
+        "launch_parameters": _dumps(devbox.launch_parameters),
+        "environment_variables": _dumps(devbox.environment_variables),
+        "network_policy_id": devbox.network_policy_id,
+        "blueprint_id": devbox.blueprint_id,
+        "snapshot_id": devbox.snapshot_id,
+        "state_transitions": _dumps([t.to_json() for t in devbox.state_transitions]),
+        "create_time_ms": devbox.create_time_ms,
+        "end_time_ms": devbox.end_time_ms,
+        "failure_reason": devbox.failure_reason,
+        "shutdown_reason": devbox.shutdown_reason,
+    }
 
 
+# What an update stores: status and its bookkeeping, name, metadata (the rest never changes).
+_MUTABLE = ("account", "id", "status", "name", "metadata", "state_transitions", "end_time_ms", "failure_reason",
+            "shutdown_reason")
 
-def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> Devbox | None:
-    row = select_one(conn, "devboxes", account=account, request_id=request_id)
-    return _from_row(row) if row else None
+TABLE = Table("devboxes", _from_row)
+get = TABLE.get
+by_request_id = TABLE.by_request_id
 
 
 def insert(conn: sqlite3.Connection, devbox: Devbox, request_id: str | None) -> None:
-    conn.execute(
-        "INSERT INTO devboxes (id, account, status, name, metadata, launch_parameters,"
-        " environment_variables, network_policy_id, blueprint_id, snapshot_id, state_transitions,"
-        " create_time_ms, end_time_ms, failure_reason, shutdown_reason, request_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            devbox.id,
-            devbox.account,
-            devbox.status,
-            devbox.name,
-            _dumps(devbox.metadata),
-            _dumps(devbox.launch_parameters),
-            _dumps(devbox.environment_variables),
-            devbox.network_policy_id,
-            devbox.blueprint_id,
-            devbox.snapshot_id,
-            _dumps([t.to_json() for t in devbox.state_transitions]),
-            devbox.create_time_ms,
-            devbox.end_time_ms,
-            devbox.failure_reason,
-            devbox.shutdown_reason,
-            request_id,
-        ),
-    )
+    TABLE.insert(conn, _values(devbox), request_id)
 
 
 def update(conn: sqlite3.Connection, devbox: Devbox) -> None:
     """Store every mutable field (status and its bookkeeping, name, metadata)."""
-    conn.execute(
-        "UPDATE devboxes SET status = ?, name = ?, metadata = ?, state_transitions = ?, end_time_ms = ?,"
-        " failure_reason = ?, shutdown_reason = ? WHERE account = ? AND id = ?",
-        (
-            devbox.status,
-            devbox.name,
-            _dumps(devbox.metadata),
-            _dumps([t.to_json() for t in devbox.state_transitions]),
-            devbox.end_time_ms,
-            devbox.failure_reason,
-            devbox.shutdown_reason,
-            devbox.account,
-            devbox.id,
-        ),
-    )
+    values = _values(devbox)
+    TABLE.update(conn, {column: values[column] for column in _MUTABLE})
 
 
 def active_using_policy(conn: sqlite3.Connection, account: str, policy_id: str) -> list[str]:
@@ -118,18 +99,7 @@ def list_page(
     limit: int | None,
     include_total_count: bool,
 ) -> Page:
-    where, params = ["account = ?"], [account]
-    if status:
-        where.append("status = ?")
-        params.append(status)
-    page = paginate(
-        conn,
-        table="devboxes",
-        where=where,
-        params=params,
-        starting_after=starting_after,
-        limit=limit,
+    return TABLE.page(
+        conn, Where.of(account=account).equal(status=status), starting_after=starting_after, limit=limit,
         include_total_count=include_total_count,
     )
-    page.items = [_from_row(row) for row in page.items]
-    return page

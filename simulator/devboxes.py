@@ -14,6 +14,7 @@ A running devbox has a keep-alive timer (``simulator.keep_alive``): it shuts dow
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -21,10 +22,10 @@ from typing import Any
 
 import anyio.to_thread
 
-from simulator import clock, devbox_logs, devbox_store, ids, lifecycle
+from simulator import clock, command_output, devbox_logs, devbox_store, ids, lifecycle
 from simulator.db import Database
 from simulator.devbox_model import Devbox, StateTransition
-from simulator.errors import ApiError, Conflict, InvalidRequest, NotFound, RequestTimeout
+from simulator.errors import ApiError, Conflict, InvalidRequest, RequestTimeout, found
 from simulator.keep_alive import KeepAliveTimers
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import NetworkPolicy, Page
@@ -39,6 +40,11 @@ WAIT_MAX_SECONDS = 30.0  # the SDK's read timeout is the hold + 5 s
 CREATE_HOLD_SECONDS = 20.0  # create_and_await_running: well under the client's 30 s timeout
 MAX_NAME_LENGTH = 256
 LAUNCH_OUTPUT_TAIL = 2000  # characters of a failed launch command's output kept in the reason
+# A launch command's output is read into bounded buffers (simulator.command_output): at most
+# this much per stream reaches the logs; the rest is read and dropped.
+LAUNCH_OUTPUT_MAX_BYTES = command_output.MAX_OUTPUT_BYTES
+# A launch command that runs longer fails the devbox (its process group is killed).
+LAUNCH_COMMAND_TIMEOUT_SECONDS = 600.0
 
 # A devbox reached shutdown or failure (called outside any transaction, after the runtime
 # released it). Executions use it to finish the devbox's commands.
@@ -98,6 +104,7 @@ class DevboxService:
         for command in launch.get("launch_commands") or []:
             _check_text("launch_commands", command)
         environment = _check_environment(params.get("environment_variables") or {})
+        file_mounts = _check_file_mounts(params.get("file_mounts") or {})
         with self.db.transaction() as conn:
             if request_id:
                 # A retried create (same x-request-id) returns what the first attempt made.
@@ -127,7 +134,7 @@ class DevboxService:
             )
             devbox_store.insert(conn, devbox, request_id)
         threading.Thread(
-            target=self._provision, args=(runtime, devbox), name=f"provision-{devbox.id}", daemon=True
+            target=self._provision, args=(runtime, devbox, file_mounts), name=f"provision-{devbox.id}", daemon=True
         ).start()
         return devbox
 
@@ -142,10 +149,7 @@ class DevboxService:
 
     def retrieve_devbox(self, account: str, devbox_id: str) -> Devbox:
         with self.db.read() as conn:
-            devbox = devbox_store.get(conn, account, devbox_id)
-        if devbox is None:
-            raise NotFound(f"devbox {devbox_id!r} not found")
-        return devbox
+            return self._get(conn, account, devbox_id)
 
     def list_devboxes(
         self,
@@ -338,8 +342,9 @@ class DevboxService:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
 
-    def _provision(self, runtime: DevboxRuntime, devbox: Devbox) -> None:
-        """Worker thread: drive provisioning -> [initializing] -> running, or failure."""
+    def _provision(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None = None) -> None:
+        """Worker thread: drive provisioning -> [initializing] -> running, or failure.
+        ``file_mounts`` are written once the devbox exists, before the launch commands."""
         try:
             # Read now, not at create: an update made meanwhile must not be lost. (It cannot
             # have been deleted: an active devbox keeps its policy in use.)
@@ -358,6 +363,10 @@ class DevboxService:
                 log.exception("runtime %s failed to provision %s", runtime.name, devbox.id)
             self._fail(devbox, "execution_failed", f"provisioning failed: {exc}")
             return
+        failure = self._write_file_mounts(runtime, devbox, file_mounts or {})
+        if failure is not None:
+            self._fail(devbox, "execution_failed", failure)
+            return
         if devbox.launch_commands:
             if self._move(devbox, lifecycle.INITIALIZING) is None:
                 return self._release_quietly(devbox)  # shut down while provisioning
@@ -373,23 +382,71 @@ class DevboxService:
             self.keep_alive_timers.stop(devbox.id)
             self._release_quietly(devbox)
 
+    def _write_file_mounts(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str]) -> str | None:
+        """Write the create request's ``file_mounts`` (``{path: content}``, paths as the file
+        endpoints take them); a failure description (what the file endpoints would answer, no
+        host path), or None."""
+        from simulator.files import translate_error  # (files builds on this module)
+
+        entries = []
+        try:
+            for path, content in file_mounts.items():
+                data = content.encode("utf-8")
+                try:
+                    runtime.write_file(devbox.id, path, data)
+                except Exception as exc:
+                    if not isinstance(exc, (OSError, ValueError, RuntimeFailure)):
+                        log.exception("runtime %s failed to write file mount %s of %s", runtime.name, path, devbox.id)
+                    return f"file mount {path!r}: {translate_error(exc, path, 'write').message}"
+                entries.append(devbox_logs.LogEntry("info", "files", clock.now_ms(), message=f"wrote {path} ({len(data)} bytes)"))
+        finally:
+            if entries:
+                self.record_logs(devbox, entries)
+        return None
+
     def _run_launch_command(self, runtime: DevboxRuntime, devbox: Devbox, command: str) -> str | None:
-        """Run one launch command to completion; a failure description, or None if it exited 0."""
+        """Run one launch command to completion; a failure description, or None if it exited 0.
+
+        Bounded: the output goes to the log line by line, at most ``LAUNCH_OUTPUT_MAX_BYTES``
+        per stream (only the tail is kept besides, for the failure reason); the command may run
+        ``LAUNCH_COMMAND_TIMEOUT_SECONDS``; a background child that keeps the output pipes
+        open delays ``running`` by ``command_output.OUTPUT_GRACE_SECONDS`` at most."""
         lines = devbox_logs.LineLog("setup_commands", command, None)
+        tail = [""]
+
+        def on_text(stream: str, text: str) -> None:
+            lines.add(stream, text)
+            tail[0] = (tail[0] + text)[-LAUNCH_OUTPUT_TAIL:]
+
         try:
             proc = runtime.exec(devbox.id, command, env=dict(devbox.environment_variables))
-            stdout, stderr = proc.communicate()
         except Exception as exc:
             return f"launch command {command!r} could not run: {exc}"
-        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        stdout_text, stderr_text = (stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace")
-        lines.add("stdout", stdout_text)
-        lines.add("stderr", stderr_text)
+        try:
+            result = command_output.run_to_completion(
+                proc,
+                timeout=LAUNCH_COMMAND_TIMEOUT_SECONDS,
+                on_text=on_text,
+                max_bytes=LAUNCH_OUTPUT_MAX_BYTES,
+                name=f"launch-{devbox.id}",
+            )
+        except Exception as exc:  # e.g. out of descriptors: the command must not run on unwatched
+            command_output.signal_group(proc, signal.SIGKILL)
+            log.exception("could not follow launch command %r of %s", command, devbox.id)
+            return f"launch command {command!r} could not be followed: {exc}"
+        if result.returncode is None:
+            code = 128 + signal.SIGKILL  # killed, and the exit was never reported
+        else:
+            code = result.returncode if result.returncode >= 0 else 128 - result.returncode
+        notes = [f"{stream} beyond {LAUNCH_OUTPUT_MAX_BYTES} bytes not logged" for stream, cut in result.truncated.items() if cut]
+        if notes:  # before the exit entry (the log is ordered by time)
+            lines.entries.append(devbox_logs.LogEntry("warn", "setup_commands", clock.now_ms(), command, None, None, "; ".join(notes)))
         self.record_logs(devbox, lines.finish(code))
+        if result.timed_out:
+            return f"launch command {command!r} ran longer than {LAUNCH_COMMAND_TIMEOUT_SECONDS:g} s"
         if code == 0:
             return None
-        output = stdout_text + stderr_text
-        return f"launch command {command!r} exited with {code}: {output[-LAUNCH_OUTPUT_TAIL:].strip()}"
+        return f"launch command {command!r} exited with {code}: {tail[0].strip()}"
 
     def record_logs(self, devbox: Devbox, entries: list[devbox_logs.LogEntry]) -> None:
         try:
@@ -475,10 +532,7 @@ class DevboxService:
 
     @staticmethod
     def _get(conn, account: str, devbox_id: str) -> Devbox:
-        devbox = devbox_store.get(conn, account, devbox_id)
-        if devbox is None:
-            raise NotFound(f"devbox {devbox_id!r} not found")
-        return devbox
+        return found(devbox_store.get(conn, account, devbox_id), "devbox", devbox_id)
 
 
 def keep_alive_seconds(devbox: Devbox) -> float | None:
@@ -514,6 +568,25 @@ def _check_text(field: str, value: str) -> str:
     if "\0" in value:
         raise InvalidRequest(f"{field} must not contain NUL characters")
     return value
+
+
+def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:
+    """Checked at create (400); whether a path may be written is the runtime's to say, when
+    the devbox exists (a bad one fails the devbox, naming the path)."""
+    from simulator.files import check_path  # (files builds on this module)
+
+    if not isinstance(file_mounts, dict):
+        raise InvalidRequest("file_mounts must be an object of {path: content}")
+    for path, content in file_mounts.items():
+        if not isinstance(path, str):
+            raise InvalidRequest("file_mounts paths must be strings")
+        try:
+            check_path(path)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"file_mounts: {exc.message}", code=exc.code) from None
+        if not isinstance(content, str):
+            raise InvalidRequest(f"file_mounts[{path!r}] must be a string")
+    return dict(file_mounts)
 
 
 def _check_environment(environment: dict[str, str]) -> dict[str, str]:

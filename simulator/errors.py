@@ -6,6 +6,9 @@ Services raise these; ``simulator.api.errors`` turns them into
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+T = TypeVar("T")
 
 class ApiError(Exception):
     status = 400
@@ -43,3 +46,10 @@ class RequestTimeout(ApiError):
 class Conflict(ApiError):
     status = 409
     code = "conflict"
+
+
+def found(value: T | None, what: str, id: str) -> T:
+    """``value``, or 404 ``not_found`` naming what was looked up (e.g. ``found(row, "devbox", id)``)."""
+    if value is None:
+        raise NotFound(f"{what} {id!r} not found")
+    return value

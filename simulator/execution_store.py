@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from simulator.db import select_one
 from simulator.devbox_model import Execution
+from simulator.table import Table
 
 
 def _from_row(row: sqlite3.Row) -> Execution:
@@ -30,22 +30,16 @@ def _from_row(row: sqlite3.Row) -> Execution:
     )
 
 
+TABLE = Table("executions", _from_row)
+by_request_id = TABLE.by_request_id
+
+
 def get(conn: sqlite3.Connection, account: str, devbox_id: str, execution_id: str) -> Execution | None:
-    row = select_one(conn, "executions", account=account, devbox_id=devbox_id, id=execution_id)
-    return _from_row(row) if row else None
+    return TABLE.one(conn, account=account, devbox_id=devbox_id, id=execution_id)
 
 
 def by_command_id(conn: sqlite3.Connection, account: str, devbox_id: str, command_id: str) -> Execution | None:
-    row = conn.execute(
-        "SELECT * FROM executions WHERE account = ? AND devbox_id = ? AND command_id = ?",
-        (account, devbox_id, command_id),
-    ).fetchone()
-    return _from_row(row) if row else None
-
-
-def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> Execution | None:
-    row = select_one(conn, "executions", account=account, request_id=request_id)
-    return _from_row(row) if row else None
+    return TABLE.one(conn, account=account, devbox_id=devbox_id, command_id=command_id)
 
 
 def insert(conn: sqlite3.Connection, execution: Execution, request_id: str | None) -> None:

@@ -1,10 +1,12 @@
 """The execution service: commands run in a devbox, one method per API action.
 
-A command starts through ``runtime.exec`` and becomes a ``LiveExecution``, followed by three
-daemon threads: one per output pipe (bytes are decoded into the live execution's buffers,
-capped per stream, and each read wakes the SSE streams) and one that waits for the exit, then
-records the completed execution and its log lines in SQLite and wakes the long polls. Output is kept whole up to the cap, so
-``*_truncated`` is false in practice and the SDK never needs the SSE streams to see everything.
+A command starts through ``runtime.exec`` and becomes a ``LiveExecution``, followed by two
+daemon threads: one reads both output pipes (``simulator.command_output.OutputDrain``: bytes
+are decoded into the live execution's buffers, capped per stream, and each read wakes the SSE
+streams) and one waits for the exit, gives the pipes ``OUTPUT_GRACE_SECONDS`` to reach EOF
+(then closes them: a background child keeps neither a descriptor nor a thread), then
+records the completed execution and its log lines in SQLite and wakes the long polls. Output
+is kept whole up to the cap, so ``*_truncated`` is false in practice and the SDK never needs the SSE streams to see everything.
 
 SSE streams (``stream_stdout_updates``/``stream_stderr_updates``) send ``(text, offset)``
 chunks from a byte offset; see ``simulator.output_buffer`` for what offsets count.
@@ -15,16 +17,15 @@ any other command reads EOF at once.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
-import time
 import zlib
 from collections.abc import AsyncIterator
 
 import anyio.to_thread
 
 from simulator import clock, devbox_logs, execution_store, ids, lifecycle
+from simulator.command_output import MAX_OUTPUT_BYTES, OUTPUT_GRACE_SECONDS, OutputDrain
 from simulator.db import Database
 from simulator.devbox_model import Devbox, Execution
 from simulator.devboxes import DevboxService, _check_text, hold_seconds
@@ -39,13 +40,13 @@ log = logging.getLogger("devbox_sim.executions")
 ID_PREFIX = "exn"
 QUEUED, RUNNING = "queued", "running"
 STATUSES = (QUEUED, RUNNING, COMPLETED)
-MAX_OUTPUT_BYTES = 16 * 1024 * 1024  # per stream; beyond it the rest is dropped, *_truncated true
+# MAX_OUTPUT_BYTES (16 MiB) per stream; beyond it the rest is dropped, *_truncated true.
 WAIT_MAX_SECONDS = 25.0  # execution long polls: the SDK's read timeout is the hold + 5 s
 EXECUTE_SYNC_MAX_SECONDS = 600.0  # the SDK gives execute_sync a 600 s timeout
 KILLED = 128 + signal.SIGKILL  # what a shell reports for a SIGKILLed command: 137
-# After the process exits, how long to wait for its pipes to reach EOF. A background child
-# that inherited stdout could otherwise keep the execution "running" forever.
-OUTPUT_GRACE_SECONDS = 1.0
+# After the process exits, its pipes get OUTPUT_GRACE_SECONDS (simulator.command_output) to
+# reach EOF, then they are closed: a background child that inherited stdout could otherwise
+# keep the execution "running" (and its descriptors open) forever.
 FINISH_WAIT_SECONDS = 5.0  # kill / devbox shutdown: how long to wait for the exit to be recorded
 SSE_CHUNK_BYTES = 65536  # at most this much output per SSE event
 # An SSE stream with nothing new sends a comment this often, so the client's 30 s read
@@ -333,29 +334,27 @@ class ExecutionService:
         return execution
 
     def _follow(self, live: LiveExecution) -> None:
-        readers = [
-            threading.Thread(target=self._read, args=(live, name, pipe), name=f"{name}-{live.execution.id}", daemon=True)
-            for name, pipe in (("stdout", live.proc.stdout), ("stderr", live.proc.stderr))
-            if pipe is not None
-        ]
-        for reader in readers:
-            reader.start()
-        returncode = live.proc.wait()
-        deadline = time.monotonic() + OUTPUT_GRACE_SECONDS
-        for reader in readers:
-            reader.join(max(0.0, deadline - time.monotonic()))
-        self._complete(live, exit_status(returncode))
-
-    def _read(self, live: LiveExecution, name: str, pipe) -> None:
         key = output_key(live.id)
+
+        def on_chunk(name: str, chunk: bytes) -> None:
+            if live.feed(name, chunk):
+                self.watch.notify(key)
+
         try:
-            while chunk := os.read(pipe.fileno(), 65536):
-                if live.feed(name, chunk):  # (after completion it only drains the pipe)
-                    self.watch.notify(key)
-        except OSError:
-            pass  # the pipe was closed under us
-        finally:
-            pipe.close()
+            drain = OutputDrain({"stdout": live.proc.stdout, "stderr": live.proc.stderr}, on_chunk, name=f"output-{live.id}")
+        except OSError:  # out of descriptors: the command cannot be followed, so it must not run
+            log.exception("cannot follow execution %s; killing it", live.id)
+            live.kill()
+            for pipe in (live.proc.stdout, live.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            self._complete(live, exit_status(live.proc.wait()))
+            return
+        returncode = live.proc.wait()
+        # A background child may hold the pipes: after the grace they are closed under it, so
+        # it costs no descriptor and no thread of the simulator until the devbox ends.
+        drain.finish(OUTPUT_GRACE_SECONDS)
+        self._complete(live, exit_status(returncode))
 
     def _complete(self, live: LiveExecution, status: int) -> None:
         final, entries = live.complete(status)

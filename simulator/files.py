@@ -92,8 +92,15 @@ def _translate(exc: Exception, path: str, action: str) -> ApiError:
         return InvalidRequest(str(exc), code="invalid_path")
     if isinstance(exc, RuntimeFailure):
         return InvalidRequest(str(exc), code="devbox_not_running")
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return InvalidRequest(f"{path!r}: {exc.strerror}", code="file_too_large")
     if isinstance(exc, OSError):
         reason = "too many levels of symbolic links" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         return InvalidRequest(f"cannot {action} {path!r}: {reason}", code="file_error")
     log.error("unexpected error on %s of %r", action, path, exc_info=exc)
     return InvalidRequest(f"cannot {action} {path!r}: {type(exc).__name__}", code="file_error")
+
+
+# For devbox creation's file_mounts (simulator.devboxes): the same checks and messages.
+check_path = _check_path
+translate_error = _translate

@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 
 from simulator import clock, devbox_logs
+from simulator.command_output import signal_group
 from simulator.devbox_model import Execution
 from simulator.errors import Conflict, InvalidRequest
 from simulator.output_buffer import OutputBuffer, boundary_after
@@ -58,11 +59,9 @@ class LiveExecution:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.returncode is not None:
             return
-        try:
-            # The runtime starts each command as the leader of its own process group.
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass  # already gone
+        # The runtime starts each command as the leader of its own process group; a pid <= 0
+        # (a docker exec that never started) is never signalled: killpg(0) is our own group.
+        signal_group(self.proc, sig)
 
     # --- output ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 from simulator import clock, ids, policy_store
 from simulator.cidrs import validate_cidrs
 from simulator.db import Database
-from simulator.errors import InvalidRequest, NotFound
+from simulator.errors import InvalidRequest, found
 from simulator.hostnames import normalise_patterns
 from simulator.policy_model import Egress, NetworkPolicy, Page
 
@@ -180,10 +180,7 @@ class NetworkPolicyService:
 
     @staticmethod
     def _get(conn, account: str, policy_id: str) -> NetworkPolicy:
-        policy = policy_store.get(conn, account, policy_id)
-        if policy is None:
-            raise NotFound(f"network policy {policy_id!r} not found")
-        return policy
+        return found(policy_store.get(conn, account, policy_id), "network policy", policy_id)
 
 
 def _check_name(name: str) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from simulator.db import select_one
-from simulator.pagination import paginate
 from simulator.policy_model import Egress, NetworkPolicy, Page
+from simulator.table import Table, Where
 
 
 # Stored egress text -> parsed Egress. Lists re-read the same rows over and over; parsing them
@@ -38,15 +37,9 @@ def _from_row(row: sqlite3.Row) -> NetworkPolicy:
     )
 
 
-def get(conn: sqlite3.Connection, account: str, policy_id: str) -> NetworkPolicy | None:
-    row = select_one(conn, "network_policies", account=account, id=policy_id)
-    return _from_row(row) if row else None
-
-
-
-def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> NetworkPolicy | None:
-    row = select_one(conn, "network_policies", account=account, request_id=request_id)
-    return _from_row(row) if row else None
+TABLE = Table("network_policies", _from_row)
+get = TABLE.get
+by_request_id = TABLE.by_request_id
 
 
 def name_taken(conn: sqlite3.Connection, account: str, name: str, except_id: str | None = None) -> bool:
@@ -61,29 +54,26 @@ def count(conn: sqlite3.Connection, account: str) -> int:
     return conn.execute("SELECT COUNT(*) FROM network_policies WHERE account = ?", (account,)).fetchone()[0]
 
 
+def _values(policy: NetworkPolicy) -> dict:
+    return {
+        "id": policy.id,
+        "account": policy.account,
+        "name": policy.name,
+        "description": policy.description,
+        "egress": policy.egress_json(),
+        "create_time_ms": policy.create_time_ms,
+        "update_time_ms": policy.update_time_ms,
+    }
+
+
 def insert(conn: sqlite3.Connection, policy: NetworkPolicy, request_id: str | None) -> None:
-    conn.execute(
-        "INSERT INTO network_policies (id, account, name, description, egress, create_time_ms,"
-        " update_time_ms, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            policy.id,
-            policy.account,
-            policy.name,
-            policy.description,
-            policy.egress_json(),
-            policy.create_time_ms,
-            policy.update_time_ms,
-            request_id,
-        ),
-    )
+    TABLE.insert(conn, _values(policy), request_id)
 
 
 def update(conn: sqlite3.Connection, policy: NetworkPolicy) -> None:
-    conn.execute(
-        "UPDATE network_policies SET name = ?, description = ?, egress = ?, update_time_ms = ?"
-        " WHERE account = ? AND id = ?",
-        (policy.name, policy.description, policy.egress_json(), policy.update_time_ms, policy.account, policy.id),
-    )
+    values = _values(policy)
+    del values["create_time_ms"]  # never changes
+    TABLE.update(conn, values)
 
 
 def delete(conn: sqlite3.Connection, account: str, policy_id: str) -> None:
@@ -101,24 +91,11 @@ def list_page(
     limit: int | None,
     include_total_count: bool,
 ) -> Page:
-    where, params = ["account = ?"], [account]
-    if id:
-        where.append("id = ?")
-        params.append(id)
+    where = Where.of(account=account).equal(id=id)
     if name:
-        where.append("instr(lower(name), lower(?)) > 0")
-        params.append(name)
+        where.add("instr(lower(name), lower(?)) > 0", name)
     if search:
-        where.append("(instr(id, ?) > 0 OR instr(lower(name), lower(?)) > 0)")
-        params += [search, search]
-    page = paginate(
-        conn,
-        table="network_policies",
-        where=where,
-        params=params,
-        starting_after=starting_after,
-        limit=limit,
-        include_total_count=include_total_count,
+        where.add("(instr(id, ?) > 0 OR instr(lower(name), lower(?)) > 0)", search, search)
+    return TABLE.page(
+        conn, where, starting_after=starting_after, limit=limit, include_total_count=include_total_count
     )
-    page.items = [_from_row(row) for row in page.items]
-    return page

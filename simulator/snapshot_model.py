@@ -25,4 +25,5 @@ class DiskSnapshot:
     # created from the snapshot.
     network_policy_id: str | None = None
     disk: str | None = None  # the runtime's reference, once complete
+    size_bytes: int | None = None  # the disk's size once complete (DevboxRuntime.disk_size)
     error_message: str | None = None

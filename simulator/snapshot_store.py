@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from simulator.db import select_one
-from simulator.pagination import paginate
 from simulator.policy_model import Page
 from simulator.snapshot_model import DELETED, IN_PROGRESS, DiskSnapshot
+from simulator.table import Table, Where
 
 _COLUMNS = (
     "id", "account", "source_devbox_id", "source_blueprint_id", "network_policy_id", "status", "name",
-    "commit_message", "metadata", "disk", "error_message", "create_time_ms",
+    "commit_message", "metadata", "disk", "error_message", "create_time_ms", "size_bytes",
 )
 
 
@@ -22,36 +21,23 @@ def _from_row(row: sqlite3.Row) -> DiskSnapshot:
     return DiskSnapshot(**values)
 
 
-def _values(snapshot: DiskSnapshot) -> list:
+def _values(snapshot: DiskSnapshot) -> dict:
     values = {column: getattr(snapshot, column) for column in _COLUMNS}
     values["metadata"] = json.dumps(snapshot.metadata, separators=(",", ":"))
-    return [values[column] for column in _COLUMNS]
+    return values
 
 
-def get(conn: sqlite3.Connection, account: str, snapshot_id: str) -> DiskSnapshot | None:
-    row = select_one(conn, "disk_snapshots", account=account, id=snapshot_id)
-    return _from_row(row) if row else None
-
-
-def by_request_id(conn: sqlite3.Connection, account: str, request_id: str) -> DiskSnapshot | None:
-    row = select_one(conn, "disk_snapshots", account=account, request_id=request_id)
-    return _from_row(row) if row else None
+TABLE = Table("disk_snapshots", _from_row)
+get = TABLE.get
+by_request_id = TABLE.by_request_id
 
 
 def insert(conn: sqlite3.Connection, snapshot: DiskSnapshot, request_id: str | None) -> None:
-    marks = ", ".join("?" * (len(_COLUMNS) + 1))
-    conn.execute(
-        f"INSERT INTO disk_snapshots ({', '.join(_COLUMNS)}, request_id) VALUES ({marks})",
-        [*_values(snapshot), request_id],
-    )
+    TABLE.insert(conn, _values(snapshot), request_id)
 
 
 def update(conn: sqlite3.Connection, snapshot: DiskSnapshot) -> None:
-    sets = ", ".join(f"{column} = ?" for column in _COLUMNS[2:])
-    conn.execute(
-        f"UPDATE disk_snapshots SET {sets} WHERE account = ? AND id = ?",
-        [*_values(snapshot)[2:], snapshot.account, snapshot.id],
-    )
+    TABLE.update(conn, _values(snapshot))
 
 
 def in_progress_of_devbox(conn: sqlite3.Connection, account: str, devbox_id: str) -> list[str]:
@@ -87,29 +73,14 @@ def list_page(
     limit: int | None,
     include_total_count: bool,
 ) -> Page:
-    where, params = ["account = ?", "status != ?"], [account, DELETED]
-    if devbox_id:
-        where.append("source_devbox_id = ?")
-        params.append(devbox_id)
-    if source_blueprint_id:
-        where.append("source_blueprint_id = ?")
-        params.append(source_blueprint_id)
+    where = Where.of(account=account).add("status != ?", DELETED)
+    where.equal(source_devbox_id=devbox_id, source_blueprint_id=source_blueprint_id)
     # json_each, not a JSON path: any key (dots, quotes) matches exactly.
     for key, value in metadata.items():
-        where.append("EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)")
-        params += [key, value]
+        where.add("EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)", key, value)
     for key, values in metadata_in.items():
         marks = ", ".join("?" * len(values))
-        where.append(f"EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value IN ({marks}))")
-        params += [key, *values]
-    page = paginate(
-        conn,
-        table="disk_snapshots",
-        where=where,
-        params=params,
-        starting_after=starting_after,
-        limit=limit,
-        include_total_count=include_total_count,
+        where.add(f"EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value IN ({marks}))", key, *values)
+    return TABLE.page(
+        conn, where, starting_after=starting_after, limit=limit, include_total_count=include_total_count
     )
-    page.items = [_from_row(row) for row in page.items]
-    return page

@@ -2,7 +2,8 @@
 
 A snapshot is stored ``in_progress`` in the same transaction that checks its devbox is up;
 a worker thread has the runtime copy the devbox's files (``DevboxRuntime.snapshot_disk``)
-and then marks it ``complete`` (or ``error`` with a message). ``snapshot_disk`` holds the
+and then marks it ``complete`` with the disk's size (``DevboxRuntime.disk_size``, shown as
+``size_bytes``), or ``error`` with a message. ``snapshot_disk`` holds the
 request until then. A devbox with a snapshot in progress cannot be shut down (409). Deleting
 keeps the row as ``deleted`` (status answers 200 ``deleted``) and removes the files.
 """
@@ -16,11 +17,11 @@ from typing import Any
 
 import anyio.to_thread
 
-from simulator import clock, ids, lifecycle, snapshot_store
+from simulator import clock, disks, ids, lifecycle, snapshot_store
 from simulator.db import Database
 from simulator.devbox_model import Devbox
 from simulator.devboxes import DevboxService
-from simulator.errors import ApiError, Conflict, InvalidRequest, NotFound
+from simulator.errors import ApiError, Conflict, InvalidRequest, NotFound, found
 from simulator.policy_model import Page
 from simulator.runtime.base import RuntimeFailure
 from simulator.snapshot_model import COMPLETE, DELETED, ERROR, IN_PROGRESS, DiskSnapshot
@@ -154,7 +155,7 @@ class SnapshotService:
             snapshot_store.update(conn, replace(snapshot, status=DELETED, disk=None))
         self.watch.notify(watch_key(snapshot_id))
         if snapshot.disk is not None:
-            self._delete_disk(snapshot.disk)
+            disks.delete(self.devboxes.runtime, snapshot.disk)
 
     # --- helpers for other services and the simulator -----------------------------------
 
@@ -187,28 +188,23 @@ class SnapshotService:
                 log.warning("snapshot %s of %s failed", snapshot.id, snapshot.source_devbox_id, exc_info=True)
             self._finish(snapshot, error=str(exc) or type(exc).__name__)
             return
-        if not self._finish(snapshot, disk=disk):
-            self._delete_disk(disk)  # it was failed meanwhile (a reconcile): nobody owns these files
+        if not self._finish(snapshot, disk=disk, size_bytes=disks.size(runtime, disk)):
+            disks.delete(runtime, disk)  # it was failed meanwhile (a reconcile): nobody owns these files
 
-    def _finish(self, snapshot: DiskSnapshot, *, disk: str | None = None, error: str | None = None) -> bool:
+    def _finish(
+        self, snapshot: DiskSnapshot, *, disk: str | None = None, size_bytes: int | None = None, error: str | None = None
+    ) -> bool:
         """Record the outcome of a snapshot still in progress; False if it no longer was."""
         with self.db.transaction() as conn:
             current = snapshot_store.get(conn, snapshot.account, snapshot.id)
             recorded = current is not None and current.status == IN_PROGRESS
             if recorded:
-                done = replace(current, status=ERROR if error else COMPLETE, disk=disk, error_message=error)
+                done = replace(
+                    current, status=ERROR if error else COMPLETE, disk=disk, size_bytes=size_bytes, error_message=error
+                )
                 snapshot_store.update(conn, done)
         self.watch.notify(watch_key(snapshot.id))
         return recorded
-
-    def _delete_disk(self, disk: str) -> None:
-        runtime = self.devboxes.runtime
-        if runtime is None:
-            return
-        try:
-            runtime.delete_disk(disk)
-        except Exception:
-            log.exception("runtime %s could not delete disk %s", runtime.name, disk)
 
     def _refuse_shutdown_while_snapshotting(self, devbox: Devbox) -> None:
         with self.db.read() as conn:
@@ -223,12 +219,8 @@ class SnapshotService:
     def _require(self, account: str, snapshot_id: str, conn=None) -> DiskSnapshot:
         if conn is None:
             with self.db.read() as conn:
-                snapshot = snapshot_store.get(conn, account, snapshot_id)
-        else:
-            snapshot = snapshot_store.get(conn, account, snapshot_id)
-        if snapshot is None:
-            raise NotFound(f"disk snapshot {snapshot_id!r} not found")
-        return snapshot
+                return self._require(account, snapshot_id, conn)
+        return found(snapshot_store.get(conn, account, snapshot_id), "disk snapshot", snapshot_id)
 
     def _live(self, conn, account: str, snapshot_id: str) -> DiskSnapshot:
         snapshot = self._require(account, snapshot_id, conn)

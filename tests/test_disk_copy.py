@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from simulator.runtime.disk_copy import MAX_DEPTH, DiskCopyError, copy_areas
+from simulator.runtime.disk_copy import MAX_DEPTH, DiskCopyError, copy_areas, remove_unlisted, tree_size
 
 ME = os.getuid()
 
@@ -119,3 +119,64 @@ def test_sparse_files_stay_sparse(tmp_path):
         assert f.read(16) == bytes(16)
     assert (tmp_path / "dst" / "home" / "dense").read_bytes() == b"x" * 3_000_000
     assert stats.bytes < 4_000_000 + (1 << 20)
+
+
+def test_tree_size_counts_file_bytes_never_holes_nor_symlink_targets(tmp_path):
+    root = tmp_path / "disk"
+    (root / "home" / "sub").mkdir(parents=True)
+    (root / "home" / "sub" / "data").write_bytes(os.urandom(100_000))
+    with open(root / "home" / "sparse", "wb") as f:
+        f.truncate(1 << 30)  # a gigabyte of hole: no bytes on disk
+    (root / "home" / "big-link").symlink_to(root / "home" / "sparse")  # its target path's length, never 1 GiB
+    assert 100_000 <= tree_size(root) <= 100_000 + len(str(root / "home" / "sparse"))
+    assert tree_size(root / "home" / "sub") == 100_000
+    assert tree_size(tmp_path / "missing") == 0
+
+
+def test_remove_unlisted_keeps_the_listed_and_never_follows_a_link(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    disks = tmp_path / "disks"
+    for name in ("kept", "stray"):
+        (disks / name / "home").mkdir(parents=True)
+        (disks / name / "home" / "f").write_text(name)
+    (disks / "loose-file").write_text("x")
+    (disks / "link").symlink_to(outside)
+    assert remove_unlisted(disks, {"kept", "not-there"}) == ["link", "loose-file", "stray"]
+    assert sorted(p.name for p in disks.iterdir()) == ["kept"]
+    assert (disks / "kept" / "home" / "f").read_text() == "kept"
+    assert (outside / "precious").read_text() == "keep"
+    assert remove_unlisted(tmp_path / "missing", set()) == []
+
+
+def test_hard_links_stay_links_so_a_snapshot_is_not_the_data_times_the_links(tmp_path):
+    home = tmp_path / "src" / "home"
+    (home / "a" / "b").mkdir(parents=True)
+    (home / "f").write_bytes(b"x" * 100_000)
+    for i in range(50):
+        os.link(home / "f", home / ("l%d" % i))
+    os.link(home / "f", home / "a" / "b" / "deep")
+    stats = copy_areas(tmp_path / "src", tmp_path / "dst", only_owner=ME, uid=ME, gid=os.getgid())
+    copied = tmp_path / "dst" / "home"
+    assert stats.bytes == 100_000 and stats.links == 51
+    inode = (copied / "f").stat().st_ino
+    assert {(copied / ("l%d" % i)).stat().st_ino for i in range(50)} == {inode}
+    assert (copied / "a" / "b" / "deep").stat().st_ino == inode
+    assert (copied / "l7").read_bytes() == b"x" * 100_000
+    # and a restore from the copy keeps them linked again
+    stats = copy_areas(tmp_path / "dst", tmp_path / "again", only_owner=ME, uid=ME, gid=os.getgid())
+    assert stats.bytes == 100_000 and (tmp_path / "again" / "home" / "l3").stat().st_nlink == 52
+
+
+def test_more_data_than_a_disk_may_hold_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    from simulator.runtime import disk_copy
+
+    monkeypatch.setattr(disk_copy, "MAX_DISK_BYTES", 1_000_000)
+    home = tmp_path / "src" / "home"
+    home.mkdir(parents=True)
+    for i in range(3):
+        (home / f"f{i}").write_bytes(os.urandom(400_000))
+    with pytest.raises(DiskCopyError, match="more than 1000000 bytes"):
+        copy_areas(tmp_path / "src", tmp_path / "dst", only_owner=ME, uid=ME, gid=os.getgid())
+    assert not (tmp_path / "dst").exists()

@@ -152,6 +152,7 @@ def test_staged_files_and_unit(staged):
     assert one(service, "WorkingDirectory") == str(ROOT)
     assert one(service, "Restart") == "on-failure"
     assert one(service, "StateDirectory") == "devbox-sim"
+    assert one(service, "LimitNOFILE") == "65536"  # every running command holds descriptors
     assert one(service, "EnvironmentFile") == "-/etc/devbox-sim/env"
     assert one(unit["Install"], "WantedBy") == "multi-user.target"
     assert "@REPO@" not in (root / UNIT).read_text()

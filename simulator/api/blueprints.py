@@ -8,7 +8,7 @@ from simulator.api import deps
 from simulator.api.blueprint_schemas import BlueprintCreateParams, BlueprintListView, BlueprintView, BuildLogsView
 from simulator.api.devbox_schemas import NO_RUNTIME
 from simulator.api.devboxes import runtime_ready
-from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, page_json
 from simulator.blueprint_model import Blueprint
 
 router = APIRouter(
@@ -37,10 +37,6 @@ def view(blueprint: Blueprint) -> dict:
     }
 
 
-def _page(page) -> dict:
-    return {"blueprints": [view(b) for b in page.items], "has_more": page.has_more, "total_count": page.total_count}
-
-
 @router.post("", response_model=BlueprintView, summary="Create a blueprint (returns queued; the build runs on)")
 def create_blueprint(
     params: BlueprintCreateParams,
@@ -62,12 +58,11 @@ def list_blueprints(
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    return _page(
-        services.blueprints.list_blueprints(
-            account, name=name, status=status, starting_after=starting_after, limit=limit,
-            include_total_count=include_total_count,
-        )
+    page = services.blueprints.list_blueprints(
+        account, name=name, status=status, starting_after=starting_after, limit=limit,
+        include_total_count=include_total_count,
     )
+    return page_json("blueprints", page, view)
 
 
 # Declared before /{id}: "list_public" is not a blueprint id. The simulator has no public ones.

@@ -49,9 +49,10 @@ class DevboxCreateParams(_Request):
     launch_parameters: LaunchParametersParam | None = None
     environment_variables: dict[str, StrictStr] | None = None
     metadata: dict[str, StrictStr] | None = None
+    # {path: content}, paths as the file endpoints take them: written before launch_commands.
+    file_mounts: dict[str, StrictStr] | None = None
     # Accepted, not simulated yet:
     entrypoint: StrictStr | None = None
-    file_mounts: dict[str, StrictStr] | None = None
     code_mounts: list[dict[str, Any]] | None = None
     mounts: list[dict[str, Any]] | None = None
     secrets: dict[str, StrictStr] | None = None

@@ -20,7 +20,7 @@ from simulator.api.devbox_schemas import (
     DevboxView,
     DevboxWaitForStatusParams,
 )
-from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody, page_json
 from simulator.devbox_model import Devbox
 
 
@@ -98,7 +98,7 @@ def list_devboxes(
     page = services.devboxes.list_devboxes(
         account, status=status, starting_after=starting_after, limit=limit, include_total_count=include_total_count
     )
-    return {"devboxes": [view(d) for d in page.items], "has_more": page.has_more, "total_count": page.total_count}
+    return page_json("devboxes", page, view)
 
 
 @router.get("/{id}", response_model=DevboxView, responses=NOT_FOUND, summary="Get a devbox")

@@ -91,3 +91,8 @@ ERROR_RESPONSES = {
     401: {"model": ErrorBody, "description": "Missing or unknown API key"},
 }
 NOT_FOUND = {404: {"model": ErrorBody, "description": "Not found"}}
+
+
+def page_json(key: str, page, view) -> dict:
+    """A list response: ``{key: [view(item)...], has_more, total_count}``."""
+    return {key: [view(item) for item in page.items], "has_more": page.has_more, "total_count": page.total_count}

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from simulator.api import deps
 from simulator.api.devbox_schemas import NO_RUNTIME
 from simulator.api.devboxes import runtime_ready
-from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody, page_json
 from simulator.api.snapshot_schemas import SnapshotListView, SnapshotParams, SnapshotStatusView, SnapshotView
 from simulator.errors import InvalidRequest
 from simulator.snapshot_model import DiskSnapshot
@@ -37,7 +37,7 @@ def view(snapshot: DiskSnapshot) -> dict:
         "source_devbox_id": snapshot.source_devbox_id,
         "name": snapshot.name,
         "commit_message": snapshot.commit_message,
-        "size_bytes": None,
+        "size_bytes": snapshot.size_bytes,
         "source_blueprint_id": snapshot.source_blueprint_id,
     }
 
@@ -123,7 +123,7 @@ def list_disk_snapshots(
         limit=limit,
         include_total_count=include_total_count,
     )
-    return {"snapshots": [view(s) for s in page.items], "has_more": page.has_more, "total_count": page.total_count}
+    return page_json("snapshots", page, view)
 
 
 @router.get(

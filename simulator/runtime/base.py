@@ -15,6 +15,11 @@ from typing import Protocol
 from simulator.policy_model import NetworkPolicy
 
 
+# The most a file read through the API returns (read_file raises OSError(EFBIG) beyond):
+# the bytes are held in memory, and a devbox can make huge sparse files for free.
+MAX_READ_BYTES = 64 * 1024 * 1024
+
+
 class RuntimeFailure(Exception):
     """Provisioning or an operation failed; the message is shown as the devbox's failure."""
 
@@ -66,8 +71,18 @@ class DevboxRuntime(Protocol):
         """Capture the devbox's files; return a reference that ``DevboxSpec.disk`` accepts
         (runtime-specific: a directory for netns, an image for Docker)."""
 
+    def disk_size(self, disk: str) -> int | None:
+        """The size in bytes of a disk ``snapshot_disk`` captured (the snapshot's
+        ``size_bytes``; what it counts is the runtime's, documented there); None if unknown."""
+
     def delete_disk(self, disk: str) -> None:
         """Remove what ``snapshot_disk`` captured. Idempotent."""
+
+    def remove_unreferenced_disks(self, referenced: set[str]) -> list[str]:
+        """Remove every disk of this runtime (of this simulator instance only) whose reference
+        is not in ``referenced``; the references removed. Called at start-up, before any
+        snapshot or build can run: a crash between recording a delete and removing the files
+        leaves such disks behind."""
 
     def shutdown(self, devbox_id: str) -> None:
         """Kill every process and remove everything the devbox had. Idempotent."""

@@ -7,11 +7,14 @@ and closes ``proc.stdin``, calls ``wait()`` and kills with ``os.killpg(proc.pid,
   the exec's hijacked API connection (docker multiplexes stdout/stderr into frames with an
   8-byte header: stream, 3 zero bytes, big-endian length). Closing ``stdin`` half-closes the
   connection, which docker turns into EOF on the command's stdin.
-- ``pid`` is the command's pid in the host's PID namespace (from ``exec inspect``). runc
+- ``pid`` is the command's pid in the host's PID namespace (from ``exec inspect``); 0 for an
+  exec that never started, which then already has its ``returncode`` (nothing to signal: a
+  pid <= 0 is never signalled, ``killpg(0)`` would hit the simulator's own group). runc
   starts every exec'd process with ``setsid``, so it leads its own process group and
   ``killpg(pid)`` kills the command with its children, exactly as for a netns sandbox.
 - ``wait()`` follows the process itself (a pidfd), not the output: a background child that
-  keeps stdout open must not keep the command "running". The exit code then comes from
+  keeps stdout open must not keep the command "running". ``OUTPUT_GRACE_SECONDS`` after the
+  exit, the connection is shut down (the child's later output is lost, as on netns). The exit code then comes from
   docker (128 + N for a signal, like a shell; Popen would say -N).
 """
 
@@ -25,6 +28,8 @@ import struct
 import subprocess
 import threading
 import time
+
+from simulator.command_output import OUTPUT_GRACE_SECONDS
 
 # Bounded polls on docker's exec state: the process starts (pid known) and its exit is recorded
 # a moment after the hijacked connection answers / the pid dies. Never an unbounded wait.
@@ -62,9 +67,15 @@ class DockerProcess:
         except BaseException:
             self._close_everything()
             raise
-        threading.Thread(target=self._pump_out, name=f"exec-out-{exec_id[:12]}", daemon=True).start()
+        if exited:
+            # Already over (or never started: pid 0): the exit code is known before anyone can
+            # signal, so ``returncode`` is never None for a process that is not there.
+            self._record_exit()
+        self._pump = threading.Thread(target=self._pump_out, name=f"exec-out-{exec_id[:12]}", daemon=True)
+        self._pump.start()
         threading.Thread(target=self._pump_in, name=f"exec-in-{exec_id[:12]}", daemon=True).start()
-        threading.Thread(target=self._wait_exit, args=(exited,), name=f"exec-wait-{exec_id[:12]}", daemon=True).start()
+        if not exited:
+            threading.Thread(target=self._wait_exit, name=f"exec-wait-{exec_id[:12]}", daemon=True).start()
 
     # --- Popen API ---------------------------------------------------------------------------
 
@@ -103,7 +114,8 @@ class DockerProcess:
         return results.get("out", b""), results.get("err", b"")
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
+        # Never pid <= 0: kill(0) would signal the simulator's own process group.
+        if self.returncode is None and self.pid > 0:
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
@@ -133,8 +145,8 @@ class DockerProcess:
                 raise ExecFailed(f"exec {self._exec_id[:12]} did not start within {START_TIMEOUT_SECONDS:g} s")
             time.sleep(POLL_SECONDS)  # bounded poll: docker has no "started" event for execs
 
-    def _wait_exit(self, exited: bool) -> None:
-        if not exited and self.pid:
+    def _wait_exit(self) -> None:
+        if self.pid > 0:
             try:
                 pidfd = os.pidfd_open(self.pid)
             except ProcessLookupError:
@@ -146,6 +158,21 @@ class DockerProcess:
                     poller.poll()  # readable once the process has exited
                 finally:
                     os.close(pidfd)
+        # A background child may hold the exec's output (docker keeps the connection open for
+        # it): after the grace the connection is cut, so the pump thread, its pipes and the
+        # socket end now rather than with the child or the container. (Docker itself waits
+        # for such an exec's streams, ~4 s, one exec of a container after the other, before
+        # it records the exit; EXIT_RECORD_TIMEOUT_SECONDS bounds that wait here.)
+        self._pump.join(OUTPUT_GRACE_SECONDS)
+        if self._pump.is_alive():
+            try:
+                self._raw.shutdown(socket.SHUT_RDWR)  # the pump reads EOF and closes everything
+            except OSError:
+                pass
+        self._record_exit()
+
+    def _record_exit(self) -> None:
+        """The process is gone: the exit code docker recorded (bounded poll)."""
         code = None
         deadline = time.monotonic() + EXIT_RECORD_TIMEOUT_SECONDS
         while code is None and time.monotonic() < deadline:

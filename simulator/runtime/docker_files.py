@@ -8,12 +8,14 @@ absolute, with the home at /home/user.
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import posixpath
 import tarfile
 import time
 
+from simulator.runtime.base import MAX_READ_BYTES
 from simulator.runtime.docker_image import HOME
 
 GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as docker reports it in the archive stat header
@@ -79,6 +81,8 @@ def read_file(api, container: str, path: str) -> bytes:
             continue
         if mode & GO_MODE_DIR:
             raise IsADirectoryError(f"{path} is a directory")
+        if int(stat.get("size", 0)) > MAX_READ_BYTES:  # held in memory, twice (tar + file)
+            raise OSError(errno.EFBIG, f"larger than the {MAX_READ_BYTES} bytes a read may return", path)
         try:
             stream, _ = api.get_archive(container, target)
         except docker.errors.NotFound:  # removed in between

@@ -8,8 +8,8 @@ exec``s (``docker_exec.DockerProcess``, Popen-like), files go through docker's a
 
 Every container carries the labels ``devbox-sim.instance`` (the data plane's instance, i.e.
 the data dir) and ``devbox-sim.devbox``; a new runtime removes the containers of its
-instance that a crashed run left. NET_ADMIN and NET_RAW are dropped (the firewall lives
-outside the container anyway); the anti-spoofing rules stay, for images that add them back.
+instance that a crashed run left. Every capability is dropped and processes and memory are
+limited (see DROPPED_CAPABILITIES); the anti-spoofing rules stay.
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ DEVBOX_LABEL = "devbox-sim.devbox"
 # orphans of exec'd commands. Needs /bin/sh and sleep in the image, like every devbox command.
 # It is the entrypoint, so an image's own ENTRYPOINT/CMD (a server, say) never runs instead.
 KEEPALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
-DROPPED_CAPABILITIES = ["NET_ADMIN", "NET_RAW"]
+# Untrusted code runs as the image's user, often root, without a user namespace: it keeps
+# no capability at all (the firewall lives outside the container anyway, and the
+# anti-spoofing rules stay for images that would add raw sockets back), and a fork bomb
+# or a memory hog hits the container's own limits, not the host's.
+DROPPED_CAPABILITIES = ["ALL"]
+PIDS_LIMIT = 1024
+MEMORY_LIMIT = "2g"
 API_POOL_SIZE = 64  # hijacked exec connections leave the pool while a command runs
 
 
@@ -105,10 +111,7 @@ class DockerRuntime:
 
     def remove_orphans(self) -> int:
         """Remove every container of this instance (after a crash, they are unknown here)."""
-        orphans = self.api.containers(all=True, quiet=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
-        for container in orphans:
-            self._remove(container["Id"])
-        return len(orphans)
+        return remove_instance_containers(self.api, self.instance)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -130,6 +133,8 @@ class DockerRuntime:
                     network_mode="none",
                     cap_drop=DROPPED_CAPABILITIES,
                     security_opt=["no-new-privileges"],
+                    pids_limit=PIDS_LIMIT,
+                    mem_limit=MEMORY_LIMIT,
                     init=True,
                     dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
                 ),
@@ -208,15 +213,32 @@ class DockerRuntime:
         self._call(devbox_id, "snapshotted", lambda cid: self.api.commit(cid, repository=SNAPSHOT_REPOSITORY, tag=tag))
         return f"{SNAPSHOT_REPOSITORY}:{tag}"
 
+    def disk_size(self, disk: str) -> int | None:
+        """The committed image's ``Size`` (``docker image inspect``): the whole file system a
+        devbox created from the snapshot starts with, base image included."""
+        _check_disk(disk)
+        size = self.api.inspect_image(disk).get("Size")
+        return int(size) if size is not None else None
+
     def delete_disk(self, disk: str) -> None:
-        if not disk.startswith(SNAPSHOT_REPOSITORY + ":"):
-            raise ValueError(f"{disk!r} is not a disk snapshot of this runtime")
+        _check_disk(disk)
         import docker.errors
 
         try:
             self.api.remove_image(disk, force=True)
         except docker.errors.NotFound:
             pass
+
+    def remove_unreferenced_disks(self, referenced: set[str]) -> list[str]:
+        """Untag every ``devbox-sim/snapshot:*`` image of this instance not referenced (a
+        commit keeps the container's labels, so snapshot and blueprint images carry
+        ``devbox-sim.instance``); docker drops the layers nothing else uses."""
+        images = self.api.images(name=SNAPSHOT_REPOSITORY, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
+        tags = {tag for image in images for tag in image.get("RepoTags") or () if tag.startswith(SNAPSHOT_REPOSITORY + ":")}
+        removed = sorted(tags - referenced)
+        for tag in removed:
+            self.delete_disk(tag)
+        return removed
 
     # --- for tests and tools ----------------------------------------------------------------
 
@@ -246,15 +268,33 @@ class DockerRuntime:
             raise
 
     def _remove(self, container_id: str) -> None:
-        import docker.errors
+        remove_container(self.api, container_id)
 
-        try:
-            self.api.remove_container(container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if "already in progress" not in str(exc):
-                log.exception("removing container %s", container_id[:12])
+
+def remove_container(api, container_id: str) -> None:
+    """Force-remove a container (and its anonymous volumes); gone already is fine."""
+    import docker.errors
+
+    try:
+        api.remove_container(container_id, force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if "already in progress" not in str(exc):
+            log.exception("removing container %s", container_id[:12])
+
+
+def remove_instance_containers(api, instance: str) -> int:
+    """Remove every devbox container of a simulator instance (its data dir); how many."""
+    orphans = api.containers(all=True, quiet=True, filters={"label": f"{INSTANCE_LABEL}={instance}"})
+    for container in orphans:
+        remove_container(api, container["Id"])
+    return len(orphans)
+
+
+def _check_disk(disk: str) -> None:
+    if not disk.startswith(SNAPSHOT_REPOSITORY + ":"):
+        raise ValueError(f"{disk!r} is not a disk snapshot of this runtime")
 
 
 def _is_docker_error(exc: BaseException) -> bool:

@@ -99,6 +99,7 @@ def make_runtime(settings: Settings):
     )
     dataplane.start()
     try:
+        _remove_leftovers_of_the_other_runtime(chosen, dataplane)
         if chosen == "docker":
             from simulator.runtime.docker_runtime import DockerRuntime
 
@@ -113,3 +114,25 @@ def make_runtime(settings: Settings):
     except BaseException:
         dataplane.stop()
         raise
+
+
+def _remove_leftovers_of_the_other_runtime(chosen: str, dataplane) -> None:
+    """``auto`` may choose another runtime than a crashed earlier run of this data dir did
+    (dockerd not up yet, say): that run's devboxes, still running untrusted code, must not
+    outlive it. Each runtime removes its own leftovers when it starts; this removes the other's."""
+    if chosen == "docker":
+        from netns.sandbox import kill_orphans
+
+        killed = kill_orphans(f"{dataplane.devbox_ns_prefix}-")
+        if killed:
+            log.warning("killed %d netns devbox process trees left by an earlier run", len(killed))
+    elif not docker_problems():
+        from simulator.runtime.docker_runtime import docker_client, remove_instance_containers
+
+        client = docker_client(timeout=10.0)
+        try:
+            removed = remove_instance_containers(client.api, dataplane.config.instance)
+        finally:
+            client.close()
+        if removed:
+            log.warning("removed %d docker devbox containers left by an earlier run", removed)

@@ -18,8 +18,8 @@ from netns import namespaces
 from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
-from simulator.runtime.base import DevboxSpec, RuntimeFailure
-from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree
+from simulator.runtime.base import MAX_READ_BYTES, DevboxSpec, RuntimeFailure
+from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,12 @@ class NetnsRuntime:
             remove_tree(partial)
         self._devboxes: dict[str, _Devbox] = {}
         self._lock = threading.Lock()
+        # Copies in flight against what would pull files from under them: a snapshot of a
+        # devbox against its teardown ("devbox:<id>"), a restore from a disk against the
+        # disk's deletion ("disk:<id>"). Without them a forced shutdown during a snapshot
+        # left a "complete" snapshot with a third of the files, and a delete during a restore
+        # a devbox with a partial home.
+        self._copy_locks: dict[str, threading.Lock] = {}
         # Sandbox names carry the instance, so only this simulator's leftovers are killed.
         self.sandbox_prefix = f"{dataplane.devbox_ns_prefix}-"
         killed = kill_orphans(self.sandbox_prefix)
@@ -65,7 +71,11 @@ class NetnsRuntime:
             uid = DEVBOX_UID_BASE + address.slot
             if spec.disk is not None:
                 # Before the sandbox prepares its root: it keeps an existing home as it is.
-                copy_areas(self._disk_path(spec.disk), self.devboxes_dir / spec.id, only_owner=0, uid=uid, gid=uid)
+                with self._copy_lock("disk:" + spec.disk):
+                    disk = self._disk_path(spec.disk)
+                    if not disk.is_dir():
+                        raise RuntimeFailure(f"disk {spec.disk} is gone (deleted meanwhile)")
+                    copy_areas(disk, self.devboxes_dir / spec.id, only_owner=0, uid=uid, gid=uid)
             namespaces.create(netns)
             sandbox = Sandbox(
                 name=self.sandbox_prefix + spec.id,
@@ -96,7 +106,7 @@ class NetnsRuntime:
             raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {exc}") from exc
 
     def read_file(self, devbox_id: str, path: str) -> bytes:
-        return self._get(devbox_id).sandbox.read_file(path)
+        return self._get(devbox_id).sandbox.read_file(path, max_bytes=MAX_READ_BYTES)
 
     def write_file(self, devbox_id: str, path: str, data: bytes) -> None:
         self._get(devbox_id).sandbox.write_file(path, data)
@@ -116,23 +126,43 @@ class NetnsRuntime:
     def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:
         """Copy the devbox's home and /tmp (see ``disk_copy``: no devbox symlink is followed,
         only the devbox user's own files are taken) to ``<data-dir>/disks/<snapshot_id>``."""
-        sandbox = self._get(devbox_id).sandbox
         target = self._disk_path(snapshot_id)
         if target.exists():
             raise RuntimeFailure(f"disk {snapshot_id} already exists")
         # Copied under another name, renamed when complete: a disk is never half there.
         partial = target.with_name(target.name + ".partial")
-        remove_tree(partial)
-        try:
-            copy_areas(sandbox.root, partial, only_owner=sandbox.uid, uid=0, gid=0)
-            partial.rename(target)
-        except (OSError, DiskCopyError) as exc:
+        with self._copy_lock("devbox:" + devbox_id):  # teardown waits for the copy
+            sandbox = self._get(devbox_id).sandbox  # after the lock: not torn down meanwhile
             remove_tree(partial)
-            raise RuntimeFailure(f"could not snapshot the disk of devbox {devbox_id}: {exc}") from exc
+            try:
+                copy_areas(sandbox.root, partial, only_owner=sandbox.uid, uid=0, gid=0)
+                partial.rename(target)
+            except (OSError, DiskCopyError) as exc:
+                remove_tree(partial)
+                raise RuntimeFailure(f"could not snapshot the disk of devbox {devbox_id}: {exc}") from exc
         return snapshot_id
 
+    def disk_size(self, disk: str) -> int:
+        """Bytes of the disk's files as stored (``disk_copy.tree_size``: allocated bytes, at
+        most each file's length; a sparse file's holes count nothing, as the copy keeps them)."""
+        return tree_size(self._disk_path(disk))
+
     def delete_disk(self, disk: str) -> None:
-        remove_tree(self._disk_path(disk))
+        with self._copy_lock("disk:" + disk):  # waits for a restore from it
+            remove_tree(self._disk_path(disk))
+        self._forget_copy_lock("disk:" + disk)
+
+    def _copy_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._copy_locks.setdefault(key, threading.Lock())
+
+    def _forget_copy_lock(self, key: str) -> None:
+        with self._lock:
+            self._copy_locks.pop(key, None)
+
+    def remove_unreferenced_disks(self, referenced: set[str]) -> list[str]:
+        """Every entry of ``<data-dir>/disks/`` not referenced (a data dir is one instance's)."""
+        return remove_unlisted(self.disks_dir, referenced)
 
     def _disk_path(self, disk: str) -> Path:
         # A disk reference is the snapshot's id: a plain name, never a path.
@@ -145,9 +175,11 @@ class NetnsRuntime:
 
     def shutdown(self, devbox_id: str) -> None:
         with self._lock:
-            devbox = self._devboxes.pop(devbox_id, None)
+            devbox = self._devboxes.pop(devbox_id, None)  # no snapshot starts from now on
         if devbox is not None:
-            self._teardown(devbox_id, devbox, devbox.address, devbox.netns)
+            with self._copy_lock("devbox:" + devbox_id):  # one in flight completes first
+                self._teardown(devbox_id, devbox, devbox.address, devbox.netns)
+            self._forget_copy_lock("devbox:" + devbox_id)
 
     def alive_ids(self) -> set[str]:
         with self._lock:

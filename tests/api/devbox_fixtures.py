@@ -8,15 +8,11 @@ Tests that need a test-double hook (``hold_provisioning``, ``fail_provisioning``
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from tests.api.local_runtime import LocalRuntime
+from tests.runtime_servers import local_runtime_env
 from tests.server import ServerProcess
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -34,11 +30,7 @@ def devbox_client(make_client, runtime):
 @pytest.fixture
 def devbox_server(tmp_path):
     """A real server process whose devboxes run on the test-double runtime (test hook)."""
-    env = {
-        "DEVBOX_SIM_TEST_RUNTIME": "tests.api.local_runtime:make_runtime",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    with ServerProcess(tmp_path / "server-data", env=env) as proc:
+    with ServerProcess(tmp_path / "server-data", env=local_runtime_env()) as proc:
         yield proc
 
 

@@ -1,15 +1,19 @@
-"""Helpers shared by the blueprint and disk-snapshot HTTP tests (the test-double runtime)."""
+"""Helpers shared by the devbox, blueprint and disk-snapshot HTTP tests (the test-double runtime)."""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from tests.api.conftest import ALICE
+from tests.api.devbox_fixtures import needs_hooks
 
 
 def assert_error(response, status, code=None, contains=None):
+    """The simulator's error shape; deliberate errors say ``x-should-retry: false`` (so the SDK
+    does not back off), a 408 hold timeout ``true`` (the SDK polls again at once)."""
     assert response.status_code == status, response.text
-    assert response.headers.get("x-should-retry") == "false", response.headers
+    assert response.headers.get("x-should-retry") == ("true" if status == 408 else "false"), response.headers
     body = response.json()
     assert set(body) == {"message", "error_code"}, body
     if code:
@@ -49,6 +53,18 @@ def poll(fetch, done, timeout=10.0):
 
 def snapshot_status(client, snapshot_id, headers=ALICE):
     return ok(client.get(f"/v1/devboxes/disk_snapshots/{snapshot_id}/status", headers=headers))
+
+
+@contextmanager
+def snapshot_held(client, runtime, devbox_id, headers=ALICE, **body):
+    """``snapshot_disk_async`` with the runtime's capture held: yields the snapshot's view
+    while it is ``in_progress``; the capture goes on when the block ends (also on failure)."""
+    needs_hooks(runtime, "hold_snapshots")
+    gate = runtime.hold_snapshots()
+    try:
+        yield ok(client.post(f"/v1/devboxes/{devbox_id}/snapshot_disk_async", json=body, headers=headers))
+    finally:
+        gate.set()
 
 
 def settled_snapshot(client, snapshot_id, headers=ALICE):

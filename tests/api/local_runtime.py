@@ -9,7 +9,7 @@ Test hooks: ``hold_provisioning()`` blocks ``provision`` until released, and
 ``fail_provisioning(message)`` makes the next ``provision`` raise ``RuntimeFailure``;
 ``hold_snapshots()`` and ``fail_snapshot(message)`` do the same for ``snapshot_disk``.
 Disk snapshots copy the home with ``simulator.runtime.disk_copy`` (as the current user) to
-``<root>/disks/<id>``.
+``<root>/disks/<id>``; their size is ``disk_copy.tree_size``, as on netns.
 Files: devbox paths as on the real runtimes (home-relative, ``~/``, absolute under
 ``/home/user`` or ``/tmp``) map to ``<root>/<id>/home`` and ``<root>/<id>/tmp``; any other
 absolute path, or one that leaves those areas, raises ValueError. (Commands see the host's
@@ -21,6 +21,7 @@ builds one from the simulator settings.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
@@ -30,8 +31,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from simulator.runtime.base import DevboxSpec, RuntimeFailure
-from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree
+from simulator.runtime.base import MAX_READ_BYTES, DevboxSpec, RuntimeFailure
+from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
 
 class LocalRuntime:
@@ -121,7 +122,10 @@ class LocalRuntime:
             return proc
 
     def read_file(self, devbox_id: str, path: str) -> bytes:
-        return self._host_path(devbox_id, path).read_bytes()
+        host = self._host_path(devbox_id, path)
+        if host.is_file() and host.stat().st_size > MAX_READ_BYTES:  # as the real runtimes
+            raise OSError(errno.EFBIG, f"larger than the {MAX_READ_BYTES} bytes a read may return", path)
+        return host.read_bytes()
 
     def write_file(self, devbox_id: str, path: str, data: bytes) -> None:
         host = self._host_path(devbox_id, path)
@@ -188,8 +192,14 @@ class LocalRuntime:
             raise RuntimeFailure(f"could not snapshot {devbox_id}: {exc}") from exc
         return snapshot_id
 
+    def disk_size(self, disk: str) -> int:
+        return tree_size(self._disk_path(disk))
+
     def delete_disk(self, disk: str) -> None:
         remove_tree(self._disk_path(disk))
+
+    def remove_unreferenced_disks(self, referenced: set[str]) -> list[str]:
+        return remove_unlisted(self.disks, referenced)
 
     def disk_ids(self) -> set[str]:
         return {p.name for p in self.disks.iterdir()}

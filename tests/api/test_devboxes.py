@@ -19,6 +19,7 @@ from simulator.config import Settings
 from simulator.devboxes import watch_key
 from tests.api.conftest import ALICE, BOB
 from tests.api.devbox_fixtures import needs_hooks
+from tests.api.disk_helpers import assert_error  # noqa: F401 (also imported from here by other tests)
 from tests.api.local_runtime import LocalRuntime
 
 with warnings.catch_warnings():
@@ -27,17 +28,6 @@ with warnings.catch_warnings():
 
 URL = "/v1/devboxes"
 REQUIRED = {"id", "status", "create_time_ms", "launch_parameters", "metadata", "state_transitions", "capabilities"}
-
-
-def assert_error(response, status, code=None, contains=None):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"message", "error_code"}, body
-    if code:
-        assert body["error_code"] == code, body
-    if contains:
-        assert contains in body["message"], body["message"]
-    return body
 
 
 def create(client, headers=ALICE, **body):

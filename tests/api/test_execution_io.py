@@ -11,7 +11,7 @@ import json
 import httpx
 import pytest
 
-from simulator import executions
+from simulator import devbox_logs, executions
 from tests.api.conftest import ALICE, BOB
 from tests.api.test_devboxes import URL, assert_error, create_running, until
 from tests.api.test_executions import run, start, wait
@@ -238,6 +238,24 @@ def test_logs_show_a_running_commands_lines_so_far(devbox_client, devbox):
     until(lambda: [e["message"] for e in logs(devbox_client, devbox, execution_id=execution_id)] == ["started", "early"])
     devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
     assert logs(devbox_client, devbox, execution_id=execution_id)[-1]["exit_code"] == 137
+
+
+def test_a_chatty_devbox_keeps_only_its_newest_log_lines(devbox_client, devbox, monkeypatch):
+    monkeypatch.setattr(devbox_logs, "MAX_LINES_PER_DEVBOX", 100)
+    monkeypatch.setattr(devbox_logs, "PRUNE_SLACK", 10)
+    quiet = create_running(devbox_client)["id"]
+    run(devbox_client, quiet, "echo quiet")
+    for _ in range(3):
+        last = run(devbox_client, devbox, "seq 1 150")
+    entries = logs(devbox_client, devbox)
+    # The newest 100: the end of the last command's 150 lines and its exit.
+    assert [e["message"] for e in entries] == [str(n) for n in range(52, 151)] + ["exited with 0"]
+    assert {e["cmd_id"] for e in entries} == {last["execution_id"]}
+    assert last["stdout"] == "".join(f"{n}\n" for n in range(1, 151))  # the execution keeps all its output
+    assert [e["message"] for e in logs(devbox_client, quiet)] == ["started", "quiet", "exited with 0"]
+    with devbox_client.app.state.services.db.read() as conn:
+        stored = conn.execute("SELECT COUNT(*) FROM devbox_logs WHERE devbox_id = ?", (devbox,)).fetchone()[0]
+    assert stored <= 110
 
 
 def test_logs_of_unknown_or_foreign_devboxes_are_404(devbox_client, devbox):

@@ -1,7 +1,10 @@
 """The official Runloop SDK (3.0.0) driving devboxes and commands on a real server process.
 
-The server runs the test-double runtime through the DEVBOX_SIM_TEST_RUNTIME test hook.
-Output callbacks (``cmd.exec(stdout=...)``) need the SSE stream endpoints, not simulated yet.
+The server runs the test-double runtime through the DEVBOX_SIM_TEST_RUNTIME test hook. These
+tests cover devbox creation, policies, exec, kill and shutdown; output callbacks
+(``cmd.exec(stdout=...)``, over the SSE stream endpoints), stdin, suspend/resume, files and
+logs are exercised through the SDK in tests/dataplane/test_sdk_lifecycle.py (on this same
+test double and on netns) and tests/docker/test_sdk_lifecycle_docker.py.
 """
 
 from __future__ import annotations

@@ -12,10 +12,12 @@ from tests.api.conftest import ALICE, BOB
 from tests.api.devbox_fixtures import needs_hooks
 from tests.api.disk_helpers import (
     assert_error,
+    blueprint,
     ok,
     poll,
     running_devbox,
     settled_snapshot,
+    snapshot_held,
     sh,
     snapshot_status,
 )
@@ -55,20 +57,15 @@ def test_snapshot_disk_captures_files_and_a_new_devbox_gets_them(devbox_client):
 
 
 def test_snapshot_async_is_in_progress_blocks_shutdown_and_delete(devbox_client, runtime):
-    needs_hooks(runtime, "hold_snapshots")
     client = devbox_client
     source = running_devbox(client)
-    gate = runtime.hold_snapshots()
-    try:
-        view = ok(client.post(f"/v1/devboxes/{source['id']}/snapshot_disk_async", json={"name": "slow"}, headers=ALICE))
+    with snapshot_held(client, runtime, source["id"], name="slow") as view:
         assert snapshot_status(client, view["id"])["status"] == "in_progress"
         body = assert_error(client.post(f"/v1/devboxes/{source['id']}/shutdown", headers=ALICE), 409, "snapshot_in_progress")
         assert view["id"] in body["message"]
         assert_error(client.post(f"{SNAPSHOTS}/{view['id']}/delete", headers=ALICE), 409, "snapshot_in_progress")
         assert_error(client.post("/v1/devboxes", json={"snapshot_id": view["id"]}, headers=ALICE), 400, "snapshot_not_ready")
         assert ok(client.get(f"/v1/devboxes/{source['id']}", headers=ALICE))["status"] == "running"
-    finally:
-        gate.set()
     assert settled_snapshot(client, view["id"])["status"] == "complete"
     assert ok(client.post(f"/v1/devboxes/{source['id']}/shutdown", headers=ALICE))["status"] == "shutdown"
     # The snapshot outlives its devbox.
@@ -222,17 +219,12 @@ def test_async_retry_with_the_same_request_id_returns_the_same_snapshot(devbox_c
 
 
 def test_a_restart_turns_a_snapshot_in_progress_into_an_error(devbox_client, runtime):
-    needs_hooks(runtime, "hold_snapshots")
     client = devbox_client
     source = running_devbox(client)
-    gate = runtime.hold_snapshots()
-    try:
-        view = ok(client.post(f"/v1/devboxes/{source['id']}/snapshot_disk_async", headers=ALICE))
+    with snapshot_held(client, runtime, source["id"]) as view:
         assert client.app.state.services.snapshots.reconcile() == [view["id"]]
         status = snapshot_status(client, view["id"])
         assert status["status"] == "error" and "restarted" in status["error_message"]
-    finally:
-        gate.set()
     # The late capture does not revive it, and its files are removed.
     poll(lambda: not any(t.name == f"snapshot-{view['id']}" for t in threading.enumerate()), bool)
     assert snapshot_status(client, view["id"])["status"] == "error"
@@ -245,16 +237,11 @@ def test_endpoints_answer_503_without_a_runtime(client, path):
 
 
 def test_force_shutdown_during_a_snapshot_fails_the_snapshot(devbox_client, runtime):
-    needs_hooks(runtime, "hold_snapshots")
     client = devbox_client
     source = running_devbox(client)
-    gate = runtime.hold_snapshots()
-    try:
-        view = ok(client.post(f"/v1/devboxes/{source['id']}/snapshot_disk_async", headers=ALICE))
+    with snapshot_held(client, runtime, source["id"]) as view:
         down = ok(client.post(f"/v1/devboxes/{source['id']}/shutdown", params={"force": "true"}, headers=ALICE))
         assert down["status"] == "shutdown"
-    finally:
-        gate.set()
     status = settled_snapshot(client, view["id"])
     assert status["status"] == "error" and source["id"] in status["error_message"]
 
@@ -274,6 +261,60 @@ def test_snapshots_survive_a_restart(devbox_server):
             assert snapshot_status(http, view["id"])["status"] == "complete"
             restored = running_devbox(http, snapshot_id=view["id"])
             assert sh(http, restored["id"], "cat kept.txt") == (0, "kept\n")
+
+
+def test_size_bytes_counts_the_files_bytes_not_sparse_holes(devbox_client, runtime):
+    needs_hooks(runtime, "hold_snapshots")
+    client = devbox_client
+    source = running_devbox(client)
+    code, _ = sh(client, source["id"], "head -c 300000 /dev/urandom > data.bin && truncate -s 1G sparse.bin"
+                 " && mkdir d && printf abc > d/small")
+    assert code == 0
+    view = snapshot(client, source["id"])
+    # 300,000 + 3 bytes of data; the 1 GiB hole costs nothing (the file system may round a
+    # little: the tiny file counts at most its 3 bytes).
+    assert 300_000 <= view["size_bytes"] <= 300_003, view
+    assert snapshot_status(client, view["id"])["snapshot"]["size_bytes"] == view["size_bytes"]
+    listed = ok(client.get(SNAPSHOTS, params={"devbox_id": source["id"]}, headers=ALICE))["snapshots"]
+    assert [s["size_bytes"] for s in listed] == [view["size_bytes"]]
+    restored = running_devbox(client, snapshot_id=view["id"])
+    assert sh(client, restored["id"], "stat -c %s sparse.bin; wc -c < data.bin") == (0, "1073741824\n300000\n")
+    # Unknown until the disk is captured.
+    with snapshot_held(client, runtime, source["id"]) as pending:
+        assert pending["size_bytes"] is None
+    assert settled_snapshot(client, pending["id"])["snapshot"]["size_bytes"] == view["size_bytes"]
+
+
+def test_a_restart_removes_disks_nothing_references(devbox_server):
+    """A crash between recording a delete and removing the files leaves a disk behind: the
+    next start removes every disk no snapshot or blueprint references, and only those."""
+    import httpx
+
+    from tests.server import ServerProcess
+
+    with httpx.Client(base_url=devbox_server.url, headers=ALICE, timeout=30) as http:
+        source = running_devbox(http)
+        assert sh(http, source["id"], "echo kept > kept.txt")[0] == 0
+        kept = ok(http.post(f"/v1/devboxes/{source['id']}/snapshot_disk", json={"name": "kept"}))
+        deleted = ok(http.post(f"/v1/devboxes/{source['id']}/snapshot_disk", json={"name": "deleted"}))
+        assert ok(http.post(f"{SNAPSHOTS}/{deleted['id']}/delete")) == {}
+        built = blueprint(http, name="kept-blueprint", system_setup_commands=["echo built > b.txt"])
+        assert built["status"] == "build_complete", built
+    devbox_server.stop()
+    disks = devbox_server.data_dir / "local-runtime" / "disks"
+    assert sorted(p.name for p in disks.iterdir()) == sorted([kept["id"], built["id"]])
+    # What the crash left: the deleted snapshot's files, and a disk nothing ever recorded.
+    for stray in (deleted["id"], "snp_neverrecorded"):
+        (disks / stray / "home").mkdir(parents=True)
+        (disks / stray / "home" / "left.txt").write_text("left behind")
+    with ServerProcess(devbox_server.data_dir, env=devbox_server.env) as again:
+        assert sorted(p.name for p in disks.iterdir()) == sorted([kept["id"], built["id"]])
+        assert any("removed 2 disks nothing references" in line for line in again.log), again.log
+        with httpx.Client(base_url=again.url, headers=ALICE, timeout=30) as http:
+            from_snapshot = running_devbox(http, snapshot_id=kept["id"])
+            assert sh(http, from_snapshot["id"], "cat kept.txt") == (0, "kept\n")
+            from_blueprint = running_devbox(http, blueprint_id=built["id"])
+            assert sh(http, from_blueprint["id"], "cat b.txt") == (0, "built\n")
 
 
 def test_a_suspended_devbox_can_be_snapshotted(devbox_client):

@@ -14,6 +14,7 @@ from runloop_api_client.lib.polling import PollingConfig
 
 from netns import namespaces
 from simulator.dataplane import NS_PREFIX, instance_id
+from tests.runtime_servers import runtime_server
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.privileged
@@ -32,22 +33,8 @@ FAST = PollingConfig(interval_seconds=0.2, max_attempts=300)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.conftest import _privilege_problems
-
-    if _privilege_problems():
-        pytest.skip("needs root")  # the privileged marker turns this into a failure in CI
-    tmp = tmp_path_factory.mktemp("sdk-blueprints")
-    world = tmp / "world.toml"
-    world.write_text(WORLD)
-    data = tmp / "data"
-    args = ("--runtime", "netns", "--world", str(world), "--subnet", f"10.{secrets.randbelow(50) + 150}.0.0/16")
-    server = ServerProcess(data, *args).start()
-    try:
+    with runtime_server(tmp_path_factory.mktemp("sdk-blueprints"), "netns", WORLD, subnet_base=150) as (server, _):
         yield server
-    finally:
-        server.stop()
-        leftovers = namespaces.list_names(f"{NS_PREFIX}{instance_id(data)}-")
-        assert leftovers == [], f"a stopped server left namespaces: {leftovers}"
 
 
 @pytest.fixture
@@ -144,6 +131,8 @@ def test_a_snapshot_resumes_with_its_files_under_another_policy(sdk, server):
         info = snapshot.get_info()
         assert info.status == "complete" and info.snapshot.commit_message == "work in progress"
         assert info.snapshot.metadata == {"k": "v"} and info.snapshot.source_devbox_id == source.id
+        # netns: the bytes of the copied home and /tmp; docker: the committed image (base included).
+        assert info.snapshot.size_bytes >= len("home-file\ntmp-file\nvia the files API")
     with snapshot.create_devbox(launch_parameters={"network_policy_id": npm.id}) as resumed:
         assert resumed.get_info().snapshot_id == snapshot.id
         assert resumed.get_info().launch_parameters.network_policy_id == npm.id

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import secrets
 import time
-from pathlib import Path
 
 import pytest
 from runloop_api_client import (
@@ -25,11 +23,9 @@ from runloop_api_client import (
     RunloopSDK,
 )
 
-from netns import namespaces
-from simulator.dataplane import NS_PREFIX, instance_id
+from tests.runtime_servers import local_runtime_env, runtime_server
 from tests.server import ServerProcess
 
-REPO = Path(__file__).resolve().parents[2]
 WORLD = """
 resolver = "198.51.100.53"
 [hosts."github.com"]
@@ -46,29 +42,13 @@ _tokens = itertools.count()
 )
 def server(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"lifecycle-{request.param}")
-    data = tmp / "data"
     if request.param == "netns":
-        if os.geteuid() != 0:
-            pytest.skip("the netns runtime needs root")  # CI fails instead (privileged marker)
-        world = tmp / "world.toml"
-        world.write_text(WORLD)
-        subnet = f"10.{secrets.randbelow(50) + 100}.0.0/16"
-        proc = ServerProcess(data, "--runtime", "netns", "--world", str(world), "--subnet", subnet)
+        with runtime_server(tmp, "netns", WORLD, subnet_base=100) as (proc, _):
+            yield proc
     else:
-        env = {
-            "DEVBOX_SIM_TEST_RUNTIME": "tests.api.local_runtime:make_runtime",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        proc = ServerProcess(data, env=env)
-    proc.start()
-    proc.runtime_name = request.param
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        if request.param == "netns":
-            leftovers = namespaces.list_names(f"{NS_PREFIX}{instance_id(data)}-")
-            assert leftovers == [], f"a stopped server left namespaces: {leftovers}"
+        with ServerProcess(tmp / "data", env=local_runtime_env()) as proc:
+            proc.runtime_name = request.param
+            yield proc
 
 
 def token() -> str:
@@ -115,6 +95,32 @@ def test_two_thousand_lines_come_back_complete(devbox):
     assert result.stdout(num_lines=3) == "1998\n1999\n2000"  # the SDK joins the tail lines
     plain = devbox.cmd.exec("seq 1 2000 >&2")
     assert plain.stderr() == EXPECTED_2000 and plain.stdout() == ""
+
+
+def test_commands_leaving_background_children_keep_no_descriptors(server, devbox):
+    def descriptors() -> int:
+        """The server's descriptors but sockets (the SDK's HTTP connections come and go)."""
+        fds = f"/proc/{server.proc.pid}/fd"
+        links = []
+        for fd in os.listdir(fds):
+            try:
+                links.append(os.readlink(f"{fds}/{fd}"))
+            except FileNotFoundError:
+                pass  # closed meanwhile
+        return sum(1 for link in links if not link.startswith("socket:"))
+
+    assert devbox.cmd.exec("true").exit_code == 0  # warm up
+    before = descriptors()
+    # Few: docker records the exits of one container's execs one after the other, taking ~4 s
+    # each when a child holds the exec's output (tests/api runs 30 on the test double).
+    count = 2
+    started = [devbox.cmd.exec_async(f"sleep 120 & echo {i}") for i in range(count)]
+    for i, execution in enumerate(started):
+        result = execution.result()
+        assert (result.exit_code, result.stdout()) == (0, f"{i}\n")
+    # The pipes are closed (the grace after the exit passed) before the result is recorded:
+    # the children still hold their ends, the simulator holds none (was 2 per command).
+    assert descriptors() < before + count
 
 
 def test_send_std_in_and_close_std_in(devbox):
@@ -275,6 +281,44 @@ def test_file_errors_reach_the_sdk_as_4xx(devbox):
         devbox.file.download(path="~")
 
 
+def test_file_mounts_are_written_before_the_launch_commands(sdk):
+    devbox = sdk.devbox.create(
+        file_mounts={"notes/m.txt": "mounted ✓", "/tmp/t.txt": "tee"},
+        launch_parameters={"launch_commands": ["cat ~/notes/m.txt > ~/seen"]},
+    )
+    try:
+        assert devbox.file.read(file_path="seen") == "mounted ✓"
+        assert devbox.file.read(file_path="/tmp/t.txt") == "tee"
+        assert devbox.cmd.exec("stat -c %u ~/notes/m.txt").stdout() == devbox.cmd.exec("id -u").stdout()  # the devbox user
+    finally:
+        devbox.shutdown()
+
+
+def test_a_bad_file_mount_path_fails_the_devbox_naming_it(sdk):
+    # A parent that is a file is bad on every runtime (docker may write anywhere in its container).
+    view = sdk.api.devboxes.create(file_mounts={"f": "x", "f/g": "y"}, launch_parameters={"launch_commands": ["touch ran"]})
+    try:
+        done = sdk.api.post(
+            f"/v1/devboxes/{view.id}/wait_for_status", body={"statuses": ["failure", "running"], "timeout_seconds": 20}, cast_to=object
+        )
+        assert done["status"] == "failure" and done["failure_reason"] == "execution_failed", done
+        assert "file mount 'f/g'" in done["state_transitions"][-1]["failure_reason"], done
+    finally:
+        if sdk.api.devboxes.retrieve(view.id).status not in ("shutdown", "failure"):
+            sdk.api.devboxes.shutdown(view.id)
+
+
+def test_a_background_child_of_a_launch_command_does_not_delay_running(sdk):
+    began = time.monotonic()
+    devbox = sdk.devbox.create(launch_parameters={"launch_commands": ["sleep 60 & echo started"]})
+    try:
+        assert time.monotonic() - began < 10  # the pipes' grace (1 s), not the child's 60 s
+        assert devbox.get_info().status == "running"
+        assert "started" in [entry.message for entry in devbox.logs().logs]
+    finally:
+        devbox.shutdown()
+
+
 def test_hostile_paths_get_a_4xx_never_a_500(server, devbox):
     devbox.cmd.exec("ln -s /etc/passwd ~/passwd-link; mkdir -p ~/d; ln -s ~/d ~/dir-link; ln -s ../.. ~/up-link")
     hostile = ["../../etc/passwd", "/proc/self/environ", "~/../../root/x", "/home/user/../../etc/shadow",
@@ -292,6 +336,21 @@ def test_hostile_paths_get_a_4xx_never_a_500(server, devbox):
         # A link that stays inside the devbox's areas is followed, as a command would.
         devbox.file.write(file_path="dir-link/inside.txt", contents="through a link inside home")
         assert devbox.file.read(file_path="d/inside.txt") == "through a link inside home"
+
+
+def test_huge_files_are_refused_and_errors_show_no_host_paths(server, devbox):
+    """A devbox makes a sparse 1 GB file for free: reading it must not take the simulator's
+    memory (400 file_too_large). Error messages name devbox paths, never the host's."""
+    assert devbox.cmd.exec("truncate -s 1G ~/big && mkfifo ~/fifo").exit_code == 0
+    for call, kwargs in ((devbox.file.read, {"file_path": "big"}), (devbox.file.download, {"path": "~/big"})):
+        with pytest.raises(BadRequestError) as error:
+            call(**kwargs)
+        assert error.value.body["error_code"] == "file_too_large"
+    if server.runtime_name == "netns":  # a container's paths are the devbox's own anyway
+        with pytest.raises(BadRequestError) as error:
+            devbox.file.read(file_path="fifo")
+        message = error.value.body["message"]
+        assert "/home/user/fifo" in message and str(server.data_dir) not in message
 
 
 # --- the async SDK ------------------------------------------------------------------------

@@ -4,7 +4,6 @@ policies decide what commands inside devboxes can reach; a kill -9 leaves nothin
 from __future__ import annotations
 
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from runloop_api_client import RunloopSDK
 from netns import namespaces
 from netns.sandbox import find_orphans
 from simulator.dataplane import NS_PREFIX, instance_id
+from tests.runtime_servers import runtime_server
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.privileged
@@ -33,17 +33,9 @@ http = [80]
 
 @pytest.fixture
 def netns_server(tmp_path):
-    world = tmp_path / "world.toml"
-    world.write_text(WORLD)
-    data = tmp_path / "data"
-    args = ("--runtime", "netns", "--world", str(world), "--subnet", f"10.{secrets.randbelow(50) + 150}.0.0/16")
-    server = ServerProcess(data, *args).start()
-    try:
-        yield server, args
-    finally:
-        server.stop()
-        leftovers = namespaces.list_names(f"{NS_PREFIX}{instance_id(data)}-")
-        assert leftovers == [], f"a stopped server left namespaces: {leftovers}"
+    """(server, its arguments) on --runtime netns; it must leave no namespace behind."""
+    with runtime_server(tmp_path, "netns", WORLD, subnet_base=150) as served:
+        yield served
 
 
 def curl(devbox, url: str):

@@ -9,7 +9,9 @@ import signal
 import docker.errors
 import pytest
 
+from simulator.command_output import signal_group
 from simulator.runtime.base import RuntimeFailure
+from simulator.runtime.docker_image import SNAPSHOT_REPOSITORY
 from simulator.runtime.docker_runtime import DEVBOX_LABEL, INSTANCE_LABEL, DockerRuntime
 from tests.dataplane.conftest import make_policy
 
@@ -24,14 +26,15 @@ def test_container_is_labelled_networkless_and_plumbed_onto_the_data_plane(docke
     assert info["Config"]["Labels"][INSTANCE_LABEL] == dataplane.config.instance
     assert info["Config"]["Labels"][DEVBOX_LABEL] == box
     assert info["HostConfig"]["NetworkMode"] == "none"
-    assert set(info["HostConfig"]["CapDrop"]) == {"NET_ADMIN", "NET_RAW"}
+    assert set(info["HostConfig"]["CapDrop"]) == {"ALL"}
+    assert info["HostConfig"]["PidsLimit"] == 1024 and info["HostConfig"]["Memory"] == 2 * 1024**3
     address = dataplane.attached(box).address
     out = boxes.sh(box, "ip -4 addr show eth0; cat /etc/resolv.conf; grep CapEff /proc/self/status; pwd; echo $HOME")
     assert out.returncode == 0, out.stderr
     assert f"inet {address.ip}/16" in out.stdout
     assert f"nameserver {dataplane.gateway}" in out.stdout
     cap_eff = int(next(l for l in out.stdout.splitlines() if l.startswith("CapEff")).split()[1], 16)
-    assert not cap_eff & (1 << CAP_NET_ADMIN) and not cap_eff & (1 << CAP_NET_RAW)
+    assert cap_eff == 0  # root in the container, but without a single capability
     assert out.stdout.splitlines()[-2:] == ["/home/user", "/home/user"]
     # Real outcomes of the policy and of the dropped capabilities, from inside.
     assert "192.0.2.10" in boxes.sh(box, "nslookup github.com").stdout
@@ -58,7 +61,12 @@ def test_exec_is_popen_like(docker_plane, boxes):
     assert proc.wait(5) == 0
     assert proc.stdout.readline() == b"started\n"
     missing = runtime.exec(box, "exit 0", cwd="/no/such/dir")
-    assert missing.wait(10) != 0
+    # It never started (pid 0): its exit is known at once, and nothing signals pid 0 (which
+    # would kill this process's own group).
+    assert missing.returncode is not None and missing.returncode != 0 and missing.wait(10) != 0
+    assert missing.pid > 0 or not signal_group(missing, signal.SIGKILL)
+    missing.kill()
+    missing.send_signal(signal.SIGINT)
 
 
 def test_files_read_write_and_errors(docker_plane, boxes):
@@ -122,6 +130,43 @@ def test_snapshot_disk_restores_files_into_a_new_devbox(docker_plane, boxes, doc
         runtime.delete_disk(runtime.image)  # never an image it did not make
 
 
+def test_snapshot_size_and_removing_unreferenced_snapshot_images(docker_plane, boxes, docker_client):
+    """``disk_size`` is the committed image's Size; ``remove_unreferenced_disks`` removes this
+    instance's snapshot images nothing references, never another instance's or other images."""
+    dataplane, runtime = docker_plane
+    box = boxes.create(None)
+    tag = f"snp_size{os.getpid():x}"
+    disks = [runtime.snapshot_disk(box, tag + "a")]
+    other = docker_client.api.create_container(
+        runtime.image, command=["true"], labels={INSTANCE_LABEL: "other-instance"},
+        host_config=docker_client.api.create_host_config(network_mode="none"))["Id"]
+    foreign = f"{SNAPSHOT_REPOSITORY}:{tag}other"
+    try:
+        docker_client.api.commit(other, repository=SNAPSHOT_REPOSITORY, tag=f"{tag}other")
+        assert boxes.sh(box, "head -c 300000 /dev/urandom > data.bin").returncode == 0
+        disks.append(runtime.snapshot_disk(box, tag + "b"))
+        before, after = disks
+        labels = docker_client.api.inspect_image(after)["Config"]["Labels"]
+        assert labels[INSTANCE_LABEL] == dataplane.config.instance  # a commit keeps the container's labels
+        assert runtime.disk_size(before) == docker_client.api.inspect_image(before)["Size"] > 0
+        assert 300_000 <= runtime.disk_size(after) - runtime.disk_size(before) < 400_000
+        removed = runtime.remove_unreferenced_disks({after})
+        assert before in removed and after not in removed and foreign not in removed
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(before)
+        for kept in (after, foreign, runtime.image):
+            docker_client.images.get(kept)
+        assert runtime.remove_unreferenced_disks({after}) == []
+    finally:
+        for disk in disks:
+            runtime.delete_disk(disk)
+        docker_client.api.remove_container(other, force=True)
+        try:
+            docker_client.api.remove_image(foreign, force=True)
+        except docker.errors.NotFound:
+            pass
+
+
 def test_shutdown_removes_the_container_and_its_port(docker_plane, boxes, docker_client):
     dataplane, runtime = docker_plane
     box = boxes.create(make_policy())
@@ -176,8 +221,6 @@ def test_unknown_image_is_refused_not_pulled(docker_plane, docker_client):
 
 
 def test_an_images_own_entrypoint_never_replaces_the_devbox(docker_plane, boxes):
-    from simulator.runtime.docker_image import SNAPSHOT_REPOSITORY
-
     runtime = docker_plane[1]
     source = boxes.create(None)
     tag = f"entrypoint{os.getpid():x}"

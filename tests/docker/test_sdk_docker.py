@@ -5,7 +5,6 @@ containers that the next start removes; a stopped server leaves nothing."""
 
 from __future__ import annotations
 
-import secrets
 import signal
 
 import pytest
@@ -16,6 +15,7 @@ from simulator.dataplane import NS_PREFIX, instance_id
 from simulator.runtime.docker_runtime import INSTANCE_LABEL
 from tests.dataplane.test_sdk_netns import WORLD
 from tests.docker.conftest import check_server_left_nothing, require_docker
+from tests.runtime_servers import runtime_server
 from tests.server import ServerProcess
 
 pytestmark = pytest.mark.privileged
@@ -27,16 +27,10 @@ def _containers(client, data_dir) -> list[dict]:
 
 @pytest.fixture
 def docker_server(tmp_path, docker_client):
-    world = tmp_path / "world.toml"
-    world.write_text(WORLD)
-    data = tmp_path / "data"
-    args = ("--runtime", "docker", "--world", str(world), "--subnet", f"10.{secrets.randbelow(50) + 100}.0.0/16")
-    server = ServerProcess(data, *args).start()
-    try:
-        yield server, args
-    finally:
-        server.stop()
-        check_server_left_nothing(docker_client, data)
+    """(server, its arguments) on --runtime docker and the default image; it must leave no
+    namespace, container or image behind."""
+    with runtime_server(tmp_path, "docker", WORLD, subnet_base=100) as served:
+        yield served
 
 
 def wget(devbox, url: str):

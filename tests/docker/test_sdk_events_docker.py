@@ -5,13 +5,10 @@ connections exactly as a netns devbox's."""
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
 from tests.dataplane import test_sdk_netns as netns_suite
-from tests.docker.conftest import check_server_left_nothing
-from tests.server import ServerProcess
+from tests.runtime_servers import docker_test_image, runtime_server
 
 pytestmark = pytest.mark.privileged
 test_network_events_show_what_a_devbox_tried = netns_suite.test_network_events_show_what_a_devbox_tried
@@ -19,19 +16,8 @@ test_events_cli_table_and_follow = netns_suite.test_events_cli_table_and_follow
 
 
 @pytest.fixture
-def netns_server(tmp_path, docker_client):
+def netns_server(tmp_path):
     """The fixture those tests ask for by name; here a server on ``--runtime docker`` with the
     test image (curl)."""
-    from tests.docker.images import python_image
-
-    world = tmp_path / "world.toml"
-    world.write_text(netns_suite.WORLD)
-    data = tmp_path / "data"
-    args = ("--runtime", "docker", "--image", python_image(docker_client), "--world", str(world),
-            "--subnet", f"10.{secrets.randbelow(50) + 200}.0.0/16")
-    server = ServerProcess(data, *args).start()
-    try:
-        yield server, args
-    finally:
-        server.stop()
-        check_server_left_nothing(docker_client, data)
+    with runtime_server(tmp_path, "docker", netns_suite.WORLD, subnet_base=200, image=docker_test_image()) as served:
+        yield served

@@ -7,15 +7,13 @@ over as they are (new ones too) with a ``server`` on ``--runtime docker`` and th
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 from runloop_api_client import BadRequestError, NotFoundError
 
 from tests.dataplane import test_sdk_lifecycle as lifecycle
 from tests.dataplane.test_sdk_lifecycle import devbox, sdk  # noqa: F401 (fixtures, resolved against our server)
-from tests.docker.conftest import adopt_tests, check_server_left_nothing, require_docker
-from tests.server import ServerProcess
+from tests.docker.conftest import adopt_tests
+from tests.runtime_servers import docker_test_image, runtime_server
 
 pytestmark = pytest.mark.privileged
 # netns devboxes see only their home and /tmp; a container's whole file system is its own.
@@ -25,28 +23,9 @@ globals().update(adopt_tests(lifecycle, skip=REPLACED))
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    require_docker()
-    from simulator.runtime.docker_runtime import docker_client
-    from tests.docker.images import python_image
-
-    client = docker_client()
     tmp = tmp_path_factory.mktemp("lifecycle-docker")
-    data = tmp / "data"
-    world = tmp / "world.toml"
-    world.write_text(lifecycle.WORLD)
-    subnet = f"10.{secrets.randbelow(50) + 100}.0.0/16"
-    proc = ServerProcess(data, "--runtime", "docker", "--image", python_image(client), "--world", str(world),
-                         "--subnet", subnet)
-    proc.start()
-    proc.runtime_name = "docker"
-    try:
+    with runtime_server(tmp, "docker", lifecycle.WORLD, subnet_base=100, image=docker_test_image()) as (proc, _):
         yield proc
-    finally:
-        proc.stop()
-        try:
-            check_server_left_nothing(client, data)
-        finally:
-            client.close()
 
 
 def test_file_errors_reach_the_sdk_as_4xx_on_docker(devbox):  # noqa: F811

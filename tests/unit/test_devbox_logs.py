@@ -1,8 +1,11 @@
-"""LineLog: a command's output as log lines, split on newlines whatever the pieces."""
+"""LineLog: a command's output as log lines, split on newlines whatever the pieces; the
+store's retention: the newest lines per devbox."""
 
 from __future__ import annotations
 
-from simulator.devbox_logs import MAX_LINE_CHARS, LineLog
+from simulator import devbox_logs
+from simulator.db import Database
+from simulator.devbox_logs import MAX_LINE_CHARS, LineLog, LogEntry
 
 
 def test_log_lines_split_on_newlines_across_pieces_and_cut_long_lines():
@@ -18,3 +21,51 @@ def test_log_lines_split_on_newlines_across_pieces_and_cut_long_lines():
         ("info", "one"), ("info", "two"), ("info", "x" * MAX_LINE_CHARS + "..."), ("info", "last"), ("error", "err")
     ]
     assert {e.execution_id for e in entries} == {"exn_1"} and entries[-1].exit_code == 0
+
+
+def _batch(start: int, count: int, execution_id: str | None = None) -> list[LogEntry]:
+    return [LogEntry("info", "exec", 1, "cmd", execution_id, None, f"line {n}") for n in range(start, start + count)]
+
+
+def test_each_devbox_keeps_its_newest_lines_and_the_store_stays_bounded(monkeypatch):
+    monkeypatch.setattr(devbox_logs, "MAX_LINES_PER_DEVBOX", 100)
+    monkeypatch.setattr(devbox_logs, "PRUNE_SLACK", 10)
+    db = Database(":memory:")
+    with db.transaction() as conn:
+        devbox_logs.insert(conn, "acct", "dbx_quiet", _batch(0, 5))
+        devbox_logs.insert(conn, "other", "dbx_chatty", _batch(0, 3))  # same id, another account
+        for start in range(0, 1000, 30):
+            devbox_logs.insert(conn, "acct", "dbx_chatty", _batch(start, 30, execution_id=f"exn_{start}"))
+            stored = conn.execute("SELECT COUNT(*) FROM devbox_logs WHERE devbox_id = 'dbx_chatty' AND account = 'acct'")
+            assert stored.fetchone()[0] <= 110  # cap + slack, whatever the devbox prints
+        devbox_logs.insert(conn, "acct", "dbx_chatty", [])
+    with db.read() as conn:
+        chatty = devbox_logs.list_for(conn, "acct", "dbx_chatty", None)
+        assert [e.message for e in chatty] == [f"line {n}" for n in range(920, 1020)]  # the newest 100, in order
+        assert [e.message for e in devbox_logs.list_for(conn, "acct", "dbx_chatty", "exn_990")] == [
+            f"line {n}" for n in range(990, 1020)
+        ]
+        assert devbox_logs.list_for(conn, "acct", "dbx_chatty", "exn_0") == []  # pruned
+        assert len(devbox_logs.list_for(conn, "acct", "dbx_quiet", None)) == 5  # other devboxes keep theirs
+        assert len(devbox_logs.list_for(conn, "other", "dbx_chatty", None)) == 3
+
+
+def test_the_migration_counts_the_lines_an_older_store_already_has(tmp_path, monkeypatch):
+    from simulator import db as db_module
+
+    path = tmp_path / "old.db"
+    all_migrations = db_module.MIGRATIONS
+    monkeypatch.setattr(db_module, "MIGRATIONS", all_migrations[:4])  # before retention
+    old = Database(path)
+    with old.transaction() as conn:  # as that version wrote them
+        conn.executemany(
+            "INSERT INTO devbox_logs (account, devbox_id, level, source, timestamp_ms, message) VALUES (?, ?, ?, ?, ?, ?)",
+            [("acct", "dbx_old", "info", "exec", 1, f"line {n}") for n in range(7)],
+        )
+    old.close()
+    monkeypatch.setattr(db_module, "MIGRATIONS", all_migrations)
+    new = Database(path)
+    with new.read() as conn:
+        row = conn.execute("SELECT lines FROM devbox_log_counts WHERE account = 'acct' AND devbox_id = 'dbx_old'")
+        assert row.fetchone()[0] == 7
+    new.close()

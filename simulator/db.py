@@ -7,11 +7,14 @@ per-account quota) cannot interleave with another writer.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Append only: each entry moves the schema one version forward (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -162,14 +165,62 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# Commits between two WAL checkpoints (see _Checkpointer).
+CHECKPOINT_EVERY = 200
+
+
+class _Checkpointer:
+    """Checkpoints the WAL from a thread of its own. SQLite's automatic checkpoint runs inside
+    the commit that crosses 1,000 pages, fsyncs included: every ~1,000th write stalled about
+    10 ms (measured), which was a policy create's p99. A PASSIVE checkpoint on another
+    connection blocks neither writers nor readers. Started on first use; no periodic wake-ups."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self._due = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+            self._thread.start()
+        self._due.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.exception("checkpointing %s", self._path)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._due.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
 class Database:
     def __init__(self, path: Path | str):
         self.path = str(path)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
+        self._commits = 0
+        self._checkpointer: _Checkpointer | None = None
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")  # _Checkpointer does it
+            self._checkpointer = _Checkpointer(self.path)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -200,8 +251,13 @@ class Database:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            self._commits += 1
+            if self._checkpointer is not None and self._commits % CHECKPOINT_EVERY == 0:
+                self._checkpointer.request()
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._conn.close()
 

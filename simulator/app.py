@@ -73,6 +73,9 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         # Inside the update transaction: enforcement fails -> the stored update rolls back.
         policies.add_update_hook(dataplane.policy_updated)
     devboxes = DevboxService(db, policies, runtime, Watch())
+    lost_hook = getattr(runtime, "set_lost_hook", None)  # runtimes that can see a devbox die
+    if lost_hook is not None:
+        lost_hook(devboxes.runtime_lost)
     snapshots = SnapshotService(db, devboxes)
     blueprints = BlueprintService(db, policies, devboxes)
     devboxes.set_origins(DevboxOrigins(blueprints, snapshots))

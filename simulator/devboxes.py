@@ -455,6 +455,14 @@ class DevboxService:
         except Exception:
             log.exception("could not store %d log entries of devbox %s", len(entries), devbox.id)
 
+    def runtime_lost(self, devbox_id: str, detail: str) -> None:
+        """The runtime saw a devbox die on its own (e.g. its container's main process was
+        killed from inside): it becomes ``failure`` and is released. Any thread."""
+        with self.db.read() as conn:
+            devbox = next((d for d in devbox_store.all_active(conn) if d.id == devbox_id), None)
+        if devbox is not None:
+            self._fail(devbox, "health_check_failed", detail)
+
     def _fail(self, devbox: Devbox, reason: str, detail: str) -> None:
         moved = self._move(devbox, lifecycle.FAILURE, failure_reason=reason, detail=detail)
         if moved is not None:  # else it was shut down meanwhile (which is what killed it)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from simulator.addresses import Address
@@ -92,6 +93,7 @@ class DockerRuntime:
         self.api = self.client.api
         self._devboxes: dict[str, _Container] = {}
         self._lock = threading.Lock()
+        self._events = None  # the daemon's event stream, once set_lost_hook() watches it
         try:
             removed = self.remove_orphans()
             if removed:
@@ -166,8 +168,32 @@ class DockerRuntime:
         self._remove(container.id)
         self.dataplane.release(container.address)
 
+    def set_lost_hook(self, hook: Callable[[str, str], None]) -> None:
+        """Call ``hook(devbox_id, detail)`` when a devbox's container exits on its own (its
+        keep-alive process killed from inside, say): the API must not go on showing it running.
+        Watches the daemon's ``die`` events of this instance's containers on a thread."""
+        self._events = self.client.events(
+            decode=True, filters={"type": "container", "event": "die", "label": f"{INSTANCE_LABEL}={self.instance}"}
+        )
+
+        def watch() -> None:
+            try:
+                for event in self._events:
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    devbox_id = attributes.get(DEVBOX_LABEL)
+                    with self._lock:
+                        ours = devbox_id in self._devboxes  # shutdown() forgets it before removing
+                    if ours:
+                        hook(devbox_id, f"the devbox's container exited (code {attributes.get('exitCode', '?')})")
+            except Exception:  # the stream closed (close()) or the daemon went away
+                log.debug("docker events stream ended", exc_info=True)
+
+        threading.Thread(target=watch, name="docker-events", daemon=True).start()
+
     def close(self) -> None:
         """Shut every devbox down and take the data plane with it (devboxes lose egress)."""
+        if self._events is not None:
+            self._events.close()
         for devbox_id in list(self.alive_ids()):
             self.shutdown(devbox_id)
         self.dataplane.stop()

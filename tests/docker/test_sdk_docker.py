@@ -131,3 +131,24 @@ def test_auto_takes_docker_when_a_daemon_answers():
 
     assert choose_runtime("auto") == "docker"
     assert choose_runtime("netns") == "netns"
+
+
+def test_a_container_that_dies_on_its_own_fails_its_devbox(docker_server, docker_client):
+    """Root in the container can kill its keep-alive process: the container exits, and the
+    API must say so (failure, released) instead of showing it running."""
+    import time
+
+    server, _ = docker_server
+    sdk = RunloopSDK(bearer_token="docker-dies", base_url=server.url, max_retries=0)
+    devbox = sdk.devbox.create()
+    # The keep-alive shell is the only child of docker's init (execs are not its children).
+    devbox.cmd.exec_async("kill -9 $(cat /proc/1/task/1/children)")
+    deadline = time.monotonic() + 20
+    while (info := sdk.api.devboxes.retrieve(devbox.id)).status != "failure":
+        assert time.monotonic() < deadline, f"still {info.status}"
+        time.sleep(0.05)  # bounded poll: the daemon's die event arrives asynchronously
+    assert "container exited" in (info.state_transitions[-1].failure_reason or "")
+    deadline = time.monotonic() + 10
+    while _containers(docker_client, server.data_dir):
+        assert time.monotonic() < deadline, "the dead devbox's container was not removed"
+        time.sleep(0.05)  # bounded poll: released on the events thread

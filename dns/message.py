@@ -33,18 +33,20 @@ CLASSIC_UDP_LIMIT = 512
 MAX_UDP_LIMIT = 4096
 
 
+# dnslib's QTYPE[x] / RCODE[x] go through a Bimap with attribute magic; the resolver
+# names the type and rcode of every query, so plain dicts are built once.
+_QTYPE_NAMES: dict[int, str] = dict(QTYPE.forward)
+_RCODE_NAMES: dict[int, str] = dict(RCODE.forward)
+
+
 def qtype_name(qtype: int) -> str:
-    try:
-        return QTYPE[qtype]
-    except Exception:  # dnslib raises its own error type for unknown codes
-        return f"TYPE{qtype}"
+    name = _QTYPE_NAMES.get(qtype)
+    return name if name is not None else f"TYPE{qtype}"
 
 
 def rcode_name(rcode: int) -> str:
-    try:
-        return RCODE[rcode]
-    except Exception:
-        return f"RCODE{rcode}"
+    name = _RCODE_NAMES.get(rcode)
+    return name if name is not None else f"RCODE{rcode}"
 
 
 def question(request: DNSRecord) -> DNSQuestion | None:

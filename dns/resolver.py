@@ -33,6 +33,7 @@ Two ways in, one policy:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -290,93 +291,91 @@ class Resolver:
     def resolve_wire(self, client_ip: str, data: bytes, tcp: bool = False) -> bytes | None:
         """The reply to query ``data`` in wire form, or None - with no callback called - to
         say "use ``resolve``". Over UDP a reply larger than the client accepts (512 bytes,
-        or its EDNS0 size) is truncated with TC set, as DnsServer does on the general path."""
+        or its EDNS0 size) is truncated with TC set, as DnsServer does on the general path.
+
+        This runs for every query a devbox sends, so it is written for the interpreter:
+        the decision comes back as a plain tuple (see ``_decide_wire``), and the QueryEvent
+        is only built when someone listens."""
         q = wire.parse_query(data)
         if q is None:
             return None
         max_size = 65535 if tcp else q.udp_limit
-        arrived = self._wall_clock()
-        qtype = qtype_name(q.qtype)
-        base = dict(client_ip=client_ip, qname=q.name, qtype=qtype, time=arrived)
+        on_query = self._on_query
+        arrived = self._wall_clock() if on_query is not None else 0.0
         try:
-            out, event = self._decide_wire(client_ip, data, q, base, max_size)
+            out, outcome = self._decide_wire(client_ip, data, q, max_size)
         except Exception as exc:  # as in resolve: one SERVFAIL, never a dead thread
-            log.exception("resolver failed for %s %s from %s", q.name, qtype, client_ip)
+            log.exception("resolver failed for %s %s from %s", q.name, qtype_name(q.qtype), client_ip)
             out = wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size)
-            event = QueryEvent(
-                **base, verdict="error", reason="internal_error", error=repr(exc), rcode="SERVFAIL"
-            )
-        self._emit(event)
+            outcome = ("error", "internal_error", None, (), None, RCODE.SERVFAIL, repr(exc))
+        if on_query is not None:
+            self._emit(_wire_event(client_ip, q, arrived, outcome))
         return out
 
-    def _decide_wire(self, client_ip, data, q: wire.Query, base, max_size) -> tuple[bytes, QueryEvent]:
-        # Same order as _decide; the request is already known to be a plain QUERY.
+    def _decide_wire(self, client_ip, data, q: wire.Query, max_size):
+        """(reply bytes, outcome). Same order as _decide; the request is already known to be a
+        plain QUERY. The outcome is (verdict, reason, matched pattern, [(address, ttl)],
+        ttl, rcode, error) - or, for a local answer, the QueryEvent itself."""
         view = self._clients(client_ip)
         if view is None:
-            return wire.empty_reply(data, q, RCODE.REFUSED, max_size=max_size), QueryEvent(
-                **base, verdict="denied", reason="unknown_client", rcode="REFUSED"
-            )
+            return wire.empty_reply(data, q, RCODE.REFUSED, max_size=max_size), (
+                "denied", "unknown_client", None, (), None, RCODE.REFUSED, None)
 
         if view.local_answer is not None:
-            local = view.local_answer(q.name, base["qtype"])
+            qtype = qtype_name(q.qtype)
+            local = view.local_answer(q.name, qtype)
             if local is not None:
                 # Rare and built from text: the dnslib way, then packed.
                 request = DNSRecord.parse(data)
+                base = dict(client_ip=client_ip, qname=q.name, qtype=qtype, time=0.0)
                 reply, event = self._local(client_ip, request, request.q, view, local, base)
                 return _fit(with_edns(request, reply), max_size), event
 
         if view.allow_all:
             reason, pattern = "allow_all", None
         elif view.matcher is None or len(view.matcher) == 0:
-            return self._deny_wire(data, q, "deny_all", base, max_size)
+            return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), (
+                "denied", "deny_all", None, (), None, RCODE.NXDOMAIN, None)
         else:
             pattern = view.matcher.match(q.name)
             if pattern is None:
-                return self._deny_wire(data, q, "no_matching_pattern", base, max_size)
+                return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), (
+                    "denied", "no_matching_pattern", None, (), None, RCODE.NXDOMAIN, None)
             reason = "pattern"
-        allowed = dict(base, verdict="allowed", reason=reason, matched_pattern=pattern)
 
         if q.qtype == QTYPE.AAAA and not view.ipv6:
-            return wire.empty_reply(data, q, RCODE.NOERROR, max_size=max_size), QueryEvent(**allowed)
+            return wire.empty_reply(data, q, RCODE.NOERROR, max_size=max_size), (
+                "allowed", reason, pattern, (), None, RCODE.NOERROR, None)
 
         try:
             rcode, section, found, ttl = self._lookup_wire(q)
         except _Failure as failure:
-            return self._servfail_wire(data, q, allowed, failure.reason, failure.error, max_size)
+            return wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size), (
+                "error", failure.reason, pattern, (), None, RCODE.SERVFAIL, failure.error)
 
         if found and self._on_answer is not None:
             try:
                 self._on_answer(client_ip, q.name, found)
             except Exception as exc:
                 log.warning("on_answer failed for %s from %s: %r", q.name, client_ip, exc)
-                return self._servfail_wire(data, q, allowed, "on_answer_failed", repr(exc), max_size)
-        out = wire.reply(data, q, rcode, section.data if section else b"",
-                         section.count if section else 0, max_size=max_size)
-        event = QueryEvent(
-            **allowed, addresses=[address for address, _ttl in found], ttl=ttl, rcode=rcode_name(rcode)
-        )
-        return out, event
-
-    def _deny_wire(self, data, q, reason, base, max_size):
-        return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), QueryEvent(
-            **base, verdict="denied", reason=reason, rcode="NXDOMAIN"
-        )
-
-    def _servfail_wire(self, data, q, fields, reason, error, max_size):
-        fields = dict(fields, verdict="error", reason=reason, error=error, rcode="SERVFAIL")
-        return wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size), QueryEvent(**fields)
+                return wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size), (
+                    "error", "on_answer_failed", pattern, (), None, RCODE.SERVFAIL, repr(exc))
+        if section is None:
+            out = wire.reply(data, q, rcode, max_size=max_size)
+        else:
+            out = wire.reply(data, q, rcode, section.data, section.count, max_size=max_size)
+        return out, ("allowed", reason, pattern, found, ttl, rcode, None)
 
     def _lookup_wire(self, q: wire.Query):
         """(rcode, section or None, [(address, ttl)], smallest TTL) for an allowed name."""
-        name_len = len(q.name_wire)
         hit = self.cache.lookup(q.name, q.qtype)
-        if hit is not None and hit[0].name_len == name_len:
+        if hit is not None and hit[0].name_len == len(q.name_wire):
             section, elapsed = hit
             data, found, ttl = section.aged(elapsed)
             return RCODE.NOERROR, _Spliced(data, section.count), found, ttl
         rcode, section = self._chase_wire(q)
         if section is None:
-            return rcode, None, [], None
+            return rcode, None, (), None
         if rcode == RCODE.NOERROR:
             self.cache.put_section(q.name, q.qtype, section)
         return rcode, section, section.found(), section.min_ttl
@@ -391,6 +390,12 @@ class Resolver:
                 raw, qsection = query_wire(q.name_wire, q.qtype)
             except UpstreamError as exc:
                 raise _Failure("upstream_error", str(exc)) from exc
+            got = wire.read_address_answers(raw, qsection, q.qtype)
+            if got is not None:
+                rcode, section = got
+                if rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+                    raise _Failure("upstream_error", f"upstream answered {rcode_name(rcode)}")
+                return rcode, section
             got = wire.read_answers(raw, qsection)
             if got is not None:
                 rcode, records, data, offsets = got
@@ -470,6 +475,18 @@ def _whole_chain(records, qname: str, qtype: int) -> bool:
         i += 1
     # No records at all (NODATA / NXDOMAIN) ends the chase; CNAMEs only need another round.
     return n == 0
+
+
+def _wire_event(client_ip: str, q: wire.Query, arrived: float, outcome) -> QueryEvent:
+    """The QueryEvent for ``_decide_wire``'s outcome."""
+    if isinstance(outcome, QueryEvent):
+        return dataclasses.replace(outcome, time=arrived)
+    verdict, reason, pattern, found, ttl, rcode, error = outcome
+    return QueryEvent(
+        client_ip=client_ip, qname=q.name, qtype=qtype_name(q.qtype), verdict=verdict, reason=reason,
+        matched_pattern=pattern, addresses=[address for address, _ttl in found], ttl=ttl, error=error,
+        time=arrived, rcode=rcode_name(rcode),
+    )
 
 
 def _fit(reply: DNSRecord, max_size: int) -> bytes:

@@ -37,7 +37,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from dnslib import RCODE, DNSRecord
 
@@ -103,24 +102,47 @@ def bind_udp_tcp(host: str, port: int = 0, *, attempts: int = 16) -> tuple[socke
     raise last_error
 
 
-@dataclass
 class ServerStats:
-    """Counters for observability and tests."""
+    """Counters for observability and tests, read as attributes (``stats.answered``).
 
-    udp_received: int = 0
-    udp_dropped_overload: int = 0
-    udp_truncated: int = 0
-    malformed: int = 0
-    tcp_accepted: int = 0
-    tcp_rejected: int = 0
-    answered: int = 0
-    handler_errors: int = 0
-    # `+=` on an attribute is not atomic across threads; one uncontended lock is cheap.
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    ``incr`` takes a lock: `+=` on a shared attribute is not atomic across threads. The UDP
+    readers count every query, so each has a shard of its own instead (a list only that
+    thread writes); reading a counter adds the shards in.
+    """
+
+    COUNTERS = ("udp_received", "udp_dropped_overload", "udp_truncated", "malformed",
+                "tcp_accepted", "tcp_rejected", "answered", "handler_errors")
+    # Index of each counter in a reader's shard.
+    SHARD = ("udp_received", "udp_truncated", "answered")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.COUNTERS, 0)
+        self._shards: list[list[int]] = []
 
     def incr(self, counter: str) -> None:
         with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            self._counts[counter] += 1
+
+    def shard(self) -> list[int]:
+        """A fresh [udp_received, udp_truncated, answered] for one thread to count in."""
+        shard = [0] * len(self.SHARD)
+        with self._lock:
+            self._shards.append(shard)
+        return shard
+
+    def __getattr__(self, name: str) -> int:
+        counts = self.__dict__.get("_counts")
+        if counts is None or name not in counts:
+            raise AttributeError(name)
+        total = counts[name]
+        if name in self.SHARD:
+            index = self.SHARD.index(name)
+            total += sum(shard[index] for shard in self._shards)
+        return total
+
+    def __repr__(self) -> str:
+        return "ServerStats(" + ", ".join(f"{name}={getattr(self, name)}" for name in self.COUNTERS) + ")"
 
 
 class DnsServer:
@@ -338,10 +360,12 @@ class DnsServer:
         """Wire-handler mode: receive, answer, send - all on this thread."""
         resolve_wire = self._wire
         stopping = self._stopping
-        stats = self.stats
+        counts = self.stats.shard()  # [received, truncated, answered]
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
         while True:
             try:
-                data, addr = sock.recvfrom(65535)
+                data, addr = recvfrom(65535)
             except OSError:
                 if stopping.is_set():
                     return
@@ -349,19 +373,19 @@ class DnsServer:
                 continue
             if stopping.is_set():
                 return
-            stats.incr("udp_received")
+            counts[0] += 1
             try:
                 wire = resolve_wire(addr[0], data)
                 if wire is None:
                     self._answer_udp(sock, data, addr)
                     continue
                 if wire[2] & 0x02:
-                    stats.incr("udp_truncated")
+                    counts[1] += 1
                 try:
-                    sock.sendto(wire, addr)
+                    sendto(wire, addr)
                 except OSError:
                     continue  # socket full or closed by stop(): UDP clients retry
-                stats.incr("answered")
+                counts[2] += 1
             except Exception:
                 log.exception("%s: failed to answer %s", self._name, addr)
 

@@ -10,9 +10,10 @@ is the cheap part of spoofing resistance. The caller's ID is restored on the rep
 
 from __future__ import annotations
 
+import array
 import ipaddress
 import math
-import secrets
+import os
 import socket
 import struct
 import time
@@ -36,6 +37,28 @@ class UpstreamError(Exception):
 
 def _family(host: str) -> int:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+class _QueryIds:
+    """Random 16-bit query IDs from the OS CSPRNG, fetched 1,024 at a time.
+
+    One getrandom() call per thousand queries instead of one (plus secrets' Python
+    machinery, ~3 us) per query. ``next`` on an array iterator runs under the GIL, so
+    threads never get the same ID from one batch; two threads refilling at once just
+    each start a fresh batch.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self):
+        self._ids = iter(())
+
+    def __call__(self) -> int:
+        try:
+            return next(self._ids)
+        except StopIteration:
+            self._ids = iter(array.array("H", os.urandom(2048)))
+            return next(self._ids)
 
 
 class _Conn:
@@ -103,6 +126,7 @@ class Upstream:
         self.timeout = timeout
         self._socket_factory = socket_factory
         self._max_idle = max_idle_sockets
+        self._next_id = _QueryIds()
         # list.append/pop are atomic: no lock needed for the idle pools.
         self._idle: dict[tuple[str, int], list[_Conn]] = {server: [] for server in self.servers}
 
@@ -123,7 +147,7 @@ class Upstream:
         q = question(request)
         if q is None:
             raise UpstreamError("query must have exactly one question")
-        qid = secrets.randbelow(0x10000)
+        qid = self._next_id()
         wire = struct.pack("!H", qid) + request.pack()[2:]  # a renumbered copy
 
         def accept(data: bytes):
@@ -140,7 +164,7 @@ class Upstream:
         checks as in ``query`` (our ID, QR, our question); the hot path reads it with
         ``wire.read_answers``, anything else with dnslib.
         """
-        qid = secrets.randbelow(0x10000)
+        qid = self._next_id()
         qsection = name_wire + struct.pack("!HH", qtype, 1)
         wire = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qsection
         head = struct.pack("!H", qid)

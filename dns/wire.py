@@ -48,6 +48,7 @@ MAX_UDP_LIMIT = 4096
 # Host-name characters: with only these in a label, "." joins labels unambiguously and
 # dnslib's text form of the name is the same string (no escapes).
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_NAME_BYTES_DOT = _NAME_BYTES + b"."
 _MAX_POINTERS = 32
 
 
@@ -76,23 +77,35 @@ def parse_query(data: bytes) -> Query | None:
     # QR=0, OPCODE=QUERY, exactly one question, nothing but (at most) one OPT record.
     if flags & 0xF800 or qd != 1 or an or ns or ar > 1:
         return None
+    # Walk the labels by their length bytes; in a copy of the name (first length byte
+    # left out) every later length byte becomes a dot, so one translate() checks every
+    # character and the copy is the text form. Cheaper than a slice per label: this runs
+    # for every query.
+    length = data[12]
+    if not length or length > 63:
+        return None
+    text = bytearray(data[13 : 13 + 255])
     pos = 12
-    labels = []
+    dots = 0
     while True:
+        pos += 1 + length
         if pos >= n:
             return None
         length = data[pos]
-        if length == 0:
-            pos += 1
+        if not length:
             break
-        if length > 63:  # compression pointer or reserved label type
+        if length > 63 or pos > 266:  # a compression pointer, or a name over 255 bytes
             return None
-        label = data[pos + 1 : pos + 1 + length]
-        if len(label) != length or label.translate(None, _NAME_BYTES):
-            return None
-        labels.append(label)
-        pos += 1 + length
-    if not labels or pos - 12 > 255 or pos + 4 > n:
+        text[pos - 13] = 46  # "."
+        dots += 1
+    if pos > 266:
+        return None
+    del text[pos - 13 :]
+    # Only name characters and our dots: a "." inside a label would make the text ambiguous.
+    if text.translate(None, _NAME_BYTES_DOT) or text.count(46) != dots:
+        return None
+    pos += 1
+    if pos + 4 > n:
         return None
     qtype, qclass = _TYPE_CLASS.unpack_from(data, pos)
     if qclass != CLASS_IN:
@@ -110,8 +123,7 @@ def parse_query(data: bytes) -> Query | None:
         limit, edns = max(CLASSIC_UDP_LIMIT, min(rclass, MAX_UDP_LIMIT)), True
     if pos != n:
         return None
-    name = b".".join(labels).decode("ascii").lower()
-    return Query(qid, flags, name, data[12 : qend - 4].lower(), qtype, qend, limit, edns)
+    return Query(qid, flags, text.decode("ascii").lower(), data[12 : qend - 4].lower(), qtype, qend, limit, edns)
 
 
 def reply(data: bytes, q: Query, rcode: int, section: bytes = b"", count: int = 0, *,
@@ -231,6 +243,47 @@ def read_answers(data: bytes, question: bytes):
         records.append(Record(owner, rtype, ttl, value))
         pos = rdata + rdlength
     return flags & 0xF, records, data[start:pos], offsets
+
+
+_TTL_RDLENGTH = struct.Struct("!IH")
+# Owner = a pointer to the question name (offset 12), then type and class IN.
+_OWNER_TYPE_IN = {TYPE_A: b"\xc0\x0c\x00\x01\x00\x01", TYPE_AAAA: b"\xc0\x0c\x00\x1c\x00\x01"}
+_RDLENGTH = {TYPE_A: 4, TYPE_AAAA: 16}
+
+
+def read_address_answers(data: bytes, question: bytes, qtype: int):
+    """``read_answers`` for the usual reply to an A or AAAA question: every answer record
+    is of that type and owned by the question name, written as a pointer to it. Then the
+    records are the whole chain and no name has to be read. Returns (rcode, Section or None
+    when there are no records); None for any other reply (use ``read_answers``)."""
+    prefix = _OWNER_TYPE_IN.get(qtype)
+    if prefix is None or len(data) < 12:
+        return None
+    _id, flags, qd, an, _ns, _ar = HEADER.unpack_from(data)
+    start = 12 + len(question)
+    if qd != 1 or flags & FLAG_TC or data[12:start].lower() != question:
+        return None
+    if not an:
+        return flags & 0xF, None
+    rdlength = _RDLENGTH[qtype]
+    step = 12 + rdlength
+    end = start + an * step
+    if end > len(data):
+        return None
+    offsets, ttls, addresses = [], [], []
+    pos = start
+    for index in range(an):
+        if data[pos : pos + 6] != prefix:
+            return None
+        ttl, length = _TTL_RDLENGTH.unpack_from(data, pos + 6)
+        if length != rdlength or ttl >= 0x80000000:
+            return None
+        rdata = data[pos + 12 : pos + step]
+        addresses.append((socket.inet_ntoa(rdata) if rdlength == 4 else ipaddress.IPv6Address(bytes(rdata)).compressed, index))
+        offsets.append(pos + 6 - start)
+        ttls.append(ttl)
+        pos += step
+    return flags & 0xF, Section(data[start:end], offsets, ttls, addresses, len(question) - 4)
 
 
 # -- cached answer sections -----------------------------------------------------------------

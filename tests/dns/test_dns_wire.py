@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, QTYPE, RCODE, RR, A, DNSHeader, DNSQuestion, DNSRecord
 
 from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, Resolver, Upstream, Zone, bind_udp
 from dns import wire
@@ -318,6 +318,98 @@ def test_section_aged_patches_only_ttls():
 
 
 # -- wire reading -----------------------------------------------------------------------------
+
+_HEAD = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"  # id 0x1234, RD, one question
+_A_IN = b"\x00\x01\x00\x01"
+
+
+@pytest.mark.parametrize(
+    "qname_wire, expected",
+    [
+        (b"\x06GitHub\x03com\x00", "github.com"),
+        (b"\x01a\x00", "a"),
+        (b"\x05_http\x04_tcp\x02a-\x01b\x00", "_http._tcp.a-.b"),
+        # A length byte that is itself a name character ("5" is 53) is still a length.
+        (b"\x35" + b"x" * 53 + b"\x02io\x00", "x" * 53 + ".io"),
+        # 255 bytes on the wire, the most RFC 1035 allows.
+        ((b"\x3f" + b"a" * 63) * 3 + b"\x3d" + b"b" * 61 + b"\x00", ".".join(["a" * 63] * 3 + ["b" * 61])),
+        ((b"\x3f" + b"a" * 63) * 3 + b"\x3e" + b"b" * 62 + b"\x00", None),  # 256 bytes
+        (b"\x03a.b\x04test\x00", None),  # a dot inside a label is not two labels
+        (b"\x03a b\x04test\x00", None),
+        (b"\x03a\x00b\x04test\x00", None),
+        (b"\x03\xc3\xa9a\x00", None),  # not ASCII
+        (b"\x00", None),  # the root
+        (b"\x40" + b"a" * 64 + b"\x00", None),  # label over 63
+        (b"\x04test\xc0\x0c", None),  # a compression pointer in a query
+        (b"\x04test", None),  # no terminator
+        (b"\x09test\x00", None),  # a label running past the end
+    ],
+)
+def test_parse_query_accepts_only_plain_names(qname_wire, expected):
+    q = wire.parse_query(_HEAD + qname_wire + _A_IN)
+    if expected is None:
+        assert q is None
+    else:
+        assert q is not None and q.name == expected and q.name_wire == qname_wire.lower()
+        assert (q.id, q.qtype, q.qend, q.udp_limit, q.edns) == (0x1234, 1, 12 + len(qname_wire) + 4, 512, False)
+
+
+
+def _upstream_reply(qname: str, qtype: str, *records: RR, rcode: int = RCODE.NOERROR, tc: bool = False) -> tuple[bytes, bytes]:
+    """(reply as dnslib packs it - owners compressed to the question - , our question section)."""
+    request = DNSRecord.question(qname, qtype)
+    reply = request.reply()
+    reply.header.rcode = rcode
+    reply.header.tc = int(tc)
+    for rr in records:
+        reply.add_answer(rr)
+    return bytes(reply.pack()), bytes(request.pack()[12:])
+
+
+@pytest.mark.parametrize(
+    "qtype, records, expected",
+    [
+        ("A", [RR("x.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=30), RR("x.test", QTYPE.A, rdata=A("192.0.2.2"), ttl=90)],
+         [("192.0.2.1", 0), ("192.0.2.2", 1)]),
+        ("AAAA", [RR("x.test", QTYPE.AAAA, rdata=AAAA("2001:db8:0:0::1"), ttl=30)], [("2001:db8::1", 0)]),
+        ("A", [], []),  # NODATA
+        # Anything else is for read_answers: a CNAME chain, another owner, another type.
+        ("A", [RR("x.test", QTYPE.CNAME, rdata=CNAME("y.test"), ttl=30), RR("y.test", QTYPE.A, rdata=A("192.0.2.1"))], None),
+        ("A", [RR("other.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=30)], None),
+        ("A", [RR("x.test", QTYPE.AAAA, rdata=AAAA("2001:db8::1"), ttl=30)], None),
+        ("MX", [], None),
+    ],
+)
+def test_read_address_answers_fast_path(qtype, records, expected):
+    data, qsection = _upstream_reply("x.test", qtype, *records)
+    got = wire.read_address_answers(data, qsection, getattr(QTYPE, qtype))
+    if expected is None:
+        assert got is None
+        return
+    rcode, section = got
+    assert rcode == RCODE.NOERROR
+    if not expected:
+        assert section is None
+        return
+    # The same section, TTL offsets and addresses read_answers (the general reader) sees.
+    _rcode, general, section_bytes, offsets = wire.read_answers(data, qsection)
+    assert section.data == section_bytes and section.ttl_offsets == tuple(offsets)
+    assert section.addresses == tuple(expected) and section.ttls == tuple(rr.ttl for rr in general)
+    assert section.name_len == len(qsection) - 4
+
+
+def test_read_address_answers_refuses_odd_replies():
+    rr = RR("x.test", QTYPE.A, rdata=A("192.0.2.1"), ttl=30)
+    data, qsection = _upstream_reply("x.test", "A", rr)
+    assert wire.read_address_answers(data[:-1], qsection, QTYPE.A) is None  # cut short
+    assert wire.read_address_answers(data, qsection.replace(b"x", b"z"), QTYPE.A) is None  # not our question
+    tc, _q = _upstream_reply("x.test", "A", rr, tc=True)
+    assert wire.read_address_answers(tc, qsection, QTYPE.A) is None
+    huge = bytearray(data)
+    huge[-10] |= 0x80  # a TTL with the top bit set
+    assert wire.read_address_answers(bytes(huge), qsection, QTYPE.A) is None
+    nx, _q = _upstream_reply("x.test", "A", rcode=RCODE.NXDOMAIN)
+    assert wire.read_address_answers(nx, qsection, QTYPE.A) == (RCODE.NXDOMAIN, None)
 
 
 def test_read_name_refuses_forward_and_header_pointers():

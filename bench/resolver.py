@@ -55,6 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench._stats import steal_seconds  # noqa: E402
 
 UPSTREAM_IP, RESOLVER_IP, CLIENT_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 SUFFIX = "bench.example"
@@ -260,6 +261,7 @@ def measure(target, queries, threads, start_offset, server: Child | None, upstre
     for child in pinned:
         child.pin(cpus)
     cpu0 = (server.cpu_seconds() if server else 0.0, upstream.cpu_seconds())
+    steal0 = steal_seconds()
     begin = time.perf_counter()
     deadline = begin + SECONDS
     workers = [
@@ -271,6 +273,7 @@ def measure(target, queries, threads, start_offset, server: Child | None, upstre
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - begin
+    stolen = steal_seconds() - steal0
     cpu1 = (server.cpu_seconds() if server else 0.0, upstream.cpu_seconds())
     for child in pinned:
         child.pin(all_cpus)
@@ -282,6 +285,7 @@ def measure(target, queries, threads, start_offset, server: Child | None, upstre
         "errors": sum(e for _l, e, _t in out),
         "timeouts": sum(t for _l, _e, t in out),
         "lat": lat,
+        "steal_ms_per_s": stolen / elapsed * 1000,
         "server_cpu_us_per_query": (cpu1[0] - cpu0[0]) / max(count, 1) * 1e6 if server else None,
         "upstream_cpu_us_per_query": (cpu1[1] - cpu0[1]) / max(count, 1) * 1e6,
     }
@@ -298,6 +302,7 @@ def summarise(runs: list[dict]) -> dict:
         "p50_ms": round(percentile(lat, 50) * 1000, 4) if lat else None,
         "p99_ms": round(percentile(lat, 99) * 1000, 4) if lat else None,
         "upstream_cpu_us_per_query": round(sum(r["upstream_cpu_us_per_query"] for r in runs) / len(runs), 1),
+        "vm_steal_ms_per_s": [round(r["steal_ms_per_s"], 1) for r in runs],  # hypervisor took CPU from us
     }
     if runs[0]["server_cpu_us_per_query"] is not None:
         out["resolver_cpu_us_per_query"] = round(sum(r["server_cpu_us_per_query"] for r in runs) / len(runs), 1)
@@ -340,7 +345,7 @@ def run(netns: str) -> dict:
                 offset += r["queries"] + 1  # uncached: never reuse the names just asked
                 raw[key].append(r)
                 print(f"  round {rnd + 1} {kind:8} {target_name:15} {key[2]}: {r['qps']:8.0f} q/s"
-                      f"  p50 {percentile(r['lat'], 50) * 1000:.3f} ms", flush=True)
+                      f"  p50 {percentile(r['lat'], 50) * 1000:.3f} ms  steal {r['steal_ms_per_s']:.0f} ms/s", flush=True)
         return {f"{k}/{t}/{n if n == ONE_CPU else f'{n}thr'}": summarise(v) for (k, t, n), v in raw.items()}
     finally:
         for child in reversed(children):

@@ -40,8 +40,9 @@ How the holder is built (``start()``)
     :class:`SandboxError`.
 
 How an execution runs (``exec()``)
-    ``/bin/sh -c 'echo $$ > <cgroup>/cgroup.procs && exec "$@"'`` (only with a cgroup freezer,
-    so that everything the execution forks is in the devbox's cgroup) -> ``nsenter -t <holder>
+    ``/bin/sh -c 'echo $$ > <cgroup>/cgroup.procs && exec "$@"'`` (with a cgroup freezer and/or
+    a pids cap, netns/pids_cgroup.py: everything the execution forks is frozen with the devbox
+    and counted against ``pids_max``) -> ``nsenter -t <holder>
     --net=/run/netns/<netns> -m -p -i -u`` -> ``setpriv --reuid --regid --clear-groups
     --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``env -i --chdir=<cwd> <env>`` ->
     the command. Only small C programs, no Python. (nsenter 2.38's ``--wd`` would open the
@@ -82,6 +83,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import posixpath
 import re
@@ -96,6 +98,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from netns import zygote
+from netns.pids_cgroup import PARENT as _CGROUP_PARENT
+from netns.pids_cgroup import PidsCgroup, remove_cgroup
 from netns.sandbox_setup import DEVBOX_HOME, DEVBOX_TMP
 
 __all__ = [
@@ -108,12 +112,13 @@ __all__ = [
     "kill_orphans",
 ]
 
+log = logging.getLogger(__name__)
+
 HOLDER_TAG = "dbxsim-holder"  # $0 of the holder's init; its $1 is the sandbox name
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHAIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
-_CGROUP_PARENT = "dbxsim"
 
 # dash as PID 1: `wait` reaps any child (wait3(-1)), orphans included.
 _INIT_SCRIPT = (
@@ -343,20 +348,7 @@ class _Freezer:
             self._write("freezer.state", "THAWED")
 
     def remove(self, deadline: float) -> bool:
-        if not self.path:
-            return True
-        delay = 0.0005
-        while True:
-            try:
-                os.rmdir(self.path)
-                return True
-            except FileNotFoundError:
-                return True
-            except OSError as e:
-                if e.errno != errno.EBUSY or time.monotonic() >= deadline:
-                    return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+        return remove_cgroup(self.path, deadline) if self.path else True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +368,7 @@ class Sandbox:
         hidden_paths: Sequence[Path] = (),
         *,
         freezer: str = "auto",
+        pids_max: int | None = None,
     ):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
             raise ValueError(f"bad sandbox name {name!r}")
@@ -396,6 +389,10 @@ class Sandbox:
         self.hidden_paths = [Path(p) for p in hidden_paths]
         self._freezer_pref = freezer
         self._freezer: _Freezer | None = None
+        if pids_max is not None and pids_max < 1:
+            raise ValueError("pids_max must be >= 1")
+        self.pids_max = pids_max
+        self._pids: PidsCgroup | None = None
         self._holder_pid: int | None = None
         self._starting: tuple[int, int] | None = None  # (pid, output fd) between the two halves of start()
         self._holder_start: int | None = None
@@ -494,11 +491,15 @@ class Sandbox:
         resolv_target = os.path.realpath("/etc/resolv.conf")
         resolv_in_run = resolv_target if _under(resolv_target, "/run") else None
         self._freezer = _Freezer.create(self.name, self._freezer_pref)
+        if self.pids_max is not None:
+            self._pids = PidsCgroup.create(self.name, self.pids_max)
+            if self._pids is None:
+                log.warning("sandbox %s: no writable cgroup pids controller; its processes are not capped", self.name)
 
         try:  # a clear error for a missing namespace (the child opens it again)
             os.close(os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC))
         except OSError as e:
-            self._freezer.remove(time.monotonic())
+            self._remove_cgroups(time.monotonic())
             raise SandboxError(f"network namespace {self.netns}: {e.strerror}") from None
         plan = {
             "net": self.netns_path,
@@ -514,7 +515,7 @@ class Sandbox:
         try:
             self._starting = zygote.default().spawn(argv, dict(_CHAIN_ENV), plan)
         except OSError as e:
-            self._freezer.remove(time.monotonic())
+            self._remove_cgroups(time.monotonic())
             raise SandboxError(f"sandbox {self.name} could not be started: {e}") from None
 
     def finish_start(self) -> None:
@@ -533,7 +534,7 @@ class Sandbox:
                 os.killpg(child, signal.SIGKILL)  # its own session: the whole chain
             except ProcessLookupError:
                 pass
-            self._freezer.remove(time.monotonic() + 1)
+            self._remove_cgroups(time.monotonic() + 1)
             raise
         finally:
             os.close(out_fd)
@@ -552,7 +553,7 @@ class Sandbox:
         except ProcessLookupError:
             pass
         os.close(out_fd)
-        self._freezer.remove(time.monotonic() + 1)
+        self._remove_cgroups(time.monotonic() + 1)
 
     @staticmethod
     def _read_ready(fd: int) -> str | None:
@@ -638,6 +639,7 @@ class Sandbox:
                 if os.path.isdir(path):
                     sb._freezer = _Freezer(kind, path)
                     break
+        sb._pids = PidsCgroup.find(name)
         sb._suspended = sb._freezer.is_frozen() if sb._freezer.kind != "signal" else bool(state.get("suspended"))
         return sb
 
@@ -695,14 +697,19 @@ class Sandbox:
         self._holder_pid = None
         self._holder_start = None
         self._suspended = False
-        if self._freezer is not None:
-            # Executions' nsenter wrappers sit in the cgroup until their child is gone.
-            self._freezer.remove(min(deadline, time.monotonic() + 2.0))
+        # Executions' nsenter wrappers sit in the cgroups until their child is gone.
+        self._remove_cgroups(min(deadline, time.monotonic() + 2.0))
         if self._private_dir.exists():
             try:
                 self._state_file.unlink(missing_ok=True)
             except OSError:
                 pass
+
+    def _remove_cgroups(self, deadline: float) -> None:
+        if self._freezer is not None:
+            self._freezer.remove(deadline)
+        if self._pids is not None:
+            self._pids.remove(deadline)
 
     def _wait_holder(self, pid: int, deadline: float) -> bool:
         return _wait_gone(pid, deadline)
@@ -781,9 +788,14 @@ class Sandbox:
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
             _tool("env"), "-i", f"--chdir={wd}", *(f"{k}={v}" for k, v in full_env.items()), *argv,
         ]  # fmt: skip
-        procs = self._freezer.procs_file if self._freezer else None
-        if procs:
-            chain = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs, *chain]
+        # Join the sandbox's cgroups (freezer, pids cap) before anything else runs, so that
+        # all the execution forks is frozen with it and counted against its cap.
+        procs = [f.procs_file for f in (self._freezer, self._pids) if f is not None and f.procs_file]
+        procs = list(dict.fromkeys(procs))  # v2: one directory serves both
+        if len(procs) == 1:
+            chain = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs[0], *chain]
+        elif procs:
+            chain = ["/bin/sh", "-c", 'echo $$ > "$0" && echo $$ > "$1" && shift && exec "$@"', *procs, *chain]
         return subprocess.Popen(
             chain,
             stdin=stdin,
@@ -1123,4 +1135,7 @@ def kill_orphans(marker_prefix: str, known: Collection[str] = (), timeout: float
         for kind, path in _Freezer.candidates(name):
             if os.path.isdir(path):
                 _Freezer(kind, path).remove(min(deadline, time.monotonic() + 1))
+        pids = PidsCgroup.find(name)
+        if pids is not None:
+            pids.remove(min(deadline, time.monotonic() + 1))
     return sorted(names)

@@ -672,8 +672,9 @@ def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
     waits for that nsenter to reap its child) and has no command line any more: it is still
     found (through its `unshare` parent) and cleaned up."""
     prefix = f"dbxsim-s{uniq('')}-"
-    sb = make_sandbox(name=prefix + "a")
+    sb = make_sandbox(name=prefix + "a", pids_max=64)
     holder = sb.holder_pid
+    pids_cgroup = sb._pids.path
     p = sb.exec("kill -STOP $$")
     _poll(lambda: open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", what="nsenter to stop")
     os.kill(holder, signal.SIGKILL)  # as if by someone else: no wrapper handling
@@ -682,6 +683,7 @@ def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
     assert find_orphans(prefix) == [holder]
     assert kill_orphans(prefix) == [holder]
     assert not _alive_pids([holder])
+    assert not os.path.exists(pids_cgroup)  # the orphan's cgroups go with it
     p.communicate(timeout=10)
     sb.stop()
 
@@ -696,6 +698,45 @@ def test_destroy_removes_root_and_cgroup(make_sandbox):
     if cg:
         assert not os.path.exists(cg)
     sb.destroy()  # idempotent
+
+
+_FORK_UNTIL_REFUSED = """
+import os, time
+kids = []
+try:
+    for _ in range(400):  # bounded: far above the cap under test, far below the host's
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        kids.append(pid)
+    print("all", len(kids))
+except BlockingIOError:  # EAGAIN: the pids cap refused the fork
+    print("refused", len(kids))
+finally:
+    for pid in kids:
+        os.kill(pid, 9)
+    for pid in kids:
+        os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.privileged
+def test_pids_cap_stops_a_fork_bomb_inside_the_devbox(make_sandbox):
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "the host's python3 (the devbox sees the host's /usr)"
+    sb = make_sandbox(pids_max=64)
+    assert sb._pids is not None, "a writable cgroup pids controller (CI has one)"
+    cg = sb._pids.path
+    assert sb._pids.limit == 64
+    code, out, err = _run(sb, [python, "-c", _FORK_UNTIL_REFUSED], timeout=60)
+    assert code == 0, err
+    verdict, count = out.split()
+    # The execution's own processes (the nsenter wrapper, python) count too.
+    assert verdict == "refused" and 50 <= int(count) < 64, out
+    assert _run(sb, ["echo", "still", "works"])[1] == "still works\n"
+    sb.stop()
+    assert not os.path.exists(cg)
 
 
 @pytest.mark.privileged

@@ -107,9 +107,13 @@ class PidsCgroup:
                 os.mkdir(path)
             except FileExistsError:
                 pass
+        except OSError:
+            return None
+        try:
             with open(os.path.join(path, "pids.max"), "w") as f:
                 f.write(str(limit))
         except OSError:
+            remove_cgroup(path, time.monotonic())  # unusable: do not leave it behind
             return None
         return cls(kind, path)
 
@@ -121,6 +125,17 @@ class PidsCgroup:
             return None
         path = os.path.join(found[1], PARENT, name)
         return cls(found[0], path) if os.path.isdir(path) else None
+
+    @staticmethod
+    def names() -> list[str]:
+        """Names of the sandboxes that have a pids cgroup (live or left by a crash)."""
+        found = _hierarchy()
+        if found is None:
+            return []
+        try:
+            return sorted(e.name for e in os.scandir(os.path.join(found[1], PARENT)) if e.is_dir())
+        except OSError:
+            return []
 
     def remove(self, deadline: float) -> bool:
         return remove_cgroup(self.path, deadline)

@@ -589,6 +589,7 @@ class Sandbox:
             "holder_start": self._holder_start,
             "freezer": self._freezer.kind if self._freezer else None,
             "cgroup": self._freezer.path if self._freezer else None,
+            "pids_max": self.pids_max,
             "suspended": self._suspended,
         }
         _write_if_changed(self._state_file, json.dumps(state).encode())
@@ -620,6 +621,10 @@ class Sandbox:
             state = {}
         sb._holder_pid = state.get("holder_pid")
         sb._holder_start = state.get("holder_start")
+        # The cap survives the restart (a later start() sets it again), and a dead holder's
+        # cgroup is still found, so that stop() removes it.
+        sb.pids_max = state.get("pids_max")
+        sb._pids = PidsCgroup.find(name)
         if not sb.alive():  # no (valid) state file: look for the marker
             pids = find_orphans(name)
             pids = [p for p in pids if _holder_name(p) == name]
@@ -639,7 +644,6 @@ class Sandbox:
                 if os.path.isdir(path):
                     sb._freezer = _Freezer(kind, path)
                     break
-        sb._pids = PidsCgroup.find(name)
         sb._suspended = sb._freezer.is_frozen() if sb._freezer.kind != "signal" else bool(state.get("suspended"))
         return sb
 
@@ -706,10 +710,11 @@ class Sandbox:
                 pass
 
     def _remove_cgroups(self, deadline: float) -> None:
-        if self._freezer is not None:
-            self._freezer.remove(deadline)
-        if self._pids is not None:
-            self._pids.remove(deadline)
+        if self._freezer is not None and not self._freezer.remove(deadline):
+            log.warning("sandbox %s: cgroup %s still busy, left behind", self.name, self._freezer.path)
+        # Its own short grace: the freezer's retries may have used up the deadline.
+        if self._pids is not None and not self._pids.remove(max(deadline, time.monotonic() + 0.5)):
+            log.warning("sandbox %s: cgroup %s still busy, left behind", self.name, self._pids.path)
 
     def _wait_holder(self, pid: int, deadline: float) -> bool:
         return _wait_gone(pid, deadline)
@@ -1138,4 +1143,26 @@ def kill_orphans(marker_prefix: str, known: Collection[str] = (), timeout: float
         pids = PidsCgroup.find(name)
         if pids is not None:
             pids.remove(min(deadline, time.monotonic() + 1))
+    _remove_dead_cgroups(marker_prefix, known)
     return sorted(names)
+
+
+def _remove_dead_cgroups(marker_prefix: str, known: Collection[str]) -> None:
+    """Remove the empty cgroups of sandboxes that are not known and whose holder died with a
+    crash (kill_orphans only sees live holders). rmdir refuses a cgroup that still has
+    tasks, so nothing running loses its cgroup."""
+    names = set(PidsCgroup.names())
+    for _kind, parent in _Freezer.candidates(""):
+        try:
+            names.update(e.name for e in os.scandir(parent) if e.is_dir())
+        except OSError:
+            pass
+    for name in sorted(names):
+        if not name.startswith(marker_prefix) or name in known:
+            continue
+        for _kind, path in _Freezer.candidates(name):
+            if os.path.isdir(path):
+                remove_cgroup(path, time.monotonic())
+        pids = PidsCgroup.find(name)
+        if pids is not None:
+            pids.remove(time.monotonic())

@@ -27,6 +27,7 @@ from netns.sandbox import (
     find_orphans,
     kill_orphans,
 )
+from netns.pids_cgroup import PidsCgroup
 
 
 def _free_uid() -> int:
@@ -627,12 +628,14 @@ def test_suspend_resume(make_sandbox, freezer):
 @pytest.mark.privileged
 def test_adopt_alive_and_orphans(make_sandbox, netns_name, data_dir, uniq):
     prefix = f"dbxsim-o{uniq('')}-"
-    sb = make_sandbox(name=prefix + "a")
+    sb = make_sandbox(name=prefix + "a", pids_max=64)
     other = make_sandbox(name=prefix + "b")
     assert sb.alive() and other.alive()
     again = Sandbox.adopt(sb.name, netns_name, sb.root, UID, UID, "10.99.0.53", [data_dir])
     assert again.alive() and again.holder_pid == sb.holder_pid
     assert again.freezer == sb.freezer
+    # The cap and its cgroup survive a restart of the simulator.
+    assert again.pids_max == 64 and again._pids.path == sb._pids.path
     rc, out, _ = _run(again, "echo adopted")
     assert out == "adopted\n"
     # without the state file the holder is found by its marker
@@ -686,6 +689,26 @@ def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
     assert not os.path.exists(pids_cgroup)  # the orphan's cgroups go with it
     p.communicate(timeout=10)
     sb.stop()
+
+
+@pytest.mark.privileged
+def test_kill_orphans_removes_cgroups_left_by_a_crash(uniq):
+    """A crash that took the holders with it leaves empty cgroups: the next start's
+    kill_orphans removes those of its prefix, and keeps the known ones."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    prefix = f"dbxsim-c{uniq('')}-"
+    made = []
+    try:
+        for name in (prefix + "dead", prefix + "known"):
+            made += [PidsCgroup.create(name, 64), _Freezer.create(name)]
+        assert all(m is not None and m.path and os.path.isdir(m.path) for m in made)
+        assert kill_orphans(prefix, known=[prefix + "known"]) == []  # no live holder
+        assert [os.path.isdir(m.path) for m in made] == [False, False, True, True]
+    finally:
+        for m in made:
+            if m is not None and m.path:
+                m.remove(time.monotonic() + 1)
 
 
 @pytest.mark.privileged

@@ -43,8 +43,20 @@ def _mounts() -> list[tuple[str, str, str]]:
     return found
 
 
+_found: list[tuple[str, str] | None] = []  # _hierarchy's answer, once looked up
+
+
 def _hierarchy() -> tuple[str, str] | None:
-    """('cgroup2' | 'cgroup1', mount point) of the pids controller, v2 preferred."""
+    """('cgroup2' | 'cgroup1', mount point) of the pids controller, v2 preferred.
+
+    Looked up once: /proc/self/mountinfo grows with every devbox (its netns bind mount), and
+    cgroup mounts do not change under a running simulator."""
+    if not _found:
+        _found.append(_lookup_hierarchy())
+    return _found[0]
+
+
+def _lookup_hierarchy() -> tuple[str, str] | None:
     mounts = _mounts()
     for fstype, mnt, _opts in mounts:
         if fstype == "cgroup2":

@@ -40,9 +40,9 @@ How the holder is built (``start()``)
     :class:`SandboxError`.
 
 How an execution runs (``exec()``)
-    ``/bin/sh -c 'echo $$ > <cgroup>/cgroup.procs && exec "$@"'`` (with a cgroup freezer and/or
-    a pids cap, netns/pids_cgroup.py: everything the execution forks is frozen with the devbox
-    and counted against ``pids_max``) -> ``nsenter -t <holder>
+    ``/bin/sh -c '<echo $$ into each cgroup.procs>; exec "$@"'`` (with a cgroup freezer and/or
+    caps, netns/cgroup_limits.py: everything the execution forks is frozen with the devbox and
+    counted against ``pids_max`` and ``memory_max``) -> ``nsenter -t <holder>
     --net=/run/netns/<netns> -m -p -i -u`` -> ``setpriv --reuid --regid --clear-groups
     --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``env -i --chdir=<cwd> <env>`` ->
     the command. Only small C programs, no Python. (nsenter 2.38's ``--wd`` would open the
@@ -98,8 +98,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from netns import zygote
-from netns.pids_cgroup import PARENT as _CGROUP_PARENT
-from netns.pids_cgroup import PidsCgroup, remove_cgroup
+from netns.cgroup_limits import PARENT as _CGROUP_PARENT
+from netns.cgroup_limits import SandboxLimits, remove_cgroup
 from netns.sandbox_setup import DEVBOX_HOME, DEVBOX_TMP
 
 __all__ = [
@@ -369,6 +369,7 @@ class Sandbox:
         *,
         freezer: str = "auto",
         pids_max: int | None = None,
+        memory_max: int | None = None,
     ):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
             raise ValueError(f"bad sandbox name {name!r}")
@@ -391,8 +392,11 @@ class Sandbox:
         self._freezer: _Freezer | None = None
         if pids_max is not None and pids_max < 1:
             raise ValueError("pids_max must be >= 1")
+        if memory_max is not None and memory_max < 1:
+            raise ValueError("memory_max must be >= 1")
         self.pids_max = pids_max
-        self._pids: PidsCgroup | None = None
+        self.memory_max = memory_max  # bytes
+        self._limits: SandboxLimits | None = None
         self._holder_pid: int | None = None
         self._starting: tuple[int, int] | None = None  # (pid, output fd) between the two halves of start()
         self._holder_start: int | None = None
@@ -491,10 +495,12 @@ class Sandbox:
         resolv_target = os.path.realpath("/etc/resolv.conf")
         resolv_in_run = resolv_target if _under(resolv_target, "/run") else None
         self._freezer = _Freezer.create(self.name, self._freezer_pref)
-        if self.pids_max is not None:
-            self._pids = PidsCgroup.create(self.name, self.pids_max)
-            if self._pids is None:
-                log.warning("sandbox %s: no writable cgroup pids controller; its processes are not capped", self.name)
+        caps = {"pids": self.pids_max, "memory": self.memory_max}
+        caps = {controller: value for controller, value in caps.items() if value is not None}
+        if caps:
+            self._limits, missing = SandboxLimits.create(self.name, caps)
+            if missing:
+                log.warning("sandbox %s: no writable cgroup %s controller; not capped", self.name, " or ".join(missing))
 
         try:  # a clear error for a missing namespace (the child opens it again)
             os.close(os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC))
@@ -590,6 +596,7 @@ class Sandbox:
             "freezer": self._freezer.kind if self._freezer else None,
             "cgroup": self._freezer.path if self._freezer else None,
             "pids_max": self.pids_max,
+            "memory_max": self.memory_max,
             "suspended": self._suspended,
         }
         _write_if_changed(self._state_file, json.dumps(state).encode())
@@ -624,7 +631,8 @@ class Sandbox:
         # The cap survives the restart (a later start() sets it again), and a dead holder's
         # cgroup is still found, so that stop() removes it.
         sb.pids_max = state.get("pids_max")
-        sb._pids = PidsCgroup.find(name)
+        sb.memory_max = state.get("memory_max")
+        sb._limits = SandboxLimits.find(name)
         if not sb.alive():  # no (valid) state file: look for the marker
             pids = find_orphans(name)
             pids = [p for p in pids if _holder_name(p) == name]
@@ -713,8 +721,8 @@ class Sandbox:
         if self._freezer is not None and not self._freezer.remove(deadline):
             log.warning("sandbox %s: cgroup %s still busy, left behind", self.name, self._freezer.path)
         # Its own short grace: the freezer's retries may have used up the deadline.
-        if self._pids is not None and not self._pids.remove(max(deadline, time.monotonic() + 0.5)):
-            log.warning("sandbox %s: cgroup %s still busy, left behind", self.name, self._pids.path)
+        if self._limits is not None and not self._limits.remove(max(deadline, time.monotonic() + 0.5)):
+            log.warning("sandbox %s: cgroups %s still busy, left behind", self.name, self._limits.paths)
 
     def _wait_holder(self, pid: int, deadline: float) -> bool:
         return _wait_gone(pid, deadline)
@@ -795,12 +803,14 @@ class Sandbox:
         ]  # fmt: skip
         # Join the sandbox's cgroups (freezer, pids cap) before anything else runs, so that
         # all the execution forks is frozen with it and counted against its cap.
-        procs = [f.procs_file for f in (self._freezer, self._pids) if f is not None and f.procs_file]
-        procs = list(dict.fromkeys(procs))  # v2: one directory serves both
-        if len(procs) == 1:
-            chain = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', procs[0], *chain]
-        elif procs:
-            chain = ["/bin/sh", "-c", 'echo $$ > "$0" && echo $$ > "$1" && shift && exec "$@"', *procs, *chain]
+        procs = [self._freezer.procs_file] if self._freezer is not None and self._freezer.procs_file else []
+        if self._limits is not None:
+            procs += self._limits.procs_files
+        procs = list(dict.fromkeys(procs))  # v2: one directory serves them all
+        if procs:
+            # $0 is how many cgroup.procs files follow; then the command.
+            join = 'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 126; shift; n=$((n - 1)); done; exec "$@"'
+            chain = ["/bin/sh", "-c", join, str(len(procs)), *procs, *chain]
         return subprocess.Popen(
             chain,
             stdin=stdin,
@@ -1140,9 +1150,9 @@ def kill_orphans(marker_prefix: str, known: Collection[str] = (), timeout: float
         for kind, path in _Freezer.candidates(name):
             if os.path.isdir(path):
                 _Freezer(kind, path).remove(min(deadline, time.monotonic() + 1))
-        pids = PidsCgroup.find(name)
-        if pids is not None:
-            pids.remove(min(deadline, time.monotonic() + 1))
+        limits = SandboxLimits.find(name)
+        if limits is not None:
+            limits.remove(min(deadline, time.monotonic() + 1))
     _remove_dead_cgroups(marker_prefix, known)
     return sorted(names)
 
@@ -1151,7 +1161,7 @@ def _remove_dead_cgroups(marker_prefix: str, known: Collection[str]) -> None:
     """Remove the empty cgroups of sandboxes that are not known and whose holder died with a
     crash (kill_orphans only sees live holders). rmdir refuses a cgroup that still has
     tasks, so nothing running loses its cgroup."""
-    names = set(PidsCgroup.names())
+    names = set(SandboxLimits.names())
     for _kind, parent in _Freezer.candidates(""):
         try:
             names.update(e.name for e in os.scandir(parent) if e.is_dir())
@@ -1163,6 +1173,6 @@ def _remove_dead_cgroups(marker_prefix: str, known: Collection[str]) -> None:
         for _kind, path in _Freezer.candidates(name):
             if os.path.isdir(path):
                 remove_cgroup(path, time.monotonic())
-        pids = PidsCgroup.find(name)
-        if pids is not None:
-            pids.remove(time.monotonic())
+        limits = SandboxLimits.find(name)
+        if limits is not None:
+            limits.remove(time.monotonic())

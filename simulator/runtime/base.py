@@ -18,9 +18,11 @@ from simulator.policy_model import NetworkPolicy
 # The most a file read through the API returns (read_file raises OSError(EFBIG) beyond):
 # the bytes are held in memory, and a devbox can make huge sparse files for free.
 MAX_READ_BYTES = 64 * 1024 * 1024
-# The most processes and threads one devbox runs at once, on every runtime: a fork bomb in a
-# devbox hits its own cap, not the host's pid space (and with it the simulator).
+# Caps of one devbox, on every runtime: a fork bomb or a memory hog in a devbox hits its own
+# cap, not the host's pid space or memory (and with them the simulator). Processes and
+# threads at once; memory in bytes (Docker's "2g").
 PIDS_LIMIT = 1024
+MEMORY_LIMIT = 2 * 1024**3
 
 
 class RuntimeFailure(Exception):

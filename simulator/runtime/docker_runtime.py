@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime import docker_files
-from simulator.runtime.base import PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists
 
@@ -39,7 +39,6 @@ KEEPALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
 # anti-spoofing rules stay for images that would add raw sockets back), and a fork bomb
 # or a memory hog hits the container's own limits, not the host's.
 DROPPED_CAPABILITIES = ["ALL"]
-MEMORY_LIMIT = "2g"
 API_POOL_SIZE = 64  # hijacked exec connections leave the pool while a command runs
 
 

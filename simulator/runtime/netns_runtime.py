@@ -18,7 +18,7 @@ from netns import namespaces
 from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
-from simulator.runtime.base import MAX_READ_BYTES, PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from simulator.runtime.base import MAX_READ_BYTES, MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
 from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class NetnsRuntime:
                 nameserver=self.dataplane.gateway,
                 hidden_paths=self.hidden_paths,
                 pids_max=PIDS_LIMIT,
+                memory_max=MEMORY_LIMIT,
             )
             # The holder sets itself up while the network is plugged in (it runs nothing of the
             # devbox's before provision returns, so no packet can beat the rules).

@@ -26,8 +26,9 @@ from netns.sandbox import (
     _Freezer,
     find_orphans,
     kill_orphans,
+    remove_cgroup,
 )
-from netns.pids_cgroup import PidsCgroup
+from netns.cgroup_limits import SandboxLimits
 
 
 def _free_uid() -> int:
@@ -635,7 +636,7 @@ def test_adopt_alive_and_orphans(make_sandbox, netns_name, data_dir, uniq):
     assert again.alive() and again.holder_pid == sb.holder_pid
     assert again.freezer == sb.freezer
     # The cap and its cgroup survive a restart of the simulator.
-    assert again.pids_max == 64 and again._pids.path == sb._pids.path
+    assert again.pids_max == 64 and again._limits.paths == sb._limits.paths
     rc, out, _ = _run(again, "echo adopted")
     assert out == "adopted\n"
     # without the state file the holder is found by its marker
@@ -677,7 +678,7 @@ def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
     prefix = f"dbxsim-s{uniq('')}-"
     sb = make_sandbox(name=prefix + "a", pids_max=64)
     holder = sb.holder_pid
-    pids_cgroup = sb._pids.path
+    cgroups = sb._limits.paths
     p = sb.exec("kill -STOP $$")
     _poll(lambda: open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T", what="nsenter to stop")
     os.kill(holder, signal.SIGKILL)  # as if by someone else: no wrapper handling
@@ -686,7 +687,7 @@ def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
     assert find_orphans(prefix) == [holder]
     assert kill_orphans(prefix) == [holder]
     assert not _alive_pids([holder])
-    assert not os.path.exists(pids_cgroup)  # the orphan's cgroups go with it
+    assert not any(os.path.exists(path) for path in cgroups)  # the orphan's cgroups go with it
     p.communicate(timeout=10)
     sb.stop()
 
@@ -701,14 +702,17 @@ def test_kill_orphans_removes_cgroups_left_by_a_crash(uniq):
     made = []
     try:
         for name in (prefix + "dead", prefix + "known"):
-            made += [PidsCgroup.create(name, 64), _Freezer.create(name)]
-        assert all(m is not None and m.path and os.path.isdir(m.path) for m in made)
+            limits, missing = SandboxLimits.create(name, {"pids": 64, "memory": 1 << 26})
+            assert limits is not None and not missing, "writable pids and memory controllers (CI has them)"
+            made.append((_Freezer.create(name).path, *limits.paths))
+        assert all(os.path.isdir(path) for paths in made for path in paths if path)
         assert kill_orphans(prefix, known=[prefix + "known"]) == []  # no live holder
-        assert [os.path.isdir(m.path) for m in made] == [False, False, True, True]
+        assert [any(os.path.isdir(p) for p in paths if p) for paths in made] == [False, True]
     finally:
-        for m in made:
-            if m is not None and m.path:
-                m.remove(time.monotonic() + 1)
+        for paths in made:
+            for path in paths:
+                if path:
+                    remove_cgroup(path, time.monotonic() + 1)
 
 
 @pytest.mark.privileged
@@ -749,9 +753,9 @@ def test_pids_cap_stops_a_fork_bomb_inside_the_devbox(make_sandbox):
     python = shutil.which("python3", path="/usr/bin:/bin")
     assert python, "the host's python3 (the devbox sees the host's /usr)"
     sb = make_sandbox(pids_max=64)
-    assert sb._pids is not None, "a writable cgroup pids controller (CI has one)"
-    cg = sb._pids.path
-    assert sb._pids.limit == 64
+    assert sb._limits is not None, "a writable cgroup pids controller (CI has one)"
+    cgroups = sb._limits.paths
+    assert sb._limits.limit("pids") == 64
     code, out, err = _run(sb, [python, "-c", _FORK_UNTIL_REFUSED], timeout=60)
     assert code == 0, err
     verdict, count = out.split()
@@ -759,7 +763,30 @@ def test_pids_cap_stops_a_fork_bomb_inside_the_devbox(make_sandbox):
     assert verdict == "refused" and 50 <= int(count) < 64, out
     assert _run(sb, ["echo", "still", "works"])[1] == "still works\n"
     sb.stop()
-    assert not os.path.exists(cg)
+    assert not any(os.path.exists(path) for path in cgroups)
+
+
+_ALLOCATE = """
+import sys
+block = bytearray(int(sys.argv[1]) << 20)  # zero-filled: every page is touched
+print("allocated", len(block) >> 20)
+"""
+
+
+@pytest.mark.privileged
+def test_memory_cap_kills_a_memory_hog_inside_the_devbox(make_sandbox):
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "the host's python3 (the devbox sees the host's /usr)"
+    sb = make_sandbox(memory_max=96 << 20)
+    assert sb._limits is not None, "a writable cgroup memory controller (CI has one)"
+    assert sb._limits.limit("memory") == 96 << 20
+    # Well under the cap: fine.
+    code, out, err = _run(sb, [python, "-c", _ALLOCATE, "16"], timeout=60)
+    assert (code, out) == (0, "allocated 16\n"), err
+    # Three times the cap: the kernel kills it inside the devbox (SIGKILL), nothing else.
+    code, out, err = _run(sb, [python, "-c", _ALLOCATE, "288"], timeout=60)
+    assert code in (-signal.SIGKILL, 128 + signal.SIGKILL) and "allocated" not in out, (code, out, err)
+    assert _run(sb, ["echo", "still", "works"])[1] == "still works\n"
 
 
 @pytest.mark.privileged

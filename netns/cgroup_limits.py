@@ -16,7 +16,9 @@ Where a controller lives:
               uses. Limit files ``pids.max``, ``memory.max``.
   cgroup v1   a hierarchy mounted with the controller's option (hybrid hosts, e.g. this CI VM,
               whose v2 mount has no controllers at all): one directory per hierarchy. Limit
-              files ``pids.max``, ``memory.limit_in_bytes`` (swap is not capped separately).
+              files ``pids.max``, ``memory.limit_in_bytes``.
+Swap gets as much again as memory (Docker's default): ``memory.swap.max`` on v2,
+``memory.memsw.limit_in_bytes`` (memory plus swap) on v1 where the kernel accounts swap.
 A controller without a writable hierarchy is reported by ``create`` as missing; the caller
 decides (the sandbox logs it and runs without that cap).
 """
@@ -93,6 +95,23 @@ def _limit_file(kind: str, controller: str) -> str:
     return v2 if kind == "cgroup2" else v1
 
 
+def _write_limit(kind: str, path: str, controller: str, value: int) -> None:
+    with open(os.path.join(path, _limit_file(kind, controller)), "w") as f:
+        f.write(str(value))
+    if controller != "memory":
+        return
+    # Swap as much again as memory, as Docker's --memory without --memory-swap: on a host
+    # with swap, an uncapped one would let a memory hog page out until the host's is gone
+    # instead of being OOM-killed. v2 caps swap alone; v1's memsw is memory plus swap (the
+    # file is missing when the kernel does not account swap: then there is nothing to cap).
+    swap, total = ("memory.swap.max", value) if kind == "cgroup2" else ("memory.memsw.limit_in_bytes", 2 * value)
+    try:
+        with open(os.path.join(path, swap), "w") as f:
+            f.write(str(total))
+    except FileNotFoundError:
+        pass
+
+
 class SandboxLimits:
     """One sandbox's capped cgroups: ``procs_files`` to join them, ``remove`` when empty."""
 
@@ -136,21 +155,21 @@ class SandboxLimits:
                 continue
             kind, mnt = found
             path = os.path.join(mnt, PARENT, name)
+            created = False
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 if kind == "cgroup2":
                     _enable_v2(mnt, controller)
                 try:
                     os.mkdir(path)
+                    created = True
                 except FileExistsError:
-                    pass
-                with open(os.path.join(path, _limit_file(kind, controller)), "w") as f:
-                    f.write(str(value))
+                    pass  # a leftover, or shared (v2: the freezer's; co-mounted v1 controllers)
+                _write_limit(kind, path, controller, value)
             except OSError:
                 missing.append(controller)
-                # Unusable: do not leave it behind - unless it is shared (v2: the freezer's
-                # directory; a hierarchy with co-mounted controllers).
-                if kind == "cgroup1" and path not in (p for _k, p in dirs.values()):
+                # Unusable: do not leave behind what this call made (and only that).
+                if created and path not in (p for _k, p in dirs.values()):
                     remove_cgroup(path, time.monotonic())
                 continue
             dirs[controller] = (kind, path)

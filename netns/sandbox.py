@@ -613,8 +613,13 @@ class Sandbox:
         hidden_paths: Sequence[Path] = (),
         *,
         freezer: str = "auto",
+        pids_max: int | None = None,
+        memory_max: int | None = None,
     ) -> Sandbox:
         """A Sandbox object for a holder started by an earlier simulator process.
+
+        ``pids_max``/``memory_max``: the caps for a later ``start()`` when the state file does
+        not name them (no state file, or one older than the caps).
 
         Never raises for a dead holder: check :meth:`alive` (and ``start()`` it again, or
         ``destroy()`` it).
@@ -630,8 +635,8 @@ class Sandbox:
         sb._holder_start = state.get("holder_start")
         # The cap survives the restart (a later start() sets it again), and a dead holder's
         # cgroup is still found, so that stop() removes it.
-        sb.pids_max = state.get("pids_max")
-        sb.memory_max = state.get("memory_max")
+        sb.pids_max = state.get("pids_max", pids_max)
+        sb.memory_max = state.get("memory_max", memory_max)
         sb._limits = SandboxLimits.find(name)
         if not sb.alive():  # no (valid) state file: look for the marker
             pids = find_orphans(name)
@@ -1158,9 +1163,10 @@ def kill_orphans(marker_prefix: str, known: Collection[str] = (), timeout: float
 
 
 def _remove_dead_cgroups(marker_prefix: str, known: Collection[str]) -> None:
-    """Remove the empty cgroups of sandboxes that are not known and whose holder died with a
-    crash (kill_orphans only sees live holders). rmdir refuses a cgroup that still has
-    tasks, so nothing running loses its cgroup."""
+    """Remove the cgroups of sandboxes that are not known and whose holder died with a crash
+    (kill_orphans only sees live holders). A live holder's sandbox keeps them even when they
+    are empty (the holder itself is in none of them); rmdir refuses one that has tasks."""
+    alive = set(_scan_holders().values())
     names = set(SandboxLimits.names())
     for _kind, parent in _Freezer.candidates(""):
         try:
@@ -1168,7 +1174,7 @@ def _remove_dead_cgroups(marker_prefix: str, known: Collection[str]) -> None:
         except OSError:
             pass
     for name in sorted(names):
-        if not name.startswith(marker_prefix) or name in known:
+        if not name.startswith(marker_prefix) or name in known or name in alive:
             continue
         for _kind, path in _Freezer.candidates(name):
             if os.path.isdir(path):

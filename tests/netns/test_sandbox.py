@@ -25,6 +25,7 @@ from netns.sandbox import (
     SandboxError,
     _Freezer,
     find_orphans,
+    _remove_dead_cgroups,
     kill_orphans,
     remove_cgroup,
 )
@@ -693,7 +694,7 @@ def test_orphan_stuck_exiting_is_found_and_cleaned(make_sandbox, uniq):
 
 
 @pytest.mark.privileged
-def test_kill_orphans_removes_cgroups_left_by_a_crash(uniq):
+def test_kill_orphans_removes_cgroups_left_by_a_crash(make_sandbox, uniq):
     """A crash that took the holders with it leaves empty cgroups: the next start's
     kill_orphans removes those of its prefix, and keeps the known ones."""
     if os.geteuid() != 0:
@@ -708,6 +709,10 @@ def test_kill_orphans_removes_cgroups_left_by_a_crash(uniq):
         assert all(os.path.isdir(path) for paths in made for path in paths if path)
         assert kill_orphans(prefix, known=[prefix + "known"]) == []  # no live holder
         assert [any(os.path.isdir(p) for p in paths if p) for paths in made] == [False, True]
+        # A running sandbox keeps its (empty: the holder is in none) cgroups, known or not.
+        live = make_sandbox(name=prefix + "live", pids_max=64)
+        _remove_dead_cgroups(prefix, known=())
+        assert all(os.path.isdir(path) for path in live._limits.paths) and live.alive()
     finally:
         for paths in made:
             for path in paths:
@@ -780,6 +785,10 @@ def test_memory_cap_kills_a_memory_hog_inside_the_devbox(make_sandbox):
     sb = make_sandbox(memory_max=96 << 20)
     assert sb._limits is not None, "a writable cgroup memory controller (CI has one)"
     assert sb._limits.limit("memory") == 96 << 20
+    kind, path = sb._limits.dirs["memory"]
+    swap = ("memory.swap.max", 96 << 20) if kind == "cgroup2" else ("memory.memsw.limit_in_bytes", 2 * (96 << 20))
+    if os.path.exists(os.path.join(path, swap[0])):  # v1 without swap accounting has none
+        assert int(open(os.path.join(path, swap[0])).read()) == swap[1]  # swap capped as Docker does
     # Well under the cap: fine.
     code, out, err = _run(sb, [python, "-c", _ALLOCATE, "16"], timeout=60)
     assert (code, out) == (0, "allocated 16\n"), err

@@ -15,7 +15,7 @@ class QueryEvent:
 
     verdict: "allowed" | "denied" | "error".
     reason:  why - "allow_all", "pattern", "local" (allowed); "deny_all",
-             "no_matching_pattern", "unknown_client" (denied); "upstream_error",
+             "no_matching_pattern", "unknown_client" (denied); "upstream_error", "client_busy",
              "cname_loop", "cname_depth", "on_answer_failed", "bad_request",
              "internal_error" (error).
     addresses: A/AAAA addresses handed to the client (canonical text), in answer order.

@@ -9,7 +9,11 @@ Order of decisions for one query (first that applies wins):
      trying the next search domain, and "does not exist" is what the devbox should believe.
   4. AAAA for an IPv4-only client       -> empty NOERROR (allowed), so apps fall back to A
   5. cache, else upstream (following CNAME chains; targets inherit the queried name's
-     permission - the policy is about what the devbox asked for)
+     permission - the policy is about what the devbox asked for). A client with
+     ``max_upstream_per_client`` lookups already waiting on the upstream gets SERVFAIL
+     (error, client_busy) at once: the server's threads are shared by every devbox, and
+     one devbox asking for names an upstream never answers must not hold them all (as
+     dnsmasq's dns-forward-max or unbound's per-thread query limit bound theirs).
 
 Every A/AAAA the client is about to receive is passed to ``on_answer`` BEFORE ``resolve``
 returns, i.e. before the server sends the reply, so the firewall can open the address before
@@ -33,8 +37,10 @@ Two ways in, one policy:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -104,8 +110,12 @@ class Resolver:
         cache: AnswerCache | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        max_upstream_per_client: int | None = None,
     ):
+        if max_upstream_per_client is not None and max_upstream_per_client < 1:
+            raise ValueError("max_upstream_per_client must be >= 1")
         self._clients = clients
+        self._waiting = _Waiting(max_upstream_per_client) if max_upstream_per_client else None
         self._upstream = upstream
         self._on_answer = on_answer
         self._on_query = on_query
@@ -166,7 +176,7 @@ class Resolver:
             return empty_reply(request), QueryEvent(**allowed)
 
         try:
-            rcode, records = self._lookup(qname, q.qtype)
+            rcode, records = self._lookup(client_ip, qname, q.qtype)
         except _Failure as failure:
             return self._servfail(request, allowed, failure.reason, failure.error)
         return self._answer(client_ip, request, rcode, records, allowed, aa=False)
@@ -215,12 +225,13 @@ class Resolver:
         )
         return reply, event
 
-    def _lookup(self, qname: str, qtype: int) -> tuple[int, list[RR]]:
+    def _lookup(self, client_ip: str, qname: str, qtype: int) -> tuple[int, list[RR]]:
         """(rcode, answer records) for an allowed name, from the cache or upstream."""
         cached = self.cache.get(qname, qtype)
         if cached is not None:
             return RCODE.NOERROR, cached
-        rcode, records = self._chase(qname, qtype)
+        with self._upstream_slot(client_ip):
+            rcode, records = self._chase(qname, qtype)
         if rcode == RCODE.NOERROR:
             self.cache.put(qname, qtype, records)
         return rcode, records
@@ -348,7 +359,7 @@ class Resolver:
                 "allowed", reason, pattern, (), None, RCODE.NOERROR, None)
 
         try:
-            rcode, section, found, ttl = self._lookup_wire(q)
+            rcode, section, found, ttl = self._lookup_wire(client_ip, q)
         except _Failure as failure:
             return wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size), (
                 "error", failure.reason, pattern, (), None, RCODE.SERVFAIL, failure.error)
@@ -366,14 +377,15 @@ class Resolver:
             out = wire.reply(data, q, rcode, section.data, section.count, max_size=max_size)
         return out, ("allowed", reason, pattern, found, ttl, rcode, None)
 
-    def _lookup_wire(self, q: wire.Query):
+    def _lookup_wire(self, client_ip: str, q: wire.Query):
         """(rcode, section or None, [(address, ttl)], smallest TTL) for an allowed name."""
         hit = self.cache.lookup(q.name, q.qtype)
         if hit is not None and hit[0].name_len == len(q.name_wire):
             section, elapsed = hit
             data, found, ttl = section.aged(elapsed)
             return RCODE.NOERROR, _Spliced(data, section.count), found, ttl
-        rcode, section = self._chase_wire(q)
+        with self._upstream_slot(client_ip):
+            rcode, section = self._chase_wire(q)
         if section is None:
             return rcode, None, (), None
         if rcode == RCODE.NOERROR:
@@ -417,6 +429,13 @@ class Resolver:
             raise _Failure("internal_error", "answer could not be packed")
         return rcode, section
 
+    def _upstream_slot(self, client_ip: str):
+        """A context for one lookup that waits on the upstream; _Failure when the client
+        has ``max_upstream_per_client`` of them already."""
+        if self._waiting is None:
+            return contextlib.nullcontext()
+        return self._waiting.slot(client_ip)
+
     def close(self) -> None:
         close = getattr(self._upstream, "close", None)
         if close is not None:
@@ -436,6 +455,32 @@ class Resolver:
 
 def _owner(rr: RR) -> str:
     return normalise_name(str(rr.rname))
+
+
+class _Waiting:
+    """Upstream lookups in flight per client, at most ``cap`` each."""
+
+    def __init__(self, cap: int):
+        self._cap = cap
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, client_ip: str):
+        with self._lock:
+            count = self._counts.get(client_ip, 0)
+            if count >= self._cap:
+                raise _Failure("client_busy", f"{count} lookups of this client already wait on the upstream")
+            self._counts[client_ip] = count + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._counts[client_ip] - 1
+                if left:
+                    self._counts[client_ip] = left
+                else:
+                    del self._counts[client_ip]  # the map holds only clients with lookups out
 
 
 class _Spliced:

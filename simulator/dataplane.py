@@ -52,6 +52,12 @@ log = logging.getLogger(__name__)
 LEARN_FLOOR_SECONDS = 60
 LEARN_GRACE_SECONDS = 30
 LOCAL_SUFFIX = "devbox.internal"
+# The resolver's threads are shared by every devbox; one devbox may have at most
+# RESOLVER_UPSTREAM_PER_DEVBOX lookups waiting on the upstream (more get SERVFAIL, reason
+# client_busy), so a devbox asking for names the upstream never answers ties up at most a
+# quarter of them and the others' queries, cache hits above all, are still answered.
+RESOLVER_THREADS = 64
+RESOLVER_UPSTREAM_PER_DEVBOX = 16
 NS_PREFIX = "dbxs-"
 
 
@@ -177,10 +183,13 @@ class DataPlane:
             on_answer=self._on_answer,
             on_query=self._on_query,
             cache=AnswerCache(),
+            max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
         )
         with namespaces.entered(router_ns):
             udp, tcp = bind_udp_tcp(self.gateway, 53)
-        self._dns = DnsServer(self.resolver.resolve, udp_sockets=[udp], tcp_sockets=[tcp], name="resolver")
+        self._dns = DnsServer(
+            self.resolver.resolve, udp_sockets=[udp], tcp_sockets=[tcp], workers=RESOLVER_THREADS, name="resolver"
+        )
         self._dns.start()
 
     def stop(self) -> None:

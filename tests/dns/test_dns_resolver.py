@@ -242,6 +242,45 @@ def test_dead_upstream_is_servfail_quickly(serve, recorder, ask):
         silent.close()
 
 
+def test_one_client_cannot_hold_every_thread_on_a_silent_upstream(serve, recorder):
+    """A client with max_upstream_per_client lookups waiting on an upstream that never
+    answers gets SERVFAIL (client_busy) for the next one at once, and another client is
+    still answered while those lookups wait."""
+    silent = bind_udp("127.0.0.1")  # bound, never answers: the test reads what reaches it
+    silent.settimeout(5.0)
+    greedy, other = "127.0.0.21", "127.0.0.22"
+    events = recorder()
+    views = {greedy: view(allow_all=True), other: view("github.com")}
+    resolver = Resolver(views.get, Upstream([silent.getsockname()], timeout=3.0), on_query=events,
+                        max_upstream_per_client=2)
+    server = serve(resolver.resolve, workers=4)
+    address = server.udp_addresses[0]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    try:
+        for sock, ip in zip(clients, (greedy, greedy, greedy, other)):
+            sock.bind((ip, 0))
+            sock.settimeout(5.0)
+        for sock, name in zip(clients[:2], ("slow1.test", "slow2.test")):
+            sock.sendto(DNSRecord.question(name).pack(), address)
+        for _ in range(2):
+            silent.recvfrom(4096)  # both lookups now wait on the upstream
+        start = time.monotonic()
+        clients[2].sendto(DNSRecord.question("slow3.test").pack(), address)
+        busy = DNSRecord.parse(clients[2].recv(4096))
+        clients[3].sendto(DNSRecord.question("denied.test").pack(), address)
+        denied = DNSRecord.parse(clients[3].recv(4096))
+        assert time.monotonic() - start < 2.0  # long before the waiting lookups time out
+        assert busy.header.rcode == RCODE.SERVFAIL and denied.header.rcode == RCODE.NXDOMAIN
+        assert [(e.qname, e.reason) for e in events.calls] == [("slow3.test", "client_busy"), ("denied.test", "no_matching_pattern")]
+        for sock in clients[:2]:  # the waiting ones end with the upstream's timeout
+            assert DNSRecord.parse(sock.recv(4096)).header.rcode == RCODE.SERVFAIL
+        assert resolver._waiting._counts == {}  # every slot given back
+    finally:
+        for sock in clients:
+            sock.close()
+        silent.close()
+
+
 def test_on_answer_raising_is_servfail(serve, world, recorder, ask):
     def on_answer(client_ip, qname, found):
         raise RuntimeError("nft add element failed")

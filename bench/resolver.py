@@ -7,7 +7,8 @@ Setup (all on 127.0.0.0/8; no packet leaves the machine):
 
   upstream   process: dns.Zone (NAMES names *.bench.example -> 100.64.x.y, TTL 3600) served by
              dns.DnsServer on 127.0.0.1 - the baseline, queried directly by the clients.
-  resolvers  one process each, dns.Resolver served by dns.DnsServer on 127.0.0.2, forwarding
+  resolvers  one process each, dns.Resolver served by dns.DnsServer on 127.0.0.2 (threads and
+             per-client upstream cap as simulator.dataplane sets them), forwarding
              to the upstream; the client address 127.0.0.3 has a ClientView allowing
              *.bench.example. Variants:
                memory-nocache  AnswerCache(0); on_answer records (ip -> qname -> expiry) in a
@@ -144,13 +145,18 @@ def serve(args) -> None:
             if nft_add is not None and entries:
                 nft_add(entries)
 
+        # As the simulator's data plane configures its resolver.
+        from simulator.dataplane import RESOLVER_THREADS, RESOLVER_UPSTREAM_PER_DEVBOX
+
         resolver = Resolver(
             lambda ip: view if ip == CLIENT_IP else None,
             Upstream([(UPSTREAM_IP, args.upstream_port)], timeout=2.0),
             on_answer=on_answer,
             cache=AnswerCache(0) if args.serve.endswith("nocache") else AnswerCache(),
+            max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
         )
-        server = DnsServer(resolver.resolve, udp_sockets=[bind_udp(RESOLVER_IP, 0)], name=args.serve)
+        server = DnsServer(resolver.resolve, udp_sockets=[bind_udp(RESOLVER_IP, 0)], workers=RESOLVER_THREADS,
+                           name=args.serve)
     try:
         server.start()
         print(f"READY {server.udp_addresses[0][1]}", flush=True)

@@ -18,7 +18,7 @@ Setup (all on 127.0.0.0/8; no packet leaves the machine):
                nft-cache       learned add (netns.nft_elements, as the data plane) into a timeout set in a
                                throwaway network namespace this script creates (and deletes)
   clients    this process: 1 or 8 threads, each a connected UDP socket bound to 127.0.0.3,
-             closed loop (send, wait for the matching reply, repeat) for SECONDS; pre-built
+             closed loop (send, wait for the matching reply, repeat) for each slice; pre-built
              query wire (only the ID is patched) so the load generator stays cheap.
 
 "uncached": distinct names cycled from NAMES (the zone never caches; resolver cache off).
@@ -29,9 +29,15 @@ client all pinned to CPU 0. Each hop is then a context switch on one CPU instead
 wake-up of an idle virtual CPU (an IPI and, on this VM, often tens of microseconds), so
 it isolates what the resolver itself adds from the VM's cross-CPU wake-up cost. Reported
 next to the goals; the goals are judged on the unpinned figures.
-Every measurement is run ROUNDS times, interleaved; qps is the mean over rounds and
-latency percentiles are over all queries of all rounds. Server processes' CPU time per
-query (from /proc) is reported too, for the analysis. Writes bench/results/resolver.json.
+Interleaving: this VM's hypervisor takes CPU away in bursts of seconds (steal time, from
+0 to over 600 ms/s within a minute), which would land on whichever measurement happened to
+run then. So the targets compared with each other (a group: one kind, one client count)
+take turns in short slices - SLICES slices of SLICE_SECONDS each, the order reversed every
+other slice - and a burst hits them alike. qps is all queries over all slices' time;
+latency percentiles are over all queries. Server processes' CPU time per query (from
+/proc), each resolver's upstream polling counts (dns.upstream: replies caught by polling
+instead of sleeping) and the steal time are reported too, for the analysis. Writes
+bench/results/resolver.json.
 
 Servers run in child processes (this same file with --serve) so client threads, resolver
 and upstream do not share one GIL; children exit when their stdin closes, and the parent
@@ -63,8 +69,8 @@ SUFFIX = "bench.example"
 NAMES = 60_000
 HOT = 256
 TTL = 3600
-SECONDS = 3.0
-ROUNDS = 2
+SLICE_SECONDS = 0.3
+SLICES = 16  # per target: 4.8 s of queries each
 THREADS = (1, 8)
 ONE_CPU = "1thr-cpu0"  # one client, every process pinned to CPU 0 (see the doc)
 QUERY_TIMEOUT = 1.0
@@ -123,6 +129,10 @@ def serve(args) -> None:
     from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, Resolver, Upstream, Zone, bind_udp
 
     close = None
+
+    def polling() -> dict:  # the parent's "stats" request
+        return {}
+
     if args.serve == "upstream":
         zone = Zone({name(i): [address(i)] for i in range(NAMES)}, ttl=TTL)
         server = DnsServer(zone.resolve, udp_sockets=[bind_udp(UPSTREAM_IP, 0)], name="upstream")
@@ -148,9 +158,14 @@ def serve(args) -> None:
         # As the simulator's data plane configures its resolver.
         from simulator.dataplane import RESOLVER_THREADS, RESOLVER_UPSTREAM_PER_DEVBOX
 
+        upstream = Upstream([(UPSTREAM_IP, args.upstream_port)], timeout=2.0)
+
+        def polling() -> dict:
+            return {"polls": upstream.polls, "polled": upstream.polled}
+
         resolver = Resolver(
             lambda ip: view if ip == CLIENT_IP else None,
-            Upstream([(UPSTREAM_IP, args.upstream_port)], timeout=2.0),
+            upstream,
             on_answer=on_answer,
             cache=AnswerCache(0) if args.serve.endswith("nocache") else AnswerCache(),
             max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
@@ -160,7 +175,8 @@ def serve(args) -> None:
     try:
         server.start()
         print(f"READY {server.udp_addresses[0][1]}", flush=True)
-        sys.stdin.read()  # until the parent closes our stdin (or a signal)
+        for _line in sys.stdin:  # until the parent closes our stdin (or a signal)
+            print(json.dumps(polling()), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -192,6 +208,12 @@ class Child:
         """Every thread of the child on ``cpus`` (sched_setaffinity acts on one thread)."""
         for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
             os.sched_setaffinity(int(tid), cpus)
+
+    def polling(self) -> dict:
+        """The child's upstream polling counters ({} for the upstream itself)."""
+        self.proc.stdin.write("stats\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -267,9 +289,10 @@ def measure(target, queries, threads, start_offset, server: Child | None, upstre
     for child in pinned:
         child.pin(cpus)
     cpu0 = (server.cpu_seconds() if server else 0.0, upstream.cpu_seconds())
+    polling0 = server.polling() if server else {}
     steal0 = steal_seconds()
     begin = time.perf_counter()
-    deadline = begin + SECONDS
+    deadline = begin + SLICE_SECONDS
     workers = [
         threading.Thread(target=client, args=(target, queries, start_offset + k, threads, deadline, out, cpus))
         for k in range(threads)
@@ -281,37 +304,46 @@ def measure(target, queries, threads, start_offset, server: Child | None, upstre
     elapsed = time.perf_counter() - begin
     stolen = steal_seconds() - steal0
     cpu1 = (server.cpu_seconds() if server else 0.0, upstream.cpu_seconds())
+    polling1 = server.polling() if server else {}
     for child in pinned:
         child.pin(all_cpus)
     lat = [x for l, _e, _t in out for x in l]
     count = len(lat)
     return {
         "queries": count,
-        "qps": count / elapsed,
+        "seconds": elapsed,
+        "polling": {key: polling1[key] - polling0[key] for key in polling1},
         "errors": sum(e for _l, e, _t in out),
         "timeouts": sum(t for _l, _e, t in out),
         "lat": lat,
-        "steal_ms_per_s": stolen / elapsed * 1000,
-        "server_cpu_us_per_query": (cpu1[0] - cpu0[0]) / max(count, 1) * 1e6 if server else None,
-        "upstream_cpu_us_per_query": (cpu1[1] - cpu0[1]) / max(count, 1) * 1e6,
+        "stolen": stolen,
+        "server_cpu": cpu1[0] - cpu0[0],
+        "upstream_cpu": cpu1[1] - cpu0[1],
     }
 
 
-def summarise(runs: list[dict]) -> dict:
-    lat = [x for r in runs for x in r["lat"]]
+def summarise(slices: list[dict], server: bool) -> dict:
+    lat = [x for r in slices for x in r["lat"]]
+    count = sum(r["queries"] for r in slices)
+    seconds = sum(r["seconds"] for r in slices)
+    steal = sorted(r["stolen"] / r["seconds"] * 1000 for r in slices)
     out = {
-        "qps": round(sum(r["qps"] for r in runs) / len(runs), 1),
-        "qps_per_round": [round(r["qps"], 1) for r in runs],
-        "queries": sum(r["queries"] for r in runs),
-        "errors": sum(r["errors"] for r in runs),
-        "timeouts": sum(r["timeouts"] for r in runs),
+        "qps": round(count / seconds, 1),
+        "queries": count,
+        "errors": sum(r["errors"] for r in slices),
+        "timeouts": sum(r["timeouts"] for r in slices),
         "p50_ms": round(percentile(lat, 50) * 1000, 4) if lat else None,
         "p99_ms": round(percentile(lat, 99) * 1000, 4) if lat else None,
-        "upstream_cpu_us_per_query": round(sum(r["upstream_cpu_us_per_query"] for r in runs) / len(runs), 1),
-        "vm_steal_ms_per_s": [round(r["steal_ms_per_s"], 1) for r in runs],  # hypervisor took CPU from us
+        "upstream_cpu_us_per_query": round(sum(r["upstream_cpu"] for r in slices) / max(count, 1) * 1e6, 1),
+        # the hypervisor took CPU from us: mean and worst slice
+        "vm_steal_ms_per_s": {"mean": round(sum(r["stolen"] for r in slices) / seconds * 1000, 1),
+                              "max": round(steal[-1], 1)},
     }
-    if runs[0]["server_cpu_us_per_query"] is not None:
-        out["resolver_cpu_us_per_query"] = round(sum(r["server_cpu_us_per_query"] for r in runs) / len(runs), 1)
+    if server:
+        out["resolver_cpu_us_per_query"] = round(sum(r["server_cpu"] for r in slices) / max(count, 1) * 1e6, 1)
+        polls = sum(r["polling"].get("polls", 0) for r in slices)
+        polled = sum(r["polling"].get("polled", 0) for r in slices)
+        out["upstream_polling"] = {"polls": polls, "replies_caught": polled}
     return out
 
 
@@ -330,29 +362,35 @@ def run(netns: str) -> dict:
         # Warm every cache-on resolver (the nocache ones get the same treatment, harmlessly).
         for child in resolvers.values():
             warm((RESOLVER_IP, child.port), hot)
-        plan = []
+        groups = []  # the targets compared with each other take turns (module doc)
         for threads in THREADS:
-            plan += [("uncached", "direct", threads), ("uncached", "memory-nocache", threads),
-                     ("uncached", "nft-nocache", threads), ("hot", "direct", threads),
-                     ("hot", "memory-cache", threads), ("hot", "nft-cache", threads)]
-        plan += [("uncached", "direct", ONE_CPU), ("uncached", "memory-nocache", ONE_CPU)]
-        raw: dict[tuple, list] = {key: [] for key in plan}
+            groups += [[("uncached", "direct", threads), ("uncached", "memory-nocache", threads),
+                        ("uncached", "nft-nocache", threads)],
+                       [("hot", "direct", threads), ("hot", "memory-cache", threads), ("hot", "nft-cache", threads)]]
+        groups.append([("uncached", "direct", ONE_CPU), ("uncached", "memory-nocache", ONE_CPU)])
+        raw: dict[tuple, list] = {key: [] for group in groups for key in group}
         offset = 0
-        for rnd in range(ROUNDS):
-            for key in plan if rnd % 2 == 0 else reversed(plan):
-                kind, target_name, threads = key
-                queries = uncached if kind == "uncached" else hot
-                server = None if target_name == "direct" else resolvers[target_name]
-                target = (UPSTREAM_IP, upstream.port) if server is None else (RESOLVER_IP, server.port)
-                cpus = None
-                if threads == ONE_CPU:
-                    threads, cpus = 1, {0}
-                r = measure(target, queries, threads, offset, server, upstream, cpus)
-                offset += r["queries"] + 1  # uncached: never reuse the names just asked
-                raw[key].append(r)
-                print(f"  round {rnd + 1} {kind:8} {target_name:15} {key[2]}: {r['qps']:8.0f} q/s"
-                      f"  p50 {percentile(r['lat'], 50) * 1000:.3f} ms  steal {r['steal_ms_per_s']:.0f} ms/s", flush=True)
-        return {f"{k}/{t}/{n if n == ONE_CPU else f'{n}thr'}": summarise(v) for (k, t, n), v in raw.items()}
+        for group in groups:
+            for index in range(SLICES):
+                for key in group if index % 2 == 0 else reversed(group):
+                    kind, target_name, threads = key
+                    queries = uncached if kind == "uncached" else hot
+                    server = None if target_name == "direct" else resolvers[target_name]
+                    target = (UPSTREAM_IP, upstream.port) if server is None else (RESOLVER_IP, server.port)
+                    cpus = None
+                    if threads == ONE_CPU:
+                        threads, cpus = 1, {0}
+                    r = measure(target, queries, threads, offset, server, upstream, cpus)
+                    offset += r["queries"] + 1  # uncached: never reuse the names just asked
+                    raw[key].append(r)
+            for kind, target_name, threads in group:
+                slices = raw[(kind, target_name, threads)]
+                q = sum(r["queries"] for r in slices) / sum(r["seconds"] for r in slices)
+                print(f"  {kind:8} {target_name:15} {threads}: {q:8.0f} q/s"
+                      f"  p50 {percentile([x for r in slices for x in r['lat']], 50) * 1000:.3f} ms"
+                      f"  steal {sum(r['stolen'] for r in slices) / sum(r['seconds'] for r in slices) * 1000:.0f} ms/s",
+                      flush=True)
+        return {f"{k}/{t}/{n if n == ONE_CPU else f'{n}thr'}": summarise(v, t != "direct") for (k, t, n), v in raw.items()}
     finally:
         for child in reversed(children):
             child.stop()
@@ -411,8 +449,8 @@ def main() -> int:
         "benchmark": "resolver",
         "cpus": os.cpu_count(),
         "loadavg_1min_at_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # other load on the machine
-        "seconds_per_measurement": SECONDS,
-        "rounds": ROUNDS,
+        "slice_seconds": SLICE_SECONDS,
+        "slices_per_target": SLICES,
         "names": NAMES,
         "hot_names": HOT,
         "measurements": results,

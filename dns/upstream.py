@@ -6,9 +6,6 @@ created inside another network namespace; this module never knows about namespac
 Each query goes out with a fresh random ID and must come back from the server it was sent
 to (connected sockets) with that ID and the same question - anything else is ignored, which
 is the cheap part of spoofing resistance. The caller's ID is restored on the reply.
-
-A reply is waited for by polling or sleeping as ``reply_wait.ReplyWait`` decides per server
-(polling saves a VM's CPU wake-up when a local server answers within microseconds).
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dnslib import DNSRecord
 
 from .message import question
-from .reply_wait import ReplyWait
 
 __all__ = ["Upstream", "UpstreamError"]
 
@@ -33,10 +29,6 @@ SocketFactory = Callable[[int, int], socket.socket]
 
 # Bounds on the receive loops: stray or mismatched datagrams we skip before giving up.
 _MAX_IGNORED_DATAGRAMS = 32
-
-# Polling for a reply (reply_wait): for at most POLL_FOR, for servers that answer within POLL_BELOW.
-POLL_FOR = 0.0005
-POLL_BELOW = 0.001
 
 
 class UpstreamError(Exception):
@@ -100,18 +92,6 @@ class _Conn:
         except BlockingIOError:  # EAGAIN: SO_RCVTIMEO ran out
             raise TimeoutError("timed out") from None
 
-    def poll(self, seconds: float, in_flight: list) -> bytes | None:
-        """A datagram if one arrives within ``seconds`` while we are the only query in flight."""
-        recv = self.sock.recv
-        clock = time.perf_counter
-        end = clock() + seconds
-        while True:
-            try:
-                return recv(65535, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if clock() > end or len(in_flight) > 1:
-                    return None
-
     def close(self) -> None:
         self.sock.close()
 
@@ -126,10 +106,6 @@ class Upstream:
     socket per query would cost more system calls than the query itself. A socket that saw
     an error or a timeout is closed, never reused; ``close()`` drops the idle ones (the
     Upstream stays usable and makes new ones as needed).
-
-    ``poll_for`` and ``poll_below`` set the polling for fast servers' replies (reply_wait);
-    ``poll_for=0`` turns it off. ``polls`` counts the polls started and ``polled`` the
-    replies they caught; ``waits[server]`` holds the smoothed UDP round trips.
     """
 
     def __init__(
@@ -139,15 +115,11 @@ class Upstream:
         *,
         socket_factory: SocketFactory = socket.socket,
         max_idle_sockets: int = 16,
-        poll_for: float = POLL_FOR,
-        poll_below: float = POLL_BELOW,
     ):
         if not servers:
             raise ValueError("at least one upstream server is required")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        if poll_for < 0 or poll_below < 0:
-            raise ValueError("poll_for and poll_below must not be negative")
         for host, _port in servers:
             ipaddress.ip_address(host)  # raise early on a hostname: we cannot resolve it
         self.servers = [(host, int(port)) for host, port in servers]
@@ -157,13 +129,6 @@ class Upstream:
         self._next_id = _QueryIds()
         # list.append/pop are atomic: no lock needed for the idle pools.
         self._idle: dict[tuple[str, int], list[_Conn]] = {server: [] for server in self.servers}
-        self.poll_for = poll_for
-        self.poll_below = poll_below
-        self.waits = {server: ReplyWait(poll_below) for server in self.servers}
-        # One entry per UDP exchange under way (list append/remove/len are atomic).
-        self._in_flight: list[object] = []
-        self.polls = 0  # statistics: += from several threads may lose a count
-        self.polled = 0
 
     def __repr__(self) -> str:
         return f"Upstream({self.servers!r}, timeout={self.timeout})"
@@ -231,7 +196,6 @@ class Upstream:
                     data, got = self._tcp(server, wire, accept, deadline)
             except (OSError, UpstreamError) as exc:
                 errors.append(f"{server[0]}:{server[1]}: {_describe(exc)}")
-                self.waits[server].forget()
                 continue
             return got, data
         raise UpstreamError("; ".join(errors))
@@ -243,22 +207,12 @@ class Upstream:
         except IndexError:
             conn = _Conn(self._socket_factory(_family(server[0]), socket.SOCK_DGRAM), server, self.timeout)
         reusable = True
-        in_flight = self._in_flight
-        entry = conn  # ``conn`` becomes None once pooled
-        in_flight.append(entry)
-        wait = self.waits[server]
         try:
-            start = time.perf_counter()
             conn.sock.send(wire)
-            polling = wait.choose(len(in_flight), _usable_cpus()) if self.poll_for else None
             for _ in range(_MAX_IGNORED_DATAGRAMS):
-                data = self._poll(conn) if polling else None
-                if data is None:
-                    data = conn.recv()
+                data = conn.recv()
                 got = accept(data) if len(data) >= 12 else None
                 if got is not None:
-                    # A sample taken while other queries ran compares neither way of waiting.
-                    wait.record(time.perf_counter() - start, polling if len(in_flight) == 1 else None)
                     if reusable and len(pool) < self._max_idle:
                         pool.append(conn)
                         conn = None
@@ -269,16 +223,8 @@ class Upstream:
                 conn.set_timeout(_remaining(deadline))
             raise UpstreamError("only mismatched or garbage replies")
         finally:
-            in_flight.remove(entry)
             if conn is not None:
                 conn.close()
-
-    def _poll(self, conn: _Conn) -> bytes | None:
-        self.polls += 1
-        data = conn.poll(self.poll_for, self._in_flight)
-        if data is not None:
-            self.polled += 1
-        return data
 
     def _tcp(self, server, wire: bytes, accept, deadline: float):
         with self._socket_factory(_family(server[0]), socket.SOCK_STREAM) as sock:
@@ -303,14 +249,6 @@ class _Question:
             pos += 1 + name_wire[pos]
         self.qname = ".".join(labels) + "."
         self.qtype = qtype
-
-
-def _usable_cpus() -> int:
-    """CPUs this thread may run on (its affinity, which ``taskset`` may change at any time)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return 1  # unknown: do not poll
 
 
 def _remaining(deadline: float) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -121,86 +120,3 @@ def test_constructor_validation():
         Upstream([("dns.google", 53)], timeout=1)
     with pytest.raises(ValueError):
         Upstream([("127.0.0.1", 53)], timeout=0)
-
-
-# -- polling for fast servers' replies (dns.reply_wait decides; these check the socket side) --
-
-
-def _two_cpus_or_skip():
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("polling needs two CPUs; CI has them")
-
-
-def test_fast_server_is_polled_for_and_answers_stay_right(world):
-    _two_cpus_or_skip()
-    server, _ = world
-    # A generous poll window and bound: on a loaded machine a loopback round trip may take ms.
-    upstream = Upstream(server.udp_addresses, timeout=1.0, poll_for=0.05, poll_below=0.05)
-    for _ in range(64):
-        reply = upstream.query(DNSRecord.question("github.com"))
-        assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.140"]
-    # The first query only measures; polling and sleeping are then each tried, and every
-    # EXPLORE-th eligible query takes the way not preferred, so both ways keep being used.
-    assert upstream.polls >= 64 // 8
-    assert upstream.polled == upstream.polls  # a 50 ms window catches every loopback reply
-    wait = upstream.waits[server.udp_addresses[0]]
-    assert wait.rtt_polling is not None and wait.rtt_sleeping is not None
-
-
-def test_no_polling_on_one_cpu(world):
-    server, _ = world
-    upstream = Upstream(server.udp_addresses, timeout=1.0, poll_for=0.05, poll_below=0.05)
-    allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(allowed)})  # this thread only
-    try:
-        for _ in range(16):
-            upstream.query(DNSRecord.question("github.com"))
-    finally:
-        os.sched_setaffinity(0, allowed)
-    assert upstream.polls == 0
-
-
-def test_no_polling_for_a_server_milliseconds_away(serve, world_zone):
-    def slow(client_ip, request):
-        time.sleep(0.005)
-        return world_zone.resolve(client_ip, request)
-
-    server = serve(slow)
-    upstream = Upstream(server.udp_addresses, timeout=1.0)  # default bound: 1 ms
-    for _ in range(8):
-        assert upstream.query(DNSRecord.question("github.com")).header.rcode == RCODE.NOERROR
-    assert upstream.polls == 0
-    assert upstream.waits[server.udp_addresses[0]].rtt >= 0.005
-
-
-def test_poll_ends_at_once_when_another_query_is_in_flight(silent_udp):
-    from dns.upstream import _Conn
-
-    conn = _Conn(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), silent_udp, 1.0)
-    try:
-        conn.sock.send(b"x" * 12)
-        start = time.monotonic()
-        assert conn.poll(5.0, [conn, object()]) is None
-        assert time.monotonic() - start < 1.0
-        start = time.monotonic()
-        assert conn.poll(0.05, [conn]) is None  # alone: polls its whole window
-        assert time.monotonic() - start >= 0.05
-    finally:
-        conn.close()
-
-
-def test_a_failed_server_is_not_polled_for_until_it_answers_again(silent_udp, world):
-    _two_cpus_or_skip()
-    server, _ = world
-    upstream = Upstream([silent_udp, server.udp_addresses[0]], timeout=0.2, poll_for=0.05, poll_below=0.05)
-    silent_wait = upstream.waits[silent_udp]
-    silent_wait.rtt = silent_wait.rtt_polling = silent_wait.rtt_sleeping = 0.0001  # as if it had answered
-    upstream.query(DNSRecord.question("github.com"))  # the silent one times out, the next answers
-    assert silent_wait.rtt is None
-    assert silent_wait.choose(1, 2) is None
-
-
-def test_poll_options_validated():
-    with pytest.raises(ValueError):
-        Upstream([("127.0.0.1", 53)], timeout=1, poll_for=-1)
-    assert Upstream([("127.0.0.1", 53)], timeout=1, poll_for=0).poll_for == 0

@@ -7,8 +7,9 @@ Setup (all on 127.0.0.0/8; no packet leaves the machine):
 
   upstream   process: dns.Zone (NAMES names *.bench.example -> 100.64.x.y, TTL 3600) served by
              dns.DnsServer on 127.0.0.1 - the baseline, queried directly by the clients.
-  resolvers  one process each, dns.Resolver served by dns.DnsServer on 127.0.0.2 (threads and
-             per-client upstream cap as simulator.dataplane sets them), forwarding
+  resolvers  one process each, dns.Resolver served by dns.DnsServer on 127.0.0.2 (threads,
+             per-client upstream cap and the decision log, a NetworkEventLog, as the simulator
+             sets them up), forwarding
              to the upstream; the client address 127.0.0.3 has a ClientView allowing
              *.bench.example. Variants:
                memory-nocache  AnswerCache(0); on_answer records (ip -> qname -> expiry) in a
@@ -178,13 +179,21 @@ def serve(args) -> None:
             if nft_add is not None and entries:
                 nft_add(entries)
 
-        # As the simulator's data plane configures its resolver.
+        # As the simulator's data plane configures its resolver, decision log included
+        # (DataPlane._on_query -> NetworkEventLog.on_query, before the reply leaves).
         from simulator.dataplane import RESOLVER_THREADS, RESOLVER_UPSTREAM_PER_DEVBOX
+        from simulator.network_events import NetworkEventLog
+
+        events = NetworkEventLog()
+
+        def on_query(event):
+            events.on_query("dbx_bench" if event.client_ip == CLIENT_IP else None, event)
 
         resolver = Resolver(
             lambda ip: view if ip == CLIENT_IP else None,
             Upstream([(UPSTREAM_IP, args.upstream_port)], timeout=2.0),
             on_answer=on_answer,
+            on_query=on_query,
             cache=AnswerCache(0) if args.serve.endswith("nocache") else AnswerCache(),
             max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["QueryEvent", "VERDICTS"]
+__all__ = ["QueryEvent", "VERDICTS", "fast_query_event"]
 
 VERDICTS = ("allowed", "denied", "error")
 
@@ -34,3 +34,18 @@ class QueryEvent:
     error: str | None = None
     time: float = 0.0
     rcode: str = "NOERROR"
+
+
+def fast_query_event(client_ip: str, qname: str, qtype: str, verdict: str, reason: str,
+                     matched_pattern: str | None, addresses: list[str], ttl: int | None,
+                     error: str | None, time: float, rcode: str) -> QueryEvent:
+    """``QueryEvent(...)`` for the resolver's per-query path: the same frozen object, with its
+    fields set in one dict update instead of the frozen dataclass's eleven
+    ``object.__setattr__`` calls (about 1 us instead of 5; one is made per query a devbox
+    sends when a decision log listens). Every field must be given."""
+    event = object.__new__(QueryEvent)
+    event.__dict__.update(
+        client_ip=client_ip, qname=qname, qtype=qtype, verdict=verdict, reason=reason,
+        matched_pattern=matched_pattern, addresses=addresses, ttl=ttl, error=error, time=time, rcode=rcode,
+    )
+    return event

@@ -50,7 +50,7 @@ from dnslib import QTYPE, RCODE, RR, DNSQuestion, DNSRecord, OPCODE
 from . import wire
 from .cache import AnswerCache
 from .client import ClientView
-from .event import QueryEvent
+from .event import QueryEvent, fast_query_event
 from .message import (
     addresses_with_ttl,
     address_family_matches,
@@ -527,10 +527,9 @@ def _wire_event(client_ip: str, q: wire.Query, arrived: float, outcome) -> Query
     if isinstance(outcome, QueryEvent):
         return dataclasses.replace(outcome, time=arrived)
     verdict, reason, pattern, found, ttl, rcode, error = outcome
-    return QueryEvent(
-        client_ip=client_ip, qname=q.name, qtype=qtype_name(q.qtype), verdict=verdict, reason=reason,
-        matched_pattern=pattern, addresses=[address for address, _ttl in found], ttl=ttl, error=error,
-        time=arrived, rcode=rcode_name(rcode),
+    return fast_query_event(
+        client_ip, q.name, qtype_name(q.qtype), verdict, reason, pattern, [address for address, _ttl in found],
+        ttl, error, arrived, rcode_name(rcode),
     )
 
 

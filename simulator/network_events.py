@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from dns import QueryEvent
 from netns.nflog import LoggedPacket
@@ -27,8 +27,11 @@ MAX_NAMES = 100_000  # address -> last name it resolved to
 MAX_LIMIT = 1000
 
 
-@dataclass(frozen=True)
-class NetworkEvent:
+class NetworkEvent(NamedTuple):
+    """One logged decision. A NamedTuple, not a frozen dataclass: one is made for every DNS
+    query a devbox sends, before the answer leaves, and a tuple is built in one step where a
+    frozen dataclass sets its 13 fields one ``object.__setattr__`` at a time (~1 us vs ~5)."""
+
     seq: int  # increasing across the log: the paging cursor
     time_ms: int
     kind: str  # "dns" or "blocked" (a new connection nftables dropped)
@@ -44,7 +47,7 @@ class NetworkEvent:
     port: int | None = None  # blocked: destination port
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        data = self._asdict()
         data["addresses"] = list(self.addresses)
         return data
 
@@ -71,17 +74,8 @@ class NetworkEventLog:
                     del self._names[next(iter(self._names))]
             self._seq += 1
             self._append(devbox_id, NetworkEvent(
-                seq=self._seq,
-                time_ms=int(event.time * 1000),
-                kind="dns",
-                verdict=event.verdict,
-                reason=event.reason,
-                name=event.qname,
-                qtype=event.qtype,
-                matched_pattern=event.matched_pattern,
-                addresses=tuple(event.addresses),
-                ttl=event.ttl,
-                error=event.error,
+                self._seq, int(event.time * 1000), "dns", event.verdict, event.reason, event.qname,
+                event.qtype, event.matched_pattern, tuple(event.addresses), event.ttl, event.error,
             ))
 
     def on_blocked(self, devbox_id: str, packet: LoggedPacket) -> None:

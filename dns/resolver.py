@@ -70,6 +70,12 @@ __all__ = ["ClientView", "QueryEvent", "Resolver", "MAX_CNAME_DEPTH", "LOCAL_TTL
 
 log = logging.getLogger(__name__)
 
+# dnslib's QTYPE.X / RCODE.X are Python-level lookups (bimap.__getattr__); the per-query path
+# uses these plain ints instead.
+_AAAA = QTYPE.AAAA
+_NOERROR = RCODE.NOERROR
+_ANSWERED = frozenset((RCODE.NOERROR, RCODE.NXDOMAIN))
+
 MAX_CNAME_DEPTH = 8
 # Short: local names are devboxes that come and go.
 LOCAL_TTL = 5
@@ -117,6 +123,7 @@ class Resolver:
         self._clients = clients
         self._waiting = _Waiting(max_upstream_per_client) if max_upstream_per_client else None
         self._upstream = upstream
+        self._query_wire = getattr(upstream, "query_wire", None)  # the hot path's way up, if any
         self._on_answer = on_answer
         self._on_query = on_query
         self.cache = cache if cache is not None else AnswerCache(clock=clock)
@@ -172,7 +179,7 @@ class Resolver:
             reason = "pattern"
         allowed = dict(base, verdict="allowed", reason=reason, matched_pattern=pattern)
 
-        if q.qtype == QTYPE.AAAA and not view.ipv6:
+        if q.qtype == _AAAA and not view.ipv6:
             return empty_reply(request), QueryEvent(**allowed)
 
         try:
@@ -189,7 +196,7 @@ class Resolver:
     def _local(self, client_ip, request, q, view: ClientView, addresses, base):
         records = []
         name = str(q.qname)
-        if q.qtype == QTYPE.AAAA and not view.ipv6:
+        if q.qtype == _AAAA and not view.ipv6:
             addresses = []
         for address in addresses:
             # The simulator's hook answers by name; keep only what fits the question.
@@ -354,7 +361,7 @@ class Resolver:
                     "denied", "no_matching_pattern", None, (), None, RCODE.NXDOMAIN, None)
             reason = "pattern"
 
-        if q.qtype == QTYPE.AAAA and not view.ipv6:
+        if q.qtype == _AAAA and not view.ipv6:
             return wire.empty_reply(data, q, RCODE.NOERROR, max_size=max_size), (
                 "allowed", reason, pattern, (), None, RCODE.NOERROR, None)
 
@@ -383,19 +390,26 @@ class Resolver:
         if hit is not None and hit[0].name_len == len(q.name_wire):
             section, elapsed = hit
             data, found, ttl = section.aged(elapsed)
-            return RCODE.NOERROR, _Spliced(data, section.count), found, ttl
-        with self._upstream_slot(client_ip):
+            return _NOERROR, _Spliced(data, section.count), found, ttl
+        # The per-client cap without a context manager: this runs for every uncached query.
+        waiting = self._waiting
+        if waiting is not None:
+            waiting.take(client_ip)
+        try:
             rcode, section = self._chase_wire(q)
+        finally:
+            if waiting is not None:
+                waiting.give_back(client_ip)
         if section is None:
             return rcode, None, (), None
-        if rcode == RCODE.NOERROR:
+        if rcode == _NOERROR:
             self.cache.put_section(q.name, q.qtype, section)
         return rcode, section, section.found(), section.min_ttl
 
     def _chase_wire(self, q: wire.Query) -> tuple[int, wire.Section | None]:
         """_chase for the common case - the whole chain in the first reply, nothing dropped -
         without dnslib; any other reply continues in _chase from where it stands."""
-        query_wire = getattr(self._upstream, "query_wire", None)
+        query_wire = self._query_wire
         first = None
         if query_wire is not None:
             try:
@@ -405,13 +419,13 @@ class Resolver:
             got = wire.read_address_answers(raw, qsection, q.qtype)
             if got is not None:
                 rcode, section = got
-                if rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+                if rcode not in _ANSWERED:
                     raise _Failure("upstream_error", f"upstream answered {rcode_name(rcode)}")
                 return rcode, section
             got = wire.read_answers(raw, qsection)
             if got is not None:
                 rcode, records, data, offsets = got
-                if rcode not in (RCODE.NOERROR, RCODE.NXDOMAIN):
+                if rcode not in _ANSWERED:
                     raise _Failure("upstream_error", f"upstream answered {rcode_name(rcode)}")
                 if _whole_chain(records, q.name, q.qtype):
                     addresses = [(rr.value, i) for i, rr in enumerate(records) if rr.rtype in ADDRESS_TYPES]
@@ -465,22 +479,29 @@ class _Waiting:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def slot(self, client_ip: str):
+    def take(self, client_ip: str) -> None:
+        """Count one more lookup for ``client_ip``; _Failure when it has ``cap`` already."""
         with self._lock:
             count = self._counts.get(client_ip, 0)
             if count >= self._cap:
                 raise _Failure("client_busy", f"{count} lookups of this client already wait on the upstream")
             self._counts[client_ip] = count + 1
+
+    def give_back(self, client_ip: str) -> None:
+        with self._lock:
+            left = self._counts[client_ip] - 1
+            if left:
+                self._counts[client_ip] = left
+            else:
+                del self._counts[client_ip]  # the map holds only clients with lookups out
+
+    @contextlib.contextmanager
+    def slot(self, client_ip: str):
+        self.take(client_ip)
         try:
             yield
         finally:
-            with self._lock:
-                left = self._counts[client_ip] - 1
-                if left:
-                    self._counts[client_ip] = left
-                else:
-                    del self._counts[client_ip]  # the map holds only clients with lookups out
+            self.give_back(client_ip)
 
 
 class _Spliced:

@@ -138,12 +138,20 @@ def serve_forwarder(upstream_port: int) -> None:
     upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     upstream.connect((UPSTREAM_IP, upstream_port))
 
+    upstream.settimeout(QUERY_TIMEOUT)  # a lost datagram costs one query, not the relay
+
     def relay():
         recvfrom, send, recv, sendto = listen.recvfrom, upstream.send, upstream.recv, listen.sendto
         while True:
             data, addr = recvfrom(4096)
             send(data)
-            sendto(recv(4096), addr)
+            try:
+                reply = recv(4096)
+                while reply[:2] != data[:2]:  # a late reply to a query that timed out
+                    reply = recv(4096)
+            except OSError:  # timeout: the client counts it
+                continue
+            sendto(reply, addr)
 
     threading.Thread(target=relay, daemon=True).start()
     print(f"READY {listen.getsockname()[1]}", flush=True)

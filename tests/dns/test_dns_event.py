@@ -25,9 +25,17 @@ def test_same_as_the_constructor(fields):
     fast = fast_query_event(*(fields[name] for name in FIELDS))
     slow = QueryEvent(**fields)
     assert fast == slow
+    assert vars(fast) == vars(slow)  # the same attributes, in the same order
     assert dataclasses.asdict(fast) == dataclasses.asdict(slow) == fields
     assert repr(fast) == repr(slow)
     assert dataclasses.replace(fast, time=1.0) == dataclasses.replace(slow, time=1.0)
+
+
+def test_queryevent_has_nothing_that_fast_construction_would_skip():
+    # fast_query_event bypasses __init__: a __post_init__ or __slots__ added to QueryEvent
+    # would be skipped or break it.
+    assert not hasattr(QueryEvent, "__post_init__")
+    assert not hasattr(QueryEvent, "__slots__")
 
 
 def test_still_frozen():

@@ -92,10 +92,7 @@ def test_failed_forks_leak_no_descriptors(spawner, tmp_path):
     base = _pids_cgroup_dir()
     if base is None:
         pytest.skip("no pids cgroup controller")
-    # One answered request first: start() does not wait for the zygote to finish importing,
-    # and a module file it still has open would be counted as one of its descriptors.
-    _pid, out = spawner.spawn(["/bin/true"], {}, None)
-    os.close(out)
+    spawner.start()
     zygote = spawner.pid
     group = os.path.join(base, f"dbxsim-test-{os.getpid()}-{time.monotonic_ns()}")
     os.mkdir(group)
@@ -104,6 +101,11 @@ def test_failed_forks_leak_no_descriptors(spawner, tmp_path):
             f.write("1")  # the zygote itself: no child can be forked
         with open(os.path.join(group, "cgroup.procs"), "w") as f:
             f.write(str(zygote))
+        # Counted after one failed request: start() does not wait for the zygote's imports
+        # (a module file still open would count), and a failure's reply is sent only once
+        # both pipe ends are closed (after a success, the read end closes after the reply).
+        with pytest.raises(OSError, match="fork failed"):
+            spawner.spawn(["/bin/true"], {}, None)
         before = len(os.listdir(f"/proc/{zygote}/fd"))
         for _ in range(5):
             with pytest.raises(OSError, match="fork failed"):

@@ -59,3 +59,18 @@ def test_noisy_devbox_cannot_exhaust_memory_or_evict_others():
 def test_bad_filters_are_400(kwargs):
     with pytest.raises(InvalidRequest):
         NetworkEventLog().list_network_events("dbx_a", **kwargs)
+
+
+def test_to_json_has_every_field_in_place():
+    log = NetworkEventLog()
+    log.on_query("dbx_a", QueryEvent(
+        client_ip="10.88.0.2", qname="x.example.com", qtype="AAAA", verdict="error", reason="upstream_error",
+        matched_pattern="*.example.com", addresses=["2001:db8::1"], ttl=42, error="198.51.100.53:53: timeout",
+        time=1234.5678, rcode="SERVFAIL"))
+    (event,), _ = log.list_network_events("dbx_a")
+    assert list(event.to_json().items()) == [
+        ("seq", 1), ("time_ms", 1234567), ("kind", "dns"), ("verdict", "error"), ("reason", "upstream_error"),
+        ("name", "x.example.com"), ("qtype", "AAAA"), ("matched_pattern", "*.example.com"),
+        ("addresses", ["2001:db8::1"]), ("ttl", 42), ("error", "198.51.100.53:53: timeout"),
+        ("protocol", None), ("port", None),
+    ]

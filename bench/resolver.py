@@ -137,7 +137,6 @@ def serve_forwarder(upstream_port: int) -> None:
     listen.bind((RESOLVER_IP, 0))
     upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     upstream.connect((UPSTREAM_IP, upstream_port))
-
     upstream.settimeout(QUERY_TIMEOUT)  # a lost datagram costs one query, not the relay
 
     def relay():
@@ -397,6 +396,7 @@ def run(netns: str) -> dict:
         groups.append([("uncached", "direct", ONE_CPU), ("uncached", "memory-nocache", ONE_CPU),
                        ("uncached", "forwarder", ONE_CPU)])
         raw: dict[tuple, list] = {key: [] for group in groups for key in group}
+        results: dict[str, dict] = {}
         offset = 0
         for group in groups:
             for index in range(SLICES):
@@ -412,13 +412,11 @@ def run(netns: str) -> dict:
                     offset += r["queries"] + 1  # uncached: never reuse the names just asked
                     raw[key].append(r)
             for kind, target_name, threads in group:
-                slices = raw[(kind, target_name, threads)]
-                q = sum(r["queries"] for r in slices) / sum(r["seconds"] for r in slices)
-                print(f"  {kind:8} {target_name:15} {threads}: {q:8.0f} q/s"
-                      f"  p50 {percentile([x for r in slices for x in r['lat']], 50) * 1000:.3f} ms"
-                      f"  steal {sum(r['stolen'] for r in slices) / sum(r['seconds'] for r in slices) * 1000:.0f} ms/s",
-                      flush=True)
-        return {f"{k}/{t}/{n if n == ONE_CPU else f'{n}thr'}": summarise(v, t != "direct") for (k, t, n), v in raw.items()}
+                summary = results[f"{kind}/{target_name}/{threads if threads == ONE_CPU else f'{threads}thr'}"] = \
+                    summarise(raw[(kind, target_name, threads)], target_name != "direct")
+                print(f"  {kind:8} {target_name:15} {threads}: {summary['qps']:8.0f} q/s  p50 {summary['p50_ms']:.3f} ms"
+                      f"  steal {summary['vm_steal_ms_per_s']['mean']:.0f} ms/s", flush=True)
+        return results
     finally:
         for child in reversed(children):
             child.stop()

@@ -545,14 +545,21 @@ def test_holder_keeps_no_simulator_fds(netns_name, make_sandbox, tmp_path):
     try:
         sb = make_sandbox()
         parent = int(open(f"/proc/{sb.holder_pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        for pid in (sb.holder_pid, parent):
-            fds = sorted(int(x) for x in os.listdir(f"/proc/{pid}/fd"))
-            assert fds == [0, 1, 2], (pid, fds)
-        # the init drops its readiness pipe right after saying ready
-        _poll(
-            lambda: all(os.readlink(f"/proc/{sb.holder_pid}/fd/{fd}") == "/dev/null" for fd in range(3)),
-            what="init to redirect to /dev/null",
-        )
+
+        def fds(pid):
+            return sorted(int(x) for x in os.listdir(f"/proc/{pid}/fd"))
+
+        # The init drops its readiness pipe right after saying ready; while its shell does
+        # `exec </dev/null` it briefly holds /dev/null on fd 3 (open, dup2, close), so wait
+        # for the redirect to finish. A leaked descriptor never goes away: the poll fails.
+        def settled():
+            return fds(sb.holder_pid) == [0, 1, 2] and all(
+                os.readlink(f"/proc/{sb.holder_pid}/fd/{fd}") == "/dev/null" for fd in range(3)
+            )
+
+        _poll(settled, what="init to hold only /dev/null on fds 0-2")
+        assert fds(sb.holder_pid) == [0, 1, 2]
+        assert fds(parent) == [0, 1, 2], (parent, fds(parent))
         assert os.readlink(f"/proc/{sb.holder_pid}/cwd") == "/"
     finally:
         leak.close()

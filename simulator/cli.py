@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
 
 from simulator.config import Settings, parse_servers
+from simulator.data_dir_lock import lock_data_dir
 
 log = logging.getLogger("devbox_sim")
 
@@ -22,7 +24,7 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="SQLite store and devbox files (DEVBOX_SIM_DATA_DIR)")
     serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
     serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
-    serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"], help="one access-log line per request at info (DEVBOX_SIM_LOG_LEVEL)")
     serve.add_argument("--runtime", default=defaults.runtime, choices=["auto", "docker", "netns", "none"], help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME)")
     serve.add_argument("--image", default=defaults.image, help="docker runtime: the devboxes' image, already in the daemon (never pulled); default: a busybox image built offline (DEVBOX_SIM_IMAGE)")
     serve.add_argument("--uplink", default=defaults.uplink, choices=["host", "offline"], help="where devbox egress goes: the host's network, or the offline world (DEVBOX_SIM_UPLINK; default offline with --world, else host)")
@@ -49,13 +51,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        lock = lock_data_dir(args.data_dir)  # before anything touches the instance's kernel state
+        server, sock = _start(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        # A setup problem (data dir in use, port taken, bad key file or world file, no root
+        # for a runtime...): one line saying what, exit 2. The traceback at debug level.
+        log.debug("startup failed", exc_info=True)
+        print(f"devbox-sim: error: {_describe(exc)}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        server.run(sockets=[sock])
+    finally:
+        os.close(lock)
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # without "[Errno N]"
+        return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+def _start(args: argparse.Namespace):
+    """The uvicorn server and its bound socket, the app built (runtime and data plane up)."""
     import uvicorn
 
     from simulator.app import create_app
 
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -75,15 +101,21 @@ def serve(args: argparse.Namespace) -> int:
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
     # listener's proto says TCP; with proto 0, keep-alive requests stall ~40 ms on delayed ACKs.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    port = sock.getsockname()[1]
-    app = create_app(settings)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+        port = sock.getsockname()[1]
+        app = create_app(settings)
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).
     print(f"devbox-sim listening on http://{settings.host}:{port} (data dir {settings.data_dir.resolve()})", file=sys.stderr, flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    return uvicorn.Server(config), sock
 
 
 if __name__ == "__main__":

@@ -94,6 +94,29 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
         restarted.stop()
 
 
+def test_a_second_server_on_a_data_dir_in_use_is_refused_and_harms_nothing(netns_server):
+    """Both would be one instance (same kernel object names): the second would remove the
+    first's namespaces and devboxes as a crash's leftovers. It must refuse before that."""
+    server, args = netns_server
+    sdk = RunloopSDK(bearer_token="netns-twice", base_url=server.url, max_retries=0)
+    policy = sdk.network_policy.create(name="github-only", allowed_hostnames=["github.com"])
+    devbox = sdk.devbox.create(launch_parameters={"network_policy_id": policy.id})
+    with devbox:
+        assert curl(devbox, "http://github.com/a").stdout() == "github.com /a\n"
+        prefix = f"{NS_PREFIX}{instance_id(server.data_dir)}-"
+        before = sorted(namespaces.list_names(prefix))
+        second = subprocess.run(
+            [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(server.data_dir), *args],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another devbox-sim (pid {server.proc.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert sorted(namespaces.list_names(prefix)) == before
+        assert devbox.get_info().status == "running"
+        assert curl(devbox, "http://github.com/b").stdout() == "github.com /b\n"
+
+
 def test_network_events_show_what_a_devbox_tried(netns_server):
     server, _ = netns_server
     sdk = RunloopSDK(bearer_token="netns-events", base_url=server.url, max_retries=0)

@@ -1,0 +1,48 @@
+"""One simulator per data dir: the lock ``serve`` takes first."""
+
+import fcntl
+import os
+import subprocess
+import sys
+
+import pytest
+
+from simulator.data_dir_lock import LOCK_NAME, DataDirInUse, lock_data_dir
+from tests.server import ServerProcess
+
+
+def test_a_held_data_dir_cannot_be_locked_again_until_released(tmp_path):
+    data = tmp_path / "data"
+    fd = lock_data_dir(data)
+    try:
+        assert (data.stat().st_mode & 0o777) == 0o700
+        assert (data / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC  # not inherited by what we start
+        with pytest.raises(DataDirInUse, match=f"in use by another devbox-sim \\(pid {os.getpid()}\\)"):
+            lock_data_dir(data)
+    finally:
+        os.close(fd)
+    again = lock_data_dir(data)  # released with the descriptor (as when a process dies)
+    os.close(again)
+
+
+def test_serve_refuses_a_data_dir_in_use_and_the_first_server_keeps_working(tmp_path):
+    data = tmp_path / "data"
+    headers = {"Authorization": "Bearer lock-token"}
+    import httpx
+
+    with ServerProcess(data) as first:
+        made = httpx.post(f"{first.url}/v1/network-policies", json={"name": "kept"}, headers=headers)
+        assert made.status_code == 200
+        second = subprocess.run(
+            [sys.executable, "-m", "simulator", "serve", "--runtime", "none", "--port", "0", "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 2
+        assert second.stderr.strip() == (
+            f"devbox-sim: error: data dir {data} is in use by another devbox-sim (pid {first.proc.pid}); "
+            "stop it first, or give this one another --data-dir"
+        )
+        assert httpx.get(f"{first.url}/v1/network-policies/{made.json()['id']}", headers=headers).json() == made.json()
+    with ServerProcess(data) as after:  # the first one's exit released it
+        assert httpx.get(f"{after.url}/v1/network-policies", headers=headers).json()["total_count"] == 1

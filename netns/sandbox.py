@@ -1035,6 +1035,8 @@ class Sandbox:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
+            if stat.S_ISDIR(st.st_mode):  # opening one for reading succeeds: say what it is
+                raise IsADirectoryError(errno.EISDIR, "is a directory", shown)
             raise ValueError(f"{shown}: not a regular file")
         os.set_blocking(fd, True)
         return fd, created

@@ -541,6 +541,10 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
     def local_answer(qname: str, qtype: str):
         return local(account, qname, qtype)
 
+    # Other devboxes' names only for a devbox that may talk to them: under deny-all (or with
+    # devbox-to-devbox off) they are names like any other, NXDOMAIN unless a pattern allows
+    # them, and the siblings' addresses do not leak.
+    local_answer = local_answer if accepts_peers(policy) else None
     if policy is None or policy.egress.allow_all:
         return ClientView(matcher=None, allow_all=True, local_answer=local_answer)
     patterns = policy.egress.allowed_hostnames

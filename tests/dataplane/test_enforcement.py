@@ -119,6 +119,8 @@ def test_devbox_to_devbox_on_off_and_never_across_accounts(plane, devboxes):
     assert devboxes.run(peer_on, "resolve", local_name) == f"OK {target_ip}"
     assert devboxes.run(peer_on, "tcp", local_name, "9000") == "OK ping"
     assert not ok(devboxes.run(peer_off, "tcp", target_ip, "9000"))
+    # A devbox that may not talk to its siblings does not learn their addresses either.
+    assert devboxes.run(peer_off, "resolve", local_name).startswith("FAIL")
     assert not ok(devboxes.run(stranger, "tcp", target_ip, "9000"))
     assert devboxes.run(stranger, "resolve", local_name).startswith("FAIL")
     # Both ends must allow it: an allow_all devbox reaches the target, not the devbox without.

@@ -143,10 +143,14 @@ def test_devbox_to_devbox_off_cuts_flows_whichever_side_opened_them(plane, devbo
         held.close()
     assert not devboxes.run(peer, "tcp", target_ip, "9100").startswith("OK")
     assert not devboxes.run(target, "tcp", peer_ip, "9100").startswith("OK")
-    # Back on: new connections work again.
+    # Nor does the devbox that turned it off resolve its siblings' names any more.
+    peer_name = f"{peer.lower().replace('_', '-')}.devbox.internal"
+    assert devboxes.run(target, "resolve", peer_name).startswith("FAIL")
+    # Back on: new connections work again, and names resolve.
     target_on = updated(target_off, allow_devbox_to_devbox=True)
     dataplane.policy_updated(target_off, target_on)
     assert devboxes.run(peer, "tcp", target_ip, "9100") == "OK ping"
+    assert devboxes.run(target, "resolve", peer_name) == f"OK {peer_ip}"
 
     # The opening side turns it off: its own flow is cut too.
     held = Held(devboxes, peer, target_ip, 9100)

@@ -110,6 +110,10 @@ def _test_runtime(settings: Settings) -> DevboxRuntime | None:
     return getattr(importlib.import_module(module), factory)(settings)
 
 
+# Why a devbox that was active when the simulator stopped ended (its last transition).
+STOPPED = "the simulator stopped"
+
+
 def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> FastAPI:
     """The app; with no ``runtime`` given it makes (and owns) the one the settings ask for."""
     owned_runtime = None
@@ -146,7 +150,11 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         gc.freeze()
         yield
         if owned_runtime is not None:
-            owned_runtime.close()  # a runtime the app made itself dies with the server
+            # A runtime the app made itself dies with the server, and its devboxes with it.
+            ended = services.devboxes.stop_all(STOPPED)
+            if ended:
+                log.info("stopping: ended %d devboxes: %s", len(ended), ", ".join(ended))
+            owned_runtime.close()
 
     app = FastAPI(
         title="devbox-sim",

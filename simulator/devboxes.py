@@ -300,6 +300,21 @@ class DevboxService:
                     self._release(moved)
         return failed
 
+    def stop_all(self, why: str) -> list[str]:
+        """The simulator is stopping (and takes the runtime with it): every active devbox ends
+        now, as ``failure`` with ``why``, its runtime resources released and its terminal hooks
+        run (commands finished, the log's summary line). So the store tells what happened
+        when it happened, not at the next start. Returns the ids ended."""
+        with self.db.read() as conn:
+            active = devbox_store.all_active(conn)
+        ended = []
+        for devbox in active:
+            moved = self._move(devbox, lifecycle.FAILURE, failure_reason="health_check_failed", detail=why)
+            if moved is not None:  # else it ended meanwhile
+                ended.append(devbox.id)
+                self._release(moved)
+        return ended
+
     # --- lifecycle ---------------------------------------------------------------------
 
     def _lifecycle_lock(self, devbox_id: str) -> threading.Lock:

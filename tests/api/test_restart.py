@@ -1,5 +1,7 @@
 """State survives a restart on the same data directory."""
 
+import time
+
 import httpx
 
 from tests.server import ServerProcess
@@ -35,3 +37,42 @@ def test_everything_survives_a_restart(tmp_path):
         # Uniqueness still holds after the restart.
         again = httpx.post(f"{second.url}/v1/network-policies", json={"name": "keep-1"}, headers=HEADERS)
         assert again.status_code == 400
+
+
+def test_a_stopped_server_ends_its_devboxes_when_it_stops(tmp_path):
+    """SIGTERM (systemctl stop) takes the devboxes down with the runtime: the store must say so
+    at once - failure, "the simulator stopped", the stop's time - not only at the next start."""
+    from tests.runtime_servers import local_runtime_env
+
+    data = tmp_path / "data"
+    devboxes = "/v1/devboxes"
+    with ServerProcess(data, env=local_runtime_env()) as first:
+        def running():
+            view = httpx.post(f"{first.url}{devboxes}/create_and_await_running", json={}, headers=HEADERS, timeout=60)
+            assert view.status_code == 200 and view.json()["status"] == "running", view.text
+            return view.json()["id"]
+
+        busy, frozen = running(), running()
+        command = httpx.post(f"{first.url}{devboxes}/{busy}/execute_async", json={"command": "sleep 60"}, headers=HEADERS)
+        assert command.status_code == 200
+        suspended = httpx.post(f"{first.url}{devboxes}/{frozen}/suspend", headers=HEADERS)
+        assert suspended.json()["status"] == "suspended", suspended.text
+        finished = running()
+        assert httpx.post(f"{first.url}{devboxes}/{finished}/shutdown", headers=HEADERS).json()["status"] == "shutdown"
+    stopped_ms = int(time.time() * 1000)
+    # The server's own log has each devbox's one-line summary, as for an API shutdown.
+    for devbox_id in (busy, frozen):
+        assert any(f"devbox {devbox_id} failure:" in line for line in first.log), first.log[-20:]
+
+    with ServerProcess(data, env=local_runtime_env()) as second:
+        assert not any("from a previous run are gone" in line for line in second.log)
+        for devbox_id in (busy, frozen):
+            view = httpx.get(f"{second.url}{devboxes}/{devbox_id}", headers=HEADERS).json()
+            assert (view["status"], view["failure_reason"]) == ("failure", "health_check_failed")
+            assert view["state_transitions"][-1]["failure_reason"] == "the simulator stopped"
+            assert view["end_time_ms"] <= stopped_ms
+        assert httpx.get(f"{second.url}{devboxes}/{finished}", headers=HEADERS).json()["status"] == "shutdown"
+        execution = httpx.get(
+            f"{second.url}{devboxes}/{busy}/executions/{command.json()['execution_id']}", headers=HEADERS
+        ).json()
+        assert (execution["status"], execution["exit_status"]) == ("completed", 137)

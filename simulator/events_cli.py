@@ -43,6 +43,7 @@ def run(args) -> int:
     client = _Client(args.base_url, args.api_key)
     try:
         cursor = None
+        client.get(f"/v1/devboxes/{args.devbox}")  # an unknown devbox or key: the error alone
         print(_header(), flush=True)
         while True:
             cursor = _print_new(client, args, cursor, colour)

@@ -174,6 +174,9 @@ def test_events_cli_table_and_follow(netns_server):
         assert any("allowed" in l and "github.com" in l and "192.0.2.10" in l for l in lines)
         assert any("denied" in l and "evil.example" in l and "no_matching_pattern" in l for l in lines)
         assert "\033[" not in table.stdout  # no colour codes when not a terminal
+        unknown = subprocess.run(_events_cli(server, "dbx_nope", token), capture_output=True, text=True, timeout=30)
+        assert (unknown.returncode, unknown.stdout) == (1, "")  # no table header before the error
+        assert unknown.stderr == "devbox-sim events: 404 devbox 'dbx_nope' not found\n"
 
         follow = subprocess.Popen(_events_cli(server, devbox.id, token, "--follow", "--verdict", "denied"),
                                   stdout=subprocess.PIPE, text=True)

@@ -35,6 +35,8 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
     if "/" in raw:
         raise bad("it contains a path or a CIDR; give a bare hostname (CIDRs go in allowed_cidrs)")
     if _is_ip(raw.strip("[]")):
+        if ":" in raw:
+            raise bad("IP addresses are not hostnames, and devboxes are IPv4-only (no IPv6 egress)")
         raise bad("IP addresses are not hostnames; use allowed_cidrs with a /32")
     if ":" in raw:
         raise bad("ports are not part of a hostname (port rules go in allowed_cidrs)")

@@ -78,3 +78,19 @@ def test_duplicates_dropped_in_order():
 def test_error_names_the_index():
     with pytest.raises(InvalidRequest, match=r"allowed_hostnames\[1\]"):
         normalise_patterns(["ok.com", "not ok"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "hint"),
+    [
+        ("192.0.2.1", "use allowed_cidrs with a /32"),
+        ("2001:db8::1", "IPv4-only"),
+        ("[2001:db8::1]", "IPv4-only"),
+        ("::1", "IPv4-only"),
+    ],
+)
+def test_an_address_gets_the_advice_that_fits_its_family(raw, hint):
+    with pytest.raises(InvalidRequest, match="IP addresses are not hostnames") as caught:
+        normalise_pattern(raw)
+    assert hint in caught.value.message
+    assert ("/32" in caught.value.message) == (":" not in raw)

@@ -28,13 +28,26 @@ def error_response(status: int, code: str, message: str, retry: bool = False) ->
     )
 
 
+def _field_path(loc) -> str:
+    """pydantic's ("body", "allowed_cidrs", 0, "cidr") as our own validators write it:
+    "allowed_cidrs[0].cidr" (the leading source dropped; a field may be called "path")."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts.pop(0)
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
-        loc = [str(x) for x in error.get("loc", ()) if x not in ("body", "query", "path", "header")]
-        where = ".".join(loc)
+        where = _field_path(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             parts.append("the request body is not valid JSON")
+        elif error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):
+            parts.append("a JSON request body is required")
         elif error.get("type") == "missing" and where:
             parts.append(f"{where} is required")
         elif where:

@@ -363,3 +363,21 @@ def test_unknown_fields_are_ignored(client):
 
 def test_unknown_route_is_json_404(client):
     assert_error(client.get("/v1/nothing-here", headers=ALICE), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("send", "message"),
+    [
+        ({}, "a JSON request body is required"),
+        ({"json": {}}, "name is required"),
+        # pydantic's own errors name fields the way our validators do: [index], not .index.
+        ({"json": {"name": "x", "allowed_cidrs": [{"cidr": "192.0.2.0/24", "ports": [{"port": "abc"}]}]}},
+         "allowed_cidrs[0].ports[0].port: Input should be a valid integer"),
+        ({"json": {"name": "x", "allowed_cidrs": [{"cidr": "192.0.2.1/24"}]}},
+         "allowed_cidrs[0].cidr: '192.0.2.1/24' has host bits set; did you mean '192.0.2.0/24'?"),
+    ],
+)
+def test_validation_messages_name_the_field(client, send, message):
+    response = client.post("/v1/network-policies", headers=ALICE, **send)
+    assert response.status_code == 400
+    assert response.json() == {"message": message, "error_code": "invalid_request"}

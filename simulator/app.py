@@ -140,6 +140,11 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         if stray:
             log.warning("removed %d disks nothing references: %s", len(stray), ", ".join(stray))
 
+    def end_devboxes() -> None:
+        ended = services.devboxes.stop_all(STOPPED)
+        if ended:
+            log.info("stopping: ended %d devboxes: %s", len(ended), ", ".join(ended))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # The store lives as long as the app object (a test client may run the ASGI lifespan
@@ -151,10 +156,10 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         yield
         if owned_runtime is not None:
             # A runtime the app made itself dies with the server, and its devboxes with it.
-            ended = services.devboxes.stop_all(STOPPED)
-            if ended:
-                log.info("stopping: ended %d devboxes: %s", len(ended), ", ".join(ended))
-            owned_runtime.close()
+            try:
+                end_devboxes()  # again: requests in flight when the server began to stop
+            finally:
+                owned_runtime.close()
 
     app = FastAPI(
         title="devbox-sim",
@@ -163,6 +168,9 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         lifespan=lifespan,
     )
     app.state.services = services
+    # The server calls this when it begins to stop, before it waits for open connections: a
+    # command's output stream or a long poll ends only when its devbox does.
+    app.state.end_devboxes = end_devboxes if owned_runtime is not None else None
     errors.install(app)
 
     @app.get("/healthz", tags=["simulator"], summary="Liveness probe (no authentication)")

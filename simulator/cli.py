@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
 from pathlib import Path
 
+from simulator.accounts import Accounts
 from simulator.config import Settings, parse_servers
 from simulator.data_dir_lock import lock_data_dir
 
 log = logging.getLogger("devbox_sim")
+
+# A stop waits this long for requests in flight (after the devboxes ended), then cancels them.
+GRACEFUL_SHUTDOWN_SECONDS = 10.0
 
 
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
@@ -54,26 +57,43 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    global _data_dir_lock
     try:
-        lock = lock_data_dir(args.data_dir)  # before anything touches the instance's kernel state
+        # Before anything touches the instance's kernel state. Never closed: the process's
+        # exit releases it, after its last thread.
+        _data_dir_lock = lock_data_dir(args.data_dir)
         server, sock = _start(args)
-    except (OSError, ValueError, RuntimeError) as exc:
-        # A setup problem (data dir in use, port taken, bad key file or world file, no root
-        # for a runtime...): one line saying what, exit 2. The traceback at debug level.
+    except _setup_errors() as exc:
+        # A setup problem the user can fix (data dir in use, port taken, a bad key or world
+        # file, a runtime this machine cannot run): one line, exit 2. Anything else is a bug
+        # and keeps its traceback.
         log.debug("startup failed", exc_info=True)
         print(f"devbox-sim: error: {_describe(exc)}", file=sys.stderr, flush=True)
         return 2
-    try:
-        server.run(sockets=[sock])
-    finally:
-        os.close(lock)
+    server.run(sockets=[sock])
     return 0
+
+
+class SetupError(Exception):
+    """A setup problem found by ``serve`` itself (the listening port, the key file)."""
+
+
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    from netns.links import BrNetfilterMissing
+    from simulator.data_dir_lock import DataDirInUse
+    from simulator.runtime.factory import RuntimeUnavailable
+    from simulator.world import WorldConfigError
+
+    return SetupError, DataDirInUse, RuntimeUnavailable, WorldConfigError, BrNetfilterMissing
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:  # without "[Errno N]"
         return exc.strerror if exc.filename is None else f"{exc.strerror}: {exc.filename}"
     return str(exc) or type(exc).__name__
+
+
+_data_dir_lock: int | None = None  # the held lock's descriptor (serve)
 
 
 def _start(args: argparse.Namespace):
@@ -106,16 +126,48 @@ def _start(args: argparse.Namespace):
         try:
             sock.bind((settings.host, settings.port))
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+            raise SetupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
         port = sock.getsockname()[1]
+        try:
+            Accounts.from_file(settings.api_keys)  # read again by the app; checked here to say so
+        except (OSError, ValueError) as exc:
+            raise SetupError(f"--api-keys: {_describe(exc)}") from exc
         app = create_app(settings)
     except BaseException:
         sock.close()
         raise
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
+    config = uvicorn.Config(
+        app, log_level=args.log_level, access_log=False, log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).
     print(f"devbox-sim listening on http://{settings.host}:{port} (data dir {settings.data_dir.resolve()})", file=sys.stderr, flush=True)
-    return uvicorn.Server(config), sock
+    return _server_class()(config, app.state.end_devboxes), sock
+
+
+def _server_class():
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a stop ends the devboxes first. uvicorn waits for
+        every open connection to finish before the app's shutdown runs, and a command's
+        output stream or a long poll only finishes when its devbox ends: without this, a stop
+        would wait for them (up to GRACEFUL_SHUTDOWN_SECONDS, then cancel them)."""
+
+        def __init__(self, config, end_devboxes):
+            super().__init__(config)
+            self._end_devboxes = end_devboxes
+
+        async def shutdown(self, sockets=None) -> None:
+            for server in self.servers:  # no new connection first (uvicorn does it again)
+                server.close()
+            if self._end_devboxes is not None:
+                await asyncio.to_thread(self._end_devboxes)
+            await super().shutdown(sockets)
+
+    return Server
 
 
 if __name__ == "__main__":

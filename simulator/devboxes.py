@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -45,6 +46,8 @@ LAUNCH_OUTPUT_TAIL = 2000  # characters of a failed launch command's output kept
 LAUNCH_OUTPUT_MAX_BYTES = command_output.MAX_OUTPUT_BYTES
 # A launch command that runs longer fails the devbox (its process group is killed).
 LAUNCH_COMMAND_TIMEOUT_SECONDS = 600.0
+# A stopping simulator waits this long for devboxes still being provisioned to be freed.
+STOP_PROVISIONING_WAIT_SECONDS = 20.0
 
 # A devbox reached shutdown or failure (called outside any transaction, after the runtime
 # released it). Executions use it to finish the devbox's commands.
@@ -80,6 +83,8 @@ class DevboxService:
         # Suspend and resume of one devbox are serialised (striped locks): each is a stored
         # move, a runtime call and another stored move, which must not interleave.
         self._lifecycle_locks = [threading.Lock() for _ in range(64)]
+        self._provisioning: set[threading.Thread] = set()  # provisioning threads still running
+        self._provisioning_lock = threading.Lock()
         # Deleting a policy that an active devbox uses is a 400 naming the devbox.
         network_policies.add_usage_check(self._policy_users)
 
@@ -133,9 +138,12 @@ class DevboxService:
                 snapshot_id=snapshot_id,
             )
             devbox_store.insert(conn, devbox, request_id)
-        threading.Thread(
-            target=self._provision, args=(runtime, devbox, file_mounts), name=f"provision-{devbox.id}", daemon=True
-        ).start()
+        thread = threading.Thread(
+            target=self._provision_tracked, args=(runtime, devbox, file_mounts), name=f"provision-{devbox.id}", daemon=True
+        )
+        with self._provisioning_lock:
+            self._provisioning.add(thread)
+        thread.start()
         return devbox
 
     async def create_and_await_running(
@@ -313,6 +321,16 @@ class DevboxService:
             if moved is not None:  # else it ended meanwhile
                 ended.append(devbox.id)
                 self._release(moved)
+        # A devbox still being provisioned is not the runtime's yet, so the release above found
+        # nothing to free; its provisioning thread frees it when it sees the failure. Wait for
+        # those threads (bounded), so that nothing is left when the runtime closes.
+        deadline = time.monotonic() + STOP_PROVISIONING_WAIT_SECONDS
+        with self._provisioning_lock:
+            pending = list(self._provisioning)
+        for thread in pending:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("stopping: %s still running after %g s", thread.name, STOP_PROVISIONING_WAIT_SECONDS)
         return ended
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -356,6 +374,13 @@ class DevboxService:
         if moved is not None:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
+
+    def _provision_tracked(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None) -> None:
+        try:
+            self._provision(runtime, devbox, file_mounts)
+        finally:
+            with self._provisioning_lock:
+                self._provisioning.discard(threading.current_thread())
 
     def _provision(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None = None) -> None:
         """Worker thread: drive provisioning -> [initializing] -> running, or failure.

@@ -39,6 +39,7 @@ class ServerProcess:
             self.args = [sys.executable, "-m", "simulator", "serve", "--port", "0", "--data-dir", str(data_dir), *runtime, *extra_args]
             self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self._pump: threading.Thread | None = None
         self.url: str | None = None
         self.log: list[str] = []
 
@@ -60,7 +61,8 @@ class ServerProcess:
                     self.url = match.group(1)
                     found.set()
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
         deadline = time.monotonic() + timeout
         while not found.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -110,6 +112,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self._pump is not None:
+            self._pump.join(timeout=5)  # the log's last lines (read until the pipe's EOF)
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:

@@ -1,5 +1,6 @@
 """State survives a restart on the same data directory."""
 
+import signal
 import time
 
 import httpx
@@ -76,3 +77,48 @@ def test_a_stopped_server_ends_its_devboxes_when_it_stops(tmp_path):
             f"{second.url}{devboxes}/{busy}/executions/{command.json()['execution_id']}", headers=HEADERS
         ).json()
         assert (execution["status"], execution["exit_status"]) == ("completed", 137)
+
+
+def test_a_stop_ends_devboxes_before_waiting_for_streams_and_long_polls(tmp_path):
+    """uvicorn waits for open connections before the app's shutdown; a command's output stream
+    and a long poll end only when their devbox does. So the devboxes end first, or a stop would
+    hang until killed (or until uvicorn's grace period cancels the requests)."""
+    import threading
+
+    from tests.runtime_servers import local_runtime_env
+
+    devboxes = "/v1/devboxes"
+    server = ServerProcess(tmp_path / "data", env=local_runtime_env()).start()
+    try:
+        view = httpx.post(f"{server.url}{devboxes}/create_and_await_running", json={}, headers=HEADERS, timeout=60)
+        devbox_id = view.json()["id"]
+        started = httpx.post(f"{server.url}{devboxes}/{devbox_id}/execute_async", json={"command": "sleep 600"}, headers=HEADERS)
+        execution_id = started.json()["execution_id"]
+        connected, ended = threading.Event(), {}
+
+        def stream():
+            url = f"{server.url}{devboxes}/{devbox_id}/executions/{execution_id}/stream_stdout_updates"
+            with httpx.stream("GET", url, headers=HEADERS, timeout=60) as response:
+                connected.set()
+                for _ in response.iter_lines():
+                    pass
+            ended["stream"] = True
+
+        def long_poll():
+            response = httpx.post(f"{server.url}{devboxes}/{devbox_id}/wait_for_status",
+                                  json={"statuses": ["failure"], "timeout_seconds": 25}, headers=HEADERS, timeout=60)
+            ended["poll"] = response.json()["status"]
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=long_poll)]
+        for thread in threads:
+            thread.start()
+        assert connected.wait(10)
+    finally:
+        code = server.stop()
+    for thread in threads:
+        thread.join(10)
+    # uvicorn re-raises the SIGTERM it handled once it is done: -15, not -9 from
+    # ServerProcess.stop's kill after 30 s.
+    assert code == -signal.SIGTERM
+    assert not any("timeout graceful shutdown exceeded" in line for line in server.log)
+    assert ended == {"stream": True, "poll": "failure"}

@@ -117,6 +117,31 @@ def test_a_second_server_on_a_data_dir_in_use_is_refused_and_harms_nothing(netns
         assert curl(devbox, "http://github.com/b").stdout() == "github.com /b\n"
 
 
+def test_a_stop_ends_running_and_suspended_devboxes_and_leaves_nothing(netns_server):
+    server, args = netns_server
+    sdk = RunloopSDK(bearer_token="netns-stop", base_url=server.url, max_retries=0)
+    running = sdk.devbox.create()
+    running.cmd.exec("sleep 1000 > /dev/null 2>&1 &")
+    frozen = sdk.devbox.create()
+    frozen.suspend()
+    assert sdk.api.devboxes.retrieve(frozen.id).status == "suspended"
+    prefix = f"{NS_PREFIX}{instance_id(server.data_dir)}-"
+    assert server.stop() == -signal.SIGTERM  # graceful (uvicorn re-raises the signal it handled)
+    # Unlike kill -9 (above), nothing is left for the next start to clean up.
+    assert namespaces.list_names(prefix) == [] and find_orphans(prefix) == []
+    assert subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True).stdout == b""
+    restarted = ServerProcess(server.data_dir, *args).start()
+    try:
+        assert not any("from a previous run are gone" in line for line in restarted.log)
+        sdk = RunloopSDK(bearer_token="netns-stop", base_url=restarted.url, max_retries=0)
+        for devbox in (running, frozen):
+            info = sdk.api.devboxes.retrieve(devbox.id)
+            assert info.status == "failure"
+            assert info.state_transitions[-1].failure_reason == "the simulator stopped"
+    finally:
+        restarted.stop()
+
+
 def test_network_events_show_what_a_devbox_tried(netns_server):
     server, _ = netns_server
     sdk = RunloopSDK(bearer_token="netns-events", base_url=server.url, max_retries=0)

@@ -81,10 +81,12 @@ class SetupError(Exception):
 def _setup_errors() -> tuple[type[BaseException], ...]:
     from netns.links import BrNetfilterMissing
     from simulator.data_dir_lock import DataDirInUse
+    from simulator.runtime.base import RuntimeFailure
     from simulator.runtime.factory import RuntimeUnavailable
     from simulator.world import WorldConfigError
 
-    return SetupError, DataDirInUse, RuntimeUnavailable, WorldConfigError, BrNetfilterMissing
+    # RuntimeFailure: a runtime refusing to start says why for users (e.g. --image missing).
+    return SetupError, DataDirInUse, RuntimeUnavailable, RuntimeFailure, WorldConfigError, BrNetfilterMissing
 
 
 def _describe(exc: BaseException) -> str:

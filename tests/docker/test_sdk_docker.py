@@ -120,7 +120,11 @@ def test_image_option_selects_another_image_and_a_missing_one_is_refused(tmp_pat
     missing = ServerProcess(tmp_path / "data2", *args, "--image", "devbox-sim/never-built:nope")
     with pytest.raises(RuntimeError):
         missing.start(timeout=60)
-    assert any("never pulled" in line for line in missing.log)
+    assert missing.proc.returncode == 2  # a setup error, said in one line
+    assert [line for line in missing.log if "never pulled" in line] == [
+        "devbox-sim: error: image 'devbox-sim/never-built:nope' is not in the Docker daemon"
+        " (it is never pulled: docker load/build it first)"
+    ]
     assert namespaces.list_names(f"{NS_PREFIX}{instance_id(tmp_path / 'data2')}-") == []  # nothing left
     assert docker_client.api.images(name="devbox-sim/never-built") == []
 

@@ -162,6 +162,16 @@ MIGRATIONS: list[str] = [
     INSERT INTO devbox_log_counts (account, devbox_id, lines)
         SELECT account, devbox_id, COUNT(*) FROM devbox_logs GROUP BY account, devbox_id;
     """,
+    # Command output retention (simulator.execution_store): each completed command's stored
+    # output in bytes, and their total, so that a completion knows when to drop the oldest.
+    """
+    ALTER TABLE executions ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE executions SET output_bytes =
+        COALESCE(length(CAST(stdout AS BLOB)), 0) + COALESCE(length(CAST(stderr AS BLOB)), 0);
+    CREATE INDEX executions_output_age ON executions(end_time_ms, id) WHERE output_bytes > 0;
+    CREATE TABLE stored_output (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
+    INSERT INTO stored_output (id, bytes) SELECT 0, COALESCE(SUM(output_bytes), 0) FROM executions;
+    """,
 ]
 
 

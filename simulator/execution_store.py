@@ -2,6 +2,13 @@
 
 A row is written when a command starts (so ``command_id`` and ``x-request-id`` de-duplicate
 at once) and rewritten when it completes; output lives in memory until then.
+
+Retention: the store keeps the newest ``MAX_STORED_OUTPUT_BYTES`` of command output, all
+devboxes together (a command may keep up to 2 x 16 MiB). Past it, a completion drops the
+output of the oldest completed commands: their rows stay (status, exit status, times), with
+empty output and ``stdout_truncated``/``stderr_truncated`` set, so nobody mistakes "" for
+what they printed. The total is kept in ``stored_output`` so no completion has to add up
+every row.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ def _from_row(row: sqlite3.Row) -> Execution:
 
 
 TABLE = Table("executions", _from_row)
+
+MAX_STORED_OUTPUT_BYTES = 1 << 30  # 1 GiB of command output in the store, all devboxes
 by_request_id = TABLE.by_request_id
 
 
@@ -59,10 +68,11 @@ def insert(conn: sqlite3.Connection, execution: Execution, request_id: str | Non
     )
 
 
-def complete(conn: sqlite3.Connection, execution: Execution) -> None:
+def complete(conn: sqlite3.Connection, execution: Execution, max_stored: int = MAX_STORED_OUTPUT_BYTES) -> None:
+    size = _size(execution.stdout) + _size(execution.stderr)
     conn.execute(
         "UPDATE executions SET status = ?, exit_status = ?, stdout = ?, stderr = ?, stdout_truncated = ?,"
-        " stderr_truncated = ?, end_time_ms = ? WHERE id = ?",
+        " stderr_truncated = ?, end_time_ms = ?, output_bytes = ? WHERE id = ?",
         (
             execution.status,
             execution.exit_status,
@@ -71,9 +81,39 @@ def complete(conn: sqlite3.Connection, execution: Execution) -> None:
             int(execution.stdout_truncated),
             int(execution.stderr_truncated),
             execution.end_time_ms,
+            size,
             execution.id,
         ),
     )
+    conn.execute("UPDATE stored_output SET bytes = bytes + ? WHERE id = 0", (size,))
+    (total,) = conn.execute("SELECT bytes FROM stored_output WHERE id = 0").fetchone()
+    if total > max_stored:
+        _drop_oldest_output(conn, total - max_stored, keep=execution.id)
+
+
+def _drop_oldest_output(conn: sqlite3.Connection, excess: int, keep: str) -> None:
+    """Drop the output of the oldest completed commands (never ``keep``'s, the one just
+    completed) until ``excess`` bytes are freed."""
+    oldest = conn.execute(
+        "SELECT id, output_bytes FROM executions WHERE output_bytes > 0 AND id != ? ORDER BY end_time_ms, id",
+        (keep,),
+    )
+    dropped, freed = [], 0
+    for execution_id, size in oldest:  # read lazily: stops at the first rows that suffice
+        if freed >= excess:
+            break
+        dropped.append((execution_id,))
+        freed += size
+    conn.executemany(
+        "UPDATE executions SET stdout = '', stderr = '', stdout_truncated = 1, stderr_truncated = 1,"
+        " output_bytes = 0 WHERE id = ?",
+        dropped,
+    )
+    conn.execute("UPDATE stored_output SET bytes = bytes - ? WHERE id = 0", (freed,))
+
+
+def _size(text: str | None) -> int:
+    return len(text.encode("utf-8", "surrogatepass")) if text else 0
 
 
 def complete_unfinished(conn: sqlite3.Connection, exit_status: int, end_time_ms: int) -> int:

@@ -79,11 +79,13 @@ class ExecutionService:
         watch: Watch | None = None,
         *,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
+        max_stored_output_bytes: int = execution_store.MAX_STORED_OUTPUT_BYTES,
     ):
         self.db = db
         self.devboxes = devboxes
         self.watch = watch or devboxes.watch
         self.max_output_bytes = max_output_bytes
+        self.max_stored_output_bytes = max_stored_output_bytes  # all commands' output in the store
         self._live: dict[str, LiveExecution] = {}
         self._live_lock = threading.Lock()
         # Starting a command is serialised per devbox (striped), so that two attempts with
@@ -360,7 +362,7 @@ class ExecutionService:
         final, entries = live.complete(status)
         try:
             with self.db.transaction() as conn:
-                execution_store.complete(conn, final)
+                execution_store.complete(conn, final, self.max_stored_output_bytes)
                 devbox_logs.insert(conn, final.account, final.devbox_id, entries)
         except Exception:
             log.exception("could not store the result of execution %s", live.id)

@@ -242,3 +242,27 @@ def test_unknown_and_foreign_executions_are_404(devbox_client, devbox):
 def test_execute_async_validates_the_body(devbox_client, devbox):
     for body in ({}, {"command": 5}, {"command": "a\u0000b"}):
         assert_error(devbox_client.post(f"{URL}/{devbox}/execute_async", json=body, headers=ALICE), 400)
+
+
+def test_the_store_keeps_the_newest_output_and_drops_the_oldest(devbox_client, devbox):
+    """Retention: past the store's budget for command output (all devboxes), the oldest
+    commands keep their row and exit status, not their output - flagged as truncated."""
+    from simulator import execution_store
+
+    services = devbox_client.app.state.services
+    services.executions.max_stored_output_bytes = 2500
+    done = [run(devbox_client, devbox, f"yes {i} | head -c 1000; echo err >&2") for i in range(5)]
+    views = [
+        devbox_client.get(f"{URL}/{devbox}/executions/{d['execution_id']}", headers=ALICE).json() for d in done
+    ]
+    assert [v["exit_status"] for v in views] == [0] * 5  # every row stays
+    kept, dropped = views[3:], views[:3]  # 1,004 bytes each: the newest two fit in 2,500
+    assert [v["stdout"] for v in kept] == [f"{i}\n" * 500 for i in (3, 4)]
+    assert all(v["stderr"] == "err\n" and not v["stdout_truncated"] for v in kept)
+    assert all((v["stdout"], v["stderr"], v["stdout_truncated"], v["stderr_truncated"]) == ("", "", True, True)
+               for v in dropped)
+    with services.db.read() as conn:
+        (total,) = conn.execute("SELECT bytes FROM stored_output").fetchone()
+        (summed,) = conn.execute("SELECT SUM(output_bytes) FROM executions").fetchone()
+    assert total == summed == 2 * 1004
+    assert execution_store.MAX_STORED_OUTPUT_BYTES == 1 << 30  # the default

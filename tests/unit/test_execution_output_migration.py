@@ -1,0 +1,33 @@
+"""The migration that starts command-output retention counts what an older store holds."""
+
+from __future__ import annotations
+
+from simulator import db as db_module
+from simulator.db import Database
+
+
+def test_the_migration_counts_the_output_an_older_store_already_has(tmp_path, monkeypatch):
+    path = tmp_path / "old.db"
+    all_migrations = db_module.MIGRATIONS
+    monkeypatch.setattr(db_module, "MIGRATIONS", all_migrations[:-1])  # before output retention
+    old = Database(path)
+    with old.transaction() as conn:  # as that version wrote them
+        conn.execute(
+            "INSERT INTO devboxes (id, account, status, metadata, launch_parameters, environment_variables,"
+            " state_transitions, create_time_ms) VALUES ('dbx_old', 'acct', 'running', '{}', '{}', '{}', '[]', 1)"
+        )
+        conn.executemany(
+            "INSERT INTO executions (id, account, devbox_id, command, status, stdout, stderr, create_time_ms, end_time_ms)"
+            " VALUES (?, 'acct', 'dbx_old', 'x', ?, ?, ?, 1, ?)",
+            [("exn_a", "completed", "héllo\n", "", 2), ("exn_b", "completed", "12345", "err", 3),
+             ("exn_c", "running", None, None, None)],
+        )
+    old.close()
+    monkeypatch.setattr(db_module, "MIGRATIONS", all_migrations)
+    new = Database(path)
+    with new.read() as conn:
+        sizes = dict(conn.execute("SELECT id, output_bytes FROM executions"))
+        (total,) = conn.execute("SELECT bytes FROM stored_output").fetchone()
+    new.close()
+    assert sizes == {"exn_a": 7, "exn_b": 8, "exn_c": 0}  # bytes, not characters ("é" is two)
+    assert total == 15

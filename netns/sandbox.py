@@ -106,6 +106,7 @@ __all__ = [
     "HOLDER_TAG",
     "DEVBOX_HOME",
     "DEVBOX_TMP",
+    "ExecProcess",
     "Sandbox",
     "SandboxError",
     "find_orphans",
@@ -127,6 +128,46 @@ _INIT_SCRIPT = (
 
 class SandboxError(RuntimeError):
     """The sandbox could not be started or used."""
+
+
+class ExecProcess(subprocess.Popen):
+    """A command run in a sandbox (``Sandbox.exec``). It leads its own process group, but the
+    leader is the ``nsenter`` that entered the sandbox's PID namespace: it forks the command,
+    waits for it and exits as it did (with its status, or by re-raising the signal that
+    killed it). The command and everything it starts are the rest of the group."""
+
+    def signal_command(self, sig: int) -> bool:
+        """Send ``sig`` to the group's processes but the ``nsenter`` leader; False if there
+        were none. A leader that got, say, SIGINT would die of it: the execution would end
+        with 130 while a command that traps SIGINT went on (and was killed later). Without
+        it the command decides, and the leader reports the outcome. SIGKILL goes to the whole
+        group (``os.killpg``)."""
+        sent = False
+        for pid in _group_members(self.pid):
+            if pid == self.pid:
+                continue
+            try:
+                os.kill(pid, sig)
+                sent = True
+            except (ProcessLookupError, PermissionError):
+                pass  # ended meanwhile
+        return sent
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids whose process group is ``pgid`` (from /proc; a racing fork may be missed)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # state, ppid, pgrp
+            members.append(int(entry))
+    return members
 
 
 def _tool(name: str) -> str:
@@ -816,7 +857,7 @@ class Sandbox:
             # $0 is how many cgroup.procs files follow; then the command.
             join = 'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 126; shift; n=$((n - 1)); done; exec "$@"'
             chain = ["/bin/sh", "-c", join, str(len(procs)), *procs, *chain]
-        return subprocess.Popen(
+        return ExecProcess(
             chain,
             stdin=stdin,
             stdout=stdout,

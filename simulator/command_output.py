@@ -46,7 +46,14 @@ JOIN_MARGIN_SECONDS = 5.0
 
 def signal_group(proc, sig: int) -> bool:
     """Send ``sig`` to the command's process group (the runtimes start every command as the
-    leader of its own group). Never signals pid <= 0; False if nothing was signalled."""
+    leader of its own group). Never signals pid <= 0; False if nothing was signalled.
+
+    A runtime whose group leader is a wrapper that must outlive a catchable signal (netns:
+    ``netns.sandbox.ExecProcess``) gives its process a ``signal_command(sig)``; every signal
+    but SIGKILL goes through it."""
+    command = getattr(proc, "signal_command", None)
+    if command is not None and sig != signal.SIGKILL:
+        return command(sig)
     pid = getattr(proc, "pid", None)
     if not isinstance(pid, int) or pid <= 0:
         return False

@@ -142,6 +142,34 @@ def test_a_stop_ends_running_and_suspended_devboxes_and_leaves_nothing(netns_ser
         restarted.stop()
 
 
+def test_interrupt_lets_the_command_handle_sigint(netns_server):
+    """send_std_in INTERRUPT is SIGINT to the command: its trap runs and its exit status is
+    the execution's (the nsenter that entered the sandbox does not die of it first)."""
+    import httpx
+
+    server, _ = netns_server
+    headers = {"Authorization": "Bearer netns-interrupt"}
+    sdk = RunloopSDK(bearer_token="netns-interrupt", base_url=server.url, max_retries=0)
+    devbox = sdk.devbox.create()
+    with devbox:
+        base = f"{server.url}/v1/devboxes/{devbox.id}"
+        started = httpx.post(f"{base}/execute_async", headers=headers, json={
+            "command": "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done",
+            "attach_stdin": True,
+        }).json()
+        execution = f"{base}/executions/{started['execution_id']}"
+        deadline = time.monotonic() + 10
+        logs = f"{base}/logs?execution_id={started['execution_id']}"
+        while not any(e["message"] == "ready" for e in httpx.get(logs, headers=headers).json()["logs"]):
+            assert time.monotonic() < deadline, "the command never said ready"
+            time.sleep(0.02)  # bounded poll: the trap is set once it printed (a running command's lines are logged)
+        sent = httpx.post(f"{execution}/send_std_in", headers=headers, json={"signal": "INTERRUPT"})
+        assert sent.json()["success"] is True
+        done = httpx.post(f"{execution}/wait_for_status", headers=headers,
+                          json={"statuses": ["completed"], "timeout_seconds": 10}).json()
+        assert (done["exit_status"], done["stdout"]) == (5, "ready\ngot-int\n")
+
+
 def test_network_events_show_what_a_devbox_tried(netns_server):
     server, _ = netns_server
     sdk = RunloopSDK(bearer_token="netns-events", base_url=server.url, max_retries=0)

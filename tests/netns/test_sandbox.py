@@ -934,3 +934,22 @@ def test_resolv_conf_symlink_into_run_still_gets_our_nameserver(netns_name, tmp_
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "nameserver 10.99.0.53\n", done.stderr
+
+
+@pytest.mark.privileged
+def test_sigint_reaches_the_command_not_the_nsenter_waiting_for_it(sb):
+    """send_std_in INTERRUPT: the command's trap decides; the execution ends as the command did."""
+    trapped = sb.exec("trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done")
+    plain = sb.exec("echo ready; sleep 100")
+    try:
+        for p in (trapped, plain):
+            assert p.stdout.readline() == b"ready\n"  # the trap is set
+            assert p.signal_command(signal.SIGINT)
+        out, _ = trapped.communicate(timeout=10)
+        assert (trapped.returncode, out) == (5, b"got-int\n")
+        plain.communicate(timeout=10)
+        assert plain.returncode == -signal.SIGINT  # died of it: the leader re-raised it
+    finally:
+        for p in (trapped, plain):
+            Sandbox.kill(p)
+            p.communicate()

@@ -1,10 +1,10 @@
-"""The part of a Dockerfile the netns runtime can honour: its RUN steps.
+"""The part of a Dockerfile a blueprint build can honour: its RUN steps (both runtimes).
 
 A netns devbox is not a container image: it runs on the host's own root file system with a
-private home and /tmp. So a blueprint's ``dockerfile`` is read for what can be replayed in a
-build devbox, in order: ``RUN`` (shell form, or exec form as a quoted command line), ``ENV``
+private home and /tmp; a docker devbox runs the simulator's one image. So a blueprint's
+``dockerfile`` is read for what can be replayed in a build devbox, in order: ``RUN`` (shell form, or exec form as a quoted command line), ``ENV``
 and ``ARG`` (variables for the following RUN steps; ``ARG`` defaults are overridden by the
-blueprint's ``build_args``), ``WORKDIR`` (the following RUN steps' directory). ``FROM``,
+blueprint's ``build_args``), ``WORKDIR`` (the following RUN steps' directory, made if missing). ``FROM``,
 ``LABEL``, ``EXPOSE``, ``CMD``, ``ENTRYPOINT``, ``USER``, ``SHELL``, ``VOLUME``,
 ``STOPSIGNAL``, ``HEALTHCHECK`` and ``ONBUILD`` are ignored (each noted in the build log).
 ``COPY`` and ``ADD`` need a build context and fail the build, as does anything unknown.
@@ -26,6 +26,13 @@ IGNORED = frozenset(
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _mkdir(path: str) -> str:
+    """A shell command that makes ``path`` (``~`` is the devbox user's home) and its parents."""
+    if path == "~" or path.startswith("~/"):
+        return 'mkdir -p -- "$HOME"' + shlex.quote(path[1:]) if path != "~" else 'mkdir -p -- "$HOME"'
+    return "mkdir -p -- " + shlex.quote(path)
 
 
 class DockerfileError(ValueError):
@@ -90,10 +97,12 @@ def plan(text: str, build_args: dict[str, str] | None = None) -> Plan:
             if not rest:
                 raise DockerfileError(f"{where}: WORKDIR needs a directory")
             cwd = rest if rest.startswith(("/", "~")) or cwd is None else f"{cwd.rstrip('/')}/{rest}"
+            # As Docker does: the directory is made if missing (else the next step cannot start).
+            result.steps.append(Step(_mkdir(cwd), dict(env), None))
         elif keyword in IGNORED:
-            result.ignored.append(f"{where}: {keyword} ignored (the netns runtime has no container image)")
+            result.ignored.append(f"{where}: {keyword} ignored (a blueprint builds on the simulator's devbox image)")
         elif keyword in ("COPY", "ADD"):
-            raise DockerfileError(f"{where}: {keyword} is not supported (no build context on the netns runtime)")
+            raise DockerfileError(f"{where}: {keyword} is not supported (blueprints have no build context here)")
         else:
             raise DockerfileError(f"{where}: unknown instruction {keyword!r}")
     return result

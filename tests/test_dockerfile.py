@@ -24,11 +24,28 @@ def test_run_env_arg_workdir_and_continuations():
     )
     env = {"A": "1", "B": "bee", "X": "two words", "Y": "y", "LEGACY": "value with spaces"}
     assert result.steps == [
+        Step("mkdir -p -- /srv", env, None),  # WORKDIR makes its directory, as Docker's does
+        Step("mkdir -p -- /srv/app", env, None),
         Step("echo $A  && echo $X", env, "/srv/app"),
         Step("printf %s 'a b'", env, "/srv/app"),
     ]
-    assert [note.split(":")[1].strip() for note in result.ignored] == ["FROM ignored (the netns runtime has no container image)",
-                                                                       "EXPOSE ignored (the netns runtime has no container image)"]
+    assert [note.split(":")[1].strip() for note in result.ignored] == [
+        "FROM ignored (a blueprint builds on the simulator's devbox image)",
+        "EXPOSE ignored (a blueprint builds on the simulator's devbox image)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "workdir, command",
+    [
+        ("~", 'mkdir -p -- "$HOME"'),
+        ("~/my app", 'mkdir -p -- "$HOME"\'/my app\''),
+        ("/tmp/a b", "mkdir -p -- '/tmp/a b'"),
+        ("rel", "mkdir -p -- rel"),
+    ],
+)
+def test_workdir_makes_its_directory(workdir, command):
+    assert plan(f"WORKDIR {workdir}\nRUN pwd").steps == [Step(command, {}, None), Step("pwd", {}, workdir)]
 
 
 @pytest.mark.parametrize(

@@ -211,3 +211,15 @@ def test_snapshots_and_blueprints_survive_a_restart(tmp_path):
     leftovers = namespaces.list_names(f"{NS_PREFIX}{instance_id(data)}-")
     assert leftovers == [], leftovers
 
+
+
+def test_a_dockerfile_workdir_that_does_not_exist_yet_is_made(sdk):
+    """As Docker's WORKDIR: the directory is made, and the following steps run in it."""
+    blueprint = sdk.blueprint.create(
+        name="workdir",
+        dockerfile="FROM debian:12\nWORKDIR ~/app/src\nRUN pwd > where.txt\n",
+        polling_config=FAST,
+    )
+    assert blueprint.get_info().status == "build_complete"
+    with blueprint.create_devbox() as devbox:
+        assert devbox.cmd.exec("cat ~/app/src/where.txt").stdout() == "/home/user/app/src\n"

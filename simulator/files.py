@@ -17,11 +17,14 @@ from simulator import clock
 from simulator.devbox_logs import LogEntry
 from simulator.devboxes import DevboxService
 from simulator.errors import ApiError, InvalidRequest, NotFound
-from simulator.runtime.base import RuntimeFailure
+from simulator.runtime.base import MAX_READ_BYTES, RuntimeFailure
 
 log = logging.getLogger("devbox_sim.files")
 
 MAX_PATH_LENGTH = 4096
+# The largest file a write or an upload may store: as large as a read may return, so whatever
+# is written can be read back (and an upload is never held in memory beyond it).
+MAX_FILE_BYTES = MAX_READ_BYTES
 
 
 class FileService:
@@ -38,8 +41,14 @@ class FileService:
     def write_file_contents(self, account: str, devbox_id: str, file_path: str, contents: str) -> None:
         self._write(account, devbox_id, file_path, contents.encode("utf-8"))
 
-    def upload_file(self, account: str, devbox_id: str, path: str, data: bytes) -> None:
-        self._write(account, devbox_id, path, data)
+    def upload_file(self, account: str, devbox_id: str, path: str, upload) -> None:
+        """``upload``: the uploaded file (binary, seekable: the form's spooled file). Its size
+        is checked before it is read, so an oversized upload costs no memory."""
+        _check_path(path)
+        upload.seek(0, 2)
+        check_size(path, upload.tell())
+        upload.seek(0)
+        self._write(account, devbox_id, path, upload.read())
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -56,6 +65,7 @@ class FileService:
 
     def _write(self, account: str, devbox_id: str, path: str, data: bytes) -> None:
         _check_path(path)
+        check_size(path, len(data))
         devbox = self.devboxes.require_running(account, devbox_id)
         runtime = self.devboxes.require_runtime()
         try:
@@ -74,6 +84,13 @@ def _check_path(path: str) -> None:
         raise InvalidRequest("the path must not contain NUL characters", code="invalid_path")
     if len(path) > MAX_PATH_LENGTH:
         raise InvalidRequest(f"the path is longer than {MAX_PATH_LENGTH} characters", code="invalid_path")
+
+
+def check_size(path: str, size: int) -> None:
+    if size > MAX_FILE_BYTES:
+        raise InvalidRequest(
+            f"{path!r}: {size} bytes is larger than the {MAX_FILE_BYTES} bytes a file may have", code="file_too_large"
+        )
 
 
 def _translate(exc: Exception, path: str, action: str) -> ApiError:

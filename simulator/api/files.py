@@ -79,7 +79,7 @@ def upload_file(
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    # UploadFile spools to a temporary file: read it in this worker thread, not on the loop.
-    data = file.file.read()
-    services.files.upload_file(account, id, path, data)
+    # UploadFile spools to a temporary file: it is read in this worker thread, not on the loop,
+    # and only once its size has been checked.
+    services.files.upload_file(account, id, path, file.file)
     return {}

@@ -148,3 +148,20 @@ def test_any_path_works_or_is_a_clear_4xx(devbox_client, devbox, path):
         if response.status_code != 200:
             assert_error(response, response.status_code)
             assert response.status_code in (400, 404), response.text
+
+
+def test_writes_and_uploads_over_the_file_size_limit_are_refused(devbox_client, devbox, monkeypatch):
+    """What cannot be read back (reads stop at the same limit) is not stored; an upload's size
+    is checked before it is read into memory."""
+    from simulator import files
+
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 1000)
+    assert upload(devbox_client, devbox, "fits.bin", b"x" * 1000).status_code == 200
+    for response in (upload(devbox_client, devbox, "big.bin", b"x" * 1001),
+                     write(devbox_client, devbox, "big.txt", "y" * 1001)):
+        assert response.status_code == 400
+        assert response.json()["error_code"] == "file_too_large", response.text
+        assert "1001 bytes is larger than the 1000 bytes a file may have" in response.json()["message"]
+    assert download(devbox_client, devbox, "fits.bin").content == b"x" * 1000
+    for path in ("big.bin", "big.txt"):
+        assert download(devbox_client, devbox, path).status_code == 404  # nothing half-written

@@ -183,6 +183,10 @@ class ExecutionService:
         with self._live_lock:
             live = self._live.get(execution_id)
         if live is None or live.completed:
+            if signal_name == "EOF":
+                # The usual "send the last line, then close" races the command's exit: closing
+                # what is already closed is no error (success false: nothing was closed).
+                return False
             raise InvalidRequest(f"execution {execution_id} has completed; it reads no more input", code="execution_completed")
         if not live.attach_stdin:
             raise InvalidRequest(

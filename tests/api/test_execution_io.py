@@ -151,6 +151,17 @@ def test_send_std_in_text_then_eof(devbox_client, devbox):
     done = wait(devbox_client, devbox, execution_id).json()
     assert done["stdout"] == "hello\nwörld\ndone\n" and done["exit_status"] == 0
     assert_error(send(devbox_client, devbox, execution_id, text="late"), 400, "execution_completed")
+    assert_error(send(devbox_client, devbox, execution_id, signal="INTERRUPT"), 400, "execution_completed")
+
+
+def test_eof_after_the_command_exited_is_no_error(devbox_client, devbox):
+    """send the last line, then close: the command may have exited in between (SDK pattern)."""
+    execution_id = start_attached(devbox_client, devbox, "read line; echo got $line")
+    assert send(devbox_client, devbox, execution_id, text="x\n").json()["success"] is True
+    done = wait(devbox_client, devbox, execution_id).json()
+    assert (done["exit_status"], done["stdout"]) == (0, "got x\n")
+    late = send(devbox_client, devbox, execution_id, signal="EOF")
+    assert late.status_code == 200 and late.json()["success"] is False  # nothing left to close
 
 
 def test_send_std_in_interrupt_signals_the_command(devbox_client, devbox):

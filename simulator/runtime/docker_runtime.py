@@ -262,6 +262,7 @@ class DockerRuntime:
         removed = sorted(tags - referenced)
         for tag in removed:
             self.delete_disk(tag)
+        self._remove_dangling_images()  # a crash before a devbox's image could go
         return removed
 
     # --- for tests and tools ----------------------------------------------------------------
@@ -293,6 +294,22 @@ class DockerRuntime:
 
     def _remove(self, container_id: str) -> None:
         remove_container(self.api, container_id)
+        self._remove_dangling_images()  # the image it ran from may be one deleted meanwhile
+
+    def _remove_dangling_images(self) -> list[str]:
+        """A snapshot or blueprint deleted while a devbox ran from it loses its tag, but its
+        image stays while a container uses it, untagged. Remove this instance's untagged images
+        that no container uses any more (not forced: one still in use is refused and stays)."""
+        import docker.errors
+
+        removed = []
+        for image in self.api.images(filters={"dangling": True, "label": f"{INSTANCE_LABEL}={self.instance}"}):
+            try:
+                self.api.remove_image(image["Id"])
+                removed.append(image["Id"])
+            except docker.errors.APIError:  # in use by another devbox, or gone
+                pass
+        return removed
 
 
 def remove_container(api, container_id: str) -> None:

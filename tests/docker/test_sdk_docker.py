@@ -84,6 +84,22 @@ def test_sdk_files_suspend_resume_and_snapshot(docker_server):
     snapshot.delete()
 
 
+def test_a_snapshot_deleted_while_a_devbox_runs_from_it_leaves_no_image(docker_server, docker_client):
+    server, _ = docker_server
+    sdk = RunloopSDK(bearer_token="docker-dangling", base_url=server.url, max_retries=0)
+    with sdk.devbox.create() as devbox:
+        snapshot = devbox.snapshot_disk()
+    label = {"label": f"{INSTANCE_LABEL}={instance_id(server.data_dir)}"}
+    first, second = snapshot.create_devbox(), snapshot.create_devbox()
+    snapshot.delete()  # untagged; the containers still hold the image
+    assert len(docker_client.api.images(filters={"dangling": True, **label})) == 1
+    first.shutdown()  # the other devbox still runs from it: it stays
+    assert second.cmd.exec("true").exit_code == 0
+    assert len(docker_client.api.images(filters={"dangling": True, **label})) == 1
+    second.shutdown()
+    assert docker_client.api.images(filters=label) == []
+
+
 def test_kill_9_then_restart_removes_orphan_containers(docker_server, docker_client):
     server, args = docker_server
     sdk = RunloopSDK(bearer_token="docker-restart", base_url=server.url, max_retries=0)

@@ -121,6 +121,9 @@ _CHAIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 
+# How long an interrupt may wait for the sandbox to freeze (ExecProcess.signal_command).
+FREEZE_FOR_SIGNAL_SECONDS = 2.0
+
 # dash as PID 1: `wait` reaps any child (wait3(-1)), orphans included.
 _INIT_SCRIPT = (
     'echo ready; exec </dev/null >/dev/null 2>&1; while :; do sleep infinity & wait; done'
@@ -136,22 +139,59 @@ class ExecProcess(subprocess.Popen):
     waits for it and exits as it did (with its status, or by re-raising the signal that
     killed it). The command and everything it starts are the rest of the group."""
 
+    freezer: _Freezer | None = None  # the sandbox's cgroup freezer (Sandbox.exec sets it)
+
     def signal_command(self, sig: int) -> bool:
-        """Send ``sig`` to the group's processes but the ``nsenter`` leader; False if there
-        were none. A leader that got, say, SIGINT would die of it: the execution would end
+        """Send ``sig`` to the group's processes but the ``nsenter`` leader (to the whole
+        group while the command has not started); False if there was none. A leader that got, say, SIGINT would die of it: the execution would end
         with 130 while a command that traps SIGINT went on (and was killed later). Without
         it the command decides, and the leader reports the outcome. SIGKILL goes to the whole
         group (``os.killpg``)."""
-        sent = False
-        for pid in _group_members(self.pid):
-            if pid == self.pid:
-                continue
+        # killpg reaches a whole group at once; a scan of /proc does not: a child may fork or
+        # exit meanwhile, and a shell whose child then exits normally takes the interrupt as
+        # handled by it and goes on. So the sandbox is frozen (its cgroup freezer, nothing
+        # runs or forks; a few ms) while its processes are signalled, then thawed: each then
+        # finds the signal pending, as with killpg. The caller must keep a suspend out of this
+        # (the execution service holds the devbox's lifecycle lock). Without a cgroup
+        # freezer, the sweep below repeats until no new process shows up.
+        freezer = self.freezer
+        if freezer is not None and freezer.is_frozen():
+            freezer = None  # suspended: nothing runs anyway; it stays frozen
+        if freezer is not None:
             try:
-                os.kill(pid, sig)
-                sent = True
-            except (ProcessLookupError, PermissionError):
-                pass  # ended meanwhile
-        return sent
+                freezer.freeze(FREEZE_FOR_SIGNAL_SECONDS)
+            except (OSError, SandboxError):
+                pass  # signalled unfrozen; thawed below all the same
+        try:
+            return self._signal_members(sig)
+        finally:
+            if freezer is not None:
+                try:
+                    freezer.thaw()
+                except OSError:
+                    pass  # the sandbox is gone
+
+    def _signal_members(self, sig: int) -> bool:
+        signalled: set[int] = set()
+        for _ in range(100):
+            new = [p for p in _group_members(self.pid) if p != self.pid and p not in signalled]
+            if not new:
+                break
+            for pid in new:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass  # ended meanwhile
+            signalled.update(new)
+        if signalled:
+            return True
+        # The command has not started yet (nsenter has not forked it): the whole group, as a
+        # terminal would; the execution ends as the leader does.
+        try:
+            os.killpg(self.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -857,7 +897,7 @@ class Sandbox:
             # $0 is how many cgroup.procs files follow; then the command.
             join = 'n=$0; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 126; shift; n=$((n - 1)); done; exec "$@"'
             chain = ["/bin/sh", "-c", join, str(len(procs)), *procs, *chain]
-        return ExecProcess(
+        proc = ExecProcess(
             chain,
             stdin=stdin,
             stdout=stdout,
@@ -867,6 +907,9 @@ class Sandbox:
             env=dict(_CHAIN_ENV),
             start_new_session=True,
         )
+        if self._freezer is not None and self._freezer.kind != "signal":
+            proc.freezer = self._freezer
+        return proc
 
     @staticmethod
     def kill(popen: subprocess.Popen, group: bool = True, sig: int = signal.SIGKILL) -> None:

@@ -338,6 +338,11 @@ class DevboxService:
     def _lifecycle_lock(self, devbox_id: str) -> threading.Lock:
         return self._lifecycle_locks[hash(devbox_id) % len(self._lifecycle_locks)]
 
+    def lifecycle_lock(self, devbox_id: str) -> threading.Lock:
+        """The lock suspend and resume hold: whoever holds it keeps them out (an interrupt
+        freezes and thaws the devbox for a moment: a suspend in between must not be thawed)."""
+        return self._lifecycle_lock(devbox_id)
+
     def _suspend_failed(self, runtime: DevboxRuntime, suspending: Devbox, exc: Exception) -> Devbox:
         """The freeze failed: thaw what froze and go back to running, or report the shutdown
         that caused it."""
@@ -621,19 +626,20 @@ def _check_text(field: str, value: str) -> str:
 def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:
     """Checked at create (400); whether a path may be written is the runtime's to say, when
     the devbox exists (a bad one fails the devbox, naming the path)."""
-    from simulator.files import check_path  # (files builds on this module)
+    from simulator.files import check_path, check_size  # (files builds on this module)
 
     if not isinstance(file_mounts, dict):
         raise InvalidRequest("file_mounts must be an object of {path: content}")
     for path, content in file_mounts.items():
         if not isinstance(path, str):
             raise InvalidRequest("file_mounts paths must be strings")
-        try:
-            check_path(path)
-        except InvalidRequest as exc:
-            raise InvalidRequest(f"file_mounts: {exc.message}", code=exc.code) from None
         if not isinstance(content, str):
             raise InvalidRequest(f"file_mounts[{path!r}] must be a string")
+        try:
+            check_path(path)
+            check_size(path, len(content.encode("utf-8", "surrogatepass")))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"file_mounts: {exc.message}", code=exc.code) from None
     return dict(file_mounts)
 
 

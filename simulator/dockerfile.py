@@ -81,10 +81,17 @@ def plan(text: str, build_args: dict[str, str] | None = None) -> Plan:
     build_args = dict(build_args or {})
     env: dict[str, str] = {}
     cwd: str | None = None
+    made: set[str] = set()  # WORKDIR directories a mkdir step was emitted for
     result = Plan()
     for number, keyword, rest in instructions(text):
         where = f"line {number}"
         if keyword == "RUN":
+            if cwd is not None and cwd not in made:
+                # WORKDIR's directory, made (as Docker does) before the first step that runs in
+                # it: one no step uses is not made (on netns it may be a directory the build
+                # devbox's user cannot create, and nothing needs it).
+                result.steps.append(Step(_mkdir(cwd), dict(env), None))
+                made.add(cwd)
             result.steps.append(Step(_run_command(rest, where), dict(env), cwd))
         elif keyword == "ENV":
             env.update(_pairs(rest, where, allow_bare=False))
@@ -97,8 +104,6 @@ def plan(text: str, build_args: dict[str, str] | None = None) -> Plan:
             if not rest:
                 raise DockerfileError(f"{where}: WORKDIR needs a directory")
             cwd = rest if rest.startswith(("/", "~")) or cwd is None else f"{cwd.rstrip('/')}/{rest}"
-            # As Docker does: the directory is made if missing (else the next step cannot start).
-            result.steps.append(Step(_mkdir(cwd), dict(env), None))
         elif keyword in IGNORED:
             result.ignored.append(f"{where}: {keyword} ignored (a blueprint builds on the simulator's devbox image)")
         elif keyword in ("COPY", "ADD"):

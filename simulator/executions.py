@@ -195,7 +195,9 @@ class ExecutionService:
         self._require_not_frozen(account, devbox_id)
         self.devboxes.touch(devbox_id)
         if signal_name == "INTERRUPT":
-            live.kill(signal.SIGINT)
+            with self.devboxes.lifecycle_lock(devbox_id):  # no suspend while it is signalled
+                self._require_not_frozen(account, devbox_id)
+                live.kill(signal.SIGINT)
             return True
         if signal_name == "EOF":
             live.close_stdin()

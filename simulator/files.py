@@ -45,6 +45,7 @@ class FileService:
         """``upload``: the uploaded file (binary, seekable: the form's spooled file). Its size
         is checked before it is read, so an oversized upload costs no memory."""
         _check_path(path)
+        self.devboxes.require_running(account, devbox_id)  # 404 / 400 before the size
         upload.seek(0, 2)
         check_size(path, upload.tell())
         upload.seek(0)
@@ -65,8 +66,8 @@ class FileService:
 
     def _write(self, account: str, devbox_id: str, path: str, data: bytes) -> None:
         _check_path(path)
-        check_size(path, len(data))
         devbox = self.devboxes.require_running(account, devbox_id)
+        check_size(path, len(data))
         runtime = self.devboxes.require_runtime()
         try:
             runtime.write_file(devbox_id, path, data)

@@ -24,8 +24,7 @@ def test_run_env_arg_workdir_and_continuations():
     )
     env = {"A": "1", "B": "bee", "X": "two words", "Y": "y", "LEGACY": "value with spaces"}
     assert result.steps == [
-        Step("mkdir -p -- /srv", env, None),  # WORKDIR makes its directory, as Docker's does
-        Step("mkdir -p -- /srv/app", env, None),
+        Step("mkdir -p -- /srv/app", env, None),  # WORKDIR's directory, made for the first step in it
         Step("echo $A  && echo $X", env, "/srv/app"),
         Step("printf %s 'a b'", env, "/srv/app"),
     ]
@@ -45,7 +44,14 @@ def test_run_env_arg_workdir_and_continuations():
     ],
 )
 def test_workdir_makes_its_directory(workdir, command):
-    assert plan(f"WORKDIR {workdir}\nRUN pwd").steps == [Step(command, {}, None), Step("pwd", {}, workdir)]
+    assert plan(f"WORKDIR {workdir}\nRUN pwd\nRUN ls").steps == [
+        Step(command, {}, None), Step("pwd", {}, workdir), Step("ls", {}, workdir)  # made once
+    ]
+
+
+def test_a_workdir_no_step_runs_in_is_not_made():
+    assert plan("WORKDIR /app\nCMD x\n").steps == []
+    assert plan("WORKDIR /opt\nWORKDIR ~/w\nRUN true").steps == [Step('mkdir -p -- "$HOME"/w', {}, None), Step("true", {}, "~/w")]
 
 
 @pytest.mark.parametrize(

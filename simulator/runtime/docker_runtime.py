@@ -15,6 +15,7 @@ limited (see DROPPED_CAPABILITIES); the anti-spoofing rules stay.
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -209,7 +210,7 @@ class DockerRuntime:
         try:
             exec_id = self.api.exec_create(
                 container.id, args, stdin=True, stdout=True, stderr=True,
-                environment=dict(env or {}), workdir=cwd or HOME,
+                environment=dict(env or {}), workdir=_workdir(cwd),
             )["Id"]
             return DockerProcess(self.api, exec_id, args)
         except (ExecFailed, OSError) as exc:
@@ -262,7 +263,7 @@ class DockerRuntime:
         removed = sorted(tags - referenced)
         for tag in removed:
             self.delete_disk(tag)
-        self._remove_dangling_images()  # a crash before a devbox's image could go
+        self._remove_dangling_images()  # a crash came before a devbox's image could go
         return removed
 
     # --- for tests and tools ----------------------------------------------------------------
@@ -293,23 +294,38 @@ class DockerRuntime:
             raise
 
     def _remove(self, container_id: str) -> None:
+        try:
+            image = self.api.inspect_container(container_id)["Image"]
+        except Exception:  # gone already, or the daemon is unwell: nothing to tidy
+            image = None
         remove_container(self.api, container_id)
-        self._remove_dangling_images()  # the image it ran from may be one deleted meanwhile
+        if image is not None:
+            self._remove_if_dangling(image)
 
-    def _remove_dangling_images(self) -> list[str]:
-        """A snapshot or blueprint deleted while a devbox ran from it loses its tag, but its
-        image stays while a container uses it, untagged. Remove this instance's untagged images
-        that no container uses any more (not forced: one still in use is refused and stays)."""
-        import docker.errors
+    def _remove_if_dangling(self, image: str) -> None:
+        """A snapshot or blueprint deleted while devboxes ran from it loses its tag, but its
+        image stays while a container uses it. When such a devbox ends, the image goes once no
+        container uses it (not forced: a daemon refusal means another devbox still does).
+        Only this instance's untagged images; a failure here never fails the shutdown."""
+        try:
+            info = self.api.inspect_image(image)
+            tags = [tag for tag in info.get("RepoTags") or () if tag != "<none>:<none>"]
+            labels = (info.get("Config") or {}).get("Labels") or {}
+            if not tags and labels.get(INSTANCE_LABEL) == self.instance:
+                self.api.remove_image(image)
+        except Exception as exc:  # in use, gone, or the daemon is unwell
+            log.debug("image %s stays: %s", image[:19], exc)
 
-        removed = []
-        for image in self.api.images(filters={"dangling": True, "label": f"{INSTANCE_LABEL}={self.instance}"}):
-            try:
-                self.api.remove_image(image["Id"])
-                removed.append(image["Id"])
-            except docker.errors.APIError:  # in use by another devbox, or gone
-                pass
-        return removed
+    def _remove_dangling_images(self) -> None:
+        """At start: this instance's untagged images no container uses (a crash came before
+        the last devbox of a deleted snapshot could remove it)."""
+        try:
+            images = self.api.images(filters={"dangling": True, "label": f"{INSTANCE_LABEL}={self.instance}"})
+        except Exception:
+            log.warning("could not list untagged images of this instance", exc_info=True)
+            return
+        for image in images:
+            self._remove_if_dangling(image["Id"])
 
 
 def remove_container(api, container_id: str) -> None:
@@ -331,6 +347,16 @@ def remove_instance_containers(api, instance: str) -> int:
     for container in orphans:
         remove_container(api, container["Id"])
     return len(orphans)
+
+
+def _workdir(cwd: str | None) -> str:
+    """A command's directory as docker needs it (absolute): ``~`` and relative paths are the
+    home's, as on the netns runtime (``Sandbox.devbox_cwd``)."""
+    if not cwd or cwd == "~":
+        return HOME
+    if cwd.startswith("~/"):
+        cwd = HOME + cwd[1:]
+    return posixpath.normpath(posixpath.join(HOME, cwd))
 
 
 def _check_disk(disk: str) -> None:

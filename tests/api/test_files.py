@@ -165,3 +165,10 @@ def test_writes_and_uploads_over_the_file_size_limit_are_refused(devbox_client, 
     assert download(devbox_client, devbox, "fits.bin").content == b"x" * 1000
     for path in ("big.bin", "big.txt"):
         assert download(devbox_client, devbox, path).status_code == 404  # nothing half-written
+    assert upload(devbox_client, "dbx_nope", "big.bin", b"x" * 1001).status_code == 404  # who, before how big
+    # file_mounts are files too: refused at create, before any devbox exists.
+    created = devbox_client.post(URL, json={"file_mounts": {"big.txt": "y" * 1001}}, headers=ALICE)
+    assert created.status_code == 400 and created.json()["error_code"] == "file_too_large", created.text
+    blueprint = devbox_client.post("/v1/blueprints", json={"name": "big", "file_mounts": {"big.txt": "y" * 1001}},
+                                   headers=ALICE)
+    assert blueprint.status_code == 400 and blueprint.json()["error_code"] == "file_too_large", blueprint.text

@@ -247,11 +247,8 @@ def _check_params(params: dict[str, Any]) -> None:
              *(params.get("file_mounts") or {}).keys(), *(params.get("build_args") or {}).values()]
     if any("\0" in text for text in texts):
         raise InvalidRequest("commands, dockerfile, file_mounts and build_args must not contain NUL characters")
-    from simulator.files import check_size  # (files builds on the devbox service)
+    from simulator.files import check_file_mount_size  # (files builds on the devbox service)
 
     for path, content in (params.get("file_mounts") or {}).items():
         if isinstance(path, str) and isinstance(content, str):
-            try:
-                check_size(path, len(content.encode("utf-8", "surrogatepass")))
-            except InvalidRequest as exc:
-                raise InvalidRequest(f"file_mounts: {exc.message}", code=exc.code) from None
+            check_file_mount_size(path, content)

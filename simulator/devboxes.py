@@ -626,7 +626,7 @@ def _check_text(field: str, value: str) -> str:
 def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:
     """Checked at create (400); whether a path may be written is the runtime's to say, when
     the devbox exists (a bad one fails the devbox, naming the path)."""
-    from simulator.files import check_path, check_size  # (files builds on this module)
+    from simulator.files import check_file_mount_size, check_path  # (files builds on this module)
 
     if not isinstance(file_mounts, dict):
         raise InvalidRequest("file_mounts must be an object of {path: content}")
@@ -637,9 +637,9 @@ def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:
             raise InvalidRequest(f"file_mounts[{path!r}] must be a string")
         try:
             check_path(path)
-            check_size(path, len(content.encode("utf-8", "surrogatepass")))
         except InvalidRequest as exc:
             raise InvalidRequest(f"file_mounts: {exc.message}", code=exc.code) from None
+        check_file_mount_size(path, content)
     return dict(file_mounts)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Callable
 
 from simulator import clock
 from simulator.devbox_logs import LogEntry
@@ -39,17 +40,16 @@ class FileService:
         return self._read(account, devbox_id, path)
 
     def write_file_contents(self, account: str, devbox_id: str, file_path: str, contents: str) -> None:
-        self._write(account, devbox_id, file_path, contents.encode("utf-8"))
+        data = contents.encode("utf-8")
+        self._write(account, devbox_id, file_path, len(data), lambda: data)
 
     def upload_file(self, account: str, devbox_id: str, path: str, upload) -> None:
         """``upload``: the uploaded file (binary, seekable: the form's spooled file). Its size
         is checked before it is read, so an oversized upload costs no memory."""
-        _check_path(path)
-        self.devboxes.require_running(account, devbox_id)  # 404 / 400 before the size
         upload.seek(0, 2)
-        check_size(path, upload.tell())
+        size = upload.tell()
         upload.seek(0)
-        self._write(account, devbox_id, path, upload.read())
+        self._write(account, devbox_id, path, size, upload.read)
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -64,10 +64,13 @@ class FileService:
         self.devboxes.touch(devbox_id)
         return data
 
-    def _write(self, account: str, devbox_id: str, path: str, data: bytes) -> None:
+    def _write(self, account: str, devbox_id: str, path: str, size: int, read: Callable[[], bytes]) -> None:
+        """Write ``size`` bytes that ``read()`` returns, once the path, the devbox (404 first)
+        and the size have passed."""
         _check_path(path)
         devbox = self.devboxes.require_running(account, devbox_id)
-        check_size(path, len(data))
+        check_size(path, size)
+        data = read()
         runtime = self.devboxes.require_runtime()
         try:
             runtime.write_file(devbox_id, path, data)
@@ -92,6 +95,14 @@ def check_size(path: str, size: int) -> None:
         raise InvalidRequest(
             f"{path!r}: {size} bytes is larger than the {MAX_FILE_BYTES} bytes a file may have", code="file_too_large"
         )
+
+
+def check_file_mount_size(path: str, content: str) -> None:
+    """A devbox's or blueprint's ``file_mounts`` entry is a file too: 400 at create."""
+    try:
+        check_size(path, len(content.encode("utf-8", "surrogatepass")))
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"file_mounts: {exc.message}", code=exc.code) from None
 
 
 def _translate(exc: Exception, path: str, action: str) -> ApiError:

@@ -25,9 +25,9 @@ its two sets however many devboxes use the policy::
       chain unrestricted     shared "no policy" chain: accept
       chain pol_<pkey>       one per policy in use: its egress rules (returns = not allowed)
       chain dbx_<key>        one per devbox:
-                               ip daddr <subnet> ip daddr != @acct_<account> drop   (guard, first)
                                ip daddr != <subnet> ip daddr @learned_<key> accept
-                               jump pol_<pkey> | jump unrestricted
+                               ip daddr != <subnet> jump pol_<pkey> | unrestricted
+                               ip daddr @acct_<account> jump pol_<pkey> | unrestricted
                                [log group N prefix "dbx_<key> "]   (Router.log_group)
                                drop
 
@@ -38,12 +38,15 @@ its two sets however many devboxes use the policy::
       chain prerouting       hook prerouting prio -300 policy accept  (anti-spoofing)
       chain forward          hook forward    prio -200 policy accept  (what a port may receive)
 
-The subnet guard comes first in ``dbx_<key>``: a destination inside the devbox subnet that is
-not a peer of the same account is dropped before anything else, and learned addresses only
-open destinations OUTSIDE the subnet (a DNS answer may point into it). ``pol_<pkey>`` starts
-with the same-account decision (``ip daddr <subnet>`` accept if allow_all or
-allow_devbox_to_devbox, else drop), then ``accept`` (allow_all) or the CIDR set lookups; when
-nothing accepts, it returns and ``dbx_<key>`` logs (with the devbox's own prefix) and drops.
+The subnet guard in ``dbx_<key>``: only two kinds of destination ever reach the policy, those
+OUTSIDE the devbox subnet and the peers of the devbox's own account; any other address in the
+subnet (another account's devbox, a devbox that does not accept peers) falls through to the
+log and the drop. Learned addresses only open destinations outside the subnet (a DNS answer
+may point into it). ``pol_<pkey>`` starts with the same-account decision (``ip daddr <subnet>``
+accept if allow_all or allow_devbox_to_devbox, else return: the CIDR rules after it must not
+open devboxes), then ``accept`` (allow_all) or the CIDR set lookups; when nothing accepts, it
+returns and ``dbx_<key>`` logs (with the devbox's own prefix, one rate limit per devbox) and
+drops: every dropped new connection is logged, towards devboxes too.
 
 Devbox-to-devbox is symmetric: a connection needs BOTH ends to allow it. The sender's policy
 chain decides whether it may send into the subnet; the account set holds only the devboxes
@@ -553,16 +556,14 @@ def _devbox_objects(devbox: Devbox) -> list[Cmd]:
 
 
 def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
-    """The rules of dbx_<key> (chain already empty): subnet guard, learned, jump to the policy."""
+    """The rules of dbx_<key> (chain already empty): learned, then the policy for what is
+    outside the subnet or a peer of the same account; the rest is logged and dropped."""
     chain, subnet = devbox.chain, _subnet(router)
+    policy = {"jump": {"target": devbox.target}}
     cmds = [
-        _rule(
-            chain,
-            [_match(IP_DADDR, subnet), _match(IP_DADDR, "@" + account_set(devbox.account), "!="), DROP],
-            "other accounts",
-        ),
         _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + learned_set(devbox.key)), ACCEPT], "hostnames"),
-        _rule(chain, [{"jump": {"target": devbox.target}}]),
+        _rule(chain, [_match(IP_DADDR, subnet, "!="), policy], "outside"),
+        _rule(chain, [_match(IP_DADDR, "@" + account_set(devbox.account)), policy], "same account's peers"),
     ]
     if router.log_group is not None:
         cmds.append(
@@ -597,14 +598,14 @@ def _flush_policy(pkey: str) -> list[Cmd]:
 
 def _policy_rules(router: Router, pkey: str, egress: Egress) -> list[Cmd]:
     """Elements of the CIDR sets and the rules of pol_<pkey> (chain and sets already empty).
-    The chain only ever accepts (or drops same-account subnet traffic); everything else
-    returns to the devbox chain, which logs and drops."""
+    The chain only ever accepts (or returns at once for same-account subnet traffic it does
+    not allow); everything else returns to the devbox chain, which logs and drops."""
     chain, subnet = policy_chain(pkey), _subnet(router)
     cmds: list[Cmd] = []
     if egress.allow_all or egress.allow_devbox_to_devbox:
         cmds.append(_rule(chain, [_match(IP_DADDR, subnet), ACCEPT], "same account"))
     else:
-        cmds.append(_rule(chain, [_match(IP_DADDR, subnet), DROP], "other devboxes"))
+        cmds.append(_rule(chain, [_match(IP_DADDR, subnet), {"return": None}], "other devboxes"))
     if egress.allow_all:
         cmds.append(_rule(chain, [ACCEPT], "allow_all"))
         return cmds

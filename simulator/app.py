@@ -79,7 +79,7 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
     snapshots = SnapshotService(db, devboxes)
     blueprints = BlueprintService(db, policies, devboxes)
     devboxes.set_origins(DevboxOrigins(blueprints, snapshots))
-    events = NetworkEventLog()
+    events = NetworkEventLog(account_of=_account_of(dataplane) if dataplane is not None else None)
     if dataplane is not None:
         dataplane.query_listeners.append(events.on_query)
         dataplane.block_listeners.append(events.on_blocked)
@@ -187,3 +187,13 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
     app.add_middleware(RejectLoneSurrogates)
     app.add_middleware(RequestLog)  # outermost: logs the 400s of the check too
     return app
+
+
+def _account_of(dataplane):
+    """devbox id -> its account, for the decision log (None once it left the data plane)."""
+
+    def account_of(devbox_id: str) -> str | None:
+        attached = dataplane.attached(devbox_id)
+        return attached.account if attached is not None else None
+
+    return account_of

@@ -5,7 +5,7 @@ It records every DNS decision the resolver makes (``dns.QueryEvent``, delivered 
 no matching pattern, upstream errors), and the addresses and TTL handed out; and every new
 connection nftables dropped (NFLOG, through ``DataPlane.block_listeners``, rate-limited per
 devbox in the kernel): destination, protocol, port, and the name that address last resolved to
-from any devbox. Memory is bounded twice: a ring per devbox, and a global cap that evicts from
+for any devbox of the same account (never another account's). Memory is bounded twice: a ring per devbox, and a global cap that evicts from
 the devbox holding the most.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from dns import QueryEvent
@@ -55,25 +56,33 @@ class NetworkEvent(NamedTuple):
 
 
 class NetworkEventLog:
-    def __init__(self, per_devbox: int = DEFAULT_PER_DEVBOX, total: int = DEFAULT_TOTAL):
+    def __init__(self, per_devbox: int = DEFAULT_PER_DEVBOX, total: int = DEFAULT_TOTAL,
+                 account_of: Callable[[str], str | None] | None = None):
+        """``account_of(devbox_id)``: the devbox's account (None: unknown). Names are kept per
+        account: what one account's devboxes resolved never names another's events."""
         self.per_devbox = per_devbox
         self.total = total
+        self._account_of = account_of or (lambda _devbox_id: "")
         self._events: dict[str, deque[NetworkEvent]] = {}
         self._count = 0
         self._seq = 0
-        self._names: dict[str, str] = {}  # address -> the name it last resolved to (any devbox)
+        # (account, address) -> the name it last resolved to for a devbox of that account
+        self._names: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     def on_query(self, devbox_id: str | None, event: QueryEvent) -> None:
         """``DataPlane.query_listeners`` callback (resolver threads): must stay cheap."""
         if devbox_id is None:
             return  # not a devbox (e.g. a stale address): nothing to attribute it to
+        account = self._account_of(devbox_id) if event.addresses and event.verdict == "allowed" else None
         with self._lock:
-            for address in event.addresses if event.verdict == "allowed" else ():
-                self._names.pop(address, None)
-                self._names[address] = event.qname  # re-inserted: newest last, oldest evicted
-                if len(self._names) > MAX_NAMES:
-                    del self._names[next(iter(self._names))]
+            if account is not None:
+                for address in event.addresses:
+                    key = (account, address)
+                    self._names.pop(key, None)
+                    self._names[key] = event.qname  # re-inserted: newest last, oldest evicted
+                    if len(self._names) > MAX_NAMES:
+                        del self._names[next(iter(self._names))]
             self._seq += 1
             self._append(devbox_id, NetworkEvent(
                 self._seq, int(event.time * 1000), "dns", event.verdict, event.reason, event.qname,
@@ -82,6 +91,7 @@ class NetworkEventLog:
 
     def on_blocked(self, devbox_id: str, packet: LoggedPacket) -> None:
         """``DataPlane.block_listeners`` callback (NFLOG thread)."""
+        account = self._account_of(devbox_id)
         with self._lock:
             self._seq += 1
             self._append(devbox_id, NetworkEvent(
@@ -90,7 +100,7 @@ class NetworkEventLog:
                 kind="blocked",
                 verdict="denied",
                 reason="policy",
-                name=self._names.get(packet.dst, ""),
+                name=self._names.get((account, packet.dst), "") if account is not None else "",
                 qtype="",
                 matched_pattern=None,
                 addresses=(packet.dst,),
@@ -137,10 +147,10 @@ class NetworkEventLog:
         ]
         return matching[:limit], len(matching) > limit
 
-    def name_for(self, address: str) -> str | None:
-        """The DNS name ``address`` last resolved to, from any devbox."""
+    def name_for(self, account: str, address: str) -> str | None:
+        """The DNS name ``address`` last resolved to for a devbox of ``account``."""
         with self._lock:
-            return self._names.get(address)
+            return self._names.get((account, address))
 
     def summary(self, devbox_id: str) -> str:
         with self._lock:

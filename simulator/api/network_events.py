@@ -90,5 +90,5 @@ async def list_network_connections(id: str, account: str = Depends(deps.account)
     dataplane = getattr(services.runtime, "dataplane", None)
     counts = dataplane.allowed_connections(id) if dataplane is not None else []
     for count in counts:
-        count["name"] = services.network_events.name_for(count["destination"])
+        count["name"] = services.network_events.name_for(account, count["destination"])
     return {"connections": counts}

@@ -2,7 +2,14 @@
 
 Docker resolves archive paths inside the container's root (symlinks included), so nothing
 here can reach the host. Paths follow the devbox view: home-relative, ``~/``-relative or
-absolute, with the home at /home/user.
+absolute, with the home at /home/user. A symlink at the path is followed for writes as for
+reads (as on the netns runtime), never replaced.
+
+The archive API sees the container's file system layers only, not what the runtime mounts on
+top of them (``/proc``, ``/sys``, ``/dev``, and the ``/etc/hosts``, ``/etc/hostname`` and
+``/etc/resolv.conf`` docker writes): a read there would show the image's file, not the one
+the devbox sees, and a write would land where the devbox cannot see it. Those paths are
+refused. Docker's messages are passed on without the host's paths in them.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import errno
 import io
 import json
 import posixpath
+import re
 import tarfile
 import time
 
@@ -21,6 +29,10 @@ from simulator.runtime.docker_image import HOME
 GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as docker reports it in the archive stat header
 GO_MODE_SYMLINK = 1 << 27
 MAX_SYMLINKS = 40  # like the kernel's ELOOP limit
+RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
+RUNTIME_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"})
+# Where a container's root lives on the host (overlay2 and friends), as docker's messages name it.
+_HOST_ROOT = re.compile(r"/var/lib/docker/\S*?/(?:merged|diff|rootfs)(?=/|\s|$)")
 
 
 def container_path(path: str) -> str:
@@ -60,48 +72,88 @@ def _stat_error(api, container: str, path: str) -> OSError:
         api.get_archive(container, path)
         message = "unknown error"
     except docker.errors.APIError as exc:
-        message = str(exc.explanation or exc)
+        message = docker_message(exc)
     if "not a directory" in message:  # a parent is a regular file: the devbox's problem
         return NotADirectoryError(f"{path}: a parent is not a directory")
+    if "too many links" in message or "too many levels of symbolic links" in message:
+        return OSError(errno.ELOOP, "too many levels of symbolic links", path)
     return OSError(f"{path}: {message}")
+
+
+def docker_message(exc: BaseException) -> str:
+    """Docker's explanation of an error, with the host's paths of the container's root taken
+    out (they name the host's file system, not the devbox's)."""
+    message = str(getattr(exc, "explanation", None) or exc)
+    return _HOST_ROOT.sub("", message)
+
+
+def _check_reachable(target: str, path: str) -> None:
+    if target in RUNTIME_FILES or any(target == m or target.startswith(m + "/") for m in RUNTIME_MOUNTS):
+        raise ValueError(
+            f"{path}: {target} is provided by the container runtime, not stored on the devbox's disk; "
+            "the file API cannot reach it (read it with a command)"
+        )
+
+
+def _resolve(api, container: str, path: str) -> tuple[str, dict | None]:
+    """(where ``path`` leads in the container, its stat or None if nothing is there).
+
+    Symlinks are followed in every component, as the kernel would, so that the runtime's
+    mounts are refused also behind a link (``ln -s /dev/shm shm``; docker would resolve a
+    parent link itself, on the layers). One stat per component; docker reports a link's
+    target already evaluated in the container's root."""
+    pending = container_path(path).strip("/").split("/")[::-1]  # components still to walk
+    resolved = ""
+    stat: dict | None = None
+    links = 0
+    while pending:
+        candidate = f"{resolved}/{pending.pop()}"
+        _check_reachable(candidate, path)
+        stat = _stat(api, container, candidate)
+        if stat is None:  # the rest does not exist (a write makes it)
+            return posixpath.join(candidate, *pending[::-1]), None
+        if int(stat.get("mode", 0)) & GO_MODE_SYMLINK:
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            link = posixpath.normpath(posixpath.join(resolved or "/", stat.get("linkTarget") or ""))
+            pending.extend(link.strip("/").split("/")[::-1] if link != "/" else ())
+            resolved = ""
+            continue
+        resolved = candidate
+    if not resolved:
+        raise IsADirectoryError(f"{path} is a directory")  # a link to the root
+    return resolved, stat
 
 
 def read_file(api, container: str, path: str) -> bytes:
     import docker.errors
 
-    target = container_path(path)
-    for _ in range(MAX_SYMLINKS):
-        stat = _stat(api, container, target)
-        if stat is None:
-            raise FileNotFoundError(f"no such file in the devbox: {path}")
-        mode = int(stat.get("mode", 0))
-        if mode & GO_MODE_SYMLINK:
-            link = stat.get("linkTarget") or ""
-            target = posixpath.normpath(posixpath.join(posixpath.dirname(target), link))
-            continue
-        if mode & GO_MODE_DIR:
-            raise IsADirectoryError(f"{path} is a directory")
-        if int(stat.get("size", 0)) > MAX_READ_BYTES:  # held in memory, twice (tar + file)
-            raise OSError(errno.EFBIG, f"larger than the {MAX_READ_BYTES} bytes a read may return", path)
-        try:
-            stream, _ = api.get_archive(container, target)
-        except docker.errors.NotFound:  # removed in between
-            raise FileNotFoundError(f"no such file in the devbox: {path}") from None
-        data = b"".join(stream)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            member = tar.next()
-            if member is None or not member.isfile():
-                raise ValueError(f"{path} is not a regular file")
-            extracted = tar.extractfile(member)
-            return extracted.read() if extracted else b""
-    raise ValueError(f"{path}: too many levels of symbolic links")
+    target, stat = _resolve(api, container, path)
+    if stat is None:
+        raise FileNotFoundError(f"no such file in the devbox: {path}")
+    if int(stat.get("mode", 0)) & GO_MODE_DIR:
+        raise IsADirectoryError(f"{path} is a directory")
+    if int(stat.get("size", 0)) > MAX_READ_BYTES:  # held in memory, twice (tar + file)
+        raise OSError(errno.EFBIG, f"larger than the {MAX_READ_BYTES} bytes a read may return", path)
+    try:
+        stream, _ = api.get_archive(container, target)
+    except docker.errors.NotFound:  # removed in between
+        raise FileNotFoundError(f"no such file in the devbox: {path}") from None
+    data = b"".join(stream)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.next()
+        if member is None or not member.isfile():
+            raise ValueError(f"{path} is not a regular file")
+        extracted = tar.extractfile(member)
+        return extracted.read() if extracted else b""
 
 
 def write_file(api, container: str, path: str, data: bytes) -> None:
     """Create or replace a regular file (parents created by docker's extraction), root-owned,
-    mode 0644. A directory there is refused: docker's extraction would delete it."""
-    target = container_path(path)
-    stat = _stat(api, container, target)
+    mode 0644; through a symlink (a dangling one too), its target. A directory there is
+    refused: docker's extraction would delete it."""
+    target, stat = _resolve(api, container, path)
     if stat is not None and int(stat.get("mode", 0)) & GO_MODE_DIR:
         raise IsADirectoryError(f"{path} is a directory")
     info = tarfile.TarInfo(target.lstrip("/"))
@@ -117,4 +169,4 @@ def write_file(api, container: str, path: str, data: bytes) -> None:
         api.put_archive(container, "/", buffer.getvalue())
     except docker.errors.APIError as exc:
         # e.g. a parent is a regular file: the devbox's problem, not the simulator's.
-        raise ValueError(f"cannot write {path}: {exc.explanation or exc}") from None
+        raise ValueError(f"cannot write {path}: {docker_message(exc)}") from None

@@ -34,13 +34,19 @@ DEVBOX_LABEL = "devbox-sim.devbox"
 # The container's main process only keeps it alive; docker's init (tini) as pid 1 reaps the
 # orphans of exec'd commands. Needs /bin/sh and sleep in the image, like every devbox command.
 # It is the entrypoint, so an image's own ENTRYPOINT/CMD (a server, say) never runs instead.
-KEEPALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
+# A sleep killed from inside (`killall sleep`) is just started again; an image where sleep
+# cannot run at all ends the container (the devbox fails) instead of spinning in the loop.
+KEEPALIVE = ["/bin/sh", "-c", "while :; do sleep 3600 || sleep 1 || exit 1; done"]
+# Nothing reads the keep-alive's output, and a devbox writing to /proc/1/fd/1 must not be able
+# to fill the host's disk with a container log.
+LOG_CONFIG = {"Type": "none", "Config": {}}
 # Untrusted code runs as the image's user, often root, without a user namespace: it keeps
 # no capability at all (the firewall lives outside the container anyway, and the
 # anti-spoofing rules stay for images that would add raw sockets back), and a fork bomb
 # or a memory hog hits the container's own limits, not the host's.
 DROPPED_CAPABILITIES = ["ALL"]
 API_POOL_SIZE = 64  # hijacked exec connections leave the pool while a command runs
+EVENTS_RETRY_SECONDS = (0.5, 5.0)  # first and longest wait before subscribing to events again
 
 
 @dataclass
@@ -93,6 +99,9 @@ class DockerRuntime:
         self._devboxes: dict[str, _Container] = {}
         self._lock = threading.Lock()
         self._events = None  # the daemon's event stream, once set_lost_hook() watches it
+        self._closing = threading.Event()
+        # Containers whose removal failed (the daemon was away): removed again later.
+        self._unremoved: set[str] = set()
         try:
             removed = self.remove_orphans()
             if removed:
@@ -128,7 +137,10 @@ class DockerRuntime:
                 name=name,
                 hostname=spec.id.lower().replace("_", "-")[:63],
                 working_dir=HOME,
-                environment={"HOME": HOME, **spec.environment_variables},
+                # The devbox's environment_variables go with each command (exec), not into the
+                # container's own config: that config is what a snapshot commits, and the
+                # keep-alive loop must not run under a devbox's PATH.
+                environment={"HOME": HOME},
                 labels={INSTANCE_LABEL: self.instance, DEVBOX_LABEL: spec.id},
                 host_config=self.api.create_host_config(
                     network_mode="none",
@@ -137,6 +149,7 @@ class DockerRuntime:
                     pids_limit=PIDS_LIMIT,
                     mem_limit=MEMORY_LIMIT,
                     init=True,
+                    log_config=LOG_CONFIG,
                     dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
                 ),
             )
@@ -169,32 +182,78 @@ class DockerRuntime:
 
     def set_lost_hook(self, hook: Callable[[str, str], None]) -> None:
         """Call ``hook(devbox_id, detail)`` when a devbox's container exits on its own (its
-        keep-alive process killed from inside, say): the API must not go on showing it running.
-        Watches the daemon's ``die`` events of this instance's containers on a thread."""
-        self._events = self.client.events(
-            decode=True, filters={"type": "container", "event": "die", "label": f"{INSTANCE_LABEL}={self.instance}"}
-        )
+        keep-alive process killed from inside, or the daemon restarted, say): the API must not
+        go on showing it running. Watches the daemon's ``die`` events of this instance's
+        containers on a thread; when the stream ends (the daemon went away) it subscribes
+        again and checks every container, since deaths meanwhile sent no event to us."""
+        threading.Thread(target=self._watch, args=(hook,), name="docker-events", daemon=True).start()
 
-        def watch() -> None:
+    def _watch(self, hook: Callable[[str, str], None]) -> None:
+        delay = EVENTS_RETRY_SECONDS[0]
+        while not self._closing.is_set():
             try:
-                for event in self._events:
+                events = self.client.events(
+                    decode=True, filters={"type": "container", "event": "die", "label": f"{INSTANCE_LABEL}={self.instance}"}
+                )
+            except Exception as exc:
+                log.debug("docker events: cannot subscribe (%s)", exc)
+                self._closing.wait(delay)
+                delay = min(delay * 2, EVENTS_RETRY_SECONDS[1])
+                continue
+            with self._lock:
+                self._events = events
+            if self._closing.is_set():
+                events.close()
+                return
+            try:
+                # Subscribed first, then checked: a death is either in the stream or seen here.
+                self._check_containers(hook)
+                delay = EVENTS_RETRY_SECONDS[0]
+                for event in events:
                     attributes = (event.get("Actor") or {}).get("Attributes") or {}
                     devbox_id = attributes.get(DEVBOX_LABEL)
                     with self._lock:
                         ours = devbox_id in self._devboxes  # shutdown() forgets it before removing
                     if ours:
                         hook(devbox_id, f"the devbox's container exited (code {attributes.get('exitCode', '?')})")
-            except Exception:  # the stream closed (close()) or the daemon went away
-                log.debug("docker events stream ended", exc_info=True)
+            except Exception as exc:  # the stream closed (close()) or the daemon went away
+                log.debug("docker events stream ended: %s", exc)
+            if not self._closing.is_set():
+                log.warning("lost the Docker daemon's event stream; watching again")
+                self._closing.wait(delay)
+                delay = min(delay * 2, EVENTS_RETRY_SECONDS[1])
 
-        threading.Thread(target=watch, name="docker-events", daemon=True).start()
+    def _check_containers(self, hook: Callable[[str, str], None]) -> None:
+        """Every devbox whose container is gone or stopped goes to ``hook``; containers whose
+        removal failed earlier are removed now. Raises if the daemon does not answer."""
+        import docker.errors
+
+        for container_id in list(self._unremoved):
+            if remove_container(self.api, container_id):
+                self._unremoved.discard(container_id)
+        with self._lock:
+            devboxes = list(self._devboxes.items())
+        for devbox_id, container in devboxes:
+            try:
+                state = self.api.inspect_container(container.id)["State"]
+            except docker.errors.NotFound:
+                hook(devbox_id, "the devbox's container is gone")
+                continue
+            if not state.get("Running"):
+                hook(devbox_id, f"the devbox's container exited (code {state.get('ExitCode', '?')})")
 
     def close(self) -> None:
         """Shut every devbox down and take the data plane with it (devboxes lose egress)."""
-        if self._events is not None:
-            self._events.close()
+        self._closing.set()
+        with self._lock:
+            events = self._events
+        if events is not None:
+            events.close()
         for devbox_id in list(self.alive_ids()):
             self.shutdown(devbox_id)
+        for container_id in list(self._unremoved):
+            if not remove_container(self.api, container_id):
+                log.warning("container %s could not be removed; the next start removes it", container_id[:12])
         self.dataplane.stop()
         self.client.close()
 
@@ -298,8 +357,9 @@ class DockerRuntime:
             image = self.api.inspect_container(container_id)["Image"]
         except Exception:  # gone already, or the daemon is unwell: nothing to tidy
             image = None
-        remove_container(self.api, container_id)
-        if image is not None:
+        if not remove_container(self.api, container_id):
+            self._unremoved.add(container_id)  # tried again when the daemon is back, and at close
+        elif image is not None:
             self._remove_if_dangling(image)
 
     def _remove_if_dangling(self, image: str) -> None:
@@ -328,8 +388,9 @@ class DockerRuntime:
             self._remove_if_dangling(image["Id"])
 
 
-def remove_container(api, container_id: str) -> None:
-    """Force-remove a container (and its anonymous volumes); gone already is fine."""
+def remove_container(api, container_id: str) -> bool:
+    """Force-remove a container (and its anonymous volumes); gone already is fine. False if
+    the daemon refused or did not answer (logged)."""
     import docker.errors
 
     try:
@@ -338,7 +399,14 @@ def remove_container(api, container_id: str) -> None:
         pass
     except docker.errors.APIError as exc:
         if "already in progress" not in str(exc):
-            log.exception("removing container %s", container_id[:12])
+            log.warning("could not remove container %s: %s", container_id[:12], _explain(exc))
+            return False
+    except Exception as exc:  # the daemon is away (connection refused, timeout)
+        if not _is_docker_error(exc):
+            raise
+        log.warning("could not remove container %s: %s", container_id[:12], exc)
+        return False
+    return True
 
 
 def remove_instance_containers(api, instance: str) -> int:
@@ -372,4 +440,16 @@ def _is_docker_error(exc: BaseException) -> bool:
 
 
 def _explain(exc: BaseException) -> str:
-    return getattr(exc, "explanation", None) or str(exc)
+    """Docker's words for an error, for an API client: no host paths, no daemon URLs."""
+    import docker.errors
+    import requests
+
+    if isinstance(exc, docker.errors.APIError):
+        if exc.status_code == 409 and not exc.explanation:
+            return "its container is not running"
+        if exc.explanation:
+            return docker_files.docker_message(exc)
+        return f"the Docker daemon answered {exc.status_code}"
+    if isinstance(exc, requests.RequestException):
+        return "the Docker daemon does not answer"
+    return docker_files.docker_message(exc)

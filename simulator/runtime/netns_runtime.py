@@ -19,12 +19,11 @@ from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime.base import MAX_READ_BYTES, MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from simulator.runtime.devbox_uids import DevboxUids
 from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
 log = logging.getLogger(__name__)
 
-# Each devbox runs as its own uid (base + address slot): devboxes cannot signal or read each other.
-DEVBOX_UID_BASE = 200_000
 
 
 @dataclass
@@ -51,6 +50,9 @@ class NetnsRuntime:
             remove_tree(partial)
         self._devboxes: dict[str, _Devbox] = {}
         self._lock = threading.Lock()
+        # Each devbox runs as a uid of its own, never reused: devboxes cannot signal or read
+        # each other, nor find what an earlier devbox left in the kernel under its uid.
+        self.uids = DevboxUids(self.data_dir / "devbox-uids", dataplane.config.instance)
         # Copies in flight against what would pull files from under them: a snapshot of a
         # devbox against its teardown ("devbox:<id>"), a restore from a disk against the
         # disk's deletion ("disk:<id>"). Without them a forced shutdown during a snapshot
@@ -68,7 +70,7 @@ class NetnsRuntime:
         netns = self.dataplane.devbox_netns(address)
         sandbox = None
         try:
-            uid = DEVBOX_UID_BASE + address.slot
+            uid = self.uids.allocate()
             if spec.disk is not None:
                 # Before the sandbox prepares its root: it keeps an existing home as it is.
                 with self._copy_lock("disk:" + spec.disk):

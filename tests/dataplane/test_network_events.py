@@ -50,6 +50,22 @@ def test_blocked_direct_ip_and_denied_name(plane, devboxes, events):
     assert events.list_network_events(other)[0] == []  # nothing attributed to the wrong devbox
 
 
+def test_drops_towards_other_devboxes_are_logged_too(plane, devboxes, events):
+    """Another account's devbox (even under allow_all) and a peer the policy does not allow
+    are dropped like any destination, and logged as such."""
+    dataplane = plane[0]
+    mine = devboxes.create(make_policy(allow_all=True))
+    sibling = devboxes.create(make_policy(allow_all=True))
+    foreign = devboxes.create(make_policy("acct-b", allow_all=True), account="acct-b")
+    closed = devboxes.create(make_policy())  # deny-all: no devbox-to-devbox either
+    foreign_ip, sibling_ip = (dataplane.attached(b).address.ip for b in (foreign, sibling))
+    assert not devboxes.run(mine, "tcp", foreign_ip, "8080").startswith("OK")
+    blocked = wait_for(events, mine, lambda e: e.kind == "blocked" and e.addresses == (foreign_ip,))
+    assert (blocked[0].verdict, blocked[0].protocol, blocked[0].port) == ("denied", "tcp", 8080)
+    assert not devboxes.run(closed, "tcp", sibling_ip, "8080").startswith("OK")
+    wait_for(events, closed, lambda e: e.kind == "blocked" and e.addresses == (sibling_ip,))
+
+
 def test_allowed_connection_then_revoked_attempt_names_the_host(plane, devboxes, events):
     dataplane = plane[0]
     policy = make_policy(allowed_hostnames=["github.com"])

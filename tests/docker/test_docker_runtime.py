@@ -3,11 +3,15 @@ resolver), Popen-like execs, files, suspend/resume, disk snapshots, shutdown and
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import threading
+import time
 
 import docker.errors
 import pytest
+import requests
 
 from simulator.command_output import signal_group
 from simulator.runtime.base import RuntimeFailure
@@ -46,9 +50,11 @@ def test_container_is_labelled_networkless_and_plumbed_onto_the_data_plane(docke
 def test_exec_is_popen_like(docker_plane, boxes):
     runtime = docker_plane[1]
     box = boxes.create(None, environment_variables={"FROM_SPEC": "spec"})
-    proc = runtime.exec(box, "echo out; echo err >&2; echo $FROM_SPEC $EXTRA; pwd; exit 7", env={"EXTRA": "x"}, cwd="/tmp")
+    # A command gets the environment it is given (the services give the devbox's); the
+    # spec's is not in the container's own config (see the snapshot test below).
+    proc = runtime.exec(box, "echo out; echo err >&2; echo ${FROM_SPEC-unset} $EXTRA; pwd; exit 7", env={"EXTRA": "x"}, cwd="/tmp")
     out, err = proc.communicate(timeout=10)
-    assert (proc.returncode, out, err) == (7, b"out\nspec x\n/tmp\n", b"err\n")
+    assert (proc.returncode, out, err) == (7, b"out\nunset x\n/tmp\n", b"err\n")
     cat = runtime.exec(box, "cat; echo done")
     assert cat.communicate(b"from stdin\n", timeout=10) == (b"from stdin\ndone\n", b"")
     # Killing the process group (what the execution service does) kills the children too.
@@ -95,6 +101,29 @@ def test_files_read_write_and_errors(docker_plane, boxes):
     for bad in ("", "  ", "a\0b", "/"):
         with pytest.raises(ValueError):
             runtime.read_file(box, bad)
+
+
+def test_file_api_follows_symlinks_and_refuses_runtime_mounts(docker_plane, boxes):
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    assert boxes.sh(box, "echo old > /tmp/target; ln -s /tmp/target lnk; ln -s /tmp/new dangling").returncode == 0
+    runtime.write_file(box, "lnk", b"via link")
+    assert boxes.sh(box, "cat /tmp/target; echo; test -L lnk && echo still-a-link").stdout == "via link\nstill-a-link\n"
+    runtime.write_file(box, "dangling", b"made")
+    assert boxes.sh(box, "cat /tmp/new; echo; test -L dangling && echo still-a-link").stdout == "made\nstill-a-link\n"
+    # What docker mounts over the image is not on the disk the archive API sees: refused,
+    # also through a link, rather than showing or writing a file the devbox never sees.
+    assert boxes.sh(box, "ln -s /dev/shm shm").returncode == 0
+    for path in ("/proc/self/status", "/dev/shm/note", "shm/note", "/etc/resolv.conf", "/etc/hosts", "/sys/x"):
+        with pytest.raises(ValueError, match="container runtime"):
+            runtime.write_file(box, path, b"x")
+        with pytest.raises(ValueError, match="container runtime"):
+            runtime.read_file(box, path)
+    assert boxes.sh(box, "ln -s loop1 loop2; ln -s loop2 loop1").returncode == 0
+    for call in (lambda: runtime.read_file(box, "loop1"), lambda: runtime.write_file(box, "loop1", b"x")):
+        with pytest.raises(OSError) as caught:
+            call()
+        assert caught.value.errno == errno.ELOOP and "/var/lib/docker" not in str(caught.value)
 
 
 def test_suspend_freezes_and_resume_thaws(docker_plane, boxes, docker_client):
@@ -255,3 +284,81 @@ def test_exec_streams_big_input_and_runs_concurrently(docker_plane, boxes):
         slow.communicate(timeout=0.2)
     slow.kill()
     assert slow.wait(10) == 128 + signal.SIGKILL
+
+
+def test_devbox_environment_stays_out_of_the_container_and_its_snapshots(docker_plane, boxes, docker_client):
+    """A devbox's environment_variables go with each command, never into the container's
+    config: a snapshot would commit them (secrets into every devbox made from it), and the
+    keep-alive loop would run under the devbox's PATH. No container log either: a devbox
+    writing to its pid 1's stdout must not fill the host's disk."""
+    runtime = docker_plane[1]
+    box = boxes.create(None, environment_variables={"API_SECRET": "s3cr3t", "PATH": "/nonexistent"})
+    info = docker_client.api.inspect_container(runtime.container_name(box))
+    assert not [e for e in info["Config"]["Env"] if e.startswith("API_SECRET=") or e == "PATH=/nonexistent"]
+    assert info["HostConfig"]["LogConfig"]["Type"] == "none"
+    assert boxes.sh(box, "echo noise > /proc/1/fd/1").returncode == 0
+    assert not info.get("LogPath")
+    disk = runtime.snapshot_disk(box, f"snp_env{os.getpid():x}")
+    try:
+        assert not [e for e in docker_client.api.inspect_image(disk)["Config"]["Env"] if "s3cr3t" in e]
+        restored = boxes.create(None, disk=disk)
+        assert boxes.sh(restored, "echo ${API_SECRET-unset}").stdout == "unset\n"
+    finally:
+        runtime.delete_disk(disk)
+
+
+def test_keep_alive_survives_its_sleep_being_killed(docker_plane, boxes, docker_client):
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    assert boxes.sh(box, "killall sleep").returncode == 0
+    deadline = time.monotonic() + 10  # bounded poll: the loop starts a new sleep within ~1 s
+    while "sleep 3600" not in boxes.sh(box, "ps -o args").stdout:
+        assert time.monotonic() < deadline, "the keep-alive loop did not start sleeping again"
+        time.sleep(0.1)
+    assert docker_client.api.inspect_container(runtime.container_name(box))["State"]["Running"]
+
+
+def _wait_for(condition, what: str, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds  # bounded poll: docker reports asynchronously
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_deaths_are_seen_after_the_daemons_event_stream_drops(docker_plane, boxes, docker_client):
+    """When the event stream ends (the daemon restarted, say), the runtime subscribes again
+    and checks its containers: a death before, during or after the gap reaches the hook."""
+    runtime = docker_plane[1]
+    lost: dict[str, str] = {}
+    runtime.set_lost_hook(lambda devbox_id, detail: lost.setdefault(devbox_id, detail))
+    _wait_for(lambda: runtime._events is not None, "the event stream")
+    first = boxes.create(None)
+    docker_client.api.kill(runtime.container_name(first))
+    _wait_for(lambda: first in lost, "the first death")
+    stream = runtime._events
+    stream.close()  # as when the daemon goes away
+    second = boxes.create(None)
+    docker_client.api.kill(runtime.container_name(second))  # most likely while unsubscribed
+    _wait_for(lambda: second in lost, "a death in the gap")
+    _wait_for(lambda: runtime._events is not stream, "a new subscription")
+    third = boxes.create(None)
+    docker_client.api.remove_container(runtime.container_name(third), force=True)
+    _wait_for(lambda: third in lost, "a death after the gap")
+    assert "exited" in lost[first] and "exited" in lost[second]
+
+
+def test_a_container_the_daemon_failed_to_remove_is_removed_later(docker_plane, boxes, docker_client, monkeypatch):
+    dataplane, runtime = docker_plane
+    box = boxes.create(None)
+    name = runtime.container_name(box)
+
+    def daemon_away(*_args, **_kwargs):
+        raise requests.ConnectionError("connection refused")
+
+    monkeypatch.setattr(runtime.api, "remove_container", daemon_away)
+    runtime.shutdown(box)  # no exception: the devbox is released, its container remembered
+    assert dataplane.attached(box) is None
+    assert docker_client.api.containers(all=True, filters={"name": name}) != []
+    monkeypatch.undo()
+    runtime._check_containers(lambda *_: None)  # what a new event subscription does first
+    assert docker_client.api.containers(all=True, filters={"name": name}) == []

@@ -159,12 +159,12 @@ def test_bootstrap_and_devboxes(netns, nft):
     text = _cli_ruleset(netns)
     assert 'log prefix "dbx_a1 " group 7' in text
     assert "ip saddr vmap @dbx_vmap" in text
-    assert "ip daddr 10.88.0.0/16 ip daddr != @acct_acme drop" in text
-    assert "ip daddr 10.88.0.0/16 ip daddr != @acct_beta drop" in text
+    assert "ip daddr @acct_acme jump" in text and "ip daddr @acct_beta jump" in text
+    assert "ip daddr != 10.88.0.0/16 jump pol_pcidrs" in text
     assert "ip daddr != 10.88.0.0/16 ip daddr @learned_a1 accept" in text
     assert "jump pol_pcidrs" in text and "jump pol_pd2d" in text and "jump unrestricted" in text
     assert _chain_rules(rs, "pol_pd2d")[0]["expr"][-1] == {"accept": None}  # d2d on
-    assert _chain_rules(rs, "pol_pcidrs")[0]["expr"][-1] == {"drop": None}  # d2d off
+    assert _chain_rules(rs, "pol_pcidrs")[0]["expr"][-1] == {"return": None}  # d2d off
     # counts of live rules equal the compiled ones
     for d, members in ((A1, []), (A2, [A1.ip]), (B1, [])):
         compiled = [c for c in R.add_devbox(ROUTER, d, members)["nftables"] if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == d.chain]
@@ -222,7 +222,7 @@ def test_update_policy_swaps_in_one_transaction(netns, nft):
     assert not any("@pcidr_pcidrs" in json.dumps(r["expr"]) for r in rules)  # no all-port CIDRs left
     # both devboxes still jump to the one policy chain, untouched
     for key in ("a1", "a3"):
-        assert {"jump": {"target": "pol_pcidrs"}} in [r["expr"][0] for r in _chain_rules(nft.list_ruleset(), "dbx_" + key)]
+        assert {"jump": {"target": "pol_pcidrs"}} in [r["expr"][-1] for r in _chain_rules(nft.list_ruleset(), "dbx_" + key)]
     # to allow_all: the chain accepts same-account devboxes, then everything
     nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)))
     assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == []
@@ -231,7 +231,7 @@ def test_update_policy_swaps_in_one_transaction(netns, nft):
     # and back
     nft.apply(R.update_policy(ROUTER, "pcidrs", CIDRS))
     assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") != []
-    assert _chain_rules(nft.list_ruleset(), "pol_pcidrs")[0]["expr"][-1] == {"drop": None}
+    assert _chain_rules(nft.list_ruleset(), "pol_pcidrs")[0]["expr"][-1] == {"return": None}
 
 
 def test_policy_lifecycle_and_move(netns, nft):
@@ -248,11 +248,11 @@ def test_policy_lifecycle_and_move(netns, nft):
     rs = nft.list_ruleset()
     assert ("inet", R.TABLE, "pol_pcidrs") not in _objects(rs, "chain")
     assert ("inet", R.TABLE, "pcidr_pcidrs") not in _objects(rs, "set")
-    assert [r["expr"] for r in _chain_rules(rs, "dbx_a1")][2] == [{"jump": {"target": "pol_pd2d"}}]
+    assert [r["expr"] for r in _chain_rules(rs, "dbx_a1")][1][-1] == {"jump": {"target": "pol_pd2d"}}
     assert "203.0.113.34" in _learned(nft, "a1")
     # to no policy, flushing learned addresses
     nft.apply(R.move_devbox(ROUTER, dataclasses.replace(A1, policy=None)))
-    assert [r["expr"] for r in _chain_rules(nft.list_ruleset(), "dbx_a1")][2] == [{"jump": {"target": "unrestricted"}}]
+    assert [r["expr"] for r in _chain_rules(nft.list_ruleset(), "dbx_a1")][2][-1] == {"jump": {"target": "unrestricted"}}
     assert _learned(nft, "a1") == {}
     # moving to a policy whose chain does not exist fails atomically
     with pytest.raises(NftError):

@@ -175,21 +175,17 @@ SUBNET = {"prefix": {"addr": "10.88.0.0", "len": 16}}
 @pytest.mark.parametrize("router", [ROUTER, ROUTER_FULL], ids=["plain", "log"])
 def test_devbox_chain_guards_subnet_first(devbox, router):
     rules = [r["expr"] for r in _rules(R.add_devbox(router, devbox, []), devbox.chain)]
-    # 1. the subnet guard: another account's devbox is dropped before anything else
-    assert rules[0] == [
-        {"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}},
-        {"match": {"op": "!=", "left": R.IP_DADDR, "right": "@acct_" + devbox.account}},
-        {"drop": None},
-    ]
-    # 2. learned addresses only open destinations outside the subnet
-    assert rules[1] == [
-        {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}},
-        {"match": {"op": "==", "left": R.IP_DADDR, "right": "@learned_" + devbox.key}},
-        {"accept": None},
-    ]
-    # 3. the policy decides the rest; what it does not accept is (logged and) dropped
+    outside = {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}}
     target = R.UNRESTRICTED_CHAIN if devbox.policy is None else "pol_" + devbox.policy
-    assert rules[2] == [{"jump": {"target": target}}]
+    # 1. learned addresses only open destinations outside the subnet
+    assert rules[0] == [outside, {"match": {"op": "==", "left": R.IP_DADDR, "right": "@learned_" + devbox.key}}, {"accept": None}]
+    # 2. the policy sees only what is outside the subnet or a peer of the same account...
+    assert rules[1] == [outside, {"jump": {"target": target}}]
+    assert rules[2] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": "@acct_" + devbox.account}}, {"jump": {"target": target}}]
+    # 3. ...so another account's devbox, like whatever the policy does not accept, is
+    # (logged and) dropped
+    if router.log_group is not None:
+        assert "log" in rules[3][-1]
     assert rules[-1] == [{"drop": None}]
     assert len(rules) == (5 if router.log_group is not None else 4)
     # nothing in the devbox chain depends on its policy's content
@@ -201,7 +197,9 @@ def test_policy_chain_decides_same_account_first(pkey):
     egress = POLICIES[pkey]
     rules = [r["expr"] for r in _rules(R.add_policy(ROUTER, pkey, egress), R.policy_chain(pkey))]
     d2d = egress.allow_all or egress.allow_devbox_to_devbox
-    assert rules[0] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}, {"accept": None} if d2d else {"drop": None}]
+    # Same-account traffic the policy does not allow returns at once (to be logged and
+    # dropped by the devbox chain): no CIDR rule after this one may open a devbox.
+    assert rules[0] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}, {"accept": None} if d2d else {"return": None}]
     if egress.allow_all:
         assert rules[1:] == [[{"accept": None}]]
     # every other rule accepts: what is not accepted returns to the devbox chain

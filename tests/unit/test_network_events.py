@@ -74,3 +74,20 @@ def test_to_json_has_every_field_in_place():
         ("addresses", ["2001:db8::1"]), ("ttl", 42), ("error", "198.51.100.53:53: timeout"),
         ("protocol", None), ("port", None),
     ]
+
+
+def test_names_are_kept_per_account():
+    """A blocked event is named from what the same account's devboxes resolved, never from
+    another account's lookups (that would show one account what another does)."""
+    from netns.nflog import LoggedPacket
+
+    accounts = {"dbx_a1": "acct-a", "dbx_a2": "acct-a", "dbx_b": "acct-b"}
+    log = NetworkEventLog(account_of=accounts.get)
+    log.on_query("dbx_a1", query("secret.example.com", addresses=["192.0.2.30"]))
+    blocked = LoggedPacket(prefix="", src="10.88.0.9", dst="192.0.2.30", proto="tcp", dport=443)
+    log.on_blocked("dbx_b", blocked)
+    log.on_blocked("dbx_a2", blocked)
+    assert log.list_network_events("dbx_b")[0][-1].name == ""
+    assert log.list_network_events("dbx_a2")[0][-1].name == "secret.example.com"
+    assert log.name_for("acct-a", "192.0.2.30") == "secret.example.com"
+    assert log.name_for("acct-b", "192.0.2.30") is None

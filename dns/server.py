@@ -8,8 +8,8 @@ Threads (all daemon):
   workers        a small fixed pool: parse, call the handler, truncate if needed, send.
                  A fixed pool means a slow upstream for one client cannot stall the
                  others, and no thread is created per UDP query.
-  connections    one thread per TCP connection (capped), several length-framed queries
-                 each, closed after an idle timeout.
+  connections    one thread per TCP connection (capped in all and, optionally, per client
+                 address), several length-framed queries each, closed after an idle timeout.
 
 Wire handlers. When the handler is the bound ``resolve`` of an object that also has
 ``resolve_wire(client_ip, data, tcp=False) -> bytes | None`` (``Resolver``), UDP is served
@@ -157,6 +157,7 @@ class DnsServer:
         workers: int = 8,
         max_pending: int = 1024,
         max_tcp_connections: int = 64,
+        max_tcp_per_client: int | None = None,
         tcp_idle_timeout: float = 5.0,
         max_queries_per_connection: int = 1000,
         name: str = "dns",
@@ -170,6 +171,10 @@ class DnsServer:
             raise ValueError("workers, max_pending and max_tcp_connections must be >= 1")
         self._workers_n = workers
         self._max_tcp = max_tcp_connections
+        # Open connections per client address, when capped: one client must not hold every
+        # connection slot (TCP is where truncated answers go).
+        self._max_tcp_per_client = max_tcp_per_client
+        self._tcp_per_client: dict[str, int] = {}
         self._idle = tcp_idle_timeout
         self._max_queries = max_queries_per_connection
         self._name = name
@@ -328,10 +333,17 @@ class DnsServer:
             except OSError:
                 return
             with self._conns_lock:
-                if len(self._conns) >= self._max_tcp or self._stopping.is_set():
+                client = addr[0]
+                held = self._tcp_per_client.get(client, 0)
+                if (
+                    len(self._conns) >= self._max_tcp
+                    or (self._max_tcp_per_client is not None and held >= self._max_tcp_per_client)
+                    or self._stopping.is_set()
+                ):
                     self.stats.incr("tcp_rejected")
                     conn.close()
                     continue
+                self._tcp_per_client[client] = held + 1
                 thread = threading.Thread(
                     target=self._serve_tcp,
                     args=(conn, addr),
@@ -443,6 +455,11 @@ class DnsServer:
         finally:
             with self._conns_lock:
                 self._conns.pop(conn, None)
+                left = self._tcp_per_client.get(addr[0], 1) - 1
+                if left > 0:
+                    self._tcp_per_client[addr[0]] = left
+                else:
+                    self._tcp_per_client.pop(addr[0], None)
             conn.close()
 
     # -- shared ------------------------------------------------------------------------
@@ -457,6 +474,11 @@ class DnsServer:
             # A response sent to us: answering it could start a reflection loop.
             self.stats.incr("malformed")
             return None
+        if not all(_legal_name(q.qname.label) for q in request.questions):
+            # dnslib reads labels of any length, but such a name cannot be encoded back (or
+            # looked up): not a query, and no traceback per packet a devbox can send.
+            self.stats.incr("malformed")
+            return None
         return request
 
     def _call(self, client_ip: str, request: DNSRecord) -> DNSRecord:
@@ -466,6 +488,11 @@ class DnsServer:
             self.stats.incr("handler_errors")
             log.exception("%s: handler failed", self._name)
             return empty_reply(request, RCODE.SERVFAIL)
+
+
+def _legal_name(labels: tuple[bytes, ...]) -> bool:
+    """RFC 1035 2.3.4: labels of 1-63 bytes, at most 255 bytes on the wire."""
+    return all(0 < len(label) <= 63 for label in labels) and sum(len(label) + 1 for label in labels) < 255
 
 
 def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes | None:

@@ -23,6 +23,8 @@ How the holder is built (``start()``)
       ``/run`` (systemd-resolved), its target is recreated as an empty file there for the
       resolv.conf bind below;
     * ``/dev/shm`` and ``/run/lock`` get private tmpfs (they are world-writable on the host);
+    * ``/dev/pts`` is a private devpts instance (``/dev/ptmx`` bound to its ``ptmx``) of at most
+      ``sandbox_setup.PTY_MAX`` terminals: the machine's pseudo-terminal pool is shared;
     * generated ``resolv.conf`` (only ``nameserver <nameserver>``) and ``hosts`` are bind-mounted
       read-only over ``/etc/resolv.conf`` and ``/etc/hosts``;
     * ``/sys`` is a fresh read-only sysfs of the devbox's network namespace.

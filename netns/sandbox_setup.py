@@ -14,6 +14,7 @@ import os
 
 DEVBOX_HOME = "/home/user"
 DEVBOX_TMP = "/tmp"
+PTY_MAX = 64  # pseudo-terminals per devbox
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -102,6 +103,11 @@ def prepare(plan: dict) -> None:
     for p, size in (("/dev/shm", "64m"), ("/run/lock", "1m")):
         if os.path.isdir(p):
             mount("dbxsim-" + os.path.basename(p), p, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+    # A private devpts instance: the host's pseudo-terminals are not the devbox's, and a devbox
+    # gets at most PTY_MAX of them (the kernel's pool is shared by the whole machine).
+    if os.path.isdir("/dev/pts") and os.path.exists("/dev/ptmx"):
+        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=0620,max={PTY_MAX}")
+        mount("/dev/pts/ptmx", "/dev/ptmx", None, MS_BIND)
     if os.path.exists("/etc/resolv.conf"):
         bind(resolv_fd, "/etc/resolv.conf", MS_RDONLY | MS_NOSUID | MS_NODEV)
     if os.path.exists("/etc/hosts"):

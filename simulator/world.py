@@ -125,9 +125,17 @@ def _ports(values, where: str) -> tuple[int, ...]:
 # --- services ------------------------------------------------------------------------------
 
 
+# Devboxes (untrusted) talk to these services, which run in the simulator's own process: each
+# service handles at most this many connections (or UDP datagrams) at once and closes the
+# rest at once, so holding connections open cannot grow the simulator's threads and file
+# descriptors without bound; an idle connection is closed after IDLE_SECONDS.
+MAX_CONCURRENT_PER_SERVICE = 64
+IDLE_SECONDS = 30
+
+
 class _EchoTCP(socketserver.BaseRequestHandler):
     def handle(self):
-        self.request.settimeout(30)
+        self.request.settimeout(IDLE_SECONDS)
         try:
             while data := self.request.recv(65536):
                 self.request.sendall(data)
@@ -144,6 +152,7 @@ class _EchoUDP(socketserver.BaseRequestHandler):
 def _http_handler(host_name: str):
     class Handler(BaseHTTPRequestHandler):
         server_version = "devbox-sim-world"
+        timeout = IDLE_SECONDS  # a half-sent request does not hold its thread for ever
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             body = f"{host_name} {self.path}\n".encode()
@@ -159,17 +168,37 @@ def _http_handler(host_name: str):
     return Handler
 
 
-class _ThreadingTCP(socketserver.ThreadingTCPServer):
+class _Bounded:
+    """Mixed into a threading server: at most ``MAX_CONCURRENT_PER_SERVICE`` requests at once
+    (the next is closed, or its datagram dropped), and a request that fails (a client gone
+    mid-reply) is no traceback on the simulator's stderr."""
+
     daemon_threads = True
+
+    def verify_request(self, request, client_address) -> bool:
+        slots = self.__dict__.setdefault("_slots", threading.BoundedSemaphore(MAX_CONCURRENT_PER_SERVICE))
+        return slots.acquire(blocking=False)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("world service %s: request from %s failed", self.server_address, client_address, exc_info=True)
+
+
+class _ThreadingTCP(_Bounded, socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-class _ThreadingUDP(socketserver.ThreadingUDPServer):
-    daemon_threads = True
+class _ThreadingUDP(_Bounded, socketserver.ThreadingUDPServer):
+    pass
 
 
-class _ThreadingHTTP(ThreadingHTTPServer):
-    daemon_threads = True
+class _ThreadingHTTP(_Bounded, ThreadingHTTPServer):
+    pass
 
 
 @dataclass

@@ -92,6 +92,51 @@ def test_tcp_connection_cap(serve, zone, tcp_exchange):
         assert tcp_exchange(first, DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR
 
 
+def _connect_from(source: str, address) -> socket.socket:
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn.settimeout(2.0)
+    conn.bind((source, 0))
+    conn.connect(address)
+    return conn
+
+
+def _refused(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(10) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_tcp_connections_are_capped_per_client(serve, zone, tcp_exchange):
+    """One client holding its share of connections cannot keep another out (a devbox
+    must not take every TCP slot of the shared resolver)."""
+    server = serve(zone.resolve, max_tcp_connections=8, max_tcp_per_client=2)
+    address = server.tcp_addresses[0]
+    greedy = [_connect_from("127.0.0.2", address) for _ in range(2)]
+    try:
+        for conn in greedy:
+            tcp_exchange(conn, DNSRecord.question("host.test"))  # accepted and registered
+        with _connect_from("127.0.0.2", address) as third:
+            assert _refused(third)
+        assert server.stats.tcp_rejected == 1
+        with _connect_from("127.0.0.3", address) as other:
+            assert tcp_exchange(other, DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR
+        greedy.pop().close()
+        deadline = time.monotonic() + 5.0  # bounded: the server notices the close
+        while True:
+            with _connect_from("127.0.0.2", address) as again:
+                try:
+                    if tcp_exchange(again, DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR:
+                        break
+                except (OSError, struct.error):
+                    pass
+            assert time.monotonic() < deadline, "the closed connection's slot never came back"
+            time.sleep(0.05)
+    finally:
+        for conn in greedy:
+            conn.close()
+
+
 def test_slow_query_does_not_block_others(serve, zone, ask):
     release = threading.Event()
     slow_started = threading.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -500,3 +501,32 @@ def test_wire_server_counts_malformed_and_truncated(serve, world):
         while server.stats.malformed < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert server.stats.malformed == 3 and server.stats.udp_truncated == 1
+
+
+def _raw_query(labels: list[bytes], qid: int = 0x4242) -> bytes:
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+
+
+def test_names_longer_than_dns_allows_are_malformed_not_tracebacks(serve, world, caplog):
+    """A 64-byte label or a name over 255 bytes is not a name (RFC 1035): counted as
+    malformed and dropped quietly, over UDP and TCP; no error logged per packet (a devbox
+    could otherwise fill the log) and the server keeps answering."""
+    resolver = Resolver(lambda ip: view("*.example.com"), world[1])
+    server = serve(resolver.resolve)
+    bad = [_raw_query([b"a" * 64, b"example", b"com"]), _raw_query([b"b" * 63] * 4 + [b"example", b"com"])]
+    with caplog.at_level("WARNING"), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        for datagram in bad:
+            sock.sendto(datagram, server.udp_addresses[0])
+        deadline = time.monotonic() + 2.0
+        while server.stats.malformed < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with socket.create_connection(server.tcp_addresses[0], timeout=2.0) as conn:
+            conn.sendall(struct.pack("!H", len(bad[0])) + bad[0])
+            assert conn.recv(10) == b""  # closed: the framing is fine, the message is not
+        request = question("github.example.com")
+        sock.sendto(request.pack(), server.udp_addresses[0])
+        assert DNSRecord.parse(sock.recv(4096)).header.id == request.header.id
+    assert server.stats.malformed == 3
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING")] == []

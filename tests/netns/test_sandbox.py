@@ -574,6 +574,28 @@ def test_mounts_do_not_leak_to_the_host(sb):
     assert not os.path.exists("/home/user") or not os.path.samefile("/home/user", sb.home_dir)
 
 
+@pytest.mark.privileged
+def test_pseudo_terminals_are_private_and_capped(sb):
+    """A devbox sees none of the host's terminals and cannot drain the machine's pool."""
+    from netns.sandbox_setup import PTY_MAX
+
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/dev/pts')))\n"
+        "held = []\n"
+        "try:\n"
+        "    while len(held) < 200:\n"
+        "        held.append(os.openpty())\n"
+        "except OSError as e:\n"
+        "    print(len(held), e.errno)\n"
+    )
+    rc, out, err = _run(sb, ["/usr/bin/python3", "-c", code])
+    assert rc == 0, err
+    listing, opened = out.splitlines()
+    assert listing == "['ptmx']"
+    assert int(opened.split()[0]) == PTY_MAX
+
+
 def _counter_value(sb):
     try:
         txt = (sb.home_dir / "counter").read_text().strip()

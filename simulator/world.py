@@ -179,6 +179,13 @@ class _Bounded:
         slots = self.__dict__.setdefault("_slots", threading.BoundedSemaphore(MAX_CONCURRENT_PER_SERVICE))
         return slots.acquire(blocking=False)
 
+    def process_request(self, request, client_address) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (the machine is out of them): free the slot
+            self._slots.release()
+            raise
+
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)

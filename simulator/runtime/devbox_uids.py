@@ -4,43 +4,53 @@ A devbox's uid is what keeps it from signalling or reading another, but some ker
 kept per uid and outlives every process of it: above all the user and persistent keyrings
 (``add_key(2)``/``keyctl(2)``; a user keyring stays as long as the user namespace, i.e. until
 reboot). A uid handed to a later devbox, maybe of another account, would hand it those keys.
-So uids are not reused: each data dir (simulator instance) has its own block of
-``BLOCK_SIZE`` uids, picked by a hash of the instance, and a counter kept in the data dir
-walks through it across restarts. Only after ``BLOCK_SIZE`` devboxes of one data dir does a
-uid come round again.
+So uids are not reused: one counter for the whole machine (``COUNTER_FILE``, shared under
+``flock`` by every simulator, whatever its data dir, and kept when a data dir is removed)
+walks through ``SPAN`` uids from ``UID_BASE``; only after that many devboxes does a uid come
+round again. The range lies above systemd's container uids (``0x80000``-``0x6FFEFFFF``) and
+the usual ``/etc/subuid`` ranges, and below 2**31 (some tools still read uids as signed).
 """
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
+import logging
 import os
-import threading
+import secrets
 from pathlib import Path
 
-UID_BASE = 200_000
-BLOCK_SIZE = 1 << 20  # devboxes per data dir before a uid repeats
-BLOCKS = 1 << 10  # instance blocks; all below 2**31 (some tools still read uids as signed)
+log = logging.getLogger(__name__)
+
+UID_BASE = 0x70000000
+SPAN = (1 << 31) - 1 - UID_BASE  # 268,435,455 devboxes before a uid repeats
+# Not in any data dir (a data dir may be removed, and the service keeps its own under
+# /var/lib/devbox-sim); the 0700 directory keeps it from devboxes.
+COUNTER_FILE = Path("/var/lib/devbox-sim-uids/next")
 
 
 class DevboxUids:
-    def __init__(self, counter_file: Path, instance: str):
-        block = int(hashlib.sha256(instance.encode()).hexdigest(), 16) % BLOCKS
-        self.first = UID_BASE + block * BLOCK_SIZE
+    def __init__(self, counter_file: Path = COUNTER_FILE):
         self._file = Path(counter_file)
-        self._lock = threading.Lock()
-        try:
-            self._next = int(self._file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            self._next = 0
+        self._file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def allocate(self) -> int:
-        """A uid no devbox of this data dir had before (until the block wraps around)."""
-        with self._lock:
-            uid = self.first + self._next % BLOCK_SIZE
-            self._next += 1
-            # Written before the uid is used: a crash may skip uids, never repeat one. (A
-            # machine crash loses the write, and the kernel's keyrings with it.)
-            partial = self._file.with_name(self._file.name + ".partial")
-            partial.write_text(f"{self._next}\n")
-            os.replace(partial, self._file)
-        return uid
+        """A uid no devbox on this machine had before (until ``SPAN`` devboxes later)."""
+        fd = os.open(self._file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # other simulators on this machine wait their turn
+            text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            try:
+                current = int(text) if text else 0
+            except ValueError:
+                # Damaged: start from a random place rather than from 0 (reuse is then a
+                # one in SPAN chance per devbox, not a certainty).
+                current = secrets.randbelow(SPAN)
+                log.warning("%s was unreadable (%r); devbox uids continue from a random point", self._file, text[:20])
+            # Written before the uid is used: a crash may skip uids, never repeat one (a
+            # machine crash may lose the write, but the kernel's keyrings go with it).
+            line = f"{current + 1}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, line, 0)
+        finally:
+            os.close(fd)  # releases the lock
+        return UID_BASE + current % SPAN

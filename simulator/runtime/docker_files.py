@@ -5,11 +5,12 @@ here can reach the host. Paths follow the devbox view: home-relative, ``~/``-rel
 absolute, with the home at /home/user. A symlink at the path is followed for writes as for
 reads (as on the netns runtime), never replaced.
 
-The archive API sees the container's file system layers only, not what the runtime mounts on
-top of them (``/proc``, ``/sys``, ``/dev``, and the ``/etc/hosts``, ``/etc/hostname`` and
-``/etc/resolv.conf`` docker writes): a read there would show the image's file, not the one
-the devbox sees, and a write would land where the devbox cannot see it. Those paths are
-refused. Docker's messages are passed on without the host's paths in them.
+The archive API sees the container's file system layers, not what the runtime mounts on top
+of them (``/proc``, ``/sys``, ``/dev``): a read there would show the image's file, not the
+one the devbox sees, and a write would land where the devbox cannot see it. Those paths are
+refused. Docker's own ``/etc/hosts``, ``/etc/hostname`` and ``/etc/resolv.conf`` read as the
+devbox sees them, but cannot be written (they are bind mounts). Docker's messages are
+passed on without the host's paths in them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ GO_MODE_SYMLINK = 1 << 27
 MAX_SYMLINKS = 40  # like the kernel's ELOOP limit
 RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
 RUNTIME_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"})
-# Where a container's root lives on the host (overlay2 and friends), as docker's messages name it.
-_HOST_ROOT = re.compile(r"/var/lib/docker/\S*?/(?:merged|diff|rootfs)(?=/|\s|$)")
+# Where a container's root lives on the host, as docker's messages name it: whatever the data
+# root (/var/lib/docker, rootless, custom), a storage driver's layer directory is named by a
+# 64-hex id and holds merged/diff (overlay2, fuse-overlayfs, vfs...) or rootfs.
+_HOST_ROOT = re.compile(r"(?:/[^\s/:]+)*/[0-9a-f]{64}(?:-init)?/(?:merged|diff|rootfs)(?=/|\s|:|$)")
 
 
 def container_path(path: str) -> str:
@@ -87,15 +90,17 @@ def docker_message(exc: BaseException) -> str:
     return _HOST_ROOT.sub("", message)
 
 
-def _check_reachable(target: str, path: str) -> None:
-    if target in RUNTIME_FILES or any(target == m or target.startswith(m + "/") for m in RUNTIME_MOUNTS):
+def _check_reachable(target: str, path: str, writing: bool) -> None:
+    if writing and target in RUNTIME_FILES:
+        raise ValueError(f"{path}: {target} is docker's (a bind mount it keeps up to date) and cannot be written")
+    if any(target == m or target.startswith(m + "/") for m in RUNTIME_MOUNTS):
         raise ValueError(
             f"{path}: {target} is provided by the container runtime, not stored on the devbox's disk; "
             "the file API cannot reach it (read it with a command)"
         )
 
 
-def _resolve(api, container: str, path: str) -> tuple[str, dict | None]:
+def _resolve(api, container: str, path: str, writing: bool = False) -> tuple[str, dict | None]:
     """(where ``path`` leads in the container, its stat or None if nothing is there).
 
     Symlinks are followed in every component, as the kernel would, so that the runtime's
@@ -108,7 +113,7 @@ def _resolve(api, container: str, path: str) -> tuple[str, dict | None]:
     links = 0
     while pending:
         candidate = f"{resolved}/{pending.pop()}"
-        _check_reachable(candidate, path)
+        _check_reachable(candidate, path, writing)
         stat = _stat(api, container, candidate)
         if stat is None:  # the rest does not exist (a write makes it)
             return posixpath.join(candidate, *pending[::-1]), None
@@ -153,7 +158,7 @@ def write_file(api, container: str, path: str, data: bytes) -> None:
     """Create or replace a regular file (parents created by docker's extraction), root-owned,
     mode 0644; through a symlink (a dangling one too), its target. A directory there is
     refused: docker's extraction would delete it."""
-    target, stat = _resolve(api, container, path)
+    target, stat = _resolve(api, container, path, writing=True)
     if stat is not None and int(stat.get("mode", 0)) & GO_MODE_DIR:
         raise IsADirectoryError(f"{path} is a directory")
     info = tarfile.TarInfo(target.lstrip("/"))

@@ -47,6 +47,7 @@ LOG_CONFIG = {"Type": "none", "Config": {}}
 DROPPED_CAPABILITIES = ["ALL"]
 API_POOL_SIZE = 64  # hijacked exec connections leave the pool while a command runs
 EVENTS_RETRY_SECONDS = (0.5, 5.0)  # first and longest wait before subscribing to events again
+REMOVE_RETRY_SECONDS = 5.0  # a container the daemon did not remove is tried again this often
 
 
 @dataclass
@@ -100,8 +101,10 @@ class DockerRuntime:
         self._lock = threading.Lock()
         self._events = None  # the daemon's event stream, once set_lost_hook() watches it
         self._closing = threading.Event()
-        # Containers whose removal failed (the daemon was away): removed again later.
-        self._unremoved: set[str] = set()
+        # Containers whose removal failed (the daemon was away or refused), with their image:
+        # removed again every REMOVE_RETRY_SECONDS, at each new event subscription and at close.
+        self._unremoved: dict[str, str | None] = {}
+        self._retry_timer: threading.Timer | None = None
         try:
             removed = self.remove_orphans()
             if removed:
@@ -202,10 +205,9 @@ class DockerRuntime:
                 continue
             with self._lock:
                 self._events = events
-            if self._closing.is_set():
-                events.close()
-                return
             try:
+                if self._closing.is_set():
+                    return
                 # Subscribed first, then checked: a death is either in the stream or seen here.
                 self._check_containers(hook)
                 delay = EVENTS_RETRY_SECONDS[0]
@@ -215,9 +217,11 @@ class DockerRuntime:
                     with self._lock:
                         ours = devbox_id in self._devboxes  # shutdown() forgets it before removing
                     if ours:
-                        hook(devbox_id, f"the devbox's container exited (code {attributes.get('exitCode', '?')})")
+                        _report(hook, devbox_id, f"the devbox's container exited (code {attributes.get('exitCode', '?')})")
             except Exception as exc:  # the stream closed (close()) or the daemon went away
                 log.debug("docker events stream ended: %s", exc)
+            finally:
+                events.close()
             if not self._closing.is_set():
                 log.warning("lost the Docker daemon's event stream; watching again")
                 self._closing.wait(delay)
@@ -225,22 +229,46 @@ class DockerRuntime:
 
     def _check_containers(self, hook: Callable[[str, str], None]) -> None:
         """Every devbox whose container is gone or stopped goes to ``hook``; containers whose
-        removal failed earlier are removed now. Raises if the daemon does not answer."""
+        removal failed earlier are removed now. Raises if the daemon does not answer at all;
+        one container it cannot tell about is skipped (and checked at the next subscription)."""
         import docker.errors
 
-        for container_id in list(self._unremoved):
-            if remove_container(self.api, container_id):
-                self._unremoved.discard(container_id)
+        self._retry_removals()
         with self._lock:
             devboxes = list(self._devboxes.items())
         for devbox_id, container in devboxes:
             try:
                 state = self.api.inspect_container(container.id)["State"]
             except docker.errors.NotFound:
-                hook(devbox_id, "the devbox's container is gone")
+                _report(hook, devbox_id, "the devbox's container is gone")
+                continue
+            except docker.errors.APIError as exc:
+                log.warning("could not check container %s: %s", container.name, _explain(exc))
                 continue
             if not state.get("Running"):
-                hook(devbox_id, f"the devbox's container exited (code {state.get('ExitCode', '?')})")
+                _report(hook, devbox_id, f"the devbox's container exited (code {state.get('ExitCode', '?')})")
+
+    def _retry_removals(self) -> None:
+        with self._lock:
+            pending = list(self._unremoved.items())
+            timer, self._retry_timer = self._retry_timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()  # called from a new subscription: one retry chain at a time
+        for container_id, image in pending:
+            if remove_container(self.api, container_id):
+                with self._lock:
+                    self._unremoved.pop(container_id, None)
+                if image is not None:
+                    self._remove_if_dangling(image)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        with self._lock:
+            if not self._unremoved or self._retry_timer is not None or self._closing.is_set():
+                return
+            timer = self._retry_timer = threading.Timer(REMOVE_RETRY_SECONDS, self._retry_removals)
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         """Shut every devbox down and take the data plane with it (devboxes lose egress)."""
@@ -251,7 +279,12 @@ class DockerRuntime:
             events.close()
         for devbox_id in list(self.alive_ids()):
             self.shutdown(devbox_id)
-        for container_id in list(self._unremoved):
+        with self._lock:
+            timer, self._retry_timer = self._retry_timer, None
+            pending = list(self._unremoved)
+        if timer is not None:
+            timer.cancel()
+        for container_id in pending:
             if not remove_container(self.api, container_id):
                 log.warning("container %s could not be removed; the next start removes it", container_id[:12])
         self.dataplane.stop()
@@ -273,7 +306,7 @@ class DockerRuntime:
             )["Id"]
             return DockerProcess(self.api, exec_id, args)
         except (ExecFailed, OSError) as exc:
-            raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {exc}") from exc
+            raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {_explain(exc)}") from exc
         except Exception as exc:
             if _is_docker_error(exc):  # e.g. the container is paused or gone: a 4xx, not a 500
                 raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {_explain(exc)}") from exc
@@ -358,7 +391,9 @@ class DockerRuntime:
         except Exception:  # gone already, or the daemon is unwell: nothing to tidy
             image = None
         if not remove_container(self.api, container_id):
-            self._unremoved.add(container_id)  # tried again when the daemon is back, and at close
+            with self._lock:
+                self._unremoved[container_id] = image  # tried again (see _retry_removals)
+            self._schedule_retry()
         elif image is not None:
             self._remove_if_dangling(image)
 
@@ -386,6 +421,14 @@ class DockerRuntime:
             return
         for image in images:
             self._remove_if_dangling(image["Id"])
+
+
+def _report(hook: Callable[[str, str], None], devbox_id: str, detail: str) -> None:
+    """One devbox's death to the hook; a failing hook must not stop the watching."""
+    try:
+        hook(devbox_id, detail)
+    except Exception:
+        log.exception("handling the end of devbox %s failed", devbox_id)
 
 
 def remove_container(api, container_id: str) -> bool:

@@ -52,7 +52,7 @@ class NetnsRuntime:
         self._lock = threading.Lock()
         # Each devbox runs as a uid of its own, never reused: devboxes cannot signal or read
         # each other, nor find what an earlier devbox left in the kernel under its uid.
-        self.uids = DevboxUids(self.data_dir / "devbox-uids", dataplane.config.instance)
+        self.uids = DevboxUids()
         # Copies in flight against what would pull files from under them: a snapshot of a
         # devbox against its teardown ("devbox:<id>"), a restore from a disk against the
         # disk's deletion ("disk:<id>"). Without them a forced shutdown during a snapshot

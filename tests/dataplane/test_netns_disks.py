@@ -15,7 +15,6 @@ pytestmark = pytest.mark.privileged
 class NoPlane:  # the disk methods need no data plane
     def __init__(self):
         self.devbox_ns_prefix = f"dbxs-t{secrets.token_hex(3)}"
-        self.config = type("Config", (), {"instance": secrets.token_hex(3)})()
 
 
 def test_netns_snapshot_disk_is_all_or_nothing(tmp_path):

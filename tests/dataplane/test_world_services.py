@@ -20,9 +20,12 @@ HOST = "192.0.2.77"
 
 
 @pytest.fixture
-def small_world(monkeypatch):
+def small_world(monkeypatch, request):
+    """A world with one host, its services capped at 3 connections; idle time 30 s, or the
+    test's ``idle`` mark."""
+    idle = request.node.get_closest_marker("idle")
     monkeypatch.setattr(world_module, "MAX_CONCURRENT_PER_SERVICE", 3)
-    monkeypatch.setattr(world_module, "IDLE_SECONDS", 1)
+    monkeypatch.setattr(world_module, "IDLE_SECONDS", idle.args[0] if idle else 30)
     config = WorldConfig.from_dict({"hosts": {"svc.example": {"address": HOST, "http": [80], "tcp_echo": [443]}}})
     running = World(f"dbxs-tw{secrets.token_hex(3)}", config)
     running.start()
@@ -82,6 +85,7 @@ def test_connections_beyond_the_cap_are_closed_and_slots_come_back(small_world, 
         time.sleep(0.05)
 
 
+@pytest.mark.idle(1)
 def test_idle_half_requests_are_closed_by_the_server(small_world):
     with _connect(small_world, 80) as sock:
         sock.sendall(b"GET /never-finished")

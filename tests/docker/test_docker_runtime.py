@@ -111,14 +111,21 @@ def test_file_api_follows_symlinks_and_refuses_runtime_mounts(docker_plane, boxe
     assert boxes.sh(box, "cat /tmp/target; echo; test -L lnk && echo still-a-link").stdout == "via link\nstill-a-link\n"
     runtime.write_file(box, "dangling", b"made")
     assert boxes.sh(box, "cat /tmp/new; echo; test -L dangling && echo still-a-link").stdout == "made\nstill-a-link\n"
-    # What docker mounts over the image is not on the disk the archive API sees: refused,
-    # also through a link, rather than showing or writing a file the devbox never sees.
+    # What the runtime mounts over the image is not on the disk the archive API sees:
+    # refused, also through a link, rather than showing or writing a file the devbox never sees.
     assert boxes.sh(box, "ln -s /dev/shm shm").returncode == 0
-    for path in ("/proc/self/status", "/dev/shm/note", "shm/note", "/etc/resolv.conf", "/etc/hosts", "/sys/x"):
+    for path in ("/proc/self/status", "/dev/shm/note", "shm/note", "/sys/x"):
         with pytest.raises(ValueError, match="container runtime"):
             runtime.write_file(box, path, b"x")
         with pytest.raises(ValueError, match="container runtime"):
             runtime.read_file(box, path)
+    # Docker's own files read as the devbox sees them, but are not writable.
+    gateway = docker_plane[0].gateway
+    assert f"nameserver {gateway}" in runtime.read_file(box, "/etc/resolv.conf").decode()
+    assert boxes.sh(box, "cat /etc/hostname").stdout.encode() == runtime.read_file(box, "/etc/hostname")
+    for path in ("/etc/resolv.conf", "/etc/hosts"):
+        with pytest.raises(ValueError, match="cannot be written"):
+            runtime.write_file(box, path, b"x")
     assert boxes.sh(box, "ln -s loop1 loop2; ln -s loop2 loop1").returncode == 0
     for call in (lambda: runtime.read_file(box, "loop1"), lambda: runtime.write_file(box, "loop1", b"x")):
         with pytest.raises(OSError) as caught:
@@ -297,7 +304,7 @@ def test_devbox_environment_stays_out_of_the_container_and_its_snapshots(docker_
     assert not [e for e in info["Config"]["Env"] if e.startswith("API_SECRET=") or e == "PATH=/nonexistent"]
     assert info["HostConfig"]["LogConfig"]["Type"] == "none"
     assert boxes.sh(box, "echo noise > /proc/1/fd/1").returncode == 0
-    assert not info.get("LogPath")
+    assert not docker_client.api.inspect_container(runtime.container_name(box)).get("LogPath")  # no log file
     disk = runtime.snapshot_disk(box, f"snp_env{os.getpid():x}")
     try:
         assert not [e for e in docker_client.api.inspect_image(disk)["Config"]["Env"] if "s3cr3t" in e]
@@ -310,9 +317,17 @@ def test_devbox_environment_stays_out_of_the_container_and_its_snapshots(docker_
 def test_keep_alive_survives_its_sleep_being_killed(docker_plane, boxes, docker_client):
     runtime = docker_plane[1]
     box = boxes.create(None)
-    assert boxes.sh(box, "killall sleep").returncode == 0
+
+    def sleeper() -> str | None:  # the keep-alive's `sleep 3600`, by pid
+        lines = boxes.sh(box, "ps -o pid,args").stdout.splitlines()
+        return next((pid for pid, _, args in (line.strip().partition(" ") for line in lines)
+                     if args.strip().startswith("sleep 3600")), None)
+
+    before = sleeper()
+    assert before is not None
+    assert boxes.sh(box, f"kill {before}").returncode == 0
     deadline = time.monotonic() + 10  # bounded poll: the loop starts a new sleep within ~1 s
-    while "sleep 3600" not in boxes.sh(box, "ps -o args").stdout:
+    while sleeper() in (None, before):
         assert time.monotonic() < deadline, "the keep-alive loop did not start sleeping again"
         time.sleep(0.1)
     assert docker_client.api.inspect_container(runtime.container_name(box))["State"]["Running"]
@@ -325,7 +340,7 @@ def _wait_for(condition, what: str, seconds: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def test_deaths_are_seen_after_the_daemons_event_stream_drops(docker_plane, boxes, docker_client):
+def test_deaths_are_seen_after_the_daemons_event_stream_drops(docker_plane, boxes, docker_client, monkeypatch):
     """When the event stream ends (the daemon restarted, say), the runtime subscribes again
     and checks its containers: a death before, during or after the gap reaches the hook."""
     runtime = docker_plane[1]
@@ -335,11 +350,22 @@ def test_deaths_are_seen_after_the_daemons_event_stream_drops(docker_plane, boxe
     first = boxes.create(None)
     docker_client.api.kill(runtime.container_name(first))
     _wait_for(lambda: first in lost, "the first death")
+    # The daemon goes away: the stream ends and subscribing fails until it is back.
+    attempts = []
+    subscribe = runtime.client.events
+
+    def daemon_away(*args, **kwargs):
+        attempts.append(1)
+        raise requests.ConnectionError("connection refused")
+
+    monkeypatch.setattr(runtime.client, "events", daemon_away)
     stream = runtime._events
-    stream.close()  # as when the daemon goes away
+    stream.close()
     second = boxes.create(None)
-    docker_client.api.kill(runtime.container_name(second))  # most likely while unsubscribed
-    _wait_for(lambda: second in lost, "a death in the gap")
+    _wait_for(lambda: attempts, "a failed subscription")
+    docker_client.api.kill(runtime.container_name(second))  # during the gap: no stream sees it
+    monkeypatch.setattr(runtime.client, "events", subscribe)  # the daemon is back
+    _wait_for(lambda: second in lost, "the death in the gap")
     _wait_for(lambda: runtime._events is not stream, "a new subscription")
     third = boxes.create(None)
     docker_client.api.remove_container(runtime.container_name(third), force=True)
@@ -356,9 +382,20 @@ def test_a_container_the_daemon_failed_to_remove_is_removed_later(docker_plane, 
         raise requests.ConnectionError("connection refused")
 
     monkeypatch.setattr(runtime.api, "remove_container", daemon_away)
+    monkeypatch.setattr("simulator.runtime.docker_runtime.REMOVE_RETRY_SECONDS", 0.2)
     runtime.shutdown(box)  # no exception: the devbox is released, its container remembered
     assert dataplane.attached(box) is None
     assert docker_client.api.containers(all=True, filters={"name": name}) != []
-    monkeypatch.undo()
-    runtime._check_containers(lambda *_: None)  # what a new event subscription does first
-    assert docker_client.api.containers(all=True, filters={"name": name}) == []
+    monkeypatch.undo()  # the daemon answers again: the retry timer removes it
+    _wait_for(lambda: docker_client.api.containers(all=True, filters={"name": name}) == [], "the retried removal")
+    assert runtime._unremoved == {}
+
+
+def test_docker_messages_name_no_host_paths():
+    from simulator.runtime.docker_files import docker_message
+
+    layer = "a" * 64
+    for root in ("/var/lib/docker/overlay2", "/home/u/.local/share/docker/fuse-overlayfs", "/srv/docker/vfs/dir"):
+        exc = OSError(f"evalSymlinksInScope: too many links in {root}/{layer}/merged/home/user/loop1: x")
+        assert docker_message(exc) == "evalSymlinksInScope: too many links in /home/user/loop1: x"
+    assert docker_message(OSError("no such file: /home/user/diff/x")) == "no such file: /home/user/diff/x"

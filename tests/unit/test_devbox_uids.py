@@ -1,29 +1,40 @@
-"""Netns devbox uids are never handed out twice for a data dir, across restarts too."""
+"""Netns devbox uids are never handed out twice on a machine: across restarts, data dirs
+(removed ones too) and simulators running side by side."""
 
 from __future__ import annotations
 
-from simulator.runtime.devbox_uids import BLOCK_SIZE, UID_BASE, DevboxUids
+import threading
+
+from simulator.runtime.devbox_uids import SPAN, UID_BASE, DevboxUids
 
 
-def test_uids_are_unique_and_survive_a_restart(tmp_path):
+def test_uids_are_unique_across_restarts_and_data_dirs(tmp_path):
     counter = tmp_path / "devbox-uids"
-    uids = DevboxUids(counter, "abc123")
-    first = [uids.allocate() for _ in range(5)]
-    assert len(set(first)) == 5 and all(uids.first <= u < uids.first + BLOCK_SIZE for u in first)
-    restarted = DevboxUids(counter, "abc123")  # the same data dir after a restart or crash
-    later = [restarted.allocate() for _ in range(5)]
-    assert not set(first) & set(later)
-    assert min(later) > max(first)
+    first = [DevboxUids(counter).allocate() for _ in range(3)]  # a fresh simulator each time
+    other = DevboxUids(counter)  # another data dir, or the same one wiped: one machine counter
+    later = [other.allocate() for _ in range(3)]
+    assert len(set(first + later)) == 6
+    assert all(UID_BASE <= uid < UID_BASE + SPAN < 2**31 for uid in first + later)
 
 
-def test_instances_get_their_own_blocks_below_2_31(tmp_path):
-    a = DevboxUids(tmp_path / "a", "instance-a")
-    b = DevboxUids(tmp_path / "b", "instance-b")
-    assert a.first != b.first and a.first >= UID_BASE
-    assert a.first + BLOCK_SIZE <= 2**31 - 1 and b.first + BLOCK_SIZE <= 2**31 - 1
+def test_simulators_side_by_side_never_get_the_same_uid(tmp_path):
+    counter = tmp_path / "devbox-uids"
+    got: list[int] = []
+
+    def take():
+        allocator = DevboxUids(counter)
+        got.extend(allocator.allocate() for _ in range(50))
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(got) == 200 and len(set(got)) == 200
 
 
-def test_a_damaged_counter_starts_over_rather_than_failing(tmp_path):
+def test_a_damaged_counter_continues_from_a_random_point_not_from_zero(tmp_path):
     counter = tmp_path / "devbox-uids"
     counter.write_text("garbage")
-    assert DevboxUids(counter, "x").allocate() == DevboxUids(tmp_path / "fresh", "x").first
+    uids = {DevboxUids(counter).allocate() for _ in range(2)}
+    assert UID_BASE not in uids and len(uids) == 2

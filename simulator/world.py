@@ -130,6 +130,7 @@ def _ports(values, where: str) -> tuple[int, ...]:
 # rest at once, so holding connections open cannot grow the simulator's threads and file
 # descriptors without bound; an idle connection is closed after IDLE_SECONDS.
 MAX_CONCURRENT_PER_SERVICE = 64
+MAX_CONCURRENT_PER_CLIENT = 16  # so one devbox cannot hold them all
 IDLE_SECONDS = 30
 
 
@@ -169,28 +170,46 @@ def _http_handler(host_name: str):
 
 
 class _Bounded:
-    """Mixed into a threading server: at most ``MAX_CONCURRENT_PER_SERVICE`` requests at once
-    (the next is closed, or its datagram dropped), and a request that fails (a client gone
-    mid-reply) is no traceback on the simulator's stderr."""
+    """Mixed into a threading server: at most ``MAX_CONCURRENT_PER_SERVICE`` requests at once,
+    ``MAX_CONCURRENT_PER_CLIENT`` of them from one address (the next is closed, or its
+    datagram dropped), and a request that fails (a client gone mid-reply) is no traceback on
+    the simulator's stderr."""
 
     daemon_threads = True
 
     def verify_request(self, request, client_address) -> bool:
-        slots = self.__dict__.setdefault("_slots", threading.BoundedSemaphore(MAX_CONCURRENT_PER_SERVICE))
-        return slots.acquire(blocking=False)
+        # Runs on the serving thread only; the counts are released on the request threads.
+        if "_held" not in self.__dict__:
+            self._held: dict[str, int] = {}
+            self._held_lock = threading.Lock()
+        client = client_address[0]
+        with self._held_lock:
+            held = self._held.get(client, 0)
+            if held >= MAX_CONCURRENT_PER_CLIENT or sum(self._held.values()) >= MAX_CONCURRENT_PER_SERVICE:
+                return False
+            self._held[client] = held + 1
+        return True
+
+    def _release(self, client_address) -> None:
+        with self._held_lock:
+            left = self._held.get(client_address[0], 1) - 1
+            if left > 0:
+                self._held[client_address[0]] = left
+            else:
+                self._held.pop(client_address[0], None)
 
     def process_request(self, request, client_address) -> None:
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started (the machine is out of them): free the slot
-            self._slots.release()
+            self._release(client_address)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(client_address)
 
     def handle_error(self, request, client_address) -> None:
         log.debug("world service %s: request from %s failed", self.server_address, client_address, exc_info=True)

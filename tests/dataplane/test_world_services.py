@@ -25,6 +25,7 @@ def small_world(monkeypatch, request):
     test's ``idle`` mark."""
     idle = request.node.get_closest_marker("idle")
     monkeypatch.setattr(world_module, "MAX_CONCURRENT_PER_SERVICE", 3)
+    monkeypatch.setattr(world_module, "MAX_CONCURRENT_PER_CLIENT", 3)
     monkeypatch.setattr(world_module, "IDLE_SECONDS", idle.args[0] if idle else 30)
     config = WorldConfig.from_dict({"hosts": {"svc.example": {"address": HOST, "http": [80], "tcp_echo": [443]}}})
     running = World(f"dbxs-tw{secrets.token_hex(3)}", config)
@@ -36,9 +37,11 @@ def small_world(monkeypatch, request):
         assert running.ns_name not in namespaces.list_names(running.ns_name)
 
 
-def _connect(world: World, port: int) -> socket.socket:
+def _connect(world: World, port: int, source: str | None = None) -> socket.socket:
     sock = namespaces.socket_in(world.ns_name, socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(5)
+    if source is not None:  # a second client address: the world namespace's loopback
+        sock.bind((source, 0))
     sock.connect((HOST, port))
     return sock
 
@@ -83,6 +86,24 @@ def test_connections_beyond_the_cap_are_closed_and_slots_come_back(small_world, 
             pass
         assert time.monotonic() < deadline, "slots did not come back"
         time.sleep(0.05)
+
+
+def test_one_client_cannot_hold_every_slot(small_world, monkeypatch):
+    monkeypatch.setattr(world_module, "MAX_CONCURRENT_PER_CLIENT", 2)
+    greedy = [_connect(small_world, 443, source="127.0.0.1") for _ in range(2)]
+    try:
+        for sock in greedy:
+            sock.sendall(b"x")
+            assert sock.recv(1) == b"x"
+        with _connect(small_world, 443, source="127.0.0.1") as third:
+            third.sendall(b"y")
+            assert third.recv(1) == b""  # over its own share: closed
+        with _connect(small_world, 443) as other:  # another client still gets the free slot
+            other.sendall(b"z")
+            assert other.recv(1) == b"z"
+    finally:
+        for sock in greedy:
+            sock.close()
 
 
 @pytest.mark.idle(1)

@@ -30,6 +30,7 @@ from simulator.runtime.docker_image import HOME
 GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as docker reports it in the archive stat header
 GO_MODE_SYMLINK = 1 << 27
 MAX_SYMLINKS = 40  # like the kernel's ELOOP limit
+TAR_OVERHEAD = 1 << 20  # headers (PAX ones included) and padding around one file's bytes
 RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
 RUNTIME_FILES = frozenset({"/etc/hosts", "/etc/hostname", "/etc/resolv.conf"})
 # Where a container's root lives on the host, as docker's messages name it: whatever the data
@@ -132,8 +133,6 @@ def _resolve(api, container: str, path: str, writing: bool = False) -> tuple[str
 
 
 def read_file(api, container: str, path: str) -> bytes:
-    import docker.errors
-
     target, stat = _resolve(api, container, path)
     if stat is None:
         raise FileNotFoundError(f"no such file in the devbox: {path}")
@@ -141,11 +140,28 @@ def read_file(api, container: str, path: str) -> bytes:
         raise IsADirectoryError(f"{path} is a directory")
     if int(stat.get("size", 0)) > MAX_READ_BYTES:  # held in memory, twice (tar + file)
         raise OSError(errno.EFBIG, f"larger than the {MAX_READ_BYTES} bytes a read may return", path)
+    # get_archive's own generator would read whatever docker sends; the devbox may have swapped
+    # in a bigger file (or a directory) since the stat. So the response is read here, up to
+    # what a file of the limit takes, and closed (not read to the end) when it is more.
+    response = api._get(api._url("/containers/{0}/archive", container), params={"path": target},
+                        stream=True, headers={"Accept-Encoding": "identity"})
     try:
-        stream, _ = api.get_archive(container, target)
-    except docker.errors.NotFound:  # removed in between
-        raise FileNotFoundError(f"no such file in the devbox: {path}") from None
-    data = b"".join(stream)
+        if response.status_code == 404:  # removed in between
+            raise FileNotFoundError(f"no such file in the devbox: {path}")
+        try:
+            response.raise_for_status()
+        except Exception as exc:
+            raise OSError(f"{path}: {docker_message(exc)}") from None
+        limit = MAX_READ_BYTES + TAR_OVERHEAD
+        chunks, got = [], 0
+        for chunk in response.raw.stream(1 << 16, decode_content=False):
+            got += len(chunk)
+            if got > limit:
+                raise OSError(errno.EFBIG, f"larger than the {MAX_READ_BYTES} bytes a read may return", path)
+            chunks.append(chunk)
+    finally:
+        response.close()
+    data = b"".join(chunks)
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         member = tar.next()
         if member is None or not member.isfile():

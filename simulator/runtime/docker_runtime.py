@@ -24,6 +24,7 @@ from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime import docker_files
 from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists
 
@@ -325,9 +326,24 @@ class DockerRuntime:
         self._call(devbox_id, "resumed", self.api.unpause)
 
     def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:
-        """``docker commit`` the container's files into ``devbox-sim/snapshot:<snapshot id>``."""
+        """``docker commit`` the container's files into ``devbox-sim/snapshot:<snapshot id>``.
+
+        At most ``MAX_DISK_BYTES`` of changed files, as on netns, counted at their apparent
+        size: a commit does not keep a sparse file's holes, so ``truncate -s 1T`` would
+        otherwise become a terabyte on the host's disk."""
         tag = snapshot_id.replace("/", "-")
-        self._call(devbox_id, "snapshotted", lambda cid: self.api.commit(cid, repository=SNAPSHOT_REPOSITORY, tag=tag))
+
+        def commit(container_id: str) -> None:
+            url = self.api._url("/containers/{0}/json", container_id)
+            changed = self.api._result(self.api._get(url, params={"size": 1}), True).get("SizeRw") or 0
+            if changed > MAX_DISK_BYTES:
+                raise RuntimeFailure(
+                    f"could not snapshot the disk of devbox {devbox_id}: its changed files take {changed} bytes, "
+                    f"more than the {MAX_DISK_BYTES} a disk may hold (sparse files count in full on Docker)"
+                )
+            self.api.commit(container_id, repository=SNAPSHOT_REPOSITORY, tag=tag)
+
+        self._call(devbox_id, "snapshotted", commit)
         return f"{SNAPSHOT_REPOSITORY}:{tag}"
 
     def disk_size(self, disk: str) -> int | None:

@@ -399,3 +399,45 @@ def test_docker_messages_name_no_host_paths():
         exc = OSError(f"evalSymlinksInScope: too many links in {root}/{layer}/merged/home/user/loop1: x")
         assert docker_message(exc) == "evalSymlinksInScope: too many links in /home/user/loop1: x"
     assert docker_message(OSError("no such file: /home/user/diff/x")) == "no such file: /home/user/diff/x"
+
+
+def test_reads_stop_at_the_limit_even_if_the_file_grew_after_the_check(docker_plane, boxes, monkeypatch):
+    """The devbox can swap a big file in between the size check and the read: the read stops
+    at the limit instead of holding whatever docker sends."""
+    from simulator.runtime import docker_files
+    from simulator.runtime.base import MAX_READ_BYTES
+
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    assert boxes.sh(box, f"truncate -s {MAX_READ_BYTES * 2} big").returncode == 0
+    resolve = docker_files._resolve
+
+    def stale(*args, **kwargs):  # what the stat said before the swap
+        target, stat = resolve(*args, **kwargs)
+        return target, dict(stat, size=1)
+
+    monkeypatch.setattr(docker_files, "_resolve", stale)
+    with pytest.raises(OSError) as caught:
+        runtime.read_file(box, "big")
+    assert caught.value.errno == errno.EFBIG
+    monkeypatch.undo()
+    runtime.write_file(box, "small", b"still readable")
+    assert runtime.read_file(box, "small") == b"still readable"  # the connection pool is fine
+
+
+def test_a_snapshot_of_more_than_a_disk_may_hold_fails_before_committing(docker_plane, boxes, docker_client, monkeypatch):
+    """Sparse files count in full (a commit writes their holes out), so the check is on the
+    apparent size of the changed files, before docker commits anything."""
+    from simulator.runtime import docker_runtime
+
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    monkeypatch.setattr(docker_runtime, "MAX_DISK_BYTES", 50 * 1024**2)
+    assert boxes.sh(box, "truncate -s 100M /tmp/sparse").returncode == 0
+    tag = f"snp_big{os.getpid():x}"
+    with pytest.raises(RuntimeFailure, match="more than"):
+        runtime.snapshot_disk(box, tag)
+    assert docker_client.api.images(name=f"{SNAPSHOT_REPOSITORY}:{tag}") == []
+    assert boxes.sh(box, "rm /tmp/sparse").returncode == 0
+    disk = runtime.snapshot_disk(box, tag)
+    runtime.delete_disk(disk)

@@ -46,8 +46,10 @@ How an execution runs (``exec()``)
     caps, netns/cgroup_limits.py: everything the execution forks is frozen with the devbox and
     counted against ``pids_max`` and ``memory_max``) -> ``nsenter -t <holder>
     --net=/run/netns/<netns> -m -p -i -u`` -> ``setpriv --reuid --regid --clear-groups
-    --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``env -i --chdir=<cwd> <env>`` ->
-    the command. Only small C programs, no Python. (nsenter 2.38's ``--wd`` would open the
+    --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``seccomp-exec`` (a seccomp
+    filter: no vsock, which ignores network namespaces, no kernel keyrings, which are kept per
+    uid, no user namespaces, io_uring, bpf...; netns/seccomp_exec.c) -> ``env -i
+    --chdir=<cwd> <env>`` -> the command. Only small C programs, no Python. (nsenter 2.38's ``--wd`` would open the
     directory in the *host's* mount namespace; ``env --chdir`` runs inside, as the devbox
     user.) The privileged part of the chain runs with a fixed minimal environment: the
     caller's ``env`` (untrusted: think ``LD_PRELOAD``) is applied by ``env -i`` *after*
@@ -210,6 +212,18 @@ def _group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid:  # state, ppid, pgrp
             members.append(int(entry))
     return members
+
+
+# netns/seccomp_exec.c, built by scripts/bootstrap.sh: the seccomp filter every devbox
+# command runs under (no vsock, no keyrings, no user namespaces, ...; see the source).
+SECCOMP_EXEC = "/usr/local/libexec/devbox-sim/seccomp-exec"
+
+
+def seccomp_exec() -> str:
+    """The helper's path; SandboxError if it is missing (no command runs unfiltered)."""
+    if not os.access(SECCOMP_EXEC, os.X_OK):
+        raise SandboxError(f"{SECCOMP_EXEC} is missing: scripts/bootstrap.sh builds it (as root) from netns/seccomp_exec.c")
+    return SECCOMP_EXEC
 
 
 def _tool(name: str) -> str:
@@ -887,6 +901,7 @@ class Sandbox:
             _tool("nsenter"), "-t", str(pid), f"--net={self.netns_path}", "-m", "-p", "-i", "-u", "--",
             _tool("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+            seccomp_exec(), "--",
             _tool("env"), "-i", f"--chdir={wd}", *(f"{k}={v}" for k, v in full_env.items()), *argv,
         ]  # fmt: skip
         # Join the sandbox's cgroups (freezer, pids cap) before anything else runs, so that

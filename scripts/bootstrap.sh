@@ -37,6 +37,23 @@ if [ ! -d /proc/sys/net/bridge ] && [ "$(id -u)" -eq 0 ]; then
   modprobe br_netfilter 2>/dev/null || echo "bootstrap: warning: could not load br_netfilter" >&2
 fi
 
+# The seccomp filter every netns devbox command runs under (netns/seccomp_exec.c, see there):
+# built once, and again when its source changes. Without it no netns devbox command runs.
+SECCOMP_EXEC=/usr/local/libexec/devbox-sim/seccomp-exec
+if [ "$(id -u)" -eq 0 ]; then
+  want=$(sha256sum netns/seccomp_exec.c | cut -d' ' -f1)
+  if [ ! -x "$SECCOMP_EXEC" ] || [ "$(cat "$SECCOMP_EXEC.sha256" 2>/dev/null)" != "$want" ]; then
+    echo "bootstrap: building $SECCOMP_EXEC"
+    mkdir -p "$(dirname "$SECCOMP_EXEC")"
+    gcc -O2 -Wall -Wextra -Werror -o "$SECCOMP_EXEC.new" netns/seccomp_exec.c
+    chmod 0755 "$SECCOMP_EXEC.new"
+    mv -f "$SECCOMP_EXEC.new" "$SECCOMP_EXEC"
+    echo "$want" > "$SECCOMP_EXEC.sha256"
+  fi
+elif [ ! -x "$SECCOMP_EXEC" ]; then
+  echo "bootstrap: warning: $SECCOMP_EXEC is missing (run as root to build it): the netns runtime needs it" >&2
+fi
+
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "bootstrap: Python >= 3.11 is required ($PYTHON is $("$PYTHON" --version 2>&1))" >&2

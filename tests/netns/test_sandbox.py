@@ -596,6 +596,39 @@ def test_pseudo_terminals_are_private_and_capped(sb):
     assert int(opened.split()[0]) == PTY_MAX
 
 
+@pytest.mark.privileged
+def test_commands_run_under_the_seccomp_filter(sb):
+    """What reaches past the devbox's namespaces is refused (vsock ignores network namespaces,
+    keyrings are per uid, user namespaces open kernel code); ordinary work is not."""
+    code = (
+        "import ctypes, errno, os, socket, threading\n"
+        "for family in (socket.AF_VSOCK, 38):\n"
+        "    try:\n"
+        "        socket.socket(family, socket.SOCK_SEQPACKET if family == 38 else socket.SOCK_STREAM)\n"
+        "        print('open', family)\n"
+        "    except OSError as e:\n"
+        "        print('refused', family, e.errno == errno.EAFNOSUPPORT)\n"
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()\n"
+        "socket.socketpair()\n"
+        "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
+        "print('seccomp', open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
+    )
+    rc, out, err = _run(sb, ["/usr/bin/python3", "-c", code])
+    assert rc == 0, err
+    assert out.splitlines() == ["refused 40 True", "refused 38 True", "thread", "seccomp 2"]
+    rc, out, err = _run(sb, "unshare -U true; echo $?; sh -c 'echo child & wait'")
+    assert out.split() == ["1", "child"], err
+
+
+@pytest.mark.privileged
+def test_no_command_runs_without_the_filter(sb, monkeypatch):
+    import netns.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "SECCOMP_EXEC", "/nonexistent/seccomp-exec")
+    with pytest.raises(SandboxError, match="bootstrap"):
+        sb.exec(["/bin/true"])
+
+
 def _counter_value(sb):
     try:
         txt = (sb.home_dir / "counter").read_text().strip()

@@ -1,0 +1,107 @@
+/*
+ * seccomp-exec: run a command under a seccomp filter that refuses what a devbox has no use
+ * for and what reaches past its network namespace or leaks between uids.
+ *
+ *   seccomp-exec [--] COMMAND [ARG...]
+ *
+ * Part of the netns sandbox's exec chain (netns/sandbox.py): nsenter -> setpriv (uid, no caps,
+ * no_new_privs) -> seccomp-exec -> env -> the command. The filter is inherited by everything
+ * the command runs. Refused (an errno, never a kill, so programs can fall back):
+ *   - socket(AF_VSOCK): vsock reaches the hypervisor and host whatever the network namespace
+ *     and the firewall say; socket(AF_ALG): kernel crypto, not needed, long a bug source.
+ *   - add_key, request_key, keyctl: kernel keyrings are kept per uid, outside any namespace.
+ *   - unshare/clone with CLONE_NEWUSER, and clone3 (ENOSYS: libc falls back to clone, whose
+ *     flags the filter can read): user namespaces open kernel code to unprivileged users.
+ *   - io_uring_*, bpf, userfaultfd, perf_event_open: large kernel attack surface.
+ *   - every syscall of another ABI (i386 through int 0x80, x32): the numbers above are the
+ *     native ones only.
+ * If the filter cannot be installed the command does not run (exit 126): fail closed.
+ * Built by scripts/bootstrap.sh into /usr/local/libexec/devbox-sim/seccomp-exec.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#else
+#error "seccomp-exec supports x86_64 and aarch64"
+#endif
+
+#ifndef AF_VSOCK
+#define AF_VSOCK 40
+#endif
+#ifndef AF_ALG
+#define AF_ALG 38
+#endif
+
+#define LOAD(field) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, field))
+#define RET(value) BPF_STMT(BPF_RET | BPF_K, (value))
+#define ERRNO(e) RET(SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
+/* nr == n: return ERRNO(e); otherwise go on */
+#define REFUSE(n, e) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (n), 0, 1), ERRNO(e)
+/* nr == n: refuse if the low word of arg0 has a bit of mask, else allow (3 instructions follow) */
+#define REFUSE_FLAG(n, mask, e) \
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (n), 0, 4), LOAD(args[0]), \
+    BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, (mask), 0, 1), ERRNO(e), RET(SECCOMP_RET_ALLOW)
+
+static struct sock_filter filter[] = {
+    LOAD(arch),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0),
+    ERRNO(ENOSYS),
+    LOAD(nr),
+#if defined(__x86_64__)
+    BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, 0, 1), /* x32 */
+    ERRNO(ENOSYS),
+#endif
+    REFUSE(__NR_add_key, EPERM),
+    REFUSE(__NR_request_key, EPERM),
+    REFUSE(__NR_keyctl, EPERM),
+    REFUSE(__NR_io_uring_setup, ENOSYS),
+    REFUSE(__NR_io_uring_enter, ENOSYS),
+    REFUSE(__NR_io_uring_register, ENOSYS),
+    REFUSE(__NR_bpf, EPERM),
+    REFUSE(__NR_userfaultfd, EPERM),
+    REFUSE(__NR_perf_event_open, EPERM),
+#ifdef __NR_clone3
+    REFUSE(__NR_clone3, ENOSYS),
+#endif
+    REFUSE_FLAG(__NR_unshare, CLONE_NEWUSER, EPERM),
+    REFUSE_FLAG(__NR_clone, CLONE_NEWUSER, EPERM),
+    /* socket(domain, ...): AF_VSOCK and AF_ALG refused */
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 5),
+    LOAD(args[0]),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_VSOCK, 2, 0),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_ALG, 1, 0),
+    RET(SECCOMP_RET_ALLOW),
+    ERRNO(EAFNOSUPPORT),
+    RET(SECCOMP_RET_ALLOW),
+};
+
+int main(int argc, char **argv) {
+    int first = (argc > 1 && strcmp(argv[1], "--") == 0) ? 2 : 1;
+    if (first >= argc) {
+        fprintf(stderr, "usage: seccomp-exec [--] COMMAND [ARG...]\n");
+        return 126;
+    }
+    struct sock_fprog prog = {.len = sizeof(filter) / sizeof(filter[0]), .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+        fprintf(stderr, "seccomp-exec: cannot install the filter: %s\n", strerror(errno));
+        return 126;
+    }
+    execvp(argv[first], argv + first);
+    fprintf(stderr, "seccomp-exec: %s: %s\n", argv[first], strerror(errno));
+    return errno == ENOENT ? 127 : 126;
+}

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime import docker_files
 from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from netns.sandbox_setup import PTY_MAX
 from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists
@@ -162,6 +165,7 @@ class DockerRuntime:
             pid = self.api.inspect_container(container_id)["State"]["Pid"]
             if not pid:
                 raise RuntimeFailure(f"container {name} did not start")
+            _cap_pseudo_terminals(pid)
             self.dataplane.connect(spec.id, spec.account, spec.policy, address, pid=pid)
         except Exception as exc:
             if container_id is not None:
@@ -437,6 +441,28 @@ class DockerRuntime:
             return
         for image in images:
             self._remove_if_dangling(image["Id"])
+
+
+# Run in a fresh single-threaded interpreter (setns into a mount namespace is refused to a
+# multithreaded process such as the simulator): remount the container's devpts with a cap.
+_REMOUNT_PTS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(f"/proc/{sys.argv[1]}/ns/mnt", os.O_RDONLY)
+if libc.setns(fd, 0x00020000) != 0 or libc.mount(None, b"/dev/pts", None, 32 | 2 | 8, sys.argv[2].encode()) != 0:
+    sys.exit(os.strerror(ctypes.get_errno()))
+"""
+
+
+def _cap_pseudo_terminals(pid: int) -> None:
+    """Docker gives each container its own devpts, but with no cap: one devbox could take the
+    pseudo-terminals of every other. Remount it with the netns runtime's cap (options as
+    docker sets them: a remount resets those not given)."""
+    options = f"gid=5,mode=620,ptmxmode=666,max={PTY_MAX}"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", _REMOUNT_PTS, str(pid), options],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeFailure(f"could not cap the container's pseudo-terminals: {done.stderr.strip()[-200:]}")
 
 
 def _report(hook: Callable[[str, str], None], devbox_id: str, detail: str) -> None:

@@ -441,3 +441,13 @@ def test_a_snapshot_of_more_than_a_disk_may_hold_fails_before_committing(docker_
     assert boxes.sh(box, "rm /tmp/sparse").returncode == 0
     disk = runtime.snapshot_disk(box, tag)
     runtime.delete_disk(disk)
+
+
+def test_pseudo_terminals_are_capped_per_container(docker_plane, boxes):
+    """Docker's devpts per container has no cap: one devbox could take every other's."""
+    from netns.sandbox_setup import PTY_MAX
+
+    box = boxes.create(None)
+    opens = " ".join(f"{fd}<>/dev/ptmx" for fd in range(3, 3 + PTY_MAX))
+    held = boxes.sh(box, f"exec {opens} && echo all; exec {3 + PTY_MAX}<>/dev/ptmx && echo more")
+    assert held.stdout == "all\n" and "No space left" in held.stderr

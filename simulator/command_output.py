@@ -50,7 +50,12 @@ def signal_group(proc, sig: int) -> bool:
 
     A runtime whose group leader is a wrapper that must outlive a catchable signal (netns:
     ``netns.sandbox.ExecProcess``) gives its process a ``signal_command(sig)``; every signal
-    but SIGKILL goes through it."""
+    but SIGKILL goes through it. A runtime that must check the group's members itself
+    (docker: ``DockerProcess.signal_group``, once the leader is gone) gives its process a
+    ``signal_group(sig)``, used for every signal."""
+    group = getattr(proc, "signal_group", None)  # a runtime that must vet the group (docker)
+    if group is not None:
+        return group(sig)
     command = getattr(proc, "signal_command", None)
     if command is not None and sig != signal.SIGKILL:
         return command(sig)

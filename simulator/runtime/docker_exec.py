@@ -43,7 +43,8 @@ class ExecFailed(RuntimeError):
 
 
 class DockerProcess:
-    def __init__(self, api, exec_id: str, args: list[str]):
+    def __init__(self, api, exec_id: str, args: list[str], container_pid: int = 0):
+        """``container_pid``: the container's init, whose cgroup is every exec's (0: unknown)."""
         self.args = args
         self.returncode: int | None = None
         self._api = api
@@ -62,8 +63,18 @@ class DockerProcess:
         self.stdout = os.fdopen(out_r, "rb")
         self.stderr = os.fdopen(err_r, "rb")
         self._stdin_r = in_r
+        self._pidfd: int | None = None
+        self._pidfd_lock = threading.Lock()  # closed under it: a signal never uses a stale fd
+        self._cgroup = _cgroup_of(container_pid) if container_pid > 0 else ""
         try:
             self.pid, exited = self._started()
+            if self.pid > 0 and not exited:
+                # Held from now on: while it is open and not readable the leader lives, so its
+                # pid (and process group id) cannot have been reused (see signal_group).
+                try:
+                    self._pidfd = os.pidfd_open(self.pid)
+                except ProcessLookupError:
+                    pass  # the leader is gone already (its background children may not be)
         except BaseException:
             self._close_everything()
             raise
@@ -114,12 +125,45 @@ class DockerProcess:
         return results.get("out", b""), results.get("err", b"")
 
     def send_signal(self, sig: int) -> None:
-        # Never pid <= 0: kill(0) would signal the simulator's own process group.
-        if self.returncode is None and self.pid > 0:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        # Never pid <= 0 (kill(0) would signal the simulator's own process group), and only
+        # through the pidfd: a dead leader's pid may already be another process's.
+        with self._pidfd_lock:
+            if self.returncode is None and self._pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, sig)
+                except OSError:
+                    pass
+
+    def signal_group(self, sig: int) -> bool:
+        """``sig`` to the command's process group (command_output.signal_group uses this).
+
+        While the leader lives, its group id cannot have been reused: killpg. Once it is gone
+        (its background children may live on, in its group), the pid may be reused by any new
+        process, another devbox's command included, so the group's members are looked up one
+        by one and signalled only if they are in this container's cgroup."""
+        if self.pid <= 0:
+            return False
+        with self._pidfd_lock:
+            if self._pidfd is not None and not self._leader_gone():
+                try:
+                    os.killpg(self.pid, sig)
+                    return True
+                except (ProcessLookupError, PermissionError):
+                    return False
+        sent = False
+        for pid in _group_members(self.pid):
+            if self._cgroup and _cgroup_of(pid) == self._cgroup:
+                try:
+                    os.kill(pid, sig)
+                    sent = True
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return sent
+
+    def _leader_gone(self) -> bool:
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -146,18 +190,10 @@ class DockerProcess:
             time.sleep(POLL_SECONDS)  # bounded poll: docker has no "started" event for execs
 
     def _wait_exit(self) -> None:
-        if self.pid > 0:
-            try:
-                pidfd = os.pidfd_open(self.pid)
-            except ProcessLookupError:
-                pidfd = None  # gone already
-            if pidfd is not None:
-                try:
-                    poller = select.poll()
-                    poller.register(pidfd, select.POLLIN)
-                    poller.poll()  # readable once the process has exited
-                finally:
-                    os.close(pidfd)
+        if self._pidfd is not None:
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            poller.poll()  # readable once the process has exited
         # A background child may hold the exec's output (docker keeps the connection open for
         # it): after the grace the connection is cut, so the pump thread, its pipes and the
         # socket end now rather than with the child or the container. (Docker itself waits
@@ -186,7 +222,14 @@ class DockerProcess:
             else:
                 time.sleep(POLL_SECONDS)  # bounded poll: docker records the exit a moment later
         self.returncode = code if code is not None else 128 + signal.SIGKILL
+        self._close_pidfd()
         self._exited.set()
+
+    def _close_pidfd(self) -> None:
+        with self._pidfd_lock:
+            pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
 
     def _pump_out(self) -> None:
         targets = {1: self._out_w, 2: self._err_w}
@@ -245,11 +288,36 @@ class DockerProcess:
             pass
 
     def _close_everything(self) -> None:
+        self._close_pidfd()
         for pipe in (self.stdin, self.stdout, self.stderr):
             pipe.close()
         for fd in (self._stdin_r, self._out_w, self._err_w):
             _close_quietly(fd)
         self._close_socket()
+
+
+def _cgroup_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Host pids whose process group is ``pgid`` (a snapshot; each may end meanwhile)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after ")": state, ppid, pgrp
+            members.append(int(entry))
+    return members
 
 
 def _write_all(fd: int, data: bytes) -> None:

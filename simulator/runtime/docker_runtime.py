@@ -59,6 +59,7 @@ class _Container:
     id: str
     name: str
     address: Address
+    pid: int = 0  # its init, on the host
 
 
 def docker_client(timeout: float = 60.0):
@@ -173,7 +174,7 @@ class DockerRuntime:
             self.dataplane.release(address)
             raise RuntimeFailure(f"could not provision devbox {spec.id} on Docker: {_explain(exc)}") from exc
         with self._lock:
-            self._devboxes[spec.id] = _Container(container_id, name, address)
+            self._devboxes[spec.id] = _Container(container_id, name, address, pid)
 
     def shutdown(self, devbox_id: str) -> None:
         with self._lock:
@@ -309,7 +310,7 @@ class DockerRuntime:
                 container.id, args, stdin=True, stdout=True, stderr=True,
                 environment=dict(env or {}), workdir=_workdir(cwd),
             )["Id"]
-            return DockerProcess(self.api, exec_id, args)
+            return DockerProcess(self.api, exec_id, args, container_pid=container.pid)
         except (ExecFailed, OSError) as exc:
             raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {_explain(exc)}") from exc
         except Exception as exc:

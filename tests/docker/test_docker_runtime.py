@@ -451,3 +451,29 @@ def test_pseudo_terminals_are_capped_per_container(docker_plane, boxes):
     opens = " ".join(f"{fd}<>/dev/ptmx" for fd in range(3, 3 + PTY_MAX))
     held = boxes.sh(box, f"exec {opens} && echo all; exec {3 + PTY_MAX}<>/dev/ptmx && echo more")
     assert held.stdout == "all\n" and "No space left" in held.stderr
+
+
+def test_signals_after_the_leader_ended_reach_only_the_containers_own_group(docker_plane, boxes, monkeypatch):
+    """Once a command's leader has exited, its pid may be reused (by another devbox's command,
+    say) before docker records the exit: the group's members are then vetted one by one."""
+    import subprocess
+
+    from simulator.command_output import signal_group
+    from simulator.runtime import docker_exec
+
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    proc = runtime.exec(box, "sleep 301 & exit 0")  # the background child lives on in the group
+    _wait_for(lambda: proc._pidfd is None or proc._leader_gone(), "the leader's exit")
+    # A host process that happens to carry the same process group id must be left alone.
+    bystander = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        members = docker_exec._group_members
+        monkeypatch.setattr(docker_exec, "_group_members", lambda pgid: members(pgid) + [bystander.pid])
+        assert signal_group(proc, signal.SIGKILL)
+        assert bystander.poll() is None
+        _wait_for(lambda: "sleep 301" not in boxes.sh(box, "ps -o args").stdout, "the background child's end")
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert proc.wait(20) == 0

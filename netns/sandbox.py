@@ -178,7 +178,7 @@ class ExecProcess(subprocess.Popen):
     def _signal_members(self, sig: int) -> bool:
         signalled: set[int] = set()
         for _ in range(100):
-            new = [p for p in _group_members(self.pid) if p != self.pid and p not in signalled]
+            new = [p for p in group_members(self.pid) if p != self.pid and p not in signalled]
             if not new:
                 break
             for pid in new:
@@ -198,7 +198,7 @@ class ExecProcess(subprocess.Popen):
             return False
 
 
-def _group_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
     """Pids whose process group is ``pgid`` (from /proc; a racing fork may be missed)."""
     members = []
     for entry in os.listdir("/proc"):

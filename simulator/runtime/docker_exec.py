@@ -29,6 +29,7 @@ import subprocess
 import threading
 import time
 
+from netns.sandbox import group_members
 from simulator.command_output import OUTPUT_GRACE_SECONDS
 
 # Bounded polls on docker's exec state: the process starts (pid known) and its exit is recorded
@@ -151,7 +152,7 @@ class DockerProcess:
                 except (ProcessLookupError, PermissionError):
                     return False
         sent = False
-        for pid in _group_members(self.pid):
+        for pid in group_members(self.pid):
             if self._cgroup and _cgroup_of(pid) == self._cgroup:
                 try:
                     os.kill(pid, sig)
@@ -302,22 +303,6 @@ def _cgroup_of(pid: int) -> str:
             return f.read()
     except OSError:
         return ""
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Host pids whose process group is ``pgid`` (a snapshot; each may end meanwhile)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # after ")": state, ppid, pgrp
-            members.append(int(entry))
-    return members
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -468,8 +468,8 @@ def test_signals_after_the_leader_ended_reach_only_the_containers_own_group(dock
     # A host process that happens to carry the same process group id must be left alone.
     bystander = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        members = docker_exec._group_members
-        monkeypatch.setattr(docker_exec, "_group_members", lambda pgid: members(pgid) + [bystander.pid])
+        members = docker_exec.group_members
+        monkeypatch.setattr(docker_exec, "group_members", lambda pgid: members(pgid) + [bystander.pid])
         assert signal_group(proc, signal.SIGKILL)
         assert bystander.poll() is None
         _wait_for(lambda: "sleep 301" not in boxes.sh(box, "ps -o args").stdout, "the background child's end")

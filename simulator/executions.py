@@ -43,6 +43,10 @@ STATUSES = (QUEUED, RUNNING, COMPLETED)
 # MAX_OUTPUT_BYTES (16 MiB) per stream; beyond it the rest is dropped, *_truncated true.
 WAIT_MAX_SECONDS = 25.0  # execution long polls: the SDK's read timeout is the hold + 5 s
 EXECUTE_SYNC_MAX_SECONDS = 600.0  # the SDK gives execute_sync a 600 s timeout
+# Commands running at once (each holds about 7 descriptors and 4 threads of the simulator):
+# more get 400 too_many_executions until some end.
+MAX_RUNNING_PER_DEVBOX = 256
+MAX_RUNNING_PER_ACCOUNT = 1024
 KILLED = 128 + signal.SIGKILL  # what a shell reports for a SIGKILLed command: 137
 # After the process exits, its pipes get OUTPUT_GRACE_SECONDS (simulator.command_output) to
 # reach EOF, then they are closed: a background child that inherited stdout could otherwise
@@ -324,6 +328,7 @@ class ExecutionService:
                 create_time_ms=clock.now_ms(),
                 command_id=command_id,
             )
+            self._check_capacity(account, devbox_id)
             try:
                 proc = runtime.exec(devbox_id, command, env=dict(devbox.environment_variables))
             except RuntimeFailure as exc:
@@ -340,6 +345,22 @@ class ExecutionService:
         threading.Thread(target=self._follow, args=(live,), name=f"follow-{execution.id}", daemon=True).start()
         self.devboxes.touch(devbox_id)
         return execution
+
+    def _check_capacity(self, account: str, devbox_id: str) -> None:
+        """Each running command holds pipes, threads and a connection in this process, which
+        every account shares: a devbox, and an account, may run only so many at once."""
+        with self._live_lock:
+            running = [live.execution for live in self._live.values()]
+        on_devbox = sum(e.devbox_id == devbox_id for e in running)
+        if on_devbox >= MAX_RUNNING_PER_DEVBOX:
+            raise InvalidRequest(
+                f"devbox {devbox_id} already runs {on_devbox} commands, the most it may at once; "
+                "wait for some to end or kill them", code="too_many_executions")
+        on_account = sum(e.account == account for e in running)
+        if on_account >= MAX_RUNNING_PER_ACCOUNT:
+            raise InvalidRequest(
+                f"this account already runs {on_account} commands, the most it may at once; "
+                "wait for some to end or kill them", code="too_many_executions")
 
     def _follow(self, live: LiveExecution) -> None:
         key = output_key(live.id)

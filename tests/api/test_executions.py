@@ -266,3 +266,26 @@ def test_the_store_keeps_the_newest_output_and_drops_the_oldest(devbox_client, d
         (summed,) = conn.execute("SELECT SUM(output_bytes) FROM executions").fetchone()
     assert total == summed == 2 * 1004
     assert execution_store.MAX_STORED_OUTPUT_BYTES == 1 << 30  # the default
+
+
+def test_commands_running_at_once_are_capped_per_devbox_and_account(devbox_client, monkeypatch):
+    import simulator.executions as executions
+
+    monkeypatch.setattr(executions, "MAX_RUNNING_PER_DEVBOX", 2)
+    monkeypatch.setattr(executions, "MAX_RUNNING_PER_ACCOUNT", 3)
+    first = create_running(devbox_client)["id"]
+    second = create_running(devbox_client)["id"]
+    running = [start(devbox_client, first, "sleep 60") for _ in range(2)]
+    response = devbox_client.post(f"{URL}/{first}/execute_async", json={"command": "true"}, headers=ALICE)
+    assert response.status_code == 400 and response.json()["error_code"] == "too_many_executions"
+    running.append(start(devbox_client, second, "sleep 60"))
+    response = devbox_client.post(f"{URL}/{second}/execute_async", json={"command": "true"}, headers=ALICE)
+    assert response.status_code == 400 and "this account" in response.json()["message"]
+    bob = create_running(devbox_client, headers=BOB)["id"]  # another account is not held up
+    assert start(devbox_client, bob, "true", headers=BOB)["devbox_id"] == bob
+    killed = running.pop(0)
+    devbox_client.post(f"{URL}/{first}/executions/{killed['execution_id']}/kill", headers=ALICE)
+    assert wait(devbox_client, first, killed["execution_id"]).json()["status"] == "completed"
+    assert run(devbox_client, first, "echo again")["stdout"] == "again\n"  # room again
+    for execution in running:
+        devbox_client.post(f"{URL}/{execution['devbox_id']}/executions/{execution['execution_id']}/kill", headers=ALICE)

@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime import docker_files
 from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
-from netns.sandbox_setup import PTY_MAX
 from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists

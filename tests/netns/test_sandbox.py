@@ -574,6 +574,13 @@ def test_mounts_do_not_leak_to_the_host(sb):
     assert not os.path.exists("/home/user") or not os.path.samefile("/home/user", sb.home_dir)
 
 
+def _python_lines(sb: Sandbox, code: str) -> list[str]:
+    """The lines ``code`` prints, run by the host's python3 inside the sandbox (must exit 0)."""
+    rc, out, err = _run(sb, ["/usr/bin/python3", "-c", code])
+    assert rc == 0, err
+    return out.splitlines()
+
+
 @pytest.mark.privileged
 def test_pseudo_terminals_are_private_and_capped(sb):
     """A devbox sees none of the host's terminals and cannot drain the machine's pool."""
@@ -589,9 +596,7 @@ def test_pseudo_terminals_are_private_and_capped(sb):
         "except OSError as e:\n"
         "    print(len(held), e.errno)\n"
     )
-    rc, out, err = _run(sb, ["/usr/bin/python3", "-c", code])
-    assert rc == 0, err
-    listing, opened = out.splitlines()
+    listing, opened = _python_lines(sb, code)
     assert listing == "['ptmx']"
     assert int(opened.split()[0]) == PTY_MAX
 
@@ -601,7 +606,7 @@ def test_commands_run_under_the_seccomp_filter(sb):
     """What reaches past the devbox's namespaces is refused (vsock ignores network namespaces,
     keyrings are per uid, user namespaces open kernel code); ordinary work is not."""
     code = (
-        "import ctypes, errno, os, socket, threading\n"
+        "import errno, socket, threading\n"
         "for family in (socket.AF_VSOCK, 38):\n"
         "    try:\n"
         "        socket.socket(family, socket.SOCK_SEQPACKET if family == 38 else socket.SOCK_STREAM)\n"
@@ -613,9 +618,7 @@ def test_commands_run_under_the_seccomp_filter(sb):
         "t = threading.Thread(target=print, args=('thread',)); t.start(); t.join()\n"
         "print('seccomp', open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n"
     )
-    rc, out, err = _run(sb, ["/usr/bin/python3", "-c", code])
-    assert rc == 0, err
-    assert out.splitlines() == ["refused 40 True", "refused 38 True", "thread", "seccomp 2"]
+    assert _python_lines(sb, code) == ["refused 40 True", "refused 38 True", "thread", "seccomp 2"]
     rc, out, err = _run(sb, "unshare -U true; echo $?; sh -c 'echo child & wait'")
     assert out.split() == ["1", "child"], err
 

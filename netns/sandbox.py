@@ -45,10 +45,11 @@ How an execution runs (``exec()``)
     ``/bin/sh -c '<echo $$ into each cgroup.procs>; exec "$@"'`` (with a cgroup freezer and/or
     caps, netns/cgroup_limits.py: everything the execution forks is frozen with the devbox and
     counted against ``pids_max`` and ``memory_max``) -> ``nsenter -t <holder>
-    --net=/run/netns/<netns> -m -p -i -u`` -> ``setpriv --reuid --regid --clear-groups
-    --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``seccomp-exec`` (a seccomp
-    filter: no vsock, which ignores network namespaces, no kernel keyrings, which are kept per
-    uid, no user namespaces, io_uring, bpf...; netns/seccomp_exec.c) -> ``env -i
+    --net=/run/netns/<netns> -m -p -i -u`` -> ``seccomp-exec`` (a seccomp filter: no vsock,
+    which ignores network namespaces, no kernel keyrings, which are kept per uid, no user
+    namespaces, io_uring, bpf...; netns/seccomp_exec.c; put on while still root, so that no
+    process of the devbox uid is ever unfiltered) -> ``setpriv --reuid --regid --clear-groups
+    --inh-caps=-all --bounding-set=-all --no-new-privs`` -> ``env -i
     --chdir=<cwd> <env>`` -> the command. Only small C programs, no Python. (nsenter 2.38's ``--wd`` would open the
     directory in the *host's* mount namespace; ``env --chdir`` runs inside, as the devbox
     user.) The privileged part of the chain runs with a fixed minimal environment: the
@@ -899,9 +900,12 @@ class Sandbox:
         wd = self.devbox_cwd(cwd)
         chain = [
             _tool("nsenter"), "-t", str(pid), f"--net={self.netns_path}", "-m", "-p", "-i", "-u", "--",
+            # The filter goes on while the process is still root: as the devbox's uid it is
+            # never unfiltered, so no process of the devbox can ptrace it (or write its
+            # /proc/PID/mem) in the instant before the filter and take its syscalls.
+            seccomp_exec(), "--",
             _tool("setpriv"), f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
-            seccomp_exec(), "--",
             _tool("env"), "-i", f"--chdir={wd}", *(f"{k}={v}" for k, v in full_env.items()), *argv,
         ]  # fmt: skip
         # Join the sandbox's cgroups (freezer, pids cap) before anything else runs, so that

@@ -632,6 +632,31 @@ def test_no_command_runs_without_the_filter(sb, monkeypatch):
         sb.exec(["/bin/true"])
 
 
+@pytest.mark.privileged
+def test_the_filter_is_on_before_the_process_takes_the_devbox_uid(sb, monkeypatch):
+    """Once a process of the chain runs as the devbox's uid, its other processes may ptrace
+    it: it must already be filtered then. A stand-in for setpriv (the uid switch) records
+    what it runs as: root, and under the filter."""
+    import netns.sandbox as sandbox_module
+    from netns.sandbox_setup import DEVBOX_HOME
+
+    real_tool = sandbox_module._tool
+    stand_in = sb.home_dir / ".setpriv-stand-in"
+    stand_in.write_text(
+        "#!/bin/sh\n"
+        f"grep -E '^(Uid|Seccomp):' /proc/self/status > {DEVBOX_HOME}/.state-at-uid-switch\n"
+        f'exec {real_tool("setpriv")} "$@"\n'
+    )
+    stand_in.chmod(0o755)
+    monkeypatch.setattr(sandbox_module, "_tool",
+                        lambda name: f"{DEVBOX_HOME}/.setpriv-stand-in" if name == "setpriv" else real_tool(name))
+    rc, out, err = _run(sb, "id -u; grep -E '^Seccomp:' /proc/self/status")
+    assert rc == 0, err
+    assert out.split() == [str(UID), "Seccomp:", "2"]  # the command: the devbox uid, filtered
+    state = dict(line.split(":", 1) for line in (sb.home_dir / ".state-at-uid-switch").read_text().splitlines())
+    assert state["Uid"].split()[0] == "0" and state["Seccomp"].strip() == "2"
+
+
 def _counter_value(sb):
     try:
         txt = (sb.home_dir / "counter").read_text().strip()

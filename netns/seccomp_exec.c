@@ -3,10 +3,24 @@
  * for and what reaches past its network namespace or leaks between uids.
  *
  *   seccomp-exec [--] COMMAND [ARG...]
+ *   seccomp-exec --init [--] COMMAND [ARG...]
  *
- * Part of the netns sandbox's exec chain (netns/sandbox.py): nsenter -> setpriv (uid, no caps,
- * no_new_privs) -> seccomp-exec -> env -> the command. The filter is inherited by everything
- * the command runs. Refused (an errno, never a kill, so programs can fall back):
+ * Part of the netns sandbox's exec chain (netns/sandbox.py): nsenter -> seccomp-exec (still
+ * root) -> setpriv (uid, no caps, no_new_privs) -> env -> the command. The Docker runtime stacks it on
+ * docker's own profile: each exec'd command starts through it, and with --init it is the
+ * container's pid 1 (in place of docker's init): it installs the filter, runs COMMAND as its
+ * child, reaps every orphan, passes on SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2,
+ * and exits as COMMAND does - so no process in the container is unfiltered.
+ * The filter is inherited by everything the command runs.
+ *
+ * No process of a devbox may ever run unfiltered as the devbox's uid: another process of that
+ * uid could ptrace it (or write its /proc/PID/mem) in the instant before the filter is on and
+ * use its syscalls. On netns it starts as root, which they cannot trace. In a Docker
+ * container it starts as the image's user; installed mode 0111 (scripts/bootstrap.sh), it
+ * cannot be read there, and the kernel makes a process that runs a program it cannot read
+ * not dumpable (measured through docker exec: dumpable 0; 1 with mode 0755).
+ *
+ * Refused (an errno, never a kill, so programs can fall back):
  *   - socket(AF_VSOCK): vsock reaches the hypervisor and host whatever the network namespace
  *     and the firewall say; socket(AF_ALG): kernel crypto, not needed, long a bug source.
  *   - add_key, request_key, keyctl: kernel keyrings are kept per uid, outside any namespace.
@@ -24,12 +38,14 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -90,10 +106,56 @@ static struct sock_filter filter[] = {
     RET(SECCOMP_RET_ALLOW),
 };
 
+static volatile pid_t child;
+
+static void pass_on(int sig) {
+    if (child > 0)
+        kill(child, sig);
+}
+
+/* pid 1 of a container: COMMAND as a child, every orphan reaped; COMMAND's exit is ours. */
+static int run_as_init(char **argv) {
+    static const int passed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = pass_on;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof(passed) / sizeof(passed[0]); i++)
+        sigaction(passed[i], &sa, NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "seccomp-exec: fork: %s\n", strerror(errno));
+        return 126;
+    }
+    if (pid == 0) {
+        execvp(argv[0], argv); /* handlers are reset by exec */
+        fprintf(stderr, "seccomp-exec: %s: %s\n", argv[0], strerror(errno));
+        _exit(errno == ENOENT ? 127 : 126);
+    }
+    child = pid;
+    for (;;) {
+        int status;
+        pid_t done = wait(&status);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            return 126; /* ECHILD: cannot happen while COMMAND is ours to wait for */
+        }
+        if (done == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+}
+
 int main(int argc, char **argv) {
-    int first = (argc > 1 && strcmp(argv[1], "--") == 0) ? 2 : 1;
+    int first = 1, init = 0;
+    if (first < argc && strcmp(argv[first], "--init") == 0) {
+        init = 1;
+        first++;
+    }
+    if (first < argc && strcmp(argv[first], "--") == 0)
+        first++;
     if (first >= argc) {
-        fprintf(stderr, "usage: seccomp-exec [--] COMMAND [ARG...]\n");
+        fprintf(stderr, "usage: seccomp-exec [--init] [--] COMMAND [ARG...]\n");
         return 126;
     }
     struct sock_fprog prog = {.len = sizeof(filter) / sizeof(filter[0]), .filter = filter};
@@ -101,6 +163,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "seccomp-exec: cannot install the filter: %s\n", strerror(errno));
         return 126;
     }
+    if (init)
+        return run_as_init(argv + first);
     execvp(argv[first], argv + first);
     fprintf(stderr, "seccomp-exec: %s: %s\n", argv[first], strerror(errno));
     return errno == ENOENT ? 127 : 126;

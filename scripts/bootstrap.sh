@@ -9,7 +9,7 @@ WITH_TEST=0
 [ "${1:-}" = "--test" ] && WITH_TEST=1
 
 # busybox-static: the docker runtime's default image is built from it, offline.
-APT_PACKAGES=(python3 python3-venv python3-dev gcc make nftables libnftables1 iproute2 conntrack
+APT_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make nftables libnftables1 iproute2 conntrack
               util-linux procps kmod iputils-ping netcat-openbsd curl ca-certificates busybox-static)
 # Only with --test: `vagrant validate` (and ruby) check the Vagrantfile (tests/test_service.py);
 # docker.io runs the real-traffic suite a second time, on the docker runtime.
@@ -37,21 +37,26 @@ if [ ! -d /proc/sys/net/bridge ] && [ "$(id -u)" -eq 0 ]; then
   modprobe br_netfilter 2>/dev/null || echo "bootstrap: warning: could not load br_netfilter" >&2
 fi
 
-# The seccomp filter every netns devbox command runs under (netns/seccomp_exec.c, see there):
-# built once, and again when its source changes. Without it no netns devbox command runs.
+# The seccomp filter every devbox command runs under, on both runtimes (netns/seccomp_exec.c,
+# see there): built once, and again when its source or flags change. Without it no devbox
+# command runs. Static, because Docker devboxes run it inside any image; mode 0111, because in a
+# container a process that cannot read its program is not dumpable (so it cannot be ptraced by the
+# devbox's other processes before its filter is on).
 SECCOMP_EXEC=/usr/local/libexec/devbox-sim/seccomp-exec
+SECCOMP_CFLAGS="-O2 -static -Wall -Wextra -Werror"
 if [ "$(id -u)" -eq 0 ]; then
-  want=$(sha256sum netns/seccomp_exec.c | cut -d' ' -f1)
+  want=$( (cat netns/seccomp_exec.c; echo "$SECCOMP_CFLAGS 0111") | sha256sum | cut -d' ' -f1)
   if [ ! -x "$SECCOMP_EXEC" ] || [ "$(cat "$SECCOMP_EXEC.sha256" 2>/dev/null)" != "$want" ]; then
     echo "bootstrap: building $SECCOMP_EXEC"
     mkdir -p "$(dirname "$SECCOMP_EXEC")"
-    gcc -O2 -Wall -Wextra -Werror -o "$SECCOMP_EXEC.new" netns/seccomp_exec.c
-    chmod 0755 "$SECCOMP_EXEC.new"
+    # shellcheck disable=SC2086  # the flags are words
+    gcc $SECCOMP_CFLAGS -o "$SECCOMP_EXEC.new" netns/seccomp_exec.c
+    chmod 0111 "$SECCOMP_EXEC.new"
     mv -f "$SECCOMP_EXEC.new" "$SECCOMP_EXEC"
     echo "$want" > "$SECCOMP_EXEC.sha256"
   fi
 elif [ ! -x "$SECCOMP_EXEC" ]; then
-  echo "bootstrap: warning: $SECCOMP_EXEC is missing (run as root to build it): the netns runtime needs it" >&2
+  echo "bootstrap: warning: $SECCOMP_EXEC is missing (run as root to build it): devboxes need it" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

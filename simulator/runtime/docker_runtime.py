@@ -9,7 +9,8 @@ exec``s (``docker_exec.DockerProcess``, Popen-like), files go through docker's a
 Every container carries the labels ``devbox-sim.instance`` (the data plane's instance, i.e.
 the data dir) and ``devbox-sim.devbox``; a new runtime removes the containers of its
 instance that a crashed run left. Every capability is dropped and processes and memory are
-limited (see DROPPED_CAPABILITIES); the anti-spoofing rules stay.
+limited (see DROPPED_CAPABILITIES); the anti-spoofing rules stay. Every process runs under the
+netns runtime's seccomp filter too, stacked on docker's profile (SECCOMP_EXEC_IN_CONTAINER).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from netns.sandbox import seccomp_exec
 from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
@@ -35,12 +37,21 @@ log = logging.getLogger(__name__)
 
 INSTANCE_LABEL = "devbox-sim.instance"
 DEVBOX_LABEL = "devbox-sim.devbox"
-# The container's main process only keeps it alive; docker's init (tini) as pid 1 reaps the
-# orphans of exec'd commands. Needs /bin/sh and sleep in the image, like every devbox command.
-# It is the entrypoint, so an image's own ENTRYPOINT/CMD (a server, say) never runs instead.
-# A sleep killed from inside (`killall sleep`) is just started again; an image where sleep
-# cannot run at all ends the container (the devbox fails) instead of spinning in the loop.
-KEEPALIVE = ["/bin/sh", "-c", "while :; do sleep 3600 || sleep 1 || exit 1; done"]
+# The seccomp filter of netns devboxes (netns/seccomp_exec.c: no vsock, which reaches the
+# hypervisor whatever the network namespace, no io_uring, keyrings, user namespaces...),
+# stacked on docker's own profile, which allows vsock and io_uring. The static helper is
+# bind-mounted read-only into /dev (a tmpfs: never part of a snapshot) and every process of
+# the container starts through it: pid 1 (``--init``, in place of docker's init: it reaps the
+# orphans of exec'd commands) and each exec'd command. An unfiltered process of the same uid
+# in the container would otherwise be one ptrace away.
+SECCOMP_EXEC_IN_CONTAINER = "/dev/.devbox-sim-seccomp-exec"
+# The container's main process only keeps it alive. Needs /bin/sh and sleep in the image, like
+# every devbox command. It is the entrypoint, so an image's own ENTRYPOINT/CMD (a server, say)
+# never runs instead. A sleep killed from inside (`killall sleep`) is just started again; an
+# image where sleep cannot run at all ends the container (the devbox fails) instead of
+# spinning in the loop.
+KEEPALIVE = [SECCOMP_EXEC_IN_CONTAINER, "--init", "--",
+             "/bin/sh", "-c", "while :; do sleep 3600 || sleep 1 || exit 1; done"]
 # Nothing reads the keep-alive's output, and a devbox writing to /proc/1/fd/1 must not be able
 # to fill the host's disk with a container log.
 LOG_CONFIG = {"Type": "none", "Config": {}}
@@ -154,9 +165,9 @@ class DockerRuntime:
                     network_mode="none",
                     cap_drop=DROPPED_CAPABILITIES,
                     security_opt=["no-new-privileges"],
+                    binds={seccomp_exec(): {"bind": SECCOMP_EXEC_IN_CONTAINER, "mode": "ro"}},
                     pids_limit=PIDS_LIMIT,
                     mem_limit=MEMORY_LIMIT,
-                    init=True,
                     log_config=LOG_CONFIG,
                     dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
                 ),
@@ -304,7 +315,7 @@ class DockerRuntime:
 
     def exec(self, devbox_id: str, command: str, *, env=None, cwd=None) -> DockerProcess:
         container = self._get(devbox_id)
-        args = ["/bin/sh", "-c", command]
+        args = [SECCOMP_EXEC_IN_CONTAINER, "--", "/bin/sh", "-c", command]
         try:
             exec_id = self.api.exec_create(
                 container.id, args, stdin=True, stdout=True, stderr=True,

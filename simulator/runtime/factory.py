@@ -33,6 +33,10 @@ def dataplane_problems() -> list[str]:
         problems.append("not running as root")
     if not os.path.isdir("/proc/sys/net/bridge"):
         problems.append("br_netfilter is not loaded (modprobe br_netfilter)")
+    from netns.sandbox import SECCOMP_EXEC  # every devbox process runs under it, on both runtimes
+
+    if sys.platform == "linux" and not os.access(SECCOMP_EXEC, os.X_OK):
+        problems.append(f"the seccomp helper {SECCOMP_EXEC} (scripts/bootstrap.sh builds it)")
     return problems
 
 

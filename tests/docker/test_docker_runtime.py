@@ -303,7 +303,13 @@ def test_devbox_environment_stays_out_of_the_container_and_its_snapshots(docker_
     info = docker_client.api.inspect_container(runtime.container_name(box))
     assert not [e for e in info["Config"]["Env"] if e.startswith("API_SECRET=") or e == "PATH=/nonexistent"]
     assert info["HostConfig"]["LogConfig"]["Type"] == "none"
-    assert boxes.sh(box, "echo noise > /proc/1/fd/1").returncode == 0
+    # pid 1 (seccomp-exec --init) is not dumpable, so its descriptors are out of reach; the
+    # keep-alive shell it runs shares its stdout and is an ordinary process of the image user.
+    lines = boxes.sh(box, "ps -o pid,args").stdout.splitlines()
+    shell_pid = next(pid for pid, _, args in (line.strip().partition(" ") for line in lines)
+                     if args.strip().startswith("/bin/sh -c while"))
+    assert boxes.sh(box, "echo noise > /proc/1/fd/1").returncode != 0
+    assert boxes.sh(box, f"echo noise > /proc/{shell_pid}/fd/1").returncode == 0
     assert not docker_client.api.inspect_container(runtime.container_name(box)).get("LogPath")  # no log file
     disk = runtime.snapshot_disk(box, f"snp_env{os.getpid():x}")
     try:
@@ -477,3 +483,52 @@ def test_signals_after_the_leader_ended_reach_only_the_containers_own_group(dock
         bystander.kill()
         bystander.wait()
     assert proc.wait(20) == 0
+
+
+def test_every_process_runs_under_the_devbox_seccomp_filter(docker_plane, boxes, docker_client):
+    """Docker's own profile lets a container open vsock (which reaches the hypervisor and host
+    whatever the network namespace) and io_uring. The netns runtime's filter is stacked on it
+    for pid 1, the keep-alive loop and every exec'd command; the helper cannot be read inside
+    (so its process is not dumpable: nothing ptraces it before its filter is on)."""
+    from tests.docker.images import python_image
+
+    box = boxes.create(None, disk=python_image(docker_client))
+    code = (
+        "import ctypes, errno, os, socket\n"
+        "for family in (socket.AF_VSOCK, 38):\n"
+        "    try:\n"
+        "        socket.socket(family, socket.SOCK_SEQPACKET if family == 38 else socket.SOCK_STREAM)\n"
+        "        print('open', family)\n"
+        "    except OSError as e:\n"
+        "        print('refused', family, errno.errorcode[e.errno])\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "params = ctypes.create_string_buffer(120)\n"
+        "print('io_uring', libc.syscall(425, 1, params), errno.errorcode[ctypes.get_errno()])\n"
+        "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()\n"
+        "def filters(pid):\n"
+        "    return next(l.split()[1] for l in open(f'/proc/{pid}/status') if l.startswith('Seccomp_filters:'))\n"
+        "keepalive = next(p for p in os.listdir('/proc') if p.isdigit() and open(f'/proc/{p}/cmdline', 'rb').read().startswith(b'/bin/sh\\0-c\\0while'))\n"
+        "print('filters', filters('self'), filters(1), filters(keepalive))\n"
+    )
+    out = boxes.sh(box, f"/usr/bin/python3 -c \"{code}\"")
+    assert out.stdout.splitlines() == [
+        "refused 40 EAFNOSUPPORT", "refused 38 EAFNOSUPPORT", "io_uring -1 ENOSYS",
+        "filters 2 2 2",  # docker's profile and ours, everywhere
+    ], out.stderr
+    unreadable = boxes.sh(box, "cat /dev/.devbox-sim-seccomp-exec > /dev/null")
+    assert unreadable.returncode != 0 and "Permission denied" in unreadable.stderr
+
+
+def test_pid_1_reaps_orphans(docker_plane, boxes):
+    """seccomp-exec --init is pid 1 in place of docker's init: the orphans of exec'd commands
+    are reaped, not left as zombies."""
+    box = boxes.create(None)
+    assert boxes.sh(box, "for i in 1 2 3 4 5; do (sleep 0.1 &); done").returncode == 0
+    def left() -> list[str]:  # the orphans still running, or dead and not reaped
+        lines = boxes.sh(box, "ps -o stat,args").stdout.splitlines()[1:]
+        return [line for line in lines if line.startswith("Z") or line.split(None, 1)[-1] == "sleep 0.1"]
+
+    deadline = time.monotonic() + 10  # bounded poll: the orphans end 0.1 s after they start
+    while left():
+        assert time.monotonic() < deadline, left()
+        time.sleep(0.05)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench._stats import percentile, write_results  # noqa: E402
 from simulator.runtime.docker_image import default_image  # noqa: E402
-from simulator.runtime.docker_runtime import KEEPALIVE, docker_client  # noqa: E402
+from simulator.runtime.docker_runtime import KEEPALIVE_LOOP, docker_client  # noqa: E402
 from tests.server import ServerProcess  # noqa: E402
 
 ROUNDS = 40
@@ -80,11 +80,11 @@ def main() -> int:
 
                 def cli_run() -> str:
                     out = subprocess.run(["docker", "run", "-d", "--network", "none", "--init", "--label", label,
-                                          image, *KEEPALIVE], capture_output=True, text=True, check=True)
+                                          image, *KEEPALIVE_LOOP], capture_output=True, text=True, check=True)
                     return out.stdout.strip()
 
                 def py_run() -> str:
-                    return client.containers.run(image, KEEPALIVE, detach=True, network_mode="none", init=True,
+                    return client.containers.run(image, KEEPALIVE_LOOP, detach=True, network_mode="none", init=True,
                                                  labels={BENCH_LABEL: run_id}).id
 
                 api_create()  # warm-up: image build / first-connection costs stay out of the figures

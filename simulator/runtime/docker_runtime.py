@@ -50,8 +50,8 @@ SECCOMP_EXEC_IN_CONTAINER = "/dev/.devbox-sim-seccomp-exec"
 # never runs instead. A sleep killed from inside (`killall sleep`) is just started again; an
 # image where sleep cannot run at all ends the container (the devbox fails) instead of
 # spinning in the loop.
-KEEPALIVE = [SECCOMP_EXEC_IN_CONTAINER, "--init", "--",
-             "/bin/sh", "-c", "while :; do sleep 3600 || sleep 1 || exit 1; done"]
+KEEPALIVE_LOOP = ["/bin/sh", "-c", "while :; do sleep 3600 || sleep 1 || exit 1; done"]
+KEEPALIVE = [SECCOMP_EXEC_IN_CONTAINER, "--init", "--", *KEEPALIVE_LOOP]
 # Nothing reads the keep-alive's output, and a devbox writing to /proc/1/fd/1 must not be able
 # to fill the host's disk with a container log.
 LOG_CONFIG = {"Type": "none", "Config": {}}

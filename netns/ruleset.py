@@ -468,16 +468,19 @@ def _base(router: Router) -> list[Cmd]:
     ]
 
     inp = "input"
+    to_resolver = [
+        _match(IIFNAME, router.bridge),
+        _match(IP_DADDR, router.gateway),
+        _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+        _match(_payload("th", "dport"), router.dns_port),
+    ]
     cmds += [
         _rule(inp, [_match(IIFNAME, "lo"), ACCEPT]),
         # Before the conntrack accept: a flood from one socket is an established flow.
         _rule(
             inp,
             [
-                _match(IIFNAME, router.bridge),
-                _match(IP_DADDR, router.gateway),
-                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
-                _match(_payload("th", "dport"), router.dns_port),
+                *to_resolver,
                 {"set": {"op": "update", "elem": IP_SADDR, "set": "@" + DNS_RATE_SET, "stmt": [
                     {"limit": {"rate": DNS_RATE_PER_SECOND, "per": "second", "burst": DNS_RATE_BURST, "inv": True}}]}},
                 {"counter": None},  # packets over the limit only: the limit ends the rule otherwise
@@ -487,17 +490,7 @@ def _base(router: Router) -> list[Cmd]:
         ),
         _rule(inp, [_ct_state("established", "related"), ACCEPT]),
         _rule(inp, [_ct_state("invalid"), DROP]),
-        _rule(
-            inp,
-            [
-                _match(IIFNAME, router.bridge),
-                _match(IP_DADDR, router.gateway),
-                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
-                _match(_payload("th", "dport"), router.dns_port),
-                ACCEPT,
-            ],
-            "resolver",
-        ),
+        _rule(inp, [*to_resolver, ACCEPT], "resolver"),
         _rule(inp, [_match(IIFNAME, router.bridge), DROP], "devboxes reach nothing else here"),
     ]
 

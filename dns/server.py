@@ -9,7 +9,8 @@ Threads (all daemon):
                  A fixed pool means a slow upstream for one client cannot stall the
                  others, and no thread is created per UDP query.
   connections    one thread per TCP connection (capped in all and, optionally, per client
-                 address), several length-framed queries each, closed after an idle timeout.
+                 address), several length-framed queries each, closed after an idle timeout;
+                 optionally paced to a query rate per client (``rate.ClientRates``).
 
 Wire handlers. When the handler is the bound ``resolve`` of an object that also has
 ``resolve_wire(client_ip, data, tcp=False) -> bytes | None`` (``Resolver``), UDP is served
@@ -41,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dnslib import RCODE, DNSRecord
 
 from .message import empty_reply, truncated, udp_limit, with_edns
+from .rate import ClientRates
 
 __all__ = ["DnsServer", "ServerStats", "bind_tcp", "bind_udp", "bind_udp_tcp"]
 
@@ -111,7 +113,7 @@ class ServerStats:
     """
 
     COUNTERS = ("udp_received", "udp_dropped_overload", "udp_truncated", "malformed",
-                "tcp_accepted", "tcp_rejected", "answered", "handler_errors")
+                "tcp_accepted", "tcp_rejected", "tcp_paced", "answered", "handler_errors")
     # Index of each counter in a reader's shard.
     SHARD = ("udp_received", "udp_truncated", "answered")
 
@@ -160,6 +162,7 @@ class DnsServer:
         max_tcp_per_client: int | None = None,
         tcp_idle_timeout: float = 5.0,
         max_queries_per_connection: int = 1000,
+        tcp_query_rate: tuple[float, int] | None = None,
         name: str = "dns",
     ):
         self._handler = handler
@@ -177,6 +180,9 @@ class DnsServer:
         self._tcp_per_client: dict[str, int] = {}
         self._idle = tcp_idle_timeout
         self._max_queries = max_queries_per_connection
+        # (queries a second, burst) per client over TCP, all its connections together: a
+        # connection over it waits (TCP pushes back on the client) instead of taking the CPU.
+        self._tcp_rates = ClientRates(*tcp_query_rate) if tcp_query_rate is not None else None
         self._name = name
         # Bounded: under a flood we drop datagrams (clients retry) instead of growing memory.
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -432,6 +438,12 @@ class DnsServer:
                 data = _recv_exact(conn, length, deadline) if length else None
                 if data is None:
                     return
+                if self._tcp_rates is not None:
+                    wait = self._tcp_rates.delay(addr[0])
+                    if wait > 0:
+                        self.stats.incr("tcp_paced")
+                        if self._stopping.wait(wait):
+                            return
                 wire = self._wire(addr[0], data, tcp=True) if self._wire is not None else None
                 if wire is not None:
                     conn.settimeout(self._idle)

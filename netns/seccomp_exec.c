@@ -106,21 +106,42 @@ static struct sock_filter filter[] = {
     RET(SECCOMP_RET_ALLOW),
 };
 
-static volatile pid_t child;
+static volatile sig_atomic_t child; /* COMMAND's pid once known, 0 before and after */
 
 static void pass_on(int sig) {
+    int saved = errno;
     if (child > 0)
-        kill(child, sig);
+        kill((pid_t)child, sig);
+    errno = saved;
+}
+
+/* After a failed exec: say why, and the exit status a shell would give (127: not found). */
+static int exec_failed(const char *name) {
+    int err = errno;
+    fprintf(stderr, "seccomp-exec: %s: %s\n", name, strerror(err));
+    return err == ENOENT ? 127 : 126;
 }
 
 /* pid 1 of a container: COMMAND as a child, every orphan reaped; COMMAND's exit is ours. */
 static int run_as_init(char **argv) {
     static const int passed[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
-    struct sigaction sa;
+    const size_t n = sizeof(passed) / sizeof(passed[0]);
+    sigset_t forwarded, none;
+    sigemptyset(&forwarded);
+    sigemptyset(&none);
+    for (size_t i = 0; i < n; i++)
+        sigaddset(&forwarded, passed[i]);
+    /* Held until COMMAND's pid is known, so a signal sent at once is passed on, not lost. */
+    sigprocmask(SIG_BLOCK, &forwarded, NULL);
+    struct sigaction sa, dfl;
     memset(&sa, 0, sizeof(sa));
+    memset(&dfl, 0, sizeof(dfl));
     sa.sa_handler = pass_on;
+    dfl.sa_handler = SIG_DFL;
     sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < sizeof(passed) / sizeof(passed[0]); i++)
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGCHLD, &dfl, NULL); /* an inherited SIG_IGN would reap for us and hide COMMAND's exit */
+    for (size_t i = 0; i < n; i++)
         sigaction(passed[i], &sa, NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -128,11 +149,15 @@ static int run_as_init(char **argv) {
         return 126;
     }
     if (pid == 0) {
-        execvp(argv[0], argv); /* handlers are reset by exec */
-        fprintf(stderr, "seccomp-exec: %s: %s\n", argv[0], strerror(errno));
-        _exit(errno == ENOENT ? 127 : 126);
+        /* COMMAND starts with default dispositions and nothing blocked, as under any init. */
+        for (size_t i = 0; i < n; i++)
+            sigaction(passed[i], &dfl, NULL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execvp(argv[0], argv);
+        _exit(exec_failed(argv[0]));
     }
     child = pid;
+    sigprocmask(SIG_UNBLOCK, &forwarded, NULL);
     for (;;) {
         int status;
         pid_t done = wait(&status);
@@ -141,8 +166,10 @@ static int run_as_init(char **argv) {
                 continue;
             return 126; /* ECHILD: cannot happen while COMMAND is ours to wait for */
         }
-        if (done == pid)
+        if (done == pid) {
+            child = 0;
             return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
     }
 }
 
@@ -166,6 +193,5 @@ int main(int argc, char **argv) {
     if (init)
         return run_as_init(argv + first);
     execvp(argv[first], argv + first);
-    fprintf(stderr, "seccomp-exec: %s: %s\n", argv[first], strerror(errno));
-    return errno == ENOENT ? 127 : 126;
+    return exec_failed(argv[first]);
 }

@@ -58,7 +58,9 @@ LOCAL_SUFFIX = "devbox.internal"
 # quarter of them and the others' queries, cache hits above all, are still answered.
 RESOLVER_THREADS = 64
 RESOLVER_UPSTREAM_PER_DEVBOX = 16
-# Likewise TCP (where truncated answers are fetched): 64 connections in all, 8 per devbox.
+# Likewise TCP (where truncated answers are fetched): 64 connections in all, 8 per devbox, and
+# queries over TCP paced to the rate the firewall holds UDP to (ruleset.DNS_RATE_*): pipelined
+# queries ride in few packets, which a per-packet limit does not see.
 RESOLVER_TCP_CONNECTIONS = 64
 RESOLVER_TCP_PER_DEVBOX = 8
 NS_PREFIX = "dbxs-"
@@ -192,7 +194,8 @@ class DataPlane:
             udp, tcp = bind_udp_tcp(self.gateway, 53)
         self._dns = DnsServer(
             self.resolver.resolve, udp_sockets=[udp], tcp_sockets=[tcp], workers=RESOLVER_THREADS,
-            max_tcp_connections=RESOLVER_TCP_CONNECTIONS, max_tcp_per_client=RESOLVER_TCP_PER_DEVBOX, name="resolver",
+            max_tcp_connections=RESOLVER_TCP_CONNECTIONS, max_tcp_per_client=RESOLVER_TCP_PER_DEVBOX,
+            tcp_query_rate=(ruleset.DNS_RATE_PER_SECOND, ruleset.DNS_RATE_BURST), name="resolver",
         )
         self._dns.start()
 

@@ -16,13 +16,16 @@ netns runtime's seccomp filter too, stacked on docker's profile (SECCOMP_EXEC_IN
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from netns import sandbox
 from netns.sandbox import seccomp_exec
 from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
@@ -31,7 +34,7 @@ from simulator.runtime import docker_files
 from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
 from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
-from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists
+from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists, is_static_elf
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,8 @@ SECCOMP_EXEC_IN_CONTAINER = "/dev/.devbox-sim-seccomp-exec"
 # spinning in the loop.
 KEEPALIVE_LOOP = ["/bin/sh", "-c", "while :; do sleep 3600 || sleep 1 || exit 1; done"]
 KEEPALIVE = [SECCOMP_EXEC_IN_CONTAINER, "--init", "--", *KEEPALIVE_LOOP]
-# Nothing reads the keep-alive's output, and a devbox writing to /proc/1/fd/1 must not be able
-# to fill the host's disk with a container log.
+# Nothing reads the keep-alive's output, and a devbox writing to the keep-alive's stdout must
+# not be able to fill the host's disk with a container log.
 LOG_CONFIG = {"Type": "none", "Config": {}}
 # Untrusted code runs as the image's user, often root, without a user namespace: it keeps
 # no capability at all (the firewall lives outside the container anyway, and the
@@ -63,6 +66,7 @@ DROPPED_CAPABILITIES = ["ALL"]
 API_POOL_SIZE = 64  # hijacked exec connections leave the pool while a command runs
 EVENTS_RETRY_SECONDS = (0.5, 5.0)  # first and longest wait before subscribing to events again
 REMOVE_RETRY_SECONDS = 5.0  # a container the daemon did not remove is tried again this often
+SUID_DUMPABLE = "/proc/sys/fs/suid_dumpable"
 
 
 @dataclass
@@ -80,8 +84,32 @@ def docker_client(timeout: float = 60.0):
     return docker.from_env(timeout=timeout, max_pool_size=API_POOL_SIZE)
 
 
+def seccomp_helper_problem() -> str | None:
+    """Why the seccomp helper cannot guard containers here (None: it can). It runs inside any
+    image, so it must be static; and it must be unreadable (mode 0111) and fs.suid_dumpable
+    not 1, or its process is dumpable - ptraceable by the devbox - before its filter is on."""
+    path = sandbox.SECCOMP_EXEC  # looked up at each call (tests point it elsewhere)
+    try:
+        mode = os.stat(path).st_mode
+        static = is_static_elf(path)
+    except OSError:
+        return f"the seccomp helper {path} is missing (scripts/bootstrap.sh builds it, as root)"
+    if mode & 0o444 or not static:
+        return f"the seccomp helper {path} must be a static binary of mode 0111: run scripts/bootstrap.sh as root"
+    try:
+        suid_dumpable = Path(SUID_DUMPABLE).read_text().strip()
+    except OSError:
+        suid_dumpable = "0"
+    if suid_dumpable == "1":
+        return "fs.suid_dumpable is 1, which keeps an unreadable program's process dumpable (set it to 0 or 2)"
+    return None
+
+
 def docker_problem() -> str | None:
     """Why the Docker runtime cannot run here (None: a local daemon answers)."""
+    problem = seccomp_helper_problem()
+    if problem:
+        return problem
     try:
         import docker  # noqa: F401
     except ImportError:
@@ -161,6 +189,9 @@ class DockerRuntime:
                 # keep-alive loop must not run under a devbox's PATH.
                 environment={"HOME": HOME},
                 labels={INSTANCE_LABEL: self.instance, DEVBOX_LABEL: spec.id},
+                # An image's HEALTHCHECK would be exec'd by the daemon itself, outside the
+                # seccomp helper (and nothing here reads container health).
+                healthcheck={"test": ["NONE"]},
                 host_config=self.api.create_host_config(
                     network_mode="none",
                     cap_drop=DROPPED_CAPABILITIES,

@@ -62,6 +62,27 @@ def test_several_queries_per_tcp_connection(serve, zone, tcp_exchange):
         assert len(tcp_exchange(conn, DNSRecord.question("big.test")).rr) == 60
 
 
+def test_pipelined_tcp_queries_are_paced_per_client(serve, zone):
+    """Thousands of queries fit in a few TCP segments, which no per-packet firewall limit sees:
+    with a rate per client, a connection pipelining them is answered at that rate - every
+    query, in order, just later - instead of taking the server's CPU."""
+    rate, burst, count = 400, 20, 220
+    server = serve(zone.resolve, tcp_query_rate=(rate, burst))
+    queries = [DNSRecord.question("host.test") for _ in range(count)]
+    with socket.create_connection(server.tcp_addresses[0], timeout=5.0) as conn:
+        start = time.monotonic()
+        conn.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (q.pack() for q in queries)))
+        stream = conn.makefile("rb")
+        ids = []
+        for _ in range(count):
+            (length,) = struct.unpack("!H", stream.read(2))
+            ids.append(DNSRecord.parse(stream.read(length)).header.id)
+        took = time.monotonic() - start
+    assert ids == [q.header.id for q in queries]
+    assert took >= (count - burst) / rate * 0.9  # 0.5 s at the rate; unpaced it takes ~0.05 s
+    assert server.stats.tcp_paced > count // 2  # most waited their turn (tokens refill meanwhile)
+
+
 def test_udp_truncation_respects_512_and_edns(serve, zone, ask):
     server = serve(zone.resolve)
     reply = ask(server.udp_addresses[0], "big.test")

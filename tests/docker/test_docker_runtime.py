@@ -532,3 +532,54 @@ def test_pid_1_reaps_orphans(docker_plane, boxes):
     while left():
         assert time.monotonic() < deadline, left()
         time.sleep(0.05)
+
+
+def test_an_images_healthcheck_never_runs(docker_plane, boxes, docker_client):
+    """The daemon would exec an image's HEALTHCHECK itself, outside the seccomp helper."""
+    runtime = docker_plane[1]
+    source = boxes.create(None)
+    tag = f"healthcheck{os.getpid():x}"
+    runtime.api.commit(runtime.container_name(source), repository=SNAPSHOT_REPOSITORY, tag=tag,
+                       changes=["HEALTHCHECK --interval=1s CMD sleep 30"])
+    disk = f"{SNAPSHOT_REPOSITORY}:{tag}"
+    try:
+        assert docker_client.api.inspect_image(disk)["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL", "sleep 30"]
+        box = boxes.create(None, disk=disk)
+        info = docker_client.api.inspect_container(runtime.container_name(box))
+        assert info["Config"]["Healthcheck"]["Test"] == ["NONE"]
+        assert "Health" not in info["State"]  # no probe is scheduled at all
+    finally:
+        runtime.delete_disk(disk)
+
+
+def test_the_seccomp_helper_must_be_static_unreadable_and_undumpable(tmp_path, monkeypatch):
+    """Otherwise its process could be ptraced before its filter is on (or not run at all in a
+    busybox image): the docker runtime refuses to start, saying what to do."""
+    import shutil
+
+    from netns import sandbox
+    from simulator.runtime import docker_runtime
+
+    good = tmp_path / "static-0111"
+    shutil.copyfile(sandbox.SECCOMP_EXEC, good)
+    good.chmod(0o111)
+    readable = tmp_path / "static-0755"
+    shutil.copyfile(sandbox.SECCOMP_EXEC, readable)
+    readable.chmod(0o755)
+    dynamic = tmp_path / "dynamic-0111"
+    shutil.copyfile("/bin/true", dynamic)
+    dynamic.chmod(0o111)
+    suid_dumpable = tmp_path / "suid_dumpable"
+    suid_dumpable.write_text("0\n")
+    monkeypatch.setattr(docker_runtime, "SUID_DUMPABLE", str(suid_dumpable))
+
+    def problem(path) -> str | None:
+        monkeypatch.setattr(sandbox, "SECCOMP_EXEC", str(path))
+        return docker_runtime.seccomp_helper_problem()
+
+    assert problem(good) is None
+    assert "mode 0111" in problem(readable) and "bootstrap" in problem(readable)
+    assert "static" in problem(dynamic)
+    assert "missing" in problem(tmp_path / "nothing")
+    suid_dumpable.write_text("1\n")
+    assert "suid_dumpable" in problem(good)

@@ -161,7 +161,7 @@ def test_a_container_that_dies_on_its_own_fails_its_devbox(docker_server, docker
     server, _ = docker_server
     sdk = RunloopSDK(bearer_token="docker-dies", base_url=server.url, max_retries=0)
     devbox = sdk.devbox.create()
-    # The keep-alive shell is the only child of docker's init (execs are not its children).
+    # The keep-alive shell is the only child of pid 1, seccomp-exec --init (execs are not its children).
     devbox.cmd.exec_async("kill -9 $(cat /proc/1/task/1/children)")
     deadline = time.monotonic() + 20
     while (info := sdk.api.devboxes.retrieve(devbox.id)).status != "failure":

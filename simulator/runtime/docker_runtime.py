@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netns import sandbox
-from netns.sandbox import seccomp_exec
 from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
@@ -196,7 +195,7 @@ class DockerRuntime:
                     network_mode="none",
                     cap_drop=DROPPED_CAPABILITIES,
                     security_opt=["no-new-privileges"],
-                    binds={seccomp_exec(): {"bind": SECCOMP_EXEC_IN_CONTAINER, "mode": "ro"}},
+                    binds={sandbox.seccomp_exec(): {"bind": SECCOMP_EXEC_IN_CONTAINER, "mode": "ro"}},
                     pids_limit=PIDS_LIMIT,
                     mem_limit=MEMORY_LIMIT,
                     log_config=LOG_CONFIG,

@@ -33,10 +33,6 @@ def dataplane_problems() -> list[str]:
         problems.append("not running as root")
     if not os.path.isdir("/proc/sys/net/bridge"):
         problems.append("br_netfilter is not loaded (modprobe br_netfilter)")
-    from netns.sandbox import SECCOMP_EXEC  # every devbox process runs under it, on both runtimes
-
-    if sys.platform == "linux" and not os.access(SECCOMP_EXEC, os.X_OK):
-        problems.append(f"the seccomp helper {SECCOMP_EXEC} (scripts/bootstrap.sh builds it)")
     return problems
 
 
@@ -45,6 +41,11 @@ def netns_problems() -> list[str]:
     for tool in ("nsenter", "setpriv", "unshare"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} (util-linux) missing")
+    if not problems:  # the docker runtime checks the helper more strictly (docker_problem)
+        from netns.sandbox import SECCOMP_EXEC
+
+        if not os.access(SECCOMP_EXEC, os.X_OK):
+            problems.append(f"the seccomp helper {SECCOMP_EXEC} (scripts/bootstrap.sh builds it)")
     return problems
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -121,3 +122,39 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def send_held_request(url: str, method: str, path: str, body: bytes, headers: dict[str, str],
+                      timeout: float = 10.0) -> socket.socket:
+    """Send one whole HTTP request to the server at ``url`` and return its connected socket
+    once the server has read the request (its end of the connection holds no unread bytes).
+
+    A request only *started* by a thread may still be in the client's connect() when the test
+    stops the server; one the server has read is in uvicorn's hands and is answered before it
+    exits. Read the answer with ``http.client.HTTPResponse(sock)``."""
+    host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                 f"Connection: close\r\n{head}\r\n".encode() + body)
+    client_port = sock.getsockname()[1]
+    deadline = time.monotonic() + timeout
+    while _server_unread_bytes(int(port), client_port) != 0:
+        if time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the server never read the request")
+        time.sleep(0.01)  # polling the kernel's socket table with a deadline
+    return sock
+
+
+def _server_unread_bytes(server_port: int, client_port: int) -> int | None:
+    """The receive queue of the server's end of the loopback connection from ``client_port``
+    (None while the kernel does not list it)."""
+    with open("/proc/net/tcp") as table:
+        for line in list(table)[1:]:
+            fields = line.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            remote_port = int(fields[2].split(":")[1], 16)
+            if (local_port, remote_port) == (server_port, client_port):
+                return int(fields[4].split(":")[1], 16)
+    return None

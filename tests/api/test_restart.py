@@ -1,11 +1,13 @@
 """State survives a restart on the same data directory."""
 
+import http.client
+import json
 import signal
 import time
 
 import httpx
 
-from tests.server import ServerProcess
+from tests.server import ServerProcess, send_held_request
 
 HEADERS = {"Authorization": "Bearer restart-token"}
 
@@ -104,10 +106,17 @@ def test_a_stop_ends_devboxes_before_waiting_for_streams_and_long_polls(tmp_path
                     pass
             ended["stream"] = True
 
+        # The long poll is sent first and stop waits until the server has read it; from a
+        # thread alone it could still be connecting when the server stops.
+        poll = send_held_request(server.url, "POST", f"{devboxes}/{devbox_id}/wait_for_status",
+                                 json.dumps({"statuses": ["failure"], "timeout_seconds": 25}).encode(),
+                                 {**HEADERS, "Content-Type": "application/json"}, timeout=60)
+
         def long_poll():
-            response = httpx.post(f"{server.url}{devboxes}/{devbox_id}/wait_for_status",
-                                  json={"statuses": ["failure"], "timeout_seconds": 25}, headers=HEADERS, timeout=60)
-            ended["poll"] = response.json()["status"]
+            with poll:
+                response = http.client.HTTPResponse(poll)
+                response.begin()
+                ended["poll"] = json.loads(response.read())["status"]
 
         threads = [threading.Thread(target=stream), threading.Thread(target=long_poll)]
         for thread in threads:

@@ -715,6 +715,14 @@ class Router:
                 f"table ip {table} {{}}\n"
                 f"delete table ip {table}\n"
                 f"table ip {table} {{\n"
+                # Before DNAT (dstnat is -100): a port the host publishes (Docker's -p, a
+                # NodePort, a libvirt forward) on one of its own addresses would otherwise
+                # rewrite a devbox's packet to a private address behind the host and
+                # forward it, past the input drop below and past the router's policy.
+                f"  chain prerouting {{\n"
+                f"    type filter hook prerouting priority -150; policy accept;\n"
+                f'    iifname "{host_ifname}" fib daddr type local counter drop comment "devboxes must not reach the host"\n'
+                f"  }}\n"
                 f"  chain input {{\n"
                 f"    type filter hook input priority -10; policy accept;\n"
                 f'    iifname "{host_ifname}" counter drop comment "devboxes must not reach the host"\n'

@@ -12,6 +12,7 @@ its two sets however many devboxes use the policy::
 
     table inet devbox_sim                      (TABLE)
       set   protected        ipv4_addr, interval      Router.protected (never reachable)
+      set   private          ipv4_addr, interval      Router.private (only a CIDR rule opens them)
       map   dbx_vmap         ipv4_addr : verdict      devbox ip -> jump dbx_<key>
       set   acct_<account>   ipv4_addr                devbox IPs of one account that accept
                                                       devbox-to-devbox traffic ("peers")
@@ -23,10 +24,10 @@ its two sets however many devboxes use the policy::
       chain input            hook input    prio 0   policy drop  (devboxes: the resolver only)
       chain output           hook output   prio 0   policy accept
       chain postrouting      nat postrouting prio 100 (masquerade out of the uplink)
-      chain unrestricted     shared "no policy" chain: accept
+      chain unrestricted     shared "no policy" chain: accept (but @private)
       chain pol_<pkey>       one per policy in use: its egress rules (returns = not allowed)
       chain dbx_<key>        one per devbox:
-                               ip daddr != <subnet> ip daddr @learned_<key> accept
+                               ip daddr != <subnet> ip daddr != @private ip daddr @learned_<key> accept
                                ip daddr != <subnet> jump pol_<pkey> | unrestricted
                                ip daddr @acct_<account> jump pol_<pkey> | unrestricted
                                [log group N prefix "dbx_<key> "]   (Router.log_group)
@@ -45,9 +46,15 @@ subnet (another account's devbox, a devbox that does not accept peers) falls thr
 log and the drop. Learned addresses only open destinations outside the subnet (a DNS answer
 may point into it). ``pol_<pkey>`` starts with the same-account decision (``ip daddr <subnet>``
 accept if allow_all or allow_devbox_to_devbox, else return: the CIDR rules after it must not
-open devboxes), then ``accept`` (allow_all) or the CIDR set lookups; when nothing accepts, it
-returns and ``dbx_<key>`` logs (with the devbox's own prefix, one rate limit per devbox) and
-drops: every dropped new connection is logged, towards devboxes too.
+open devboxes), then the CIDR set lookups, then (allow_all) ``ip daddr @private return`` and
+``accept``; when nothing accepts, it returns and ``dbx_<key>`` logs (with the devbox's own
+prefix, one rate limit per devbox) and drops: every dropped new connection is logged, towards
+devboxes too.
+
+Private networks (``Router.private``: RFC 1918, shared address space, benchmarking) are the
+host's LAN, its VPNs and Docker's bridges, not the internet a cloud devbox sees. Only an
+allowed CIDR opens them: not allow_all, not "no policy", not a DNS answer (an allowed name
+whose answer points into a LAN, as in DNS rebinding). The devbox subnet is decided before.
 
 Devbox-to-devbox is symmetric: a connection needs BOTH ends to allow it. The sender's policy
 chain decides whether it may send into the subnet; the account set holds only the devboxes
@@ -88,6 +95,11 @@ OUR_TABLES = (("inet", TABLE), ("bridge", BRIDGE_TABLE))
 VMAP = "dbx_vmap"
 UNRESTRICTED_CHAIN = "unrestricted"  # shared by devboxes without a policy
 PROTECTED_SET = "protected"
+PRIVATE_SET = "private"
+# Networks that are not the internet: RFC 1918, shared address space (RFC 6598: carrier NAT,
+# Tailscale), benchmarking (RFC 2544: the fake-IP range of proxies). Reachable only through
+# an allowed CIDR that covers them.
+PRIVATE_NETWORKS = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15")
 # Allowed new TCP/UDP connections, counted per (devbox ip, destination, protocol, port) for the
 # decision log; entries expire an hour after their last connection.
 CONNS_SET = "conns"
@@ -223,6 +235,7 @@ class Router:
     subnet: str  # "10.88.0.0/16"
     uplink: str
     protected: tuple[str, ...] = ()  # addresses/CIDRs devboxes may never reach
+    private: tuple[str, ...] = PRIVATE_NETWORKS  # reachable only through an allowed CIDR
     dns_port: int = 53
     log_group: int | None = None  # NFLOG group for dropped new connections; None = no log
 
@@ -234,7 +247,8 @@ class Router:
         net = ipaddress.IPv4Network(self.subnet, strict=False)
         object.__setattr__(self, "subnet", str(net))
         object.__setattr__(self, "protected", tuple(self.protected))
-        for p in self.protected:
+        object.__setattr__(self, "private", tuple(self.private))
+        for p in (*self.protected, *self.private):
             ipaddress.ip_network(p, strict=False)
         if not 1 <= self.dns_port <= 65535:
             raise ValueError(f"bad dns_port: {self.dns_port}")
@@ -429,6 +443,7 @@ def _tables_fresh() -> list[Cmd]:
 def _base(router: Router) -> list[Cmd]:
     cmds: list[Cmd] = [
         {"add": {"set": _t(name=PROTECTED_SET, type="ipv4_addr", flags=["interval"])}},
+        {"add": {"set": _t(name=PRIVATE_SET, type="ipv4_addr", flags=["interval"])}},
         {"add": {"map": _t(name=VMAP, type="ipv4_addr", map="verdict")}},
         {"add": {"chain": _t(name="forward", type="filter", hook="forward", prio=0, policy="drop")}},
         {"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="drop")}},
@@ -440,11 +455,14 @@ def _base(router: Router) -> list[Cmd]:
         {"add": {"set": _t(name=DNS_RATE_SET, type="ipv4_addr", flags=["timeout"], timeout=10,
                            size=CONNS_SIZE)}},
         {"add": {"chain": _t(name=UNRESTRICTED_CHAIN)}},
+        _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, _subnet(router)), ACCEPT], "same account"),
+        _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, "@" + PRIVATE_SET), {"return": None}], "private networks"),
         _rule(UNRESTRICTED_CHAIN, [ACCEPT], "no policy"),
     ]
-    protected = _v4_networks(router.protected)
-    if protected:
-        cmds.append(_elements(PROTECTED_SET, [_prefix(n) for n in protected]))
+    for setname, networks in ((PROTECTED_SET, router.protected), (PRIVATE_SET, router.private)):
+        nets = _v4_networks(networks)
+        if nets:
+            cmds.append(_elements(setname, [_prefix(n) for n in nets]))
 
     fwd = "forward"
     cmds += [
@@ -580,7 +598,8 @@ def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
     chain, subnet = devbox.chain, _subnet(router)
     policy = {"jump": {"target": devbox.target}}
     cmds = [
-        _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + learned_set(devbox.key)), ACCEPT], "hostnames"),
+        _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + PRIVATE_SET, "!="),
+                      _match(IP_DADDR, "@" + learned_set(devbox.key)), ACCEPT], "hostnames"),
         _rule(chain, [_match(IP_DADDR, subnet, "!="), policy], "outside"),
         _rule(chain, [_match(IP_DADDR, "@" + account_set(devbox.account)), policy], "same account's peers"),
     ]
@@ -617,17 +636,15 @@ def _flush_policy(pkey: str) -> list[Cmd]:
 
 def _policy_rules(router: Router, pkey: str, egress: Egress) -> list[Cmd]:
     """Elements of the CIDR sets and the rules of pol_<pkey> (chain and sets already empty).
-    The chain only ever accepts (or returns at once for same-account subnet traffic it does
-    not allow); everything else returns to the devbox chain, which logs and drops."""
+    The chain only ever accepts or returns: at once for same-account subnet traffic it does
+    not allow, before allow_all's accept for private networks no CIDR opened. Whatever returns
+    goes back to the devbox chain, which logs and drops."""
     chain, subnet = policy_chain(pkey), _subnet(router)
     cmds: list[Cmd] = []
     if egress.allow_all or egress.allow_devbox_to_devbox:
         cmds.append(_rule(chain, [_match(IP_DADDR, subnet), ACCEPT], "same account"))
     else:
         cmds.append(_rule(chain, [_match(IP_DADDR, subnet), {"return": None}], "other devboxes"))
-    if egress.allow_all:
-        cmds.append(_rule(chain, [ACCEPT], "allow_all"))
-        return cmds
     all_ports = _all_port_elements(egress.cidrs)
     with_ports = _port_elements(egress.cidrs)
     if all_ports:
@@ -640,6 +657,10 @@ def _policy_rules(router: Router, pkey: str, egress: Egress) -> list[Cmd]:
     if with_ports:
         key = {"concat": [IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}
         cmds.append(_rule(chain, [_match(key, "@" + cidrport_set(pkey)), ACCEPT], "cidr ports"))
+    if egress.allow_all:
+        # After the CIDRs: under allow_all they are what opens a private network.
+        cmds.append(_rule(chain, [_match(IP_DADDR, "@" + PRIVATE_SET), {"return": None}], "private networks"))
+        cmds.append(_rule(chain, [ACCEPT], "allow_all"))
     return cmds
 
 

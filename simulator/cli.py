@@ -34,6 +34,7 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
     serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
     serve.add_argument("--upstream-dns", type=parse_servers, default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
+    serve.add_argument("--open-private-networks", action=argparse.BooleanOptionalAction, default=defaults.open_private_networks, help="let allow_all, no policy and DNS answers reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, 198.18/15: the host's LAN, VPNs, Docker's bridges); by default only an allowed CIDR opens them (DEVBOX_SIM_OPEN_PRIVATE_NETWORKS=1)")
     events = commands.add_parser("events", help="a devbox's network decisions as a table (--follow to keep watching)")
     from simulator import events_cli
 
@@ -42,7 +43,11 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = Settings.from_env()
+    try:
+        defaults = Settings.from_env()
+    except ValueError as exc:  # a DEVBOX_SIM_* variable that does not parse: one line, exit 2
+        print(f"devbox-sim: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     args = build_parser(defaults).parse_args(argv)
     if args.command == "serve":
         return serve(args)
@@ -117,6 +122,7 @@ def _start(args: argparse.Namespace):
         world=args.world,
         subnet=args.subnet,
         upstream_dns=tuple(args.upstream_dns),
+        open_private_networks=args.open_private_networks,
     )
     # Bind before starting so that --port 0 can report the port actually chosen.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

@@ -107,6 +107,9 @@ class DataPlaneConfig:
     # NFLOG group for dropped new connections (rate-limited per devbox), read in-process for
     # the decision log; groups are per network namespace. None: no logging.
     log_group: int | None = 1
+    # Private networks reachable through allow_all, no policy and DNS answers too (by default
+    # only an allowed CIDR opens them: see netns.ruleset).
+    open_private_networks: bool = False
 
 
 class DataPlane:
@@ -131,7 +134,7 @@ class DataPlane:
         self._policies: dict[str, _PolicyState] = {}  # policy key -> state
         self._conntrack: conntrack.Tracker | None = None
         self.query_listeners: list = []  # callables(devbox_id | None, QueryEvent), e.g. an event log
-        self.block_listeners: list = []  # callables(devbox_id, nflog.LoggedPacket): dropped attempts
+        self.block_listeners: list = []  # callables(devbox_id, nflog.LoggedPacket, reason): dropped attempts
         self._nflog: NflogReader | None = None
         self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
 
@@ -159,6 +162,7 @@ class DataPlane:
                 subnet=str(self.pool.network),
                 uplink=uplink.router_ifname,
                 protected=protected,
+                private=() if self.config.open_private_networks else ruleset.PRIVATE_NETWORKS,
                 log_group=self.config.log_group,
             )
             self._nft = Nft(self.router_ns)
@@ -174,7 +178,8 @@ class DataPlane:
         except BaseException:
             self.stop()
             raise
-        log.info("data plane up: router %s, gateway %s, uplink %s", self.router_ns, self.gateway, self.config.uplink)
+        log.info("data plane up: router %s, gateway %s, uplink %s, private networks %s", self.router_ns, self.gateway,
+                 self.config.uplink, "open" if self.config.open_private_networks else "by CIDR only")
 
     def _start_resolver(self, upstream: list[tuple[str, int]]) -> None:
         router_ns = self.router_ns
@@ -430,7 +435,8 @@ class DataPlane:
             policy_id = attached.policy.id if attached.policy else ""
             if policy_id not in egress:
                 egress[policy_id] = egress_for(attached.policy)
-            if not flow_allowed(egress[policy_id], set(attached.learned), flow.dst, flow.proto, flow.dport):
+            if not flow_allowed(egress[policy_id], set(attached.learned), flow.dst, flow.proto, flow.dport,
+                                self._rules_router.private):
                 revoked.append(flow)
         if revoked:
             self._delete_flows(revoked)
@@ -514,8 +520,17 @@ class DataPlane:
         attached = next((a for a in list(self._by_id.values()) if a.address.key == key), None)
         if attached is None or packet.src != attached.address.ip:
             return
+        reason = "policy"
+        dst = ipaddress.ip_address(packet.dst)
+        private = self._rules_router.private if self._rules_router is not None else ()
+        if dst not in self.pool.network and any(dst in ipaddress.ip_network(net) for net in private):
+            # Dropped only because private networks are closed: the policy alone allows it.
+            now = time.monotonic()
+            learned = {ip for ip, names in attached.learned.items() if max(names.values(), default=0) > now}
+            if flow_allowed(egress_for(attached.policy), learned, packet.dst, packet.proto, packet.dport, private=()):
+                reason = "private_network"
         for listener in self.block_listeners:
-            listener(attached.devbox_id, packet)
+            listener(attached.devbox_id, packet, reason)
 
     def _on_query(self, event: QueryEvent) -> None:
         attached = self._by_ip.get(event.client_ip)

@@ -89,8 +89,10 @@ class NetworkEventLog:
                 event.qtype, event.matched_pattern, tuple(event.addresses), event.ttl, event.error,
             ))
 
-    def on_blocked(self, devbox_id: str, packet: LoggedPacket) -> None:
-        """``DataPlane.block_listeners`` callback (NFLOG thread)."""
+    def on_blocked(self, devbox_id: str, packet: LoggedPacket, reason: str = "policy") -> None:
+        """``DataPlane.block_listeners`` callback (NFLOG thread). ``reason``: "policy", or
+        "private_network" when the policy alone would allow it (private networks open only
+        through a CIDR)."""
         account = self._account_of(devbox_id)
         with self._lock:
             self._seq += 1
@@ -99,7 +101,7 @@ class NetworkEventLog:
                 time_ms=int(time.time() * 1000),
                 kind="blocked",
                 verdict="denied",
-                reason="policy",
+                reason=reason,
                 name=self._names.get((account, packet.dst), "") if account is not None else "",
                 qtype="",
                 matched_pattern=None,

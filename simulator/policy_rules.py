@@ -42,14 +42,12 @@ def flow_allowed(
     dst: str,
     proto: str,
     dport: int | None,
+    private: tuple[str, ...] = ruleset.PRIVATE_NETWORKS,
 ) -> bool:
-    """Whether a flow to ``dst`` (outside the devbox subnet) is allowed by these rules."""
-    if egress is None or egress.allow_all:
-        return True
-    if dst in learned:
-        return True
+    """Whether a flow to ``dst`` (outside the devbox subnet) is allowed by these rules; a
+    ``private`` network only through a CIDR, as in the ruleset."""
     address = ipaddress.ip_address(dst)
-    for cidr in egress.cidrs:
+    for cidr in () if egress is None else egress.cidrs:
         if address not in ipaddress.ip_network(cidr.cidr, strict=False):
             continue
         if not cidr.ports:
@@ -59,7 +57,9 @@ def flow_allowed(
                 continue
             if port.port <= dport <= (port.end_port or port.port):
                 return True
-    return False
+    if any(address in ipaddress.ip_network(net) for net in private):
+        return False
+    return egress is None or egress.allow_all or dst in learned
 
 
 def accepts_peers(policy: NetworkPolicy | None) -> bool:
@@ -71,14 +71,17 @@ def revokes_nothing(before: Egress | None, after: Egress | None) -> bool:
     """True when ``after`` allows everything ``before`` allowed, judged conservatively on
     the policy's terms (a False can be a false alarm, a True is never wrong):
 
-    - no policy (None) and allow_all allow everything: after them, nothing is revoked;
+    - no policy (None) and allow_all allow everything but private networks, which only a
+      CIDR opens: after them, nothing is revoked unless ``before`` had a CIDR entry reaching
+      into a private network that ``after`` lacks;
       leaving them is a revocation (unless to another of them);
     - otherwise allow_devbox_to_devbox must not be turned off, every hostname pattern of
       ``before`` must still be there (the same string), and every CIDR entry of ``before``
       (address and ports) must still be there.
     """
     if after is None or after.allow_all:
-        return True
+        opened = set() if before is None else {e for e in _cidr_entries(before) if _touches_private(e[0])}
+        return opened <= (set() if after is None else set(_cidr_entries(after)))
     if before is None or before.allow_all:
         return False
     if before.allow_devbox_to_devbox and not after.allow_devbox_to_devbox:
@@ -86,6 +89,13 @@ def revokes_nothing(before: Egress | None, after: Egress | None) -> bool:
     if not set(before.allowed_hostnames) <= set(after.allowed_hostnames):
         return False
     return set(_cidr_entries(before)) <= set(_cidr_entries(after))
+
+
+def _touches_private(cidr: str) -> bool:
+    """Does ``cidr`` reach into a network only a CIDR opens (``ruleset.PRIVATE_NETWORKS``;
+    when a simulator opens them, a True is a false alarm, never a miss)?"""
+    network = ipaddress.ip_network(cidr, strict=False)
+    return network.version == 4 and any(network.overlaps(ipaddress.ip_network(p)) for p in ruleset.PRIVATE_NETWORKS)
 
 
 def _cidr_entries(egress: Egress):

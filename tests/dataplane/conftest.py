@@ -126,9 +126,9 @@ def plane(request, tmp_path_factory):
     from simulator.world import WorldConfig
 
     data_dir = tmp_path_factory.mktemp("dataplane")
-    dataplane = DataPlane(
-        DataPlaneConfig(instance=secrets.token_hex(3), world=WorldConfig.from_dict(WORLD), subnet="10.89.0.0/16")
-    )
+    # A module may bring its own world (WORLD_CONFIG), e.g. one with a host on a private network.
+    world = getattr(request.module, "WORLD_CONFIG", None) or WorldConfig.from_dict(WORLD)
+    dataplane = DataPlane(DataPlaneConfig(instance=secrets.token_hex(3), world=world, subnet="10.89.0.0/16"))
     dataplane.start()
     runtime = None
     try:

@@ -127,6 +127,8 @@ def test_devbox_to_devbox_on_off_and_never_across_accounts(plane, devboxes):
     open_box = devboxes.create(make_policy(allow_all=True))
     _listen(devboxes, peer_off, 9000)
     assert devboxes.run(open_box, "tcp", target_ip, "9000") == "OK ping"
+    # No policy is a peer too (the subnet is private, but devbox-to-devbox decides it first).
+    assert devboxes.run(devboxes.create(None), "tcp", target_ip, "9000") == "OK ping"
     assert not ok(devboxes.run(open_box, "tcp", _ip(plane, peer_off), "9000"))
 
 

@@ -60,6 +60,9 @@ POLICIES = {
     "pmixed": MIXED,
     "pd2d": dataclasses.replace(MIXED, allow_devbox_to_devbox=True),
     "pd2donly": Egress(allow_devbox_to_devbox=True),
+    # allow_all plus the CIDR that opens one private network (and a public one, redundant)
+    "pallcidr": Egress(allow_all=True, cidrs=(CidrRule("192.168.7.0/24", (PortRange(8080, None, "tcp"),)),
+                                              CidrRule("203.0.113.0/24"))),
 }
 
 DENY = box("d1", "acme", 2, "pdeny")
@@ -75,6 +78,8 @@ CASES = {
     "bootstrap_protected_log": lambda: R.bootstrap(ROUTER_FULL),
     "policy_deny_all": lambda: R.add_policy(ROUTER, "pdeny", POLICIES["pdeny"]),
     "policy_allow_all": lambda: R.add_policy(ROUTER, "pall", POLICIES["pall"]),
+    "policy_allow_all_private_cidr": lambda: R.add_policy(ROUTER, "pallcidr", POLICIES["pallcidr"]),
+    "bootstrap_private_open": lambda: R.bootstrap(dataclasses.replace(ROUTER, private=())),
     "policy_cidrs": lambda: R.add_policy(ROUTER, "pmixed", POLICIES["pmixed"]),
     "policy_cidrs_d2d": lambda: R.add_policy(ROUTER, "pd2d", POLICIES["pd2d"]),
     "policy_d2d_only": lambda: R.add_policy(ROUTER, "pd2donly", POLICIES["pd2donly"]),
@@ -177,8 +182,11 @@ def test_devbox_chain_guards_subnet_first(devbox, router):
     rules = [r["expr"] for r in _rules(R.add_devbox(router, devbox, []), devbox.chain)]
     outside = {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}}
     target = R.UNRESTRICTED_CHAIN if devbox.policy is None else "pol_" + devbox.policy
-    # 1. learned addresses only open destinations outside the subnet
-    assert rules[0] == [outside, {"match": {"op": "==", "left": R.IP_DADDR, "right": "@learned_" + devbox.key}}, {"accept": None}]
+    # 1. learned addresses only open destinations outside the subnet and the private networks
+    # (a DNS answer may point into either)
+    not_private = {"match": {"op": "!=", "left": R.IP_DADDR, "right": "@private"}}
+    learned = {"match": {"op": "==", "left": R.IP_DADDR, "right": "@learned_" + devbox.key}}
+    assert rules[0] == [outside, not_private, learned, {"accept": None}]
     # 2. the policy sees only what is outside the subnet or a peer of the same account...
     assert rules[1] == [outside, {"jump": {"target": target}}]
     assert rules[2] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": "@acct_" + devbox.account}}, {"jump": {"target": target}}]
@@ -189,7 +197,7 @@ def test_devbox_chain_guards_subnet_first(devbox, router):
     assert rules[-1] == [{"drop": None}]
     assert len(rules) == (5 if router.log_group is not None else 4)
     # nothing in the devbox chain depends on its policy's content
-    assert json.dumps(rules).count("@") == 2
+    assert json.dumps(rules).count("@") == 3
 
 
 @pytest.mark.parametrize("pkey", sorted(POLICIES))
@@ -200,8 +208,15 @@ def test_policy_chain_decides_same_account_first(pkey):
     # Same-account traffic the policy does not allow returns at once (to be logged and
     # dropped by the devbox chain): no CIDR rule after this one may open a devbox.
     assert rules[0] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}, {"accept": None} if d2d else {"return": None}]
+    private_return = [{"match": {"op": "==", "left": R.IP_DADDR, "right": "@private"}}, {"return": None}]
     if egress.allow_all:
-        assert rules[1:] == [[{"accept": None}]]
+        # the CIDRs first (they are what opens a private network), then private networks
+        # return, then the rest is accepted
+        assert rules[-2:] == [private_return, [{"accept": None}]]
+        expected = ["@" + R.cidr_set(pkey)] * bool(R._all_port_elements(egress.cidrs)) + \
+            ["@" + R.cidrport_set(pkey)] * bool(R._port_elements(egress.cidrs))
+        assert [r[0]["match"]["right"] for r in rules[1:-2]] == expected
+        rules = rules[:-2]
     # every other rule accepts: what is not accepted returns to the devbox chain
     assert all(r[-1] == {"accept": None} for r in rules[1:])
     # the policy chain is the same for every router option (log lives in the devbox chain)
@@ -219,9 +234,32 @@ def test_policy_update_touches_only_the_policy():
     assert cmds[:3] == R._flush_policy("pmixed")
 
 
-def test_unrestricted_chain_accepts():
+def test_unrestricted_chain_accepts_all_but_private_networks():
     doc = R.bootstrap(ROUTER)
-    assert [r["expr"] for r in _rules(doc, R.UNRESTRICTED_CHAIN)] == [[{"accept": None}]]
+    assert [r["expr"] for r in _rules(doc, R.UNRESTRICTED_CHAIN)] == [
+        [{"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}, {"accept": None}],  # peers first
+        [{"match": {"op": "==", "left": R.IP_DADDR, "right": "@private"}}, {"return": None}],
+        [{"accept": None}],
+    ]
+
+
+def _set_elements(doc, name):
+    return [e for c in doc["nftables"] if "element" in c.get("add", {}) and c["add"]["element"]["name"] == name
+            for e in c["add"]["element"]["elem"]]
+
+
+def test_private_set_holds_the_private_networks_unless_opened():
+    assert _set_elements(R.bootstrap(ROUTER), "private") == [
+        {"prefix": {"addr": "10.0.0.0", "len": 8}},
+        {"prefix": {"addr": "100.64.0.0", "len": 10}},
+        {"prefix": {"addr": "172.16.0.0", "len": 12}},
+        {"prefix": {"addr": "192.168.0.0", "len": 16}},
+        {"prefix": {"addr": "198.18.0.0", "len": 15}},
+    ]
+    opened = R.bootstrap(dataclasses.replace(ROUTER, private=()))
+    assert _set_elements(opened, "private") == []
+    # the set exists either way: the devbox and policy chains refer to it
+    assert any(c.get("add", {}).get("set", {}).get("name") == "private" for c in opened["nftables"])
 
 
 def test_learned_add_sets_expires_equal_timeout_and_dedupes():
@@ -264,6 +302,7 @@ def test_learned_add_sets_expires_equal_timeout_and_dedupes():
         lambda: Devbox("d1", "a", "10.88.0.2", "02:00:00:00:00:01", "a-very-long-ifname"),
         lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", dns_port=0),
         lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", protected=("nope",)),
+        lambda: Router("br0", "10.88.0.1", "10.88.0.0/16", "up0", private=("10.0.0.0/33",)),
         lambda: R.learned_add("d1", [("198.51.100.234", 0)]),
         lambda: R.learned_add("D1", [("198.51.100.234", 5)]),
         lambda: R.full(ROUTER, [DENY, dataclasses.replace(DENY, ip="10.88.0.99")], POLICIES),

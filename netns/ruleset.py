@@ -52,9 +52,11 @@ prefix, one rate limit per devbox) and drops: every dropped new connection is lo
 devboxes too.
 
 Private networks (``Router.private``: RFC 1918, shared address space, benchmarking) are the
-host's LAN, its VPNs and Docker's bridges, not the internet a cloud devbox sees. Only an
-allowed CIDR opens them: not allow_all, not "no policy", not a DNS answer (an allowed name
-whose answer points into a LAN, as in DNS rebinding). The devbox subnet is decided before.
+host's LAN, its VPNs and Docker's bridges, not the internet a cloud devbox sees. When the set
+holds them (the simulator's ``--private-networks by-cidr``), only an allowed CIDR opens them:
+not allow_all, not "no policy", not a DNS answer (an allowed name whose answer points into a
+LAN, as in DNS rebinding). Empty (``open``), they are like any destination. The devbox subnet
+is decided before.
 
 Devbox-to-devbox is symmetric: a connection needs BOTH ends to allow it. The sender's policy
 chain decides whether it may send into the subnet; the account set holds only the devboxes

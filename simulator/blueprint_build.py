@@ -63,7 +63,7 @@ def build(runtime: DevboxRuntime, request: BuildRequest, log: Log) -> str:
     """Run the build; the disk reference of the result. Raises BuildFailed (or RuntimeFailure)."""
     blueprint = request.blueprint
     steps = steps_of(blueprint, log)  # a bad Dockerfile fails before anything starts
-    policy = request.policy.id if request.policy else "none (unrestricted but for private networks)"
+    policy = request.policy.id if request.policy else "none (unrestricted)"
     log("info", f"starting the build devbox (build-time network policy: {policy})")
     runtime.provision(DevboxSpec(id=blueprint.id, account=blueprint.account, policy=request.policy, disk=request.base_disk))
     try:

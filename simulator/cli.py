@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from simulator.accounts import Accounts
-from simulator.config import Settings, parse_servers
+from simulator.config import PRIVATE_NETWORK_MODES, Settings, parse_servers
 from simulator.data_dir_lock import lock_data_dir
 
 log = logging.getLogger("devbox_sim")
@@ -34,7 +34,7 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
     serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
     serve.add_argument("--upstream-dns", type=parse_servers, default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
-    serve.add_argument("--open-private-networks", action=argparse.BooleanOptionalAction, default=defaults.open_private_networks, help="let allow_all, no policy and DNS answers reach private networks (10/8, 172.16/12, 192.168/16, 100.64/10, 198.18/15: the host's LAN, VPNs, Docker's bridges); by default only an allowed CIDR opens them (DEVBOX_SIM_OPEN_PRIVATE_NETWORKS=1)")
+    serve.add_argument("--private-networks", default=defaults.private_networks, choices=PRIVATE_NETWORK_MODES, help="private networks (10/8, 172.16/12, 192.168/16, 100.64/10, 198.18/15: the host's LAN, VPNs, Docker's bridges): open = reachable like the internet; by-cidr = only through an allowed CIDR, not allow_all, no policy or a DNS answer (DEVBOX_SIM_PRIVATE_NETWORKS; default open)")
     events = commands.add_parser("events", help="a devbox's network decisions as a table (--follow to keep watching)")
     from simulator import events_cli
 
@@ -122,7 +122,7 @@ def _start(args: argparse.Namespace):
         world=args.world,
         subnet=args.subnet,
         upstream_dns=tuple(args.upstream_dns),
-        open_private_networks=args.open_private_networks,
+        private_networks=args.private_networks,
     )
     # Bind before starting so that --port 0 can report the port actually chosen.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8484
+PRIVATE_NETWORK_MODES = ("open", "by-cidr")
 
 
 @dataclass
@@ -25,9 +26,9 @@ class Settings:
     world: Path | None = None
     subnet: str = "10.88.0.0/16"
     upstream_dns: tuple[tuple[str, int], ...] = ()
-    # Private networks (the host's LAN, VPNs, Docker's bridges) reachable like the internet,
-    # not only through an allowed CIDR.
-    open_private_networks: bool = False
+    # Private networks (the host's LAN, VPNs, Docker's bridges): "open" (reachable like the
+    # internet, as #3's "allow_all: all egress" says) or "by-cidr" (only an allowed CIDR).
+    private_networks: str = "open"
 
     @property
     def effective_uplink(self) -> str:
@@ -56,21 +57,14 @@ class Settings:
         settings.subnet = env.get("DEVBOX_SIM_SUBNET", settings.subnet)
         if env.get("DEVBOX_SIM_UPSTREAM_DNS"):
             settings.upstream_dns = parse_servers(env["DEVBOX_SIM_UPSTREAM_DNS"])
-        settings.open_private_networks = _flag(env, "DEVBOX_SIM_OPEN_PRIVATE_NETWORKS")
+        settings.private_networks = env.get("DEVBOX_SIM_PRIVATE_NETWORKS", "").strip() or settings.private_networks
+        if settings.private_networks not in PRIVATE_NETWORK_MODES:
+            raise ValueError(f"DEVBOX_SIM_PRIVATE_NETWORKS must be open or by-cidr, not {settings.private_networks!r}")
         return settings
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "devbox-sim.sqlite3"
-
-
-def _flag(env, name: str) -> bool:
-    value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name} must be 1 or 0 (true/false), not {value!r}")
 
 
 def parse_servers(text: str) -> tuple[tuple[str, int], ...]:

@@ -107,13 +107,15 @@ class DataPlaneConfig:
     # NFLOG group for dropped new connections (rate-limited per devbox), read in-process for
     # the decision log; groups are per network namespace. None: no logging.
     log_group: int | None = 1
-    # Private networks reachable through allow_all, no policy and DNS answers too (by default
-    # only an allowed CIDR opens them: see netns.ruleset).
-    open_private_networks: bool = False
+    # Private networks: "open" (like any destination) or "by-cidr" (only an allowed CIDR opens
+    # them, not allow_all, no policy or a DNS answer: see netns.ruleset).
+    private_networks: str = "open"
 
 
 class DataPlane:
     def __init__(self, config: DataPlaneConfig):
+        if config.private_networks not in ("open", "by-cidr"):
+            raise ValueError(f"private_networks must be open or by-cidr, not {config.private_networks!r}")
         self.config = config
         self.router_ns = f"{NS_PREFIX}{config.instance}-r"
         self.world_ns = f"{NS_PREFIX}{config.instance}-w"
@@ -162,7 +164,7 @@ class DataPlane:
                 subnet=str(self.pool.network),
                 uplink=uplink.router_ifname,
                 protected=protected,
-                private=() if self.config.open_private_networks else ruleset.PRIVATE_NETWORKS,
+                private=ruleset.PRIVATE_NETWORKS if self.config.private_networks == "by-cidr" else (),
                 log_group=self.config.log_group,
             )
             self._nft = Nft(self.router_ns)
@@ -179,7 +181,7 @@ class DataPlane:
             self.stop()
             raise
         log.info("data plane up: router %s, gateway %s, uplink %s, private networks %s", self.router_ns, self.gateway,
-                 self.config.uplink, "open" if self.config.open_private_networks else "by CIDR only")
+                 self.config.uplink, self.config.private_networks)
 
     def _start_resolver(self, upstream: list[tuple[str, int]]) -> None:
         router_ns = self.router_ns

@@ -91,8 +91,8 @@ class NetworkEventLog:
 
     def on_blocked(self, devbox_id: str, packet: LoggedPacket, reason: str = "policy") -> None:
         """``DataPlane.block_listeners`` callback (NFLOG thread). ``reason``: "policy", or
-        "private_network" when the policy alone would allow it (private networks open only
-        through a CIDR)."""
+        "private_network" when the policy alone would allow it (``--private-networks by-cidr``
+        opens private networks only through a CIDR)."""
         account = self._account_of(devbox_id)
         with self._lock:
             self._seq += 1

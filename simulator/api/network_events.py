@@ -43,8 +43,8 @@ router = APIRouter(prefix="/v1/devboxes", tags=["simulator extensions"], respons
         "allowed/denied/error and why - matched pattern, deny_all, no_matching_pattern, "
         "upstream_error, ... - the addresses and TTL handed out), and every new connection the "
         "firewall dropped (kind blocked: destination address, protocol, port, reason - policy, or "
-        "private_network when the policy alone would allow it but private networks open only "
-        "through a CIDR - and the name that address last resolved to, when known). Bounded per "
+        "private_network when the policy alone would allow it but --private-networks by-cidr kept it "
+        "out - and the name that address last resolved to, when known). Bounded per "
         "devbox and globally."
     ),
 )

@@ -100,7 +100,7 @@ def make_runtime(settings: Settings):
             uplink=settings.effective_uplink,
             world=world,
             upstream_dns=settings.upstream_dns,
-            open_private_networks=settings.open_private_networks,
+            private_networks=settings.private_networks,
         )
     )
     dataplane.start()

@@ -126,9 +126,9 @@ def plane(request, tmp_path_factory):
     from simulator.world import WorldConfig
 
     data_dir = tmp_path_factory.mktemp("dataplane")
-    # A module may bring its own world (WORLD_CONFIG), e.g. one with a host on a private network.
-    world = getattr(request.module, "WORLD_CONFIG", None) or WorldConfig.from_dict(WORLD)
-    dataplane = DataPlane(DataPlaneConfig(instance=secrets.token_hex(3), world=world, subnet="10.89.0.0/16"))
+    # A module may set DataPlaneConfig fields (PLANE_OPTIONS), e.g. its own world.
+    options = {"world": WorldConfig.from_dict(WORLD), **getattr(request.module, "PLANE_OPTIONS", {})}
+    dataplane = DataPlane(DataPlaneConfig(instance=secrets.token_hex(3), subnet="10.89.0.0/16", **options))
     dataplane.start()
     runtime = None
     try:

@@ -1,5 +1,7 @@
-"""Private networks (the host's LAN, VPNs, Docker's bridges) open only through an allowed
-CIDR: not through allow_all, no policy, or a DNS answer that points there.
+"""``--private-networks by-cidr``: private networks (the host's LAN, VPNs, Docker's bridges)
+open only through an allowed CIDR, not through allow_all, no policy, or a DNS answer that
+points there. The default, ``open``, reaches them like any destination (#3: "allow_all: all
+egress").
 
 The "LAN" host is a world host given a private address (10.77.0.10): it lives in the world
 namespace this module's data plane creates, so every packet stays there. (A world file may
@@ -14,7 +16,6 @@ import subprocess
 
 import pytest
 
-from simulator.policy_model import AllowedCidr, PortRule
 from simulator.world import Host, WorldConfig
 from tests.dataplane.conftest import GITHUB, WORLD, make_policy
 from tests.dataplane.test_live_update import Held, updated
@@ -27,7 +28,7 @@ _base = WorldConfig.from_dict(WORLD)
 WORLD_CONFIG = dataclasses.replace(
     _base, hosts=(*_base.hosts, Host(name="nas.lan.example", address=LAN, tcp_echo=(443, 8443)))
 )
-LAN_443 = AllowedCidr(f"{LAN}/32", (PortRule(443, None, "TCP"),))
+PLANE_OPTIONS = {"world": WORLD_CONFIG, "private_networks": "by-cidr"}
 
 
 def test_allow_all_and_no_policy_do_not_reach_a_private_network(devboxes):
@@ -84,8 +85,9 @@ def test_dropping_the_cidr_from_allow_all_cuts_the_established_connection(plane,
     assert devboxes.run(box, "tcp", GITHUB, "443") == "OK ping"
 
 
-def test_open_private_networks_lets_allow_all_reach_them(tmp_path):
-    """--open-private-networks: the old behaviour, allow_all reaches the LAN like the internet."""
+def test_by_default_private_networks_are_open(tmp_path):
+    """The default (``open``): allow_all, no policy and an allowed name reach the LAN like the
+    internet, and the router's private set is empty."""
     from tests.conftest import _privilege_problems
 
     if _privilege_problems():
@@ -94,8 +96,7 @@ def test_open_private_networks_lets_allow_all_reach_them(tmp_path):
     from simulator.runtime.netns_runtime import NetnsRuntime
     from tests.dataplane.conftest import Devboxes
 
-    dataplane = DataPlane(DataPlaneConfig(instance=secrets.token_hex(3), world=WORLD_CONFIG, subnet="10.87.0.0/16",
-                                          open_private_networks=True))
+    dataplane = DataPlane(DataPlaneConfig(instance=secrets.token_hex(3), world=WORLD_CONFIG, subnet="10.87.0.0/16"))
     dataplane.start()
     try:
         runtime = NetnsRuntime(dataplane, tmp_path)  # closing it stops the data plane
@@ -107,8 +108,8 @@ def test_open_private_networks_lets_allow_all_reach_them(tmp_path):
         elements = subprocess.run(["ip", "netns", "exec", dataplane.router_ns, "nft", "-j", "list", "set", "inet",
                                    "devbox_sim", "private"], capture_output=True, text=True, check=True).stdout
         assert '"elem"' not in elements
-        box = made.create(make_policy(allow_all=True))
-        assert made.run(box, "tcp", LAN, "443") == "OK ping"
+        for policy in (make_policy(allow_all=True), None):
+            assert made.run(made.create(policy), "tcp", LAN, "443") == "OK ping"
         named = made.create(make_policy(allowed_hostnames=["nas.lan.example"]))
         assert made.run(named, "tcp", "nas.lan.example", "443") == "OK ping"
     finally:

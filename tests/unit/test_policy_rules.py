@@ -151,5 +151,5 @@ def test_flow_allowed_to_private_networks_only_through_a_cidr():
         assert not flow_allowed(None, set(), private, "tcp", 80)
         assert not flow_allowed(ruleset.Egress(allow_all=True), set(), private, "tcp", 80)
         assert not flow_allowed(ruleset.Egress(), {private}, private, "tcp", 80)  # a DNS answer does not open it
-        assert flow_allowed(None, set(), private, "tcp", 80, private=())  # --open-private-networks
+        assert flow_allowed(None, set(), private, "tcp", 80, private=())  # --private-networks open
         assert flow_allowed(ruleset.Egress(), {private}, private, "tcp", 80, private=())

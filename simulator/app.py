@@ -23,6 +23,7 @@ from simulator.api import network_events as network_event_routes
 from simulator.api import snapshots as snapshot_routes
 from simulator.api.request_log import RequestLog
 from simulator.api.text_check import RejectLoneSurrogates
+from simulator.api.tunnel_proxy import TunnelProxy
 from simulator.blueprints import BlueprintService
 from simulator.config import Settings
 from simulator.db import Database
@@ -35,6 +36,7 @@ from simulator.network_policies import NetworkPolicyService
 from simulator.runtime.base import DevboxRuntime
 from simulator.runtime.factory import make_runtime
 from simulator.snapshots import SnapshotService
+from simulator.tunnels import TunnelService
 from simulator.watch import Watch
 
 log = logging.getLogger("devbox_sim")
@@ -57,6 +59,7 @@ class Services:
     network_events: NetworkEventLog
     snapshots: SnapshotService
     blueprints: BlueprintService
+    tunnels: TunnelService
     runtime: DevboxRuntime | None = None  # None: devbox endpoints answer 503 no_runtime
 
     def close(self) -> None:
@@ -97,6 +100,7 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         network_events=events,
         snapshots=snapshots,
         blueprints=blueprints,
+        tunnels=TunnelService(db, devboxes),
         runtime=runtime,
     )
 
@@ -185,6 +189,8 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
     app.include_router(file_routes.router)
     app.include_router(network_event_routes.router)
     app.add_middleware(RejectLoneSurrogates)
+    # Outside the text check: a tunnel carries the devbox's bytes, whatever they are.
+    app.add_middleware(TunnelProxy, services=lambda: app.state.services)
     app.add_middleware(RequestLog)  # outermost: logs the 400s of the check too
     return app
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -341,6 +342,15 @@ class DataPlane:
 
     def attached(self, devbox_id: str) -> Attached | None:
         return self._by_id.get(devbox_id)
+
+    def tunnel_socket(self, devbox_id: str) -> tuple[socket.socket, str]:
+        """A TCP socket in the router namespace, and the devbox's address: what the tunnel
+        proxy connects from (the router reaches every devbox on the bridge; a devbox's own
+        rules are egress rules, and the reply is an established flow)."""
+        attached = self._by_id.get(devbox_id)
+        if attached is None:
+            raise LookupError(f"devbox {devbox_id} is not on the bridge")
+        return namespaces.socket_in(self.router_ns, socket.AF_INET, socket.SOCK_STREAM), attached.address.ip
 
     def _rules_devbox(self, attached: Attached) -> ruleset.Devbox:
         a = attached.address

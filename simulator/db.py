@@ -172,6 +172,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE stored_output (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
     INSERT INTO stored_output (id, bytes) SELECT 0, COALESCE(SUM(output_bytes), 0) FROM executions;
     """,
+    # Devbox tunnels (simulator.tunnels): the view as JSON, and its key, by which the tunnel
+    # proxy finds the devbox.
+    """
+    ALTER TABLE devboxes ADD COLUMN tunnel TEXT;
+    ALTER TABLE devboxes ADD COLUMN tunnel_key TEXT;
+    CREATE UNIQUE INDEX devboxes_tunnel_key ON devboxes(tunnel_key) WHERE tunnel_key IS NOT NULL;
+    """,
 ]
 
 

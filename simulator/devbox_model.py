@@ -21,6 +21,28 @@ class StateTransition:
 
 
 @dataclass(frozen=True)
+class Tunnel:
+    """A devbox's HTTP tunnel: ``{port}-{tunnel_key}.tunnel.<host>`` reaches ``port`` in it."""
+
+    tunnel_key: str
+    auth_mode: str  # open|authenticated
+    create_time_ms: int
+    http_keep_alive: bool = True  # requests count as activity (keep-alive timer)
+    wake_on_http: bool = False  # a request to a suspended devbox resumes it
+    auth_token: str | None = None  # authenticated only: X-Runloop-Tunnel-Authorization: Bearer <it>
+
+    def to_json(self) -> dict:
+        return {
+            "tunnel_key": self.tunnel_key,
+            "auth_mode": self.auth_mode,
+            "create_time_ms": self.create_time_ms,
+            "http_keep_alive": self.http_keep_alive,
+            "wake_on_http": self.wake_on_http,
+            "auth_token": self.auth_token,
+        }
+
+
+@dataclass(frozen=True)
 class Devbox:
     id: str
     account: str
@@ -36,6 +58,7 @@ class Devbox:
     shutdown_reason: str | None = None  # api_shutdown|keep_alive_timeout|entrypoint_exit|idle|ttl_expired
     blueprint_id: str | None = None
     snapshot_id: str | None = None
+    tunnel: Tunnel | None = None
 
     @property
     def network_policy_id(self) -> str | None:

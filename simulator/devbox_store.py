@@ -6,7 +6,7 @@ import json
 import sqlite3
 
 from simulator import lifecycle
-from simulator.devbox_model import Devbox, StateTransition
+from simulator.devbox_model import Devbox, StateTransition, Tunnel
 from simulator.policy_model import Page
 from simulator.table import Table, Where
 
@@ -31,6 +31,7 @@ def _from_row(row: sqlite3.Row) -> Devbox:
         shutdown_reason=row["shutdown_reason"],
         blueprint_id=row["blueprint_id"],
         snapshot_id=row["snapshot_id"],
+        tunnel=Tunnel(**json.loads(row["tunnel"])) if row["tunnel"] else None,
     )
 
 
@@ -51,12 +52,15 @@ def _values(devbox: Devbox) -> dict:
         "end_time_ms": devbox.end_time_ms,
         "failure_reason": devbox.failure_reason,
         "shutdown_reason": devbox.shutdown_reason,
+        "tunnel": _dumps(devbox.tunnel.to_json()) if devbox.tunnel else None,
+        "tunnel_key": devbox.tunnel.tunnel_key if devbox.tunnel else None,
     }
 
 
-# What an update stores: status and its bookkeeping, name, metadata (the rest never changes).
+# What an update stores: status and its bookkeeping, name, metadata, tunnel (the rest never
+# changes).
 _MUTABLE = ("account", "id", "status", "name", "metadata", "state_transitions", "end_time_ms", "failure_reason",
-            "shutdown_reason")
+            "shutdown_reason", "tunnel", "tunnel_key")
 
 TABLE = Table("devboxes", _from_row)
 get = TABLE.get
@@ -68,9 +72,16 @@ def insert(conn: sqlite3.Connection, devbox: Devbox, request_id: str | None) -> 
 
 
 def update(conn: sqlite3.Connection, devbox: Devbox) -> None:
-    """Store every mutable field (status and its bookkeeping, name, metadata)."""
+    """Store every mutable field (status and its bookkeeping, name, metadata, tunnel)."""
     values = _values(devbox)
     TABLE.update(conn, {column: values[column] for column in _MUTABLE})
+
+
+def by_tunnel_key(conn: sqlite3.Connection, tunnel_key: str) -> Devbox | None:
+    """The devbox whose tunnel has this key, whatever its account (a tunnel URL is the
+    capability; the key is unique)."""
+    row = conn.execute("SELECT * FROM devboxes WHERE tunnel_key = ?", (tunnel_key,)).fetchone()
+    return _from_row(row) if row is not None else None
 
 
 def active_using_policy(conn: sqlite3.Connection, account: str, policy_id: str) -> list[str]:

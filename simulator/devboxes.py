@@ -31,6 +31,7 @@ from simulator.keep_alive import KeepAliveTimers
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import NetworkPolicy, Page
 from simulator.runtime.base import DevboxRuntime, DevboxSpec, RuntimeFailure
+from simulator.tunnels import new_tunnel
 from simulator.watch import Watch
 
 log = logging.getLogger("devbox_sim.devboxes")
@@ -136,6 +137,7 @@ class DevboxService:
                 name=name,
                 blueprint_id=blueprint_id,
                 snapshot_id=snapshot_id,
+                tunnel=new_tunnel(params["tunnel"], now) if params.get("tunnel") is not None else None,
             )
             devbox_store.insert(conn, devbox, request_id)
         thread = threading.Thread(

@@ -1,7 +1,7 @@
 """Wire models for devboxes and executions, as the Runloop SDK (3.0.0) sends and reads them.
 
 Requests ignore unknown fields. Fields the simulator does not implement yet (mounts, secrets,
-gateways, tunnels...) are accepted loosely and ignored; ``launch_parameters`` is echoed back.
+gateways...) are accepted loosely and ignored; ``launch_parameters`` is echoed back.
 Responses mirror ``runloop_api_client.types``: every field the SDK requires is always present.
 """
 
@@ -41,6 +41,23 @@ class LaunchParametersParam(BaseModel):
     user_parameters: dict[str, Any] | None = None
 
 
+class TunnelParams(_Request):
+    """``enable_tunnel``'s body, and ``tunnel`` on create. Omitted: open, keep-alive, no wake."""
+
+    auth_mode: Literal["open", "authenticated"] | None = None
+    http_keep_alive: StrictBool | None = None
+    wake_on_http: StrictBool | None = None
+
+
+class TunnelView(BaseModel):
+    tunnel_key: str
+    auth_mode: Literal["open", "authenticated"]
+    create_time_ms: int
+    http_keep_alive: bool
+    wake_on_http: bool
+    auth_token: str | None = None
+
+
 class DevboxCreateParams(_Request):
     name: StrictStr | None = None
     blueprint_id: StrictStr | None = None
@@ -58,7 +75,7 @@ class DevboxCreateParams(_Request):
     secrets: dict[str, StrictStr] | None = None
     gateways: dict[str, dict[str, Any]] | None = None
     mcp: dict[str, dict[str, Any]] | None = None
-    tunnel: dict[str, Any] | None = None
+    tunnel: TunnelParams | None = None  # a tunnel from the start (see enable_tunnel)
 
 
 class DevboxUpdateParams(_Request):
@@ -161,7 +178,7 @@ class DevboxView(BaseModel):
     failure_reason: str | None = None
     shutdown_reason: str | None = None
     initiator_type: str | None = None
-    tunnel: dict[str, Any] | None = None
+    tunnel: TunnelView | None = None
 
 
 class DevboxListView(BaseModel):

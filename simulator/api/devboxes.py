@@ -19,9 +19,12 @@ from simulator.api.devbox_schemas import (
     DevboxUpdateParams,
     DevboxView,
     DevboxWaitForStatusParams,
+    TunnelParams,
+    TunnelView,
 )
 from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody, page_json
 from simulator.devbox_model import Devbox
+from simulator.errors import InvalidRequest
 
 
 def runtime_ready(_account: str = Depends(deps.account), services=Depends(deps.services)) -> None:
@@ -53,7 +56,7 @@ def view(devbox: Devbox) -> dict:
         "failure_reason": devbox.failure_reason,
         "shutdown_reason": devbox.shutdown_reason,
         "initiator_type": "api",
-        "tunnel": None,
+        "tunnel": devbox.tunnel.to_json() if devbox.tunnel else None,
     }
 
 
@@ -209,3 +212,49 @@ def keep_alive(
 ):
     services.devboxes.keep_alive(account, id)
     return {}
+
+
+@router.post(
+    "/{id}/enable_tunnel",
+    response_model=TunnelView,
+    responses=NOT_FOUND,
+    summary="Open an HTTP tunnel: {port}-{tunnel_key}.tunnel.<host> on this listener reaches the devbox's port",
+)
+def enable_tunnel(
+    id: str,
+    params: TunnelParams | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    body = params.model_dump(exclude_unset=True) if params is not None else {}
+    return services.tunnels.enable_tunnel(account, id, body).to_json()
+
+
+@router.post("/{id}/remove_tunnel", response_model=dict, responses=NOT_FOUND, summary="Close the devbox's tunnel")
+def remove_tunnel(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    services.tunnels.remove_tunnel(account, id)
+    return {}
+
+
+@router.post(
+    "/{id}/create_ssh_key",
+    responses=NOT_FOUND,
+    summary="Not simulated: devboxes have no SSH server (400 not_supported)",
+)
+def create_ssh_key(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    services.devboxes.retrieve_devbox(account, id)  # 404 first, as for any devbox action
+    raise InvalidRequest(
+        "the simulator's devboxes have no SSH server: run commands with execute / execute_async, move files "
+        "with the file endpoints, and reach a server in the devbox with enable_tunnel",
+        code="not_supported",
+    )

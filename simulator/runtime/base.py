@@ -8,6 +8,7 @@ devbox's status itself. All methods are blocking and thread-safe; ``provision`` 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -88,6 +89,11 @@ class DevboxRuntime(Protocol):
         is not in ``referenced``; the references removed. Called at start-up, before any
         snapshot or build can run: a crash between recording a delete and removing the files
         leaves such disks behind."""
+
+    def tunnel_socket(self, devbox_id: str) -> tuple[socket.socket, str]:
+        """An unconnected TCP socket from which the devbox's address (returned with it) is
+        reachable, for the tunnel proxy; the caller connects and closes it. LookupError when
+        the devbox is not on the runtime's network."""
 
     def shutdown(self, devbox_id: str) -> None:
         """Kill every process and remove everything the devbox had. Idempotent."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import socket
 import subprocess
 import sys
 import threading
@@ -216,6 +217,9 @@ class DockerRuntime:
             raise RuntimeFailure(f"could not provision devbox {spec.id} on Docker: {_explain(exc)}") from exc
         with self._lock:
             self._devboxes[spec.id] = _Container(container_id, name, address, pid)
+
+    def tunnel_socket(self, devbox_id: str) -> tuple[socket.socket, str]:
+        return self.dataplane.tunnel_socket(devbox_id)
 
     def shutdown(self, devbox_id: str) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -176,6 +177,9 @@ class NetnsRuntime:
 
     def sandbox(self, devbox_id: str) -> Sandbox:
         return self._get(devbox_id).sandbox
+
+    def tunnel_socket(self, devbox_id: str) -> tuple[socket.socket, str]:
+        return self.dataplane.tunnel_socket(devbox_id)
 
     def shutdown(self, devbox_id: str) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ import os
 import posixpath
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -208,6 +209,12 @@ class LocalRuntime:
         if "/" in disk or disk in ("", ".", ".."):
             raise RuntimeFailure(f"not a disk: {disk!r}")
         return self.disks / disk
+
+    def tunnel_socket(self, devbox_id: str) -> tuple[socket.socket, str]:
+        """Commands run on the host here: the devbox's ports are the host's loopback ports."""
+        if devbox_id not in self._devboxes:
+            raise LookupError(f"devbox {devbox_id} is not running here")
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM), "127.0.0.1"
 
     def shutdown(self, devbox_id: str) -> None:
         with self._lock:

@@ -161,7 +161,7 @@ def test_bootstrap_and_devboxes(netns, nft):
     assert "ip saddr vmap @dbx_vmap" in text
     assert "ip daddr @acct_acme jump" in text and "ip daddr @acct_beta jump" in text
     assert "ip daddr != 10.88.0.0/16 jump pol_pcidrs" in text
-    assert "ip daddr != 10.88.0.0/16 ip daddr @learned_a1 accept" in text
+    assert "ip daddr != 10.88.0.0/16 ip daddr != @private ip daddr @learned_a1 accept" in text
     assert "jump pol_pcidrs" in text and "jump pol_pd2d" in text and "jump unrestricted" in text
     assert _chain_rules(rs, "pol_pd2d")[0]["expr"][-1] == {"accept": None}  # d2d on
     assert _chain_rules(rs, "pol_pcidrs")[0]["expr"][-1] == {"return": None}  # d2d off
@@ -223,11 +223,12 @@ def test_update_policy_swaps_in_one_transaction(netns, nft):
     # both devboxes still jump to the one policy chain, untouched
     for key in ("a1", "a3"):
         assert {"jump": {"target": "pol_pcidrs"}} in [r["expr"][-1] for r in _chain_rules(nft.list_ruleset(), "dbx_" + key)]
-    # to allow_all: the chain accepts same-account devboxes, then everything
+    # to allow_all: the chain accepts same-account devboxes, returns for private networks
+    # (Router.private), then accepts everything
     nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)))
     assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == []
     rules = _chain_rules(nft.list_ruleset(), "pol_pcidrs")
-    assert [r["expr"][-1] for r in rules] == [{"accept": None}, {"accept": None}]
+    assert [r["expr"][-1] for r in rules] == [{"accept": None}, {"return": None}, {"accept": None}]
     # and back
     nft.apply(R.update_policy(ROUTER, "pcidrs", CIDRS))
     assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") != []

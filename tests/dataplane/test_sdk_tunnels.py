@@ -1,0 +1,157 @@
+"""Devbox tunnels through the official SDK (``devbox.net.enable_tunnel``...) and real HTTP:
+a server started in the devbox is reached through the API's listener with the Host
+``{port}-{tunnel_key}.tunnel.localhost``.
+
+Runs on the netns runtime (privileged), on the subprocess test double (there the devbox's
+ports are the host's loopback ports), and again on Docker (tests/docker/test_sdk_tunnels_docker.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+from runloop_api_client import BadRequestError, NotFoundError, RunloopSDK
+
+from tests.dataplane.test_sdk_lifecycle import devbox, sdk, server, token  # noqa: F401 (fixtures)
+
+# Echoes each request as JSON: method, path, headers (lower case), body (content-length only).
+ECHO_SERVER = """
+import http.server, json, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        size = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(size) if size else b""
+        out = json.dumps({"method": self.command, "path": self.path, "body": body.decode(),
+                          "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("x-echo", "yes")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_PUT = answer
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+def free_port() -> int:
+    """A port free on the host: the test double's devboxes share the host's ports."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def through(server, port: int, key: str, path: str = "/", method: str = "GET", **kwargs) -> httpx.Response:
+    return httpx.request(method, f"{server.url}{path}", headers={"Host": f"{port}-{key}.tunnel.localhost",
+                                                                  **kwargs.pop("headers", {})}, timeout=10, **kwargs)
+
+
+def start_echo(devbox, server, key: str, headers: dict | None = None) -> int:
+    """The echo server on a free port in the devbox, answering through the tunnel."""
+    port = free_port()
+    devbox.file.write(file_path="echo_server.py", contents=ECHO_SERVER)
+    devbox.cmd.exec_async(f"python3 echo_server.py {port}")
+    deadline = time.monotonic() + 15
+    while True:
+        response = through(server, port, key, "/ready", headers=headers or {})
+        if response.status_code == 200:
+            return port
+        assert response.json()["error_code"] == "tunnel_connect_failed", response.text  # not listening yet
+        assert time.monotonic() < deadline, "the echo server never answered through the tunnel"
+        time.sleep(0.1)  # polling the server's start with a deadline
+
+
+def test_an_open_tunnel_reaches_a_server_in_the_devbox(server, devbox):  # noqa: F811
+    assert devbox.get_tunnel() is None
+    tunnel = devbox.net.enable_tunnel()
+    assert (tunnel.auth_mode, tunnel.http_keep_alive, tunnel.wake_on_http, tunnel.auth_token) == ("open", True, False, None)
+    assert devbox.get_tunnel() == tunnel  # the devbox view shows it
+    port = start_echo(devbox, server, tunnel.tunnel_key)
+    # Method, path with query, headers and body arrive as sent; the answer comes back whole.
+    response = through(server, port, tunnel.tunnel_key, "/a/b?x=1&y=%20", "POST", content=b"payload",
+                       headers={"X-Custom": "v"})
+    assert response.status_code == 200 and response.headers["x-echo"] == "yes"
+    echoed = response.json()
+    assert (echoed["method"], echoed["path"], echoed["body"]) == ("POST", "/a/b?x=1&y=%20", "payload")
+    assert echoed["headers"]["x-custom"] == "v"
+    assert echoed["headers"]["host"] == f"{port}-{tunnel.tunnel_key}.tunnel.localhost"
+    # No API key needed (the key in the name is the capability), and none passed on.
+    assert "authorization" not in echoed["headers"]
+    # One tunnel per devbox.
+    with pytest.raises(BadRequestError, match="already has a tunnel"):
+        devbox.net.enable_tunnel()
+    # A port nothing listens on, and a key nobody has: JSON errors.
+    closed = through(server, free_port(), tunnel.tunnel_key)
+    assert (closed.status_code, closed.json()["error_code"]) == (502, "tunnel_connect_failed")
+    unknown = through(server, port, "0" * 32)
+    assert (unknown.status_code, unknown.json()["error_code"]) == (404, "not_found")
+    # Removed: the URL stops working at once.
+    devbox.net.remove_tunnel()
+    assert devbox.get_tunnel() is None
+    assert through(server, port, tunnel.tunnel_key).status_code == 404
+    with pytest.raises(BadRequestError, match="has no tunnel"):
+        devbox.net.remove_tunnel()
+    # The API itself is unaffected by a tunnel-looking path on the normal host.
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+
+
+def test_an_authenticated_tunnel_needs_its_token(server, devbox):  # noqa: F811
+    tunnel = devbox.net.enable_tunnel(auth_mode="authenticated", http_keep_alive=False)
+    assert tunnel.auth_mode == "authenticated" and tunnel.auth_token and not tunnel.http_keep_alive
+    good = {"X-Runloop-Tunnel-Authorization": f"Bearer {tunnel.auth_token}"}
+    port = start_echo(devbox, server, tunnel.tunnel_key, headers=good)
+    for headers in ({}, {"X-Runloop-Tunnel-Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {tunnel.auth_token}"}):
+        refused = through(server, port, tunnel.tunnel_key, headers=headers)
+        assert (refused.status_code, refused.json()["error_code"]) == (401, "unauthorized")
+    response = through(server, port, tunnel.tunnel_key, "/in", headers=good)
+    assert response.status_code == 200
+    assert "x-runloop-tunnel-authorization" not in response.json()["headers"]  # the token stays with us
+
+
+def test_tunnel_from_create_wakes_a_suspended_devbox(server, sdk):  # noqa: F811
+    box = sdk.devbox.create(tunnel={"auth_mode": "open", "wake_on_http": True})
+    try:
+        tunnel = box.get_tunnel()
+        assert tunnel is not None and tunnel.wake_on_http
+        port = start_echo(box, server, tunnel.tunnel_key)
+        box.suspend()
+        assert sdk.api.devboxes.retrieve(box.id).status == "suspended"
+        response = through(server, port, tunnel.tunnel_key, "/wake")
+        assert response.status_code == 200 and response.json()["path"] == "/wake"
+        assert sdk.api.devboxes.retrieve(box.id).status == "running"
+    finally:
+        box.shutdown()
+    # An ended devbox's tunnel leads nowhere.
+    ended = through(server, port, tunnel.tunnel_key)
+    assert (ended.status_code, ended.json()["error_code"]) == (502, "devbox_not_running")
+
+
+def test_a_suspended_devbox_without_wake_is_not_reached_and_stays_suspended(server, devbox, sdk):  # noqa: F811
+    tunnel = devbox.net.enable_tunnel()
+    port = start_echo(devbox, server, tunnel.tunnel_key)
+    devbox.suspend()
+    refused = through(server, port, tunnel.tunnel_key)
+    assert (refused.status_code, refused.json()["error_code"]) == (502, "devbox_not_running")
+    assert sdk.api.devboxes.retrieve(devbox.id).status == "suspended"
+    devbox.resume()
+    assert through(server, port, tunnel.tunnel_key).status_code == 200
+
+
+def test_tunnel_and_ssh_errors(server, sdk, devbox):  # noqa: F811
+    with pytest.raises(NotFoundError):
+        sdk.api.devboxes.enable_tunnel("dbx_nope")
+    other = RunloopSDK(bearer_token=token(), base_url=server.url, max_retries=0)
+    with pytest.raises(NotFoundError):  # another account's devbox
+        other.api.devboxes.enable_tunnel(devbox.id)
+    with pytest.raises(BadRequestError) as ssh:
+        devbox.net.create_ssh_key()
+    assert json.loads(ssh.value.response.text)["error_code"] == "not_supported"
+    devbox.shutdown()
+    with pytest.raises(BadRequestError, match="not running"):
+        devbox.net.enable_tunnel()

@@ -1,0 +1,344 @@
+"""The tunnel proxy's pure parts: which Host names a tunnel, and the per-devbox cap."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator.api import tunnel_proxy
+from simulator.api.tunnel_proxy import TunnelProxy
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        (f"8080-{KEY}.tunnel.localhost:8484", (b"8080", KEY.encode())),
+        (f"1-{KEY}.tunnel.runloop.ai", (b"1", KEY.encode())),
+        (f"443-{KEY.upper()}.TUNNEL.example", (b"443", KEY.upper().encode())),  # names are case-blind
+        ("127.0.0.1:8484", None),
+        ("localhost", None),
+        (f"{KEY}.tunnel.localhost", None),  # no port
+        (f"x8080-{KEY}.tunnel.localhost", None),
+        (f"123456-{KEY}.tunnel.localhost", None),  # more than 5 digits
+        (f"8080-{KEY}.tunnelx.localhost", None),
+        (f"8080-{KEY}_x.tunnel.localhost", None),
+        (f"evil.com/8080-{KEY}.tunnel.localhost", None),
+    ],
+)
+def test_tunnel_hosts(host, expected):
+    match = tunnel_proxy._TUNNEL_HOST.match(host.encode())
+    assert (match.groups() if match else None) == expected
+
+
+def test_at_most_per_devbox_requests_in_flight():
+    proxy = TunnelProxy(app=None, services=lambda: None)
+    assert all(proxy._enter("dbx_a") for _ in range(tunnel_proxy.PER_DEVBOX))
+    assert not proxy._enter("dbx_a")
+    assert proxy._enter("dbx_b")  # another devbox has its own
+    proxy._leave("dbx_a")
+    assert proxy._enter("dbx_a")
+    for _ in range(tunnel_proxy.PER_DEVBOX):
+        proxy._leave("dbx_a")
+    proxy._leave("dbx_b")
+    assert proxy._in_flight == {}  # nothing left behind
+
+
+# ----------------------------------------------------------------------------- the proxy under uvicorn
+# The real middleware, served by uvicorn (httptools, as in production) on loopback, in front of
+# raw TCP "devbox servers" on loopback; the services are stand-ins that admit every key.
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+
+import h11  # noqa: E402
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+
+TUNNEL = f"-{KEY}.tunnel.localhost"
+
+
+class _Box:
+    def __init__(self, status="running"):
+        self.id, self.account, self.status, self.tunnel = "dbx_t", "acct", status, None
+
+
+class _Tunnels:
+    def __init__(self, status="running", wake_seconds=0.0):
+        self.status, self.wake_seconds = status, wake_seconds
+        self.admitted = self.woken = self.touched = 0
+
+    def admit(self, key, token):
+        self.admitted += 1
+        return _Box(self.status)
+
+    def wake(self, devbox):
+        if devbox.status == "suspended":
+            self.woken += 1
+            time.sleep(self.wake_seconds)  # a resume takes a moment
+            self.status = "running"
+        return _Box("running")
+
+    def reached(self, devbox):
+        self.touched += 1
+
+
+class _Runtime:
+    def tunnel_socket(self, devbox_id):
+        return socket.socket(), "127.0.0.1"
+
+
+async def _api(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"api"})
+
+
+@pytest.fixture
+def proxy():
+    """(base url, the TunnelProxy, its stand-in tunnel service)."""
+    tunnels = _Tunnels()
+    services = types.SimpleNamespace(tunnels=tunnels, runtime=_Runtime())
+    app = TunnelProxy(_api, services=lambda: services)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="off", log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)  # polling the server's start with a deadline
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app, tunnels
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+class Upstream:
+    """A raw TCP server on loopback standing in for a server in a devbox: ``handler(conn)`` runs
+    per connection in a thread; ``port`` to point a tunnel at."""
+
+    def __init__(self, handler):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed at the end of the test
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            conn.settimeout(10)
+            try:
+                self.handler(conn)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def upstream():
+    made = []
+
+    def make(handler) -> Upstream:
+        made.append(Upstream(handler))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def read_request(conn) -> tuple[h11.Request, bytes]:
+    """The request as an HTTP server sees it (h11 decodes chunking)."""
+    parser = h11.Connection(h11.SERVER)
+    request, body = None, b""
+    while True:
+        event = parser.next_event()
+        if event is h11.NEED_DATA:
+            parser.receive_data(conn.recv(65536))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return request, body
+
+
+def host(port) -> dict:
+    return {"Host": f"{port}{TUNNEL}"}
+
+
+def wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)  # polling with a deadline
+
+
+def test_other_hosts_reach_the_api(proxy):
+    url, _, tunnels = proxy
+    assert httpx.get(url).text == "api" and tunnels.admitted == 0
+
+
+def test_a_chunked_request_body_arrives_whole(proxy, upstream):
+    url, app, _ = proxy
+    seen = {}
+
+    def echo(conn):
+        request, body = read_request(conn)
+        seen["headers"], seen["body"] = dict(request.headers), body
+        conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Up: 1\r\nConnection: close, X-Up\r\n\r\nok")
+
+    server = upstream(echo)
+    parts = (f"part{i};".encode() for i in range(50))
+    response = httpx.post(url + "/p", content=parts, headers={**host(server.port), "Connection": "close, X-Drop",
+                                                              "X-Drop": "1", "X-Keep": "1"})
+    assert (response.status_code, response.text) == (201, "ok")
+    assert "x-up" not in response.headers  # named by the devbox's Connection header
+    assert seen["body"] == b"".join(f"part{i};".encode() for i in range(50))
+    assert seen["headers"][b"transfer-encoding"] == b"chunked" and b"x-keep" in seen["headers"]
+    assert b"x-drop" not in seen["headers"]  # named by the client's Connection header
+    wait_for(lambda: app._in_flight == {})
+
+
+def test_head_204_and_304_keep_no_stale_content_length(proxy, upstream):
+    url, _, _ = proxy
+    answers = {
+        "/304": b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: x\r\n\r\n",
+        "/204": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "/head": b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+        "/both": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    }
+
+    def answer(conn):
+        request, _ = read_request(conn)
+        conn.sendall(answers[request.target.decode()])
+
+    server = upstream(answer)
+    with httpx.Client(headers=host(server.port)) as client:
+        not_modified = client.get(url + "/304")
+        assert (not_modified.status_code, not_modified.headers.get("etag"), not_modified.content) == (304, "x", b"")
+        assert "content-length" not in not_modified.headers
+        assert client.get(url + "/204").status_code == 204
+        head = client.head(url + "/head")
+        assert (head.status_code, head.headers["content-length"], head.content) == (200, "7", b"")
+        both = client.get(url + "/both")
+        assert both.content == b"hello" and both.headers.get("content-length") != "100"
+
+
+def test_a_client_going_away_ends_the_stream_at_the_devbox(proxy, upstream):
+    url, app, _ = proxy
+    ended = threading.Event()
+
+    def endless(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(400):  # at most 20 s
+                conn.sendall(b"5\r\ntick\n\r\n")
+                time.sleep(0.05)
+        except OSError:
+            ended.set()  # the proxy closed our connection
+
+    server = upstream(endless)
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.sendall(f"GET /s HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
+    assert b"tick" in client.recv(65536) or b"tick" in client.recv(65536)
+    client.close()
+    assert ended.wait(5), "the devbox kept streaming to a client that had gone"
+    wait_for(lambda: app._in_flight == {})
+
+
+def test_an_early_answer_of_the_devbox_is_passed_on(proxy, upstream):
+    """A server may answer before it read the body (413) and then drain it, as servers do."""
+    url, app, _ = proxy
+
+    def refuse(conn):
+        conn.recv(65536)  # the head and a little of the body
+        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):  # a lingering close: read the rest, then close
+            pass
+
+    server = upstream(refuse)
+    response = httpx.post(url + "/up", content=b"x" * (8 << 20), headers=host(server.port), timeout=20)
+    assert (response.status_code, response.text) == (413, "too big!")
+    wait_for(lambda: app._in_flight == {})  # the app finishes just after the client has it all
+
+
+def test_a_devbox_that_slams_the_door_mid_body_is_a_502_not_a_500(proxy, upstream):
+    url, app, _ = proxy
+
+    def slam(conn):
+        conn.recv(1024)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+
+    server = upstream(slam)
+    response = httpx.post(url + "/up", content=b"x" * (8 << 20), headers=host(server.port), timeout=20)
+    assert response.status_code == 502, (response.status_code, response.headers, response.content)
+    assert (response.status_code, response.json()["error_code"]) == (502, "tunnel_bad_response")
+    wait_for(lambda: app._in_flight == {})
+
+
+def test_no_http_from_the_devbox_is_502(proxy, upstream):
+    url, _, _ = proxy
+
+    def garbage(conn):
+        conn.recv(65536)
+        conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+    server = upstream(garbage)
+    response = httpx.get(url, headers=host(server.port))
+    assert (response.status_code, response.json()["error_code"]) == (502, "tunnel_bad_response")
+
+
+def test_a_bad_port_or_coding_is_refused_before_anything_is_looked_up(proxy):
+    url, _, tunnels = proxy
+    for port in (0, 65536, 99999):
+        response = httpx.get(url, headers={"Host": f"{port}{TUNNEL}"})
+        assert (response.status_code, response.json()["error_code"]) == (400, "invalid_request")
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.sendall(f"POST / HTTP/1.1\r\nHost: 8080{TUNNEL}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".encode())
+    head = client.recv(65536)
+    client.close()
+    assert head.startswith(b"HTTP/1.1 501") or head.startswith(b"HTTP/1.1 400")
+    assert tunnels.admitted == 0
+
+
+def test_concurrent_requests_share_one_resume(proxy, upstream):
+    url, app, tunnels = proxy
+    tunnels.status, tunnels.wake_seconds = "suspended", 0.3
+
+    def ok(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = upstream(ok)
+    results = []
+
+    def get():
+        results.append(httpx.get(url, headers=host(server.port), timeout=10).text)
+
+    threads = [threading.Thread(target=get) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert results == ["ok"] * 5
+    assert tunnels.woken == 1
+    wait_for(lambda: app._in_flight == {} and app._waking == {})

@@ -47,12 +47,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def through(server, port: int, key: str, path: str = "/", method: str = "GET", **kwargs) -> httpx.Response:
+def through(server, port: int, key: str, path: str = "/", method: str = "GET", **kwargs) -> httpx.Response:  # noqa: F811
     return httpx.request(method, f"{server.url}{path}", headers={"Host": f"{port}-{key}.tunnel.localhost",
                                                                   **kwargs.pop("headers", {})}, timeout=10, **kwargs)
 
 
-def start_echo(devbox, server, key: str, headers: dict | None = None) -> int:
+def start_echo(devbox, server, key: str, headers: dict | None = None) -> int:  # noqa: F811
     """The echo server on a free port in the devbox, answering through the tunnel."""
     port = free_port()
     devbox.file.write(file_path="echo_server.py", contents=ECHO_SERVER)

@@ -10,13 +10,17 @@ inside the devbox, on the API's own listener (pure ASGI, in front of the API's r
         streamed back as it comes, until it ends or the client goes away
 
 Other requests pass to the API untouched. What is not proxied: WebSocket and other upgrades
-(refused), transfer codings other than chunked (501), HTTP/2. Hop-by-hop headers (and those
+(refused), CONNECT (405), transfer codings other than chunked (501), HTTP/2. What uvicorn
+could not send (a status outside 200-599, a control character in a header) is a 502 before
+anything is sent; an HTTP/1.0 client gets a length-less response buffered, with a length. Hop-by-hop headers (and those
 ``Connection`` names) are dropped both ways, as is the tunnel's own
 ``X-Runloop-Tunnel-Authorization``; ``Host`` is passed on as the client sent it.
 
 uvicorn neither cancels an app whose client has gone nor fails its ``send``: a watcher on
 ``receive()`` ends the exchange on ``http.disconnect``, or a stream from the devbox would hold
-its connection and slot for as long as the devbox sends.
+its connection and slot for as long as the devbox sends. Likewise a ``send`` to a client that
+stopped reading waits without limit: each is bounded by IDLE_SECONDS, as is each wait for
+the request's body (408).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ CONNECT_SECONDS = 5.0
 IDLE_SECONDS = 300.0  # the longest wait for the next piece either way (long polls and streams included)
 PER_DEVBOX = 64  # tunnel requests in flight per devbox; more get 503
 READ_BYTES = 65536
-TOUCH_EVERY_SECONDS = 1.0  # http_keep_alive: activity recorded at most this often per request
+TOUCH_EVERY_SECONDS = 1.0
+BUFFER_FOR_HTTP10 = 16 << 20  # a length-less response buffered for an HTTP/1.0 client, at most  # http_keep_alive: activity recorded at most this often per request
 
 
 class TunnelProxy:
@@ -79,6 +84,8 @@ class TunnelProxy:
         # The cheap refusals first: nothing is looked up, woken or connected for them.
         if not 1 <= port <= 65535:
             raise TunnelRefused(f"port {port} is not a TCP port", code="invalid_request", status=400)
+        if scope["method"] == "CONNECT":  # a switch to raw bytes, which this proxy does not carry
+            raise TunnelRefused("CONNECT is not passed through a tunnel", code="method_not_allowed", status=405)
         framing = _request_framing(scope)
         services = self._services()
         if services.runtime is None:
@@ -118,6 +125,8 @@ class TunnelProxy:
             pending = asyncio.ensure_future(anyio.to_thread.run_sync(tunnels.wake, devbox))
             self._waking[devbox.id] = pending
             pending.add_done_callback(lambda _: self._waking.pop(devbox.id, None))
+            # Its error is each waiter's; retrieved here too, should every waiter be gone.
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(pending)
 
     def _enter(self, devbox_id: str) -> bool:
@@ -201,7 +210,11 @@ async def _exchange(scope, receive, send, reader, writer, framing, touched: Call
         try:  # the devbox may answer before it read the whole body (e.g. 413): then stop sending
             writer.write(request)
             while True:
-                message = await asyncio.wait_for(receive(), IDLE_SECONDS)
+                try:
+                    message = await asyncio.wait_for(receive(), IDLE_SECONDS)
+                except asyncio.TimeoutError:  # the client stalled: the devbox cannot answer a half body
+                    raise TunnelRefused(f"the request body stalled for {IDLE_SECONDS:g} s", code="request_timeout",
+                                        status=408) from None
                 if message["type"] == "http.disconnect":
                     disconnected.set()
                     return
@@ -222,6 +235,11 @@ async def _exchange(scope, receive, send, reader, writer, framing, touched: Call
         await relay_response(conn)
 
     async def relay_response(conn: h11.Connection) -> None:
+        # An HTTP/1.0 client cannot read chunked: a response of no stated length is buffered
+        # (up to BUFFER_FOR_HTTP10) and sent with one.
+        buffering = scope.get("http_version") == "1.0"
+        held: h11.Response | None = None
+        body = bytearray()
         started = False
         try:
             while True:
@@ -233,15 +251,41 @@ async def _exchange(scope, receive, send, reader, writer, framing, touched: Call
                 if isinstance(event, h11.InformationalResponse):
                     continue
                 if isinstance(event, h11.Response):
-                    started = True
-                    await send({"type": "http.response.start", "status": event.status_code,
-                                "headers": _response_headers(event)})
-                elif isinstance(event, h11.Data):
-                    await send({"type": "http.response.body", "body": bytes(event.data), "more_body": True})
+                    _check_response(event)
                     touched()
+                    headers = _response_headers(event)
+                    if buffering and not any(n == b"content-length" for n, _ in headers) \
+                            and event.status_code not in (204, 304) and scope["method"] != "HEAD":
+                        held = event
+                        continue
+                    started = True
+                    if not await _send(send, {"type": "http.response.start", "status": event.status_code,
+                                              "headers": headers}):
+                        return
+                elif isinstance(event, h11.Data):
+                    touched()
+                    if held is not None:
+                        body += event.data
+                        if len(body) > BUFFER_FOR_HTTP10:
+                            raise TunnelRefused(f"a response of no stated length over {BUFFER_FOR_HTTP10} bytes "
+                                                "cannot go to an HTTP/1.0 client", code="tunnel_bad_response", status=502)
+                    elif not await _send(send, {"type": "http.response.body", "body": bytes(event.data), "more_body": True}):
+                        return
                 elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     break
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:  # h11.PAUSED (a protocol switch) or anything else: nothing more is HTTP
+                    if not started and held is None:
+                        raise TunnelRefused("the devbox's server switched protocols", code="tunnel_bad_response",
+                                            status=502)
+                    break
+            if held is not None:
+                started = True
+                headers = [*_response_headers(held), (b"content-length", str(len(body)).encode())]
+                if not await _send(send, {"type": "http.response.start", "status": held.status_code, "headers": headers}):
+                    return
+                await _send(send, {"type": "http.response.body", "body": bytes(body), "more_body": False})
+                return
+            await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
         except (h11.RemoteProtocolError, asyncio.TimeoutError, OSError) as exc:
             if not started:
                 raise TunnelRefused(f"the devbox's server gave no HTTP response ({type(exc).__name__}: {exc})",
@@ -267,6 +311,32 @@ async def _exchange(scope, receive, send, reader, writer, framing, touched: Call
     finally:
         for task in (exchange, gone, *watchers):
             task.cancel()
+
+
+async def _send(send, message: dict) -> bool:
+    """Pass a piece of the response on; False when the client is gone or has not read for
+    IDLE_SECONDS (uvicorn's send then waits without limit; on a transport already closed,
+    uvloop raises RuntimeError)."""
+    try:
+        await asyncio.wait_for(send(message), IDLE_SECONDS)
+    except (asyncio.TimeoutError, RuntimeError, OSError):
+        return False
+    return True
+
+
+_BAD_HEADER_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_response(event: h11.Response) -> None:
+    """What uvicorn would refuse only once the response counts as started (a status it has no
+    line for, a control character h11 lets through): a 502 while one can still be sent."""
+    if not 200 <= event.status_code <= 599:
+        raise TunnelRefused(f"the devbox's server answered status {event.status_code}", code="tunnel_bad_response",
+                            status=502)
+    for name, value in event.headers:
+        if _BAD_HEADER_VALUE.search(value):
+            raise TunnelRefused(f"the devbox's server sent header {name.decode('latin-1')!r} with a control character",
+                                code="tunnel_bad_response", status=502)
 
 
 def _response_headers(event: h11.Response) -> list[tuple[bytes, bytes]]:

@@ -342,3 +342,103 @@ def test_concurrent_requests_share_one_resume(proxy, upstream):
     assert results == ["ok"] * 5
     assert tunnels.woken == 1
     wait_for(lambda: app._in_flight == {} and app._waking == {})
+
+
+def test_connect_is_refused_and_the_listener_stays_up(proxy, upstream):
+    url, _, tunnels = proxy
+
+    def agree(conn):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+    server = upstream(agree)
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.settimeout(5)
+    client.sendall(f"CONNECT /x HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
+    assert client.recv(65536).startswith(b"HTTP/1.1 405")
+    client.close()
+    assert httpx.get(url, timeout=5).text == "api"  # the event loop is free
+    assert tunnels.admitted == 0
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n",
+])
+def test_what_uvicorn_cannot_send_is_a_502_not_a_broken_reply(proxy, upstream, answer):
+    url, app, _ = proxy
+
+    def odd(conn):
+        read_request(conn)
+        conn.sendall(answer)
+
+    server = upstream(odd)
+    response = httpx.get(url, headers=host(server.port))
+    assert (response.status_code, response.json()["error_code"]) == (502, "tunnel_bad_response")
+    wait_for(lambda: app._in_flight == {})
+
+
+def test_an_http10_client_gets_a_length_not_chunks(proxy, upstream):
+    url, _, _ = proxy
+
+    def until_close(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"a" * 100000)
+
+    server = upstream(until_close)
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.settimeout(10)
+    client.sendall(f"GET / HTTP/1.0\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+    client.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-length: 100000" in head.lower() and b"chunked" not in head.lower()
+    assert body == b"a" * 100000
+
+
+def test_a_bodyless_answer_counts_as_activity(proxy, upstream):
+    url, _, tunnels = proxy
+
+    def empty(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    server = upstream(empty)
+    assert httpx.get(url, headers=host(server.port)).status_code == 204
+    assert tunnels.touched == 1
+
+
+def test_a_stalled_request_body_is_a_408(proxy, upstream, monkeypatch):
+    url, app, _ = proxy
+    monkeypatch.setattr(tunnel_proxy, "IDLE_SECONDS", 0.5)
+    server = upstream(lambda conn: conn.recv(65536) and time.sleep(3))
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.settimeout(5)
+    client.sendall(f"POST / HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\nContent-Length: 10\r\n\r\nabc".encode())
+    assert client.recv(65536).startswith(b"HTTP/1.1 408")
+    client.close()
+    wait_for(lambda: app._in_flight == {})
+
+
+def test_a_client_that_stops_reading_gives_its_slot_back(proxy, upstream, monkeypatch):
+    url, app, _ = proxy
+    monkeypatch.setattr(tunnel_proxy, "IDLE_SECONDS", 0.5)
+
+    def flood(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"z" * 65536)
+        for _ in range(1024):  # at most 64 MiB, until the proxy lets go
+            conn.sendall(chunk)
+
+    server = upstream(flood)
+    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.sendall(f"GET / HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
+    try:
+        wait_for(lambda: app._in_flight == {"dbx_t": 1})
+        wait_for(lambda: app._in_flight == {}, seconds=10)  # released though the client is still connected
+    finally:
+        client.close()

@@ -179,6 +179,11 @@ def read_request(conn) -> tuple[h11.Request, bytes]:
             return request, body
 
 
+def raw_client(url: str) -> socket.socket:
+    """A plain TCP connection to the proxy, for what httpx would not send (or not read)."""
+    return socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+
+
 def host(port) -> dict:
     return {"Host": f"{port}{TUNNEL}"}
 
@@ -256,7 +261,7 @@ def test_a_client_going_away_ends_the_stream_at_the_devbox(proxy, upstream):
             ended.set()  # the proxy closed our connection
 
     server = upstream(endless)
-    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client = raw_client(url)
     client.sendall(f"GET /s HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
     assert b"tick" in client.recv(65536) or b"tick" in client.recv(65536)
     client.close()
@@ -291,7 +296,7 @@ def test_a_devbox_that_slams_the_door_mid_body_is_a_502_not_a_500(proxy, upstrea
     server = upstream(slam)
     response = httpx.post(url + "/up", content=b"x" * (8 << 20), headers=host(server.port), timeout=20)
     assert response.status_code == 502, (response.status_code, response.headers, response.content)
-    assert (response.status_code, response.json()["error_code"]) == (502, "tunnel_bad_response")
+    assert response.json()["error_code"] == "tunnel_bad_response"
     wait_for(lambda: app._in_flight == {})
 
 
@@ -312,7 +317,7 @@ def test_a_bad_port_or_coding_is_refused_before_anything_is_looked_up(proxy):
     for port in (0, 65536, 99999):
         response = httpx.get(url, headers={"Host": f"{port}{TUNNEL}"})
         assert (response.status_code, response.json()["error_code"]) == (400, "invalid_request")
-    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client = raw_client(url)
     client.sendall(f"POST / HTTP/1.1\r\nHost: 8080{TUNNEL}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".encode())
     head = client.recv(65536)
     client.close()
@@ -352,7 +357,7 @@ def test_connect_is_refused_and_the_listener_stays_up(proxy, upstream):
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
     server = upstream(agree)
-    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client = raw_client(url)
     client.settimeout(5)
     client.sendall(f"CONNECT /x HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
     assert client.recv(65536).startswith(b"HTTP/1.1 405")
@@ -386,7 +391,7 @@ def test_an_http10_client_gets_a_length_not_chunks(proxy, upstream):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"a" * 100000)
 
     server = upstream(until_close)
-    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client = raw_client(url)
     client.settimeout(10)
     client.sendall(f"GET / HTTP/1.0\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
     data = b""
@@ -414,7 +419,7 @@ def test_a_stalled_request_body_is_a_408(proxy, upstream, monkeypatch):
     url, app, _ = proxy
     monkeypatch.setattr(tunnel_proxy, "IDLE_SECONDS", 0.5)
     server = upstream(lambda conn: conn.recv(65536) and time.sleep(3))
-    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client = raw_client(url)
     client.settimeout(5)
     client.sendall(f"POST / HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\nContent-Length: 10\r\n\r\nabc".encode())
     assert client.recv(65536).startswith(b"HTTP/1.1 408")
@@ -439,7 +444,7 @@ def test_a_client_that_stops_reading_gives_its_slot_back(proxy, upstream, monkey
             let_go.set()  # the proxy closed our connection
 
     server = upstream(flood)
-    client = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    client = raw_client(url)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client.sendall(f"GET / HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
     try:

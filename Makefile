@@ -18,5 +18,5 @@ BENCHES ?= policies_api policy_update devbox_create resolver resolve_connect thr
 # Each benchmark prints ratios against a baseline from the same run and writes
 # bench/results/<name>.json. Most need root (namespaces); none sends packets off the machine.
 bench:
-	./scripts/bootstrap.sh --test
+	./scripts/bootstrap.sh --bench
 	for b in $(BENCHES); do .venv/bin/python bench/$$b.py || exit 1; done

@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WITH_TEST=0
-[ "${1:-}" = "--test" ] && WITH_TEST=1
+WITH_BENCH=0
+case "${1:-}" in
+  --test) WITH_TEST=1 ;;
+  --bench) WITH_TEST=1; WITH_BENCH=1 ;;  # what the tests need, and the benchmarks' extras
+esac
 
 # busybox-static: the docker runtime's default image is built from it, offline.
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make nftables libnftables1 iproute2 conntrack
@@ -15,6 +19,9 @@ APT_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make nftables libnf
 # docker.io runs the real-traffic suite a second time, on the docker runtime.
 TEST_APT_PACKAGES=(vagrant ruby docker.io)
 [ "$WITH_TEST" = 1 ] && APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
+# Only with --bench: dnsmasq (the binary, no service) is bench/resolver.py's native upstream.
+BENCH_APT_PACKAGES=(dnsmasq-base)
+[ "$WITH_BENCH" = 1 ] && APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}")
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -146,6 +146,7 @@ def _start(args: argparse.Namespace):
         raise
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=False, log_config=None,
+        ws="wsproto",  # tunnels carry WebSockets (the API itself has none: its routes refuse them)
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).

@@ -6,12 +6,20 @@ the devbox (the Runloop URL is ``https://{port}-{tunnel_key}.tunnel.runloop.ai``
 the capability (128 random bits): a tunnel request needs no API key, only, for an
 ``authenticated`` tunnel, ``X-Runloop-Tunnel-Authorization: Bearer <auth_token>``. One tunnel
 per devbox; it lasts as long as the devbox (suspend and resume keep it).
+
+Open connections: the proxy registers each connection it holds to a devbox (``hold``). When
+the devbox ends they are all cut (its server is gone, and no reset would come from a removed
+namespace); when the tunnel is removed, its WebSockets are cut (HTTP requests already
+forwarded run to their end).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +32,8 @@ if TYPE_CHECKING:
     from simulator.devboxes import DevboxService  # which imports new_tunnel from here
 
 AUTH_HEADER = "x-runloop-tunnel-authorization"
+
+log = logging.getLogger(__name__)
 
 
 def new_tunnel(params: dict[str, Any] | None, now_ms: int) -> Tunnel:
@@ -53,6 +63,10 @@ class TunnelService:
     def __init__(self, db: Database, devboxes: DevboxService):
         self.db = db
         self.devboxes = devboxes
+        # devbox id -> {cut callable: True if the tunnel's removal cuts it too}
+        self._held: dict[str, dict[Callable[[], None], bool]] = {}
+        self._held_lock = threading.Lock()
+        devboxes.add_terminal_hook(lambda devbox: self._cut(devbox.id, ended=True))
 
     # --- API actions -------------------------------------------------------------------
 
@@ -70,14 +84,15 @@ class TunnelService:
         return tunnel
 
     def remove_tunnel(self, account: str, devbox_id: str) -> None:
-        """400 when the devbox has no tunnel. New requests to its URL get 404 at once (those
-        already forwarded run to their end)."""
+        """400 when the devbox has no tunnel. New requests to its URL get 404 at once; its
+        WebSockets are closed, HTTP requests already forwarded run to their end."""
         self.devboxes.require_runtime()
         with self.db.transaction() as conn:
             devbox = found(devbox_store.get(conn, account, devbox_id), "devbox", devbox_id)
             if devbox.tunnel is None:
                 raise InvalidRequest(f"devbox {devbox_id} has no tunnel", code="no_tunnel")
             devbox_store.update(conn, replace(devbox, tunnel=None))
+        self._cut(devbox_id, ended=False)
 
     # --- for the proxy -------------------------------------------------------------------
 
@@ -96,6 +111,32 @@ class TunnelService:
                     f"tunnel {tunnel_key!r} needs {AUTH_HEADER}: Bearer <auth_token>", code="unauthorized", status=401
                 )
         return devbox
+
+    def hold(self, devbox_id: str, cut: Callable[[], None], *, cut_on_removal: bool) -> Callable[[], None]:
+        """Register an open connection to the devbox; ``cut()`` (thread-safe, quick) ends it.
+        Returns the release to call when it ends by itself."""
+        with self._held_lock:
+            self._held.setdefault(devbox_id, {})[cut] = cut_on_removal
+
+        def release() -> None:
+            with self._held_lock:
+                held = self._held.get(devbox_id)
+                if held is not None:
+                    held.pop(cut, None)
+                    if not held:
+                        del self._held[devbox_id]
+
+        return release
+
+    def _cut(self, devbox_id: str, *, ended: bool) -> None:
+        with self._held_lock:
+            held = self._held.get(devbox_id, {})
+            cuts = [cut for cut, on_removal in held.items() if ended or on_removal]
+        for cut in cuts:
+            try:
+                cut()
+            except Exception:
+                log.exception("could not cut a tunnel connection to %s", devbox_id)
 
     def reached(self, devbox: Devbox) -> None:
         """A request went through: activity, if the tunnel says it counts."""

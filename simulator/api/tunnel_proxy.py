@@ -8,9 +8,12 @@ inside the devbox, on the API's own listener (pure ASGI, in front of the API's r
         shared resume on wake_on_http) -> runtime.tunnel_socket (a socket in the router
         namespace) -> devbox_ip:8080, the request forwarded as HTTP/1.1 (h11), the response
         streamed back as it comes, until it ends or the client goes away
+        (a WebSocket: the same way in, then ``tunnel_websocket.relay``)
 
-Other requests pass to the API untouched. What is not proxied: WebSocket and other upgrades
-(refused), CONNECT (405), transfer codings other than chunked (501), HTTP/2. What uvicorn
+Other requests pass to the API untouched. What is not proxied: upgrades other than WebSocket
+(the Upgrade header is dropped), CONNECT (405), transfer codings other than chunked (501),
+HTTP/2. Every connection to a devbox is registered with ``TunnelService.hold``: the devbox
+ending cuts it. What uvicorn
 could not send (a status outside 200-599, a control character in a header) is a 502 before
 anything is sent; an HTTP/1.0 client gets a length-less response buffered, with a length. Hop-by-hop headers (and those
 ``Connection`` names) are dropped both ways, as is the tunnel's own
@@ -36,17 +39,14 @@ from collections.abc import Awaitable, Callable
 import anyio.to_thread
 import h11
 
+from simulator.api import tunnel_websocket
+from simulator.api.tunnel_headers import end_to_end as _end_to_end
 from simulator.errors import ApiError
 from simulator.tunnels import AUTH_HEADER, TunnelRefused
 
 log = logging.getLogger(__name__)
 
 _TUNNEL_HOST = re.compile(rb"^(\d{1,5})-([a-z0-9]{1,64})\.tunnel\.", re.IGNORECASE)
-# RFC 9110 7.6.1, plus what this proxy sets itself or keeps to itself.
-_HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection", b"te",
-    b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"host", AUTH_HEADER.encode(),
-})
 CONNECT_SECONDS = 5.0
 IDLE_SECONDS = 300.0  # the longest wait for the next piece either way (long polls and streams included)
 PER_DEVBOX = 64  # tunnel requests in flight per devbox; more get 503
@@ -70,23 +70,25 @@ class TunnelProxy:
         match = _TUNNEL_HOST.match(host)
         if match is None:
             return await self.app(scope, receive, send)
-        if scope["type"] == "websocket":
-            await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": 1003})
-            return
         port, key = int(match.group(1)), match.group(2).decode().lower()
+        if scope["type"] == "websocket" and (await receive())["type"] != "websocket.connect":
+            return  # the client left before its handshake was read
         try:
             await self._forward(scope, receive, send, port, key)
         except ApiError as refused:
-            await _error(send, refused.status, refused.code, refused.message)
+            if scope["type"] == "websocket":
+                await tunnel_websocket.refuse(scope, send, refused.status, _error_body(refused.code, refused.message))
+            else:
+                await _error(send, refused.status, refused.code, refused.message)
 
     async def _forward(self, scope, receive, send, port: int, key: str) -> None:
         # The cheap refusals first: nothing is looked up, woken or connected for them.
         if not 1 <= port <= 65535:
             raise TunnelRefused(f"port {port} is not a TCP port", code="invalid_request", status=400)
-        if scope["method"] == "CONNECT":  # a switch to raw bytes, which this proxy does not carry
+        websocket = scope["type"] == "websocket"
+        if not websocket and scope["method"] == "CONNECT":  # a switch to raw bytes, not carried
             raise TunnelRefused("CONNECT is not passed through a tunnel", code="method_not_allowed", status=405)
-        framing = _request_framing(scope)
+        framing = [] if websocket else _request_framing(scope)
         services = self._services()
         if services.runtime is None:
             raise TunnelRefused("this simulator runs no devboxes", code="no_runtime", status=503)
@@ -107,10 +109,15 @@ class TunnelProxy:
             except BaseException:
                 sock.close()
                 raise
+            release = services.tunnels.hold(devbox.id, _cutter(writer), cut_on_removal=websocket)
             try:
                 touched = _Toucher(services.tunnels, devbox)
-                await _exchange(scope, receive, send, reader, writer, framing, touched)
+                if websocket:
+                    await tunnel_websocket.relay(scope, receive, send, reader, writer, touched)
+                else:
+                    await _exchange(scope, receive, send, reader, writer, framing, touched)
             finally:
+                release()
                 writer.close()
         finally:
             self._leave(devbox.id)
@@ -158,6 +165,19 @@ class _Toucher:
             self._tunnels.reached(self._devbox)
 
 
+def _cutter(writer: asyncio.StreamWriter) -> Callable[[], None]:
+    """A thread-safe close of ``writer``: its reader then sees the end, and the exchange ends."""
+    loop = asyncio.get_running_loop()
+
+    def cut() -> None:
+        try:
+            loop.call_soon_threadsafe(writer.close)
+        except RuntimeError:  # the loop is closed: so is the connection
+            pass
+
+    return cut
+
+
 def _request_framing(scope) -> list[tuple[bytes, bytes]]:
     """How the request's body goes on: its Content-Length, chunked, or no body."""
     headers = scope.get("headers", ())
@@ -169,12 +189,6 @@ def _request_framing(scope) -> list[tuple[bytes, bytes]]:
         return [(b"transfer-encoding", b"chunked")]
     length = next((v for n, v in headers if n == b"content-length"), None)
     return [(b"content-length", length)] if length is not None else []
-
-
-def _end_to_end(headers) -> list[tuple[bytes, bytes]]:
-    """``headers`` less the hop-by-hop ones and those their ``Connection`` names."""
-    named = {token.strip().lower() for n, v in headers if n.lower() == b"connection" for token in v.split(b",")}
-    return [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP and n.lower() not in named]
 
 
 async def _connect(sock, address: str, port: int, devbox_id: str):
@@ -349,8 +363,12 @@ def _response_headers(event: h11.Response) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def _error_body(code: str, message: str) -> bytes:
+    return json.dumps({"message": message, "error_code": code}).encode()
+
+
 async def _error(send: Callable[[dict], Awaitable[None]], status: int, code: str, message: str) -> None:
-    body = json.dumps({"message": message, "error_code": code}).encode()
+    body = _error_body(code, message)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

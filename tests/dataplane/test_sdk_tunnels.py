@@ -2,8 +2,9 @@
 a server started in the devbox is reached through the API's listener with the Host
 ``{port}-{tunnel_key}.tunnel.localhost``.
 
-Runs on the netns runtime (privileged), on the subprocess test double (there the devbox's
-ports are the host's loopback ports), and again on Docker (tests/docker/test_sdk_tunnels_docker.py).
+WebSockets go the same way. Runs on the netns runtime (privileged), on the subprocess test
+double (there the devbox's ports are the host's loopback ports), and again on Docker
+(tests/docker/test_sdk_tunnels_docker.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import time
 import httpx
 import pytest
 from runloop_api_client import BadRequestError, NotFoundError, RunloopSDK
+from wsproto.events import AcceptConnection, CloseConnection, Message
 
 from tests.dataplane.test_sdk_lifecycle import devbox, sdk, server, token  # noqa: F401 (fixtures)
+from tests.ws_peer import handshake
 
 # Echoes each request as JSON: method, path, headers (lower case), body (content-length only).
 ECHO_SERVER = """
@@ -37,6 +40,57 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+# A WebSocket echo server with the standard library only (the devbox's python3 has nothing
+# else): the handshake (its 101 names the path it was asked for, in x-path), then each frame's
+# payload back in one unmasked frame of the same kind; a ping gets a pong, a close its echo.
+WS_ECHO_SERVER = r"""
+import base64, hashlib, socket, struct, sys, threading
+def exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+def serve(conn):
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        lines = head.split(b"\r\n")
+        headers = {k.lower(): v for k, _, v in (line.partition(b": ") for line in lines[1:])}
+        if b"sec-websocket-key" not in headers:
+            conn.sendall(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
+            return
+        accept = base64.b64encode(hashlib.sha1(headers[b"sec-websocket-key"] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                     b"sec-websocket-accept: " + accept + b"\r\nx-path: " + lines[0].split(b" ")[1] + b"\r\n\r\n")
+        while True:
+            first, second = exact(conn, 2)
+            opcode, size = first & 0x0F, second & 0x7F
+            if size == 126:
+                size = struct.unpack("!H", exact(conn, 2))[0]
+            elif size == 127:
+                size = struct.unpack("!Q", exact(conn, 8))[0]
+            mask = exact(conn, 4) if second & 0x80 else bytes(4)
+            payload = bytes(c ^ mask[i % 4] for i, c in enumerate(exact(conn, size)))
+            kind = 10 if opcode == 9 else opcode
+            length = bytes([len(payload)]) if len(payload) < 126 else bytes([126]) + struct.pack("!H", len(payload))
+            conn.sendall(bytes([0x80 | kind]) + length + payload)
+            if opcode == 8:
+                return
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(16)
+while True:
+    threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
 """
 
 
@@ -155,3 +209,55 @@ def test_tunnel_and_ssh_errors(server, sdk, devbox):  # noqa: F811
     devbox.shutdown()
     with pytest.raises(BadRequestError, match="not running"):
         devbox.net.enable_tunnel()
+
+
+def ws_connect(server, port: int | None, key: str, target: str = "/"):  # noqa: F811
+    """A WebSocket client through the tunnel to ``port`` (None: to the API itself)."""
+    host, api_port = server.url.removeprefix("http://").rsplit(":", 1)
+    name = f"{host}:{api_port}" if port is None else f"{port}-{key}.tunnel.localhost"
+    return handshake((host, int(api_port)), name, target)
+
+
+def start_ws_echo(devbox, server, key: str) -> int:  # noqa: F811
+    """The WebSocket echo server on a free port in the devbox, accepting through the tunnel."""
+    port = free_port()
+    devbox.file.write(file_path="ws_echo_server.py", contents=WS_ECHO_SERVER)
+    devbox.cmd.exec_async(f"python3 ws_echo_server.py {port}")
+    deadline = time.monotonic() + 15
+    while True:
+        client, answer = ws_connect(server, port, key)
+        client.sock.close()
+        if isinstance(answer, AcceptConnection):
+            return port
+        rejection, body = answer
+        assert b"tunnel_connect_failed" in body, (rejection, body)  # not listening yet
+        assert time.monotonic() < deadline, "the WebSocket server never answered through the tunnel"
+        time.sleep(0.1)  # polling the server's start with a deadline
+
+
+def test_a_websocket_reaches_a_server_in_the_devbox_and_ends_with_the_tunnel_or_the_devbox(server, devbox):  # noqa: F811
+    tunnel = devbox.net.enable_tunnel()
+    port = start_ws_echo(devbox, server, tunnel.tunnel_key)
+    _, (rejection, _body) = ws_connect(server, None, "", "/v1/devboxes")
+    assert rejection.status_code == 403  # the API has no WebSocket of its own
+    client, answer = ws_connect(server, port, tunnel.tunnel_key, "/live?session=1")
+    assert (b"x-path", b"/live?session=1") in answer.extra_headers  # the path reached the devbox
+    client.send(Message(data="hello devbox"))
+    assert client.message() == "hello devbox"
+    client.send(Message(data=bytes(range(256)) * 16))
+    assert client.message() == bytes(range(256)) * 16
+    # Removing the tunnel closes its WebSockets (new ones get 404 like any request).
+    devbox.net.remove_tunnel()
+    closed = client.next()
+    assert isinstance(closed, CloseConnection) and closed.code == 1001
+    _, (rejection, _body) = ws_connect(server, port, tunnel.tunnel_key)
+    assert rejection.status_code == 404
+    # The devbox ending closes them too, at once (its server cannot say so itself on netns:
+    # its namespace is gone).
+    tunnel = devbox.net.enable_tunnel()
+    client, answer = ws_connect(server, port, tunnel.tunnel_key)
+    client.send(Message(data="still there"))
+    assert client.message() == "still there"
+    devbox.shutdown()
+    closed = client.next()
+    assert isinstance(closed, CloseConnection) and closed.code in (1001, 1011), closed

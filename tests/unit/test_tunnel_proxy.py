@@ -69,6 +69,7 @@ class _Tunnels:
     def __init__(self, status="running", wake_seconds=0.0):
         self.status, self.wake_seconds = status, wake_seconds
         self.admitted = self.woken = self.touched = 0
+        self.held: list = []  # the cuts of the connections open to the devbox
 
     def admit(self, key, token):
         self.admitted += 1
@@ -83,6 +84,10 @@ class _Tunnels:
 
     def reached(self, devbox):
         self.touched += 1
+
+    def hold(self, devbox_id, cut, *, cut_on_removal):
+        self.held.append(cut)
+        return lambda: self.held.remove(cut)
 
 
 class _Runtime:
@@ -103,7 +108,7 @@ def proxy():
     app = TunnelProxy(_api, services=lambda: services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="off", log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", ws="wsproto", lifespan="off", log_level="error"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -267,6 +272,36 @@ def test_a_client_going_away_ends_the_stream_at_the_devbox(proxy, upstream):
     client.close()
     assert ended.wait(5), "the devbox kept streaming to a client that had gone"
     wait_for(lambda: app._in_flight == {})
+
+
+def test_a_cut_ends_a_stream_from_a_devbox_that_went_silent(proxy, upstream):
+    """What TunnelService does when the devbox ends: a netns devbox's server cannot close its
+    side (its namespace is gone), so the proxy's cut is what ends the client's response."""
+    url, app, tunnels = proxy
+    release = threading.Event()
+
+    def silent(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ntick\n\r\n")
+        release.wait(20)  # then nothing more, and no close: as from a removed namespace
+
+    server = upstream(silent)
+    client = raw_client(url)
+    client.settimeout(10)
+    try:
+        client.sendall(f"GET /s HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
+        received = client.recv(65536)
+        while b"tick" not in received:
+            received += client.recv(65536)
+        wait_for(lambda: len(tunnels.held) == 1)
+        tunnels.held[0]()
+        while chunk := client.recv(65536):  # the response ends (cut short), within the timeout
+            received += chunk
+        assert not received.endswith(b"0\r\n\r\n")  # no clean end: the client sees it was cut
+        wait_for(lambda: tunnels.held == [] and app._in_flight == {})
+    finally:
+        release.set()
+        client.close()
 
 
 def test_an_early_answer_of_the_devbox_is_passed_on(proxy, upstream):

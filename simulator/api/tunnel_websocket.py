@@ -1,0 +1,226 @@
+"""WebSocket through a tunnel: the client's handshake is made again to the devbox's server
+(wsproto as the client), and once that server accepts, messages go both ways until a side
+closes.
+
+::
+
+    client --ws--> uvicorn (wsproto) --ASGI websocket--> TunnelProxy (admit, slot, wake,
+        connect: as for HTTP) --> relay(): handshake to devbox_ip:port
+            accepted: its subprotocol and headers to the client, then messages both ways
+            refused:  its status, headers and body as the client's HTTP response
+
+Frames are not copied: uvicorn ends the client's WebSocket and wsproto the devbox's, so each
+side has its own pings and compression. Messages (text or binary, whole), and the close code
+and reason, cross. Bounds: a message from the devbox is at most MAX_MESSAGE bytes (the
+client's are bounded by uvicorn's ws_max_size, also 16 MiB): more closes both sides with 1009;
+a side that does not take what is sent for SEND_SECONDS ends it. An idle WebSocket is left
+open; the devbox ending (or the tunnel's removal) cuts it: the client gets 1001. A devbox
+server that drops the connection without a close frame gives the client 1011.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from simulator.api.tunnel_headers import end_to_end
+from simulator.tunnels import TunnelRefused
+
+HANDSHAKE_SECONDS = 30.0  # the devbox's server answers the handshake within this, or 504
+SEND_SECONDS = 300.0  # the longest wait for either side to take what is sent to it
+MAX_MESSAGE = 16 << 20
+MAX_REFUSAL_BODY = 1 << 20  # a refused handshake's body, passed on whole
+READ_BYTES = 65536
+# The handshake's own headers: each side's are made by its own end (uvicorn, wsproto).
+_HANDSHAKE = frozenset({
+    b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-protocol", b"sec-websocket-extensions",
+    b"sec-websocket-accept",
+})
+# Close codes a close frame cannot carry (RFC 6455 7.4.1), and what is sent instead.
+_UNSENDABLE = {1005: 1000, 1006: 1001, 1015: 1001}
+
+
+async def refuse(scope, send, status: int, body: bytes, headers=((b"content-type", b"application/json"),)) -> None:
+    """Answer the handshake with an HTTP response (uvicorn's websocket.http.response), or,
+    where the server has no such extension, with a bare 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
+async def relay(scope, receive, send, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                touched: Callable[[], None]) -> None:
+    """The handshake with the devbox's server, then its answer to the client, then the
+    messages. Raises TunnelRefused only before the client has an answer."""
+    ws = WSConnection(ConnectionType.CLIENT)
+    target = scope.get("raw_path") or scope["path"].encode()
+    if scope.get("query_string"):
+        target += b"?" + scope["query_string"]
+    host = next((v for n, v in scope.get("headers", ()) if n == b"host"), b"")
+    try:
+        writer.write(ws.send(Request(
+            host=host.decode("latin-1"), target=target.decode("latin-1"),
+            subprotocols=list(scope.get("subprotocols") or ()),
+            extra_headers=end_to_end(scope.get("headers", ()), also=_HANDSHAKE),
+        )))
+    except (LocalProtocolError, UnicodeError) as exc:
+        raise TunnelRefused(f"cannot forward this handshake: {exc}", code="invalid_request", status=400) from None
+    answer, events = await _handshake(ws, reader)
+    if not isinstance(answer, AcceptConnection):
+        rejection, body = answer
+        await refuse(scope, send, rejection.status_code, body, end_to_end(rejection.headers, also=_HANDSHAKE))
+        return
+    await send({"type": "websocket.accept", "subprotocol": answer.subprotocol,
+                "headers": end_to_end(answer.extra_headers, also=_HANDSHAKE)})
+    touched()
+    to_devbox = asyncio.ensure_future(_client_to_devbox(receive, send, ws, writer, touched))
+    to_client = asyncio.ensure_future(_devbox_to_client(send, ws, reader, writer, touched, events))
+    try:
+        await asyncio.wait([to_devbox, to_client], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (to_devbox, to_client):
+            task.cancel()
+        await asyncio.gather(to_devbox, to_client, return_exceptions=True)
+
+
+async def _handshake(ws: WSConnection, reader: asyncio.StreamReader):
+    """(the devbox server's AcceptConnection, the events that came with it: frames sent right
+    after the handshake), or ((RejectConnection, its body), [])."""
+    rejection, body = None, bytearray()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDSHAKE_SECONDS
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(READ_BYTES), max(0.0, deadline - loop.time()))
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return event, list(ws.events())  # the rest of what this read brought
+                if isinstance(event, RejectConnection):
+                    rejection = event
+                    if not event.has_body:
+                        return (rejection, b""), []
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if len(body) > MAX_REFUSAL_BODY:
+                        raise TunnelRefused(f"the devbox's server refused the WebSocket with a body over "
+                                            f"{MAX_REFUSAL_BODY} bytes", code="tunnel_bad_response", status=502)
+                    if event.body_finished:
+                        return (rejection, bytes(body)), []
+                elif isinstance(event, CloseConnection):  # the connection ended first
+                    raise RemoteProtocolError("connection closed during the handshake", event_hint=None)
+            if not data:
+                raise RemoteProtocolError("connection closed during the handshake", event_hint=None)
+    except asyncio.TimeoutError:
+        raise TunnelRefused(f"the devbox's server did not answer the WebSocket handshake within "
+                            f"{HANDSHAKE_SECONDS:g} s", code="tunnel_timeout", status=504) from None
+    except (RemoteProtocolError, OSError) as exc:
+        raise TunnelRefused(f"the devbox's server did not accept a WebSocket ({exc})", code="tunnel_bad_response",
+                            status=502) from None
+
+
+async def _client_to_devbox(receive, send, ws: WSConnection, writer, touched) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text") or ""
+            try:
+                out = ws.send(Message(data=data))
+            except LocalProtocolError:
+                return  # the devbox is closing: its close frame ends the relay
+            if not await _to_devbox(writer, out):
+                await _to_client(send, {"type": "websocket.close", "code": 1011,
+                                        "reason": "the devbox's server stopped taking messages"})
+                return
+            touched()
+        elif message["type"] == "websocket.disconnect":
+            if ws.state is ConnectionState.OPEN:
+                code = message.get("code") or 1005
+                reason = message.get("reason") or ""
+                await _to_devbox(writer, ws.send(CloseConnection(code=_UNSENDABLE.get(code, code), reason=reason)))
+            return
+
+
+async def _devbox_to_client(send, ws: WSConnection, reader, writer, touched, events) -> None:
+    parts: list = []
+    size = 0
+    data = b"(the handshake's read)"
+    while True:
+        for event in events:
+            if isinstance(event, (TextMessage, BytesMessage)):
+                size += len(event.data)
+                if size > MAX_MESSAGE:
+                    await _to_devbox(writer, ws.send(CloseConnection(code=1009, reason="message too big")))
+                    await _to_client(send, {"type": "websocket.close", "code": 1009,
+                                            "reason": f"a message from the devbox exceeded {MAX_MESSAGE} bytes"})
+                    return
+                parts.append(event.data)
+                if event.message_finished:
+                    key = "text" if isinstance(event, TextMessage) else "bytes"
+                    payload = ("" if key == "text" else b"").join(parts)
+                    parts, size = [], 0
+                    if not await _to_client(send, {"type": "websocket.send", key: payload}):
+                        return
+                    touched()
+            elif isinstance(event, Ping):
+                await _to_devbox(writer, ws.send(event.response()))
+                touched()
+            elif isinstance(event, CloseConnection):
+                if ws.state is ConnectionState.REMOTE_CLOSING:
+                    await _to_devbox(writer, ws.send(event.response()))  # the closing handshake
+                if event.code == 1006:  # no close frame: the connection just ended
+                    code, reason = (1001, "the devbox ended or its tunnel was removed") if writer.is_closing() \
+                        else (1011, "the devbox's server closed the connection")
+                else:
+                    code, reason = _UNSENDABLE.get(event.code, event.code), event.reason or ""
+                await _to_client(send, {"type": "websocket.close", "code": code, "reason": reason})
+                return
+        if not data:
+            return
+        try:
+            data = await reader.read(READ_BYTES)  # no time limit: an idle WebSocket is fine
+        except OSError:
+            data = b""
+        ws.receive_data(data or None)
+        events = ws.events()
+
+
+async def _to_devbox(writer: asyncio.StreamWriter, data: bytes) -> bool:
+    """False when the devbox's end is closed or has not read for SEND_SECONDS."""
+    try:
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), SEND_SECONDS)
+    # RuntimeError: uvloop's write to a transport already closed.
+    except (OSError, RuntimeError, asyncio.TimeoutError):
+        return False
+    return True
+
+
+async def _to_client(send, message: dict) -> bool:
+    """False when the client is gone or has not read for SEND_SECONDS."""
+    try:
+        await asyncio.wait_for(send(message), SEND_SECONDS)
+    except (OSError, RuntimeError, asyncio.TimeoutError):
+        return False
+    return True
+

@@ -8,7 +8,8 @@ running); shutdown, suspend (running -> suspending -> suspended) and resume (sus
 running) are synchronous. The runtime is never called inside a store transaction.
 
 A running devbox has a keep-alive timer (``simulator.keep_alive``): it shuts down with
-``shutdown_reason: keep_alive_timeout`` after ``keep_alive_time_seconds`` without activity.
+``shutdown_reason: keep_alive_timeout`` after ``keep_alive_time_seconds`` without activity, or
+does what ``after_idle`` says instead (``simulator.idle_policy``: shut down, or suspend).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from simulator import clock, command_output, devbox_logs, devbox_store, ids, lif
 from simulator.db import Database
 from simulator.devbox_model import Devbox, StateTransition
 from simulator.errors import ApiError, Conflict, InvalidRequest, RequestTimeout, found
+from simulator.idle_policy import idle_policy, suspend_hooks
 from simulator.keep_alive import KeepAliveTimers
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import NetworkPolicy, Page
@@ -232,6 +234,7 @@ class DevboxService:
             if suspending is None:
                 raise lifecycle.InvalidTransition(f"devbox {devbox_id} is {devbox.status}; only a running devbox can be suspended")
             self.keep_alive_timers.stop(devbox_id)
+            self._run_suspend_hooks(runtime, suspending)
             try:
                 runtime.suspend(devbox_id)
             except Exception as exc:
@@ -361,7 +364,7 @@ class DevboxService:
         raise Conflict(f"devbox {suspending.id} could not be suspended: {exc}; it keeps running", code="suspend_failed")
 
     def _keep_alive_expired(self, account: str, devbox_id: str) -> None:
-        """Timer thread: no activity for keep_alive_time_seconds. Only a running devbox expires
+        """Timer thread: no activity for the idle period (idle_policy). Only a running devbox expires
         (one suspended meanwhile has no timer; a stale expiry finds it not running)."""
         devbox = self.retrieve_devbox(account, devbox_id)
         if devbox.status in (lifecycle.PROVISIONING, lifecycle.INITIALIZING):
@@ -377,7 +380,16 @@ class DevboxService:
             log.info("devbox %s keeps running past its keep-alive time: %s", devbox_id, refused.message)
             self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(devbox))
             return
-        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="keep_alive_timeout", expect=lifecycle.RUNNING)
+        policy = idle_policy(devbox.launch_parameters)
+        if policy.on_idle == "suspend":  # after_idle
+            try:
+                self.suspend_devbox(account, devbox_id)
+            except ApiError as refused:  # no longer running (a stale expiry), or the freeze failed
+                log.info("devbox %s was not suspended when idle: %s", devbox_id, refused.message)
+                return
+            log.info("devbox %s suspended: no activity for %s s", devbox_id, policy.seconds)
+            return
+        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason=policy.shutdown_reason, expect=lifecycle.RUNNING)
         if moved is not None:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
@@ -418,7 +430,7 @@ class DevboxService:
             if self._move(devbox, lifecycle.INITIALIZING) is None:
                 return self._release_quietly(devbox)  # shut down while provisioning
             for command in devbox.launch_commands:
-                failure = self._run_launch_command(runtime, devbox, command)
+                failure = self._run_setup_command(runtime, devbox, command)
                 if failure is not None:
                     self._fail(devbox, "execution_failed", failure)
                     return
@@ -451,14 +463,28 @@ class DevboxService:
                 self.record_logs(devbox, entries)
         return None
 
-    def _run_launch_command(self, runtime: DevboxRuntime, devbox: Devbox, command: str) -> str | None:
-        """Run one launch command to completion; a failure description, or None if it exited 0.
+    def _run_suspend_hooks(self, runtime: DevboxRuntime, devbox: Devbox) -> None:
+        """``lifecycle_hooks.suspend_commands``, in order, within their deadline: a failure or
+        an overrun is logged (in the devbox's log too) and the suspend goes on."""
+        commands, seconds = suspend_hooks(devbox.launch_parameters)
+        deadline = time.monotonic() + seconds
+        for command in commands:
+            left = deadline - time.monotonic()
+            failure = self._run_setup_command(runtime, devbox, command, kind="suspend command", source="suspend_commands",
+                                              timeout=left) if left > 0 else f"no time left for suspend command {command!r}"
+            if failure is not None:
+                log.info("devbox %s: %s; suspending anyway", devbox.id, failure)
 
-        Bounded: the output goes to the log line by line, at most ``LAUNCH_OUTPUT_MAX_BYTES``
-        per stream (only the tail is kept besides, for the failure reason); the command may run
-        ``LAUNCH_COMMAND_TIMEOUT_SECONDS``; a background child that keeps the output pipes
-        open delays ``running`` by ``command_output.OUTPUT_GRACE_SECONDS`` at most."""
-        lines = devbox_logs.LineLog("setup_commands", command, None)
+    def _run_setup_command(self, runtime: DevboxRuntime, devbox: Devbox, command: str, *, kind: str = "launch command",
+                           source: str = "setup_commands", timeout: float = LAUNCH_COMMAND_TIMEOUT_SECONDS) -> str | None:
+        """Run one launch (or suspend) command to completion; a failure description, or None if
+        it exited 0.
+
+        Bounded: the output goes to the log (as ``source``) line by line, at most
+        ``LAUNCH_OUTPUT_MAX_BYTES`` per stream (only the tail is kept besides, for the failure
+        reason); the command may run ``timeout`` seconds; a background child that keeps the
+        output pipes open delays the next step by ``command_output.OUTPUT_GRACE_SECONDS`` at most."""
+        lines = devbox_logs.LineLog(source, command, None)
         tail = [""]
 
         def on_text(stream: str, text: str) -> None:
@@ -468,32 +494,32 @@ class DevboxService:
         try:
             proc = runtime.exec(devbox.id, command, env=dict(devbox.environment_variables))
         except Exception as exc:
-            return f"launch command {command!r} could not run: {exc}"
+            return f"{kind} {command!r} could not run: {exc}"
         try:
             result = command_output.run_to_completion(
                 proc,
-                timeout=LAUNCH_COMMAND_TIMEOUT_SECONDS,
+                timeout=timeout,
                 on_text=on_text,
                 max_bytes=LAUNCH_OUTPUT_MAX_BYTES,
-                name=f"launch-{devbox.id}",
+                name=f"{source}-{devbox.id}",
             )
         except Exception as exc:  # e.g. out of descriptors: the command must not run on unwatched
             command_output.signal_group(proc, signal.SIGKILL)
-            log.exception("could not follow launch command %r of %s", command, devbox.id)
-            return f"launch command {command!r} could not be followed: {exc}"
+            log.exception("could not follow %s %r of %s", kind, command, devbox.id)
+            return f"{kind} {command!r} could not be followed: {exc}"
         if result.returncode is None:
             code = 128 + signal.SIGKILL  # killed, and the exit was never reported
         else:
             code = result.returncode if result.returncode >= 0 else 128 - result.returncode
         notes = [f"{stream} beyond {LAUNCH_OUTPUT_MAX_BYTES} bytes not logged" for stream, cut in result.truncated.items() if cut]
         if notes:  # before the exit entry (the log is ordered by time)
-            lines.entries.append(devbox_logs.LogEntry("warn", "setup_commands", clock.now_ms(), command, None, None, "; ".join(notes)))
+            lines.entries.append(devbox_logs.LogEntry("warn", source, clock.now_ms(), command, None, None, "; ".join(notes)))
         self.record_logs(devbox, lines.finish(code))
         if result.timed_out:
-            return f"launch command {command!r} ran longer than {LAUNCH_COMMAND_TIMEOUT_SECONDS:g} s"
+            return f"{kind} {command!r} ran longer than {timeout:g} s"
         if code == 0:
             return None
-        return f"launch command {command!r} exited with {code}: {tail[0].strip()}"
+        return f"{kind} {command!r} exited with {code}: {tail[0].strip()}"
 
     def record_logs(self, devbox: Devbox, entries: list[devbox_logs.LogEntry]) -> None:
         try:
@@ -591,8 +617,9 @@ class DevboxService:
 
 
 def keep_alive_seconds(devbox: Devbox) -> float | None:
-    """The devbox's keep-alive period (None: Runloop's default, an hour)."""
-    return devbox.launch_parameters.get("keep_alive_time_seconds")
+    """The devbox's idle period: ``after_idle``'s, else its keep-alive time (None: Runloop's
+    default, an hour)."""
+    return idle_policy(devbox.launch_parameters).seconds
 
 
 def hold_seconds(requested: float | None, default: float, cap: float) -> float:

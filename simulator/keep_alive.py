@@ -1,12 +1,12 @@
 """Keep-alive timers: a running devbox shuts down ``keep_alive_time_seconds`` after its last
-activity (``shutdown_reason: keep_alive_timeout``).
+activity (``shutdown_reason: keep_alive_timeout``), or, with ``after_idle``, does what that
+says after its ``idle_time_seconds`` (``simulator.idle_policy``).
 
 What counts as activity (decided here; the Runloop docs call keep_alive "reset the idle
 time"): becoming running, ``keep_alive``, ``resume``, a command starting or ending, stdin sent
 to a command, a file read or written through the API. A command that runs silently for longer
 than the keep-alive time does not hold the devbox up, as with an idle timer. A suspended
-devbox has no timer (it is not running); resume starts a fresh one. ``after_idle`` is not
-simulated.
+devbox has no timer (it is not running); resume starts a fresh one.
 
 One daemon thread sleeps until the earliest deadline; ``touch`` moves a deadline later. The
 clock is injectable, and with ``automatic`` off only direct ``expire_due`` calls expire

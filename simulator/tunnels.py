@@ -27,6 +27,7 @@ from simulator import clock, devbox_store, lifecycle
 from simulator.db import Database
 from simulator.devbox_model import Devbox, Tunnel
 from simulator.errors import ApiError, InvalidRequest, found
+from simulator.idle_policy import resumes_on_http
 
 if TYPE_CHECKING:
     from simulator.devboxes import DevboxService  # which imports new_tunnel from here
@@ -145,9 +146,10 @@ class TunnelService:
 
     def wake(self, devbox: Devbox) -> Devbox:
         """A running devbox for the request (blocking: run it in a thread): resumed first when
-        suspended and the tunnel says so; 502 when it is not running (provisioning, suspended
-        without wake_on_http, ended)."""
-        if devbox.status == lifecycle.SUSPENDED and devbox.tunnel is not None and devbox.tunnel.wake_on_http:
+        suspended and HTTP resumes it (``lifecycle.resume_triggers.http``, else the tunnel's
+        ``wake_on_http``); 502 when it is not running (provisioning, suspended without either,
+        ended)."""
+        if devbox.status == lifecycle.SUSPENDED and resumes_on_http(devbox.launch_parameters, devbox.tunnel):
             try:
                 devbox = self.devboxes.resume_devbox(devbox.account, devbox.id)
             except ApiError:  # another request resumed it first (or it ended): as it is now

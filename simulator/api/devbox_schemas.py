@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from simulator.api.schemas import ErrorBody
 
@@ -21,10 +21,35 @@ class _Request(BaseModel):
 Seconds = StrictInt | StrictFloat  # the SDK sends floats such as 29.97 for timeouts
 
 
-class LaunchParametersParam(BaseModel):
+class _Echoed(BaseModel):
     # Unknown keys are kept: launch_parameters is echoed back as given.
     model_config = ConfigDict(extra="allow")
 
+
+class AfterIdleParam(_Echoed):
+    """What a running devbox does after ``idle_time_seconds`` without activity (simulator.idle_policy)."""
+
+    idle_time_seconds: StrictInt = Field(ge=1, le=31_536_000)
+    on_idle: Literal["shutdown", "suspend"]
+
+
+class ResumeTriggersParam(_Echoed):
+    http: StrictBool | None = None  # HTTP through the tunnel resumes a suspended devbox
+    axon_event: StrictBool | None = None  # stored only: there are no axons here
+
+
+class LifecycleHooksParam(_Echoed):
+    suspend_commands: list[StrictStr] | None = None
+    suspend_deadline_ms: StrictInt | None = Field(default=None, ge=1, le=60_000)
+
+
+class LifecycleParam(_Echoed):
+    after_idle: AfterIdleParam | None = None
+    resume_triggers: ResumeTriggersParam | None = None
+    lifecycle_hooks: LifecycleHooksParam | None = None
+
+
+class LaunchParametersParam(_Echoed):
     network_policy_id: StrictStr | None = None
     launch_commands: list[StrictStr] | None = None
     keep_alive_time_seconds: StrictInt | None = Field(default=None, ge=1, le=172800)
@@ -36,9 +61,17 @@ class LaunchParametersParam(BaseModel):
     available_ports: list[StrictInt] | None = None
     required_services: list[StrictStr] | None = None
     provisioning_tier: Literal["standard", "flex"] | None = None
-    after_idle: dict[str, Any] | None = None
-    lifecycle: dict[str, Any] | None = None
+    after_idle: AfterIdleParam | None = None
+    lifecycle: LifecycleParam | None = None
     user_parameters: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_idle_policy(self):
+        inner = self.lifecycle.after_idle if self.lifecycle is not None else None
+        if self.after_idle is not None and inner is not None and \
+                (self.after_idle.idle_time_seconds, self.after_idle.on_idle) != (inner.idle_time_seconds, inner.on_idle):
+            raise ValueError("after_idle and lifecycle.after_idle must have the same value when both are set")
+        return self
 
 
 class TunnelParams(_Request):

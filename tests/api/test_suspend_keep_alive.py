@@ -202,3 +202,94 @@ def test_timers_unit_expire_only_what_is_due():
     assert timers.expire_due() == [] and timers.deadline("dbx_2") is None
     timers.touch("dbx_unknown")  # no timer: nothing happens
     assert timers.deadline("dbx_unknown") is None
+
+
+# --- idle policy (after_idle, lifecycle) -------------------------------------------------
+
+
+def hand_clock(devbox_client, start=1000.0):
+    """The service's timers on a hand-driven clock: ``now[0]`` is the time, ``expire_due`` the tick."""
+    timers = devbox_client.app.state.services.devboxes.keep_alive_timers
+    now = [start]
+    timers.clock, timers.automatic = (lambda: now[0]), False
+    return timers, now
+
+
+def test_after_idle_suspend_replaces_the_keep_alive_time_and_resume_rearms_it(devbox_client, runtime):
+    timers, now = hand_clock(devbox_client)
+    launch = {"keep_alive_time_seconds": 5, "after_idle": {"idle_time_seconds": 30, "on_idle": "suspend"}}
+    view = create_running(devbox_client, launch_parameters=launch)
+    devbox = view["id"]
+    assert view["launch_parameters"] == launch  # echoed as given
+    assert timers.deadline(devbox) == 1030.0  # the keep-alive time is ignored
+    now[0] += 29
+    start(devbox_client, devbox, "true")  # activity, as for the keep-alive timer
+    now[0] += 29
+    assert timers.expire_due() == []
+    now[0] += 2
+    assert timers.expire_due() == [devbox]
+    view = devbox_client.get(f"{URL}/{devbox}", headers=ALICE).json()
+    assert view["status"] == "suspended" and statuses_of(view)[-2:] == ["suspending", "suspended"]
+    assert view["shutdown_reason"] is None and devbox in runtime.suspended
+    assert timers.deadline(devbox) is None
+    resume(devbox_client, devbox)
+    assert timers.deadline(devbox) == now[0] + 30
+
+
+def test_lifecycle_after_idle_shutdown_ends_the_devbox_as_idle(devbox_client):
+    timers, now = hand_clock(devbox_client)
+    devbox = create_running(devbox_client, launch_parameters={
+        "lifecycle": {"after_idle": {"idle_time_seconds": 60, "on_idle": "shutdown"}}})["id"]
+    now[0] += 61
+    assert timers.expire_due() == [devbox]
+    view = devbox_client.get(f"{URL}/{devbox}", headers=ALICE).json()
+    assert view["status"] == "shutdown" and view["shutdown_reason"] == "idle"
+
+
+def test_idle_suspend_with_real_time(devbox_client):
+    devbox = create_running(devbox_client, launch_parameters={
+        "after_idle": {"idle_time_seconds": 1, "on_idle": "suspend"},
+        "lifecycle": {"after_idle": {"idle_time_seconds": 1, "on_idle": "suspend"}}})["id"]  # both, equal: fine
+    response = wait_status(devbox_client, devbox, ["suspended"], timeout=10)
+    assert response.status_code == 200, response.text
+    view = response.json()
+    running_at = next(t["transition_time_ms"] for t in view["state_transitions"] if t["status"] == "running")
+    suspended_at = view["state_transitions"][-1]["transition_time_ms"]
+    assert 900 <= suspended_at - running_at < 5000
+
+
+@pytest.mark.parametrize(
+    "launch, contains",
+    [
+        ({"after_idle": {"idle_time_seconds": 60, "on_idle": "sleep"}}, "on_idle"),
+        ({"after_idle": {"idle_time_seconds": 0, "on_idle": "suspend"}}, "idle_time_seconds"),
+        ({"after_idle": {"on_idle": "suspend"}}, "idle_time_seconds"),
+        ({"lifecycle": {"after_idle": {"idle_time_seconds": "60", "on_idle": "suspend"}}}, "idle_time_seconds"),
+        ({"after_idle": {"idle_time_seconds": 60, "on_idle": "suspend"},
+          "lifecycle": {"after_idle": {"idle_time_seconds": 61, "on_idle": "suspend"}}}, "same value"),
+        ({"lifecycle": {"resume_triggers": {"http": "yes"}}}, "http"),
+        ({"lifecycle": {"lifecycle_hooks": {"suspend_deadline_ms": 60_001}}}, "suspend_deadline_ms"),
+        ({"lifecycle": {"lifecycle_hooks": {"suspend_commands": "echo"}}}, "suspend_commands"),
+    ],
+)
+def test_bad_idle_policies_are_refused(devbox_client, launch, contains):
+    assert_error(devbox_client.post(URL, json={"launch_parameters": launch}, headers=ALICE), 400, contains=contains)
+
+
+def test_suspend_commands_run_before_each_suspend_within_their_deadline(devbox_client):
+    hooks = {"suspend_commands": ["echo one >> hooks.txt", "exit 3", "echo two >> hooks.txt"]}
+    devbox = create_running(devbox_client, launch_parameters={"lifecycle": {"lifecycle_hooks": hooks}})["id"]
+    assert suspend(devbox_client, devbox).json()["status"] == "suspended"  # a failing hook does not stop it
+    resume(devbox_client, devbox)
+    assert run(devbox_client, devbox, "cat hooks.txt")["stdout"] == "one\ntwo\n"
+    logs = devbox_client.get(f"{URL}/{devbox}/logs", headers=ALICE).json()["logs"]
+    assert any(entry["source"] == "suspend_commands" and entry["exit_code"] == 3 for entry in logs), logs
+    # An overrun: the deadline covers all the commands; the one running is killed, the rest skipped.
+    slow = {"suspend_commands": ["sleep 30; echo late >> hooks.txt", "echo skipped >> hooks.txt"],
+            "suspend_deadline_ms": 500}
+    devbox = create_running(devbox_client, launch_parameters={"lifecycle": {"lifecycle_hooks": slow}})["id"]
+    began = time.monotonic()
+    assert suspend(devbox_client, devbox).json()["status"] == "suspended"
+    assert time.monotonic() - began < 5
+    resume(devbox_client, devbox)
+    assert run(devbox_client, devbox, "cat hooks.txt 2>/dev/null; echo end")["stdout"] == "end\n"

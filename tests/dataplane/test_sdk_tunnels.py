@@ -197,6 +197,20 @@ def test_a_suspended_devbox_without_wake_is_not_reached_and_stays_suspended(serv
     assert through(server, port, tunnel.tunnel_key).status_code == 200
 
 
+def test_resume_triggers_http_wakes_a_devbox_whose_tunnel_does_not(server, sdk):  # noqa: F811
+    box = sdk.devbox.create(launch_parameters={"lifecycle": {"resume_triggers": {"http": True}}},
+                            tunnel={"auth_mode": "open", "wake_on_http": False})
+    try:
+        tunnel = box.get_tunnel()
+        port = start_echo(box, server, tunnel.tunnel_key)
+        box.suspend()
+        response = through(server, port, tunnel.tunnel_key, "/resumed")
+        assert response.status_code == 200 and response.json()["path"] == "/resumed"
+        assert sdk.api.devboxes.retrieve(box.id).status == "running"
+    finally:
+        box.shutdown()
+
+
 def test_tunnel_and_ssh_errors(server, sdk, devbox):  # noqa: F811
     with pytest.raises(NotFoundError):
         sdk.api.devboxes.enable_tunnel("dbx_nope")

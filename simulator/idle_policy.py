@@ -32,8 +32,11 @@ class IdlePolicy:
 
 def idle_policy(launch_parameters: dict[str, Any]) -> IdlePolicy:
     after = _lifecycle(launch_parameters).get("after_idle") or launch_parameters.get("after_idle")
-    if after:
-        return IdlePolicy(float(after["idle_time_seconds"]), after["on_idle"], "idle")
+    if isinstance(after, dict):
+        seconds, on_idle = after.get("idle_time_seconds"), after.get("on_idle")
+        # Checked at the API; a devbox stored before these checks existed may hold anything.
+        if isinstance(seconds, int) and seconds >= 1 and on_idle in ("shutdown", "suspend"):
+            return IdlePolicy(float(seconds), on_idle, "idle")
     return IdlePolicy(launch_parameters.get("keep_alive_time_seconds"), "shutdown", "keep_alive_timeout")
 
 

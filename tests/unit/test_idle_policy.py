@@ -22,6 +22,11 @@ SUSPEND_30 = {"idle_time_seconds": 30, "on_idle": "suspend"}
         ({"after_idle": SUSPEND_30, "lifecycle": {"after_idle": {"idle_time_seconds": 5, "on_idle": "shutdown"}}},
          IdlePolicy(5.0, "shutdown", "idle")),
         ({"lifecycle": {"resume_triggers": {"http": True}}}, IdlePolicy(None, "shutdown", "keep_alive_timeout")),
+        # Stored before the API checked it: ignored, the keep-alive time holds.
+        ({"keep_alive_time_seconds": 60, "after_idle": {"idle_time_seconds": "x", "on_idle": "suspend"}},
+         IdlePolicy(60, "shutdown", "keep_alive_timeout")),
+        ({"after_idle": {"idle_time_seconds": 5, "on_idle": "nap"}}, IdlePolicy(None, "shutdown", "keep_alive_timeout")),
+        ({"after_idle": "soon"}, IdlePolicy(None, "shutdown", "keep_alive_timeout")),
     ],
 )
 def test_idle_policy(launch, expected):

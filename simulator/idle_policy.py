@@ -42,17 +42,27 @@ def idle_policy(launch_parameters: dict[str, Any]) -> IdlePolicy:
 
 def resumes_on_http(launch_parameters: dict[str, Any], tunnel) -> bool:
     """Whether a request through the devbox's tunnel resumes it when it is suspended."""
-    http = (_lifecycle(launch_parameters).get("resume_triggers") or {}).get("http")
-    if http is not None:
-        return bool(http)
+    http = _part(_lifecycle(launch_parameters), "resume_triggers").get("http")
+    if isinstance(http, bool):
+        return http
     return tunnel is not None and bool(tunnel.wake_on_http)
 
 
 def suspend_hooks(launch_parameters: dict[str, Any]) -> tuple[list[str], float]:
     """(the commands to run before a suspend, the seconds they have in all)."""
-    hooks = _lifecycle(launch_parameters).get("lifecycle_hooks") or {}
-    return list(hooks.get("suspend_commands") or []), (hooks.get("suspend_deadline_ms") or DEFAULT_SUSPEND_DEADLINE_MS) / 1000
+    hooks = _part(_lifecycle(launch_parameters), "lifecycle_hooks")
+    commands = [c for c in hooks.get("suspend_commands") or () if isinstance(c, str)]
+    deadline_ms = hooks.get("suspend_deadline_ms")
+    if not isinstance(deadline_ms, int) or not 1 <= deadline_ms <= 60_000:
+        deadline_ms = DEFAULT_SUSPEND_DEADLINE_MS
+    return commands, deadline_ms / 1000
 
 
 def _lifecycle(launch_parameters: dict[str, Any]) -> dict[str, Any]:
-    return launch_parameters.get("lifecycle") or {}
+    return _part(launch_parameters, "lifecycle")
+
+
+def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """``parent[key]`` if it is an object (the API checks shapes; older stored devboxes were not)."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}

@@ -234,7 +234,11 @@ class DevboxService:
             if suspending is None:
                 raise lifecycle.InvalidTransition(f"devbox {devbox_id} is {devbox.status}; only a running devbox can be suspended")
             self.keep_alive_timers.stop(devbox_id)
-            self._run_suspend_hooks(runtime, suspending)
+        # Outside the lock: the hooks may take a minute, and locks are shared by several
+        # devboxes. Meanwhile the status (suspending) refuses another suspend or a resume;
+        # a shutdown may come, and the freeze below then reports it.
+        self._run_suspend_hooks(runtime, suspending)
+        with self._lifecycle_lock(devbox_id):
             try:
                 runtime.suspend(devbox_id)
             except Exception as exc:
@@ -382,17 +386,28 @@ class DevboxService:
             return
         policy = idle_policy(devbox.launch_parameters)
         if policy.on_idle == "suspend":  # after_idle
-            try:
-                self.suspend_devbox(account, devbox_id)
-            except ApiError as refused:  # no longer running (a stale expiry), or the freeze failed
-                log.info("devbox %s was not suspended when idle: %s", devbox_id, refused.message)
-                return
-            log.info("devbox %s suspended: no activity for %s s", devbox_id, policy.seconds)
+            if suspend_hooks(devbox.launch_parameters)[0]:
+                # Its suspend commands may take a minute: not on the one timer thread.
+                threading.Thread(target=self._idle_suspend, args=(account, devbox_id, policy.seconds),
+                                 name=f"idle-suspend-{devbox_id}", daemon=True).start()
+            else:
+                self._idle_suspend(account, devbox_id, policy.seconds)
             return
         moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason=policy.shutdown_reason, expect=lifecycle.RUNNING)
         if moved is not None:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
+
+    def _idle_suspend(self, account: str, devbox_id: str, seconds: float | None) -> None:
+        try:
+            self.suspend_devbox(account, devbox_id)
+        except ApiError as refused:  # no longer running (a stale expiry), or the freeze failed
+            log.info("devbox %s was not suspended when idle: %s", devbox_id, refused.message)
+            return
+        except Exception:
+            log.exception("idle suspend of %s failed", devbox_id)
+            return
+        log.info("devbox %s suspended: no activity for %s s", devbox_id, seconds)
 
     def _provision_tracked(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None) -> None:
         try:

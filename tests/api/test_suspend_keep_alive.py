@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -293,3 +294,24 @@ def test_suspend_commands_run_before_each_suspend_within_their_deadline(devbox_c
     assert time.monotonic() - began < 5
     resume(devbox_client, devbox)
     assert run(devbox_client, devbox, "cat hooks.txt 2>/dev/null; echo end")["stdout"] == "end\n"
+
+
+def test_idle_suspend_hooks_run_off_the_timer_thread_and_a_shutdown_meanwhile_wins(devbox_client):
+    timers, now = hand_clock(devbox_client)
+    launch = {"after_idle": {"idle_time_seconds": 10, "on_idle": "suspend"},
+              "lifecycle": {"lifecycle_hooks": {"suspend_commands": ["sleep 30"], "suspend_deadline_ms": 60_000}}}
+    devbox = create_running(devbox_client, launch_parameters=launch)["id"]
+    now[0] += 11
+    began = time.monotonic()
+    assert timers.expire_due() == [devbox]
+    assert time.monotonic() - began < 2  # the hook runs on its own thread, not the timers'
+    assert wait_status(devbox_client, devbox, ["suspending"], timeout=5).json()["status"] == "suspending"
+    # Neither a second suspend nor a resume while it is suspending; a shutdown is answered at once.
+    assert_error(suspend(devbox_client, devbox), 400, "invalid_state", "suspending")
+    assert_error(resume(devbox_client, devbox), 400, "invalid_state", "suspending")
+    began = time.monotonic()
+    view = devbox_client.post(f"{URL}/{devbox}/shutdown", headers=ALICE).json()
+    assert view["status"] == "shutdown" and time.monotonic() - began < 5
+    # The hook ends with the devbox; the interrupted suspend leaves it shut down.
+    until(lambda: not any(t.name == f"idle-suspend-{devbox}" for t in threading.enumerate()), timeout=10)
+    assert devbox_client.get(f"{URL}/{devbox}", headers=ALICE).json()["status"] == "shutdown"

@@ -147,6 +147,9 @@ def _start(args: argparse.Namespace):
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=False, log_config=None,
         ws="wsproto",  # tunnels carry WebSockets (the API itself has none: its routes refuse them)
+        # No compression with clients: wsproto inflates a frame without a size limit before
+        # uvicorn counts it (a 250 KiB frame took 250 MiB), and the relay copies messages anyway.
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).

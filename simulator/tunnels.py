@@ -8,9 +8,8 @@ the capability (128 random bits): a tunnel request needs no API key, only, for a
 per devbox; it lasts as long as the devbox (suspend and resume keep it).
 
 Open connections: the proxy registers each connection it holds to a devbox (``hold``). When
-the devbox ends they are all cut (its server is gone, and no reset would come from a removed
-namespace); when the tunnel is removed, its WebSockets are cut (HTTP requests already
-forwarded run to their end).
+the tunnel is removed or the devbox ends, they are all cut: the capability is revoked, or the
+devbox's server is gone (and no reset would come from a removed namespace).
 """
 
 from __future__ import annotations
@@ -64,10 +63,9 @@ class TunnelService:
     def __init__(self, db: Database, devboxes: DevboxService):
         self.db = db
         self.devboxes = devboxes
-        # devbox id -> {cut callable: True if the tunnel's removal cuts it too}
-        self._held: dict[str, dict[Callable[[], None], bool]] = {}
+        self._held: dict[str, set[Callable[[], None]]] = {}  # devbox id -> cuts of its open connections
         self._held_lock = threading.Lock()
-        devboxes.add_terminal_hook(lambda devbox: self._cut(devbox.id, ended=True))
+        devboxes.add_terminal_hook(lambda devbox: self._cut(devbox.id))
 
     # --- API actions -------------------------------------------------------------------
 
@@ -85,15 +83,15 @@ class TunnelService:
         return tunnel
 
     def remove_tunnel(self, account: str, devbox_id: str) -> None:
-        """400 when the devbox has no tunnel. New requests to its URL get 404 at once; its
-        WebSockets are closed, HTTP requests already forwarded run to their end."""
+        """400 when the devbox has no tunnel. New requests to its URL get 404 at once, and the
+        connections already through it are cut."""
         self.devboxes.require_runtime()
         with self.db.transaction() as conn:
             devbox = found(devbox_store.get(conn, account, devbox_id), "devbox", devbox_id)
             if devbox.tunnel is None:
                 raise InvalidRequest(f"devbox {devbox_id} has no tunnel", code="no_tunnel")
             devbox_store.update(conn, replace(devbox, tunnel=None))
-        self._cut(devbox_id, ended=False)
+        self._cut(devbox_id)
 
     # --- for the proxy -------------------------------------------------------------------
 
@@ -113,26 +111,34 @@ class TunnelService:
                 )
         return devbox
 
-    def hold(self, devbox_id: str, cut: Callable[[], None], *, cut_on_removal: bool) -> Callable[[], None]:
-        """Register an open connection to the devbox; ``cut()`` (thread-safe, quick) ends it.
-        Returns the release to call when it ends by itself."""
+    def hold(self, devbox_id: str, tunnel_key: str, cut: Callable[[], None]) -> Callable[[], None]:
+        """Register an open connection to the devbox through tunnel ``tunnel_key``; ``cut()``
+        (thread-safe, quick) ends it. Returns the release to call when it ends by itself.
+        Blocking (a store read): run it in a thread.
+
+        Registered first, then checked: a removal or an end that came since the request was
+        admitted (during a resume or the connect) is seen here and cuts it at once; one that
+        comes later finds it registered."""
         with self._held_lock:
-            self._held.setdefault(devbox_id, {})[cut] = cut_on_removal
+            self._held.setdefault(devbox_id, set()).add(cut)
 
         def release() -> None:
             with self._held_lock:
                 held = self._held.get(devbox_id)
                 if held is not None:
-                    held.pop(cut, None)
+                    held.discard(cut)
                     if not held:
                         del self._held[devbox_id]
 
+        with self.db.read() as conn:
+            devbox = devbox_store.by_tunnel_key(conn, tunnel_key)
+        if devbox is None or devbox.id != devbox_id or devbox.status in lifecycle.TERMINAL:
+            cut()
         return release
 
-    def _cut(self, devbox_id: str, *, ended: bool) -> None:
+    def _cut(self, devbox_id: str) -> None:
         with self._held_lock:
-            held = self._held.get(devbox_id, {})
-            cuts = [cut for cut, on_removal in held.items() if ended or on_removal]
+            cuts = list(self._held.get(devbox_id, ()))
         for cut in cuts:
             try:
                 cut()

@@ -44,11 +44,13 @@ class Peer:
                 return ("" if isinstance(event, TextMessage) else b"").join(parts)
 
 
-def handshake(address: tuple[str, int], host: str, target: str = "/", subprotocols=(), headers=()) -> tuple[Peer, object]:
+def handshake(address: tuple[str, int], host: str, target: str = "/", subprotocols=(), headers=(),
+              extensions=()) -> tuple[Peer, object]:
     """A client of the server at ``address``: (the peer, the server's answer: AcceptConnection,
     or (RejectConnection, body))."""
     client = Peer(socket.create_connection(address, timeout=SECONDS), ConnectionType.CLIENT)
-    client.send(Request(host=host, target=target, subprotocols=list(subprotocols), extra_headers=list(headers)))
+    client.send(Request(host=host, target=target, subprotocols=list(subprotocols), extra_headers=list(headers),
+                        extensions=list(extensions)))
     event = client.next()
     if isinstance(event, RejectConnection):
         body = b""

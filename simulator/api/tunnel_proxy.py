@@ -12,8 +12,8 @@ inside the devbox, on the API's own listener (pure ASGI, in front of the API's r
 
 Other requests pass to the API untouched. What is not proxied: upgrades other than WebSocket
 (the Upgrade header is dropped), CONNECT (405), transfer codings other than chunked (501),
-HTTP/2. Every connection to a devbox is registered with ``TunnelService.hold``: the devbox
-ending cuts it. What uvicorn
+HTTP/2. Every connection to a devbox is registered with ``TunnelService.hold``: the tunnel's
+removal or the devbox's end cuts it. What uvicorn
 could not send (a status outside 200-599, a control character in a header) is a 502 before
 anything is sent; an HTTP/1.0 client gets a length-less response buffered, with a length. Hop-by-hop headers (and those
 ``Connection`` names) are dropped both ways, as is the tunnel's own
@@ -50,6 +50,7 @@ _TUNNEL_HOST = re.compile(rb"^(\d{1,5})-([a-z0-9]{1,64})\.tunnel\.", re.IGNORECA
 CONNECT_SECONDS = 5.0
 IDLE_SECONDS = 300.0  # the longest wait for the next piece either way (long polls and streams included)
 PER_DEVBOX = 64  # tunnel requests in flight per devbox; more get 503
+PER_DEVBOX_WEBSOCKETS = 256  # open WebSockets per devbox, counted apart: they stay open
 READ_BYTES = 65536
 TOUCH_EVERY_SECONDS = 1.0
 BUFFER_FOR_HTTP10 = 16 << 20  # a length-less response buffered for an HTTP/1.0 client, at most  # http_keep_alive: activity recorded at most this often per request
@@ -60,7 +61,8 @@ class TunnelProxy:
         self.app = app
         self._services = services  # -> Services (built after the middleware is declared)
         self._lock = threading.Lock()
-        self._in_flight: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}  # HTTP requests per devbox
+        self._websockets: dict[str, int] = {}  # open WebSockets per devbox (long-lived: a count of their own)
         self._waking: dict[str, asyncio.Future] = {}  # devbox id -> the resume under way
 
     async def __call__(self, scope, receive, send):
@@ -95,9 +97,9 @@ class TunnelProxy:
         headers = scope.get("headers", ())
         token = next((v.decode("latin-1") for n, v in headers if n == AUTH_HEADER.encode()), None)
         devbox = await anyio.to_thread.run_sync(services.tunnels.admit, key, token)
-        if not self._enter(devbox.id):
-            raise TunnelRefused(f"devbox {devbox.id} has {PER_DEVBOX} tunnel requests in flight; retry later",
-                                code="too_many_tunnel_requests", status=503)
+        if not self._enter(devbox.id, websocket):
+            what = f"{PER_DEVBOX_WEBSOCKETS} WebSockets open" if websocket else f"{PER_DEVBOX} tunnel requests in flight"
+            raise TunnelRefused(f"devbox {devbox.id} has {what}; retry later", code="too_many_tunnel_requests", status=503)
         try:
             devbox = await self._wake(services.tunnels, devbox)
             try:
@@ -109,18 +111,21 @@ class TunnelProxy:
             except BaseException:
                 sock.close()
                 raise
-            release = services.tunnels.hold(devbox.id, _cutter(writer), cut_on_removal=websocket)
+            cut = _Cut(writer)
             try:
-                touched = _Toucher(services.tunnels, devbox)
-                if websocket:
-                    await tunnel_websocket.relay(scope, receive, send, reader, writer, touched)
-                else:
-                    await _exchange(scope, receive, send, reader, writer, framing, touched)
+                release = await anyio.to_thread.run_sync(services.tunnels.hold, devbox.id, key, cut)
+                try:
+                    touched = _Toucher(services.tunnels, devbox)
+                    if websocket:
+                        await tunnel_websocket.relay(scope, receive, send, reader, writer, touched, cut.was_cut)
+                    else:
+                        await _exchange(scope, receive, send, reader, writer, framing, touched)
+                finally:
+                    release()
             finally:
-                release()
-                writer.close()
+                cut.close()
         finally:
-            self._leave(devbox.id)
+            self._leave(devbox.id, websocket)
 
     async def _wake(self, tunnels, devbox):
         """``tunnels.wake`` (a resume, when it comes to that) once per devbox at a time: the
@@ -136,19 +141,21 @@ class TunnelProxy:
             pending.add_done_callback(lambda done: done.cancelled() or done.exception())
         return await asyncio.shield(pending)
 
-    def _enter(self, devbox_id: str) -> bool:
+    def _enter(self, devbox_id: str, websocket: bool = False) -> bool:
+        counts, cap = (self._websockets, PER_DEVBOX_WEBSOCKETS) if websocket else (self._in_flight, PER_DEVBOX)
         with self._lock:
-            count = self._in_flight.get(devbox_id, 0)
-            if count >= PER_DEVBOX:
+            count = counts.get(devbox_id, 0)
+            if count >= cap:
                 return False
-            self._in_flight[devbox_id] = count + 1
+            counts[devbox_id] = count + 1
             return True
 
-    def _leave(self, devbox_id: str) -> None:
+    def _leave(self, devbox_id: str, websocket: bool = False) -> None:
+        counts = self._websockets if websocket else self._in_flight
         with self._lock:
-            count = self._in_flight.pop(devbox_id) - 1
+            count = counts.pop(devbox_id) - 1
             if count:
-                self._in_flight[devbox_id] = count
+                counts[devbox_id] = count
 
 
 class _Toucher:
@@ -165,17 +172,36 @@ class _Toucher:
             self._tunnels.reached(self._devbox)
 
 
-def _cutter(writer: asyncio.StreamWriter) -> Callable[[], None]:
-    """A thread-safe close of ``writer``: its reader then sees the end, and the exchange ends."""
-    loop = asyncio.get_running_loop()
+class _Cut:
+    """One connection to a devbox, and how it ends.
 
-    def cut() -> None:
+    ``cut()`` (TunnelService, any thread): at once, by abort: a close would first wait to
+    send what the devbox has not read, and a removed netns devbox reads nothing. The reader
+    then sees the end, and the exchange ends. ``close()``: the exchange's own end, a close,
+    unless the devbox left data unread (then an abort: nothing is kept waiting for it)."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer, self._loop = writer, asyncio.get_running_loop()
+        self._cut = False
+
+    def __call__(self) -> None:
+        self._cut = True
         try:
-            loop.call_soon_threadsafe(writer.close)
+            self._loop.call_soon_threadsafe(self._writer.transport.abort)
         except RuntimeError:  # the loop is closed: so is the connection
             pass
 
-    return cut
+    def was_cut(self) -> bool:
+        return self._cut
+
+    def close(self) -> None:
+        transport = self._writer.transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            self._writer.close()
 
 
 def _request_framing(scope) -> list[tuple[bytes, bytes]]:

@@ -15,12 +15,15 @@ and reason, cross. Bounds: a message from the devbox is at most MAX_MESSAGE byte
 client's are bounded by uvicorn's ws_max_size, also 16 MiB): more closes both sides with 1009;
 a side that does not take what is sent for SEND_SECONDS ends it. An idle WebSocket is left
 open; the devbox ending (or the tunnel's removal) cuts it: the client gets 1001. A devbox
-server that drops the connection without a close frame gives the client 1011.
+server that drops the connection without a close frame gives the client 1011, as does a
+failure of the relay itself (logged). A handshake answer uvicorn cannot pass on (a status
+outside 200-599, such as a 103 before the 101; headers that are not ASCII) is a 502.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from wsproto import ConnectionType, WSConnection
@@ -46,6 +49,7 @@ SEND_SECONDS = 300.0  # the longest wait for either side to take what is sent to
 MAX_MESSAGE = 16 << 20
 MAX_REFUSAL_BODY = 1 << 20  # a refused handshake's body, passed on whole
 READ_BYTES = 65536
+log = logging.getLogger(__name__)
 # The handshake's own headers: each side's are made by its own end (uvicorn, wsproto).
 _HANDSHAKE = frozenset({
     b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-protocol", b"sec-websocket-extensions",
@@ -67,9 +71,10 @@ async def refuse(scope, send, status: int, body: bytes, headers=((b"content-type
 
 
 async def relay(scope, receive, send, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                touched: Callable[[], None]) -> None:
+                touched: Callable[[], None], was_cut: Callable[[], bool]) -> None:
     """The handshake with the devbox's server, then its answer to the client, then the
-    messages. Raises TunnelRefused only before the client has an answer."""
+    messages. Raises TunnelRefused only before the client has an answer. ``was_cut()``: the
+    connection to the devbox ended because the tunnel was removed or the devbox ended."""
     ws = WSConnection(ConnectionType.CLIENT)
     target = scope.get("raw_path") or scope["path"].encode()
     if scope.get("query_string"):
@@ -77,7 +82,8 @@ async def relay(scope, receive, send, reader: asyncio.StreamReader, writer: asyn
     host = next((v for n, v in scope.get("headers", ()) if n == b"host"), b"")
     try:
         writer.write(ws.send(Request(
-            host=host.decode("latin-1"), target=target.decode("latin-1"),
+            # uvicorn decoded the Host (IDNA) and encodes it in UTF-8; wsproto makes it IDNA again.
+            host=host.decode("utf-8"), target=target.decode("latin-1"),
             subprotocols=list(scope.get("subprotocols") or ()),
             extra_headers=end_to_end(scope.get("headers", ()), also=_HANDSHAKE),
         )))
@@ -86,19 +92,26 @@ async def relay(scope, receive, send, reader: asyncio.StreamReader, writer: asyn
     answer, events = await _handshake(ws, reader)
     if not isinstance(answer, AcceptConnection):
         rejection, body = answer
+        if not 200 <= rejection.status_code <= 599:  # e.g. a 103 first: nothing uvicorn can pass on
+            raise TunnelRefused(f"the devbox's server answered the WebSocket handshake with status "
+                                f"{rejection.status_code}", code="tunnel_bad_response", status=502)
         await refuse(scope, send, rejection.status_code, body, end_to_end(rejection.headers, also=_HANDSHAKE))
         return
     await send({"type": "websocket.accept", "subprotocol": answer.subprotocol,
                 "headers": end_to_end(answer.extra_headers, also=_HANDSHAKE)})
     touched()
     to_devbox = asyncio.ensure_future(_client_to_devbox(receive, send, ws, writer, touched))
-    to_client = asyncio.ensure_future(_devbox_to_client(send, ws, reader, writer, touched, events))
+    to_client = asyncio.ensure_future(_devbox_to_client(send, ws, reader, writer, touched, events, was_cut))
     try:
         await asyncio.wait([to_devbox, to_client], return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (to_devbox, to_client):
             task.cancel()
-        await asyncio.gather(to_devbox, to_client, return_exceptions=True)
+        outcomes = await asyncio.gather(to_devbox, to_client, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, asyncio.CancelledError)]
+    if failures:  # a bug, or a protocol state not foreseen: logged, and the client told
+        log.error("tunnel WebSocket relay failed", exc_info=failures[0])
+        await _to_client(send, {"type": "websocket.close", "code": 1011, "reason": "the tunnel's relay failed"})
 
 
 async def _handshake(ws: WSConnection, reader: asyncio.StreamReader):
@@ -132,7 +145,8 @@ async def _handshake(ws: WSConnection, reader: asyncio.StreamReader):
     except asyncio.TimeoutError:
         raise TunnelRefused(f"the devbox's server did not answer the WebSocket handshake within "
                             f"{HANDSHAKE_SECONDS:g} s", code="tunnel_timeout", status=504) from None
-    except (RemoteProtocolError, OSError) as exc:
+    # ValueError: wsproto decodes some headers as ASCII (UnicodeDecodeError).
+    except (RemoteProtocolError, OSError, ValueError) as exc:
         raise TunnelRefused(f"the devbox's server did not accept a WebSocket ({exc})", code="tunnel_bad_response",
                             status=502) from None
 
@@ -147,32 +161,31 @@ async def _client_to_devbox(receive, send, ws: WSConnection, writer, touched) ->
             try:
                 out = ws.send(Message(data=data))
             except LocalProtocolError:
-                return  # the devbox is closing: its close frame ends the relay
+                continue  # the devbox is closing: the other direction ends the relay with its close
             if not await _to_devbox(writer, out):
                 await _to_client(send, {"type": "websocket.close", "code": 1011,
                                         "reason": "the devbox's server stopped taking messages"})
                 return
             touched()
         elif message["type"] == "websocket.disconnect":
-            if ws.state is ConnectionState.OPEN:
-                code = message.get("code") or 1005
-                reason = message.get("reason") or ""
-                await _to_devbox(writer, ws.send(CloseConnection(code=_UNSENDABLE.get(code, code), reason=reason)))
+            code = message.get("code") or 1005
+            await _send_event(ws, writer, CloseConnection(code=_UNSENDABLE.get(code, code), reason=message.get("reason") or ""))
             return
 
 
-async def _devbox_to_client(send, ws: WSConnection, reader, writer, touched, events) -> None:
+async def _devbox_to_client(send, ws: WSConnection, reader, writer, touched, events, was_cut) -> None:
     parts: list = []
     size = 0
     data = b"(the handshake's read)"
     while True:
         for event in events:
             if isinstance(event, (TextMessage, BytesMessage)):
-                size += len(event.data)
+                # Bytes, as uvicorn counts the client's: text as UTF-8.
+                size += len(event.data.encode()) if isinstance(event, TextMessage) else len(event.data)
                 if size > MAX_MESSAGE:
-                    await _to_devbox(writer, ws.send(CloseConnection(code=1009, reason="message too big")))
                     await _to_client(send, {"type": "websocket.close", "code": 1009,
                                             "reason": f"a message from the devbox exceeded {MAX_MESSAGE} bytes"})
+                    await _send_event(ws, writer, CloseConnection(code=1009, reason="message too big"))
                     return
                 parts.append(event.data)
                 if event.message_finished:
@@ -183,13 +196,13 @@ async def _devbox_to_client(send, ws: WSConnection, reader, writer, touched, eve
                         return
                     touched()
             elif isinstance(event, Ping):
-                await _to_devbox(writer, ws.send(event.response()))
+                await _send_event(ws, writer, event.response())
                 touched()
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:
-                    await _to_devbox(writer, ws.send(event.response()))  # the closing handshake
+                    await _send_event(ws, writer, event.response())  # the closing handshake
                 if event.code == 1006:  # no close frame: the connection just ended
-                    code, reason = (1001, "the devbox ended or its tunnel was removed") if writer.is_closing() \
+                    code, reason = (1001, "the devbox ended or its tunnel was removed") if was_cut() \
                         else (1011, "the devbox's server closed the connection")
                 else:
                     code, reason = _UNSENDABLE.get(event.code, event.code), event.reason or ""
@@ -203,6 +216,16 @@ async def _devbox_to_client(send, ws: WSConnection, reader, writer, touched, eve
             data = b""
         ws.receive_data(data or None)
         events = ws.events()
+
+
+async def _send_event(ws: WSConnection, writer: asyncio.StreamWriter, event) -> bool:
+    """``event`` to the devbox, if the connection's state still allows it (a close crossing
+    the devbox's own, say)."""
+    try:
+        data = ws.send(event)
+    except LocalProtocolError:
+        return False
+    return await _to_devbox(writer, data)
 
 
 async def _to_devbox(writer: asyncio.StreamWriter, data: bytes) -> bool:

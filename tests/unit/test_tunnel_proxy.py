@@ -42,6 +42,14 @@ def test_at_most_per_devbox_requests_in_flight():
         proxy._leave("dbx_a")
     proxy._leave("dbx_b")
     assert proxy._in_flight == {}  # nothing left behind
+    # WebSockets stay open: they have a count of their own, and take no HTTP slot.
+    assert all(proxy._enter("dbx_a", websocket=True) for _ in range(tunnel_proxy.PER_DEVBOX_WEBSOCKETS))
+    assert not proxy._enter("dbx_a", websocket=True)
+    assert proxy._enter("dbx_a")
+    proxy._leave("dbx_a")
+    for _ in range(tunnel_proxy.PER_DEVBOX_WEBSOCKETS):
+        proxy._leave("dbx_a", websocket=True)
+    assert proxy._in_flight == {} and proxy._websockets == {}
 
 
 # ----------------------------------------------------------------------------- the proxy under uvicorn
@@ -85,7 +93,7 @@ class _Tunnels:
     def reached(self, devbox):
         self.touched += 1
 
-    def hold(self, devbox_id, cut, *, cut_on_removal):
+    def hold(self, devbox_id, tunnel_key, cut):
         self.held.append(cut)
         return lambda: self.held.remove(cut)
 
@@ -108,7 +116,8 @@ def proxy():
     app = TunnelProxy(_api, services=lambda: services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http="httptools", ws="wsproto", lifespan="off", log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", ws="wsproto", ws_per_message_deflate=False, lifespan="off",
+                                           log_level="error"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

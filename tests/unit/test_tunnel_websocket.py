@@ -81,7 +81,7 @@ def test_messages_cross_both_ways_with_the_handshake_as_the_client_made_it(proxy
     client.send(CloseConnection(code=1000))
     event = client.next()
     assert isinstance(event, CloseConnection) and event.code == 1000
-    assert tunnels.touched >= 1  # messages count as activity (http_keep_alive)
+    assert tunnels.touched >= 1  # the accept counts as activity (http_keep_alive; at most once a second)
     wait_for(lambda: tunnels.held == [])  # the connection was registered, and let go
 
 
@@ -183,3 +183,88 @@ def test_a_message_over_the_limit_closes_both_sides_with_1009(proxy, upstream, m
     assert isinstance(event, CloseConnection) and event.code == 1009
     assert closed.get(timeout=SECONDS).code == 1009
 
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",  # a 1xx other than 101: nothing to pass on
+        b"HTTP/1.1 700 Odd\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+        b"sec-websocket-accept: x\r\nsec-websocket-protocol: caf\xe9\r\n\r\n",  # not ASCII
+    ],
+)
+def test_a_handshake_answer_uvicorn_cannot_pass_on_is_a_502(proxy, upstream, answer):
+    url, _, _ = proxy
+
+    def odd(conn):
+        conn.recv(65536)
+        conn.sendall(answer)
+        conn.recv(1)  # until the proxy lets go
+
+    box = upstream(odd)
+    _, (rejection, body) = connect(url, box.port, subprotocols=["caf"])
+    assert rejection.status_code == 502 and b"tunnel_bad_response" in body, body
+
+
+def test_a_cut_ends_a_websocket_at_once_even_with_data_the_devbox_never_read(proxy, upstream):
+    url, app, tunnels = proxy
+    stop = queue.Queue()
+
+    def deaf(peer):  # accepts, then reads nothing: what the proxy sends piles up
+        stop.get(timeout=30)
+
+    handler, _ = server(deaf)
+    box = upstream(handler)
+    client, _ = connect(url, box.port)
+    chunk = b"x" * 65536
+    client.sock.settimeout(0.5)
+    try:
+        for _ in range(400):  # until the buffers on the way are full (at most 26 MB)
+            client.send(Message(data=chunk))
+    except TimeoutError:
+        pass
+    client.sock.settimeout(SECONDS)
+    wait_for(lambda: len(tunnels.held) == 1)
+    tunnels.held[0]()
+    event = client.next()
+    while not isinstance(event, CloseConnection):
+        event = client.next()
+    assert event.code == 1001
+    wait_for(lambda: tunnels.held == [] and app._websockets == {})
+    stop.put(True)
+
+
+def test_a_reset_from_the_devbox_server_is_1011_not_a_cut(proxy, upstream):
+    url, _, _ = proxy
+
+    def reset(peer):
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close = RST
+        peer.sock.close()
+
+    handler, _ = server(reset)
+    box = upstream(handler)
+    client, _ = connect(url, box.port)
+    event = client.next()
+    assert isinstance(event, CloseConnection) and event.code == 1011
+
+
+def test_the_message_limit_counts_text_in_utf8_bytes(proxy, upstream, monkeypatch):
+    url, _, _ = proxy
+    monkeypatch.setattr(tunnel_websocket, "MAX_MESSAGE", 1000)
+    handler, _ = server(lambda peer: (peer.send(Message(data="\U0001f600" * 400)), peer.next()))  # 1,600 bytes
+    box = upstream(handler)
+    client, _ = connect(url, box.port)
+    event = client.next()
+    assert isinstance(event, CloseConnection) and event.code == 1009
+
+
+def test_an_international_host_reaches_the_devbox_as_sent(proxy, upstream):
+    url, _, _ = proxy
+    handler, seen = server(echo)
+    box = upstream(handler)
+    name = f"{box.port}{TUNNEL.replace('localhost', 'xn--bcher-kva.example')}"
+    client, answer = handshake(("127.0.0.1", int(url.rsplit(":", 1)[1])), name)
+    assert isinstance(answer, AcceptConnection)
+    assert seen.get(timeout=SECONDS).host == name.encode().decode("idna")  # wsproto reads it back from IDNA
+    client.sock.close()

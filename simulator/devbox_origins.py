@@ -19,6 +19,7 @@ from typing import Any
 from simulator.blueprints import BlueprintService
 from simulator.devbox_model import Devbox
 from simulator.errors import InvalidRequest
+from simulator.idle_policy import with_defaults
 from simulator.runtime.base import RuntimeFailure
 from simulator.snapshots import SnapshotService
 
@@ -42,7 +43,7 @@ class DevboxOrigins:
                 account, blueprint_id=params.get("blueprint_id"), name=params.get("blueprint_name")
             )
             defaults = {k: v for k, v in blueprint.launch_parameters.items() if v is not None}
-            return Origin({**defaults, **launch}, blueprint_id=blueprint.id)
+            return Origin(with_defaults(defaults, launch), blueprint_id=blueprint.id)
         if params.get("snapshot_id"):
             snapshot = self.snapshots.require_complete(account, params["snapshot_id"])
             merged = dict(launch)

@@ -111,6 +111,8 @@ class DevboxService:
         launch = {k: v for k, v in (params.get("launch_parameters") or {}).items() if v is not None}
         for command in launch.get("launch_commands") or []:
             _check_text("launch_commands", command)
+        for command in suspend_hooks(launch)[0]:
+            _check_text("lifecycle.lifecycle_hooks.suspend_commands", command)
         environment = _check_environment(params.get("environment_variables") or {})
         file_mounts = _check_file_mounts(params.get("file_mounts") or {})
         with self.db.transaction() as conn:
@@ -226,7 +228,10 @@ class DevboxService:
 
     def suspend_devbox(self, account: str, devbox_id: str) -> Devbox:
         """Freeze every process (suspending -> suspended); network and rules stay. 400 unless
-        running. Synchronous: the result is already suspended."""
+        running. Synchronous (the result is already suspended) unless the devbox has suspend
+        commands: they may take a minute, longer than a client waits for an answer, so the
+        answer is then ``suspending`` and the commands and the freeze follow (the SDK's
+        ``suspend()`` waits for ``suspended`` anyway)."""
         runtime = self.require_runtime()
         with self._lifecycle_lock(devbox_id):
             devbox = self.retrieve_devbox(account, devbox_id)
@@ -234,16 +239,31 @@ class DevboxService:
             if suspending is None:
                 raise lifecycle.InvalidTransition(f"devbox {devbox_id} is {devbox.status}; only a running devbox can be suspended")
             self.keep_alive_timers.stop(devbox_id)
-        # Outside the lock: the hooks may take a minute, and locks are shared by several
-        # devboxes. Meanwhile the status (suspending) refuses another suspend or a resume;
-        # a shutdown may come, and the freeze below then reports it.
-        self._run_suspend_hooks(runtime, suspending)
-        with self._lifecycle_lock(devbox_id):
+        if not suspend_hooks(suspending.launch_parameters)[0]:
+            return self._freeze(runtime, suspending)
+        threading.Thread(target=self._suspend_with_hooks, args=(runtime, suspending),
+                         name=f"suspend-{devbox_id}", daemon=True).start()
+        return suspending
+
+    def _suspend_with_hooks(self, runtime: DevboxRuntime, suspending: Devbox) -> None:
+        """Worker thread: the suspend commands, then the freeze. Outside the lifecycle lock:
+        locks are shared by several devboxes. Meanwhile the status (suspending) refuses another
+        suspend or a resume; a shutdown may come, and wins."""
+        try:
+            self._run_suspend_hooks(runtime, suspending)
+            self._freeze(runtime, suspending)
+        except ApiError as failed:  # the freeze failed: back to running (logged there)
+            log.info("devbox %s was not suspended: %s", suspending.id, failed.message)
+        except Exception:
+            log.exception("suspending %s failed", suspending.id)
+
+    def _freeze(self, runtime: DevboxRuntime, suspending: Devbox) -> Devbox:
+        with self._lifecycle_lock(suspending.id):
             try:
-                runtime.suspend(devbox_id)
+                runtime.suspend(suspending.id)
             except Exception as exc:
                 return self._suspend_failed(runtime, suspending, exc)
-            return self._move(suspending, lifecycle.SUSPENDED) or self.retrieve_devbox(account, devbox_id)
+            return self._move(suspending, lifecycle.SUSPENDED) or self.retrieve_devbox(suspending.account, suspending.id)
 
     def resume_devbox(self, account: str, devbox_id: str) -> Devbox:
         """Thaw the processes: suspended -> running (``resuming`` is never shown). 400 unless
@@ -385,29 +405,18 @@ class DevboxService:
             self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(devbox))
             return
         policy = idle_policy(devbox.launch_parameters)
-        if policy.on_idle == "suspend":  # after_idle
-            if suspend_hooks(devbox.launch_parameters)[0]:
-                # Its suspend commands may take a minute: not on the one timer thread.
-                threading.Thread(target=self._idle_suspend, args=(account, devbox_id, policy.seconds),
-                                 name=f"idle-suspend-{devbox_id}", daemon=True).start()
-            else:
-                self._idle_suspend(account, devbox_id, policy.seconds)
+        if policy.on_idle == "suspend":  # after_idle (suspend commands run on a thread of their own)
+            try:
+                self.suspend_devbox(account, devbox_id)
+            except ApiError as refused:  # no longer running (a stale expiry), or the freeze failed
+                log.info("devbox %s was not suspended when idle: %s", devbox_id, refused.message)
+                return
+            log.info("devbox %s suspending: no activity for %s s", devbox_id, policy.seconds)
             return
         moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason=policy.shutdown_reason, expect=lifecycle.RUNNING)
         if moved is not None:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
-
-    def _idle_suspend(self, account: str, devbox_id: str, seconds: float | None) -> None:
-        try:
-            self.suspend_devbox(account, devbox_id)
-        except ApiError as refused:  # no longer running (a stale expiry), or the freeze failed
-            log.info("devbox %s was not suspended when idle: %s", devbox_id, refused.message)
-            return
-        except Exception:
-            log.exception("idle suspend of %s failed", devbox_id)
-            return
-        log.info("devbox %s suspended: no activity for %s s", devbox_id, seconds)
 
     def _provision_tracked(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None) -> None:
         try:
@@ -485,8 +494,12 @@ class DevboxService:
         deadline = time.monotonic() + seconds
         for command in commands:
             left = deadline - time.monotonic()
-            failure = self._run_setup_command(runtime, devbox, command, kind="suspend command", source="suspend_commands",
-                                              timeout=left) if left > 0 else f"no time left for suspend command {command!r}"
+            if left > 0:
+                failure = self._run_setup_command(runtime, devbox, command, kind="suspend command",
+                                                  source="suspend_commands", timeout=left)
+            else:
+                failure = f"suspend command {command!r} not run: the {seconds:g} s of suspend_deadline_ms were spent"
+                self._log_warning(devbox, "suspend_commands", command, failure)
             if failure is not None:
                 log.info("devbox %s: %s; suspending anyway", devbox.id, failure)
 
@@ -509,7 +522,9 @@ class DevboxService:
         try:
             proc = runtime.exec(devbox.id, command, env=dict(devbox.environment_variables))
         except Exception as exc:
-            return f"{kind} {command!r} could not run: {exc}"
+            failure = f"{kind} {command!r} could not run: {exc}"
+            self._log_warning(devbox, source, command, failure)
+            return failure
         try:
             result = command_output.run_to_completion(
                 proc,
@@ -527,14 +542,19 @@ class DevboxService:
         else:
             code = result.returncode if result.returncode >= 0 else 128 - result.returncode
         notes = [f"{stream} beyond {LAUNCH_OUTPUT_MAX_BYTES} bytes not logged" for stream, cut in result.truncated.items() if cut]
+        if result.timed_out:
+            notes.append(f"ran longer than {timeout:.3g} s: killed")
         if notes:  # before the exit entry (the log is ordered by time)
             lines.entries.append(devbox_logs.LogEntry("warn", source, clock.now_ms(), command, None, None, "; ".join(notes)))
         self.record_logs(devbox, lines.finish(code))
         if result.timed_out:
-            return f"{kind} {command!r} ran longer than {timeout:g} s"
+            return f"{kind} {command!r} ran longer than {timeout:.3g} s"
         if code == 0:
             return None
         return f"{kind} {command!r} exited with {code}: {tail[0].strip()}"
+
+    def _log_warning(self, devbox: Devbox, source: str, command: str, message: str) -> None:
+        self.record_logs(devbox, [devbox_logs.LogEntry("warn", source, clock.now_ms(), command, None, None, message)])
 
     def record_logs(self, devbox: Devbox, entries: list[devbox_logs.LogEntry]) -> None:
         try:

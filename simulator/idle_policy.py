@@ -31,13 +31,26 @@ class IdlePolicy:
 
 
 def idle_policy(launch_parameters: dict[str, Any]) -> IdlePolicy:
-    after = _lifecycle(launch_parameters).get("after_idle") or launch_parameters.get("after_idle")
-    if isinstance(after, dict):
-        seconds, on_idle = after.get("idle_time_seconds"), after.get("on_idle")
-        # Checked at the API; a devbox stored before these checks existed may hold anything.
-        if isinstance(seconds, int) and seconds >= 1 and on_idle in ("shutdown", "suspend"):
-            return IdlePolicy(float(seconds), on_idle, "idle")
+    for after in (_lifecycle(launch_parameters).get("after_idle"), launch_parameters.get("after_idle")):
+        if _valid_after_idle(after):
+            return IdlePolicy(float(after["idle_time_seconds"]), after["on_idle"], "idle")
     return IdlePolicy(launch_parameters.get("keep_alive_time_seconds"), "shutdown", "keep_alive_timeout")
+
+
+def with_defaults(defaults: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A blueprint's launch_parameters under a devbox's own: key by key, ``lifecycle`` one level
+    deeper (the devbox's ``resume_triggers`` does not drop the blueprint's hooks), and the
+    devbox's idle policy, wherever it gave it, in both places the blueprint had one."""
+    merged = {**defaults, **request}
+    if isinstance(defaults.get("lifecycle"), dict) and isinstance(request.get("lifecycle"), dict):
+        merged["lifecycle"] = {**defaults["lifecycle"], **request["lifecycle"]}
+    own = _part(request, "lifecycle").get("after_idle") or request.get("after_idle")
+    if own:
+        if "after_idle" in merged:
+            merged["after_idle"] = own
+        if "after_idle" in _part(merged, "lifecycle"):
+            merged["lifecycle"] = {**merged["lifecycle"], "after_idle": own}
+    return merged
 
 
 def resumes_on_http(launch_parameters: dict[str, Any], tunnel) -> bool:
@@ -51,11 +64,23 @@ def resumes_on_http(launch_parameters: dict[str, Any], tunnel) -> bool:
 def suspend_hooks(launch_parameters: dict[str, Any]) -> tuple[list[str], float]:
     """(the commands to run before a suspend, the seconds they have in all)."""
     hooks = _part(_lifecycle(launch_parameters), "lifecycle_hooks")
-    commands = [c for c in hooks.get("suspend_commands") or () if isinstance(c, str)]
+    commands = hooks.get("suspend_commands")
+    commands = [c for c in commands if isinstance(c, str)] if isinstance(commands, list) else []
     deadline_ms = hooks.get("suspend_deadline_ms")
-    if not isinstance(deadline_ms, int) or not 1 <= deadline_ms <= 60_000:
+    if not _is_int(deadline_ms) or not 1 <= deadline_ms <= 60_000:
         deadline_ms = DEFAULT_SUSPEND_DEADLINE_MS
     return commands, deadline_ms / 1000
+
+
+# Checked at the API; what a devbox or blueprint stored before these checks holds may be
+# anything, and what is not valid is ignored.
+def _valid_after_idle(after) -> bool:
+    return isinstance(after, dict) and _is_int(after.get("idle_time_seconds")) and after["idle_time_seconds"] >= 1 \
+        and after.get("on_idle") in ("shutdown", "suspend")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _lifecycle(launch_parameters: dict[str, Any]) -> dict[str, Any]:

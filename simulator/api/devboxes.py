@@ -252,9 +252,55 @@ def create_ssh_key(
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    services.devboxes.retrieve_devbox(account, id)  # 404 first, as for any devbox action
-    raise InvalidRequest(
-        "the simulator's devboxes have no SSH server: run commands with execute / execute_async, move files "
-        "with the file endpoints, and reach a server in the devbox with enable_tunnel",
-        code="not_supported",
-    )
+    _not_supported(services, account, id, "the simulator's devboxes have no SSH server: run commands with execute / "
+                   "execute_async, move files with the file endpoints, and reach a server in the devbox with enable_tunnel")
+
+
+@router.post(
+    "/{id}/create_pty_tunnel",
+    responses=NOT_FOUND,
+    summary="Not simulated: devboxes have no terminal server (400 not_supported)",
+)
+def create_pty_tunnel(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    _not_supported(services, account, id, "the simulator's devboxes have no terminal server: run commands with "
+                   "execute / execute_async (send_std_in for input), or serve your own and reach it with enable_tunnel")
+
+
+@router.post(
+    "/{id}/create_gateway_token",
+    responses=NOT_FOUND,
+    summary="Not simulated: there is no agent gateway here (400 not_supported)",
+)
+def create_gateway_token(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    _not_supported(services, account, id, "the simulator has no agent gateway (nor gateway configs or secrets): give "
+                   "the devbox what it needs in environment_variables, and its egress through its network policy")
+
+
+@router.post(
+    "/{id}/create_mcp_token",
+    responses=NOT_FOUND,
+    summary="Not simulated: there is no MCP gateway here (400 not_supported)",
+)
+def create_mcp_token(
+    id: str,
+    _body: dict | None = Body(None),
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    _not_supported(services, account, id, "the simulator has no MCP gateway (nor MCP configs or secrets): run the MCP "
+                   "server in the devbox, or reach one through its network policy")
+
+
+def _not_supported(services, account: str, devbox_id: str, message: str) -> None:
+    services.devboxes.retrieve_devbox(account, devbox_id)  # 404 first, as for any devbox action
+    raise InvalidRequest(message, code="not_supported")

@@ -152,3 +152,23 @@ def test_async_sdk_devboxes(devbox_server):
             await sdk.aclose()
 
     asyncio.run(scenario())
+
+
+def test_sdk_calls_the_simulator_does_not_simulate_are_clear_400s(devbox_server):
+    sdk = sdk_for(devbox_server, "sdk-unsupported")
+    api = sdk.api.devboxes
+    devbox = api.create_and_await_running(name="plain")
+    calls = {
+        "SSH server": lambda devbox_id: api.create_ssh_key(devbox_id),
+        "terminal server": lambda devbox_id: api.create_pty_tunnel(devbox_id),
+        "agent gateway": lambda devbox_id: api.create_gateway_token(devbox_id, gateway="gwc_x", secret="s"),
+        "MCP gateway": lambda devbox_id: api.create_mcp_token(devbox_id, mcp_config="mcp_x", secret="s"),
+    }
+    for what, call in calls.items():
+        with pytest.raises(BadRequestError) as refused:
+            call(devbox.id)
+        body = refused.value.body
+        assert body["error_code"] == "not_supported" and what in body["message"], body
+        with pytest.raises(NotFoundError):
+            call("dbx_nope")  # an unknown devbox is a 404 first
+    api.shutdown(devbox.id)

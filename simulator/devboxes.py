@@ -34,6 +34,7 @@ from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import NetworkPolicy, Page
 from simulator.runtime.base import DevboxRuntime, DevboxSpec, RuntimeFailure
 from simulator.tunnels import new_tunnel
+from simulator.usage import resource_usage
 from simulator.watch import Watch
 
 log = logging.getLogger("devbox_sim.devboxes")
@@ -164,6 +165,10 @@ class DevboxService:
     def retrieve_devbox(self, account: str, devbox_id: str) -> Devbox:
         with self.db.read() as conn:
             return self._get(conn, account, devbox_id)
+
+    def retrieve_resource_usage(self, account: str, devbox_id: str) -> dict[str, Any]:
+        """CPU, memory and disk use a cloud devbox of its size would have had (simulator.usage)."""
+        return resource_usage(self.retrieve_devbox(account, devbox_id), clock.now_ms())
 
     def list_devboxes(
         self,

@@ -82,6 +82,18 @@ class TunnelParams(_Request):
     wake_on_http: StrictBool | None = None
 
 
+class DevboxResourceUsageView(BaseModel):
+    id: str
+    status: str
+    start_time_ms: int
+    end_time_ms: int | None = None
+    total_elapsed_seconds: int
+    total_active_seconds: int
+    vcpu_seconds: int
+    memory_gb_seconds: int
+    disk_gb_seconds: int
+
+
 class TunnelView(BaseModel):
     tunnel_key: str
     auth_mode: Literal["open", "authenticated"]

@@ -16,6 +16,7 @@ from simulator.api.devbox_schemas import (
     DevboxCreateParams,
     DevboxListView,
     DevboxLogsListView,
+    DevboxResourceUsageView,
     DevboxUpdateParams,
     DevboxView,
     DevboxWaitForStatusParams,
@@ -107,6 +108,16 @@ def list_devboxes(
 @router.get("/{id}", response_model=DevboxView, responses=NOT_FOUND, summary="Get a devbox")
 def retrieve_devbox(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
     return view(services.devboxes.retrieve_devbox(account, id))
+
+
+@router.get(
+    "/{id}/usage",
+    response_model=DevboxResourceUsageView,
+    responses=NOT_FOUND,
+    summary="CPU, memory and disk use from the devbox's lifecycle and size (suspended time excluded for CPU and memory)",
+)
+def retrieve_resource_usage(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
+    return services.devboxes.retrieve_resource_usage(account, id)
 
 
 @router.post("/{id}", response_model=DevboxView, responses=NOT_FOUND, summary="Update a devbox's name and metadata")

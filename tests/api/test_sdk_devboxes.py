@@ -172,3 +172,23 @@ def test_sdk_calls_the_simulator_does_not_simulate_are_clear_400s(devbox_server)
         with pytest.raises(NotFoundError):
             call("dbx_nope")  # an unknown devbox is a 404 first
     api.shutdown(devbox.id)
+
+
+def test_sdk_resource_usage_follows_the_lifecycle(devbox_server):
+    sdk = sdk_for(devbox_server, "sdk-usage")
+    api = sdk.api.devboxes
+    devbox = api.create_and_await_running(launch_parameters={"resource_size_request": "LARGE"})
+    api.suspend(devbox.id)
+    api.shutdown(devbox.id)
+    usage = api.retrieve_resource_usage(devbox.id)
+    ended = api.retrieve(devbox.id)
+    assert (usage.id, usage.status, usage.start_time_ms, usage.end_time_ms) == \
+        (devbox.id, "shutdown", ended.create_time_ms, ended.end_time_ms)
+    assert usage.total_elapsed_seconds == (ended.end_time_ms - ended.create_time_ms) // 1000
+    active, elapsed = usage.total_active_seconds, usage.total_elapsed_seconds
+    assert active <= elapsed
+    # LARGE: 2 vCPUs, 8 GiB, 16 GiB of disk (whole seconds are reported, products of the exact times).
+    assert 2 * active <= usage.vcpu_seconds <= 2 * active + 1 and 8 * active <= usage.memory_gb_seconds <= 8 * active + 7
+    assert 16 * elapsed <= usage.disk_gb_seconds <= 16 * elapsed + 15
+    with pytest.raises(NotFoundError):
+        api.retrieve_resource_usage("dbx_nope")

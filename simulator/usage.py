@@ -1,0 +1,76 @@
+"""A devbox's resource usage (``GET /v1/devboxes/{id}/usage``), computed from its lifecycle as
+Runloop describes it: CPU and memory for the time it was not suspended, disk for all the time
+since it was created (storage is kept while suspended), each times the size it asked for.
+
+The sizes are the SDK's (``launch_parameters.resource_size_request``, SMALL when unset;
+CUSTOM_SIZE takes ``custom_cpu_cores``, ``custom_gb_memory`` and ``custom_disk_size``). The
+simulator does not hold a devbox to them (no CPU or disk cap): this is the bill a cloud devbox
+of that size would have run up, not a measurement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simulator import lifecycle
+from simulator.devbox_model import Devbox
+
+# (vCPUs, memory GiB, disk GiB), as the SDK documents resource_size_request.
+SIZES = {
+    "X_SMALL": (0.5, 1, 4),
+    "SMALL": (1, 2, 4),
+    "MEDIUM": (2, 4, 8),
+    "LARGE": (2, 8, 16),
+    "X_LARGE": (4, 16, 16),
+    "XX_LARGE": (8, 32, 16),
+}
+DEFAULT_SIZE = "SMALL"
+
+
+def size_of(launch_parameters: dict[str, Any]) -> tuple[float, float, float]:
+    """(vCPUs, memory GiB, disk GiB) the devbox asked for."""
+    requested = launch_parameters.get("resource_size_request") or DEFAULT_SIZE
+    if requested == "CUSTOM_SIZE":
+        cpu, memory, disk = SIZES[DEFAULT_SIZE]
+        return (_number(launch_parameters.get("custom_cpu_cores"), cpu), _number(launch_parameters.get("custom_gb_memory"), memory),
+                _number(launch_parameters.get("custom_disk_size"), disk))
+    return SIZES.get(requested, SIZES[DEFAULT_SIZE])
+
+
+def resource_usage(devbox: Devbox, now_ms: int) -> dict[str, Any]:
+    """The ``DevboxResourceUsageView``."""
+    end_ms = devbox.end_time_ms if devbox.end_time_ms is not None else max(now_ms, devbox.create_time_ms)
+    elapsed_ms = end_ms - devbox.create_time_ms
+    suspended_ms = _suspended_ms(devbox, end_ms)
+    active_s = max(0, elapsed_ms - suspended_ms) / 1000
+    elapsed_s = elapsed_ms / 1000
+    cpu, memory, disk = size_of(devbox.launch_parameters)
+    return {
+        "id": devbox.id,
+        "status": devbox.status,
+        "start_time_ms": devbox.create_time_ms,
+        "end_time_ms": devbox.end_time_ms,
+        "total_elapsed_seconds": int(elapsed_s),
+        "total_active_seconds": int(active_s),
+        "vcpu_seconds": int(active_s * cpu),
+        "memory_gb_seconds": int(active_s * memory),
+        "disk_gb_seconds": int(elapsed_s * disk),
+    }
+
+
+def _suspended_ms(devbox: Devbox, end_ms: int) -> int:
+    """Time spent suspended: from each move to ``suspended`` to the next transition (or the end)."""
+    total, since = 0, None
+    for transition in devbox.state_transitions:
+        if since is not None:
+            total += transition.transition_time_ms - since
+            since = None
+        if transition.status == lifecycle.SUSPENDED:
+            since = transition.transition_time_ms
+    if since is not None:
+        total += end_ms - since
+    return total
+
+
+def _number(value, default: float) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else default

@@ -84,6 +84,7 @@ class DevboxService:
         self.origins = None
         self._shutdown_guards: list[Callable[[Devbox], None]] = []  # raise to refuse (409)
         self.keep_alive_timers = KeepAliveTimers(self._keep_alive_expired)
+        self.stopping = threading.Event()  # set when the simulator stops (stop_all)
         # Suspend and resume of one devbox are serialised (striped locks): each is a stored
         # move, a runtime call and another stored move, which must not interleave.
         self._lifecycle_locks = [threading.Lock() for _ in range(64)]
@@ -347,6 +348,7 @@ class DevboxService:
         now, as ``failure`` with ``why``, its runtime resources released and its terminal hooks
         run (commands finished, the log's summary line). So the store tells what happened
         when it happened, not at the next start. Returns the ids ended."""
+        self.stopping.set()  # account-wide streams (watch_evictions) end too
         with self.db.read() as conn:
             active = devbox_store.all_active(conn)
         ended = []

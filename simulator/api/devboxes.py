@@ -7,6 +7,8 @@ thread pool the other (sync) endpoints run on.
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Body, Depends, Query
 
 from simulator.api import deps
@@ -24,8 +26,20 @@ from simulator.api.devbox_schemas import (
     TunnelView,
 )
 from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody, page_json
+from simulator.api.sse import event_stream
 from simulator.devbox_model import Devbox
 from simulator.errors import InvalidRequest
+
+
+EVICTIONS_KEEP_ALIVE_SECONDS = 15.0
+EVICTIONS_STOP_CHECK_SECONDS = 0.5
+EVICTION_RESPONSES = {
+    200: {
+        "description": "Server-sent events: `data: {\"devbox_id\", \"eviction_deadline_ms\"}` per pending eviction "
+                       "(never, here); keep-alive comments meanwhile",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def runtime_ready(_account: str = Depends(deps.account), services=Depends(deps.services)) -> None:
@@ -103,6 +117,26 @@ def list_devboxes(
         account, status=status, starting_after=starting_after, limit=limit, include_total_count=include_total_count
     )
     return page_json("devboxes", page, view)
+
+
+@router.get(
+    "/evictions/watch",
+    responses=EVICTION_RESPONSES,
+    summary="Pending infrastructure evictions (server-sent events): the simulator never evicts a devbox, so the "
+            "stream sends only keep-alive comments, until the client leaves or the simulator stops",
+)
+async def watch_evictions(account: str = Depends(deps.account), services=Depends(deps.services)):
+    stopping = services.devboxes.stopping
+
+    async def quiet():
+        while not stopping.is_set():
+            yield None  # a keep-alive comment now, then every EVICTIONS_KEEP_ALIVE_SECONDS
+            for _ in range(int(EVICTIONS_KEEP_ALIVE_SECONDS / EVICTIONS_STOP_CHECK_SECONDS)):
+                if stopping.is_set():
+                    return
+                await asyncio.sleep(EVICTIONS_STOP_CHECK_SECONDS)  # a stop is seen within this
+
+    return event_stream(quiet())
 
 
 @router.get("/{id}", response_model=DevboxView, responses=NOT_FOUND, summary="Get a devbox")

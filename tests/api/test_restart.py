@@ -118,10 +118,20 @@ def test_a_stop_ends_devboxes_before_waiting_for_streams_and_long_polls(tmp_path
                 response.begin()
                 ended["poll"] = json.loads(response.read())["status"]
 
-        threads = [threading.Thread(target=stream), threading.Thread(target=long_poll)]
+        evictions_open = threading.Event()
+
+        def evictions():  # an account-wide stream (no devbox ends it): the stop itself must
+            with httpx.stream("GET", f"{server.url}{devboxes}/evictions/watch", headers=HEADERS, timeout=60) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                lines = response.iter_lines()
+                assert next(lines) == ": keep-alive"  # at once: nothing is ever evicted here
+                evictions_open.set()
+                ended["evictions"] = [line for line in lines if line]  # until the stop ends it
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=long_poll), threading.Thread(target=evictions)]
         for thread in threads:
             thread.start()
-        assert connected.wait(10)
+        assert connected.wait(10) and evictions_open.wait(10)
     finally:
         code = server.stop()
     for thread in threads:
@@ -130,4 +140,4 @@ def test_a_stop_ends_devboxes_before_waiting_for_streams_and_long_polls(tmp_path
     # ServerProcess.stop's kill after 30 s.
     assert code == -signal.SIGTERM
     assert not any("timeout graceful shutdown exceeded" in line for line in server.log)
-    assert ended == {"stream": True, "poll": "failure"}
+    assert ended == {"stream": True, "poll": "failure", "evictions": []}

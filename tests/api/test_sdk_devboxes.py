@@ -192,3 +192,13 @@ def test_sdk_resource_usage_follows_the_lifecycle(devbox_server):
     assert 16 * elapsed <= usage.disk_gb_seconds <= 16 * elapsed + 15
     with pytest.raises(NotFoundError):
         api.retrieve_resource_usage("dbx_nope")
+
+
+def test_sdk_watch_evictions_opens_a_quiet_stream(devbox_server):
+    sdk = sdk_for(devbox_server, "sdk-evictions")
+    stream = sdk.api.devboxes.watch_evictions()  # a 404 would raise here
+    try:
+        assert stream.response.status_code == 200
+        assert stream.response.headers["content-type"].startswith("text/event-stream")
+    finally:
+        stream.close()

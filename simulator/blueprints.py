@@ -79,6 +79,24 @@ class BlueprintService:
         ).start()
         return blueprint
 
+    def preview_blueprint(self, account: str, params: dict[str, Any]) -> str:
+        """The Dockerfile a create with ``params`` would build, checked as create checks it (400s
+        alike): the given Dockerfile, then the system setup commands as RUN steps. Nothing is
+        stored or built."""
+        _check_params(params)
+        base = self._base(account, params)
+        lines = [f"# devbox-sim preview of blueprint {params['name']!r}: a build replays the RUN, ENV, ARG and WORKDIR",
+                 "# steps below in a build devbox (see the README), after writing its file_mounts."]
+        if base is not None:
+            lines.append(f"# Built on blueprint {base.id} ({base.name}).")
+        for path in params.get("file_mounts") or {}:
+            lines.append(f"# file_mounts: {path}")
+        dockerfile_text = (params.get("dockerfile") or "").rstrip("\n")
+        if dockerfile_text:
+            lines.append(dockerfile_text)
+        lines += [f"RUN {command}" for command in params.get("system_setup_commands") or []]
+        return "\n".join(lines) + "\n"
+
     def retrieve_blueprint(self, account: str, blueprint_id: str) -> Blueprint:
         """Deleted blueprints still answer, with ``state: "deleted"``."""
         with self.db.read() as conn:

@@ -49,6 +49,10 @@ class BlueprintView(BaseModel):
     devbox_capabilities: list[str] | None = None
 
 
+class BlueprintPreviewView(BaseModel):
+    dockerfile: str
+
+
 class BlueprintListView(BaseModel):
     blueprints: list[BlueprintView]
     has_more: bool

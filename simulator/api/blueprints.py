@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Depends, Query
 
 from simulator.api import deps
-from simulator.api.blueprint_schemas import BlueprintCreateParams, BlueprintListView, BlueprintView, BuildLogsView
+from simulator.api.blueprint_schemas import (
+    BlueprintCreateParams,
+    BlueprintListView,
+    BlueprintPreviewView,
+    BlueprintView,
+    BuildLogsView,
+)
 from simulator.api.devbox_schemas import NO_RUNTIME
 from simulator.api.devboxes import runtime_ready
 from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, page_json
@@ -46,6 +52,16 @@ def create_blueprint(
 ):
     body = params.model_dump(exclude_none=True)
     return view(services.blueprints.create_blueprint(account, body, request_id))
+
+
+@router.post("/preview", response_model=BlueprintPreviewView,
+             summary="The Dockerfile a create with this body would build (checked as create; nothing is built)")
+def preview_blueprint(
+    params: BlueprintCreateParams,
+    account: str = Depends(deps.account),
+    services=Depends(deps.services),
+):
+    return {"dockerfile": services.blueprints.preview_blueprint(account, params.model_dump(exclude_none=True))}
 
 
 @router.get("", response_model=BlueprintListView, summary="List blueprints (not deleted), newest first")

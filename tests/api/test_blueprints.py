@@ -297,3 +297,20 @@ def test_a_blueprint_deleted_before_its_build_devbox_is_up_runs_no_step(devbox_c
     messages = [e["message"] for e in logs(client, view["id"])]
     assert "build failed: the blueprint was deleted" in messages and "$ echo never" not in messages
     poll(lambda: view["id"] not in runtime.alive_ids(), bool)
+
+
+def test_preview_gives_the_dockerfile_a_create_would_build_and_builds_nothing(devbox_client):
+    client = devbox_client
+    base = built(client, ok(client.post(URL, json={"name": "base"}, headers=ALICE))["id"])
+    body = {"name": "next", "base_blueprint_id": base["id"], "dockerfile": "FROM ubuntu:22.04\nRUN echo hi\n",
+            "system_setup_commands": ["apt-get install -y jq", "echo done"], "file_mounts": {"/home/user/a.txt": "x"}}
+    preview = ok(client.post(f"{URL}/preview", json=body, headers=ALICE))
+    lines = preview["dockerfile"].splitlines()
+    assert lines[lines.index("FROM ubuntu:22.04"):] == ["FROM ubuntu:22.04", "RUN echo hi", "RUN apt-get install -y jq",
+                                                         "RUN echo done"]
+    assert f"# Built on blueprint {base['id']} (base)." in lines and "# file_mounts: /home/user/a.txt" in lines
+    listed = ok(client.get(URL, headers=ALICE))["blueprints"]
+    assert [b["name"] for b in listed] == ["base"]  # nothing made
+    # Checked as a create is.
+    assert_error(client.post(f"{URL}/preview", json={"name": " "}, headers=ALICE), 400, contains="name")
+    assert_error(client.post(f"{URL}/preview", json={"name": "x", "base_blueprint_id": "bpt_nope"}, headers=ALICE), 400)

@@ -10,12 +10,13 @@ uses of the policy.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import replace
 from typing import Any
 
-from simulator import blueprint_store, clock, disks, ids, snapshot_store
+from simulator import blueprint_store, clock, disks, dockerfile, ids, snapshot_store
 from simulator.blueprint_build import BuildFailed, BuildRequest, build
 from simulator.blueprint_model import (
     ALL_STATUSES,
@@ -80,21 +81,35 @@ class BlueprintService:
         return blueprint
 
     def preview_blueprint(self, account: str, params: dict[str, Any]) -> str:
-        """The Dockerfile a create with ``params`` would build, checked as create checks it (400s
-        alike): the given Dockerfile, then the system setup commands as RUN steps. Nothing is
-        stored or built."""
+        """The Dockerfile a create with ``params`` would build, checked as create checks it (the
+        same 400s, and the Dockerfile's own errors, which a build would fail on): the given
+        Dockerfile, then the system setup commands as RUN steps; the base, the file mounts and
+        the build args as comments. Nothing is stored or built."""
         _check_params(params)
+        for policy_id in (params.get("network_policy_id"), (params.get("launch_parameters") or {}).get("network_policy_id")):
+            if policy_id:
+                self.network_policies.require(account, policy_id)
         base = self._base(account, params)
-        lines = [f"# devbox-sim preview of blueprint {params['name']!r}: a build replays the RUN, ENV, ARG and WORKDIR",
-                 "# steps below in a build devbox (see the README), after writing its file_mounts."]
+        text = params.get("dockerfile") or ""
+        if text:
+            try:
+                dockerfile.plan(text, params.get("build_args"))
+            except dockerfile.DockerfileError as exc:
+                raise InvalidRequest(f"dockerfile: {exc}", code="invalid_dockerfile") from None
+        # Names and paths are user text: quoted (JSON), so none can start an instruction.
+        lines = [f"# devbox-sim preview of blueprint {json.dumps(params['name'])}: a build writes the file mounts,",
+                 "# then replays the RUN, ENV, ARG and WORKDIR steps below in a build devbox (see the README)."]
         if base is not None:
-            lines.append(f"# Built on blueprint {base.id} ({base.name}).")
-        for path in params.get("file_mounts") or {}:
-            lines.append(f"# file_mounts: {path}")
-        dockerfile_text = (params.get("dockerfile") or "").rstrip("\n")
-        if dockerfile_text:
-            lines.append(dockerfile_text)
-        lines += [f"RUN {command}" for command in params.get("system_setup_commands") or []]
+            lines.append(f"# Built on blueprint {base.id} ({json.dumps(base.name)}).")
+        lines += [f"# file_mounts: {json.dumps(path)}" for path in params.get("file_mounts") or {}]
+        lines += [f"# build_args: {json.dumps(key)}" for key in params.get("build_args") or {}]
+        if text:
+            # A continuation left open at the end leads nowhere in a build; here it would take
+            # in the first RUN below.
+            lines.append(text.rstrip().removesuffix("\\").rstrip())
+        # A command of several lines in the exec form (one JSON line), run by the shell as a build does.
+        lines += [f"RUN {command}" if "\n" not in command else f"RUN {json.dumps(['/bin/sh', '-c', command])}"
+                  for command in params.get("system_setup_commands") or []]
         return "\n".join(lines) + "\n"
 
     def retrieve_blueprint(self, account: str, blueprint_id: str) -> Blueprint:

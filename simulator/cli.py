@@ -107,6 +107,7 @@ def _start(args: argparse.Namespace):
     """The uvicorn server and its bound socket, the app built (runtime and data plane up)."""
     import uvicorn
 
+    from simulator.api.tunnel_websocket import ServerWebSocketProtocol
     from simulator.app import create_app
 
     settings = Settings(
@@ -146,7 +147,7 @@ def _start(args: argparse.Namespace):
         raise
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=False, log_config=None,
-        ws="wsproto",  # tunnels carry WebSockets (the API itself has none: its routes refuse them)
+        ws=ServerWebSocketProtocol,  # wsproto: tunnels carry WebSockets (the API's routes refuse them)
         # No compression with clients: wsproto inflates a frame without a size limit before
         # uvicorn counts it (a 250 KiB frame took 250 MiB), and the relay copies messages anyway.
         ws_per_message_deflate=False,

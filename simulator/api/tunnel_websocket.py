@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -57,6 +58,23 @@ _HANDSHAKE = frozenset({
 })
 # Close codes a close frame cannot carry (RFC 6455 7.4.1), and what is sent instead.
 _UNSENDABLE = {1005: 1000, 1006: 1001, 1015: 1001}
+
+
+class ServerWebSocketProtocol(WSProtocol):
+    """uvicorn's wsproto side (``uvicorn.Config(ws=...)``), except that a handshake wsproto
+    cannot read (a Host that is no valid IDNA, header bytes that are not ASCII) is answered 400
+    and closed. uvicorn lets that exception out of ``data_received``: a "Fatal error on
+    transport" traceback in the log for any client that can reach the listener."""
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except Exception as exc:  # (UnicodeError, mostly) nothing of it reached the app
+            log.info("unreadable WebSocket handshake from %s: %r", self.client, exc)
+            if not self.transport.is_closing():
+                if not self.handshake_complete:
+                    self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                self.transport.close()
 
 
 async def refuse(scope, send, status: int, body: bytes, headers=((b"content-type", b"application/json"),)) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from simulator.api import tunnel_proxy
 from simulator.api.tunnel_proxy import TunnelProxy
+from simulator.api.tunnel_websocket import ServerWebSocketProtocol
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -116,7 +117,7 @@ def proxy():
     app = TunnelProxy(_api, services=lambda: services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http="httptools", ws="wsproto", ws_per_message_deflate=False, lifespan="off",
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", ws=ServerWebSocketProtocol, ws_per_message_deflate=False, lifespan="off",
                                            log_level="error"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -268,3 +268,25 @@ def test_an_international_host_reaches_the_devbox_as_sent(proxy, upstream):
     assert isinstance(answer, AcceptConnection)
     assert seen.get(timeout=SECONDS).host == name.encode().decode("idna")  # wsproto reads it back from IDNA
     client.sock.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"Host: 80" + TUNNEL.encode().replace(b"localhost", b"xn--zz") + b"\r\n",  # no valid IDNA
+     b"Host: 80" + TUNNEL.encode() + b"\r\nSec-WebSocket-Protocol: \xe9\r\n"],  # not ASCII
+)
+def test_a_handshake_wsproto_cannot_read_is_a_400_and_the_listener_goes_on(proxy, upstream, bad):
+    url, _, tunnels = proxy
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=SECONDS) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + bad + b"\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):  # until closed
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")  # uvicorn alone: no answer, a traceback in the log
+    assert tunnels.admitted == 0
+    handler, _ = server(echo)
+    client, answer = connect(url, upstream(handler).port)  # the next one is served
+    assert isinstance(answer, AcceptConnection)
+    client.sock.close()

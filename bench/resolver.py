@@ -257,8 +257,7 @@ class Child:
             os.sched_setaffinity(int(tid), cpus)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -328,8 +327,7 @@ class DnsmasqUpstream:
         os.sched_setaffinity(self.proc.pid, cpus)  # one thread
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def stop_process(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -343,6 +341,12 @@ class DnsmasqUpstream:
     def stop(self) -> None:
         self.stop_process()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_udp_port(host: str) -> int:

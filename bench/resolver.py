@@ -265,12 +265,7 @@ class Child:
                 self.proc.stdin.close()
                 self.proc.wait(5)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.terminate()
-                try:
-                    self.proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+                terminate(self.proc)
 
 
 class DnsmasqUpstream:
@@ -331,16 +326,21 @@ class DnsmasqUpstream:
 
     def stop_process(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
 
     def stop(self) -> None:
         self.stop_process()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL if it has not exited 3 s later."""
+    proc.terminate()
+    try:
+        proc.wait(3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -3,6 +3,10 @@
 .PHONY: run test bootstrap bench
 
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers, a file per worker at a time (its module
+# fixtures, e.g. a simulator server, are made once). Most tests wait on packets and processes,
+# so two workers halve the time on two cores. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
 DATA_DIR ?= data
 
 run:
@@ -11,7 +15,7 @@ run:
 
 test:
 	./scripts/bootstrap.sh --test
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 BENCHES ?= policies_api policy_update devbox_create resolver resolve_connect throughput docker_create
 

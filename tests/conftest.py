@@ -52,3 +52,32 @@ def unique_name(prefix: str) -> str:
 @pytest.fixture
 def uniq():
     return unique_name
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Every test gets a node id of its own, and a run with two the same stops.
+
+    schemathesis 4 names each API operation's item ``test_x[GET /path]`` but gives them all the
+    function's node id. pytest-xdist (``make test`` runs two workers) schedules and reports by
+    node id, so with equal ids one operation ran and the other fifty were silently dropped.
+    """
+    for item in items:
+        base, _, last = item.nodeid.rpartition("::")
+        if base and item.name != last and item.name.startswith(last + "["):
+            _set_nodeid(item, f"{base}::{item.name}")
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    duplicated = sorted(nodeid for nodeid, count in seen.items() if count > 1)
+    if duplicated:
+        raise pytest.UsageError(f"tests sharing a node id (xdist would run one of them): {duplicated[:5]}")
+
+
+def _set_nodeid(item, nodeid: str) -> None:
+    if hasattr(item, "_id"):  # pytest >= 9.2 keeps a structured NodeId
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(nodeid)
+    else:
+        item._nodeid = nodeid

@@ -8,7 +8,9 @@ through their statuses.
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -70,7 +72,10 @@ class InertRuntime:
         pass
 
 
-_app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="devbox-sim-disk-fuzz-"))), InertRuntime())
+# The app is built at import (schemathesis reads its schema then); its data goes at exit.
+_DATA_DIR = Path(tempfile.mkdtemp(prefix="devbox-sim-disk-fuzz-"))
+atexit.register(shutil.rmtree, _DATA_DIR, True)
+_app = create_app(Settings(data_dir=_DATA_DIR), InertRuntime())
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
 schema.config.generation.update(modes=list(schemathesis.GenerationMode))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -3,6 +3,8 @@ responses that match their schemas, for generated valid and invalid requests."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,10 @@ from schemathesis.specs.openapi.checks import (
 from simulator.app import create_app
 from simulator.config import Settings
 
-_app = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="devbox-sim-fuzz-")), max_policies_per_account=100_000))
+# The app is built at import (schemathesis reads its schema then); its data goes at exit.
+_DATA_DIR = Path(tempfile.mkdtemp(prefix="devbox-sim-fuzz-"))
+atexit.register(shutil.rmtree, _DATA_DIR, True)
+_app = create_app(Settings(data_dir=_DATA_DIR, max_policies_per_account=100_000))
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
 schema.config.generation.update(modes=list(schemathesis.GenerationMode))  # valid and invalid input
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

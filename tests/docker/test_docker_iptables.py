@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,15 +32,19 @@ def test_host_uplink_passes_dockers_forward_drop_through_docker_user(tmp_path):
     require_docker()
     if shutil.which("dockerd") is None:
         pytest.fail("dockerd is needed (bootstrap --test installs docker.io)")
-    sock_path = tmp_path / "docker.sock"
+    # dockerd's unix sockets (containerd's under --exec-root too) must fit in sun_path's 108
+    # bytes; pytest's tmp_path may not (pytest-xdist adds a level), so they get a short directory.
+    run_dir = Path(tempfile.mkdtemp(prefix="dbxd-", dir="/tmp"))
+    sock_path = run_dir / "docker.sock"
     with host_and_outside("dbxt") as (host_ns, _), contextlib.ExitStack() as stop:
+        stop.callback(shutil.rmtree, run_dir, True)
         # A fresh host has forwarding off; docker then turns it on and sets FORWARD to DROP.
         in_ns(host_ns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
         dockerd = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{host_ns}", "dockerd", "--iptables=true", "--data-root", str(tmp_path / "root"),
-             "--exec-root", str(tmp_path / "exec"), "-H", f"unix://{sock_path}", "--pidfile", str(tmp_path / "docker.pid")],
+            ["nsenter", f"--net=/run/netns/{host_ns}", "dockerd", "--iptables=true", "--data-root", str(run_dir / "root"),
+             "--exec-root", str(run_dir / "exec"), "-H", f"unix://{sock_path}", "--pidfile", str(tmp_path / "docker.pid")],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "dockerd.log", "w"), start_new_session=True)
-        stop.callback(_stop_dockerd, dockerd)
+        stop.callback(_stop_dockerd, dockerd, run_dir)
         deadline = time.monotonic() + 60
         while "-P FORWARD DROP" not in in_ns(host_ns, "iptables", "-w", "-S", "FORWARD").stdout \
                 or in_ns(host_ns, "iptables", "-w", "-L", "DOCKER-USER", check=False).returncode:
@@ -52,10 +57,17 @@ def test_host_uplink_passes_dockers_forward_drop_through_docker_user(tmp_path):
         assert report == {"docker_user_rules": 2, "with_rules": "ping", "without_rules": ""}, run.stderr[-2000:]
 
 
-def _stop_dockerd(dockerd: subprocess.Popen) -> None:
+def _stop_dockerd(dockerd: subprocess.Popen, run_dir: Path) -> None:
     os.killpg(dockerd.pid, signal.SIGTERM)
     try:
         dockerd.wait(30)
     except subprocess.TimeoutExpired:
         os.killpg(dockerd.pid, signal.SIGKILL)
         dockerd.wait(10)
+    # dockerd bind-mounts its data root onto itself and undoes it only on a clean exit; a
+    # dockerd that died or was killed leaves the mount (and an unremovable directory) behind.
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted(points, key=len, reverse=True):
+        if point.startswith(f"{run_dir}/"):
+            subprocess.run(["umount", "-l", point], check=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import threading
 import time
 
 import docker.errors

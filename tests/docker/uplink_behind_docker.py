@@ -25,7 +25,8 @@ def main(host: str, port: int) -> None:
     config = DataPlaneConfig(instance=secrets.token_hex(3), uplink="host", upstream_dns=((host, 53),), subnet="10.92.0.0/16")
     dataplane = DataPlane(config)
     dataplane.start()
-    runtime = NetnsRuntime(dataplane, Path(tempfile.mkdtemp(prefix="devbox-sim-uplink-")))
+    state = tempfile.TemporaryDirectory(prefix="devbox-sim-uplink-")
+    runtime = NetnsRuntime(dataplane, Path(state.name))
     report = {}
     try:
         uplink = dataplane._router.uplink
@@ -44,6 +45,7 @@ def main(host: str, port: int) -> None:
         report["without_rules"] = attempt()
     finally:
         runtime.close()
+        state.cleanup()
     print(json.dumps(report), flush=True)
 
 

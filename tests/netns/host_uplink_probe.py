@@ -24,7 +24,8 @@ def main(dns: str, targets: list[str]) -> None:
     config = DataPlaneConfig(instance=secrets.token_hex(3), uplink="host", upstream_dns=((dns, 53),), subnet="10.92.0.0/16")
     dataplane = DataPlane(config)
     dataplane.start()
-    runtime = NetnsRuntime(dataplane, Path(tempfile.mkdtemp(prefix="devbox-sim-uplink-")))  # closing it stops the plane
+    state = tempfile.TemporaryDirectory(prefix="devbox-sim-uplink-")
+    runtime = NetnsRuntime(dataplane, Path(state.name))  # closing it stops the plane
     report = {}
     try:
         runtime.provision(DevboxSpec(id="dbx_uplink", account="a", policy=make_policy(allow_all=True)))
@@ -36,6 +37,7 @@ def main(dns: str, targets: list[str]) -> None:
             report[target] = out.decode().strip()
     finally:
         runtime.close()
+        state.cleanup()
     print(json.dumps(report), flush=True)
 
 

@@ -107,7 +107,6 @@ def _start(args: argparse.Namespace):
     """The uvicorn server and its bound socket, the app built (runtime and data plane up)."""
     import uvicorn
 
-    from simulator.api.tunnel_websocket import ServerWebSocketProtocol
     from simulator.app import create_app
 
     settings = Settings(
@@ -147,15 +146,26 @@ def _start(args: argparse.Namespace):
         raise
     config = uvicorn.Config(
         app, log_level=args.log_level, access_log=False, log_config=None,
-        ws=ServerWebSocketProtocol,  # wsproto: tunnels carry WebSockets (the API's routes refuse them)
-        # No compression with clients: wsproto inflates a frame without a size limit before
-        # uvicorn counts it (a 250 KiB frame took 250 MiB), and the relay copies messages anyway.
-        ws_per_message_deflate=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **uvicorn_protocol_options(),
     )
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).
     print(f"devbox-sim listening on http://{settings.host}:{port} (data dir {settings.data_dir.resolve()})", file=sys.stderr, flush=True)
     return _server_class()(config, app.state.end_devboxes), sock
+
+
+def uvicorn_protocol_options() -> dict:
+    """How uvicorn speaks to clients, for the API and its tunnels (tests serve with these too)."""
+    from simulator.api.tunnel_websocket import ServerWebSocketProtocol
+
+    return dict(
+        ws=ServerWebSocketProtocol,  # wsproto: tunnels carry WebSockets (the API's routes refuse them)
+        # No compression with clients: wsproto inflates a frame without a size limit before
+        # uvicorn counts it (a 250 KiB frame took 250 MiB), and the relay copies messages anyway.
+        ws_per_message_deflate=False,
+        # Date and Server come from the app (tunnel_headers.with_default_headers): uvicorn's
+        # would be put in front of a devbox's own answer through a tunnel, two of each.
+        server_header=False, date_header=False,
+    )
 
 
 def _server_class():

@@ -41,6 +41,7 @@ import h11
 
 from simulator.api import tunnel_websocket
 from simulator.api.tunnel_headers import end_to_end as _end_to_end
+from simulator.api.tunnel_headers import with_default_headers
 from simulator.errors import ApiError
 from simulator.tunnels import AUTH_HEADER, TunnelRefused
 
@@ -71,7 +72,8 @@ class TunnelProxy:
         host = next((value for name, value in scope.get("headers", ()) if name == b"host"), b"")
         match = _TUNNEL_HOST.match(host)
         if match is None:
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, with_default_headers(send, server=True))
+        send = with_default_headers(send, server=False)
         port, key = int(match.group(1)), match.group(2).decode().lower()
         if scope["type"] == "websocket" and (await receive())["type"] != "websocket.connect":
             return  # the client left before its handshake was read

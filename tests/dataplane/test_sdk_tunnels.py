@@ -132,6 +132,9 @@ def test_an_open_tunnel_reaches_a_server_in_the_devbox(server, devbox):  # noqa:
     response = through(server, port, tunnel.tunnel_key, "/a/b?x=1&y=%20", "POST", content=b"payload",
                        headers={"X-Custom": "v"})
     assert response.status_code == 200 and response.headers["x-echo"] == "yes"
+    # The devbox server's own Date and Server (http.server sends both), once each.
+    assert len(response.headers.get_list("date")) == 1
+    assert [name.split("/")[0] for name in response.headers.get_list("server")] == ["BaseHTTP"]
     echoed = response.json()
     assert (echoed["method"], echoed["path"], echoed["body"]) == ("POST", "/a/b?x=1&y=%20", "payload")
     assert echoed["headers"]["x-custom"] == "v"

@@ -6,7 +6,7 @@ import pytest
 
 from simulator.api import tunnel_proxy
 from simulator.api.tunnel_proxy import TunnelProxy
-from simulator.api.tunnel_websocket import ServerWebSocketProtocol
+from simulator.cli import uvicorn_protocol_options
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -57,6 +57,7 @@ def test_at_most_per_devbox_requests_in_flight():
 # The real middleware, served by uvicorn (httptools, as in production) on loopback, in front of
 # raw TCP "devbox servers" on loopback; the services are stand-ins that admit every key.
 
+import email.utils  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -117,8 +118,7 @@ def proxy():
     app = TunnelProxy(_api, services=lambda: services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http="httptools", ws=ServerWebSocketProtocol, ws_per_message_deflate=False, lifespan="off",
-                                           log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="off", log_level="error", **uvicorn_protocol_options()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -213,6 +213,30 @@ def wait_for(predicate, seconds=5.0):
 def test_other_hosts_reach_the_api(proxy):
     url, _, tunnels = proxy
     assert httpx.get(url).text == "api" and tunnels.admitted == 0
+
+
+def test_one_date_and_server_each_the_devbox_s_own_through_a_tunnel(proxy, upstream):
+    url, _, _ = proxy
+    answers = {
+        "/own": b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: devbox/1\r\nContent-Length: 0\r\n\r\n",
+        "/none": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    }
+
+    def answer(conn):
+        request, _ = read_request(conn)
+        conn.sendall(answers[request.target.decode()])
+
+    server = upstream(answer)
+    with httpx.Client(headers=host(server.port)) as client:
+        own = client.get(url + "/own").headers
+        assert own.get_list("date") == ["Sun, 06 Nov 1994 08:49:37 GMT"] and own.get_list("server") == ["devbox/1"]
+        # A forwarded answer without a Date gains one (RFC 9110 6.6.1), not the proxy's Server.
+        none = client.get(url + "/none").headers
+        assert len(none.get_list("date")) == 1 and email.utils.parsedate_to_datetime(none["date"]).year >= 2024
+        assert "server" not in none
+    # The API's own answers carry both, once.
+    api = httpx.get(url).headers
+    assert len(api.get_list("date")) == 1 and api.get_list("server") == ["uvicorn"]
 
 
 def test_a_chunked_request_body_arrives_whole(proxy, upstream):

@@ -62,7 +62,7 @@ class BlueprintService:
                     return previous
             # Inside the transaction: a policy or base cannot vanish before we store.
             for policy_id in (params.get("network_policy_id"), (params.get("launch_parameters") or {}).get("network_policy_id")):
-                if policy_id:
+                if policy_id is not None:  # "" too: an unknown policy, not "none"
                     self.network_policies.require(account, policy_id)
             base = self._base(account, params)
             blueprint = Blueprint(
@@ -87,7 +87,7 @@ class BlueprintService:
         the build args as comments. Nothing is stored or built."""
         _check_params(params)
         for policy_id in (params.get("network_policy_id"), (params.get("launch_parameters") or {}).get("network_policy_id")):
-            if policy_id:
+            if policy_id is not None:
                 self.network_policies.require(account, policy_id)
         base = self._base(account, params)
         text = params.get("dockerfile") or ""

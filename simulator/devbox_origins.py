@@ -47,7 +47,7 @@ class DevboxOrigins:
         if params.get("snapshot_id"):
             snapshot = self.snapshots.require_complete(account, params["snapshot_id"])
             merged = dict(launch)
-            if not merged.get("network_policy_id") and snapshot.network_policy_id:
+            if merged.get("network_policy_id") is None and snapshot.network_policy_id:
                 try:
                     self.blueprints.network_policies.require(account, snapshot.network_policy_id)
                 except InvalidRequest as exc:

@@ -127,8 +127,9 @@ class DevboxService:
             if self.origins is not None:  # a blueprint's or snapshot's defaults (400 if unusable)
                 origin = self.origins.resolve(account, params, launch)
                 launch, blueprint_id, snapshot_id = origin.launch_parameters, origin.blueprint_id, origin.snapshot_id
-            # Checked inside the transaction: the policy cannot be deleted before we store.
-            if launch.get("network_policy_id"):
+            # Checked inside the transaction: the policy cannot be deleted before we store. An
+            # empty id is an unknown policy (400), never "no policy" (unrestricted egress).
+            if launch.get("network_policy_id") is not None:
                 self.network_policies.require(account, launch["network_policy_id"])
             now = clock.now_ms()
             devbox = Devbox(

@@ -165,7 +165,17 @@ def test_policies_used_by_blueprints_cannot_be_deleted(devbox_client):
                  "unknown_network_policy")
     assert_error(client.post(URL, json={"name": "x", "launch_parameters": {"network_policy_id": "npol_nope"}},
                              headers=ALICE), 400, "unknown_network_policy")
+    for empty in ({"network_policy_id": ""}, {"launch_parameters": {"network_policy_id": ""}}):  # unknown, not "none"
+        assert_error(client.post(URL, json={"name": "x", **empty}, headers=ALICE), 400, "unknown_network_policy")
+        assert_error(client.post(f"{URL}/preview", json={"name": "x", **empty}, headers=ALICE), 400,
+                     "unknown_network_policy")
     assert ok(client.get(URL, params={"name": "x"}, headers=ALICE))["blueprints"] == []  # nothing half-made
+    # A devbox from a blueprint with a launch policy cannot drop it with an empty id.
+    deny = ok(client.post("/v1/network-policies", json={"name": "bp-deny"}, headers=ALICE))
+    guarded = blueprint(client, name="guarded", launch_parameters={"network_policy_id": deny["id"]})
+    assert_error(client.post("/v1/devboxes", json={"blueprint_id": guarded["id"],
+                                                   "launch_parameters": {"network_policy_id": ""}}, headers=ALICE),
+                 400, "unknown_network_policy")
 
 
 def test_create_validation(devbox_client):

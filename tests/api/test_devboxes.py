@@ -223,6 +223,9 @@ def test_network_policy_is_validated_stored_and_shown(devbox_client):
         400,
         "unknown_network_policy",
     )
+    # An empty id is an unknown policy, not "no policy" (which would be unrestricted egress).
+    assert_error(devbox_client.post(URL, json={"launch_parameters": {"network_policy_id": ""}}, headers=ALICE),
+                 400, "unknown_network_policy")
     assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
 
     policy = devbox_client.post("/v1/network-policies", json={"name": "p"}, headers=ALICE).json()

@@ -188,6 +188,9 @@ def test_policy_inherited_from_the_source_unless_the_request_sets_one(devbox_cli
     assert inherited["launch_parameters"]["network_policy_id"] == p["id"]
     overridden = running_devbox(client, snapshot_id=view["id"], launch_parameters={"network_policy_id": q["id"]})
     assert overridden["launch_parameters"]["network_policy_id"] == q["id"]
+    # An empty id is an unknown policy: neither "none" nor "the source's".
+    assert_error(client.post("/v1/devboxes", json={"snapshot_id": view["id"], "launch_parameters": {"network_policy_id": ""}},
+                             headers=ALICE), 400, "unknown_network_policy")
     for devbox in (source, inherited):
         ok(client.post(f"/v1/devboxes/{devbox['id']}/shutdown", headers=ALICE))
     ok(client.post(f"/v1/network-policies/{p['id']}/delete", headers=ALICE))

@@ -70,7 +70,8 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # devboxes run untrusted code: the store is root's alone
     db = Database(settings.database_path)
-    policies = NetworkPolicyService(db, max_per_account=settings.max_policies_per_account)
+    policies = NetworkPolicyService(db, max_per_account=settings.max_policies_per_account,
+                                    unique_names=settings.unique_policy_names)
     dataplane = getattr(runtime, "dataplane", None)
     if dataplane is not None:
         # Inside the update transaction: enforcement fails -> the stored update rolls back.

@@ -27,6 +27,7 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="SQLite store and devbox files (DEVBOX_SIM_DATA_DIR)")
     serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
     serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
+    serve.add_argument("--unique-policy-names", action=argparse.BooleanOptionalAction, default=defaults.unique_policy_names, help="refuse a network policy name already used in the account (400 duplicate_name); by default names may repeat, as in the API's current version (DEVBOX_SIM_UNIQUE_POLICY_NAMES)")
     serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"], help="one access-log line per request at info (DEVBOX_SIM_LOG_LEVEL)")
     serve.add_argument("--runtime", default=defaults.runtime, choices=["auto", "docker", "netns", "none"], help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME)")
     serve.add_argument("--image", default=defaults.image, help="docker runtime: the devboxes' image, already in the daemon (never pulled); default: a busybox image built offline (DEVBOX_SIM_IMAGE)")
@@ -115,6 +116,7 @@ def _start(args: argparse.Namespace):
         data_dir=args.data_dir,
         api_keys=args.api_keys,
         max_policies_per_account=args.max_policies_per_account,
+        unique_policy_names=args.unique_policy_names,
         log_level=args.log_level,
         runtime=args.runtime,
         image=args.image,

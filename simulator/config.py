@@ -17,6 +17,9 @@ class Settings:
     data_dir: Path = Path("data")
     api_keys: Path | None = None
     max_policies_per_account: int = 100
+    # Policy names may repeat in an account (the contract; SDK 3.0 calls them labels); True
+    # refuses a duplicate on create or rename with 400 duplicate_name, as SDK 1.x's API did.
+    unique_policy_names: bool = False
     log_level: str = "info"
     # Devbox runtime. The library default is "none" (API only); `devbox-sim serve` defaults
     # to "auto": docker when a daemon answers, else netns when running as root on Linux, else none.
@@ -48,6 +51,7 @@ class Settings:
         settings.max_policies_per_account = int(
             env.get("DEVBOX_SIM_MAX_POLICIES", settings.max_policies_per_account)
         )
+        settings.unique_policy_names = _flag(env, "DEVBOX_SIM_UNIQUE_POLICY_NAMES", settings.unique_policy_names)
         settings.log_level = env.get("DEVBOX_SIM_LOG_LEVEL", settings.log_level)
         settings.runtime = env.get("DEVBOX_SIM_RUNTIME", "auto")
         settings.image = env.get("DEVBOX_SIM_IMAGE") or None
@@ -65,6 +69,17 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "devbox-sim.sqlite3"
+
+
+def _flag(env, name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
 
 
 def parse_servers(text: str) -> tuple[tuple[str, int], ...]:

@@ -179,6 +179,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE devboxes ADD COLUMN tunnel_key TEXT;
     CREATE UNIQUE INDEX devboxes_tunnel_key ON devboxes(tunnel_key) WHERE tunnel_key IS NOT NULL;
     """,
+    # Policy names may repeat (the contract, SDK 3.0: "names are labels"); --unique-policy-names
+    # checks them in NetworkPolicyService, inside the write transaction.
+    """
+    DROP INDEX network_policies_name;
+    CREATE INDEX network_policies_name ON network_policies(account, name);
+    """,
 ]
 
 

@@ -45,7 +45,7 @@ class NetworkPolicyService:
         db: Database,
         *,
         max_per_account: int = DEFAULT_MAX_PER_ACCOUNT,
-        unique_names: bool = True,
+        unique_names: bool = False,
     ):
         self.db = db
         self.max_per_account = max_per_account
@@ -188,6 +188,8 @@ def _check_name(name: str) -> str:
         raise InvalidRequest("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidRequest("name must not contain control characters (NUL, line breaks, tabs, DEL)")
     return name
 
 

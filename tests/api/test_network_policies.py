@@ -159,7 +159,19 @@ def test_update_unknown_is_404(client):
     assert_error(client.post(f"{URL}/npol_nope", json={"name": "x"}, headers=ALICE), 404, "not_found")
 
 
-def test_duplicate_name_on_create_and_rename(client):
+def test_names_may_repeat_by_default(client):
+    # The contract and SDK 3.0: a name is a label; two policies may share it, each its own id.
+    first, second = create(client, name="same"), create(client, name="same")
+    assert first["id"] != second["id"]
+    other = create(client, name="other")
+    assert client.post(f"{URL}/{other['id']}", json={"name": "same"}, headers=ALICE).json()["name"] == "same"
+    listed = client.get(URL, params={"name": "same"}, headers=ALICE).json()["network_policies"]
+    assert sorted(p["id"] for p in listed) == sorted([first["id"], second["id"], other["id"]])
+    assert client.get(f"{URL}/{first['id']}", headers=ALICE).json()["name"] == "same"
+
+
+def test_unique_names_mode_refuses_a_duplicate_on_create_and_rename(make_client):
+    client = make_client(unique_policy_names=True)
     first = create(client, name="same")
     assert_error(client.post(URL, json={"name": "same"}, headers=ALICE), 400, "duplicate_name", "same")
     other = create(client, name="other")
@@ -169,6 +181,15 @@ def test_duplicate_name_on_create_and_rename(client):
     # Renaming to its own name is fine; another account may use the name.
     assert client.post(f"{URL}/{first['id']}", json={"name": "same"}, headers=ALICE).status_code == 200
     create(client, headers=BOB, name="same")
+    assert [p["id"] for p in client.get(URL, headers=ALICE).json()["network_policies"]] == [other["id"], first["id"]]
+
+
+def test_names_are_text_without_control_characters(client):
+    for name in ("a\x00b", "line\nbreak", "tab\there", "del\x7f"):
+        assert_error(client.post(URL, json={"name": name}, headers=ALICE), 400, "invalid_request", "control")
+    view = create(client, name="ok")
+    assert_error(client.post(f"{URL}/{view['id']}", json={"name": "bad\x01"}, headers=ALICE), 400, "invalid_request")
+    assert client.get(URL, headers=ALICE).json()["network_policies"] == [view]
 
 
 def test_quota_of_100_per_account(client):

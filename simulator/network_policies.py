@@ -24,6 +24,9 @@ MAX_NAME_LENGTH = 256
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_HOSTNAMES = 1000
 MAX_CIDRS = 1000
+# Port rules over all of allowed_cidrs. Each becomes set elements in the policy's nftables
+# chain: a million (1,000 CIDRs x 1,000 ports) took 90 s to apply, with the API waiting.
+MAX_PORT_RULES = 4000
 
 EGRESS_FLAGS = (
     "allow_all",
@@ -212,6 +215,9 @@ def _merge_egress(current: Egress, params: dict[str, Any]) -> Egress:
     if params.get("allowed_cidrs") is not None:
         if len(params["allowed_cidrs"]) > MAX_CIDRS:
             raise InvalidRequest(f"allowed_cidrs holds more than {MAX_CIDRS} entries")
+        ports = sum(len(entry.get("ports") or ()) for entry in params["allowed_cidrs"] if isinstance(entry, dict))
+        if ports > MAX_PORT_RULES:
+            raise InvalidRequest(f"allowed_cidrs hold {ports} port rules in all, more than {MAX_PORT_RULES}")
         changes["allowed_cidrs"] = validate_cidrs(params["allowed_cidrs"])
     if changes.get("allow_all") is False and "allow_devbox_to_devbox" not in changes and current.allow_all:
         # Turning allow_all off drops the devbox-to-devbox it implied, unless set explicitly.

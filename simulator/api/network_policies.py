@@ -1,9 +1,15 @@
-"""/v1/network-policies: parse, call the service action of the same name, serialise."""
+"""/v1/network-policies: parse, call the service action of the same name, serialise.
+
+Reads run on the event loop (a cached view, microseconds). Writes run in a worker thread: one
+that reaches running devboxes applies nftables and cuts flows, which must not hold up every
+other request meanwhile."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import Response
 
@@ -48,9 +54,8 @@ async def create_network_policy(
     request_id: str | None = Depends(deps.request_id),
     services=Depends(deps.services),
 ):
-    policy = services.network_policies.create_network_policy(
-        account, params.model_dump(exclude_unset=True), request_id
-    )
+    policy = await _in_thread(services.network_policies.create_network_policy,
+                              account, params.model_dump(exclude_unset=True), request_id)
     return _json(view_json(policy))
 
 
@@ -93,7 +98,7 @@ async def update_network_policy(
     services=Depends(deps.services),
 ):
     changes = params.model_dump(exclude_unset=True) if params is not None else {}
-    return _json(view_json(services.network_policies.update_network_policy(account, id, changes)))
+    return _json(view_json(await _in_thread(services.network_policies.update_network_policy, account, id, changes)))
 
 
 @router.post(
@@ -108,4 +113,8 @@ async def delete_network_policy(
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    return _json(view_json(services.network_policies.delete_network_policy(account, id)))
+    return _json(view_json(await _in_thread(services.network_policies.delete_network_policy, account, id)))
+
+
+async def _in_thread(action, *args):
+    return await anyio.to_thread.run_sync(partial(action, *args))

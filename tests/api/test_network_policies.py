@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
+from simulator.network_policies import MAX_PORT_RULES
 from tests.api.conftest import ALICE, BOB
 
 URL = "/v1/network-policies"
@@ -402,3 +404,41 @@ def test_validation_messages_name_the_field(client, send, message):
     response = client.post("/v1/network-policies", headers=ALICE, **send)
     assert response.status_code == 400
     assert response.json() == {"message": message, "error_code": "invalid_request"}
+
+
+def test_port_rules_are_capped_in_all(client):
+    per_cidr = MAX_PORT_RULES // 10 + 1  # ten CIDRs, each under any per-entry limit
+    cidrs = [{"cidr": f"192.0.2.{i * 16}/28", "ports": [{"port": p, "protocol": "TCP"} for p in range(1, per_cidr + 1)]}
+             for i in range(10)]
+    body = assert_error(client.post(URL, json={"name": "huge", "allowed_cidrs": cidrs}, headers=ALICE), 400,
+                        "invalid_request", "port rules")
+    assert str(MAX_PORT_RULES) in body["message"]
+    view = create(client, name="small", allowed_cidrs=cidrs[:1])
+    assert_error(client.post(f"{URL}/{view['id']}", json={"allowed_cidrs": cidrs}, headers=ALICE), 400, "invalid_request")
+    assert client.get(URL, headers=ALICE).json()["network_policies"] == [view]  # nothing half-applied
+    at_cap = [{**cidrs[0], "ports": [{"port": p, "protocol": "UDP"} for p in range(1, MAX_PORT_RULES + 1)]}]
+    assert client.post(f"{URL}/{view['id']}", json={"allowed_cidrs": at_cap}, headers=ALICE).status_code == 200
+
+
+def test_a_write_that_takes_long_does_not_hold_up_other_requests(client):
+    """A policy write runs off the event loop: one applying nftables for running devboxes (here
+    a hook that waits) leaves the listener answering meanwhile. (What reads the store waits for
+    the write's transaction, which holds the kernel change: MAX_PORT_RULES bounds that.)"""
+    view = create(client, name="slow")
+    entered, answered = threading.Event(), threading.Event()
+
+    def slow_hook(before, after):
+        entered.set()
+        answered.wait(10)
+
+    client.app.state.services.network_policies.add_update_hook(slow_hook)
+    update = threading.Thread(target=client.post, args=(f"{URL}/{view['id']}",), kwargs={"json": {"description": "d"}, "headers": ALICE})
+    update.start()
+    try:
+        assert entered.wait(10)
+        assert client.get("/healthz").status_code == 200
+        assert update.is_alive() and not answered.is_set()  # answered while the write waited
+    finally:
+        answered.set()
+        update.join(10)
+    assert client.get(f"{URL}/{view['id']}", headers=ALICE).json()["description"] == "d"

@@ -3,13 +3,16 @@
 An entry is an exact DNS name (``github.com``) or a wildcard whose whole first label is ``*``
 (``*.example.com``). ``*.example.com`` matches every name below example.com at any depth and
 never example.com itself (matching is in ``dns.patterns``). Entries are stored normalised:
-lower case, no trailing dot, IDN labels in punycode (``bücher.de`` -> ``xn--bcher-kva.de``).
+lower case, no trailing dot, IDN labels in punycode by UTS-46 (IDNA 2008) non-transitional
+rules (``bücher.de`` -> ``xn--bcher-kva.de``, ``faß.de`` -> ``xn--fa-hia.de``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+
+import idna
 
 from simulator.errors import InvalidRequest
 
@@ -49,16 +52,19 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
     body = name[2:] if wildcard else name
     if "*" in body:
         raise bad("a wildcard is only allowed as the whole first label, e.g. '*.example.com'")
+    if not body.isascii():
+        # UTS-46, non-transitional (IDNA 2008), as browsers and libidn2 resolve names:
+        # faß.de is xn--fa-hia.de. Python's own "idna" codec is IDNA 2003, which made it
+        # fass.de - another domain - so the policy opened a name its author never gave.
+        try:
+            body = idna.encode(body, uts46=True, transitional=False).decode("ascii")
+        except UnicodeError as exc:  # idna.IDNAError is one
+            raise bad(f"it is not a valid internationalised name ({exc})") from None
     labels = body.split(".")
     ascii_labels = []
     for label in labels:
         if label == "":
             raise bad("it has an empty label (two dots in a row, or a leading dot)")
-        if not label.isascii():
-            try:
-                label = label.encode("idna").decode("ascii")
-            except UnicodeError as exc:
-                raise bad(f"label {label!r} is not a valid internationalised name ({exc})") from None
         if len(label) > MAX_LABEL_LENGTH:
             raise bad(f"label {label[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters")
         if not _LABEL.match(label):

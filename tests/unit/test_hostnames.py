@@ -19,6 +19,11 @@ from simulator.hostnames import normalise_pattern, normalise_patterns
         ("bücher.de", "xn--bcher-kva.de"),
         ("*.bücher.de", "*.xn--bcher-kva.de"),
         ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        # IDNA 2008 (UTS-46 non-transitional), as browsers: not IDNA 2003's fass.de / strasse.de
+        ("faß.de", "xn--fa-hia.de"),
+        ("*.Straße.de", "*.xn--strae-oqa.de"),
+        ("ｅｘａｍｐｌｅ.com", "example.com"),  # full-width letters are these letters
+        ("münchen.de.", "xn--mnchen-3ya.de"),
         ("1password.com", "1password.com"),
         ("a" * 63 + ".com", "a" * 63 + ".com"),
         (".".join(["a" * 49] * 5), ".".join(["a" * 49] * 5)),  # 249 characters
@@ -58,6 +63,9 @@ def test_accepts(raw, expected):
         ".".join(["a" * 63] * 4) + ".com",  # > 253 characters
         "example.123",
         "github.com..",
+        "☃.net",  # symbols are no IDNA 2008 labels
+        "a.\u0301b.com",  # a label may not start with a combining mark
+        "bücher..de",
     ],
 )
 def test_rejects(raw):

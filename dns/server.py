@@ -10,7 +10,10 @@ Threads (all daemon):
                  others, and no thread is created per UDP query.
   connections    one thread per TCP connection (capped in all and, optionally, per client
                  address), several length-framed queries each, closed after an idle timeout;
-                 optionally paced to a query rate per client (``rate.ClientRates``).
+                 optionally paced to a query rate per client (``rate.ClientRates``). With
+                 every slot taken, a newcomer from a smaller group (``tcp_group``: e.g. an
+                 account) ends the oldest connection of the largest group, so slots are
+                 shared fairly rather than first come, first served.
 
 Wire handlers. When the handler is the bound ``resolve`` of an object that also has
 ``resolve_wire(client_ip, data, tcp=False) -> bytes | None`` (``Resolver``), UDP is served
@@ -113,7 +116,7 @@ class ServerStats:
     """
 
     COUNTERS = ("udp_received", "udp_dropped_overload", "udp_truncated", "malformed",
-                "tcp_accepted", "tcp_rejected", "tcp_paced", "answered", "handler_errors")
+                "tcp_accepted", "tcp_rejected", "tcp_evicted", "tcp_paced", "answered", "handler_errors")
     # Index of each counter in a reader's shard.
     SHARD = ("udp_received", "udp_truncated", "answered")
 
@@ -163,6 +166,7 @@ class DnsServer:
         tcp_idle_timeout: float = 5.0,
         max_queries_per_connection: int = 1000,
         tcp_query_rate: tuple[float, int] | None = None,
+        tcp_group: Callable[[str], str | None] | None = None,
         name: str = "dns",
     ):
         self._handler = handler
@@ -178,6 +182,13 @@ class DnsServer:
         # connection slot (TCP is where truncated answers go).
         self._max_tcp_per_client = max_tcp_per_client
         self._tcp_per_client: dict[str, int] = {}
+        # Who shares the connection slots fairly (e.g. a devbox's account; None or no function:
+        # each client address alone). When every slot is taken, a newcomer whose group holds
+        # fewer than the largest group less one takes the oldest connection of that group's
+        # busiest client: no group can lock the others out of TCP by holding every slot.
+        self._tcp_group = tcp_group
+        self._conn_info: dict[socket.socket, tuple[str, str]] = {}  # conn -> (client, group)
+        self._evicted: set[socket.socket] = set()
         self._idle = tcp_idle_timeout
         self._max_queries = max_queries_per_connection
         # (queries a second, burst) per client over TCP, all its connections together: a
@@ -338,18 +349,20 @@ class DnsServer:
                 return
             except OSError:
                 return
+            client = addr[0]
+            group = self._group_of(client)
             with self._conns_lock:
-                client = addr[0]
                 held = self._tcp_per_client.get(client, 0)
                 if (
-                    len(self._conns) >= self._max_tcp
-                    or (self._max_tcp_per_client is not None and held >= self._max_tcp_per_client)
+                    (self._max_tcp_per_client is not None and held >= self._max_tcp_per_client)
                     or self._stopping.is_set()
+                    or (len(self._conns) - len(self._evicted) >= self._max_tcp and not self._evict_for(group))
                 ):
                     self.stats.incr("tcp_rejected")
                     conn.close()
                     continue
                 self._tcp_per_client[client] = held + 1
+                self._conn_info[conn] = (client, group)
                 thread = threading.Thread(
                     target=self._serve_tcp,
                     args=(conn, addr),
@@ -360,6 +373,41 @@ class DnsServer:
                 # Started under the lock so stop() never sees (and joins) an unstarted thread.
                 thread.start()
             self.stats.incr("tcp_accepted")
+
+    def _group_of(self, client: str) -> str:
+        if self._tcp_group is not None:
+            try:
+                group = self._tcp_group(client)
+            except Exception:
+                log.exception("%s: tcp_group failed for %s", self._name, client)
+                group = None
+            if group is not None:
+                return "g:" + group
+        return "c:" + client
+
+    def _evict_for(self, group: str) -> bool:
+        """With every slot taken (``_conns_lock`` held): end the oldest connection of the busiest
+        client of the largest group, if that group holds more than ``group`` plus one. True if
+        one was ended (its thread gives the slot back as it exits)."""
+        held: dict[str, list[tuple[socket.socket, str]]] = {}
+        for conn, (client, owner) in self._conn_info.items():  # oldest first (dict order)
+            if conn not in self._evicted:
+                held.setdefault(owner, []).append((conn, client))
+        largest = max(held, key=lambda g: len(held[g]), default=None)
+        if largest is None or len(held[largest]) <= len(held.get(group, ())) + 1:
+            return False
+        per_client: dict[str, int] = {}
+        for _, client in held[largest]:
+            per_client[client] = per_client.get(client, 0) + 1
+        busiest = max(per_client, key=per_client.__getitem__)
+        victim = next(conn for conn, client in held[largest] if client == busiest)
+        self._evicted.add(victim)
+        try:
+            victim.shutdown(socket.SHUT_RDWR)  # its thread's recv returns; it closes and leaves
+        except OSError:
+            pass
+        self.stats.incr("tcp_evicted")
+        return True
 
     # -- workers (UDP) -----------------------------------------------------------------
 
@@ -467,6 +515,8 @@ class DnsServer:
         finally:
             with self._conns_lock:
                 self._conns.pop(conn, None)
+                self._conn_info.pop(conn, None)
+                self._evicted.discard(conn)
                 left = self._tcp_per_client.get(addr[0], 1) - 1
                 if left > 0:
                     self._tcp_per_client[addr[0]] = left

@@ -203,7 +203,8 @@ class DataPlane:
         self._dns = DnsServer(
             self.resolver.resolve, udp_sockets=[udp], tcp_sockets=[tcp], workers=RESOLVER_THREADS,
             max_tcp_connections=RESOLVER_TCP_CONNECTIONS, max_tcp_per_client=RESOLVER_TCP_PER_DEVBOX,
-            tcp_query_rate=(ruleset.DNS_RATE_PER_SECOND, ruleset.DNS_RATE_BURST), name="resolver",
+            tcp_query_rate=(ruleset.DNS_RATE_PER_SECOND, ruleset.DNS_RATE_BURST),
+            tcp_group=self._account_of, name="resolver",  # one account cannot hold every TCP slot
         )
         self._dns.start()
 
@@ -475,6 +476,10 @@ class DataPlane:
                 self._delete_flows(self._flows_from([ip]))
 
     # --- resolver callbacks (DNS threads) --------------------------------------------------
+
+    def _account_of(self, client_ip: str) -> str | None:
+        attached = self._by_ip.get(client_ip)
+        return attached.account if attached else None
 
     def _client_view(self, client_ip: str) -> ClientView | None:
         attached = self._by_ip.get(client_ip)

@@ -158,6 +158,55 @@ def test_tcp_connections_are_capped_per_client(serve, zone, tcp_exchange):
             conn.close()
 
 
+def test_a_full_pool_is_shared_fairly_between_groups(serve, zone, tcp_exchange):
+    """One group (an account's devboxes) holding every TCP slot cannot lock another out: a
+    newcomer from a smaller group takes the oldest connection of the busiest client of the
+    largest group; a newcomer of the largest group itself is refused."""
+    groups = {"127.0.0.2": "greedy", "127.0.0.3": "greedy", "127.0.0.4": "polite", "127.0.0.5": "third"}
+    server = serve(zone.resolve, max_tcp_connections=4, max_tcp_per_client=3, tcp_group=groups.get,
+                   tcp_idle_timeout=30.0)
+    address = server.tcp_addresses[0]
+    held = [_connect_from(ip, address) for ip in ("127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.2")]
+    extra = []
+    try:
+        for conn in held:
+            tcp_exchange(conn, DNSRecord.question("host.test"))  # accepted and registered
+        with _connect_from("127.0.0.3", address) as same_group:
+            assert _refused(same_group)  # the largest group gains nothing by asking again
+        extra.append(_connect_from("127.0.0.4", address))
+        assert tcp_exchange(extra[-1], DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR
+        # The oldest connection of the busiest greedy client (127.0.0.2's first) was ended.
+        assert _refused(held[0])
+        for conn in held[1:]:
+            assert tcp_exchange(conn, DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR
+        assert (server.stats.tcp_evicted, server.stats.tcp_rejected) == (1, 1)
+        # greedy 3, polite 1: a third group still gets in (3 > 0 + 1); then greedy 2, polite 1,
+        # third 1 - polite asking again finds no group more than one ahead, and is refused.
+        extra.append(_connect_from("127.0.0.5", address))
+        assert tcp_exchange(extra[-1], DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR
+        assert server.stats.tcp_evicted == 2
+        with _connect_from("127.0.0.4", address) as polite_again:
+            assert _refused(polite_again)
+    finally:
+        for conn in held + extra:
+            conn.close()
+
+
+def test_without_groups_each_client_is_its_own(serve, zone, tcp_exchange):
+    server = serve(zone.resolve, max_tcp_connections=2, tcp_idle_timeout=30.0)
+    address = server.tcp_addresses[0]
+    held = [_connect_from("127.0.0.2", address) for _ in range(2)]
+    try:
+        for conn in held:
+            tcp_exchange(conn, DNSRecord.question("host.test"))
+        with _connect_from("127.0.0.3", address) as other:
+            assert tcp_exchange(other, DNSRecord.question("host.test")).header.rcode == RCODE.NOERROR
+        assert _refused(held[0]) and server.stats.tcp_evicted == 1
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_slow_query_does_not_block_others(serve, zone, ask):
     release = threading.Event()
     slow_started = threading.Event()

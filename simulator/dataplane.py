@@ -339,7 +339,7 @@ class DataPlane:
             except Exception:
                 log.exception("removing nft state of %s", devbox_id)
         self._router.detach(attached.address.port)
-        self._cut_flows_from(attached.address.ip)
+        self._cut_flows_of(attached.address.ip)
 
     def attached(self, devbox_id: str) -> Attached | None:
         return self._by_id.get(devbox_id)
@@ -468,12 +468,15 @@ class DataPlane:
         else:
             conntrack.delete_flows(self.router_ns, flows)
 
-    def _cut_flows_from(self, ip: str) -> None:
+    def _cut_flows_of(self, ip: str) -> None:
+        """A departed devbox's flows, both ways: the next devbox given its address slot (same IP,
+        MAC and port name) must not inherit a flow another devbox had opened towards it."""
         with self._lock:
             if self._conntrack is None:
                 conntrack.delete(self.router_ns, ip)
             else:
                 self._delete_flows(self._flows_from([ip]))
+            conntrack.delete_flows(self.router_ns, conntrack.flows(self.router_ns, dst=ip, backend="netlink"))
 
     # --- resolver callbacks (DNS threads) --------------------------------------------------
 

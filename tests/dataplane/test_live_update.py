@@ -163,3 +163,28 @@ def test_devbox_to_devbox_off_cuts_flows_whichever_side_opened_them(plane, devbo
     assert not devboxes.run(target, "tcp", peer_ip, "9100").startswith("OK")
     for server in servers:
         server.kill()
+
+
+def test_a_devbox_that_goes_leaves_no_flow_towards_its_address(plane, devboxes):
+    """Its address slot (IP, MAC, port name) goes to a later devbox, maybe another account's:
+    a flow a peer had opened towards it must not outlive it (an established UDP flow lasts
+    120 s, TCP five days), or the peer would reach the newcomer past its policy."""
+    from netns import conntrack
+
+    dataplane = plane[0]
+    target = devboxes.create(make_policy(allow_devbox_to_devbox=True))
+    peer = devboxes.create(make_policy(allow_devbox_to_devbox=True))
+    target_ip = _ip(dataplane, target)
+    server = devboxes.start(target, "serve", "9100")
+    assert server.stdout.readline().decode().strip() == "OK ready"
+    held = Held(devboxes, peer, target_ip, 9100)
+    try:
+        assert held.poke("before") == "OK before"
+        assert conntrack.flows(dataplane.router_ns, dst=target_ip, backend="netlink")  # the peer's flow
+        server.kill()
+        devboxes.runtime.shutdown(target)
+        devboxes.made.remove(target)
+        assert conntrack.flows(dataplane.router_ns, dst=target_ip, backend="netlink") == []
+        assert conntrack.flows(dataplane.router_ns, src=target_ip, backend="netlink") == []
+    finally:
+        held.close()

@@ -80,6 +80,19 @@ def _copy_rr(rr: RR, ttl: int) -> RR:
     return RR(rr.rname, rr.rtype, rr.rclass, ttl, rr.rdata)
 
 
+# The longest an answer is kept (unbound's cache-max-ttl default): an upstream's TTL of years
+# would otherwise pin a name's answer, and the addresses it opened, for as long.
+MAX_CACHE_SECONDS = 86400
+
+
+def cache_seconds(ttl: int) -> int:
+    """How long to keep an answer whose smallest TTL is ``ttl``: RFC 2181 section 8 reads a TTL
+    with the top bit set as zero (not cached), and none is kept over MAX_CACHE_SECONDS."""
+    if ttl >= 1 << 31:
+        return 0
+    return min(ttl, MAX_CACHE_SECONDS)
+
+
 class AnswerCache:
     """Bounded, thread-safe (qname, qtype) -> answer records cache with an injectable clock."""
 
@@ -100,7 +113,7 @@ class AnswerCache:
         """Store ``records``; returns whether they were cached (not: empty, TTL 0, size 0)."""
         if not records or self._max == 0:
             return False
-        min_ttl = min(int(rr.ttl) for rr in records)
+        min_ttl = cache_seconds(min(int(rr.ttl) for rr in records))
         if min_ttl <= 0:
             return False
         now = self._clock()
@@ -113,7 +126,7 @@ class AnswerCache:
         """Store an answer section (as ``put``; ``qname`` already normalised)."""
         if section.count == 0 or self._max == 0:
             return False
-        min_ttl = section.min_ttl
+        min_ttl = cache_seconds(section.min_ttl)
         if min_ttl <= 0:
             return False
         now = self._clock()

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent, Resolver, Upstream, bind_udp_tcp
+from dns.cache import MAX_CACHE_SECONDS, cache_seconds
 from netns import conntrack, links, namespaces, ruleset
 from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft
@@ -52,6 +53,14 @@ log = logging.getLogger(__name__)
 # the answer and the connect.
 LEARN_FLOOR_SECONDS = 60
 LEARN_GRACE_SECONDS = 30
+# ...and at most a day (the cache's ceiling): an upstream's TTL of years must not open an
+# address for as long.
+LEARN_CEILING_SECONDS = MAX_CACHE_SECONDS
+
+
+def learn_timeout(ttl: int) -> int:
+    """Seconds an answered address stays in the devbox's learned set."""
+    return max(LEARN_FLOOR_SECONDS, min(cache_seconds(ttl), LEARN_CEILING_SECONDS)) + LEARN_GRACE_SECONDS
 LOCAL_SUFFIX = "devbox.internal"
 # The resolver's threads are shared by every devbox; one devbox may have at most
 # RESOLVER_UPSTREAM_PER_DEVBOX lookups waiting on the upstream (more get SERVFAIL, reason
@@ -506,7 +515,7 @@ class DataPlane:
                     continue  # devboxes are IPv4-only
                 if ipaddress.ip_address(address) in subnet:
                     continue  # learned addresses never open the devbox subnet
-                timeout = max(ttl, LEARN_FLOOR_SECONDS) + LEARN_GRACE_SECONDS
+                timeout = learn_timeout(ttl)
                 known = address in attached.learned
                 attached.learned.setdefault(address, {})[qname] = now + timeout
                 if known and attached.armed.get(address, 0.0) - now > timeout / 2:

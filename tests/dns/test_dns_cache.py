@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from dnslib import QTYPE, RR, A, CNAME
 
-from dns.cache import AnswerCache
+from dns.cache import MAX_CACHE_SECONDS, AnswerCache, cache_seconds
 
 
 class FakeClock:
@@ -63,6 +64,23 @@ def test_negative_and_zero_ttl_not_cached():
     assert not cache.put("nx.com", QTYPE.A, [])  # negative answers are never cached
     assert not cache.put("z.com", QTYPE.A, [a("z.com", "10.0.0.1", 0)])
     assert len(cache) == 0
+
+
+@pytest.mark.parametrize("ttl, kept", [(0, 0), (60, 60), (86400, 86400), (86401, 86400), (2**31 - 1, 86400),
+                                       (2**31, 0), (2**32 - 1, 0)])
+def test_cache_seconds_reads_a_top_bit_ttl_as_zero_and_keeps_a_day_at_most(ttl, kept):
+    assert MAX_CACHE_SECONDS == 86400 and cache_seconds(ttl) == kept
+
+
+def test_a_ttl_of_years_is_kept_a_day_and_one_with_the_top_bit_not_at_all():
+    clock = FakeClock()
+    cache = AnswerCache(clock=clock)
+    assert cache.put("long.com", QTYPE.A, [a("long.com", "10.0.0.1", 2**31 - 1)])
+    assert not cache.put("top.com", QTYPE.A, [a("top.com", "10.0.0.2", 2**32 - 1)])
+    clock.now += MAX_CACHE_SECONDS - 1
+    assert cache.get("long.com", QTYPE.A) is not None
+    clock.now += 1
+    assert cache.get("long.com", QTYPE.A) is None and cache.get("top.com", QTYPE.A) is None
 
 
 def test_bounded_evicts_least_recently_used():

@@ -293,10 +293,6 @@ class DataPlane:
         name: str | None = None,
     ) -> Attached:
         """Plug a devbox namespace into the bridge and enforce its policy, all or nothing."""
-        with self._lock:
-            newer = self._latest.get(policy.id) if policy is not None else None
-            if newer is not None and newer.update_time_ms > policy.update_time_ms:
-                policy = newer
         attached = Attached(devbox_id, account, _account_key(account), address, policy, name)
         self._router.attach(netns, pid, port_ifname=address.port, ip=address.ip, mac=address.mac)
         try:
@@ -304,6 +300,12 @@ class DataPlane:
                 doc: list = []
                 state = None
                 if policy is not None:
+                    # The newest version, read under the same lock as the rules are written: an
+                    # update that came while the port was attached (the lock not held) found no
+                    # devbox using the policy, so it only left its version in _latest.
+                    newer = self._latest.get(policy.id)
+                    if newer is not None and newer.update_time_ms > policy.update_time_ms:
+                        policy = newer
                     key = _policy_key(policy.id)
                     state = self._policies.get(key)
                     if state is None:

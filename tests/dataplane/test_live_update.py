@@ -188,3 +188,26 @@ def test_a_devbox_that_goes_leaves_no_flow_towards_its_address(plane, devboxes):
         assert conntrack.flows(dataplane.router_ns, src=target_ip, backend="netlink") == []
     finally:
         held.close()
+
+
+def test_an_update_while_a_devbox_is_being_plugged_in_is_enforced(plane, devboxes, monkeypatch):
+    """An update can land while connect attaches the devbox's port (the data plane's lock not
+    held): no devbox used the policy yet, so the update only noted the new version. The devbox
+    must come up under that version, not the one its provisioning read."""
+    dataplane = plane[0]
+    policy = make_policy(allow_all=True)
+    closed = dataclasses.replace(updated(policy, allow_all=False, allow_devbox_to_devbox=False),
+                                 update_time_ms=policy.update_time_ms + 1)
+    attach = dataplane._router.attach
+
+    def attach_then_update(*args, **kwargs):
+        result = attach(*args, **kwargs)
+        dataplane.policy_updated(policy, closed)  # as the API's update would, meanwhile
+        return result
+
+    monkeypatch.setattr(dataplane._router, "attach", attach_then_update)
+    box = devboxes.create(policy)
+    monkeypatch.setattr(dataplane._router, "attach", attach)
+    assert dataplane.attached(box).policy == closed
+    assert not devboxes.run(box, "tcp", BLOCKED, "443").startswith("OK")
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")

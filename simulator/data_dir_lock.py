@@ -16,13 +16,20 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["DataDirInUse", "LOCK_NAME", "lock_data_dir"]
+__all__ = ["DataDirInUse", "INSTANCE_LOCK_DIR", "InstanceInUse", "LOCK_NAME", "lock_data_dir", "lock_instance"]
 
 LOCK_NAME = "lock"
+# Instance ids are 24 bits of a hash of the data dir's path (they must fit interface names), so
+# two data dirs can share one: a lock per instance id, machine-wide, keeps such a pair apart.
+INSTANCE_LOCK_DIR = Path("/run/devbox-sim")
 
 
 class DataDirInUse(RuntimeError):
     """Another process holds the data dir."""
+
+
+class InstanceInUse(DataDirInUse):
+    """Another live data plane has the same instance id (its kernel objects' names)."""
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -40,6 +47,31 @@ def lock_data_dir(data_dir: Path) -> int:
         raise DataDirInUse(
             f"data dir {data_dir} is in use by another devbox-sim (pid {holder}); "
             "stop it first, or give this one another --data-dir"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def lock_instance(instance: str, lock_dir: Path = INSTANCE_LOCK_DIR) -> int:
+    """Lock instance id ``instance`` on this machine for as long as the returned descriptor is
+    open, before its kernel objects are touched: a starting data plane removes every
+    namespace, link and container named by its id as a crash's leftovers, so a second one
+    with the same id (another data dir whose hash collides) would tear down the first.
+    Raises InstanceInUse, naming the holder's pid, when a live process has it."""
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{instance}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise InstanceInUse(
+            f"instance id {instance} (named after the data dir's path) is in use by another devbox-sim"
+            f" (pid {holder}): two data dirs whose names hash alike; give this one another --data-dir"
         ) from None
     except BaseException:
         os.close(fd)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
@@ -42,6 +43,7 @@ from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft
 from netns.nft_elements import SetElements
 from simulator.addresses import Address, AddressPool
+from simulator.data_dir_lock import lock_instance
 from simulator.policy_model import NetworkPolicy
 from simulator.policy_rules import accepts_peers, egress_for, flow_allowed, revokes_nothing
 from simulator.world import World, WorldConfig
@@ -148,12 +150,20 @@ class DataPlane:
         self.query_listeners: list = []  # callables(devbox_id | None, QueryEvent), e.g. an event log
         self.block_listeners: list = []  # callables(devbox_id, nflog.LoggedPacket, reason): dropped attempts
         self._nflog: NflogReader | None = None
+        self._instance_lock: int | None = None  # lock_instance's descriptor while started
         self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.remove_orphans()
+        # Before anything of the instance is touched; released by stop(). Refused (InstanceInUse)
+        # if another live data plane has this id.
+        self._instance_lock = lock_instance(self.config.instance)
+        try:
+            self.remove_orphans()
+        except BaseException:
+            self._release_instance()
+            raise
         try:
             self._router.setup()
             if self.config.uplink == "offline":
@@ -242,6 +252,12 @@ class DataPlane:
             self._by_id.clear()
             self._by_ip.clear()
             self._policies.clear()
+        self._release_instance()
+
+    def _release_instance(self) -> None:
+        if self._instance_lock is not None:
+            os.close(self._instance_lock)
+            self._instance_lock = None
 
     @property
     def uplink_address(self) -> str | None:

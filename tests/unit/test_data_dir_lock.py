@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from simulator.data_dir_lock import LOCK_NAME, DataDirInUse, lock_data_dir
+from simulator.data_dir_lock import LOCK_NAME, DataDirInUse, InstanceInUse, lock_data_dir, lock_instance
 from tests.server import ServerProcess
 
 
@@ -24,6 +24,20 @@ def test_a_held_data_dir_cannot_be_locked_again_until_released(tmp_path):
         os.close(fd)
     again = lock_data_dir(data)  # released with the descriptor (as when a process dies)
     os.close(again)
+
+
+def test_an_instance_id_is_held_machine_wide_until_released(tmp_path):
+    locks = tmp_path / "run"
+    fd = lock_instance("c0ffee", locks)
+    try:
+        assert (locks / "c0ffee.lock").read_text() == f"{os.getpid()}\n"
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        with pytest.raises(InstanceInUse, match=f"c0ffee .* in use by another devbox-sim \\(pid {os.getpid()}\\)"):
+            lock_instance("c0ffee", locks)
+        os.close(lock_instance("beef01", locks))  # another id is another lock
+    finally:
+        os.close(fd)
+    os.close(lock_instance("c0ffee", locks))
 
 
 def test_serve_refuses_a_data_dir_in_use_and_the_first_server_keeps_working(tmp_path):

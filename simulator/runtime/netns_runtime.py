@@ -65,6 +65,13 @@ class NetnsRuntime:
         killed = kill_orphans(self.sandbox_prefix)
         if killed:
             log.warning("killed %d orphaned devbox process trees from a previous run", len(killed))
+        # Their homes and /tmps too (only Sandbox.destroy removed them): no devbox is alive when a
+        # runtime starts - the restart marks every one the previous run left as failed.
+        left = sorted(self.devboxes_dir.iterdir())
+        for path in left:
+            remove_tree(path)
+        if left:
+            log.warning("removed %d devbox directories a previous run left", len(left))
 
     def provision(self, spec: DevboxSpec) -> None:
         address = self.dataplane.allocate()

@@ -78,6 +78,7 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
     server.stop(signal.SIGKILL)
     # The kernel state outlives the process (closed: nobody answers DNS any more)...
     assert len(namespaces.list_names(prefix)) == 3
+    assert [p.name for p in (server.data_dir / "devboxes").iterdir()] == [devbox.id]  # its home and /tmp
     assert find_orphans(prefix) != []
     restarted = ServerProcess(server.data_dir, *args).start()
     try:
@@ -85,6 +86,7 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
         assert sorted(namespaces.list_names(prefix)) == [prefix + "r", prefix + "w"]
         assert find_orphans(prefix) == []
         assert subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True).stdout == b""
+        assert list((server.data_dir / "devboxes").iterdir()) == []
         sdk = RunloopSDK(bearer_token="netns-restart", base_url=restarted.url, max_retries=0)
         # (sdk.devbox.from_id would await "running"; read the view directly.)
         info = sdk.api.devboxes.retrieve(devbox.id)

@@ -283,6 +283,11 @@ class DevboxService:
             try:
                 runtime.resume(devbox_id)
             except Exception as exc:
+                # A shutdown does not wait for this lock: one that ended the devbox meanwhile left
+                # the runtime nothing to thaw. That devbox did not fail; it is answered as is.
+                current = self.retrieve_devbox(account, devbox_id)
+                if current.status in lifecycle.TERMINAL:
+                    return current
                 if not isinstance(exc, RuntimeFailure):
                     log.exception("runtime %s failed to resume %s", runtime.name, devbox_id)
                 self._fail(devbox, "health_check_failed", f"resume failed: {exc}")

@@ -117,6 +117,24 @@ def test_a_failed_freeze_keeps_the_devbox_running(devbox_client, devbox, runtime
     assert "suspend failed" in view["state_transitions"][-1]["failure_reason"]
 
 
+def test_a_resume_that_a_shutdown_overtook_answers_the_shut_down_devbox(devbox_client, devbox, runtime):
+    """A shutdown does not wait for a resume: when it ends the devbox while the runtime is
+    thawing it, the thaw fails - the devbox did not, and the resume answers it as it is."""
+    assert suspend(devbox_client, devbox).status_code == 200
+    thaw = runtime.resume
+
+    def overtaken(devbox_id):
+        assert devbox_client.post(f"{URL}/{devbox_id}/shutdown", headers=ALICE).status_code == 200
+        thaw(devbox_id)  # the runtime no longer has it: RuntimeFailure
+        raise AssertionError("the runtime resumed a devbox that was shut down")
+
+    runtime.resume = overtaken
+    response = resume(devbox_client, devbox)
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["status"] == "shutdown" and statuses_of(view)[-2:] == ["suspended", "shutdown"]
+
+
 # --- keep-alive --------------------------------------------------------------------------
 
 

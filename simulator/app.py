@@ -171,6 +171,9 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         version="0.1.0",
         description=(package_doc or "").strip().splitlines()[0],
         lifespan=lifespan,
+        # "/v1/network-policies/" is a 404 like any unknown path, not a 307 to the route
+        # (sent before authentication, with an empty body).
+        redirect_slashes=False,
     )
     app.state.services = services
     # The server calls this when it begins to stop, before it waits for open connections: a

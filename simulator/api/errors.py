@@ -17,7 +17,7 @@ from simulator.errors import ApiError
 
 log = logging.getLogger("devbox_sim.api")
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
 
 
 def error_response(status: int, code: str, message: str, retry: bool = False) -> JSONResponse:
@@ -48,6 +48,9 @@ def _describe_validation(exc: RequestValidationError) -> str:
             parts.append("the request body is not valid JSON")
         elif error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):
             parts.append("a JSON request body is required")
+        elif tuple(error.get("loc", ())) == ("body",) and error.get("type") in ("model_attributes_type", "dict_type"):
+            # e.g. a form or text body (curl -d without a JSON Content-Type)
+            parts.append("the request body must be a JSON object, sent as Content-Type: application/json")
         elif error.get("type") == "missing" and where:
             parts.append(f"{where} is required")
         elif where:
@@ -72,6 +75,8 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "the request body could not be read as JSON (not UTF-8, or nested or numbers too deep)"
         return error_response(exc.status_code, code, message)
 
     @app.exception_handler(Exception)

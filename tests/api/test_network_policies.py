@@ -377,6 +377,11 @@ def test_body_that_is_not_json_or_not_an_object(client):
     headers = {**ALICE, "content-type": "application/json"}
     assert_error(client.post(URL, content=b"{nope", headers=headers), 400, "invalid_request", "not valid JSON")
     assert_error(client.post(URL, json=["name"], headers=ALICE), 400, "invalid_request")
+    for unreadable in (b'{"name": "caf\xe9"}', b'{"name": "x", "description": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        assert_error(client.post(URL, content=unreadable, headers=headers), 400, "invalid_request", "JSON")
+    form = client.post(URL, content=b"name=x", headers={**ALICE, "content-type": "application/x-www-form-urlencoded"})
+    assert_error(form, 400, "invalid_request", "Content-Type: application/json")
+    assert client.get(URL, headers=ALICE).json()["network_policies"] == []
 
 
 def test_unknown_fields_are_ignored(client):
@@ -386,6 +391,8 @@ def test_unknown_fields_are_ignored(client):
 
 def test_unknown_route_is_json_404(client):
     assert_error(client.get("/v1/nothing-here", headers=ALICE), 404, "not_found")
+    # A trailing slash is no redirect (307 with no body, before authentication).
+    assert_error(client.post(URL + "/", json={"name": "x"}, headers=ALICE, follow_redirects=False), 404, "not_found")
 
 
 @pytest.mark.parametrize(

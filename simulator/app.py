@@ -122,7 +122,8 @@ STOPPED = "the simulator stopped"
 def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> FastAPI:
     """The app; with no ``runtime`` given it makes (and owns) the one the settings ask for."""
     owned_runtime = None
-    if runtime is None:
+    chosen_here = runtime is None
+    if chosen_here:
         runtime = owned_runtime = _test_runtime(settings) or make_runtime(settings)
     try:
         services = build_services(settings, runtime)
@@ -130,15 +131,17 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         if owned_runtime is not None:
             owned_runtime.close()
         raise
-    if owned_runtime is not None:
-        # A freshly started runtime has nothing alive (it removed what a previous run left):
-        # devboxes the store still shows as active are marked failed, never shown running.
+    if chosen_here:
+        # A freshly started runtime has nothing alive (it removed what a previous run left),
+        # and no runtime (--runtime none) has nothing at all: devboxes the store still shows as
+        # active are marked failed, never shown running (nor holding their policies forever).
         vanished = services.devboxes.reconcile(set())
         if vanished:
             log.warning("%d devboxes from a previous run are gone: %s", len(vanished), ", ".join(vanished))
         cut = services.snapshots.reconcile() + services.blueprints.reconcile()
         if cut:
             log.warning("snapshots and builds cut short by a restart failed: %s", ", ".join(cut))
+    if owned_runtime is not None:
         # Before any request can start a snapshot or build: disks no stored snapshot or
         # blueprint references (a crash between recording a delete and removing the files).
         stray = disks.remove_unreferenced(services.db, owned_runtime)

@@ -142,3 +142,39 @@ def test_a_stop_ends_devboxes_before_waiting_for_streams_and_long_polls(tmp_path
     assert code == -signal.SIGTERM
     assert not any("timeout graceful shutdown exceeded" in line for line in server.log)
     assert ended == {"stream": True, "poll": "failure", "evictions": []}
+
+
+def test_a_restart_without_a_runtime_fails_the_devboxes_the_store_shows_active(tmp_path):
+    """--runtime none after a run with devboxes (a crash: the store still shows them): they
+    are marked failed, not shown running with nothing behind them, and their policy can go."""
+    import warnings
+
+    from simulator.app import create_app
+    from simulator.config import Settings
+    from tests.api.local_runtime import LocalRuntime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    data = tmp_path / "data"
+    runtime = LocalRuntime(tmp_path / "runtime")
+    try:
+        first = TestClient(create_app(Settings(data_dir=data), runtime))
+        policy = first.post("/v1/network-policies", json={"name": "p"}, headers=HEADERS).json()
+        devbox = first.post("/v1/devboxes/create_and_await_running", headers=HEADERS,
+                            json={"launch_parameters": {"network_policy_id": policy["id"]}}).json()
+        assert devbox["status"] == "running"
+        # No shutdown: as after kill -9, the store says running.
+    finally:
+        runtime.close()
+    with TestClient(create_app(Settings(data_dir=data, runtime="none"))) as second:
+        # (Devbox endpoints are 503 without a runtime.) The policy is no longer held.
+        assert second.post(f"/v1/network-policies/{policy['id']}/delete", headers=HEADERS).status_code == 200
+    again = LocalRuntime(tmp_path / "runtime2")
+    try:
+        third = TestClient(create_app(Settings(data_dir=data), again))
+        view = third.get(f"/v1/devboxes/{devbox['id']}", headers=HEADERS).json()
+        assert view["status"] == "failure" and "restarted" in json.dumps(view["state_transitions"][-1]), view
+    finally:
+        again.close()

@@ -1,8 +1,9 @@
 """/v1/network-policies: parse, call the service action of the same name, serialise.
 
-Reads run on the event loop (a cached view, microseconds). Writes run in a worker thread: one
-that reaches running devboxes applies nftables and cuts flows, which must not hold up every
-other request meanwhile."""
+Every action runs in a worker thread, not on the event loop: a write that reaches running
+devboxes applies nftables and cuts flows inside its store transaction, and a read waits for
+that transaction - on the loop, that wait would hold up every other request (tunnels, streams,
+other accounts) meanwhile."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ async def list_network_policies(
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    page = services.network_policies.list_network_policies(
+    page = await anyio.to_thread.run_sync(partial(
+        services.network_policies.list_network_policies,
         account,
         id=id,
         name=name,
@@ -78,7 +80,7 @@ async def list_network_policies(
         starting_after=starting_after,
         limit=limit,
         include_total_count=include_total_count,
-    )
+    ))
     return _json(
         '{"network_policies":[' + ",".join(view_json(p) for p in page.items) + "],"
         f'"has_more":{_dumps(page.has_more)},"total_count":{_dumps(page.total_count)}}}'
@@ -87,7 +89,7 @@ async def list_network_policies(
 
 @router.get("/{id}", response_model=NetworkPolicyView, responses=NOT_FOUND, summary="Get a network policy")
 async def retrieve_network_policy(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
-    return _json(view_json(services.network_policies.retrieve_network_policy(account, id)))
+    return _json(view_json(await _in_thread(services.network_policies.retrieve_network_policy, account, id)))
 
 
 @router.post("/{id}", response_model=NetworkPolicyView, responses=NOT_FOUND, summary="Update a network policy (partial)")

@@ -428,9 +428,9 @@ def test_port_rules_are_capped_in_all(client):
 
 
 def test_a_write_that_takes_long_does_not_hold_up_other_requests(client):
-    """A policy write runs off the event loop: one applying nftables for running devboxes (here
-    a hook that waits) leaves the listener answering meanwhile. (What reads the store waits for
-    the write's transaction, which holds the kernel change: MAX_PORT_RULES bounds that.)"""
+    """Policy actions run off the event loop: a write applying nftables for running devboxes
+    (here a hook that waits) and the reads waiting for its transaction leave the listener
+    answering meanwhile (MAX_PORT_RULES bounds how long such a write takes)."""
     view = create(client, name="slow")
     entered, answered = threading.Event(), threading.Event()
 
@@ -441,11 +441,21 @@ def test_a_write_that_takes_long_does_not_hold_up_other_requests(client):
     client.app.state.services.network_policies.add_update_hook(slow_hook)
     update = threading.Thread(target=client.post, args=(f"{URL}/{view['id']}",), kwargs={"json": {"description": "d"}, "headers": ALICE})
     update.start()
+    reads: list[threading.Thread] = []
     try:
         assert entered.wait(10)
+        # A read of the store waits for the write's transaction - in a worker thread, so the
+        # listener still answers meanwhile.
+        reads += [threading.Thread(target=client.get, args=(path,), kwargs={"headers": ALICE})
+                  for path in (f"{URL}/{view['id']}", URL)]
+        for read in reads:
+            read.start()
         assert client.get("/healthz").status_code == 200
         assert update.is_alive() and not answered.is_set()  # answered while the write waited
+        assert all(read.is_alive() for read in reads)  # the reads did wait for it
     finally:
         answered.set()
         update.join(10)
+        for read in reads:
+            read.join(10)
     assert client.get(f"{URL}/{view['id']}", headers=ALICE).json()["description"] == "d"

@@ -4,6 +4,7 @@ policies decide what commands inside devboxes can reach; a kill -9 leaves nothin
 from __future__ import annotations
 
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -65,6 +66,11 @@ def test_sdk_devbox_policy_allows_and_blocks_world_hosts(netns_server):
     assert devbox.get_info().status == "shutdown"
 
 
+def unique_sleep() -> str:
+    """A sleep command line no other test runs, for pgrep -f to find (or not)."""
+    return f"sleep 1000.{secrets.randbelow(10**6):06d}"
+
+
 def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
     server, args = netns_server
     sdk = RunloopSDK(bearer_token="netns-restart", base_url=server.url, max_retries=0)
@@ -72,7 +78,9 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
     view = sdk.api.post(f"/v1/devboxes/{view.id}/wait_for_status", body={"statuses": ["running", "failure"]}, cast_to=object)
     assert view["status"] == "running", view["state_transitions"]
     devbox = sdk.devbox.from_id(view["id"])
-    devbox.cmd.exec("sleep 1000 > /dev/null 2>&1 &")
+    sleeper = unique_sleep()  # other tests may sleep 1000 meanwhile (pytest-xdist)
+    devbox.cmd.exec(f"{sleeper} > /dev/null 2>&1 &")
+    assert subprocess.run(["pgrep", "-f", sleeper], capture_output=True).stdout != b""
     prefix = f"{NS_PREFIX}{instance_id(server.data_dir)}-"
     assert len(namespaces.list_names(prefix)) == 3  # router, world, the devbox
     server.stop(signal.SIGKILL)
@@ -85,7 +93,7 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
         # ... and the next start removes it, rebuilding only router and world.
         assert sorted(namespaces.list_names(prefix)) == [prefix + "r", prefix + "w"]
         assert find_orphans(prefix) == []
-        assert subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True).stdout == b""
+        assert subprocess.run(["pgrep", "-f", sleeper], capture_output=True).stdout == b""
         assert list((server.data_dir / "devboxes").iterdir()) == []
         sdk = RunloopSDK(bearer_token="netns-restart", base_url=restarted.url, max_retries=0)
         # (sdk.devbox.from_id would await "running"; read the view directly.)
@@ -123,7 +131,9 @@ def test_a_stop_ends_running_and_suspended_devboxes_and_leaves_nothing(netns_ser
     server, args = netns_server
     sdk = RunloopSDK(bearer_token="netns-stop", base_url=server.url, max_retries=0)
     running = sdk.devbox.create()
-    running.cmd.exec("sleep 1000 > /dev/null 2>&1 &")
+    sleeper = unique_sleep()
+    running.cmd.exec(f"{sleeper} > /dev/null 2>&1 &")
+    assert subprocess.run(["pgrep", "-f", sleeper], capture_output=True).stdout != b""
     frozen = sdk.devbox.create()
     frozen.suspend()
     assert sdk.api.devboxes.retrieve(frozen.id).status == "suspended"
@@ -131,7 +141,7 @@ def test_a_stop_ends_running_and_suspended_devboxes_and_leaves_nothing(netns_ser
     assert server.stop() == -signal.SIGTERM  # graceful (uvicorn re-raises the signal it handled)
     # Unlike kill -9 (above), nothing is left for the next start to clean up.
     assert namespaces.list_names(prefix) == [] and find_orphans(prefix) == []
-    assert subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True).stdout == b""
+    assert subprocess.run(["pgrep", "-f", sleeper], capture_output=True).stdout == b""
     restarted = ServerProcess(server.data_dir, *args).start()
     try:
         assert not any("from a previous run are gone" in line for line in restarted.log)

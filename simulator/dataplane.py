@@ -228,7 +228,17 @@ class DataPlane:
         self._dns.start()
 
     def stop(self) -> None:
-        """Tear everything down: devboxes lose their network (fail closed)."""
+        """Tear everything down: devboxes lose their network (fail closed). Nothing to do for a
+        plane that never started, or whose start was refused: the instance's namespaces are
+        then another simulator's."""
+        if self._instance_lock is None:
+            return
+        try:
+            self._stop()
+        finally:
+            self._release_instance()
+
+    def _stop(self) -> None:
         if self._nflog is not None:
             self._nflog.stop()
             self._nflog = None
@@ -252,7 +262,6 @@ class DataPlane:
             self._by_id.clear()
             self._by_ip.clear()
             self._policies.clear()
-        self._release_instance()
 
     def _release_instance(self) -> None:
         if self._instance_lock is not None:
@@ -406,12 +415,12 @@ class DataPlane:
         anything, the removal of learned addresses whose names are no longer allowed), then
         the flows it revoked are cut."""
         with self._lock:
-            # Remember the newest version even if no devbox uses it yet: a devbox whose
-            # provisioning read the old one just before this update must not enforce it.
-            self._latest[after.id] = after
             state = self._policies.get(_policy_key(after.id))
             if state is None:
-                return  # no running devbox uses it
+                # Remember the newest version even if no devbox uses it yet: a devbox whose
+                # provisioning read the old one just before this update must not enforce it.
+                self._latest[after.id] = after
+                return
             enforced = state.policy  # what the router enforces (``before`` as we know it)
             doc = ruleset.update_policy(self._rules_router, state.key, egress_for(after))["nftables"]
             users = [self._by_id[i] for i in sorted(state.users)]
@@ -442,6 +451,7 @@ class DataPlane:
                         entries = [(ip, max(1, int(max(n.values()) - now))) for ip, n in kept.items()]
                         doc += ruleset.learned_add(key, entries)["nftables"]
             self._nft.apply({"nftables": doc})
+            self._latest[after.id] = after  # applied: a failed apply rolls the update back
             self._policies[state.key] = new_state
             for attached in users:
                 attached.policy = after

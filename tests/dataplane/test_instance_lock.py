@@ -18,6 +18,7 @@ def test_a_second_data_plane_with_the_same_instance_id_is_refused(plane, devboxe
     twin = DataPlane(DataPlaneConfig(instance=dataplane.config.instance, subnet="10.86.0.0/16"))
     with pytest.raises(InstanceInUse, match=dataplane.config.instance):
         twin.start()
+    twin.stop()  # as a caller's cleanup would: the namespaces are the first one's
     # Nothing of the first was removed as the twin's "orphans".
     assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
     assert devboxes.run(box, "tcp", "github.com", "443") == "OK ping"

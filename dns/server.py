@@ -356,6 +356,9 @@ class DnsServer:
                 if (
                     (self._max_tcp_per_client is not None and held >= self._max_tcp_per_client)
                     or self._stopping.is_set()
+                    # Evicted connections leave when their current query ends (an upstream
+                    # lookup may take seconds): at most as many again may be on their way out.
+                    or len(self._conns) >= 2 * self._max_tcp
                     or (len(self._conns) - len(self._evicted) >= self._max_tcp and not self._evict_for(group))
                 ):
                     self.stats.incr("tcp_rejected")

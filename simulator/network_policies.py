@@ -191,7 +191,7 @@ def _check_name(name: str) -> str:
         raise InvalidRequest("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):  # C0, DEL, C1
         raise InvalidRequest("name must not contain control characters (NUL, line breaks, tabs, DEL)")
     return name
 
@@ -215,7 +215,8 @@ def _merge_egress(current: Egress, params: dict[str, Any]) -> Egress:
     if params.get("allowed_cidrs") is not None:
         if len(params["allowed_cidrs"]) > MAX_CIDRS:
             raise InvalidRequest(f"allowed_cidrs holds more than {MAX_CIDRS} entries")
-        ports = sum(len(entry.get("ports") or ()) for entry in params["allowed_cidrs"] if isinstance(entry, dict))
+        ports = sum(len(entry["ports"]) for entry in params["allowed_cidrs"]
+                    if isinstance(entry, dict) and isinstance(entry.get("ports"), list))
         if ports > MAX_PORT_RULES:
             raise InvalidRequest(f"allowed_cidrs hold {ports} port rules in all, more than {MAX_PORT_RULES}")
         changes["allowed_cidrs"] = validate_cidrs(params["allowed_cidrs"])

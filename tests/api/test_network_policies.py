@@ -187,7 +187,7 @@ def test_unique_names_mode_refuses_a_duplicate_on_create_and_rename(make_client)
 
 
 def test_names_are_text_without_control_characters(client):
-    for name in ("a\x00b", "line\nbreak", "tab\there", "del\x7f"):
+    for name in ("a\x00b", "line\nbreak", "tab\there", "del\x7f", "c1\x85next-line"):
         assert_error(client.post(URL, json={"name": name}, headers=ALICE), 400, "invalid_request", "control")
     view = create(client, name="ok")
     assert_error(client.post(f"{URL}/{view['id']}", json={"name": "bad\x01"}, headers=ALICE), 400, "invalid_request")

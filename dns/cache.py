@@ -80,17 +80,9 @@ def _copy_rr(rr: RR, ttl: int) -> RR:
     return RR(rr.rname, rr.rtype, rr.rclass, ttl, rr.rdata)
 
 
-# The longest an answer is kept (unbound's cache-max-ttl default): an upstream's TTL of years
-# would otherwise pin a name's answer, and the addresses it opened, for as long.
-MAX_CACHE_SECONDS = 86400
-
-
-def cache_seconds(ttl: int) -> int:
-    """How long to keep an answer whose smallest TTL is ``ttl``: RFC 2181 section 8 reads a TTL
-    with the top bit set as zero (not cached), and none is kept over MAX_CACHE_SECONDS."""
-    if ttl >= 1 << 31:
-        return 0
-    return min(ttl, MAX_CACHE_SECONDS)
+# How long an answer is kept at most, and for its smallest TTL (wire.capped_ttl).
+MAX_CACHE_SECONDS = wire.MAX_TTL
+cache_seconds = wire.capped_ttl
 
 
 class AnswerCache:

@@ -239,6 +239,8 @@ class Resolver:
             return RCODE.NOERROR, cached
         with self._upstream_slot(client_ip):
             rcode, records = self._chase(qname, qtype)
+        for rr in records:  # parsed from the upstream's reply just now: ours to change
+            rr.ttl = wire.capped_ttl(int(rr.ttl))
         if rcode == RCODE.NOERROR:
             self.cache.put(qname, qtype, records)
         return rcode, records

@@ -289,6 +289,19 @@ def read_address_answers(data: bytes, question: bytes, qtype: int):
 # -- cached answer sections -----------------------------------------------------------------
 
 
+# The longest TTL handed out or kept (unbound's cache-max-ttl default): an upstream's TTL of
+# years would otherwise pin a name's answer, and the addresses it opened, for as long.
+MAX_TTL = 86400
+
+
+def capped_ttl(ttl: int) -> int:
+    """``ttl`` as the resolver uses it: RFC 2181 section 8 reads a TTL with the top bit set as
+    zero, and none exceeds MAX_TTL."""
+    if ttl >= 1 << 31:
+        return 0
+    return min(ttl, MAX_TTL)
+
+
 class Section:
     """An answer section in wire form, with what is needed to hand it out again later.
 
@@ -299,10 +312,18 @@ class Section:
     __slots__ = ("data", "count", "ttl_offsets", "ttls", "addresses", "name_len", "_memo")
 
     def __init__(self, data: bytes, ttl_offsets, ttls, addresses, name_len: int):
+        ttls = tuple(ttls)
+        ttl_offsets = tuple(ttl_offsets)
+        capped = tuple(capped_ttl(ttl) for ttl in ttls)
+        if capped != ttls:  # what the devbox is told is what the cache and the firewall use
+            buf = bytearray(data)
+            for offset, ttl in zip(ttl_offsets, capped):
+                _TTL.pack_into(buf, offset, ttl)
+            data, ttls = bytes(buf), capped
         self.data = data
         self.count = len(ttls)
-        self.ttl_offsets = tuple(ttl_offsets)
-        self.ttls = tuple(ttls)
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls
         self.addresses = tuple(addresses)
         self.name_len = name_len
         self._memo = None

@@ -478,3 +478,19 @@ def test_reply_echoes_id_and_question():
     assert reply.header.id == request.header.id and reply.header.qr
     assert str(reply.q.qname) == "X.test."
     assert not reply.header.aa  # forwarded answers are not authoritative
+
+
+@pytest.mark.parametrize("upstream_ttl, told", [(7 * 86400, 86400), (2**31 - 1, 86400), (2**32 - 1, 0), (300, 300)])
+def test_a_ttl_is_told_as_used_at_most_a_day_and_top_bit_as_zero(serve, recorder, ask, upstream_ttl, told):
+    """What a devbox is told is what the cache and the firewall go by (a devbox caching a week
+    would keep using an address its learned set closed after a day); RFC 2181: a TTL with the
+    top bit set reads as zero. On the wire path and on dnslib's."""
+    zone = Zone({"github.com": ["192.0.2.140"]}, ttl=upstream_ttl)
+    upstream = Upstream(serve(zone.resolve).udp_addresses, timeout=1.0)
+    answers = recorder()
+    resolver = Resolver(lambda ip: view("github.com"), upstream, on_answer=answers, cache=AnswerCache(0))
+    wire_reply = ask(serve(resolver.resolve).udp_addresses[0], "github.com")
+    dnslib_reply = resolver.resolve(CLIENT, DNSRecord.question("github.com"))
+    for reply in (wire_reply, dnslib_reply):
+        assert addresses(reply) == ["192.0.2.140"] and [rr.ttl for rr in reply.rr] == [told]
+    assert [call[2] for call in answers.calls] == [[("192.0.2.140", told)]] * 2

@@ -146,8 +146,10 @@ def _start(args: argparse.Namespace):
     except BaseException:
         sock.close()
         raise
+    from simulator.api.tunnel_headers import DefaultHeaders
+
     config = uvicorn.Config(
-        app, log_level=args.log_level, access_log=False, log_config=None,
+        DefaultHeaders(app), log_level=args.log_level, access_log=False, log_config=None,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **uvicorn_protocol_options(),
     )
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).

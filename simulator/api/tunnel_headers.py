@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
 
 from simulator.tunnels import AUTH_HEADER
@@ -21,6 +22,9 @@ def end_to_end(headers, also: frozenset[bytes] = frozenset()) -> list[tuple[byte
             and n.lower() not in also]
 
 
+# {port}-{tunnel key}.tunnel.<any host>: a request for a server in a devbox (tunnel_proxy).
+TUNNEL_HOST = re.compile(rb"^(\d{1,5})-([a-z0-9]{1,64})\.tunnel\.", re.IGNORECASE)
+
 # The messages that open a response (an HTTP one, a WebSocket's 101, a WebSocket refusal).
 _RESPONSE_STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
 SERVER = b"uvicorn"
@@ -31,8 +35,8 @@ def with_default_headers(send, *, server: bool):
 
     uvicorn runs without its own Date and Server (``devbox-sim serve``): it would put them in
     front of every response, so a devbox server's answer through a tunnel carried two of each.
-    The API's answers get both here; a devbox's keep its own and only gain a Date it lacks
-    (RFC 9110 6.6.1: a forwarding recipient adds one)."""
+    The API's answers get both here (DefaultHeaders); a devbox's keep its own and only gain a
+    Date it lacks (RFC 9110 6.6.1: a forwarding recipient adds one)."""
     async def sending(message):
         if message["type"] in _RESPONSE_STARTS:
             headers = list(message.get("headers") or ())
@@ -46,3 +50,17 @@ def with_default_headers(send, *, server: bool):
                 message = {**message, "headers": added + headers}
         await send(message)
     return sending
+
+
+class DefaultHeaders:
+    """The app as uvicorn serves it: every response gains the Date (and, but through a tunnel,
+    the Server) it lacks. Outside Starlette's error middleware, so a 500 has them too."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            host = next((value for name, value in scope.get("headers", ()) if name == b"host"), b"")
+            send = with_default_headers(send, server=TUNNEL_HOST.match(host) is None)
+        await self.app(scope, receive, send)

@@ -41,13 +41,13 @@ import h11
 
 from simulator.api import tunnel_websocket
 from simulator.api.tunnel_headers import end_to_end as _end_to_end
-from simulator.api.tunnel_headers import with_default_headers
+from simulator.api.tunnel_headers import TUNNEL_HOST
 from simulator.errors import ApiError
 from simulator.tunnels import AUTH_HEADER, TunnelRefused
 
 log = logging.getLogger(__name__)
 
-_TUNNEL_HOST = re.compile(rb"^(\d{1,5})-([a-z0-9]{1,64})\.tunnel\.", re.IGNORECASE)
+_TUNNEL_HOST = TUNNEL_HOST
 CONNECT_SECONDS = 5.0
 IDLE_SECONDS = 300.0  # the longest wait for the next piece either way (long polls and streams included)
 PER_DEVBOX = 64  # tunnel requests in flight per devbox; more get 503
@@ -72,8 +72,7 @@ class TunnelProxy:
         host = next((value for name, value in scope.get("headers", ()) if name == b"host"), b"")
         match = _TUNNEL_HOST.match(host)
         if match is None:
-            return await self.app(scope, receive, with_default_headers(send, server=True))
-        send = with_default_headers(send, server=False)
+            return await self.app(scope, receive, send)
         port, key = int(match.group(1)), match.group(2).decode().lower()
         if scope["type"] == "websocket" and (await receive())["type"] != "websocket.connect":
             return  # the client left before its handshake was read

@@ -6,6 +6,7 @@ import pytest
 
 from simulator.api import tunnel_proxy
 from simulator.api.tunnel_proxy import TunnelProxy
+from simulator.api.tunnel_headers import DefaultHeaders
 from simulator.cli import uvicorn_protocol_options
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -118,7 +119,8 @@ def proxy():
     app = TunnelProxy(_api, services=lambda: services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="off", log_level="error", **uvicorn_protocol_options()))
+    server = uvicorn.Server(uvicorn.Config(DefaultHeaders(app), http="httptools", lifespan="off", log_level="error",
+                                           **uvicorn_protocol_options()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -237,6 +239,36 @@ def test_one_date_and_server_each_the_devbox_s_own_through_a_tunnel(proxy, upstr
     # The API's own answers carry both, once.
     api = httpx.get(url).headers
     assert len(api.get_list("date")) == 1 and api.get_list("server") == ["uvicorn"]
+
+
+def test_an_internal_error_has_date_and_server_too():
+    """The defaults go on outside Starlette's error middleware: a 500 gets them as well."""
+    import shutil
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from simulator.app import create_app
+    from simulator.config import Settings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    data_dir = Path(tempfile.mkdtemp(prefix="devbox-sim-500-"))
+    app = create_app(Settings(data_dir=data_dir))
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    try:
+        with TestClient(DefaultHeaders(app), raise_server_exceptions=False) as client:
+            response = client.get("/broken")
+        assert response.status_code == 500 and response.json()["error_code"] == "internal_error"
+        assert len(response.headers.get_list("date")) == 1 and response.headers.get_list("server") == ["uvicorn"]
+    finally:
+        shutil.rmtree(data_dir, True)
 
 
 def test_a_chunked_request_body_arrives_whole(proxy, upstream):

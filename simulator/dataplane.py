@@ -511,9 +511,9 @@ class DataPlane:
         with self._lock:
             if self._conntrack is None:
                 conntrack.delete(self.router_ns, ip)
-            else:
-                self._delete_flows(self._flows_from([ip]))
-            conntrack.delete_flows(self.router_ns, conntrack.flows(self.router_ns, dst=ip, backend="netlink"))
+                conntrack.delete_flows(self.router_ns, conntrack.flows(self.router_ns, dst=ip, backend="netlink"))
+            else:  # the mirror: no walk of the kernel's table (~6 ms) per devbox that goes
+                self._delete_flows([f for f in self._flows_from(None) if ip in (f.src, f.dst)])
 
     # --- resolver callbacks (DNS threads) --------------------------------------------------
 

@@ -105,7 +105,7 @@ def make_runtime(settings: Settings):
     )
     dataplane.start()
     try:
-        _remove_leftovers_of_the_other_runtime(chosen, dataplane)
+        _remove_leftovers_of_the_other_runtime(chosen, dataplane, settings.data_dir)
         if chosen == "docker":
             from simulator.runtime.docker_runtime import DockerRuntime
 
@@ -122,7 +122,7 @@ def make_runtime(settings: Settings):
         raise
 
 
-def _remove_leftovers_of_the_other_runtime(chosen: str, dataplane) -> None:
+def _remove_leftovers_of_the_other_runtime(chosen: str, dataplane, data_dir) -> None:
     """``auto`` may choose another runtime than a crashed earlier run of this data dir did
     (dockerd not up yet, say): that run's devboxes, still running untrusted code, must not
     outlive it. Each runtime removes its own leftovers when it starts; this removes the other's."""
@@ -132,6 +132,9 @@ def _remove_leftovers_of_the_other_runtime(chosen: str, dataplane) -> None:
         killed = kill_orphans(f"{dataplane.devbox_ns_prefix}-")
         if killed:
             log.warning("killed %d netns devbox process trees left by an earlier run", len(killed))
+        from simulator.runtime.netns_runtime import remove_devbox_dirs
+
+        remove_devbox_dirs(data_dir)
     elif not docker_problems():
         from simulator.runtime.docker_runtime import docker_client, remove_instance_containers
 

@@ -34,6 +34,17 @@ class _Devbox:
     sandbox: Sandbox
 
 
+def remove_devbox_dirs(data_dir: Path) -> None:
+    """The homes and /tmps of netns devboxes an earlier run left (only Sandbox.destroy removed
+    them). Called as a runtime starts, when no devbox is alive: the restart marks every one
+    the previous run left as failed."""
+    left = sorted((Path(data_dir) / "devboxes").glob("*"))
+    for path in left:
+        remove_tree(path)
+    if left:
+        log.warning("removed %d devbox directories a previous run left", len(left))
+
+
 class NetnsRuntime:
     name = "netns"
 
@@ -65,13 +76,7 @@ class NetnsRuntime:
         killed = kill_orphans(self.sandbox_prefix)
         if killed:
             log.warning("killed %d orphaned devbox process trees from a previous run", len(killed))
-        # Their homes and /tmps too (only Sandbox.destroy removed them): no devbox is alive when a
-        # runtime starts - the restart marks every one the previous run left as failed.
-        left = sorted(self.devboxes_dir.iterdir())
-        for path in left:
-            remove_tree(path)
-        if left:
-            log.warning("removed %d devbox directories a previous run left", len(left))
+        remove_devbox_dirs(self.data_dir)
 
     def provision(self, spec: DevboxSpec) -> None:
         address = self.dataplane.allocate()

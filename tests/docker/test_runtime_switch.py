@@ -44,6 +44,7 @@ def test_the_other_runtimes_leftovers_go_at_the_next_start(tmp_path, first, then
         holders = find_orphans(f"{NS_PREFIX}{instance}-")
         if first == "netns":
             assert holders != []
+            assert list((data / "devboxes").iterdir()) != []  # its home and /tmp
         else:
             assert len(_containers(instance)) == 1
         switched = [a if a != first else then for a in args]
@@ -51,6 +52,7 @@ def test_the_other_runtimes_leftovers_go_at_the_next_start(tmp_path, first, then
         try:
             assert find_orphans(f"{NS_PREFIX}{instance}-") == []
             assert _containers(instance) == []
+            assert list((data / "devboxes").glob("*")) == []
         finally:
             restarted.stop()
             _remove_everything_of(instance)  # also when the assertions above failed

@@ -7,9 +7,9 @@ Responses mirror ``runloop_api_client.types``: every field the SDK requires is a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from simulator.api.schemas import ErrorBody
 
@@ -18,7 +18,14 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-Seconds = StrictInt | StrictFloat  # the SDK sends floats such as 29.97 for timeouts
+def _a_number(value: float) -> float:
+    if value != value:  # NaN (JSON allows it here): no hold can be computed from it
+        raise ValueError("must be a number of seconds, not NaN")
+    return value
+
+
+# The SDK sends floats such as 29.97 for timeouts; Infinity is a long hold (capped), NaN a 400.
+Seconds = Annotated[StrictInt | StrictFloat, AfterValidator(_a_number)]
 
 
 class _Echoed(BaseModel):

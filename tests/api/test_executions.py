@@ -289,3 +289,22 @@ def test_commands_running_at_once_are_capped_per_devbox_and_account(devbox_clien
     assert run(devbox_client, first, "echo again")["stdout"] == "again\n"  # room again
     for execution in running:
         devbox_client.post(f"{URL}/{execution['devbox_id']}/executions/{execution['execution_id']}/kill", headers=ALICE)
+
+
+def test_a_nan_timeout_is_a_400_and_runs_nothing(devbox_client, devbox):
+    """JSON lets NaN through; no hold can be computed from it. A 400 before anything happens
+    (it was a 500, after /execute had started the command)."""
+    headers = {**ALICE, "content-type": "application/json"}
+    execute = devbox_client.post(
+        f"{URL}/{devbox}/execute", headers=headers,
+        content=b'{"command": "echo ran > nan.txt", "command_id": "0190a0b0-0000-7000-8000-0000000000fe",'
+                b' "optimistic_timeout": NaN}')
+    assert_error(execute, 400, "invalid_request", "NaN")
+    execution = start(devbox_client, devbox, "sleep 30")
+    for path in (f"{URL}/{devbox}/wait_for_status", f"{URL}/{devbox}/executions/{execution}/wait_for_status"):
+        body = b'{"statuses": ["suspended", "completed"], "timeout_seconds": NaN}'
+        assert_error(devbox_client.post(path, headers=headers, content=body), 400, "invalid_request", "NaN")
+    assert "nan.txt" not in run(devbox_client, devbox, "ls")["stdout"]
+    # Infinity stays a long hold, capped (not an error).
+    assert devbox_client.post(f"{URL}/{devbox}/wait_for_status", headers=headers,
+                              content=b'{"statuses": ["running"], "timeout_seconds": Infinity}').status_code == 200

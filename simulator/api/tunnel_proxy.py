@@ -284,6 +284,11 @@ async def _exchange(scope, receive, send, reader, writer, framing, touched: Call
         started = False
         try:
             while True:
+                # Checked on every turn: with a devbox sending as fast as it can, every read and
+                # send completes at once, and the cancel of a client that left is lost on a
+                # wait_for whose inner future is already done (Python 3.11).
+                if disconnected.is_set():
+                    return
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     data = await asyncio.wait_for(reader.read(READ_BYTES), IDLE_SECONDS)

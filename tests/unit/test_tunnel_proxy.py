@@ -340,6 +340,32 @@ def test_a_client_going_away_ends_the_stream_at_the_devbox(proxy, upstream):
     wait_for(lambda: app._in_flight == {})
 
 
+def test_a_client_going_away_ends_a_fast_stream_too(proxy, upstream):
+    """A devbox sending as fast as it can: every read and send completes at once, so the
+    proxy must see the disconnect itself (a cancel landing on a finished wait_for is lost)."""
+    url, app, _ = proxy
+    ended = threading.Event()
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+
+    def flood(conn):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        deadline = time.monotonic() + 20  # at most 20 s
+        try:
+            while time.monotonic() < deadline:
+                conn.sendall(chunk)
+        except OSError:
+            ended.set()  # the proxy closed our connection
+
+    server = upstream(flood)
+    client = raw_client(url)
+    client.sendall(f"GET /s HTTP/1.1\r\nHost: {server.port}{TUNNEL}\r\n\r\n".encode())
+    assert client.recv(1000)
+    client.close()
+    assert ended.wait(10), "the proxy kept pulling from the devbox for a client that had gone"
+    wait_for(lambda: app._in_flight == {})
+
+
 def test_a_cut_ends_a_stream_from_a_devbox_that_went_silent(proxy, upstream):
     """What TunnelService does when the devbox ends: a netns devbox's server cannot close its
     side (its namespace is gone), so the proxy's cut is what ends the client's response."""

@@ -31,7 +31,7 @@ from simulator.blueprint_model import (
     BuildLog,
 )
 from simulator.db import Database
-from simulator.devboxes import DevboxService
+from simulator.devboxes import DevboxService, check_command
 from simulator.errors import InvalidRequest, found
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import Page
@@ -280,6 +280,9 @@ def _check_params(params: dict[str, Any]) -> None:
              *(params.get("file_mounts") or {}).keys(), *(params.get("build_args") or {}).values()]
     if any("\0" in text for text in texts):
         raise InvalidRequest("commands, dockerfile, file_mounts and build_args must not contain NUL characters")
+    for command in commands:
+        if isinstance(command, str):
+            check_command("system_setup_commands and launch_commands", command)
     from simulator.files import check_file_mount_size  # (files builds on the devbox service)
 
     for path, content in (params.get("file_mounts") or {}).items():

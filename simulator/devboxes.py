@@ -112,9 +112,9 @@ class DevboxService:
             raise InvalidRequest(f"give at most one of blueprint_id, blueprint_name and snapshot_id, got {sources}")
         launch = {k: v for k, v in (params.get("launch_parameters") or {}).items() if v is not None}
         for command in launch.get("launch_commands") or []:
-            _check_text("launch_commands", command)
+            check_command("launch_commands", command)
         for command in suspend_hooks(launch)[0]:
-            _check_text("lifecycle.lifecycle_hooks.suspend_commands", command)
+            check_command("lifecycle.lifecycle_hooks.suspend_commands", command)
         environment = _check_environment(params.get("environment_variables") or {})
         file_mounts = _check_file_mounts(params.get("file_mounts") or {})
         with self.db.transaction() as conn:
@@ -698,6 +698,20 @@ def _check_text(field: str, value: str) -> str:
     if "\0" in value:
         raise InvalidRequest(f"{field} must not contain NUL characters")
     return value
+
+
+# A command is one argument of the shell that runs it, and the kernel takes at most 128 KiB in
+# one (MAX_ARG_STRLEN; over it exec fails with E2BIG); a little is left for a runtime's wrapping.
+MAX_COMMAND_BYTES = 127 * 1024
+
+
+def check_command(field: str, command: str) -> str:
+    _check_text(field, command)
+    size = len(command.encode("utf-8", "surrogatepass"))
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidRequest(f"{field}: a command is at most {MAX_COMMAND_BYTES} bytes, this one {size};"
+                             " write a longer script to a file (write_file_contents) and run that")
+    return command
 
 
 def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:

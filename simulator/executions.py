@@ -28,7 +28,7 @@ from simulator import clock, devbox_logs, execution_store, ids, lifecycle
 from simulator.command_output import MAX_OUTPUT_BYTES, OUTPUT_GRACE_SECONDS, OutputDrain
 from simulator.db import Database
 from simulator.devbox_model import Devbox, Execution
-from simulator.devboxes import DevboxService, _check_text, hold_seconds
+from simulator.devboxes import DevboxService, check_command, hold_seconds
 from simulator.errors import InvalidRequest, NotFound, RequestTimeout
 from simulator.live_execution import COMPLETED, LiveExecution
 from simulator.output_buffer import boundary_after, boundary_before
@@ -307,7 +307,7 @@ class ExecutionService:
         request_id: str | None,
         attach_stdin: bool = False,
     ) -> Execution:
-        _check_text("command", command)
+        check_command("command", command)
         devbox = self.devboxes.require_running(account, devbox_id)
         runtime = self.devboxes.require_runtime()
         with self._start_locks[zlib.crc32(devbox_id.encode()) % len(self._start_locks)]:
@@ -317,6 +317,10 @@ class ExecutionService:
                     previous = execution_store.by_command_id(conn, account, devbox_id, command_id)
                 if previous is None and request_id:
                     previous = execution_store.by_request_id(conn, account, request_id)
+                    if previous is not None and (previous.devbox_id, previous.command) != (devbox_id, command):
+                        # Not a retry of that request (a client reusing one id for all, say):
+                        # run this one, and keep the id with the first.
+                        previous, request_id = None, None
             if previous is not None:
                 return self.retrieve_execution(account, devbox_id, previous.id)
             execution = Execution(

@@ -146,6 +146,34 @@ def test_retried_execute_async_with_same_request_id_runs_once(devbox_client, dev
     assert run(devbox_client, devbox, "cat once")["stdout"] == "x\n"
 
 
+def test_one_request_id_for_other_requests_runs_them(devbox_client, devbox):
+    """A client reusing one x-request-id for everything (tracing, say): only a retry of the
+    same command on the same devbox is the first one again."""
+    headers = {**ALICE, "x-request-id": "one-for-all"}
+    first = devbox_client.post(f"{URL}/{devbox}/execute_async", json={"command": "echo first"}, headers=headers).json()
+    other = devbox_client.post(f"{URL}/{devbox}/execute_async", json={"command": "echo other"}, headers=headers).json()
+    assert other["execution_id"] != first["execution_id"]
+    assert wait(devbox_client, devbox, other["execution_id"]).json()["stdout"] == "other\n"
+    second_box = create_running(devbox_client)["id"]
+    there = devbox_client.post(f"{URL}/{second_box}/execute_async", json={"command": "echo first"}, headers=headers)
+    assert there.status_code == 200, there.text  # was a 404 naming the first devbox's execution
+    assert wait(devbox_client, second_box, there.json()["execution_id"]).json()["stdout"] == "first\n"
+
+
+def test_a_command_over_the_kernel_s_argument_limit_is_a_400(devbox_client, devbox):
+    from simulator.devboxes import MAX_COMMAND_BYTES
+
+    long = "echo " + "a" * MAX_COMMAND_BYTES
+    assert_error(devbox_client.post(f"{URL}/{devbox}/execute_async", json={"command": long}, headers=ALICE), 400,
+                 "invalid_request", "write_file_contents")
+    assert_error(devbox_client.post(URL, json={"launch_parameters": {"launch_commands": [long]}}, headers=ALICE), 400,
+                 "invalid_request", "launch_commands")
+    assert_error(devbox_client.post("/v1/blueprints", json={"name": "b", "system_setup_commands": [long]}, headers=ALICE),
+                 400, "invalid_request", "at most")
+    fits = "echo " + "a" * (MAX_COMMAND_BYTES - 5)
+    assert len(run(devbox_client, devbox, fits)["stdout"]) == MAX_COMMAND_BYTES - 4
+
+
 def test_wait_for_status_holds_until_completion(devbox_client, devbox):
     # The command waits for a file the test creates: completion happens only after we act.
     execution = start(devbox_client, devbox, "while [ ! -e go ]; do sleep 0.01; done; echo went")

@@ -148,3 +148,15 @@ def test_devboxes_reach_neither_router_services_nor_host(plane, devboxes):
     finally:
         for sock in listeners:
             sock.close()
+
+
+def test_a_command_as_long_as_the_api_takes_runs_on_the_runtime(devboxes):
+    """The API's cap (MAX_COMMAND_BYTES) leaves room for how each runtime wraps a command: one
+    that long still runs (the kernel refuses one argument over 128 KiB with E2BIG)."""
+    from simulator.devboxes import MAX_COMMAND_BYTES
+
+    box = devboxes.create(make_policy())
+    command = "echo " + "a" * (MAX_COMMAND_BYTES - 5)
+    assert len(command.encode()) == MAX_COMMAND_BYTES
+    done = devboxes.sh(box, command)
+    assert done.returncode == 0 and len(done.stdout) == MAX_COMMAND_BYTES - 4, done.stderr[-500:]

@@ -117,12 +117,19 @@ class LiveExecution:
     # --- stdin -----------------------------------------------------------------------------
 
     def write_stdin(self, data: bytes, seconds: float) -> bool:
-        """Write ``data`` to the command's stdin; False when nobody reads it any more."""
-        with self._stdin_lock:
+        """Write ``data`` to the command's stdin; False when nobody reads it any more. One write
+        at a time: another one meanwhile is a 409 at once, not a wait in line (each waiting
+        write would hold a thread for up to ``seconds``)."""
+        if not self._stdin_lock.acquire(blocking=False):
+            raise Conflict(f"another write to the stdin of execution {self.id} is under way; send after it",
+                           code="stdin_busy")
+        try:
             stdin = self.proc.stdin
             if stdin is None or stdin.closed:
                 raise InvalidRequest(f"the stdin of execution {self.id} was closed (EOF was sent)", code="stdin_closed")
             return _write_all(stdin.fileno(), data, seconds, self.id)
+        finally:
+            self._stdin_lock.release()
 
     def close_stdin(self) -> None:
         """EOF for the command (idempotent)."""

@@ -6,6 +6,12 @@ Holding endpoints (``execute``, ``execute_sync``, ``wait_for_status``) and the S
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from functools import partial
+
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
 
@@ -180,15 +186,32 @@ def kill_execution(
     response_model=SendStdInResult,
     summary="Write text to a command's stdin, close it (EOF) or interrupt the command (needs attach_stdin)",
 )
-def send_std_in(
+async def send_std_in(
     devbox_id: str,
     execution_id: str,
     params: SendStdInParams,
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    success = services.executions.send_std_in(account, devbox_id, execution_id, params.text, params.signal)
+    # A write may wait up to STDIN_WRITE_SECONDS for a command that does not read: on threads
+    # of its own, so that such waits never take the threads every other request runs on.
+    success = await anyio.to_thread.run_sync(
+        partial(services.executions.send_std_in, account, devbox_id, execution_id, params.text, params.signal),
+        limiter=_stdin_writers(),
+    )
     return {"devbox_id": devbox_id, "execution_id": execution_id, "success": success}
+
+
+STDIN_WRITERS = 8
+_stdin_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its limiter
+
+
+def _stdin_writers() -> anyio.CapacityLimiter:
+    loop = asyncio.get_running_loop()  # a limiter belongs to one loop (tests run several)
+    limiter = _stdin_limiters.get(loop)
+    if limiter is None:
+        limiter = _stdin_limiters[loop] = anyio.CapacityLimiter(STDIN_WRITERS)
+    return limiter
 
 
 OFFSET = Query(

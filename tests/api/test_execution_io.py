@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import httpx
 import pytest
@@ -199,6 +200,24 @@ def test_a_command_that_does_not_read_gets_a_409_not_a_hang(devbox_client, devbo
     body = assert_error(response, 409, "stdin_full", "stdin")
     assert response.headers["x-should-retry"] == "false", body
     devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+
+
+def test_a_second_write_while_one_waits_is_a_409_at_once(devbox_client, devbox, monkeypatch):
+    """Writes to one command's stdin do not queue (each would hold a thread while it waits);
+    and the waiting one runs on stdin's own threads: other requests are answered meanwhile."""
+    monkeypatch.setattr(executions, "STDIN_WRITE_SECONDS", 10.0)
+    execution_id = start_attached(devbox_client, devbox, "sleep 30")
+    waiting = threading.Thread(target=send, args=(devbox_client, devbox, execution_id), kwargs={"text": "x" * 1_000_000})
+    waiting.start()
+    try:
+        live = devbox_client.app.state.services.executions._live[execution_id]
+        until(lambda: live._stdin_lock.locked())  # the first write waits for a reader
+        assert_error(send(devbox_client, devbox, execution_id, text="more"), 409, "stdin_busy")
+        assert devbox_client.get(URL, headers=ALICE).status_code == 200
+        assert waiting.is_alive()
+    finally:
+        devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+        waiting.join(15)
 
 
 def test_stdin_of_an_exited_command_reports_no_success(devbox_client, devbox):

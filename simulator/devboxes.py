@@ -225,9 +225,9 @@ class DevboxService:
         devbox = self.retrieve_devbox(account, devbox_id)
         if devbox.status in lifecycle.TERMINAL:
             return devbox
-        for guard in self._shutdown_guards if not force else ():
-            guard(devbox)  # e.g. 409 while a disk snapshot is in progress
-        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="api_shutdown")
+        # The guards (e.g. 409 while a disk snapshot is in progress) check inside the move.
+        guards = () if force else self._shutdown_guards
+        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="api_shutdown", guards=guards)
         if moved is None:  # it failed or was shut down meanwhile
             return self.retrieve_devbox(account, devbox_id)
         self._release(moved)
@@ -426,7 +426,13 @@ class DevboxService:
                 return
             log.info("devbox %s suspending: no activity for %s s", devbox_id, policy.seconds)
             return
-        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason=policy.shutdown_reason, expect=lifecycle.RUNNING)
+        try:
+            moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason=policy.shutdown_reason,
+                               expect=lifecycle.RUNNING, guards=self._shutdown_guards)
+        except ApiError as refused:  # a snapshot began after the check above
+            log.info("devbox %s keeps running past its keep-alive time: %s", devbox_id, refused.message)
+            self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(devbox))
+            return
         if moved is not None:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
@@ -599,16 +605,21 @@ class DevboxService:
         shutdown_reason: str | None = None,
         detail: str | None = None,
         expect: str | None = None,
+        guards: Iterable[Callable[[Devbox], None]] = (),
     ) -> Devbox | None:
         """Change the stored status if the lifecycle allows it from the current one (and the
         current one is ``expect``, when given); wake the waiters. None when it does not
-        (another change won the race, e.g. a shutdown)."""
+        (another change won the race, e.g. a shutdown). ``guards`` may refuse (raise) inside
+        the same transaction: what they check cannot change before the move is stored (a
+        snapshot begun between a check and a move was lost to the shutdown)."""
         with self.db.transaction() as conn:
             current = devbox_store.get(conn, devbox.account, devbox.id)
             if current is None or not lifecycle.can_move(current.status, status):
                 return None
             if expect is not None and current.status != expect:
                 return None
+            for guard in guards:
+                guard(current)
             now = clock.later_than(current.state_transitions[-1].transition_time_ms - 1)
             terminal = status in lifecycle.TERMINAL
             moved = replace(

@@ -328,3 +328,34 @@ def test_a_suspended_devbox_can_be_snapshotted(devbox_client):
     view = ok(client.post(f"/v1/devboxes/{source['id']}/snapshot_disk", headers=ALICE))
     assert snapshot_status(client, view["id"])["status"] == "complete"
     assert sh(client, running_devbox(client, snapshot_id=view["id"])["id"], "cat state") == (0, "frozen\n")
+
+
+def test_a_snapshot_begun_during_a_shutdown_is_refused_or_refuses_it(devbox_client):
+    """The shutdown's check for snapshots in progress and its move are one transaction: a
+    snapshot asked for in between either finds the devbox shut down (400) or, begun first,
+    makes the shutdown a 409. Never both accepted, the snapshot then failing."""
+    client = devbox_client
+    devbox = running_devbox(client)
+    service = client.app.state.services.devboxes
+    outcome = {}
+
+    def snapshot_now():
+        response = client.post(f"/v1/devboxes/{devbox['id']}/snapshot_disk_async", json={}, headers=ALICE)
+        outcome["snapshot"] = response
+
+    racer = threading.Thread(target=snapshot_now)
+
+    def during_the_check(_devbox):  # runs where the guards run: the snapshot comes in now
+        racer.start()
+        racer.join(0.5)  # done at once if nothing holds it back (the race this test is about)
+
+    service._shutdown_guards.insert(0, during_the_check)
+    shutdown = client.post(f"/v1/devboxes/{devbox['id']}/shutdown", headers=ALICE)
+    racer.join(10)
+    snap = outcome["snapshot"]
+    if shutdown.status_code == 200:
+        assert shutdown.json()["status"] == "shutdown"
+        assert_error(snap, 400, "devbox_not_running")
+    else:
+        assert_error(shutdown, 409, "snapshot_in_progress")
+        assert snap.status_code == 200

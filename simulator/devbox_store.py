@@ -93,6 +93,15 @@ def active_using_policy(conn: sqlite3.Connection, account: str, policy_id: str) 
     return [row["id"] for row in rows]
 
 
+def provisioning_from_snapshot(conn: sqlite3.Connection, account: str, snapshot_id: str) -> list[str]:
+    """Devboxes still being made from the snapshot (their copy of its disk may not have begun)."""
+    rows = conn.execute(
+        "SELECT id FROM devboxes WHERE account = ? AND snapshot_id = ? AND status = ? ORDER BY id",
+        (account, snapshot_id, lifecycle.PROVISIONING),
+    ).fetchall()
+    return [row["id"] for row in rows]
+
+
 def all_active(conn: sqlite3.Connection) -> list[Devbox]:
     marks = ",".join("?" * len(lifecycle.ACTIVE))
     rows = conn.execute(

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from simulator import clock, disks, ids, lifecycle, snapshot_store
+from simulator import clock, devbox_store, disks, ids, lifecycle, snapshot_store
 from simulator.db import Database
 from simulator.devbox_model import Devbox
 from simulator.devboxes import DevboxService
@@ -152,6 +152,12 @@ class SnapshotService:
             if snapshot.status == IN_PROGRESS:
                 raise Conflict(f"snapshot {snapshot_id} is still in progress; delete it once it is complete",
                                code="snapshot_in_progress")
+            # A devbox accepted from it may not have begun copying its disk yet (the runtime's
+            # copy lock comes later): deleting the disk now would fail that devbox.
+            restoring = devbox_store.provisioning_from_snapshot(conn, account, snapshot_id)
+            if restoring:
+                raise Conflict(f"snapshot {snapshot_id} is being restored into {', '.join(restoring)}; delete it once"
+                               " they are running", code="snapshot_in_use")
             snapshot_store.update(conn, replace(snapshot, status=DELETED, disk=None))
         self.watch.notify(watch_key(snapshot_id))
         if snapshot.disk is not None:

@@ -359,3 +359,24 @@ def test_a_snapshot_begun_during_a_shutdown_is_refused_or_refuses_it(devbox_clie
     else:
         assert_error(shutdown, 409, "snapshot_in_progress")
         assert snap.status_code == 200
+
+
+def test_a_snapshot_being_restored_cannot_be_deleted_until_its_devboxes_run(devbox_client, runtime):
+    """A devbox accepted from a snapshot copies its disk once provisioning gets to it: a
+    delete before then would fail that devbox. It is a 409 until the devbox runs."""
+    needs_hooks(runtime, "hold_provisioning")
+    client = devbox_client
+    source = running_devbox(client)
+    view = snapshot(client, source["id"])
+    gate = runtime.hold_provisioning()
+    try:
+        restoring = ok(client.post("/v1/devboxes", json={"snapshot_id": view["id"]}, headers=ALICE))
+        assert restoring["status"] == "provisioning"
+        body = assert_error(client.post(f"/v1/devboxes/disk_snapshots/{view['id']}/delete", headers=ALICE), 409,
+                            "snapshot_in_use")
+        assert restoring["id"] in body["message"]
+    finally:
+        gate.set()
+    poll(lambda: client.get(f"/v1/devboxes/{restoring['id']}", headers=ALICE).json(),
+         lambda devbox: devbox["status"] == "running")
+    ok(client.post(f"/v1/devboxes/disk_snapshots/{view['id']}/delete", headers=ALICE))

@@ -687,7 +687,7 @@ def hold_seconds(requested: float | None, default: float, cap: float) -> float:
         return default
     if requested < 0:
         raise InvalidRequest(f"timeout_seconds must not be negative, got {requested}")
-    return min(float(requested), cap)
+    return float(min(requested, cap))  # int against float compares exactly: no overflow for 10**400
 
 
 def _check_statuses(statuses: list[str]) -> frozenset[str]:
@@ -745,9 +745,19 @@ def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:
     return dict(file_mounts)
 
 
+# Each variable is one KEY=VALUE argument of every command's exec (at most 128 KiB each, and
+# all arguments together within the kernel's ARG_MAX): the total, with a command's 127 KiB.
+MAX_ENVIRONMENT_BYTES = 64 * 1024
+
+
 def _check_environment(environment: dict[str, str]) -> dict[str, str]:
+    total = 0
     for key, value in environment.items():
         if not key or "=" in key or "\0" in key:
             raise InvalidRequest(f"environment variable name {key!r} is not valid")
         _check_text(f"environment_variables.{key}", value)
+        total += len(key.encode("utf-8", "surrogatepass")) + len(value.encode("utf-8", "surrogatepass")) + 2
+    if total > MAX_ENVIRONMENT_BYTES:
+        raise InvalidRequest(f"environment_variables hold {total} bytes, more than {MAX_ENVIRONMENT_BYTES};"
+                             " put large values in a file (file_mounts)")
     return dict(environment)

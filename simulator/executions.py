@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import zlib
 from collections.abc import AsyncIterator
@@ -315,7 +316,7 @@ class ExecutionService:
                 previous = None
                 if command_id:
                     previous = execution_store.by_command_id(conn, account, devbox_id, command_id)
-                if previous is None and request_id:
+                if previous is None and request_id and not command_id:  # a command_id is the key then
                     previous = execution_store.by_request_id(conn, account, request_id)
                     if previous is not None and (previous.devbox_id, previous.command) != (devbox_id, command):
                         # Not a retry of that request (a client reusing one id for all, say):
@@ -340,7 +341,14 @@ class ExecutionService:
             live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin)
             try:
                 with self.db.transaction() as conn:
-                    execution_store.insert(conn, execution, request_id)
+                    try:
+                        execution_store.insert(conn, execution, request_id)
+                    except sqlite3.IntegrityError:
+                        if request_id is None:
+                            raise
+                        # The same id began another command meanwhile (on another devbox: its
+                        # start lock is another): the id stays with that one.
+                        execution_store.insert(conn, execution, None)
             except BaseException:
                 live.kill()
                 raise

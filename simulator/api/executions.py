@@ -32,7 +32,7 @@ from simulator.api.devboxes import runtime_ready
 from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND
 from simulator.api.sse import SSE_RESPONSES, event_stream
 from simulator.devbox_model import Execution
-from simulator.errors import InvalidRequest
+from simulator.errors import Conflict, InvalidRequest
 
 router = APIRouter(
     prefix="/v1/devboxes",
@@ -193,24 +193,31 @@ async def send_std_in(
     account: str = Depends(deps.account),
     services=Depends(deps.services),
 ):
-    # A write may wait up to STDIN_WRITE_SECONDS for a command that does not read: on threads
-    # of its own, so that such waits never take the threads every other request runs on.
-    success = await anyio.to_thread.run_sync(
-        partial(services.executions.send_std_in, account, devbox_id, execution_id, params.text, params.signal),
-        limiter=_stdin_writers(),
-    )
+    action = partial(services.executions.send_std_in, account, devbox_id, execution_id, params.text, params.signal)
+    if params.text is None:  # EOF or INTERRUPT: nothing to wait for
+        success = await anyio.to_thread.run_sync(action)
+    else:
+        # A write may wait up to STDIN_WRITE_SECONDS for a command that does not read: on
+        # threads of the account's own, so that such waits take neither the threads other
+        # requests run on nor another account's; more than it has threads for are refused.
+        writers = _stdin_writers(account)
+        if writers.available_tokens < 1:
+            raise Conflict(f"{STDIN_WRITERS} writes of this account are waiting for commands to read their stdin;"
+                           " send after one of them ends", code="stdin_busy")
+        success = await anyio.to_thread.run_sync(action, limiter=writers)
     return {"devbox_id": devbox_id, "execution_id": execution_id, "success": success}
 
 
-STDIN_WRITERS = 8
-_stdin_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its limiter
+STDIN_WRITERS = 8  # per account
+_stdin_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {account: limiter}
 
 
-def _stdin_writers() -> anyio.CapacityLimiter:
+def _stdin_writers(account: str) -> anyio.CapacityLimiter:
     loop = asyncio.get_running_loop()  # a limiter belongs to one loop (tests run several)
-    limiter = _stdin_limiters.get(loop)
+    per_account = _stdin_limiters.setdefault(loop, {})
+    limiter = per_account.get(account)
     if limiter is None:
-        limiter = _stdin_limiters[loop] = anyio.CapacityLimiter(STDIN_WRITERS)
+        limiter = per_account[account] = anyio.CapacityLimiter(STDIN_WRITERS)
     return limiter
 
 

@@ -119,7 +119,7 @@ class NetnsRuntime:
     def exec(self, devbox_id: str, command: str, *, env=None, cwd=None) -> subprocess.Popen:
         try:
             return self._get(devbox_id).sandbox.exec(command, env=env, cwd=cwd)
-        except (SandboxError, ValueError) as exc:  # e.g. the sandbox is gone: a clear 4xx, not a 500
+        except (SandboxError, ValueError, OSError) as exc:  # the sandbox is gone, E2BIG...: a clear 4xx, not a 500
             raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {exc}") from exc
 
     def read_file(self, devbox_id: str, path: str) -> bytes:

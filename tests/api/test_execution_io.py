@@ -220,6 +220,33 @@ def test_a_second_write_while_one_waits_is_a_409_at_once(devbox_client, devbox, 
         waiting.join(15)
 
 
+def test_an_account_s_waiting_writes_are_capped_and_hold_up_no_other_account(devbox_client, devbox, monkeypatch):
+    from simulator.api import executions as executions_api
+
+    monkeypatch.setattr(executions, "STDIN_WRITE_SECONDS", 10.0)
+    monkeypatch.setattr(executions_api, "STDIN_WRITERS", 1)  # limiters are made on first use
+    stalled, other = start_attached(devbox_client, devbox, "sleep 30"), start_attached(devbox_client, devbox, "sleep 30")
+    waiting = threading.Thread(target=send, args=(devbox_client, devbox, stalled), kwargs={"text": "x" * 1_000_000})
+    waiting.start()
+    bob_box = create_running(devbox_client, headers=BOB)["id"]
+    reader = devbox_client.post(f"{URL}/{bob_box}/execute_async", json={"command": "cat", "attach_stdin": True},
+                                headers=BOB).json()["execution_id"]
+    try:
+        live = devbox_client.app.state.services.executions._live[stalled]
+        until(lambda: live._stdin_lock.locked())
+        # The account's one writer waits: its next write is refused at once, not queued...
+        assert_error(send(devbox_client, devbox, other, text="y"), 409, "stdin_busy", "this account")
+        # ... its EOF and INTERRUPT do not wait behind it ...
+        assert send(devbox_client, devbox, other, signal="EOF").json()["success"] is True
+        # ... and another account writes as usual.
+        assert send(devbox_client, bob_box, reader, headers=BOB, text="hello\n").json()["success"] is True
+        assert waiting.is_alive()
+    finally:
+        for box, execution_id, headers in ((devbox, stalled, ALICE), (devbox, other, ALICE), (bob_box, reader, BOB)):
+            devbox_client.post(f"{URL}/{box}/executions/{execution_id}/kill", headers=headers)
+        waiting.join(15)
+
+
 def test_stdin_of_an_exited_command_reports_no_success(devbox_client, devbox):
     # The command closes its stdin and lingers: the write finds no reader.
     execution_id = start_attached(devbox_client, devbox, "exec 0<&-; echo closed; sleep 30")

@@ -160,6 +160,40 @@ def test_one_request_id_for_other_requests_runs_them(devbox_client, devbox):
     assert wait(devbox_client, second_box, there.json()["execution_id"]).json()["stdout"] == "first\n"
 
 
+def test_two_first_uses_of_one_request_id_both_run(devbox_client, devbox, monkeypatch):
+    """Starts on two devboxes do not share a lock: both may look the id up, find nothing, and
+    store - the second keeps its execution without the id (it was a 500)."""
+    from simulator import execution_store
+
+    monkeypatch.setattr(execution_store, "by_request_id", lambda *args: None)  # both look before either stores
+    headers = {**ALICE, "x-request-id": "raced"}
+    other = create_running(devbox_client)["id"]
+    for box in (devbox, other):
+        response = devbox_client.post(f"{URL}/{box}/execute_async", json={"command": "echo ran"}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert wait(devbox_client, box, response.json()["execution_id"]).json()["stdout"] == "ran\n"
+
+
+def test_a_new_command_id_is_a_new_command_whatever_the_request_id(devbox_client, devbox):
+    headers = {**ALICE, "x-request-id": "same-id"}
+    body = {"command": "echo x >> twice", "command_id": "0190c2b4-0000-7000-8000-0000000000a1"}
+    first = devbox_client.post(f"{URL}/{devbox}/execute", json=body, headers=headers).json()
+    second = devbox_client.post(f"{URL}/{devbox}/execute", headers=headers,
+                                json={**body, "command_id": "0190c2b4-0000-7000-8000-0000000000a2"}).json()
+    assert first["execution_id"] != second["execution_id"]
+    assert run(devbox_client, devbox, "cat twice")["stdout"] == "x\nx\n"
+
+
+def test_the_environment_is_capped_as_exec_would_refuse_it(devbox_client):
+    from simulator.devboxes import MAX_ENVIRONMENT_BYTES
+
+    big = {"A": "a" * MAX_ENVIRONMENT_BYTES}
+    assert_error(devbox_client.post(URL, json={"environment_variables": big}, headers=ALICE), 400, "invalid_request",
+                 "environment_variables")
+    fits = create_running(devbox_client, environment_variables={"A": "a" * (MAX_ENVIRONMENT_BYTES - 4)})
+    assert len(run(devbox_client, fits["id"], "printf %s \"$A\"")["stdout"]) == MAX_ENVIRONMENT_BYTES - 4
+
+
 def test_a_command_over_the_kernel_s_argument_limit_is_a_400(devbox_client, devbox):
     from simulator.devboxes import MAX_COMMAND_BYTES
 
@@ -333,6 +367,7 @@ def test_a_nan_timeout_is_a_400_and_runs_nothing(devbox_client, devbox):
         body = b'{"statuses": ["suspended", "completed"], "timeout_seconds": NaN}'
         assert_error(devbox_client.post(path, headers=headers, content=body), 400, "invalid_request", "NaN")
     assert "nan.txt" not in run(devbox_client, devbox, "ls")["stdout"]
-    # Infinity stays a long hold, capped (not an error).
-    assert devbox_client.post(f"{URL}/{devbox}/wait_for_status", headers=headers,
-                              content=b'{"statuses": ["running"], "timeout_seconds": Infinity}').status_code == 200
+    # Infinity, and an integer no float holds, stay a long hold, capped (not an error).
+    for huge in (b"Infinity", b"1" + b"0" * 400):
+        assert devbox_client.post(f"{URL}/{devbox}/wait_for_status", headers=headers,
+                                  content=b'{"statuses": ["running"], "timeout_seconds": ' + huge + b"}").status_code == 200

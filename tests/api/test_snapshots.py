@@ -349,7 +349,7 @@ def test_a_snapshot_begun_during_a_shutdown_is_refused_or_refuses_it(devbox_clie
         racer.start()
         racer.join(0.5)  # done at once if nothing holds it back (the race this test is about)
 
-    service._shutdown_guards.insert(0, during_the_check)
+    service._shutdown_guards.append(during_the_check)  # after the real check: the window it left
     shutdown = client.post(f"/v1/devboxes/{devbox['id']}/shutdown", headers=ALICE)
     racer.join(10)
     snap = outcome["snapshot"]

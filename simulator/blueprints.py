@@ -32,6 +32,7 @@ from simulator.blueprint_model import (
 )
 from simulator.db import Database
 from simulator.devboxes import DevboxService, check_command
+from simulator.idle_policy import suspend_hooks
 from simulator.errors import InvalidRequest, found
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import Page
@@ -280,9 +281,11 @@ def _check_params(params: dict[str, Any]) -> None:
              *(params.get("file_mounts") or {}).keys(), *(params.get("build_args") or {}).values()]
     if any("\0" in text for text in texts):
         raise InvalidRequest("commands, dockerfile, file_mounts and build_args must not contain NUL characters")
-    for command in commands:
+    launch = params.get("launch_parameters") or {}
+    hooks = suspend_hooks(launch)[0] if isinstance(launch, dict) else []
+    for command in [*commands, *hooks]:
         if isinstance(command, str):
-            check_command("system_setup_commands and launch_commands", command)
+            check_command("system_setup_commands, launch_commands and suspend_commands", command)
     from simulator.files import check_file_mount_size  # (files builds on the devbox service)
 
     for path, content in (params.get("file_mounts") or {}).items():

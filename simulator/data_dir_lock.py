@@ -38,22 +38,10 @@ def lock_data_dir(data_dir: Path) -> int:
     DataDirInUse, naming the holder's pid, when another process has it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)  # devboxes run untrusted code: the store is root's alone
-    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise DataDirInUse(
-            f"data dir {data_dir} is in use by another devbox-sim (pid {holder}); "
-            "stop it first, or give this one another --data-dir"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return _lock(data_dir / LOCK_NAME, lambda holder: DataDirInUse(
+        f"data dir {data_dir} is in use by another devbox-sim (pid {holder}); "
+        "stop it first, or give this one another --data-dir"
+    ))
 
 
 def lock_instance(instance: str, lock_dir: Path = INSTANCE_LOCK_DIR) -> int:
@@ -63,16 +51,22 @@ def lock_instance(instance: str, lock_dir: Path = INSTANCE_LOCK_DIR) -> int:
     with the same id (another data dir whose hash collides) would tear down the first.
     Raises InstanceInUse, naming the holder's pid, when a live process has it."""
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{instance}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return _lock(lock_dir / f"{instance}.lock", lambda holder: InstanceInUse(
+        f"instance id {instance} (named after the data dir's path) is in use by another devbox-sim"
+        f" (pid {holder}): two data dirs whose names hash alike; give this one another --data-dir"
+    ))
+
+
+def _lock(path: Path, in_use) -> int:
+    """An exclusive flock on ``path`` (created 0600), which then holds this process's pid; the
+    descriptor (close-on-exec). ``in_use(holder pid)`` is raised when another process has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise InstanceInUse(
-            f"instance id {instance} (named after the data dir's path) is in use by another devbox-sim"
-            f" (pid {holder}): two data dirs whose names hash alike; give this one another --data-dir"
-        ) from None
+        raise in_use(holder) from None
     except BaseException:
         os.close(fd)
         raise

@@ -155,7 +155,10 @@ def _write_all(fd: int, data: bytes, seconds: float, execution_id: str) -> bool:
             except BrokenPipeError:
                 return False
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+            # poll, not select: select cannot watch a descriptor of 1024 or more (ValueError).
+            writable = select.poll()
+            writable.register(fd, select.POLLOUT)
+            if remaining <= 0 or not writable.poll(remaining * 1000):
                 raise Conflict(
                     f"execution {execution_id} has not read its stdin for {seconds:g} s; "
                     f"{len(data) - len(view)} of {len(data)} bytes were written",

@@ -204,6 +204,9 @@ def test_a_command_over_the_kernel_s_argument_limit_is_a_400(devbox_client, devb
                  "invalid_request", "launch_commands")
     assert_error(devbox_client.post("/v1/blueprints", json={"name": "b", "system_setup_commands": [long]}, headers=ALICE),
                  400, "invalid_request", "at most")
+    hooks = {"lifecycle": {"lifecycle_hooks": {"suspend_commands": [long]}}}
+    assert_error(devbox_client.post("/v1/blueprints", json={"name": "b", "launch_parameters": hooks}, headers=ALICE),
+                 400, "invalid_request", "suspend_commands")
     fits = "echo " + "a" * (MAX_COMMAND_BYTES - 5)
     assert len(run(devbox_client, devbox, fits)["stdout"]) == MAX_COMMAND_BYTES - 4
 

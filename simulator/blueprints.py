@@ -16,7 +16,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from simulator import blueprint_store, clock, disks, dockerfile, ids, snapshot_store
+from simulator import blueprint_store, clock, devbox_store, disks, dockerfile, ids, snapshot_store
 from simulator.blueprint_build import BuildFailed, BuildRequest, build
 from simulator.blueprint_model import (
     ALL_STATUSES,
@@ -33,7 +33,7 @@ from simulator.blueprint_model import (
 from simulator.db import Database
 from simulator.devboxes import DevboxService, check_command
 from simulator.idle_policy import suspend_hooks
-from simulator.errors import InvalidRequest, found
+from simulator.errors import Conflict, InvalidRequest, found
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import Page
 from simulator.runtime.base import RuntimeFailure
@@ -148,6 +148,11 @@ class BlueprintService:
                     f"blueprint {blueprint_id} has disk snapshots: {', '.join(dependents)}; delete them first",
                     code="blueprint_in_use",
                 )
+            # As for a snapshot: a devbox accepted from it may not have begun copying its disk.
+            starting = devbox_store.provisioning_from(conn, account, blueprint_id=blueprint_id)
+            if starting:
+                raise Conflict(f"blueprint {blueprint_id} is being made into {', '.join(starting)}; delete it once"
+                               " they are running", code="blueprint_in_use")
             blueprint_store.update(conn, replace(blueprint, state=DELETED, disk=None))
         if blueprint.disk is not None:
             disks.delete(self.devboxes.runtime, blueprint.disk)

@@ -93,11 +93,14 @@ def active_using_policy(conn: sqlite3.Connection, account: str, policy_id: str) 
     return [row["id"] for row in rows]
 
 
-def provisioning_from_snapshot(conn: sqlite3.Connection, account: str, snapshot_id: str) -> list[str]:
-    """Devboxes still being made from the snapshot (their copy of its disk may not have begun)."""
+def provisioning_from(conn: sqlite3.Connection, account: str, *, snapshot_id: str | None = None,
+                      blueprint_id: str | None = None) -> list[str]:
+    """Devboxes still being made from the snapshot or blueprint (their copy of its disk may not
+    have begun)."""
+    column, source = ("snapshot_id", snapshot_id) if snapshot_id is not None else ("blueprint_id", blueprint_id)
     rows = conn.execute(
-        "SELECT id FROM devboxes WHERE account = ? AND snapshot_id = ? AND status = ? ORDER BY id",
-        (account, snapshot_id, lifecycle.PROVISIONING),
+        f"SELECT id FROM devboxes WHERE account = ? AND {column} = ? AND status = ? ORDER BY id",
+        (account, source, lifecycle.PROVISIONING),
     ).fetchall()
     return [row["id"] for row in rows]
 

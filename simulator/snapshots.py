@@ -154,7 +154,7 @@ class SnapshotService:
                                code="snapshot_in_progress")
             # A devbox accepted from it may not have begun copying its disk yet (the runtime's
             # copy lock comes later): deleting the disk now would fail that devbox.
-            restoring = devbox_store.provisioning_from_snapshot(conn, account, snapshot_id)
+            restoring = devbox_store.provisioning_from(conn, account, snapshot_id=snapshot_id)
             if restoring:
                 raise Conflict(f"snapshot {snapshot_id} is being restored into {', '.join(restoring)}; delete it once"
                                " they are running", code="snapshot_in_use")

@@ -14,7 +14,7 @@ from simulator.api.blueprint_schemas import (
 )
 from simulator.api.devbox_schemas import NO_RUNTIME
 from simulator.api.devboxes import runtime_ready
-from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, page_json
+from simulator.api.schemas import ERROR_RESPONSES, NOT_FOUND, ErrorBody, page_json
 from simulator.blueprint_model import Blueprint
 
 router = APIRouter(
@@ -95,8 +95,8 @@ def retrieve_blueprint(id: str, account: str = Depends(deps.account), services=D
 @router.post(
     "/{id}/delete",
     response_model=dict,
-    responses=NOT_FOUND,
-    summary="Delete a blueprint (400 while disk snapshots taken from its devboxes exist)",
+    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "A devbox is being made from it (x-should-retry: false)"}},
+    summary="Delete a blueprint (400 while disk snapshots taken from its devboxes exist, 409 while a devbox is being made from it)",
 )
 def delete_blueprint(
     id: str,

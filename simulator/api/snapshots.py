@@ -25,7 +25,8 @@ router = APIRouter(
     responses={**ERROR_RESPONSES, **NO_RUNTIME},
     dependencies=[Depends(runtime_ready)],
 )
-CONFLICT = {409: {"model": ErrorBody, "description": "The snapshot is still in progress (x-should-retry: false)"}}
+CONFLICT = {409: {"model": ErrorBody, "description": "The snapshot is still in progress, or a devbox is being made"
+                                                   " from it (x-should-retry: false)"}}
 _METADATA_FILTER = re.compile(r"metadata\[([^\[\]]+)\](\[in\])?")
 
 
@@ -156,7 +157,7 @@ def update_disk_snapshot(
     "/disk_snapshots/{id}/delete",
     response_model=dict,
     responses={**NOT_FOUND, **CONFLICT},
-    summary="Delete a disk snapshot (409 while in progress)",
+    summary="Delete a disk snapshot (409 while in progress or while a devbox is being made from it)",
 )
 def delete_disk_snapshot(
     id: str,

@@ -336,3 +336,21 @@ def test_preview_gives_the_dockerfile_a_create_would_build_and_builds_nothing(de
     lines = ok(client.post(f"{URL}/preview", json=odd, headers=ALICE))["dockerfile"].splitlines()
     instructions = [line for line in lines if line and not line.startswith("#")]
     assert instructions == ["RUN echo a", 'RUN ["/bin/sh", "-c", "set -e\\necho one\\necho two"]', "RUN echo last"]
+
+
+def test_a_blueprint_being_made_into_a_devbox_cannot_be_deleted_until_it_runs(devbox_client, runtime):
+    """As for a snapshot: the devbox copies the blueprint's disk once provisioning gets to it."""
+    needs_hooks(runtime, "hold_provisioning")
+    client = devbox_client
+    made = blueprint(client, name="held", system_setup_commands=["echo built > built.txt"])
+    assert made["status"] == "build_complete"
+    gate = runtime.hold_provisioning()
+    try:
+        starting = ok(client.post("/v1/devboxes", json={"blueprint_id": made["id"]}, headers=ALICE))
+        assert starting["status"] == "provisioning"
+        body = assert_error(client.post(f"{URL}/{made['id']}/delete", headers=ALICE), 409, "blueprint_in_use")
+        assert starting["id"] in body["message"]
+    finally:
+        gate.set()
+    poll(lambda: ok(client.get(f"/v1/devboxes/{starting['id']}", headers=ALICE)), lambda d: d["status"] == "running")
+    ok(client.post(f"{URL}/{made['id']}/delete", headers=ALICE))

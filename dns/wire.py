@@ -314,8 +314,9 @@ class Section:
     def __init__(self, data: bytes, ttl_offsets, ttls, addresses, name_len: int):
         ttls = tuple(ttls)
         ttl_offsets = tuple(ttl_offsets)
-        capped = tuple(capped_ttl(ttl) for ttl in ttls)
-        if capped != ttls:  # what the devbox is told is what the cache and the firewall use
+        if ttls and max(ttls) > MAX_TTL:  # rare; checked cheaply on every fresh answer
+            # What the devbox is told is what the cache and the firewall use.
+            capped = tuple(capped_ttl(ttl) for ttl in ttls)
             buf = bytearray(data)
             for offset, ttl in zip(ttl_offsets, capped):
                 _TTL.pack_into(buf, offset, ttl)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from email.utils import formatdate
 
 from simulator.tunnels import AUTH_HEADER
@@ -28,6 +29,15 @@ TUNNEL_HOST = re.compile(rb"^(\d{1,5})-([a-z0-9]{1,64})\.tunnel\.", re.IGNORECAS
 # The messages that open a response (an HTTP one, a WebSocket's 101, a WebSocket refusal).
 _RESPONSE_STARTS = frozenset({"http.response.start", "websocket.accept", "websocket.http.response.start"})
 SERVER = b"uvicorn"
+_date: tuple[int, bytes] = (0, b"")  # (second, its Date value): formatted once a second, as uvicorn does
+
+
+def _date_now() -> bytes:
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode())
+    return _date[1]
 
 
 def with_default_headers(send, *, server: bool):
@@ -43,7 +53,7 @@ def with_default_headers(send, *, server: bool):
             names = {name.lower() for name, _ in headers}
             added = []
             if b"date" not in names:
-                added.append((b"date", formatdate(usegmt=True).encode()))
+                added.append((b"date", _date_now()))
             if server and b"server" not in names:
                 added.append((b"server", SERVER))
             if added:

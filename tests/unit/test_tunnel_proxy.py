@@ -196,6 +196,14 @@ def read_request(conn) -> tuple[h11.Request, bytes]:
             return request, body
 
 
+def answering(answers: dict[str, bytes]):
+    """An upstream handler giving each request target its canned raw response."""
+    def answer(conn):
+        request, _ = read_request(conn)
+        conn.sendall(answers[request.target.decode()])
+    return answer
+
+
 def raw_client(url: str) -> socket.socket:
     """A plain TCP connection to the proxy, for what httpx would not send (or not read)."""
     return socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
@@ -224,11 +232,7 @@ def test_one_date_and_server_each_the_devbox_s_own_through_a_tunnel(proxy, upstr
         "/none": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     }
 
-    def answer(conn):
-        request, _ = read_request(conn)
-        conn.sendall(answers[request.target.decode()])
-
-    server = upstream(answer)
+    server = upstream(answering(answers))
     with httpx.Client(headers=host(server.port)) as client:
         own = client.get(url + "/own").headers
         assert own.get_list("date") == ["Sun, 06 Nov 1994 08:49:37 GMT"] and own.get_list("server") == ["devbox/1"]
@@ -301,11 +305,7 @@ def test_head_204_and_304_keep_no_stale_content_length(proxy, upstream):
         "/both": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     }
 
-    def answer(conn):
-        request, _ = read_request(conn)
-        conn.sendall(answers[request.target.decode()])
-
-    server = upstream(answer)
+    server = upstream(answering(answers))
     with httpx.Client(headers=host(server.port)) as client:
         not_modified = client.get(url + "/304")
         assert (not_modified.status_code, not_modified.headers.get("etag"), not_modified.content) == (304, "x", b"")

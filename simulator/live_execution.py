@@ -37,6 +37,8 @@ class LiveExecution:
         self._lines = devbox_logs.LineLog("exec", execution.command, execution.id)
         self._final: Execution | None = None
         self._stdin_lock = threading.Lock()
+        # EOF asked for while a write held the lock: the writer closes stdin when it is done.
+        self._eof_pending = False
         if proc.stdin is not None and not attach_stdin:
             proc.stdin.close()  # nobody will write to it: the command reads EOF at once
 
@@ -125,17 +127,27 @@ class LiveExecution:
                            code="stdin_busy")
         try:
             stdin = self.proc.stdin
-            if stdin is None or stdin.closed:
+            if stdin is None or stdin.closed or self._eof_pending:
                 raise InvalidRequest(f"the stdin of execution {self.id} was closed (EOF was sent)", code="stdin_closed")
             return _write_all(stdin.fileno(), data, seconds, self.id)
         finally:
             self._stdin_lock.release()
+            if self._eof_pending:  # read after the release: see close_stdin
+                self.close_stdin()
 
     def close_stdin(self) -> None:
-        """EOF for the command (idempotent)."""
-        with self._stdin_lock:
+        """EOF for the command (idempotent). Never waits for a write in progress (up to
+        ``seconds`` on a command that does not read): that write closes stdin when it ends."""
+        # The flag is set before trying the lock and a writer reads it after releasing the
+        # lock, so one of the two always sees the other and stdin is closed exactly once.
+        self._eof_pending = True
+        if not self._stdin_lock.acquire(blocking=False):
+            return
+        try:
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 self.proc.stdin.close()
+        finally:
+            self._stdin_lock.release()
 
 
 def _write_all(fd: int, data: bytes, seconds: float, execution_id: str) -> bool:

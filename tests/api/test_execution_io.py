@@ -247,6 +247,52 @@ def test_an_account_s_waiting_writes_are_capped_and_hold_up_no_other_account(dev
         waiting.join(15)
 
 
+def test_a_command_ends_on_time_while_a_write_to_its_stdin_waits(devbox_client, devbox, monkeypatch):
+    """The command exits while a write waits on a pipe that a background child keeps open but
+    never reads: the execution completes at once (waiters are told), not when the write gives up."""
+    monkeypatch.setattr(executions, "STDIN_WRITE_SECONDS", 6.0)
+    # (dash gives a background job /dev/null for stdin unless it is redirected from another fd)
+    command = "exec 3<&0; sleep 30 <&3 >/dev/null 2>&1 & head -c 1 >/dev/null; echo read"
+    execution_id = start_attached(devbox_client, devbox, command)
+    live = devbox_client.app.state.services.executions._live[execution_id]
+    waiting = threading.Thread(target=send, args=(devbox_client, devbox, execution_id), kwargs={"text": "x" * 1_000_000})
+    waiting.start()
+    try:
+        until(lambda: live._stdin_lock.locked())
+        assert live.done.wait(3)  # completion did not wait for the write...
+        assert live._stdin_lock.locked()  # ... which still waits
+        response = wait(devbox_client, devbox, execution_id, timeout=5)
+        assert response.status_code == 200, response.text
+        assert response.json()["stdout"] == "read\n"
+    finally:
+        waiting.join(15)
+    assert live.proc.stdin.closed  # closed by the write when it gave up
+
+
+def test_eof_does_not_wait_for_a_write_in_progress(devbox_client, devbox, monkeypatch):
+    """EOF while a write waits for a command that does not read: the answer comes at once and
+    stdin is closed after that write (as a stream would deliver them), not refused or delayed."""
+    monkeypatch.setattr(executions, "STDIN_WRITE_SECONDS", 6.0)
+    execution_id = start_attached(devbox_client, devbox, "sleep 30")
+    live = devbox_client.app.state.services.executions._live[execution_id]
+    box = {}
+    waiting = threading.Thread(target=lambda: box.setdefault("write", send(devbox_client, devbox, execution_id, text="x" * 1_000_000)))
+    waiting.start()
+    try:
+        until(lambda: live._stdin_lock.locked())
+        response = send(devbox_client, devbox, execution_id, signal="EOF")
+        assert response.status_code == 200 and response.json()["success"] is True, response.text
+        assert live._stdin_lock.locked()  # answered while the write still waits
+        assert_error(send(devbox_client, devbox, execution_id, text="late"), 409, "stdin_busy")
+        waiting.join(15)
+        assert_error(box["write"], 409, "stdin_full")
+        assert live.proc.stdin.closed
+        assert_error(send(devbox_client, devbox, execution_id, text="late"), 400, "stdin_closed")
+    finally:
+        devbox_client.post(f"{URL}/{devbox}/executions/{execution_id}/kill", headers=ALICE)
+        waiting.join(15)
+
+
 def test_stdin_of_an_exited_command_reports_no_success(devbox_client, devbox):
     # The command closes its stdin and lingers: the write finds no reader.
     execution_id = start_attached(devbox_client, devbox, "exec 0<&-; echo closed; sleep 30")

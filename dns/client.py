@@ -28,9 +28,18 @@ class ClientView:
     ipv6:         the client may use IPv6; when False, AAAA queries get an empty answer so
                   applications fall back to IPv4 instead of trying an address they cannot reach.
     local_answer: names answered by the simulator itself, before policy is applied.
+    local_zone:   the simulator's own domain (e.g. "devbox.internal"): a name in it that
+                  ``local_answer`` does not answer gets NXDOMAIN even where the policy allows
+                  it, and never goes upstream (no upstream knows it; with a host uplink the
+                  query would tell the real DNS about the devboxes).
     """
 
     matcher: HostnameMatcher | None
     allow_all: bool
     ipv6: bool = False
     local_answer: LocalAnswer | None = None
+    local_zone: str | None = None
+
+    def in_local_zone(self, qname: str) -> bool:
+        zone = self.local_zone
+        return zone is not None and (qname == zone or qname.endswith("." + zone))

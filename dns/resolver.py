@@ -2,13 +2,20 @@
 
 Order of decisions for one query (first that applies wins):
 
+  0. not a query we take                -> FORMERR, NOTIMP or BADVERS (error, bad_request):
+     another opcode, not one question, a meta type (AXFR, IXFR, OPT, TSIG, ...), a class
+     but IN, more than one OPT record or an EDNS version but 0 (RFC 6891)
   1. unknown client                     -> REFUSED      (denied, unknown_client)
   2. name the simulator serves itself   -> local answer (allowed, local), TTL 5, not forwarded
   3. name not allowed by the policy     -> NXDOMAIN     (denied, deny_all | no_matching_pattern)
      NXDOMAIN rather than REFUSED: musl's stub resolver gives up on REFUSED instead of
      trying the next search domain, and "does not exist" is what the devbox should believe.
-  4. AAAA for an IPv4-only client       -> empty NOERROR (allowed), so apps fall back to A
-  5. cache, else upstream (following CNAME chains; targets inherit the queried name's
+     A name with a byte no host name has (a dot or backslash inside a label, a space, a
+     control or non-ASCII byte) gets NXDOMAIN too (denied, unsupported_name): its text form,
+     which the policy matches, would not say which labels it has.
+  4. other names in the simulator's own zone -> NXDOMAIN (denied, unknown_local_name)
+  5. AAAA for an IPv4-only client       -> empty NOERROR (allowed), so apps fall back to A
+  6. cache, else upstream (following CNAME chains; targets inherit the queried name's
      permission - the policy is about what the devbox asked for). A client with
      ``max_upstream_per_client`` lookups already waiting on the upstream gets SERVFAIL
      (error, client_busy) at once: the server's threads are shared by every devbox, and
@@ -45,7 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from dnslib import QTYPE, RCODE, RR, DNSQuestion, DNSRecord, OPCODE
+from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSQuestion, DNSRecord, OPCODE
 
 from . import wire
 from .cache import AnswerCache
@@ -75,6 +82,11 @@ log = logging.getLogger(__name__)
 _AAAA = QTYPE.AAAA
 _NOERROR = RCODE.NOERROR
 _ANSWERED = frozenset((RCODE.NOERROR, RCODE.NXDOMAIN))
+_OPT = QTYPE.OPT
+_BADVERS = 16  # extended RCODE (RFC 6891): 0 in the header, 1 in the OPT record's top byte
+# Printable ASCII but "." and "\\": a label of these bytes reads back from dnslib's text form
+# as it was sent (dnslib neither escapes a dot inside a label nor a backslash).
+_NAME_BYTES = frozenset(range(33, 127)) - {ord("."), ord("\\")}
 
 MAX_CNAME_DEPTH = 8
 # Short: local names are devboxes that come and go.
@@ -88,6 +100,32 @@ class UpstreamLike(Protocol):
     def query(self, request: DNSRecord) -> DNSRecord: ...
 
     # Optional (Upstream has it): query_wire(name_wire, qtype) -> (raw reply, question section)
+
+
+# Types that are no question for a resolver: zone transfers and mailbox queries (not
+# implemented), and types that only exist in a message's other sections (a format error).
+_NOT_IMPLEMENTED_TYPES = frozenset((QTYPE.AXFR, QTYPE.IXFR, 253, 254))  # MAILB, MAILA
+_META_TYPES = frozenset((0, QTYPE.OPT, QTYPE.TKEY, QTYPE.TSIG))
+
+
+def _refused_format(request: DNSRecord, q: DNSQuestion | None) -> int | None:
+    """The rcode for a request this resolver does not take, else None."""
+    header = request.header
+    if q is None:
+        return RCODE.FORMERR
+    if header.opcode != OPCODE.QUERY or header.qr:
+        return RCODE.NOTIMP
+    opts = [rr for rr in request.ar if rr.rtype == _OPT]
+    if opts:
+        if len(opts) > 1 or opts[0].rname.label:  # one OPT, owned by the root (RFC 6891 6.1.1)
+            return RCODE.FORMERR
+        if (opts[0].ttl >> 16) & 0xFF:  # an EDNS version we do not speak
+            return _BADVERS
+    if q.qtype in _META_TYPES:
+        return RCODE.FORMERR
+    if q.qtype in _NOT_IMPLEMENTED_TYPES or q.qclass != CLASS.IN:
+        return RCODE.NOTIMP
+    return None
 
 
 class _Failure(Exception):
@@ -151,10 +189,18 @@ class Resolver:
     # -- policy ------------------------------------------------------------------------
 
     def _decide(self, client_ip, request, q, qname, base) -> tuple[DNSRecord, QueryEvent]:
-        if q is None or request.header.opcode != OPCODE.QUERY or request.header.qr:
-            rcode = RCODE.NOTIMP if q is not None else RCODE.FORMERR
-            return empty_reply(request, rcode), QueryEvent(
-                **base, verdict="error", reason="bad_request", rcode=rcode_name(rcode)
+        rcode = _refused_format(request, q)
+        if rcode is not None:
+            if rcode == _BADVERS:
+                reply = empty_reply(request)
+                reply.add_ar(EDNS0(udp_len=wire.MAX_UDP_LIMIT, ext_rcode=_BADVERS >> 4))
+                name = "BADVERS"
+            else:
+                reply, name = empty_reply(request, rcode), rcode_name(rcode)
+            return reply, QueryEvent(**base, verdict="error", reason="bad_request", rcode=name)
+        if not all(_NAME_BYTES.issuperset(label) for label in q.qname.label):
+            return empty_reply(request, RCODE.NXDOMAIN), QueryEvent(
+                **base, verdict="denied", reason="unsupported_name", rcode="NXDOMAIN"
             )
 
         view = self._clients(client_ip)
@@ -177,6 +223,10 @@ class Resolver:
             if pattern is None:
                 return self._deny(request, "no_matching_pattern", base)
             reason = "pattern"
+        if view.in_local_zone(qname):
+            return empty_reply(request, RCODE.NXDOMAIN), QueryEvent(
+                **base, verdict="denied", reason="unknown_local_name", rcode="NXDOMAIN"
+            )
         allowed = dict(base, verdict="allowed", reason=reason, matched_pattern=pattern)
 
         if q.qtype == _AAAA and not view.ipv6:
@@ -200,7 +250,7 @@ class Resolver:
             addresses = []
         for address in addresses:
             # The simulator's hook answers by name; keep only what fits the question.
-            if address_family_matches(address, q.qtype):
+            if q.qtype == QTYPE.ANY or address_family_matches(address, q.qtype):
                 rr = address_rr(name, address, LOCAL_TTL)
                 if rr is not None:
                     records.append(rr)
@@ -362,6 +412,10 @@ class Resolver:
                 return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), (
                     "denied", "no_matching_pattern", None, (), None, RCODE.NXDOMAIN, None)
             reason = "pattern"
+
+        if view.in_local_zone(q.name):
+            return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), (
+                "denied", "unknown_local_name", None, (), None, RCODE.NXDOMAIN, None)
 
         if q.qtype == _AAAA and not view.ipv6:
             return wire.empty_reply(data, q, RCODE.NOERROR, max_size=max_size), (

@@ -1,10 +1,11 @@
 """Just enough DNS wire format for the resolver's hot path; dnslib does everything else.
 
-The common query - one question, an ordinary host name, class IN, at most an EDNS0 OPT - is
-read here without dnslib, its answer section is kept as wire bytes (from the upstream reply
-or the cache) and spliced behind the client's own header and question. Every function here
-returns None for anything it does not fully understand, and the caller then takes the
-general dnslib path, so this module only has to be right about the cases it accepts.
+The common query - one question, an ordinary host name and type, class IN, at most an EDNS0
+OPT of version 0 - is read here without dnslib, its answer section is kept as wire bytes
+(from the upstream reply or the cache) and spliced behind the client's own header and
+question. Every function here returns None for anything it does not fully understand, and
+the caller then takes the general dnslib path, so this module only has to be right about the
+cases it accepts.
 
 Why splicing is sound: a reply is header (12 bytes) + question + answer section. The answer
 section of an upstream reply to *our* question (the client's name, lowercased) may contain
@@ -50,6 +51,9 @@ MAX_UDP_LIMIT = 4096
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 _NAME_BYTES_DOT = _NAME_BYTES + b"."
 _MAX_POINTERS = 32
+# Meta and transfer types (0, OPT, TKEY, TSIG, IXFR, AXFR, MAILB, MAILA): the general path
+# refuses them.
+_SPECIAL_TYPES = frozenset((0, 41, 249, 250, 251, 252, 253, 254))
 
 
 class Query:
@@ -108,7 +112,7 @@ def parse_query(data: bytes) -> Query | None:
     if pos + 4 > n:
         return None
     qtype, qclass = _TYPE_CLASS.unpack_from(data, pos)
-    if qclass != CLASS_IN:
+    if qclass != CLASS_IN or qtype in _SPECIAL_TYPES:
         return None
     pos += 4
     qend = pos
@@ -116,8 +120,8 @@ def parse_query(data: bytes) -> Query | None:
     if ar:
         if pos + 11 > n or data[pos] != 0:
             return None
-        rtype, rclass, _ttl, rdlength = _RR_FIXED.unpack_from(data, pos + 1)
-        if rtype != TYPE_OPT:
+        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos + 1)
+        if rtype != TYPE_OPT or ttl & 0xFF0000:  # EDNS version 0 only
             return None
         pos += 11 + rdlength
         limit, edns = max(CLASSIC_UDP_LIMIT, min(rclass, MAX_UDP_LIMIT)), True

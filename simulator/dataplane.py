@@ -90,7 +90,6 @@ class Attached:
     account_key: str
     address: Address
     policy: NetworkPolicy | None
-    name: str | None = None
     # ip -> {queried name -> expiry (monotonic)}: what the resolver opened, and why.
     learned: dict[str, dict[str, float]] = field(default_factory=dict)
     view: ClientView | None = None
@@ -315,10 +314,9 @@ class DataPlane:
         *,
         netns: str | None = None,
         pid: int | None = None,
-        name: str | None = None,
     ) -> Attached:
         """Plug a devbox namespace into the bridge and enforce its policy, all or nothing."""
-        attached = Attached(devbox_id, account, _account_key(account), address, policy, name)
+        attached = Attached(devbox_id, account, _account_key(account), address, policy)
         self._router.attach(netns, pid, port_ifname=address.port, ip=address.ip, mac=address.mac)
         try:
             with self._lock:
@@ -595,17 +593,15 @@ class DataPlane:
             listener(attached.devbox_id if attached else None, event)
 
     def _local_answer(self, account: str, qname: str, qtype: str) -> list[str] | None:
-        """``<devbox-id>.devbox.internal`` (id lower-cased, ``_`` as ``-``) or
-        ``<name>.devbox.internal``: another devbox of the same account."""
+        """``<devbox-id>.devbox.internal`` (id lower-cased, ``_`` as ``-``): another devbox
+        of the same account. (Not by devbox name: names repeat and need not be DNS labels.)"""
         if not qname.endswith("." + LOCAL_SUFFIX):
             return None
         label = qname[: -len(LOCAL_SUFFIX) - 1]
         for other in list(self._by_id.values()):
-            if other.account != account:
-                continue
-            if label in (other.devbox_id.lower().replace("_", "-"), (other.name or "").lower()):
+            if other.account == account and label == other.devbox_id.lower().replace("_", "-"):
                 return [other.address.ip] if qtype in ("A", "ANY") else []
-        return None  # unknown: the policy decides, like any other name (usually NXDOMAIN)
+        return None  # unknown: NXDOMAIN (ClientView.local_zone), after the policy's say
 
 
 def _account_key(account: str) -> str:
@@ -625,9 +621,10 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
     # them, and the siblings' addresses do not leak.
     local_answer = local_answer if accepts_peers(policy) else None
     if policy is None or policy.egress.allow_all:
-        return ClientView(matcher=None, allow_all=True, local_answer=local_answer)
+        return ClientView(matcher=None, allow_all=True, local_answer=local_answer, local_zone=LOCAL_SUFFIX)
     patterns = policy.egress.allowed_hostnames
-    return ClientView(matcher=HostnameMatcher(patterns) if patterns else None, allow_all=False, local_answer=local_answer)
+    return ClientView(matcher=HostnameMatcher(patterns) if patterns else None, allow_all=False,
+                      local_answer=local_answer, local_zone=LOCAL_SUFFIX)
 
 
 def _allows_name(view: ClientView, name: str) -> bool:

@@ -31,12 +31,17 @@ from pathlib import Path
 
 from dns import DnsServer, Zone, bind_udp_tcp
 from netns import links, namespaces
+from simulator import hostnames
+from simulator.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
 DOCUMENTATION_NETS = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 )
+
+
+MAX_TTL = 2**31 - 1  # RFC 2181
 
 
 class WorldConfigError(ValueError):
@@ -69,23 +74,44 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "world") -> WorldConfig:
+        _known_keys(data, {"resolver", "ttl", "hosts"}, where)
         resolver = _documentation_address(data.get("resolver", cls.resolver), f"{where}: resolver")
+        ttl = data.get("ttl", cls.ttl)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL:
+            raise WorldConfigError(f"{where}: ttl {ttl!r} is not a whole number of seconds from 0 to {MAX_TTL}")
+        hosts_table = data.get("hosts") or {}
+        if not isinstance(hosts_table, dict):
+            raise WorldConfigError(f"{where}: hosts must be a table of [hosts.\"<name>\"] entries")
         hosts = []
-        for name, spec in (data.get("hosts") or {}).items():
+        for name, spec in hosts_table.items():
             here = f"{where}: hosts.{name!r}"
             if not isinstance(spec, dict) or "address" not in spec:
                 raise WorldConfigError(f"{here}: needs an address")
+            _known_keys(spec, {"address", "aliases", "http", "tcp_echo", "udp_echo"}, here)
+            aliases = spec.get("aliases", [])
+            if not isinstance(aliases, list):
+                raise WorldConfigError(f"{here}: aliases must be a list of names")
             hosts.append(
                 Host(
-                    name=name.lower().rstrip("."),
+                    name=_host_name(name, here),
                     address=_documentation_address(spec["address"], here),
-                    aliases=tuple(a.lower().rstrip(".") for a in spec.get("aliases", ())),
-                    http=_ports(spec.get("http", ()), here),
-                    tcp_echo=_ports(spec.get("tcp_echo", ()), here),
-                    udp_echo=_ports(spec.get("udp_echo", ()), here),
+                    aliases=tuple(_host_name(alias, f"{here}: alias") for alias in aliases),
+                    http=_ports(spec.get("http", []), here),
+                    tcp_echo=_ports(spec.get("tcp_echo", []), here),
+                    udp_echo=_ports(spec.get("udp_echo", []), here),
                 )
             )
-        return cls(resolver=resolver, ttl=int(data.get("ttl", cls.ttl)), hosts=tuple(hosts))
+        config = cls(resolver=resolver, ttl=ttl, hosts=tuple(hosts))
+        names = [host.name for host in hosts]
+        aliases = [alias for host in hosts for alias in host.aliases]
+        for name in names + aliases:
+            if (names + aliases).count(name) > 1:
+                raise WorldConfigError(f"{where}: {name!r} is given twice (a name is one host, or an alias of one)")
+        try:
+            config.zone()
+        except ValueError as exc:
+            raise WorldConfigError(f"{where}: {exc}") from None
+        return config
 
     def zone(self) -> Zone:
         records: dict[str, list[str]] = {}
@@ -114,7 +140,27 @@ def _documentation_address(value: object, where: str) -> str:
     return str(address)
 
 
+def _known_keys(table: dict, known: set[str], where: str) -> None:
+    """A misspelt key (``tcp_echos``) would silently leave a service out: refuse it."""
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise WorldConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def _host_name(value: object, where: str) -> str:
+    """A plain DNS name (one a devbox can ask for), lower case, no trailing dot."""
+    try:
+        name = hostnames.normalise_pattern(value, where)
+    except InvalidRequest as exc:
+        raise WorldConfigError(exc.message) from None
+    if name.startswith("*."):
+        raise WorldConfigError(f"{where}: {value!r}: the world's names are plain names, not wildcards")
+    return name
+
+
 def _ports(values, where: str) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise WorldConfigError(f"{where}: ports must be a list, e.g. [80]")
     ports = tuple(values)
     for port in ports:
         if not isinstance(port, int) or not 1 <= port <= 65535:

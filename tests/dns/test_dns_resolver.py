@@ -494,3 +494,120 @@ def test_a_ttl_is_told_as_used_at_most_a_day_and_top_bit_as_zero(serve, recorder
     for reply in (wire_reply, dnslib_reply):
         assert addresses(reply) == ["192.0.2.140"] and [rr.ttl for rr in reply.rr] == [told]
     assert [call[2] for call in answers.calls] == [[("192.0.2.140", told)]] * 2
+
+
+# -- requests the resolver does not take (sent as raw bytes, as a devbox could) -----------
+
+
+def exchange_raw(address, data: bytes) -> DNSRecord:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.sendto(data, address)
+        return DNSRecord.parse(sock.recv(65535))
+
+
+def raw_query(name_wire: bytes, qtype: int = 1, qclass: int = 1, *, ar: bytes = b"", arcount: int = 0) -> bytes:
+    header = bytes.fromhex("abcd0100") + (1).to_bytes(2, "big") + bytes(4) + arcount.to_bytes(2, "big")
+    return header + name_wire + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big") + ar
+
+
+GITHUB = b"\x06github\x03com\x00"
+OPT_V0 = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"
+
+
+@pytest.fixture
+def strict(serve, recorder):
+    """A resolver allowing everything (and *.github.com) in front of a counting upstream."""
+
+    class Strict:
+        pass
+
+    s = Strict()
+    zone = Zone({"github.com": ["192.0.2.140"], "api.github.com": ["192.0.2.141"]})
+    s.upstream = InProcessUpstream(zone.resolve)
+    s.events, s.answers = recorder(), recorder()
+    s.resolver = Resolver(lambda ip: view(allow_all=True), s.upstream, on_query=s.events, on_answer=s.answers)
+    s.address = serve(s.resolver.resolve).udp_addresses[0]
+    return s
+
+
+@pytest.mark.parametrize(
+    "what, data, rcode",
+    [
+        ("class CH", raw_query(GITHUB, qclass=3), RCODE.NOTIMP),
+        ("class ANY", raw_query(GITHUB, qclass=255), RCODE.NOTIMP),
+        ("AXFR", raw_query(GITHUB, qtype=252), RCODE.NOTIMP),
+        ("IXFR", raw_query(GITHUB, qtype=251), RCODE.NOTIMP),
+        ("type OPT", raw_query(GITHUB, qtype=41), RCODE.FORMERR),
+        ("type TSIG", raw_query(GITHUB, qtype=250), RCODE.FORMERR),
+        ("type 0", raw_query(GITHUB, qtype=0), RCODE.FORMERR),
+        ("two OPT records", raw_query(GITHUB, ar=OPT_V0 * 2, arcount=2), RCODE.FORMERR),
+        ("an OPT not owned by the root", raw_query(GITHUB, ar=b"\x03foo\x00" + OPT_V0[1:], arcount=1), RCODE.FORMERR),
+    ],
+)
+def test_queries_a_resolver_does_not_take_are_refused_and_never_forwarded(strict, what, data, rcode):
+    reply = exchange_raw(strict.address, data)
+    assert (reply.header.rcode, reply.header.id, reply.rr) == (rcode, 0xABCD, []), what
+    assert strict.upstream.asked == [] and strict.answers.calls == []
+    [event] = strict.events.calls
+    assert (event.verdict, event.reason) == ("error", "bad_request")
+
+
+def test_an_edns_version_but_0_gets_badvers(strict):
+    """RFC 6891 6.1.3: BADVERS (16: 0 in the header, 1 in the OPT's extended RCODE byte),
+    with an OPT of the version we speak."""
+    version_1 = OPT_V0[:5] + b"\x00\x01" + OPT_V0[7:]
+    reply = exchange_raw(strict.address, raw_query(GITHUB, ar=version_1, arcount=1))
+    [opt] = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
+    assert reply.header.rcode == 0 and (opt.ttl >> 24, (opt.ttl >> 16) & 0xFF) == (1, 0) and reply.rr == []
+    assert strict.upstream.asked == [] and strict.events.calls[0].rcode == "BADVERS"
+    # Version 0 is answered as usual.
+    assert addresses(exchange_raw(strict.address, raw_query(GITHUB, ar=OPT_V0, arcount=1))) == ["192.0.2.140"]
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        b"\\046api",  # dnslib's text form reads back as ".api"
+        b"\\097pi",  # ... as "api": another name than was asked
+        b"api.x",  # a dot inside a label: the text form would read as two labels
+        b"b\xc3\xbccher",  # raw UTF-8 (the IDNA form is xn--bcher-kva)
+        b"a b",
+        b"a\x00b",
+    ],
+)
+def test_a_name_no_host_has_is_nxdomain_and_never_forwarded(strict, caplog, label):
+    """Its text form, which the policy matches and the upstream question was built from, is
+    not the name that was asked: such a name is not one a policy could have meant."""
+    name_wire = bytes([len(label)]) + label + GITHUB
+    reply = exchange_raw(strict.address, raw_query(name_wire))
+    assert (reply.header.rcode, reply.rr) == (RCODE.NXDOMAIN, [])
+    assert strict.upstream.asked == [] and strict.answers.calls == []
+    [event] = strict.events.calls
+    assert (event.verdict, event.reason) == ("denied", "unsupported_name")
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]  # no traceback per query
+
+
+def test_names_of_the_local_zone_are_never_forwarded(serve, recorder, ask):
+    """Names in the simulator's own zone that it does not answer are NXDOMAIN even where the
+    policy allows every name: no upstream knows them, and a host uplink's would learn them."""
+    def local(qname, qtype):
+        return ["198.51.100.7"] if qname == "dbx-1.devbox.internal" else None
+
+    upstream = InProcessUpstream(Zone({"dbx-2.devbox.internal": ["192.0.2.1"]}).resolve)
+    events = recorder()
+    clients = {
+        "allow_all": ClientView(matcher=None, allow_all=True, local_answer=local, local_zone="devbox.internal"),
+        "pattern": ClientView(matcher=HostnameMatcher(["*.internal"]), allow_all=False, local_zone="devbox.internal"),
+    }
+    for name, client in clients.items():
+        resolver = Resolver(lambda ip, c=client: c, upstream, on_query=events)
+        address = serve(resolver.resolve).udp_addresses[0]
+        for reply in (ask(address, "dbx-2.devbox.internal"), resolve(resolver, "dbx-2.devbox.internal"),
+                      ask(address, "devbox.internal")):
+            assert (reply.header.rcode, reply.rr) == (RCODE.NXDOMAIN, []), name
+    assert upstream.asked == []
+    assert {(e.verdict, e.reason) for e in events.calls} == {("denied", "unknown_local_name")}
+    # What it does answer, it answers, also to ANY.
+    resolver = Resolver(lambda ip: clients["allow_all"], upstream)
+    assert addresses(resolve(resolver, "dbx-1.devbox.internal", "ANY")) == ["198.51.100.7"]

@@ -28,8 +28,32 @@ def test_example_world_parses_and_answers():
         ({"hosts": {"x": {"address": "not-an-ip"}}}, "not an IPv4 address"),
         ({"hosts": {"x": {}}}, "needs an address"),
         ({"hosts": {"x": {"address": "192.0.2.1", "http": [0]}}}, "not a port"),
+        ({"hosts": {"x": {"address": "192.0.2.1", "http": 80}}}, "must be a list"),
+        # A typo would silently leave a service out.
+        ({"hosts": {"x": {"address": "192.0.2.1", "tcp_echos": [22]}}}, "unknown key 'tcp_echos'"),
+        ({"resolvr": "198.51.100.53"}, "unknown key 'resolvr'"),
+        ({"ttl": -1}, "ttl -1"),
+        ({"ttl": "300"}, "ttl '300'"),
+        # Two hosts aliasing each other: a name is a host or an alias, and no CNAME loops.
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "aliases": ["b.example"]},
+                    "b.example": {"address": "192.0.2.2", "aliases": ["a.example"]}}}, "given twice"),
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "aliases": ["c.example"]},
+                    "b.example": {"address": "192.0.2.2", "aliases": ["C.example."]}}}, "given twice"),
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "aliases": "www.a.example"}}}, "list of names"),
+        # Names no query can reach.
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "aliases": ["x" * 64 + ".example"]}}}, "longer than 63"),
+        ({"hosts": {("a" * 60 + ".") * 5 + "example": {"address": "192.0.2.1"}}}, "longer than 253"),
+        ({"hosts": {"under_score.example": {"address": "192.0.2.1"}}}, "letters, digits"),
+        ({"hosts": {"*.example": {"address": "192.0.2.1"}}}, "not wildcards"),
     ],
 )
 def test_rejects(data, message):
     with pytest.raises(WorldConfigError, match=message):
         WorldConfig.from_dict(data)
+
+
+def test_names_are_normalised():
+    world = WorldConfig.from_dict({"hosts": {"GitHub.com.": {"address": "192.0.2.10", "aliases": ["WWW.github.com"]},
+                                             "bücher.example": {"address": "192.0.2.11"}}})
+    assert [(h.name, h.aliases) for h in world.hosts] == [("github.com", ("www.github.com",)),
+                                                         ("xn--bcher-kva.example", ())]

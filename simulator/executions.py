@@ -189,9 +189,10 @@ class ExecutionService:
             live = self._live.get(execution_id)
         if live is None or live.completed:
             if signal_name == "EOF":
-                # The usual "send the last line, then close" races the command's exit: closing
-                # what is already closed is no error (success false: nothing was closed).
-                return False
+                # The usual "send the last line, then close" races the command's exit: its
+                # stdin is closed either way, so that is a success (the SDK's close_std_in
+                # raises on success false).
+                return True
             raise InvalidRequest(f"execution {execution_id} has completed; it reads no more input", code="execution_completed")
         if not live.attach_stdin:
             raise InvalidRequest(

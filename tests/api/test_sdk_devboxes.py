@@ -84,6 +84,17 @@ def test_sync_sdk_exec_async_result_and_kill(devbox_server):
         assert state.status == "completed" and state.exit_status == 137
 
 
+def test_sync_sdk_close_std_in_after_the_command_read_its_last_line(devbox_server):
+    """Send the last line, then close: the command may exit in between, and close_std_in
+    (which raises on success false) must not fail for that."""
+    sdk = sdk_for(devbox_server, "sdk-stdin-race")
+    with sdk.devbox.create() as devbox:
+        execution = devbox.cmd.exec_async("head -n 1", attach_stdin=True)
+        execution.send_std_in("last line\n")
+        assert execution.result().stdout() == "last line\n"  # exited: stdin is closed
+        execution.close_std_in()
+
+
 def test_sync_sdk_low_level_calls(devbox_server):
     sdk = sdk_for(devbox_server, "sdk-low")
     api = sdk.api.devboxes

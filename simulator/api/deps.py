@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -17,4 +19,14 @@ async def account(request: Request, _: HTTPAuthorizationCredentials | None = Dep
 
 
 async def request_id(request: Request) -> str | None:
-    return request.headers.get("x-request-id") or None
+    """The key that makes a retried create return what the first attempt made: the client's
+    ``x-request-id`` (the SDK keeps it across retries) with a digest of what was asked. A
+    client that sends one id with every request (for tracing, say) still gets each different
+    request carried out; only the same request again is a retry."""
+    header = request.headers.get("x-request-id")
+    if not header:
+        return None
+    # create_and_await_running is a create at /v1/devboxes: a retry may come by either.
+    path = request.url.path.removesuffix("/create_and_await_running")
+    digest = hashlib.sha256(b"%s %s\n%s" % (request.method.encode(), path.encode(), await request.body()))
+    return f"{header}#{digest.hexdigest()[:32]}"

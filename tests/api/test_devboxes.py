@@ -168,6 +168,8 @@ def test_retried_create_with_same_request_id_returns_same_devbox(devbox_client):
     assert [d["id"] for d in devbox_client.get(URL, headers=ALICE).json()["devboxes"]] == [first["id"]]
     other = devbox_client.post(URL, json={}, headers={**BOB, "x-request-id": "retry-1"}).json()
     assert other["id"] != first["id"]
+    another = devbox_client.post(URL, json={"name": "another"}, headers=headers).json()
+    assert another["id"] != first["id"] and another["name"] == "another"  # not a retry: another body
 
 
 @pytest.mark.parametrize(

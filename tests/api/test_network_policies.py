@@ -301,6 +301,17 @@ def test_retried_create_with_same_request_id_creates_once(client):
     assert client.get(URL, headers=ALICE).json()["total_count"] == 1
 
 
+def test_one_request_id_with_another_body_is_another_create(client):
+    """A client sending one x-request-id with every request (tracing, say) gets what it asks
+    for, not the first policy it made with that id."""
+    headers = {**ALICE, "x-request-id": "trace-1"}
+    first = client.post(URL, json={"name": "one"}, headers=headers).json()
+    second = client.post(URL, json={"name": "two", "allow_all": True}, headers=headers).json()
+    assert second["id"] != first["id"] and (second["name"], second["egress"]["allow_all"]) == ("two", True)
+    again = client.post(URL, json={"name": "two", "allow_all": True}, headers=headers).json()
+    assert again["id"] == second["id"]  # that one retried
+
+
 # --- authentication and accounts ---------------------------------------------------------
 
 

@@ -219,6 +219,11 @@ def test_async_retry_with_the_same_request_id_returns_the_same_snapshot(devbox_c
     assert first["id"] == second["id"]
     settled_snapshot(client, first["id"])
     assert len(ok(client.get(SNAPSHOTS, headers=ALICE))["snapshots"]) == 1
+    # The same id for another devbox's snapshot is no retry: that devbox is snapshotted.
+    other = running_devbox(client)
+    third = ok(client.post(f"/v1/devboxes/{other['id']}/snapshot_disk_async", headers=headers))
+    assert third["id"] != first["id"] and third["source_devbox_id"] == other["id"]
+    settled_snapshot(client, third["id"])
 
 
 def test_a_restart_turns_a_snapshot_in_progress_into_an_error(devbox_client, runtime):

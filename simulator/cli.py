@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from simulator.accounts import Accounts
-from simulator.config import PRIVATE_NETWORK_MODES, Settings, parse_servers
+from simulator.config import LOG_LEVELS, PRIVATE_NETWORK_MODES, RUNTIMES, UPLINKS, Settings, parse_servers
 from simulator.data_dir_lock import lock_data_dir
 
 log = logging.getLogger("devbox_sim")
@@ -28,10 +28,10 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
     serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
     serve.add_argument("--unique-policy-names", action=argparse.BooleanOptionalAction, default=defaults.unique_policy_names, help="refuse a network policy name already used in the account (400 duplicate_name); by default names may repeat, as in the API's current version (DEVBOX_SIM_UNIQUE_POLICY_NAMES)")
-    serve.add_argument("--log-level", default=defaults.log_level, choices=["debug", "info", "warning", "error"], help="one access-log line per request at info (DEVBOX_SIM_LOG_LEVEL)")
-    serve.add_argument("--runtime", default=defaults.runtime, choices=["auto", "docker", "netns", "none"], help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME)")
+    serve.add_argument("--log-level", default=defaults.log_level, choices=LOG_LEVELS, help="one access-log line per request at info (DEVBOX_SIM_LOG_LEVEL)")
+    serve.add_argument("--runtime", default=defaults.runtime, choices=RUNTIMES, help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME)")
     serve.add_argument("--image", default=defaults.image, help="docker runtime: the devboxes' image, already in the daemon (never pulled); default: a busybox image built offline (DEVBOX_SIM_IMAGE)")
-    serve.add_argument("--uplink", default=defaults.uplink, choices=["host", "offline"], help="where devbox egress goes: the host's network, or the offline world (DEVBOX_SIM_UPLINK; default offline with --world, else host)")
+    serve.add_argument("--uplink", default=defaults.uplink, choices=UPLINKS, help="where devbox egress goes: the host's network, or the offline world (DEVBOX_SIM_UPLINK; default offline with --world, else host)")
     serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
     serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
     serve.add_argument("--upstream-dns", type=parse_servers, default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
@@ -86,13 +86,15 @@ class SetupError(Exception):
 
 def _setup_errors() -> tuple[type[BaseException], ...]:
     from netns.links import BrNetfilterMissing
-    from simulator.data_dir_lock import DataDirInUse
+    from simulator.data_dir_lock import DataDirInUse, DataDirUnusable
+    from simulator.db import StoreTooNew
     from simulator.runtime.base import RuntimeFailure
     from simulator.runtime.factory import RuntimeUnavailable
     from simulator.world import WorldConfigError
 
     # RuntimeFailure: a runtime refusing to start says why for users (e.g. --image missing).
-    return SetupError, DataDirInUse, RuntimeUnavailable, RuntimeFailure, WorldConfigError, BrNetfilterMissing
+    return (SetupError, DataDirInUse, DataDirUnusable, StoreTooNew, RuntimeUnavailable, RuntimeFailure,
+            WorldConfigError, BrNetfilterMissing)
 
 
 def _describe(exc: BaseException) -> str:
@@ -142,6 +144,10 @@ def _start(args: argparse.Namespace):
             Accounts.from_file(settings.api_keys)  # read again by the app; checked here to say so
         except (OSError, ValueError) as exc:
             raise SetupError(f"--api-keys: {_describe(exc)}") from exc
+        if settings.world is not None:
+            from simulator.world import WorldConfig
+
+            WorldConfig.load(settings.world)  # checked whatever the runtime (none ignores it)
         app = create_app(settings)
     except BaseException:
         sock.close()

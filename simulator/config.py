@@ -8,6 +8,9 @@ from pathlib import Path
 
 DEFAULT_PORT = 8484
 PRIVATE_NETWORK_MODES = ("open", "by-cidr")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RUNTIMES = ("auto", "docker", "netns", "none")
+UPLINKS = ("host", "offline")
 
 
 @dataclass
@@ -41,34 +44,54 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Defaults from DEVBOX_SIM_* variables, checked as the flags are (argparse does not
+        check a default against its choices): a bad one is a ValueError naming it."""
         env = os.environ if env is None else env
         settings = cls()
         settings.host = env.get("DEVBOX_SIM_HOST", settings.host)
-        settings.port = int(env.get("DEVBOX_SIM_PORT", settings.port))
+        settings.port = _int(env, "DEVBOX_SIM_PORT", settings.port, 0, 65535)
         settings.data_dir = Path(env.get("DEVBOX_SIM_DATA_DIR", settings.data_dir))
         if env.get("DEVBOX_SIM_API_KEYS"):
             settings.api_keys = Path(env["DEVBOX_SIM_API_KEYS"])
-        settings.max_policies_per_account = int(
-            env.get("DEVBOX_SIM_MAX_POLICIES", settings.max_policies_per_account)
-        )
+        settings.max_policies_per_account = _int(env, "DEVBOX_SIM_MAX_POLICIES", settings.max_policies_per_account, 0, None)
         settings.unique_policy_names = _flag(env, "DEVBOX_SIM_UNIQUE_POLICY_NAMES", settings.unique_policy_names)
-        settings.log_level = env.get("DEVBOX_SIM_LOG_LEVEL", settings.log_level)
-        settings.runtime = env.get("DEVBOX_SIM_RUNTIME", "auto")
+        settings.log_level = _choice(env, "DEVBOX_SIM_LOG_LEVEL", settings.log_level, LOG_LEVELS).lower()
+        settings.runtime = _choice(env, "DEVBOX_SIM_RUNTIME", "auto", RUNTIMES)
         settings.image = env.get("DEVBOX_SIM_IMAGE") or None
-        settings.uplink = env.get("DEVBOX_SIM_UPLINK") or None
+        settings.uplink = _choice(env, "DEVBOX_SIM_UPLINK", None, UPLINKS)
         if env.get("DEVBOX_SIM_WORLD"):
             settings.world = Path(env["DEVBOX_SIM_WORLD"])
         settings.subnet = env.get("DEVBOX_SIM_SUBNET", settings.subnet)
         if env.get("DEVBOX_SIM_UPSTREAM_DNS"):
             settings.upstream_dns = parse_servers(env["DEVBOX_SIM_UPSTREAM_DNS"])
-        settings.private_networks = env.get("DEVBOX_SIM_PRIVATE_NETWORKS", "").strip() or settings.private_networks
-        if settings.private_networks not in PRIVATE_NETWORK_MODES:
-            raise ValueError(f"DEVBOX_SIM_PRIVATE_NETWORKS must be open or by-cidr, not {settings.private_networks!r}")
+        settings.private_networks = _choice(env, "DEVBOX_SIM_PRIVATE_NETWORKS", settings.private_networks, PRIVATE_NETWORK_MODES)
         return settings
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "devbox-sim.sqlite3"
+
+
+def _choice(env, name: str, default, choices) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if value.lower() not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value.lower()
+
+
+def _int(env, name: str, default: int, low: int, high: int | None) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"{name} must be from {low}" + (f" to {high}" if high is not None else " up") + f", not {number}")
+    return number
 
 
 def _flag(env, name: str, default: bool) -> bool:

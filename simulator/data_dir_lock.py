@@ -28,6 +28,10 @@ class DataDirInUse(RuntimeError):
     """Another process holds the data dir."""
 
 
+class DataDirUnusable(RuntimeError):
+    """The data dir cannot be created or written."""
+
+
 class InstanceInUse(DataDirInUse):
     """Another live data plane has the same instance id (its kernel objects' names)."""
 
@@ -35,9 +39,14 @@ class InstanceInUse(DataDirInUse):
 def lock_data_dir(data_dir: Path) -> int:
     """Create ``data_dir`` (mode 0700) if needed and lock it; the lock's descriptor (keep it
     open for as long as the data dir is used; closing it releases the lock). Raises
-    DataDirInUse, naming the holder's pid, when another process has it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o700)  # devboxes run untrusted code: the store is root's alone
+    DataDirInUse, naming the holder's pid, when another process has it, and DataDirUnusable
+    when it cannot be made or written (a read-only file system, say)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)  # devboxes run untrusted code: the store is root's alone
+        (data_dir / LOCK_NAME).touch()
+    except OSError as exc:
+        raise DataDirUnusable(f"data dir {data_dir}: {exc.strerror or exc}") from exc
     return _lock(data_dir / LOCK_NAME, lambda holder: DataDirInUse(
         f"data dir {data_dir} is in use by another devbox-sim (pid {holder}); "
         "stop it first, or give this one another --data-dir"

@@ -232,6 +232,10 @@ class _Checkpointer:
             self._thread.join(5)
 
 
+class StoreTooNew(RuntimeError):
+    """The store's schema is newer than this version's migrations."""
+
+
 class Database:
     def __init__(self, path: Path | str):
         self.path = str(path)
@@ -252,6 +256,13 @@ class Database:
     def _migrate(self) -> None:
         with self._lock:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                # A newer devbox-sim wrote it: this one would not keep up what that one's
+                # tables need (counters, new columns) and the newer one, back, would not know.
+                raise StoreTooNew(
+                    f"the data dir's store {self.path} was written by a newer devbox-sim (schema"
+                    f" {version}, this one knows {len(MIGRATIONS)}); run that version, or another --data-dir"
+                )
             for index in range(version, len(MIGRATIONS)):
                 with self.transaction() as conn:
                     for statement in _statements(MIGRATIONS[index]):

@@ -200,9 +200,16 @@ class BlueprintService:
     # --- the build ---------------------------------------------------------------------
 
     def _build(self, runtime, blueprint: Blueprint, base: Blueprint | None) -> None:
-        if not self._move(blueprint, BUILDING):  # deleted before it started
+        what = f"the outcome of blueprint {blueprint.id}'s build"
+        try:
+            moved = self._move(blueprint, BUILDING)
+        except Exception:  # the store cannot take it (a full disk): the build fails
+            log.exception("could not record the start of %s's build", blueprint.id)
+            self.devboxes.store_retrier.write(what, lambda: self._finish(blueprint, status=FAILED))
+            return
+        if not moved:  # deleted before it started
             self._log(blueprint.id, "error", "build failed: the blueprint was deleted")
-            self._finish(blueprint, status=FAILED)
+            self.devboxes.store_retrier.write(what, lambda: self._finish(blueprint, status=FAILED))
             return
         try:
             policy = self.network_policies.require(blueprint.account, blueprint.build_policy_id) if blueprint.build_policy_id else None
@@ -218,10 +225,14 @@ class BlueprintService:
             if not isinstance(exc, (BuildFailed, RuntimeFailure)):
                 log.exception("build of %s failed", blueprint.id)
             self._log(blueprint.id, "error", f"build failed: {exc}")
-            self._finish(blueprint, status=FAILED)
+            self.devboxes.store_retrier.write(what, lambda: self._finish(blueprint, status=FAILED))
             return
-        if not self._finish(blueprint, status=BUILD_COMPLETE, disk=disk):
-            disks.delete(runtime, disk)  # deleted while it built
+
+        def record() -> None:
+            if not self._finish(blueprint, status=BUILD_COMPLETE, disk=disk):
+                disks.delete(runtime, disk)  # deleted while it built
+
+        self.devboxes.store_retrier.write(what, record)
 
     def _move(self, blueprint: Blueprint, status: str) -> bool:
         with self.db.transaction() as conn:
@@ -253,9 +264,12 @@ class BlueprintService:
 
     def _log(self, blueprint_id: str, level: str, *messages: str) -> None:
         now = clock.now_ms()
-        with self.db.transaction() as conn:
-            for message in messages:
-                blueprint_store.add_log(conn, blueprint_id, BuildLog(level, message, now))
+        try:
+            with self.db.transaction() as conn:
+                for message in messages:
+                    blueprint_store.add_log(conn, blueprint_id, BuildLog(level, message, now))
+        except Exception as exc:  # a build log line lost (a full disk) must not fail the build
+            log.warning("could not store a build log line of %s: %r", blueprint_id, exc)
 
     def _base(self, account: str, params: dict[str, Any]) -> Blueprint | None:
         if params.get("base_blueprint_id"):

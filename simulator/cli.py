@@ -197,7 +197,10 @@ def _server_class():
             for server in self.servers:  # no new connection first (uvicorn does it again)
                 server.close()
             if self._end_devboxes is not None:
-                await asyncio.to_thread(self._end_devboxes)
+                try:
+                    await asyncio.to_thread(self._end_devboxes)
+                except Exception:  # the app's shutdown still closes the runtime: go on to it
+                    log.exception("ending the devboxes failed")
             await super().shutdown(sockets)
 
     return Server

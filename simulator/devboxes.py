@@ -33,6 +33,7 @@ from simulator.keep_alive import KeepAliveTimers
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import NetworkPolicy, Page
 from simulator.runtime.base import DevboxRuntime, DevboxSpec, RuntimeFailure
+from simulator.store_retry import StoreRetrier
 from simulator.tunnels import new_tunnel
 from simulator.usage import resource_usage
 from simulator.watch import Watch
@@ -85,6 +86,8 @@ class DevboxService:
         self._shutdown_guards: list[Callable[[Devbox], None]] = []  # raise to refuse (409)
         self.keep_alive_timers = KeepAliveTimers(self._keep_alive_expired)
         self.stopping = threading.Event()  # set when the simulator stops (stop_all)
+        # Outcomes background threads could not store (a full disk): retried until stored.
+        self.store_retrier = StoreRetrier(self.stopping)
         # Suspend and resume of one devbox are serialised (striped locks): each is a stored
         # move, a runtime call and another stored move, which must not interleave.
         self._lifecycle_locks = [threading.Lock() for _ in range(64)]
@@ -359,7 +362,13 @@ class DevboxService:
             active = devbox_store.all_active(conn)
         ended = []
         for devbox in active:
-            moved = self._move(devbox, lifecycle.FAILURE, failure_reason="health_check_failed", detail=why)
+            try:
+                moved = self._move(devbox, lifecycle.FAILURE, failure_reason="health_check_failed", detail=why)
+            except Exception:
+                # The store cannot say so (its disk is full, say): the devbox ends all the same,
+                # and the next start records it (reconcile finds it active and its runtime gone).
+                log.exception("could not record the end of devbox %s; ending it anyway", devbox.id)
+                moved = devbox
             if moved is not None:  # else it ended meanwhile
                 ended.append(devbox.id)
                 self._release(moved)

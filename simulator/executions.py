@@ -363,7 +363,7 @@ class ExecutionService:
         """Each running command holds pipes, threads and a connection in this process, which
         every account shares: a devbox, and an account, may run only so many at once."""
         with self._live_lock:
-            running = [live.execution for live in self._live.values()]
+            running = [live.execution for live in self._live.values() if not live.completed]
         on_devbox = sum(e.devbox_id == devbox_id for e in running)
         if on_devbox >= MAX_RUNNING_PER_DEVBOX:
             raise InvalidRequest(
@@ -400,14 +400,17 @@ class ExecutionService:
 
     def _complete(self, live: LiveExecution, status: int) -> None:
         final, entries = live.complete(status)
-        try:
+
+        def store() -> None:
             with self.db.transaction() as conn:
                 execution_store.complete(conn, final, self.max_stored_output_bytes)
                 devbox_logs.insert(conn, final.account, final.devbox_id, entries)
-        except Exception:
-            log.exception("could not store the result of execution %s", live.id)
-        with self._live_lock:
-            self._live.pop(live.id, None)
+            with self._live_lock:
+                self._live.pop(live.id, None)
+
+        # Until it is stored (its disk full, say), the completed execution is answered from
+        # memory: it stays in _live, completed.
+        self.devboxes.store_retrier.write(f"the result of execution {live.id}", store)
         live.close_stdin()
         live.done.set()
         self.devboxes.touch(final.devbox_id)

@@ -187,15 +187,22 @@ class SnapshotService:
     # --- internals -----------------------------------------------------------------------
 
     def _capture(self, runtime, snapshot: DiskSnapshot) -> None:
+        what = f"the outcome of snapshot {snapshot.id}"
         try:
             disk = runtime.snapshot_disk(snapshot.source_devbox_id, snapshot.id)
         except Exception as exc:
             if not isinstance(exc, RuntimeFailure):
                 log.warning("snapshot %s of %s failed", snapshot.id, snapshot.source_devbox_id, exc_info=True)
-            self._finish(snapshot, error=str(exc) or type(exc).__name__)
+            error = str(exc) or type(exc).__name__
+            self.devboxes.store_retrier.write(what, lambda: self._finish(snapshot, error=error))
             return
-        if not self._finish(snapshot, disk=disk, size_bytes=disks.size(runtime, disk)):
-            disks.delete(runtime, disk)  # it was failed meanwhile (a reconcile): nobody owns these files
+        size_bytes = disks.size(runtime, disk)
+
+        def record() -> None:
+            if not self._finish(snapshot, disk=disk, size_bytes=size_bytes):
+                disks.delete(runtime, disk)  # it was failed meanwhile (a reconcile): nobody owns these files
+
+        self.devboxes.store_retrier.write(what, record)
 
     def _finish(
         self, snapshot: DiskSnapshot, *, disk: str | None = None, size_bytes: int | None = None, error: str | None = None

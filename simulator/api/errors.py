@@ -6,7 +6,9 @@ with exponential back-off (about 30 s in all) before giving up.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -81,5 +83,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        storage = _storage_problem(exc)
+        if storage is not None:
+            log.error("%s %s: %s", request.method, request.url.path, storage)
+            # 507 with retry: space may be freed; nothing was stored (the transaction rolled back).
+            return error_response(507, "insufficient_storage", storage, retry=True)
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+
+def _storage_problem(exc: BaseException) -> str | None:
+    """What to tell the client when the store could not be written (the data dir's file
+    system is full or read-only), else None."""
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "disk is full" in text or "readonly database" in text or "disk I/O error" in text:
+            return f"the simulator cannot write its store ({text}); free space in its data dir's file system"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return f"the simulator cannot write its data dir ({exc.strerror}); free space in its file system"
+    return None

@@ -57,6 +57,10 @@ class DockerProcess:
         # output bytes, read together with the response headers.
         self._reader = response.raw._fp.fp if response is not None else self._sock
         self._raw = getattr(self._sock, "_sock", self._sock)  # the socket, for writes and half-close
+        # The API client's request timeout (60 s) came with the socket: a command quiet for
+        # that long would have its stream cut, later output and stdin lost. A command runs for
+        # as long as it runs; its end is seen through its pidfd, a removed container closes it.
+        self._raw.settimeout(None)
         in_r, in_w = os.pipe()
         out_r, self._out_w = os.pipe()
         err_r, self._err_w = os.pipe()

@@ -29,6 +29,8 @@ from simulator.runtime.docker_image import HOME
 
 GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as docker reports it in the archive stat header
 GO_MODE_SYMLINK = 1 << 27
+# Go's ModeDevice, ModeNamedPipe, ModeSocket, ModeCharDevice, ModeIrregular
+GO_MODE_SPECIAL = (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
 MAX_SYMLINKS = 40  # like the kernel's ELOOP limit
 TAR_OVERHEAD = 1 << 20  # headers (PAX ones included) and padding around one file's bytes
 RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
@@ -47,10 +49,11 @@ def container_path(path: str) -> str:
         path = HOME + path[1:]
     elif not path.startswith("/"):
         path = posixpath.join(HOME, path)
-    normal = posixpath.normpath(path)
-    if normal == "/":
+    if posixpath.normpath(path) == "/":
         raise ValueError(f"{path!r} is the root directory, not a file")
-    return normal
+    # Not normalised: "link/.." is the parent of the link's target, as the kernel walks it
+    # (``_resolve`` takes "." and ".." component by component), not the link's own directory.
+    return path
 
 
 def _stat(api, container: str, path: str) -> dict | None:
@@ -108,28 +111,47 @@ def _resolve(api, container: str, path: str, writing: bool = False) -> tuple[str
     mounts are refused also behind a link (``ln -s /dev/shm shm``; docker would resolve a
     parent link itself, on the layers). One stat per component; docker reports a link's
     target already evaluated in the container's root."""
-    pending = container_path(path).strip("/").split("/")[::-1]  # components still to walk
+    pending = _components(container_path(path))[::-1]  # components still to walk
     resolved = ""
     stat: dict | None = None
     links = 0
     while pending:
-        candidate = f"{resolved}/{pending.pop()}"
+        component = pending.pop()
+        if stat is not None and resolved and not int(stat.get("mode", 0)) & GO_MODE_DIR:
+            raise NotADirectoryError(f"{path}: a parent is not a directory")
+        if component == ".":
+            continue
+        if component == "..":  # the parent of where the walk stands (links already followed)
+            resolved = posixpath.dirname(resolved) if resolved else ""
+            resolved = "" if resolved == "/" else resolved
+            stat = {"mode": GO_MODE_DIR}
+            continue
+        candidate = f"{resolved}/{component}"
         _check_reachable(candidate, path, writing)
         stat = _stat(api, container, candidate)
         if stat is None:  # the rest does not exist (a write makes it)
-            return posixpath.join(candidate, *pending[::-1]), None
+            rest = pending[::-1]
+            if ".." in rest:  # through a directory that is not there: as the kernel says
+                raise FileNotFoundError(f"no such file in the devbox: {path}")
+            return posixpath.join(candidate, *(c for c in rest if c != ".")), None
         if int(stat.get("mode", 0)) & GO_MODE_SYMLINK:
             links += 1
             if links > MAX_SYMLINKS:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-            link = posixpath.normpath(posixpath.join(resolved or "/", stat.get("linkTarget") or ""))
-            pending.extend(link.strip("/").split("/")[::-1] if link != "/" else ())
+            target = stat.get("linkTarget") or ""
+            # Docker reports the target already evaluated in the container's root (absolute).
+            pending.extend(_components(posixpath.join(resolved or "/", target))[::-1])
             resolved = ""
+            stat = None
             continue
         resolved = candidate
     if not resolved:
         raise IsADirectoryError(f"{path} is a directory")  # a link to the root
     return resolved, stat
+
+
+def _components(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
 
 
 def read_file(api, container: str, path: str) -> bytes:
@@ -177,6 +199,10 @@ def write_file(api, container: str, path: str, data: bytes) -> None:
     target, stat = _resolve(api, container, path, writing=True)
     if stat is not None and int(stat.get("mode", 0)) & GO_MODE_DIR:
         raise IsADirectoryError(f"{path} is a directory")
+    if stat is not None and int(stat.get("mode", 0)) & GO_MODE_SPECIAL:
+        # A FIFO, socket or device: docker's extraction would replace it with a file (the
+        # kernel, on netns, refuses to open it so).
+        raise OSError(errno.ENXIO, "not a regular file (a FIFO, socket or device)", path)
     info = tarfile.TarInfo(target.lstrip("/"))
     info.size = len(data)
     info.mode = 0o644

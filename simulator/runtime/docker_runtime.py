@@ -77,6 +77,10 @@ class _Container:
     pid: int = 0  # its init, on the host
 
 
+# A snapshot's commit copies up to MAX_DISK_BYTES of changed files.
+COMMIT_TIMEOUT_SECONDS = 3600.0
+
+
 def docker_client(timeout: float = 60.0):
     """A client for the daemon of the environment (DOCKER_HOST or the local socket)."""
     import docker
@@ -391,7 +395,10 @@ class DockerRuntime:
                     f"could not snapshot the disk of devbox {devbox_id}: its changed files take {changed} bytes, "
                     f"more than the {MAX_DISK_BYTES} a disk may hold (sparse files count in full on Docker)"
                 )
-            self.api.commit(container_id, repository=SNAPSHOT_REPOSITORY, tag=tag)
+            # A commit of up to MAX_DISK_BYTES may take longer than the client's 60 s timeout.
+            params = {"container": container_id, "repo": SNAPSHOT_REPOSITORY, "tag": tag, "pause": True}
+            self.api._result(self.api._post_json(self.api._url("/commit"), data={}, params=params,
+                                                 timeout=COMMIT_TIMEOUT_SECONDS), True)
 
         self._call(devbox_id, "snapshotted", commit)
         return f"{SNAPSHOT_REPOSITORY}:{tag}"

@@ -74,6 +74,20 @@ def test_exec_is_popen_like(docker_plane, boxes):
     missing.send_signal(signal.SIGINT)
 
 
+def test_a_quiet_command_keeps_its_stream_past_the_clients_timeout(docker_plane, boxes, monkeypatch):
+    """The exec socket came with the API client's request timeout (60 s): a command quiet
+    for longer lost everything it wrote afterwards, and its stdin was closed."""
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    monkeypatch.setattr(runtime.api, "timeout", 1.0)
+    quiet = runtime.exec(box, "echo start; sleep 2; echo end; exit 3")
+    assert quiet.communicate(timeout=20) == (b"start\nend\n", b"") and quiet.returncode == 3
+    reader = runtime.exec(box, "read line; echo got:$line")
+    assert not reader.stdout.closed
+    time.sleep(2)  # silence longer than the timeout (the subject of the test, not a sync)
+    assert reader.communicate(b"hello\n", timeout=20) == (b"got:hello\n", b"")
+
+
 def test_files_read_write_and_errors(docker_plane, boxes):
     runtime = docker_plane[1]
     box = boxes.create(None)
@@ -100,6 +114,28 @@ def test_files_read_write_and_errors(docker_plane, boxes):
     for bad in ("", "  ", "a\0b", "/"):
         with pytest.raises(ValueError):
             runtime.read_file(box, bad)
+
+
+def test_dot_dot_after_a_link_is_the_parent_of_its_target_and_special_files_are_not_replaced(docker_plane, boxes):
+    """As the kernel walks a path (and netns answers): "e/.." is the parent of e's target, not
+    e's own directory; a FIFO is not replaced by a regular file."""
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    setup = ("mkdir -p /opt/a; echo OPT > /opt/secret; echo HOME > /home/user/secret; ln -s /opt/a /home/user/e;"
+             " echo f > /tmp/file; ln -s /tmp/file /home/user/filelink; mkfifo /tmp/fifo")
+    assert boxes.sh(box, setup).returncode == 0
+    assert runtime.read_file(box, "e/../secret") == b"OPT\n"
+    assert runtime.read_file(box, "./e/./../secret") == b"OPT\n"
+    assert runtime.read_file(box, "../user/secret") == b"HOME\n"
+    runtime.write_file(box, "e/../written", b"w")
+    assert boxes.sh(box, "cat /opt/written").stdout == "w"
+    with pytest.raises(NotADirectoryError):
+        runtime.read_file(box, "filelink/../secret")
+    with pytest.raises(FileNotFoundError):
+        runtime.write_file(box, "missing/../x", b"x")
+    with pytest.raises(OSError, match="not a regular file"):
+        runtime.write_file(box, "/tmp/fifo", b"x")
+    assert boxes.sh(box, "test -p /tmp/fifo && echo fifo").stdout == "fifo\n"
 
 
 def test_file_api_follows_symlinks_and_refuses_runtime_mounts(docker_plane, boxes):

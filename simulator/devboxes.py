@@ -84,6 +84,7 @@ class DevboxService:
         # Blueprints and snapshots (simulator.devbox_origins): a devbox's disk and defaults.
         self.origins = None
         self._shutdown_guards: list[Callable[[Devbox], None]] = []  # raise to refuse (409)
+        self._entrypoint_runner: Callable[[Devbox, str], None] | None = None
         self.keep_alive_timers = KeepAliveTimers(self._keep_alive_expired)
         self.stopping = threading.Event()  # set when the simulator stops (stop_all)
         # Outcomes background threads could not store (a full disk): retried until stored.
@@ -105,6 +106,11 @@ class DevboxService:
     def add_shutdown_guard(self, guard: Callable[[Devbox], None]) -> None:
         self._shutdown_guards.append(guard)
 
+    def set_entrypoint_runner(self, runner: Callable[[Devbox, str], None]) -> None:
+        """How a devbox's ``entrypoint`` is started once it runs (the execution service's;
+        it calls ``entrypoint_exited`` when the process ends)."""
+        self._entrypoint_runner = runner
+
     # --- API actions -------------------------------------------------------------------
 
     def create_devbox(self, account: str, params: dict[str, Any], request_id: str | None = None) -> Devbox:
@@ -120,6 +126,10 @@ class DevboxService:
             check_command("lifecycle.lifecycle_hooks.suspend_commands", command)
         environment = _check_environment(params.get("environment_variables") or {})
         file_mounts = _check_file_mounts(params.get("file_mounts") or {})
+        entrypoint = params.get("entrypoint") or None
+        if entrypoint is not None:
+            check_command("entrypoint", entrypoint)
+        _refuse_unsimulated(params)
         with self.db.transaction() as conn:
             if request_id:
                 # A retried create (same x-request-id) returns what the first attempt made.
@@ -151,7 +161,8 @@ class DevboxService:
             )
             devbox_store.insert(conn, devbox, request_id)
         thread = threading.Thread(
-            target=self._provision_tracked, args=(runtime, devbox, file_mounts), name=f"provision-{devbox.id}", daemon=True
+            target=self._provision_tracked, args=(runtime, devbox, file_mounts, entrypoint), name=f"provision-{devbox.id}",
+            daemon=True,
         )
         with self._provisioning_lock:
             self._provisioning.add(thread)
@@ -446,16 +457,19 @@ class DevboxService:
             log.info("devbox %s shut down: no activity for %s s", devbox_id, keep_alive_seconds(devbox))
             self._release(moved)
 
-    def _provision_tracked(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None) -> None:
+    def _provision_tracked(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None,
+                           entrypoint: str | None = None) -> None:
         try:
-            self._provision(runtime, devbox, file_mounts)
+            self._provision(runtime, devbox, file_mounts, entrypoint)
         finally:
             with self._provisioning_lock:
                 self._provisioning.discard(threading.current_thread())
 
-    def _provision(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None = None) -> None:
+    def _provision(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None = None,
+                   entrypoint: str | None = None) -> None:
         """Worker thread: drive provisioning -> [initializing] -> running, or failure.
-        ``file_mounts`` are written once the devbox exists, before the launch commands."""
+        ``file_mounts`` are written once the devbox exists, before the launch commands; the
+        ``entrypoint`` starts once it is running."""
         try:
             # Read now, not at create: an update made meanwhile must not be lost. (It cannot
             # have been deleted: an active devbox keeps its policy in use.)
@@ -489,9 +503,31 @@ class DevboxService:
         # Armed before the move, so that whoever sees "running" also sees the timer, and a
         # shutdown racing the move finds (and stops) it.
         self.keep_alive_timers.start(devbox.account, devbox.id, keep_alive_seconds(devbox))
-        if self._move(devbox, lifecycle.RUNNING) is None:
+        running = self._move(devbox, lifecycle.RUNNING)
+        if running is None:
             self.keep_alive_timers.stop(devbox.id)
             self._release_quietly(devbox)
+            return
+        if entrypoint is not None and self._entrypoint_runner is not None:
+            try:
+                self._entrypoint_runner(running, entrypoint)
+            except Exception as exc:  # e.g. shut down meanwhile (then the move below is a no-op)
+                message = exc.message if isinstance(exc, ApiError) else str(exc)
+                log.info("the entrypoint of devbox %s did not start: %s", devbox.id, message)
+                self._fail(running, "execution_failed", f"the entrypoint did not start: {message}")
+
+    def entrypoint_exited(self, account: str, devbox_id: str) -> None:
+        """The devbox's entrypoint ended: the devbox, bound to it, shuts down
+        (``shutdown_reason: entrypoint_exit``), as if forced: a snapshot in progress finishes."""
+        with self.db.read() as conn:
+            devbox = devbox_store.get(conn, account, devbox_id)
+        if devbox is None or devbox.status in lifecycle.TERMINAL:
+            return
+        self.record_logs(devbox, [devbox_logs.LogEntry(
+            "info", "entrypoint", clock.now_ms(), message="the entrypoint ended: shutting the devbox down")])
+        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="entrypoint_exit")
+        if moved is not None:
+            self._release(moved)
 
     def _write_file_mounts(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str]) -> str | None:
         """Write the create request's ``file_mounts`` (``{path: content}``, paths as the file
@@ -732,6 +768,22 @@ def check_command(field: str, command: str) -> str:
         raise InvalidRequest(f"{field}: a command is at most {MAX_COMMAND_BYTES} bytes, this one {size};"
                              " write a longer script to a file (write_file_contents) and run that")
     return command
+
+
+# Create fields for what the simulator has not got: refused when given, rather than taken and
+# ignored (a test would read an empty secret, or miss a mount, with no error to say why).
+_UNSIMULATED = {
+    "secrets": "there is no secrets store here: give the values in environment_variables",
+    "mounts": "object and file mounts are not simulated: give files in file_mounts, or write them (write_file_contents)",
+    "code_mounts": "code mounts (git clones) are not simulated: give files in file_mounts, or clone with a command "
+                   "(egress per the devbox's policy)",
+}
+
+
+def _refuse_unsimulated(params: dict[str, Any]) -> None:
+    for field, why in _UNSIMULATED.items():
+        if params.get(field):
+            raise InvalidRequest(f"{field}: {why}", code="not_supported")
 
 
 def _check_file_mounts(file_mounts: dict[str, str]) -> dict[str, str]:

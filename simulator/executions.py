@@ -21,7 +21,7 @@ import signal
 import sqlite3
 import threading
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio.to_thread
 
@@ -97,6 +97,7 @@ class ExecutionService:
         # the same command_id or x-request-id cannot both start it.
         self._start_locks = [threading.Lock() for _ in range(64)]
         devboxes.add_terminal_hook(self._devbox_finished)
+        devboxes.set_entrypoint_runner(self._start_entrypoint)
         with db.transaction() as conn:
             # Commands of a previous simulator process: their pipes are gone, and so (with
             # the devbox runtime's processes) are they. Report them killed.
@@ -300,6 +301,14 @@ class ExecutionService:
         if status in (lifecycle.SUSPENDING, lifecycle.SUSPENDED):
             raise InvalidRequest(f"devbox {devbox_id} is {status}; resume it first", code="devbox_not_running")
 
+    def _start_entrypoint(self, devbox: Devbox, command: str) -> None:
+        """The devbox's main process: an execution like any other (its lines in the devbox's
+        log as ``entrypoint``), whose end shuts the devbox down."""
+        def ended(final: Execution) -> None:
+            self.devboxes.entrypoint_exited(devbox.account, devbox.id)
+
+        self._start(devbox.account, devbox.id, command, None, None, on_complete=ended, log_source="entrypoint")
+
     def _start(
         self,
         account: str,
@@ -308,6 +317,9 @@ class ExecutionService:
         command_id: str | None,
         request_id: str | None,
         attach_stdin: bool = False,
+        *,
+        on_complete: Callable[[Execution], None] | None = None,
+        log_source: str = "exec",
     ) -> Execution:
         check_command("command", command)
         devbox = self.devboxes.require_running(account, devbox_id)
@@ -339,7 +351,8 @@ class ExecutionService:
                 proc = runtime.exec(devbox_id, command, env=dict(devbox.environment_variables))
             except RuntimeFailure as exc:
                 raise InvalidRequest(f"cannot run a command on devbox {devbox_id}: {exc}", code="devbox_not_running")
-            live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin)
+            live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin, log_source=log_source)
+            live.on_complete = on_complete
             try:
                 with self.db.transaction() as conn:
                     try:
@@ -416,6 +429,11 @@ class ExecutionService:
         self.devboxes.touch(final.devbox_id)
         self.watch.notify(watch_key(live.id))
         self.watch.notify(output_key(live.id))
+        if live.on_complete is not None:
+            try:
+                live.on_complete(final)
+            except Exception:
+                log.exception("completion hook of execution %s failed", live.id)
 
     def _devbox_finished(self, devbox: Devbox) -> None:
         """The devbox is gone: its commands are killed (if the runtime left any) and completed."""

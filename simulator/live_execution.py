@@ -27,14 +27,16 @@ COMPLETED = "completed"
 
 
 class LiveExecution:
-    def __init__(self, execution: Execution, proc: subprocess.Popen, max_output_bytes: int, attach_stdin: bool):
+    def __init__(self, execution: Execution, proc: subprocess.Popen, max_output_bytes: int, attach_stdin: bool,
+                 *, log_source: str = "exec"):
         self.execution = execution
         self.proc = proc
         self.attach_stdin = attach_stdin
         self.done = threading.Event()  # set once the completed execution is stored
         self._lock = threading.Lock()  # guards _output, _lines and _final
         self._output = {name: OutputBuffer(max_output_bytes) for name in STREAMS}
-        self._lines = devbox_logs.LineLog("exec", execution.command, execution.id)
+        self._lines = devbox_logs.LineLog(log_source, execution.command, execution.id)
+        self.on_complete = None  # called with the stored (final) execution once it completed
         self._final: Execution | None = None
         self._stdin_lock = threading.Lock()
         # EOF asked for while a write held the lock: the writer closes stdin when it is done.

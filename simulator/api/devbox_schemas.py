@@ -142,11 +142,13 @@ class DevboxCreateParams(_Request):
     metadata: dict[str, StrictStr] | None = None
     # {path: content}, paths as the file endpoints take them: written before launch_commands.
     file_mounts: dict[str, StrictStr] | None = None
-    # Accepted, not simulated yet:
+    # The devbox's main process, started once it runs; its end shuts the devbox down.
     entrypoint: StrictStr | None = None
+    # Refused when not empty (400 not_supported: nothing here to mount or to read secrets from):
     code_mounts: list[dict[str, Any]] | None = None
     mounts: list[dict[str, Any]] | None = None
     secrets: dict[str, StrictStr] | None = None
+    # Accepted and ignored (no gateways here; a policy's allow_*_gateway flags are shown):
     gateways: dict[str, dict[str, Any]] | None = None
     mcp: dict[str, dict[str, Any]] | None = None
     tunnel: TunnelParams | None = None  # a tunnel from the start (see enable_tunnel)

@@ -110,14 +110,54 @@ def test_create_echoes_launch_parameters_name_and_metadata(devbox_client):
         name="box",
         metadata={"team": "a"},
         launch_parameters=launch,
-        entrypoint="sleep 1",
+        entrypoint="sleep 300",
         file_mounts={"a": "b"},
-        secrets={"X": "Y"},
+        secrets={},
         tunnel={"auth_mode": "open"},
     )
     assert view["name"] == "box" and view["metadata"] == {"team": "a"}
     assert view["launch_parameters"] == launch
     assert devbox_client.get(f"{URL}/{view['id']}", headers=ALICE).json() == view
+
+
+def logs(client, devbox_id):
+    response = client.get(f"{URL}/{devbox_id}/logs", headers=ALICE)
+    assert response.status_code == 200, response.text
+    return response.json()["logs"]
+
+
+def test_the_entrypoint_runs_once_running_and_its_end_shuts_the_devbox_down(devbox_client):
+    """The SDK: "the devbox lifecycle will be bound to entrypoint, shutting down when the
+    process is complete"."""
+    view = create_running(devbox_client, launch_parameters={"launch_commands": ["echo setup > setup.txt"]},
+                          environment_variables={"WHO": "entry"},
+                          entrypoint="mkfifo go; cat setup.txt; echo $WHO; read line < go; echo got $line")
+    devbox = view["id"]
+    until(lambda: any(e["source"] == "entrypoint" and e["message"] == "entry" for e in logs(devbox_client, devbox)))
+    assert devbox_client.get(f"{URL}/{devbox}", headers=ALICE).json()["status"] == "running"  # while it runs
+    ran = devbox_client.post(f"{URL}/{devbox}/execute_sync", json={"command": "echo go > go"}, headers=ALICE)
+    assert ran.status_code == 200, ran.text
+    ended = wait_status(devbox_client, devbox, ["shutdown"]).json()
+    assert (ended["status"], ended["shutdown_reason"]) == ("shutdown", "entrypoint_exit")
+    lines = [e["message"] for e in logs(devbox_client, devbox) if e["source"] == "entrypoint"]
+    assert lines == ["started", "setup", "entry", "got go", "exited with 0", "the entrypoint ended: shutting the devbox down"]
+
+
+def test_a_devbox_shut_down_while_its_entrypoint_runs_says_api_shutdown(devbox_client):
+    devbox = create_running(devbox_client, entrypoint="sleep 300")["id"]
+    ended = devbox_client.post(f"{URL}/{devbox}/shutdown", headers=ALICE).json()
+    assert (ended["status"], ended["shutdown_reason"]) == ("shutdown", "api_shutdown")
+    assert devbox_client.get(f"{URL}/{devbox}", headers=ALICE).json()["shutdown_reason"] == "api_shutdown"
+
+
+@pytest.mark.parametrize("field, value", [("secrets", {"DB_PASS": "DATABASE_PASSWORD"}),
+                                          ("mounts", [{"type": "object_mount", "object_id": "obj_1", "object_path": "/x"}]),
+                                          ("code_mounts", [{"repo_name": "r", "repo_owner": "o"}])])
+def test_what_the_simulator_has_not_got_is_refused_not_ignored(devbox_client, field, value):
+    """A test reading an empty secret, or missing a mount, would fail with no error to say why."""
+    body = assert_error(devbox_client.post(URL, json={field: value}, headers=ALICE), 400, "not_supported", field)
+    assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
+    assert devbox_client.post(URL, json={field: type(value)()}, headers=ALICE).status_code == 200, body  # empty: fine
 
 
 def test_create_and_await_running_holds_until_running(devbox_client):

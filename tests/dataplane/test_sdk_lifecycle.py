@@ -123,6 +123,22 @@ def test_commands_leaving_background_children_keep_no_descriptors(server, devbox
     assert descriptors() < before + count
 
 
+def test_an_entrypoint_is_the_devboxs_main_process(sdk):
+    """It runs once the devbox runs, as the devbox's user with its environment, and its end
+    shuts the devbox down (shutdown_reason entrypoint_exit)."""
+    devbox = sdk.devbox.create(entrypoint="mkfifo ~/go; id -u > ~/uid; echo $WHO; read line < ~/go",
+                               environment_variables={"WHO": "main"})
+    assert devbox.cmd.exec("cat ~/uid").stdout() == devbox.cmd.exec("id -u").stdout()
+    assert devbox.get_info().status == "running"
+    devbox.cmd.exec("echo go > ~/go")
+    sdk.api.post(f"/v1/devboxes/{devbox.id}/wait_for_status", body={"statuses": ["shutdown"], "timeout_seconds": 20},
+                 cast_to=object)
+    info = devbox.get_info()
+    assert (info.status, info.shutdown_reason) == ("shutdown", "entrypoint_exit")
+    logged = [entry.message for entry in devbox.logs().logs if entry.source == "entrypoint"]
+    assert "main" in logged and logged[-1] == "the entrypoint ended: shutting the devbox down"
+
+
 def test_send_std_in_and_close_std_in(devbox):
     execution = devbox.cmd.exec_async("cat; echo done", attach_stdin=True)
     execution.send_std_in("hello\n")

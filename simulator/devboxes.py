@@ -93,6 +93,8 @@ class DevboxService:
         # move, a runtime call and another stored move, which must not interleave.
         self._lifecycle_locks = [threading.Lock() for _ in range(64)]
         self._provisioning: set[threading.Thread] = set()  # provisioning threads still running
+        # devbox id -> set once it ends (a shutdown) while still provisioning: the runtime stops
+        self._provisioning_ended: dict[str, threading.Event] = {}
         self._provisioning_lock = threading.Lock()
         # Deleting a policy that an active devbox uses is a 400 naming the devbox.
         network_policies.add_usage_check(self._policy_users)
@@ -166,6 +168,7 @@ class DevboxService:
         )
         with self._provisioning_lock:
             self._provisioning.add(thread)
+            self._provisioning_ended[devbox.id] = threading.Event()
         thread.start()
         return devbox
 
@@ -464,12 +467,15 @@ class DevboxService:
         finally:
             with self._provisioning_lock:
                 self._provisioning.discard(threading.current_thread())
+                self._provisioning_ended.pop(devbox.id, None)
 
     def _provision(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None = None,
                    entrypoint: str | None = None) -> None:
         """Worker thread: drive provisioning -> [initializing] -> running, or failure.
         ``file_mounts`` are written once the devbox exists, before the launch commands; the
         ``entrypoint`` starts once it is running."""
+        with self._provisioning_lock:  # set when it ends (a shutdown) before it is running
+            ended = self._provisioning_ended.get(devbox.id) or threading.Event()
         try:
             # Read now, not at create: an update made meanwhile must not be lost. (It cannot
             # have been deleted: an active devbox keeps its policy in use.)
@@ -481,12 +487,19 @@ class DevboxService:
                     policy=policy,
                     environment_variables=dict(devbox.environment_variables),
                     disk=self.origins.disk_for(devbox) if self.origins is not None else None,
+                    cancelled=ended.is_set,
                 )
             )
         except Exception as exc:  # a RuntimeFailure, or a runtime bug: the devbox failed either way
+            if ended.is_set():  # shut down meanwhile (and released then): the runtime stopped
+                self._release_quietly(devbox)
+                return
             if not isinstance(exc, RuntimeFailure):
                 log.exception("runtime %s failed to provision %s", runtime.name, devbox.id)
             self._fail(devbox, "execution_failed", f"provisioning failed: {exc}")
+            return
+        if ended.is_set():  # shut down as provisioning finished: nothing more is done for it
+            self._release_quietly(devbox)
             return
         failure = self._write_file_mounts(runtime, devbox, file_mounts or {})
         if failure is not None:
@@ -676,6 +689,11 @@ class DevboxService:
                 shutdown_reason=shutdown_reason or current.shutdown_reason,
             )
             devbox_store.update(conn, moved)
+        if terminal:
+            with self._provisioning_lock:
+                ended = self._provisioning_ended.get(devbox.id)
+            if ended is not None:
+                ended.set()  # still provisioning: the runtime stops at its next step
         self.watch.notify(watch_key(devbox.id))
         return moved
 

@@ -180,3 +180,26 @@ def test_more_data_than_a_disk_may_hold_fails_and_leaves_nothing(tmp_path, monke
     with pytest.raises(DiskCopyError, match="more than 1000000 bytes"):
         copy_areas(tmp_path / "src", tmp_path / "dst", only_owner=ME, uid=ME, gid=os.getgid())
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("checks_before_cancel", [0, 2, 5])
+def test_a_cancelled_copy_stops_between_files_and_chunks_and_leaves_nothing(tmp_path, checks_before_cancel):
+    """A devbox shut down while its disk is restored: the copy stops (its big file part-way)."""
+    from simulator.runtime.disk_copy import DiskCopyCancelled
+
+    home = tmp_path / "src" / "home"
+    home.mkdir(parents=True)
+    (home / "big").write_bytes(os.urandom(4 << 20))  # four 1 MiB chunks
+    (home / "small").write_text("s")
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return len(asked) > checks_before_cancel
+
+    with pytest.raises(DiskCopyCancelled):
+        copy_areas(tmp_path / "src", tmp_path / "dst", only_owner=ME, uid=ME, gid=os.getgid(), cancelled=cancelled)
+    assert not (tmp_path / "dst").exists()
+    # Not cancelled: the whole copy.
+    copy_areas(tmp_path / "src", tmp_path / "dst", only_owner=ME, uid=ME, gid=os.getgid(), cancelled=lambda: False)
+    assert (tmp_path / "dst" / "home" / "big").read_bytes() == (home / "big").read_bytes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +39,18 @@ class DevboxSpec:
     environment_variables: dict[str, str] = field(default_factory=dict)
     # A disk captured by ``snapshot_disk`` (of this runtime) to start from; None: an empty home.
     disk: str | None = None
+    # True once the devbox was shut down while provisioning: ``provision`` stops (raising
+    # ProvisioningCancelled) rather than copy a disk and plug in a network nobody will use.
+    cancelled: Callable[[], bool] = lambda: False
+
+
+class ProvisioningCancelled(RuntimeFailure):
+    """The devbox was shut down while it was being provisioned."""
+
+
+def stop_if_cancelled(spec: DevboxSpec) -> None:
+    if spec.cancelled():
+        raise ProvisioningCancelled(f"devbox {spec.id} was shut down while it was being provisioned")
 
 
 class DevboxRuntime(Protocol):

@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,10 @@ class DiskCopyError(Exception):
     pass
 
 
+class DiskCopyCancelled(DiskCopyError):
+    """The copy was stopped by its caller (``cancelled``)."""
+
+
 @dataclass
 class CopyStats:
     files: int = 0
@@ -51,9 +56,16 @@ class CopyStats:
     # dst_fd (only directories this copy made lie on that path: it is safe to resolve)
     first_copies: dict = field(default_factory=dict)
     dst_fd: int = -1
+    # Asked between files and chunks: True stops the copy (DiskCopyCancelled)
+    cancelled: Callable[[], bool] | None = None
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise DiskCopyCancelled("the copy was cancelled")
 
 
-def copy_areas(src_root: Path, dst_root: Path, *, only_owner: int | None, uid: int, gid: int) -> CopyStats:
+def copy_areas(src_root: Path, dst_root: Path, *, only_owner: int | None, uid: int, gid: int,
+               cancelled: Callable[[], bool] | None = None) -> CopyStats:
     """Copy ``src_root/{home,tmp}`` to ``dst_root/{home,tmp}`` (``dst_root`` must not exist).
 
     ``home`` keeps its own mode and is owned by ``uid``; ``tmp`` is created 0700 by the caller's
@@ -61,7 +73,7 @@ def copy_areas(src_root: Path, dst_root: Path, *, only_owner: int | None, uid: i
     """
     dst_root = Path(dst_root)
     dst_root.mkdir(mode=0o700)
-    stats = CopyStats()
+    stats = CopyStats(cancelled=cancelled)
     try:
         for area in AREAS:
             src = Path(src_root) / area
@@ -141,6 +153,7 @@ def _copy_dir(sfd: int, dfd: int, depth: int, only_owner: int | None, uid: int, 
     if depth >= MAX_DEPTH:
         raise DiskCopyError(f"directories nested deeper than {MAX_DEPTH} levels cannot be snapshotted")
     for name in os.listdir(sfd):
+        stats.check()
         try:
             st = os.stat(name, dir_fd=sfd, follow_symlinks=False)
             if only_owner is not None and st.st_uid != only_owner:
@@ -203,7 +216,7 @@ def _copy_file(sfd, dfd, name, st, only_owner, uid, gid, stats, rel) -> None:
         os.set_blocking(src, True)
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
         try:
-            stats.bytes += _copy_data(src, out, fst.st_size, MAX_DISK_BYTES - stats.bytes)
+            stats.bytes += _copy_data(src, out, fst.st_size, MAX_DISK_BYTES - stats.bytes, stats.check)
             if fst.st_nlink > 1:
                 stats.first_copies[inode] = rel + name
             os.fchown(out, uid, gid)
@@ -216,7 +229,7 @@ def _copy_file(sfd, dfd, name, st, only_owner, uid, gid, stats, rel) -> None:
         os.close(src)
 
 
-def _copy_data(src: int, out: int, size: int, budget: int) -> int:
+def _copy_data(src: int, out: int, size: int, budget: int, check: Callable[[], None] = lambda: None) -> int:
     """Copy the first ``size`` bytes (the size when opened: a file that keeps growing does not
     keep the copy going), data segments only: holes stay holes, so a sparse terabyte made
     with ``truncate`` costs no disk. Returns the bytes copied; more than ``budget`` fails."""
@@ -231,6 +244,7 @@ def _copy_data(src: int, out: int, size: int, budget: int) -> int:
         end = min(os.lseek(src, start, os.SEEK_HOLE), size)
         offset = start
         while offset < end:
+            check()
             chunk = os.pread(src, min(_CHUNK, end - offset), offset)
             if not chunk:  # truncated meanwhile
                 end = offset

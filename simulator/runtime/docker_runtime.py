@@ -31,7 +31,7 @@ from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime import docker_files
-from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure, stop_if_cancelled
 from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists, is_static_elf
@@ -213,6 +213,7 @@ class DockerRuntime:
             if not pid:
                 raise RuntimeFailure(f"container {name} did not start")
             _cap_pseudo_terminals(pid)
+            stop_if_cancelled(spec)  # not plugged in (with a policy that may be gone by now)
             self.dataplane.connect(spec.id, spec.account, spec.policy, address, pid=pid)
         except Exception as exc:
             if container_id is not None:

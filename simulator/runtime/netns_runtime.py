@@ -19,7 +19,7 @@ from netns import namespaces
 from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
-from simulator.runtime.base import MAX_READ_BYTES, MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure
+from simulator.runtime.base import MAX_READ_BYTES, MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure, stop_if_cancelled
 from simulator.runtime.devbox_uids import DevboxUids
 from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
@@ -90,7 +90,8 @@ class NetnsRuntime:
                     disk = self._disk_path(spec.disk)
                     if not disk.is_dir():
                         raise RuntimeFailure(f"disk {spec.disk} is gone (deleted meanwhile)")
-                    copy_areas(disk, self.devboxes_dir / spec.id, only_owner=0, uid=uid, gid=uid)
+                    copy_areas(disk, self.devboxes_dir / spec.id, only_owner=0, uid=uid, gid=uid, cancelled=spec.cancelled)
+            stop_if_cancelled(spec)
             namespaces.create(netns)
             sandbox = Sandbox(
                 name=self.sandbox_prefix + spec.id,
@@ -106,6 +107,7 @@ class NetnsRuntime:
             # The holder sets itself up while the network is plugged in (it runs nothing of the
             # devbox's before provision returns, so no packet can beat the rules).
             sandbox.begin_start()
+            stop_if_cancelled(spec)  # not plugged in (with a policy that may be gone by now)
             self.dataplane.connect(spec.id, spec.account, spec.policy, address, netns=netns)
             sandbox.finish_start()
         except Exception as exc:

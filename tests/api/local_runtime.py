@@ -30,9 +30,10 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-from simulator.runtime.base import MAX_READ_BYTES, DevboxSpec, RuntimeFailure
+from simulator.runtime.base import MAX_READ_BYTES, DevboxSpec, RuntimeFailure, stop_if_cancelled
 from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
 
@@ -82,14 +83,19 @@ class LocalRuntime:
     def provision(self, spec: DevboxSpec) -> None:
         gate = self._gate
         if gate is not None:
-            gate.wait(60)
+            deadline = time.monotonic() + 60
+            # As the real runtimes do between steps: a devbox shut down meanwhile stops here.
+            while not gate.wait(0.01) and time.monotonic() < deadline and not spec.cancelled():
+                pass
+        stop_if_cancelled(spec)
         with self._lock:
             message, self._fail_next = self._fail_next, None
         if message is not None:
             raise RuntimeFailure(message)
         if spec.disk is not None:
             try:
-                copy_areas(self._disk_path(spec.disk), self.root / spec.id, only_owner=os.getuid(), uid=os.getuid(), gid=os.getgid())
+                copy_areas(self._disk_path(spec.disk), self.root / spec.id, only_owner=os.getuid(), uid=os.getuid(),
+                           gid=os.getgid(), cancelled=spec.cancelled)
             except (OSError, DiskCopyError) as exc:
                 raise RuntimeFailure(f"could not restore disk {spec.disk}: {exc}") from exc
         (self.root / spec.id / "home").mkdir(parents=True, exist_ok=True)

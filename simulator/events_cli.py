@@ -88,6 +88,8 @@ def _row(event: dict, colour: bool) -> str:
         detail = f"{event['protocol']} {event['addresses'][0]}" + (f":{event['port']}" if event.get("port") else "")
     if event.get("matched_pattern"):
         detail = f"{detail} (by {event['matched_pattern']})".strip()
+    if event["kind"] == "dns" and event.get("verdict") == "allowed" and not event["addresses"] and event.get("rcode"):
+        detail = f"{event['rcode']} {detail}".strip()  # e.g. NXDOMAIN from the upstream
     if event.get("error"):
         detail = event["error"]
     kind = event["qtype"] if event["kind"] == "dns" else "CONN"

@@ -48,6 +48,8 @@ class NetworkEvent(NamedTuple):
     error: str | None
     protocol: str | None = None  # blocked: "tcp", "udp", "icmp", ...
     port: int | None = None  # blocked: destination port
+    # dns: the answer's code; NXDOMAIN from the upstream for an allowed name shows here
+    rcode: str | None = None
 
     def to_json(self) -> dict:
         data = self._asdict()
@@ -87,6 +89,7 @@ class NetworkEventLog:
             self._append(devbox_id, NetworkEvent(
                 self._seq, int(event.time * 1000), "dns", event.verdict, event.reason, event.qname,
                 event.qtype, event.matched_pattern, tuple(event.addresses), event.ttl, event.error,
+                None, None, event.rcode,
             ))
 
     def on_blocked(self, devbox_id: str, packet: LoggedPacket, reason: str = "policy") -> None:

@@ -23,6 +23,7 @@ class NetworkEventView(BaseModel):
     error: str | None = None
     protocol: str | None = None
     port: int | None = None
+    rcode: str | None = None  # dns: the answer's code (NOERROR, NXDOMAIN, SERVFAIL, ...)
 
 
 class NetworkEventListView(BaseModel):

@@ -180,6 +180,9 @@ class _FakeSocket:
     def sendall(self, data):
         pass
 
+    def settimeout(self, seconds):
+        pass
+
     def shutdown(self, how):
         pass
 

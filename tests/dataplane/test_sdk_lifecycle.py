@@ -126,9 +126,11 @@ def test_commands_leaving_background_children_keep_no_descriptors(server, devbox
 def test_an_entrypoint_is_the_devboxs_main_process(sdk):
     """It runs once the devbox runs, as the devbox's user with its environment, and its end
     shuts the devbox down (shutdown_reason entrypoint_exit)."""
-    devbox = sdk.devbox.create(entrypoint="mkfifo ~/go; id -u > ~/uid; echo $WHO; read line < ~/go",
+    devbox = sdk.devbox.create(entrypoint="mkfifo ~/go; id -u > ~/uid.new; mv ~/uid.new ~/uid; echo $WHO; read line < ~/go",
                                environment_variables={"WHO": "main"})
-    assert devbox.cmd.exec("cat ~/uid").stdout() == devbox.cmd.exec("id -u").stdout()
+    # It starts once the devbox runs, so maybe after create returned: its file is waited for.
+    uid = devbox.cmd.exec("for i in $(seq 200); do [ -e ~/uid ] && break; sleep 0.05; done; cat ~/uid")
+    assert uid.stdout() == devbox.cmd.exec("id -u").stdout()
     assert devbox.get_info().status == "running"
     devbox.cmd.exec("echo go > ~/go")
     sdk.api.post(f"/v1/devboxes/{devbox.id}/wait_for_status", body={"statuses": ["shutdown"], "timeout_seconds": 20},

@@ -72,8 +72,18 @@ def test_to_json_has_every_field_in_place():
         ("seq", 1), ("time_ms", 1234567), ("kind", "dns"), ("verdict", "error"), ("reason", "upstream_error"),
         ("name", "x.example.com"), ("qtype", "AAAA"), ("matched_pattern", "*.example.com"),
         ("addresses", ["2001:db8::1"]), ("ttl", 42), ("error", "198.51.100.53:53: timeout"),
-        ("protocol", None), ("port", None),
+        ("protocol", None), ("port", None), ("rcode", "SERVFAIL"),
     ]
+
+
+def test_an_allowed_name_the_upstream_does_not_know_shows_nxdomain():
+    """Allowed, no addresses: NODATA or NXDOMAIN, told apart by the rcode."""
+    log = NetworkEventLog()
+    log.on_query("dbx_a", query("nope.example.com", rcode="NXDOMAIN"))
+    log.on_query("dbx_a", query("a.example.com", addresses=["192.0.2.1"], ttl=60))
+    events, _ = log.list_network_events("dbx_a")
+    assert [(e.name, e.verdict, e.rcode) for e in events] == [
+        ("nope.example.com", "allowed", "NXDOMAIN"), ("a.example.com", "allowed", "NOERROR")]
 
 
 def test_names_are_kept_per_account():

@@ -14,6 +14,7 @@ does what ``after_idle`` says instead (``simulator.idle_policy``: shut down, or 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -62,6 +63,11 @@ TerminalHook = Callable[[Devbox], None]
 class NoRuntime(ApiError):
     status = 503
     code = "no_runtime"
+
+
+class Stopping(ApiError):
+    status = 503
+    code = "stopping"
 
 
 def watch_key(devbox_id: str) -> str:
@@ -287,7 +293,19 @@ class DevboxService:
                 runtime.suspend(suspending.id)
             except Exception as exc:
                 return self._suspend_failed(runtime, suspending, exc)
-            return self._move(suspending, lifecycle.SUSPENDED) or self.retrieve_devbox(suspending.account, suspending.id)
+            try:
+                moved = self._move(suspending, lifecycle.SUSPENDED)
+            except Exception:
+                # The store cannot say "suspended" (its disk is full): thaw, and say "running"
+                # again as soon as it can be written, rather than stay "suspending", frozen.
+                try:
+                    runtime.resume(suspending.id)
+                except Exception:
+                    log.exception("could not thaw devbox %s after its suspend was not stored", suspending.id)
+                self.store_retrier.write(f"the state of devbox {suspending.id}",
+                                         lambda: self._move(suspending, lifecycle.RUNNING, detail="suspend not stored"))
+                raise
+            return moved or self.retrieve_devbox(suspending.account, suspending.id)
 
     def resume_devbox(self, account: str, devbox_id: str) -> Devbox:
         """Thaw the processes: suspended -> running (``resuming`` is never shown). 400 unless
@@ -382,6 +400,10 @@ class DevboxService:
                 # The store cannot say so (its disk is full, say): the devbox ends all the same,
                 # and the next start records it (reconcile finds it active and its runtime gone).
                 log.exception("could not record the end of devbox %s; ending it anyway", devbox.id)
+                with self._provisioning_lock:
+                    cancel = self._provisioning_ended.get(devbox.id)
+                if cancel is not None:
+                    cancel.set()
                 moved = devbox
             if moved is not None:  # else it ended meanwhile
                 ended.append(devbox.id)
@@ -464,6 +486,12 @@ class DevboxService:
                            entrypoint: str | None = None) -> None:
         try:
             self._provision(runtime, devbox, file_mounts, entrypoint)
+        except Exception:
+            # The store could not record a step (its disk is full): the devbox fails, recorded
+            # as soon as it can be, rather than stay "provisioning" for good, holding its runtime.
+            log.exception("provisioning of devbox %s failed", devbox.id)
+            self.store_retrier.write(f"the failure of devbox {devbox.id}", lambda: self._fail(
+                devbox, "execution_failed", "the simulator could not record the devbox's provisioning (its store could not be written)"))
         finally:
             with self._provisioning_lock:
                 self._provisioning.discard(threading.current_thread())
@@ -516,18 +544,21 @@ class DevboxService:
         # Armed before the move, so that whoever sees "running" also sees the timer, and a
         # shutdown racing the move finds (and stops) it.
         self.keep_alive_timers.start(devbox.account, devbox.id, keep_alive_seconds(devbox))
-        running = self._move(devbox, lifecycle.RUNNING)
-        if running is None:
-            self.keep_alive_timers.stop(devbox.id)
-            self._release_quietly(devbox)
-            return
-        if entrypoint is not None and self._entrypoint_runner is not None:
-            try:
-                self._entrypoint_runner(running, entrypoint)
-            except Exception as exc:  # e.g. shut down meanwhile (then the move below is a no-op)
-                message = exc.message if isinstance(exc, ApiError) else str(exc)
-                log.info("the entrypoint of devbox %s did not start: %s", devbox.id, message)
-                self._fail(running, "execution_failed", f"the entrypoint did not start: {message}")
+        # With an entrypoint, "running" and its start are one step for a suspend (which takes
+        # the same lock): the entrypoint starts in a running devbox.
+        with self._lifecycle_lock(devbox.id) if entrypoint is not None else contextlib.nullcontext():
+            running = self._move(devbox, lifecycle.RUNNING)
+            if running is None:
+                self.keep_alive_timers.stop(devbox.id)
+                self._release_quietly(devbox)
+                return
+            if entrypoint is not None and self._entrypoint_runner is not None:
+                try:
+                    self._entrypoint_runner(running, entrypoint)
+                except Exception as exc:  # e.g. shut down meanwhile (then _fail moves nothing)
+                    message = exc.message if isinstance(exc, ApiError) else str(exc)
+                    log.info("the entrypoint of devbox %s did not start: %s", devbox.id, message)
+                    self._fail(running, "execution_failed", f"the entrypoint did not start: {message}")
 
     def entrypoint_exited(self, account: str, devbox_id: str) -> None:
         """The devbox's entrypoint ended: the devbox, bound to it, shuts down
@@ -536,11 +567,18 @@ class DevboxService:
             devbox = devbox_store.get(conn, account, devbox_id)
         if devbox is None or devbox.status in lifecycle.TERMINAL:
             return
-        self.record_logs(devbox, [devbox_logs.LogEntry(
-            "info", "entrypoint", clock.now_ms(), message="the entrypoint ended: shutting the devbox down")])
-        moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="entrypoint_exit")
-        if moved is not None:
-            self._release(moved)
+        try:
+            self.record_logs(devbox, [devbox_logs.LogEntry(
+                "info", "entrypoint", clock.now_ms(), message="the entrypoint ended: shutting the devbox down")])
+        except Exception as exc:  # a log line lost (a full store) must not keep the devbox up
+            log.warning("could not log the end of devbox %s's entrypoint: %r", devbox_id, exc)
+
+        def end() -> None:
+            moved = self._move(devbox, lifecycle.SHUTDOWN, shutdown_reason="entrypoint_exit")
+            if moved is not None:
+                self._release(moved)
+
+        self.store_retrier.write(f"the end of devbox {devbox_id}", end)
 
     def _write_file_mounts(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str]) -> str | None:
         """Write the create request's ``file_mounts`` (``{path: content}``, paths as the file
@@ -650,9 +688,11 @@ class DevboxService:
 
     def _fail(self, devbox: Devbox, reason: str, detail: str) -> None:
         moved = self._move(devbox, lifecycle.FAILURE, failure_reason=reason, detail=detail)
-        if moved is not None:  # else it was shut down meanwhile (which is what killed it)
+        if moved is not None:
             log.warning("devbox %s failed: %s", devbox.id, detail)
-        self._release(moved or devbox)
+            self._release(moved)
+        else:  # it ended meanwhile (which is what killed it): that end ran the hooks already
+            self._release_quietly(devbox)
 
     def _move(
         self,
@@ -720,7 +760,13 @@ class DevboxService:
 
         def check() -> Devbox | None:
             devbox = self.retrieve_devbox(account, devbox_id)  # 404 ends the wait at once
-            return devbox if devbox.status in wanted else None
+            if devbox.status in wanted:
+                return devbox
+            if self.stopping.is_set():
+                # The stop ends every devbox (which wakes this wait): a status not reached by
+                # now never will be in this process; the poll ends instead of holding the stop.
+                raise Stopping(f"the simulator is stopping; devbox {devbox_id} is {devbox.status}")
+            return None
 
         return check
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import threading
 import time
 import warnings
@@ -141,6 +142,52 @@ def test_the_entrypoint_runs_once_running_and_its_end_shuts_the_devbox_down(devb
     assert (ended["status"], ended["shutdown_reason"]) == ("shutdown", "entrypoint_exit")
     lines = [e["message"] for e in logs(devbox_client, devbox) if e["source"] == "entrypoint"]
     assert lines == ["started", "setup", "entry", "got go", "exited with 0", "the entrypoint ended: shutting the devbox down"]
+
+
+def test_a_shutdown_just_before_the_entrypoint_starts_ends_the_devbox_once(devbox_client):
+    """The terminal hooks (the log's summary line, commands finished, tunnels cut) run once, with
+    the devbox as it ended: a second release reported it as still "running"."""
+    devboxes = devbox_client.app.state.services.devboxes
+    ended = []
+    devboxes.add_terminal_hook(lambda devbox: ended.append((devbox.id, devbox.status)))
+    start_entrypoint = devboxes._entrypoint_runner
+
+    def shutdown_first(devbox, command):
+        devboxes.shutdown_devbox(devbox.account, devbox.id)
+        return start_entrypoint(devbox, command)
+
+    devboxes.set_entrypoint_runner(shutdown_first)
+    devbox_id = create(devbox_client, entrypoint="sleep 100")["id"]
+    until(lambda: ended and not devboxes._provisioning)
+    assert [status for box, status in ended if box == devbox_id] == ["shutdown"]
+    assert devbox_client.get(f"{URL}/{devbox_id}", headers=ALICE).json()["shutdown_reason"] == "api_shutdown"
+
+
+def test_a_suspend_asked_as_the_devbox_starts_running_waits_for_its_entrypoint(devbox_client):
+    """A suspend between "running" and the entrypoint's start made the start fail, and the
+    devbox with it."""
+    devboxes = devbox_client.app.state.services.devboxes
+    start_entrypoint = devboxes._entrypoint_runner
+    suspended = {}
+
+    def suspend_meanwhile(devbox, command):
+        thread = threading.Thread(target=lambda: suspended.setdefault("view", devboxes.suspend_devbox(devbox.account, devbox.id)))
+        thread.start()
+        thread.join(0.2)  # it waits for the entrypoint's start (the lifecycle lock)
+        suspended["waited"] = thread.is_alive()
+        start_entrypoint(devbox, command)
+        suspended["thread"] = thread
+
+    devboxes.set_entrypoint_runner(suspend_meanwhile)
+    sleep = f"sleep 100.{secrets.randbelow(10**6)}"  # its own, among the machine's processes
+    devbox_id = create(devbox_client, entrypoint=sleep)["id"]
+    until(lambda: "thread" in suspended)
+    suspended["thread"].join(10)
+    assert suspended["waited"] and suspended["view"].status == "suspended"
+    resumed = devbox_client.post(f"{URL}/{devbox_id}/resume", headers=ALICE).json()
+    assert resumed["status"] == "running"
+    ps = devbox_client.post(f"{URL}/{devbox_id}/execute_sync", json={"command": "ps -o args= -u $(id -u)"}, headers=ALICE)
+    assert sleep in ps.json()["stdout"]  # the entrypoint runs
 
 
 def test_a_devbox_shut_down_while_its_entrypoint_runs_says_api_shutdown(devbox_client):
@@ -403,6 +450,20 @@ def test_shutdown_while_provisioning(devbox_client, runtime):
     view = devbox_client.get(f"{URL}/{devbox_id}", headers=ALICE).json()
     assert view["status"] == "shutdown" and [t["status"] for t in view["state_transitions"]] == ["provisioning", "shutdown"]
     assert statuses_of(view) == ["provisioning", "shutdown"]
+
+
+def test_a_stop_ends_a_wait_for_a_status_the_devbox_will_not_reach(devbox_client):
+    """The stop ends every devbox (as failure): a wait for "shutdown" (or "suspended") would
+    hold the stop until uvicorn's graceful timeout cancelled it."""
+    devbox_id = create_running(devbox_client)["id"]
+    watch = devbox_client.app.state.services.devboxes.watch
+    thread, box = in_thread(lambda: wait_status(devbox_client, devbox_id, ["shutdown"], 25))
+    until(lambda: watch.waiting(watch_key(devbox_id)) == 1)
+    started = time.monotonic()
+    devbox_client.app.state.services.devboxes.stop_all("the simulator stopped")
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    assert_error(box["result"], 503, "stopping", "failure")
 
 
 def test_wait_for_status_times_out_with_408(devbox_client):

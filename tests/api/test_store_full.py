@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from simulator import blueprint_store, execution_store, policy_store, snapshot_store, store_retry
 from tests.api.conftest import ALICE
-from tests.api.disk_helpers import built, ok, poll, running_devbox, settled_snapshot
+from tests.api.disk_helpers import built, ok, running_devbox, settled_snapshot
 from tests.api.test_devboxes import URL, until
 from tests.api.test_executions import wait
 
@@ -123,4 +123,94 @@ def test_the_stop_ends_every_devbox_even_when_the_store_cannot_record_it(devbox_
     monkeypatch.setattr(services.devboxes, "_move", cannot_record)
     assert services.devboxes.stop_all("the simulator stopped") == [devbox]
     assert devbox not in runtime.alive_ids()  # its runtime released all the same
-    poll(lambda: devbox, lambda _: True)
+
+
+def test_the_stop_cancels_a_provisioning_even_when_the_store_cannot_record_it(devbox_client, runtime, monkeypatch):
+    from simulator import devboxes as devboxes_module
+
+    client = devbox_client
+    services = client.app.state.services
+    gate = runtime.hold_provisioning()  # released only at the end: the cancellation ends it
+    try:
+        devbox = ok(client.post(URL, json={}, headers=ALICE))["id"]
+        monkeypatch.setattr(devboxes_module, "STOP_PROVISIONING_WAIT_SECONDS", 5)
+
+        def cannot_record(*args, **kwargs):
+            raise FULL
+
+        monkeypatch.setattr(services.devboxes, "_move", cannot_record)
+        assert services.devboxes.stop_all("the simulator stopped") == [devbox]
+        assert not services.devboxes._provisioning and devbox not in runtime.alive_ids()
+    finally:
+        gate.set()
+
+
+def _devbox(client, devbox_id):
+    return client.get(f"{URL}/{devbox_id}", headers=ALICE).json()
+
+
+def test_a_suspend_whose_last_write_fails_thaws_the_devbox_which_runs_on(devbox_client, runtime, monkeypatch):
+    """The freeze happened, "suspended" could not be stored: stuck "suspending", frozen, with
+    suspend and resume both refused, was the outcome. Now it is thawed and "running" again."""
+    from simulator import devbox_store
+
+    client = devbox_client
+    devbox = running_devbox(client)["id"]
+    real_update = devbox_store.update
+    full = {"on": True}
+
+    def update(conn, view):
+        if full["on"] and view.status in ("suspended", "running"):
+            raise FULL
+        return real_update(conn, view)
+
+    monkeypatch.setattr(devbox_store, "update", update)
+    response = TestClient(client.app, raise_server_exceptions=False).post(f"{URL}/{devbox}/suspend", headers=ALICE)
+    assert response.status_code == 507, response.text
+    assert devbox not in runtime.suspended  # thawed at once
+    full["on"] = False
+    until(lambda: _devbox(client, devbox)["status"] == "running")
+    assert ok(client.post(f"{URL}/{devbox}/execute_sync", json={"command": "echo alive"}, headers=ALICE))["stdout"] == "alive\n"
+    assert ok(client.post(f"{URL}/{devbox}/suspend", headers=ALICE))["status"] == "suspended"
+
+
+def test_an_entrypoint_ending_while_the_store_is_full_shuts_the_devbox_down_once_stored(devbox_client, monkeypatch):
+    from simulator import devbox_store
+
+    client = devbox_client
+    real_update = devbox_store.update
+    full = {"on": True, "failures": 0}
+
+    def update(conn, view):
+        if full["on"] and view.status == "shutdown":
+            full["failures"] += 1
+            raise FULL
+        return real_update(conn, view)
+
+    monkeypatch.setattr(devbox_store, "update", update)
+    devbox = running_devbox(client, entrypoint="echo done")["id"]
+    until(lambda: full["failures"] >= 2)
+    full["on"] = False
+    until(lambda: _devbox(client, devbox)["status"] == "shutdown")
+    assert _devbox(client, devbox)["shutdown_reason"] == "entrypoint_exit"
+
+
+def test_a_devbox_whose_start_cannot_be_stored_fails_once_it_can_be_and_frees_its_runtime(devbox_client, runtime, monkeypatch):
+    from simulator import devbox_store
+
+    client = devbox_client
+    real_update = devbox_store.update
+    full = {"on": True, "failures": 0}
+
+    def update(conn, view):
+        if full["on"] and view.status in ("running", "failure"):
+            full["failures"] += 1
+            raise FULL
+        return real_update(conn, view)
+
+    monkeypatch.setattr(devbox_store, "update", update)
+    devbox = ok(client.post(URL, json={}, headers=ALICE))["id"]
+    until(lambda: full["failures"] >= 3)
+    full["on"] = False
+    until(lambda: _devbox(client, devbox)["status"] == "failure")  # was "provisioning" for good
+    until(lambda: devbox not in runtime.alive_ids())

@@ -1048,8 +1048,9 @@ class Sandbox:
 
         Accepted: relative (to /home/user), ``~``, ``~/...``, ``/home/user[/...]``,
         ``/tmp[/...]``. The path is walked as the devbox would walk it: symlinks are followed
-        (an absolute target is a devbox path) before a following ``..`` applies; the last
-        component need not exist. Raises ValueError for any other absolute path, for a walk
+        (an absolute target is a devbox path) before a following ``..`` applies, which needs
+        a directory there (else FileNotFoundError or NotADirectoryError, as the kernel says);
+        the last component need not exist. Raises ValueError for any other absolute path, for a walk
         that passes outside home and /tmp (other than through ``/`` and ``/home``), whether by
         ``..`` or by a symlink, and for symlink loops.
         """
@@ -1063,6 +1064,15 @@ class Sandbox:
                 continue
             if part == "..":
                 if cur:
+                    # As the kernel: ".." of something that is not there, or not a directory,
+                    # is an error (as on the docker runtime), not a textual step back.
+                    here = self._area("/" + "/".join(cur))
+                    if here is not None and here[2]:
+                        where = here[1] / here[2]
+                        if not where.exists():
+                            raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+                        if not where.is_dir():
+                            raise NotADirectoryError(errno.ENOTDIR, "a parent is not a directory", path)
                     cur.pop()
                 continue
             cur.append(part)

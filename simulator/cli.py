@@ -45,12 +45,14 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        defaults = Settings.from_env()
-    except ValueError as exc:  # a DEVBOX_SIM_* variable that does not parse: one line, exit 2
-        print(f"devbox-sim: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        defaults, bad_variable = Settings.from_env(), None
+    except ValueError as exc:
+        defaults, bad_variable = Settings(), exc
     args = build_parser(defaults).parse_args(argv)
     if args.command == "serve":
+        if bad_variable is not None:  # a DEVBOX_SIM_* variable that does not parse: one line, exit 2
+            print(f"devbox-sim: error: {bad_variable}", file=sys.stderr, flush=True)
+            return 2
         return serve(args)
     if args.command == "events":
         from simulator import events_cli

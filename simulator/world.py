@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import socketserver
 import threading
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import idna
+
 from dns import DnsServer, Zone, bind_udp_tcp
 from netns import links, namespaces
 from simulator import hostnames
-from simulator.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,11 @@ class WorldConfig:
                 )
             )
         config = cls(resolver=resolver, ttl=ttl, hosts=tuple(hosts))
-        names = [host.name for host in hosts]
-        aliases = [alias for host in hosts for alias in host.aliases]
-        for name in names + aliases:
-            if (names + aliases).count(name) > 1:
+        seen: set[str] = set()
+        for name in [n for host in hosts for n in (host.name, *host.aliases)]:
+            if name in seen:
                 raise WorldConfigError(f"{where}: {name!r} is given twice (a name is one host, or an alias of one)")
+            seen.add(name)
         try:
             config.zone()
         except ValueError as exc:
@@ -148,14 +150,31 @@ def _known_keys(table: dict, known: set[str], where: str) -> None:
 
 
 def _host_name(value: object, where: str) -> str:
-    """A plain DNS name (one a devbox can ask for), lower case, no trailing dot."""
-    try:
-        name = hostnames.normalise_pattern(value, where)
-    except InvalidRequest as exc:
-        raise WorldConfigError(exc.message) from None
-    if name.startswith("*."):
+    """A plain DNS name (one a devbox can ask for): lower case, no trailing dot, IDN labels in
+    punycode. As policy patterns, except that a label may hold "_" (``_dmarc.example.com``,
+    ``_http._tcp.example.com``): the world serves such names, and a devbox may ask for them."""
+    if not isinstance(value, str) or not value.strip(". "):
+        raise WorldConfigError(f"{where}: {value!r} is not a name")
+    if "*" in value:
         raise WorldConfigError(f"{where}: {value!r}: the world's names are plain names, not wildcards")
+    labels = []
+    for label in value.lower().rstrip(".").split("."):
+        if not label.isascii():
+            try:
+                label = idna.encode(label, uts46=True, transitional=False).decode("ascii")
+            except UnicodeError as exc:
+                raise WorldConfigError(f"{where}: {value!r} is not a valid internationalised name ({exc})") from None
+        if not _WORLD_LABEL.match(label):
+            raise WorldConfigError(f"{where}: {value!r}: label {label[:20]!r} may only hold letters, digits, "
+                                   "'_' and inner hyphens, at most 63 of them")
+        labels.append(label)
+    name = ".".join(labels)
+    if len(name) > hostnames.MAX_NAME_LENGTH:
+        raise WorldConfigError(f"{where}: {value!r} is longer than {hostnames.MAX_NAME_LENGTH} characters")
     return name
+
+
+_WORLD_LABEL = re.compile(r"^(?=.{1,63}$)[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
 
 
 def _ports(values, where: str) -> tuple[int, ...]:

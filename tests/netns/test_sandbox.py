@@ -114,6 +114,7 @@ def test_resolve_path_mapping(box):
     assert box.resolve_path("") == home
     assert box.resolve_path("~") == home
     assert box.resolve_path("a/b.txt") == home / "a" / "b.txt"
+    (home / "a").mkdir()
     assert box.resolve_path("./a/../b") == home / "b"
     assert box.resolve_path("~/x") == home / "x"
     assert box.resolve_path("/home/user") == home
@@ -148,10 +149,24 @@ def test_resolve_path_follows_symlinks_as_the_devbox_does(box):
     os.symlink("../tmp", home / "up")  # /home/user/../tmp = /home/tmp: not accessible
     with pytest.raises(ValueError):
         box.resolve_path("up/x")
+    (tmp / "deep" / "er").mkdir(parents=True)
     os.symlink("/tmp/deep/er", home / "deep")  # `..` applies after the link, as in the devbox
     assert box.resolve_path("deep/../f") == tmp / "deep" / "f"
     os.symlink("../../../tmp", home / "real" / "totmp")  # relative, climbs through /home
     assert box.resolve_path("real/totmp/z") == tmp / "z"
+
+
+def test_dot_dot_needs_a_directory_as_the_kernel_says(box):
+    """As on the docker runtime: "missing/.." and "file/.." are errors, not a step back."""
+    (box.home_dir / "file.txt").write_text("x")
+    with pytest.raises(FileNotFoundError):
+        box.resolve_path("missing/../file.txt")
+    with pytest.raises(NotADirectoryError):
+        box.resolve_path("file.txt/../file.txt")
+    os.symlink("file.txt", box.home_dir / "filelink")
+    with pytest.raises(NotADirectoryError):
+        box.resolve_path("filelink/../x")
+    assert box.resolve_path("/home/user/../user/file.txt") == box.home_dir / "file.txt"
 
 
 @pytest.mark.parametrize("target", ["/etc", "/", "../../..", "../../../../../../etc", str(Path("/etc").resolve())])

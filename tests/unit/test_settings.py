@@ -94,3 +94,11 @@ def test_setup_problems_with_the_data_dir_and_world_are_one_line_and_exit_2(tmp_
     assert cli.main(["serve", "--runtime", "none", "--port", "0", "--data-dir", str(tmp_path / "d"),
                      "--world", str(missing_world)]) == 2
     assert capsys.readouterr().err.startswith(f"devbox-sim: error: {missing_world}: ")
+
+
+def test_a_bad_server_variable_does_not_stop_the_events_command(monkeypatch, capsys):
+    """The events command reads none of the server's settings."""
+    monkeypatch.setenv("DEVBOX_SIM_RUNTIME", "podman")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["events", "--help"])
+    assert exited.value.code == 0 and "DEVBOX_SIM_RUNTIME" not in capsys.readouterr().err

@@ -93,6 +93,7 @@ class ExecutionService:
         self.max_stored_output_bytes = max_stored_output_bytes  # all commands' output in the store
         self._live: dict[str, LiveExecution] = {}
         self._live_lock = threading.Lock()
+        self._starting: list[tuple[str, str]] = []  # (account, devbox id) of starts under way
         # Starting a command is serialised per devbox (striped), so that two attempts with
         # the same command_id or x-request-id cannot both start it.
         self._start_locks = [threading.Lock() for _ in range(64)]
@@ -346,43 +347,57 @@ class ExecutionService:
                 create_time_ms=clock.now_ms(),
                 command_id=command_id,
             )
-            self._check_capacity(account, devbox_id)
+            slot = self._reserve_slot(account, devbox_id)
             try:
-                proc = runtime.exec(devbox_id, command, env=dict(devbox.environment_variables))
-            except RuntimeFailure as exc:
-                raise InvalidRequest(f"cannot run a command on devbox {devbox_id}: {exc}", code="devbox_not_running")
-            live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin, log_source=log_source)
-            live.on_complete = on_complete
-            try:
-                with self.db.transaction() as conn:
-                    try:
-                        execution_store.insert(conn, execution, request_id)
-                    except sqlite3.IntegrityError:
-                        if request_id is None:
-                            raise
-                        # The same id began another command meanwhile (on another devbox: its
-                        # start lock is another): the id stays with that one.
-                        execution_store.insert(conn, execution, None)
-            except BaseException:
-                live.kill()
-                raise
-            with self._live_lock:
-                self._live[execution.id] = live
+                try:
+                    proc = runtime.exec(devbox_id, command, env=dict(devbox.environment_variables))
+                except RuntimeFailure as exc:
+                    raise InvalidRequest(f"cannot run a command on devbox {devbox_id}: {exc}", code="devbox_not_running")
+                live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin, log_source=log_source)
+                live.on_complete = on_complete
+                try:
+                    with self.db.transaction() as conn:
+                        try:
+                            execution_store.insert(conn, execution, request_id)
+                        except sqlite3.IntegrityError:
+                            if request_id is None:
+                                raise
+                            # The same id began another command meanwhile (on another devbox: its
+                            # start lock is another): the id stays with that one.
+                            execution_store.insert(conn, execution, None)
+                except BaseException:
+                    live.kill()
+                    raise
+                with self._live_lock:
+                    self._live[execution.id] = live
+            finally:
+                with self._live_lock:
+                    self._starting.remove(slot)
         threading.Thread(target=self._follow, args=(live,), name=f"follow-{execution.id}", daemon=True).start()
         self.devboxes.touch(devbox_id)
         return execution
 
-    def _check_capacity(self, account: str, devbox_id: str) -> None:
+    def _reserve_slot(self, account: str, devbox_id: str) -> tuple[str, str]:
         """Each running command holds pipes, threads and a connection in this process, which
-        every account shares: a devbox, and an account, may run only so many at once."""
+        every account shares: a devbox, and an account, may run only so many at once. The
+        slot is taken under the lock the check reads, and held until the command is in
+        ``_live`` (or failed to start): starts on several devboxes at once cannot all pass."""
+        slot = (account, devbox_id)
         with self._live_lock:
-            running = [live.execution for live in self._live.values() if not live.completed]
-        on_devbox = sum(e.devbox_id == devbox_id for e in running)
+            running = [(live.execution.account, live.execution.devbox_id)
+                       for live in self._live.values() if not live.completed] + self._starting
+            self._check_capacity(account, devbox_id, running)
+            self._starting.append(slot)
+        return slot
+
+    @staticmethod
+    def _check_capacity(account: str, devbox_id: str, running: list[tuple[str, str]]) -> None:
+        on_devbox = sum(box == devbox_id for _account, box in running)
         if on_devbox >= MAX_RUNNING_PER_DEVBOX:
             raise InvalidRequest(
                 f"devbox {devbox_id} already runs {on_devbox} commands, the most it may at once; "
                 "wait for some to end or kill them", code="too_many_executions")
-        on_account = sum(e.account == account for e in running)
+        on_account = sum(owner == account for owner, _box in running)
         if on_account >= MAX_RUNNING_PER_ACCOUNT:
             raise InvalidRequest(
                 f"this account already runs {on_account} commands, the most it may at once; "

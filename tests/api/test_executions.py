@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import time
 
 import pytest
@@ -354,6 +357,31 @@ def test_commands_running_at_once_are_capped_per_devbox_and_account(devbox_clien
     assert run(devbox_client, first, "echo again")["stdout"] == "again\n"  # room again
     for execution in running:
         devbox_client.post(f"{URL}/{execution['devbox_id']}/executions/{execution['execution_id']}/kill", headers=ALICE)
+
+
+def test_the_account_cap_holds_for_starts_on_several_devboxes_at_once(devbox_client, runtime, monkeypatch):
+    """Starts on different devboxes hold different start locks: all of them read the running
+    count before any was added, and all passed the cap."""
+    import simulator.executions as executions
+
+    monkeypatch.setattr(executions, "MAX_RUNNING_PER_ACCOUNT", 2)
+    boxes = [create_running(devbox_client)["id"] for _ in range(4)]
+    real_exec = runtime.exec
+    arrived = threading.Barrier(2, timeout=5)
+
+    def slow_exec(devbox_id, command, **kwargs):  # the two admitted starts meet here
+        arrived.wait()
+        return real_exec(devbox_id, command, **kwargs)
+
+    monkeypatch.setattr(runtime, "exec", slow_exec)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(
+            lambda box: devbox_client.post(f"{URL}/{box}/execute_async", json={"command": "sleep 60"}, headers=ALICE), boxes))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 400, 400], [r.text for r in responses]
+    for box, response in zip(boxes, responses):
+        if response.status_code == 200:
+            devbox_client.post(f"{URL}/{box}/executions/{response.json()['execution_id']}/kill", headers=ALICE)
 
 
 def test_a_nan_timeout_is_a_400_and_runs_nothing(devbox_client, devbox):

@@ -240,6 +240,10 @@ class Router:
     private: tuple[str, ...] = PRIVATE_NETWORKS  # reachable only through an allowed CIDR
     dns_port: int = 53
     log_group: int | None = None  # NFLOG group for dropped new connections; None = no log
+    # Whether devbox traffic leaving through the uplink is masqueraded (host uplink: the host's
+    # network knows no route to the subnet). The offline world routes the subnet back, so its
+    # services see each devbox's own address (their per-client caps are per devbox).
+    masquerade_devboxes: bool = True
 
     def __post_init__(self) -> None:
         _check_ifname(self.bridge)
@@ -528,10 +532,12 @@ def _base(router: Router) -> list[Cmd]:
             "count allowed connections",
         )
     )
-    # Masquerade all IPv4 leaving through the uplink: devbox traffic (from the subnet) and the
-    # router's own resolver upstream queries.
+    # Masquerade IPv4 leaving through the uplink: the router's own resolver upstream queries,
+    # and devbox traffic (from the subnet) unless the uplink routes the subnet back.
+    keep_devbox_sources = [] if router.masquerade_devboxes else [_match(IP_SADDR, _subnet(router), op="!=")]
     cmds.append(
-        _rule("postrouting", [_match(OIFNAME, router.uplink), _match(_meta("nfproto"), "ipv4"), {"masquerade": None}])
+        _rule("postrouting", [_match(OIFNAME, router.uplink), _match(_meta("nfproto"), "ipv4"), *keep_devbox_sources,
+                              {"masquerade": None}])
     )
 
     # Bridge: anti-spoofing on ingress, and a devbox port only receives IPv4 addressed to

@@ -185,6 +185,8 @@ class DataPlane:
                 protected=protected,
                 private=ruleset.PRIVATE_NETWORKS if self.config.private_networks == "by-cidr" else (),
                 log_group=self.config.log_group,
+                # The world routes the subnet back (uplink_offline): its services see devboxes.
+                masquerade_devboxes=self.config.uplink != "offline",
             )
             self._nft = Nft(self.router_ns)
             self._nft.apply(ruleset.bootstrap(self._rules_router))

@@ -88,7 +88,9 @@ class AllowedConnectionListView(BaseModel):
         "A destination drops out an hour after its last connection."
     ),
 )
-async def list_network_connections(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
+def list_network_connections(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):
+    # A plain def (a worker thread): listing the router's connection set takes time that grows
+    # with every devbox's traffic; it must not hold the event loop, which serves every account.
     services.devboxes.retrieve_devbox(account, id)  # 404 for unknown or another account's
     dataplane = getattr(services.runtime, "dataplane", None)
     counts = dataplane.allowed_connections(id) if dataplane is not None else []

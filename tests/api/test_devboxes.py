@@ -656,3 +656,24 @@ def test_provisioning_gets_the_policy_and_environment(devbox_client, runtime):
 def test_a_custom_size_within_the_sdks_limits_is_taken_and_echoed(devbox_client):
     launch = {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 0.5, "custom_gb_memory": 4, "custom_disk_size": 2}
     assert create(devbox_client, launch_parameters=launch)["launch_parameters"] == launch
+
+
+def test_listing_a_devboxs_connections_does_not_hold_up_other_requests(devbox_client, runtime, monkeypatch):
+    """The router's connection set grows with every devbox's traffic: reading it took seconds
+    on the event loop, and every account's requests waited."""
+    devbox_id = create_running(devbox_client)["id"]
+    started, release, outcome = threading.Event(), threading.Event(), {}
+
+    class SlowDataPlane:
+        def allowed_connections(self, devbox):
+            started.set()
+            outcome["released"] = release.wait(10)  # False: nothing else was answered meanwhile
+            return [{"destination": "192.0.2.10", "protocol": "tcp", "port": 443, "connections": 1}]
+
+    monkeypatch.setattr(runtime, "dataplane", SlowDataPlane(), raising=False)
+    thread, box = in_thread(lambda: devbox_client.get(f"{URL}/{devbox_id}/network_connections", headers=ALICE))
+    assert started.wait(10)
+    assert devbox_client.get("/healthz").status_code == 200  # answered while the listing runs
+    release.set()
+    thread.join(10)
+    assert outcome["released"] and box["result"].json()["connections"][0]["destination"] == "192.0.2.10"

@@ -160,3 +160,23 @@ def test_a_command_as_long_as_the_api_takes_runs_on_the_runtime(devboxes):
     assert len(command.encode()) == MAX_COMMAND_BYTES
     done = devboxes.sh(box, command)
     assert done.returncode == 0 and len(done.stdout) == MAX_COMMAND_BYTES - 4, done.stderr[-500:]
+
+
+def test_a_devbox_holding_its_share_of_a_world_service_leaves_the_others_theirs(devboxes, monkeypatch):
+    """The world's services cap connections per client: the router masqueraded every devbox
+    to its one uplink address, so one devbox's share was everyone's, across accounts."""
+    from simulator import world as world_module
+
+    monkeypatch.setattr(world_module, "MAX_CONCURRENT_PER_CLIENT", 2)
+    greedy = devboxes.create(None, account="acct-greedy")
+    other = devboxes.create(None, account="acct-other")
+    held = [devboxes.start(greedy, "hold", GITHUB, "443") for _ in range(2)]
+    try:
+        for proc in held:
+            assert proc.stdout.readline().decode().strip() == "OK first"
+        assert devboxes.run(greedy, "tcp", GITHUB, "443") == "OK"  # over its own share: closed, no echo
+        assert devboxes.run(other, "tcp", GITHUB, "443") == "OK ping"  # another devbox: served
+    finally:
+        for proc in held:
+            proc.kill()
+            proc.wait(5)

@@ -151,6 +151,19 @@ def test_everything_is_in_our_tables():
             assert (body["family"], table) in R.OUR_TABLES, cmd
 
 
+def test_devbox_sources_are_masqueraded_only_where_the_uplink_needs_it():
+    """Host uplink: everything leaving is masqueraded. Offline world (it routes the subnet
+    back): only the router's own traffic, so the world's services see each devbox."""
+    def masquerade(router):
+        [rule] = [r for r in _rules(R.bootstrap(router), "postrouting") if {"masquerade": None} in r["expr"]]
+        return rule["expr"]
+
+    assert not any(e.get("match", {}).get("op") == "!=" for e in masquerade(ROUTER))
+    offline = masquerade(dataclasses.replace(ROUTER, masquerade_devboxes=False))
+    assert {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                      "right": {"prefix": {"addr": "10.88.0.0", "len": 16}}}} in offline
+
+
 def test_bootstrap_recreates_tables_first():
     cmds = R.bootstrap(ROUTER)["nftables"]
     for family, name in (("inet", R.TABLE), ("bridge", R.BRIDGE_TABLE)):

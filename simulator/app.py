@@ -162,12 +162,15 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         gc.collect()
         gc.freeze()
         yield
-        if owned_runtime is not None:
-            # A runtime the app made itself dies with the server, and its devboxes with it.
-            try:
-                end_devboxes()  # again: requests in flight when the server began to stop
-            finally:
-                owned_runtime.close()
+        try:
+            if owned_runtime is not None:
+                # A runtime the app made itself dies with the server, and its devboxes with it.
+                try:
+                    end_devboxes()  # again: requests in flight when the server began to stop
+                finally:
+                    owned_runtime.close()
+        finally:
+            services.db.checkpoint()  # a clean stop leaves no WAL behind
 
     app = FastAPI(
         title="devbox-sim",

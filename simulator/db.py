@@ -8,8 +8,10 @@ per-account quota) cannot interleave with another writer.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,8 +190,11 @@ MIGRATIONS: list[str] = [
 ]
 
 
-# Commits between two WAL checkpoints (see _Checkpointer).
+# Commits between two WAL checkpoints (see _Checkpointer), or sooner when the WAL has grown
+# past WAL_CHECKPOINT_BYTES (a few big commits - a command's 16 MiB of output - are a lot of
+# WAL); after a checkpoint SQLite cuts the file back to that size (journal_size_limit).
 CHECKPOINT_EVERY = 200
+WAL_CHECKPOINT_BYTES = 64 << 20
 
 
 class _Checkpointer:
@@ -219,7 +224,8 @@ class _Checkpointer:
                 if self._stopping:
                     return
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    # fetched: a statement left unfinished holds a read lock on the WAL
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error:
                     log.exception("checkpointing %s", self._path)
         finally:
@@ -247,6 +253,7 @@ class Database:
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA wal_autocheckpoint=0")  # _Checkpointer does it
+            self._conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
             self._checkpointer = _Checkpointer(self.path)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
@@ -286,8 +293,31 @@ class Database:
                 raise
             self._conn.execute("COMMIT")
             self._commits += 1
-            if self._checkpointer is not None and self._commits % CHECKPOINT_EVERY == 0:
+            if self._checkpointer is not None and (
+                self._commits % CHECKPOINT_EVERY == 0 or self._wal_bytes() > WAL_CHECKPOINT_BYTES
+            ):
                 self._checkpointer.request()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except OSError:
+            return 0
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and empty it (a clean stop: no WAL left behind)."""
+        if self._checkpointer is None:
+            return
+        for _attempt in range(50):  # the background checkpoint may hold the WAL a moment
+            with self._lock:
+                try:
+                    busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                except sqlite3.Error:
+                    log.exception("checkpointing %s", self.path)
+                    return
+            if not busy:
+                return
+            time.sleep(0.02)
 
     def close(self) -> None:
         if self._checkpointer is not None:

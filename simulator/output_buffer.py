@@ -19,7 +19,9 @@ import codecs
 
 class OutputBuffer:
     def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes  # cap on the bytes read from the command (before decoding)
+        # Cap on the text kept (its UTF-8), so also on what is stored and served: an invalid
+        # byte becomes U+FFFD, three bytes, and a cap on bytes read let 16 MiB become 48.
+        self.max_bytes = max_bytes
         self.data = bytearray()  # UTF-8 of the text decoded so far: always valid, whole characters
         self.read_bytes = 0
         self.truncated = False
@@ -28,21 +30,27 @@ class OutputBuffer:
 
     def feed(self, chunk: bytes) -> bool:
         """Add what the command wrote; False when nothing new became readable."""
-        if self._finished:
+        if self._finished or self.truncated:
+            if chunk and not self._finished:
+                self.read_bytes += len(chunk)  # read and dropped
             return False
-        room = self.max_bytes - self.read_bytes
-        if len(chunk) > room:
-            chunk = chunk[: max(room, 0)]
-            self.truncated = True
         self.read_bytes += len(chunk)
         text = self._decoder.decode(chunk)
-        self.data += text.encode("utf-8")
-        return bool(text)
+        return self._keep(text.encode("utf-8"))
+
+    def _keep(self, encoded: bytes) -> bool:
+        room = self.max_bytes - len(self.data)
+        if len(encoded) > room:
+            encoded = encoded[: boundary_before(encoded, room)]  # whole characters only
+            self.truncated = True
+        self.data += encoded
+        return bool(encoded)
 
     def finish(self) -> None:
         """The stream ended: a trailing partial character becomes U+FFFD."""
         if not self._finished:
-            self.data += self._decoder.decode(b"", final=True).encode("utf-8")
+            if not self.truncated:
+                self._keep(self._decoder.decode(b"", final=True).encode("utf-8"))
             self._finished = True
 
     def text(self) -> str:

@@ -39,12 +39,26 @@ def test_a_trailing_partial_character_becomes_a_replacement_at_the_end():
     assert buffer.feed(b"more") is False  # nothing after the end
 
 
-def test_the_cap_counts_bytes_read_and_marks_truncation():
+def test_the_cap_counts_the_text_kept_and_marks_truncation():
     buffer = OutputBuffer(5)
     buffer.feed(b"abc")
     buffer.feed(b"defgh")
+    assert buffer.feed(b"more") is False  # read and dropped
     buffer.finish()
-    assert buffer.text() == "abcde" and buffer.truncated and buffer.read_bytes == 5
+    assert buffer.text() == "abcde" and buffer.truncated and buffer.read_bytes == 12
+
+
+def test_invalid_bytes_cannot_make_the_kept_text_three_times_the_cap():
+    """Each invalid byte is U+FFFD, three bytes: a cap on bytes read let 16 MiB of 0xff
+    become 48 MiB held, stored and served (100 MB of JSON)."""
+    buffer = OutputBuffer(10)
+    buffer.feed(b"\xff" * 10)
+    buffer.finish()
+    assert buffer.text() == "\ufffd" * 3 and len(buffer.data) == 9 and buffer.truncated  # whole characters
+    split = OutputBuffer(4)
+    split.feed(b"ab\xe2\x82")  # a character held back, then the stream ends: U+FFFD does not fit
+    split.finish()
+    assert split.text() == "ab" and split.truncated
 
 
 def test_boundaries():

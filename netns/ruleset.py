@@ -244,6 +244,10 @@ class Router:
     # network knows no route to the subnet). The offline world routes the subnet back, so its
     # services see each devbox's own address (their per-client caps are per devbox).
     masquerade_devboxes: bool = True
+    # Connections one devbox may hold at once through the router (its conntrack entries, new
+    # ones beyond are dropped): the router's connection tracking is shared by every devbox,
+    # and a devbox filling it would leave the others no new connection at all.
+    max_connections_per_devbox: int = 16384
 
     def __post_init__(self) -> None:
         _check_ifname(self.bridge)
@@ -260,6 +264,8 @@ class Router:
             raise ValueError(f"bad dns_port: {self.dns_port}")
         if self.log_group is not None and not 0 <= self.log_group <= 65535:
             raise ValueError(f"bad log_group: {self.log_group}")
+        if self.max_connections_per_devbox < 1:
+            raise ValueError(f"bad max_connections_per_devbox: {self.max_connections_per_devbox}")
 
 
 def _check_key(what: str, value: str) -> None:
@@ -606,6 +612,10 @@ def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
     chain, subnet = devbox.chain, _subnet(router)
     policy = {"jump": {"target": devbox.target}}
     cmds = [
+        # Only new connections come here (established ones are accepted before): each one is
+        # counted in this rule's own list (this devbox's) until conntrack forgets it.
+        _rule(chain, [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, DROP],
+              "connections over the devbox's share"),
         _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + PRIVATE_SET, "!="),
                       _match(IP_DADDR, "@" + learned_set(devbox.key)), ACCEPT], "hostnames"),
         _rule(chain, [_match(IP_DADDR, subnet, "!="), policy], "outside"),

@@ -121,6 +121,9 @@ class DataPlaneConfig:
     # Private networks: "open" (like any destination) or "by-cidr" (only an allowed CIDR opens
     # them, not allow_all, no policy or a DNS answer: see netns.ruleset).
     private_networks: str = "open"
+    # New connections beyond this many held at once by one devbox are dropped (see
+    # netns.ruleset.Router.max_connections_per_devbox).
+    max_connections_per_devbox: int = ruleset.Router.max_connections_per_devbox
 
 
 class DataPlane:
@@ -187,6 +190,7 @@ class DataPlane:
                 log_group=self.config.log_group,
                 # The world routes the subnet back (uplink_offline): its services see devboxes.
                 masquerade_devboxes=self.config.uplink != "offline",
+                max_connections_per_devbox=self.config.max_connections_per_devbox,
             )
             self._nft = Nft(self.router_ns)
             self._nft.apply(ruleset.bootstrap(self._rules_router))

@@ -193,6 +193,8 @@ SUBNET = {"prefix": {"addr": "10.88.0.0", "len": 16}}
 @pytest.mark.parametrize("router", [ROUTER, ROUTER_FULL], ids=["plain", "log"])
 def test_devbox_chain_guards_subnet_first(devbox, router):
     rules = [r["expr"] for r in _rules(R.add_devbox(router, devbox, []), devbox.chain)]
+    # 0. a devbox's new connections beyond its share of the router's connection tracking
+    assert rules.pop(0) == [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, {"drop": None}]
     outside = {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}}
     target = R.UNRESTRICTED_CHAIN if devbox.policy is None else "pol_" + devbox.policy
     # 1. learned addresses only open destinations outside the subnet and the private networks

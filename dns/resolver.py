@@ -20,7 +20,9 @@ Order of decisions for one query (first that applies wins):
      ``max_upstream_per_client`` lookups already waiting on the upstream gets SERVFAIL
      (error, client_busy) at once: the server's threads are shared by every devbox, and
      one devbox asking for names an upstream never answers must not hold them all (as
-     dnsmasq's dns-forward-max or unbound's per-thread query limit bound theirs).
+     dnsmasq's dns-forward-max or unbound's per-thread query limit bound theirs). With
+     ``client_group`` (the simulator: a devbox's account), ``max_upstream_per_group`` bounds
+     the lookups of all a group's clients together, so several devboxes cannot either.
 
 Every A/AAAA the client is about to receive is passed to ``on_answer`` BEFORE ``resolve``
 returns, i.e. before the server sends the reply, so the firewall can open the address before
@@ -155,11 +157,17 @@ class Resolver:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         max_upstream_per_client: int | None = None,
+        client_group: Callable[[str], str | None] | None = None,
+        max_upstream_per_group: int | None = None,
     ):
         if max_upstream_per_client is not None and max_upstream_per_client < 1:
             raise ValueError("max_upstream_per_client must be >= 1")
+        if max_upstream_per_group is not None and (max_upstream_per_group < 1 or client_group is None):
+            raise ValueError("max_upstream_per_group must be >= 1 and needs client_group")
         self._clients = clients
-        self._waiting = _Waiting(max_upstream_per_client) if max_upstream_per_client else None
+        self._waiting = (
+            _Waiting(max_upstream_per_client, client_group, max_upstream_per_group) if max_upstream_per_client else None
+        )
         self._upstream = upstream
         self._query_wire = getattr(upstream, "query_wire", None)  # the hot path's way up, if any
         self._on_answer = on_answer
@@ -450,12 +458,12 @@ class Resolver:
         # The per-client cap without a context manager: this runs for every uncached query.
         waiting = self._waiting
         if waiting is not None:
-            waiting.take(client_ip)
+            group_key = waiting.take(client_ip)
         try:
             rcode, section = self._chase_wire(q)
         finally:
             if waiting is not None:
-                waiting.give_back(client_ip)
+                waiting.give_back(client_ip, group_key)
         if section is None:
             return rcode, None, (), None
         if rcode == _NOERROR:
@@ -528,36 +536,50 @@ def _owner(rr: RR) -> str:
 
 
 class _Waiting:
-    """Upstream lookups in flight per client, at most ``cap`` each."""
+    """Upstream lookups in flight per client, at most ``cap`` each; and, with ``group`` (a
+    client's group, e.g. its account: several devboxes), at most ``group_cap`` per group."""
 
-    def __init__(self, cap: int):
+    def __init__(self, cap: int, group: Callable[[str], str | None] | None = None, group_cap: int | None = None):
         self._cap = cap
-        self._counts: dict[str, int] = {}
+        self._group = group if group_cap else None
+        self._group_cap = group_cap or 0
+        self._counts: dict[str, int] = {}  # client -> lookups out; group key "\0" + group
         self._lock = threading.Lock()
 
-    def take(self, client_ip: str) -> None:
-        """Count one more lookup for ``client_ip``; _Failure when it has ``cap`` already."""
+    def take(self, client_ip: str) -> str | None:
+        """Count one more lookup for ``client_ip``; _Failure when it (or its group) has its
+        cap already. Returns the group key counted, for ``give_back`` (the client's group
+        may be gone by then: a devbox removed meanwhile)."""
+        group = self._group(client_ip) if self._group is not None else None
+        key = None if group is None else "\0" + group
         with self._lock:
             count = self._counts.get(client_ip, 0)
             if count >= self._cap:
                 raise _Failure("client_busy", f"{count} lookups of this client already wait on the upstream")
+            if key is not None:
+                in_group = self._counts.get(key, 0)
+                if in_group >= self._group_cap:
+                    raise _Failure("client_busy", f"{in_group} lookups of this client's group already wait on the upstream")
+                self._counts[key] = in_group + 1
             self._counts[client_ip] = count + 1
+        return key
 
-    def give_back(self, client_ip: str) -> None:
+    def give_back(self, client_ip: str, group_key: str | None = None) -> None:
         with self._lock:
-            left = self._counts[client_ip] - 1
-            if left:
-                self._counts[client_ip] = left
-            else:
-                del self._counts[client_ip]  # the map holds only clients with lookups out
+            for key in (client_ip,) if group_key is None else (client_ip, group_key):
+                left = self._counts.get(key, 0) - 1
+                if left > 0:
+                    self._counts[key] = left
+                else:
+                    self._counts.pop(key, None)  # the map holds only keys with lookups out
 
     @contextlib.contextmanager
     def slot(self, client_ip: str):
-        self.take(client_ip)
+        group_key = self.take(client_ip)
         try:
             yield
         finally:
-            self.give_back(client_ip)
+            self.give_back(client_ip, group_key)
 
 
 class _Spliced:

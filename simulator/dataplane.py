@@ -70,6 +70,7 @@ LOCAL_SUFFIX = "devbox.internal"
 # quarter of them and the others' queries, cache hits above all, are still answered.
 RESOLVER_THREADS = 64
 RESOLVER_UPSTREAM_PER_DEVBOX = 16
+RESOLVER_UPSTREAM_PER_ACCOUNT = RESOLVER_THREADS // 2
 # Likewise TCP (where truncated answers are fetched): 64 connections in all, 8 per devbox, and
 # queries over TCP paced to the rate the firewall holds UDP to (ruleset.DNS_RATE_*): pipelined
 # queries ride in few packets, which a per-packet limit does not see.
@@ -221,6 +222,8 @@ class DataPlane:
             on_query=self._on_query,
             cache=AnswerCache(),
             max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
+            # An account's devboxes together: half the threads, so one account cannot hold them all.
+            client_group=self._account_of, max_upstream_per_group=RESOLVER_UPSTREAM_PER_ACCOUNT,
         )
         with namespaces.entered(router_ns):
             udp, tcp = bind_udp_tcp(self.gateway, 53)

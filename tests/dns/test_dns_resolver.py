@@ -281,6 +281,43 @@ def test_one_client_cannot_hold_every_thread_on_a_silent_upstream(serve, recorde
         silent.close()
 
 
+def test_one_group_of_clients_cannot_hold_every_thread_either(serve, recorder):
+    """Several devboxes of one account (a group) each under their own cap: together they
+    may have at most max_upstream_per_group lookups waiting; another group is still served."""
+    silent = bind_udp("127.0.0.1")  # bound, never answers
+    silent.settimeout(5.0)
+    first, second, outsider = "127.0.0.31", "127.0.0.32", "127.0.0.33"
+    groups = {first: "acct-greedy", second: "acct-greedy", outsider: "acct-other"}
+    events = recorder()
+    views = {ip: view(allow_all=True) for ip in groups}
+    resolver = Resolver(views.get, Upstream([silent.getsockname()], timeout=3.0), on_query=events,
+                        max_upstream_per_client=2, client_group=groups.get, max_upstream_per_group=3)
+    server = serve(resolver.resolve, workers=6)
+    address = server.udp_addresses[0]
+    senders = [(first, "a1.test"), (first, "a2.test"), (second, "b1.test"), (second, "b2.test"), (outsider, "c1.test")]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in senders]
+    try:
+        for sock, (ip, _name) in zip(clients, senders):
+            sock.bind((ip, 0))
+            sock.settimeout(5.0)
+        for sock, (_ip, name) in zip(clients[:3], senders[:3]):
+            sock.sendto(DNSRecord.question(name).pack(), address)
+        for _ in range(3):
+            silent.recvfrom(4096)  # three of the group's lookups wait on the upstream
+        clients[3].sendto(DNSRecord.question("b2.test").pack(), address)  # second's own 2nd, the group's 4th
+        assert DNSRecord.parse(clients[3].recv(4096)).header.rcode == RCODE.SERVFAIL
+        clients[4].sendto(DNSRecord.question("c1.test").pack(), address)  # another group: forwarded
+        assert str(DNSRecord.parse(silent.recvfrom(4096)[0]).q.qname) == "c1.test."
+        assert [(e.qname, e.reason) for e in events.calls] == [("b2.test", "client_busy")]
+        for sock in (*clients[:3], clients[4]):  # the waiting ones end with the upstream's timeout
+            assert DNSRecord.parse(sock.recv(4096)).header.rcode == RCODE.SERVFAIL
+        assert resolver._waiting._counts == {}  # every slot given back, the group's too
+    finally:
+        for sock in clients:
+            sock.close()
+        silent.close()
+
+
 def test_on_answer_raising_is_servfail(serve, world, recorder, ask):
     def on_answer(client_ip, qname, found):
         raise RuntimeError("nft add element failed")

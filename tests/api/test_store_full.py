@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
-from simulator import blueprint_store, execution_store, policy_store, snapshot_store, store_retry
+from simulator import blueprint_store, devbox_store, execution_store, policy_store, snapshot_store, store_retry
 from tests.api.conftest import ALICE
 from tests.api.disk_helpers import built, ok, running_devbox, settled_snapshot
 from tests.api.test_devboxes import URL, until
@@ -23,15 +23,16 @@ FULL = sqlite3.OperationalError("database or disk is full")
 
 
 class Full:
-    """Replaces a store function with one that fails while ``on``."""
+    """Replaces a store function with one that fails while ``on`` (for the calls ``when`` picks:
+    ``when(*args)``, e.g. the update that records a given status)."""
 
-    def __init__(self, monkeypatch, module, name):
+    def __init__(self, monkeypatch, module, name, when=lambda *args: True):
         self.on = True
         self.failures = 0
         real = getattr(module, name)
 
         def failing(*args, **kwargs):
-            if self.on:
+            if self.on and when(*args):
                 self.failures += 1
                 raise FULL
             return real(*args, **kwargs)
@@ -95,19 +96,11 @@ def test_a_snapshot_that_finishes_while_the_store_is_full_completes_once_it_can_
 
 def test_a_build_that_ends_while_the_store_is_full_is_recorded_once_it_can_be(devbox_client, monkeypatch):
     client = devbox_client
-    real_update = blueprint_store.update
-    full = {"on": True, "failures": 0}
-
-    def update_failing_at_the_finish(conn, blueprint):  # the start is recorded, the finish not
-        if blueprint.status == "build_complete" and full["on"]:
-            full["failures"] += 1
-            raise FULL
-        return real_update(conn, blueprint)
-
-    monkeypatch.setattr(blueprint_store, "update", update_failing_at_the_finish)
+    # the start is recorded, the finish not
+    full = Full(monkeypatch, blueprint_store, "update", when=lambda conn, blueprint: blueprint.status == "build_complete")
     view = ok(client.post("/v1/blueprints", json={"name": "bp", "system_setup_commands": ["echo hi"]}, headers=ALICE))
-    until(lambda: full["failures"] >= 2, timeout=30)
-    full["on"] = False
+    until(lambda: full.failures >= 2, timeout=30)
+    full.on = False
     assert built(client, view["id"])["status"] == "build_complete"
 
 
@@ -152,65 +145,33 @@ def _devbox(client, devbox_id):
 def test_a_suspend_whose_last_write_fails_thaws_the_devbox_which_runs_on(devbox_client, runtime, monkeypatch):
     """The freeze happened, "suspended" could not be stored: stuck "suspending", frozen, with
     suspend and resume both refused, was the outcome. Now it is thawed and "running" again."""
-    from simulator import devbox_store
-
     client = devbox_client
     devbox = running_devbox(client)["id"]
-    real_update = devbox_store.update
-    full = {"on": True}
-
-    def update(conn, view):
-        if full["on"] and view.status in ("suspended", "running"):
-            raise FULL
-        return real_update(conn, view)
-
-    monkeypatch.setattr(devbox_store, "update", update)
+    full = Full(monkeypatch, devbox_store, "update", when=lambda conn, view: view.status in ("suspended", "running"))
     response = TestClient(client.app, raise_server_exceptions=False).post(f"{URL}/{devbox}/suspend", headers=ALICE)
     assert response.status_code == 507, response.text
     assert devbox not in runtime.suspended  # thawed at once
-    full["on"] = False
+    full.on = False
     until(lambda: _devbox(client, devbox)["status"] == "running")
     assert ok(client.post(f"{URL}/{devbox}/execute_sync", json={"command": "echo alive"}, headers=ALICE))["stdout"] == "alive\n"
     assert ok(client.post(f"{URL}/{devbox}/suspend", headers=ALICE))["status"] == "suspended"
 
 
 def test_an_entrypoint_ending_while_the_store_is_full_shuts_the_devbox_down_once_stored(devbox_client, monkeypatch):
-    from simulator import devbox_store
-
     client = devbox_client
-    real_update = devbox_store.update
-    full = {"on": True, "failures": 0}
-
-    def update(conn, view):
-        if full["on"] and view.status == "shutdown":
-            full["failures"] += 1
-            raise FULL
-        return real_update(conn, view)
-
-    monkeypatch.setattr(devbox_store, "update", update)
+    full = Full(monkeypatch, devbox_store, "update", when=lambda conn, view: view.status == "shutdown")
     devbox = running_devbox(client, entrypoint="echo done")["id"]
-    until(lambda: full["failures"] >= 2)
-    full["on"] = False
+    until(lambda: full.failures >= 2)
+    full.on = False
     until(lambda: _devbox(client, devbox)["status"] == "shutdown")
     assert _devbox(client, devbox)["shutdown_reason"] == "entrypoint_exit"
 
 
 def test_a_devbox_whose_start_cannot_be_stored_fails_once_it_can_be_and_frees_its_runtime(devbox_client, runtime, monkeypatch):
-    from simulator import devbox_store
-
     client = devbox_client
-    real_update = devbox_store.update
-    full = {"on": True, "failures": 0}
-
-    def update(conn, view):
-        if full["on"] and view.status in ("running", "failure"):
-            full["failures"] += 1
-            raise FULL
-        return real_update(conn, view)
-
-    monkeypatch.setattr(devbox_store, "update", update)
+    full = Full(monkeypatch, devbox_store, "update", when=lambda conn, view: view.status in ("running", "failure"))
     devbox = ok(client.post(URL, json={}, headers=ALICE))["id"]
-    until(lambda: full["failures"] >= 3)
-    full["on"] = False
+    until(lambda: full.failures >= 3)
+    full.on = False
     until(lambda: _devbox(client, devbox)["status"] == "failure")  # was "provisioning" for good
     until(lambda: devbox not in runtime.alive_ids())

@@ -8,6 +8,7 @@ Without a Docker daemon the docker half skips, except in CI, where it fails."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -93,6 +94,22 @@ class Devboxes:
     def cleanup(self) -> None:
         for devbox_id in self.made:
             self.runtime.shutdown(devbox_id)
+
+
+@contextlib.contextmanager
+def held_connections(devboxes: Devboxes, devbox_id: str, host: str, port: int, count: int):
+    """``count`` TCP connections the devbox holds open (probe.py ``hold``, each answered once),
+    yielded as their processes; killed at the end. Closing a process's stdin ends it cleanly."""
+    procs: list = []
+    try:
+        for _ in range(count):
+            procs.append(devboxes.start(devbox_id, "hold", host, str(port)))
+            assert procs[-1].stdout.readline().decode().strip() == "OK first"
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
 
 
 def _docker_image() -> str:

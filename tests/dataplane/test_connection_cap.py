@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.dataplane.conftest import GITHUB, NPM
+from tests.dataplane.conftest import GITHUB, NPM, held_connections
 
 pytestmark = pytest.mark.privileged
 
@@ -18,10 +18,7 @@ PLANE_OPTIONS = {"max_connections_per_devbox": 3}
 def test_new_connections_beyond_a_devboxs_share_are_dropped_for_it_alone(devboxes):
     greedy = devboxes.create(None, account="acct-greedy")
     other = devboxes.create(None, account="acct-other")
-    held = [devboxes.start(greedy, "hold", GITHUB, "443") for _ in range(3)]
-    try:
-        for proc in held:
-            assert proc.stdout.readline().decode().strip() == "OK first"
+    with held_connections(devboxes, greedy, GITHUB, 443, 3) as held:
         assert devboxes.run(greedy, "tcp", NPM, "443").startswith("FAIL")  # its fourth: dropped
         assert devboxes.run(other, "tcp", NPM, "443") == "OK ping"  # another devbox: its own share
         ending = held.pop()
@@ -30,7 +27,3 @@ def test_new_connections_beyond_a_devboxs_share_are_dropped_for_it_alone(devboxe
         deadline = time.monotonic() + 10
         while devboxes.run(greedy, "tcp", NPM, "443") != "OK ping":
             assert time.monotonic() < deadline, "the slot did not come back"
-    finally:
-        for proc in held:
-            proc.kill()
-            proc.wait(5)

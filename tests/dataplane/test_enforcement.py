@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from netns import namespaces
-from tests.dataplane.conftest import BLOCKED, CNAME_TARGET, GITHUB, NPM, WORLD_DNS, make_policy
+from tests.dataplane.conftest import BLOCKED, CNAME_TARGET, GITHUB, NPM, WORLD_DNS, held_connections, make_policy
 
 pytestmark = pytest.mark.privileged
 
@@ -170,13 +170,6 @@ def test_a_devbox_holding_its_share_of_a_world_service_leaves_the_others_theirs(
     monkeypatch.setattr(world_module, "MAX_CONCURRENT_PER_CLIENT", 2)
     greedy = devboxes.create(None, account="acct-greedy")
     other = devboxes.create(None, account="acct-other")
-    held = [devboxes.start(greedy, "hold", GITHUB, "443") for _ in range(2)]
-    try:
-        for proc in held:
-            assert proc.stdout.readline().decode().strip() == "OK first"
+    with held_connections(devboxes, greedy, GITHUB, 443, 2):
         assert devboxes.run(greedy, "tcp", GITHUB, "443") == "OK"  # over its own share: closed, no echo
         assert devboxes.run(other, "tcp", GITHUB, "443") == "OK ping"  # another devbox: served
-    finally:
-        for proc in held:
-            proc.kill()
-            proc.wait(5)

@@ -26,7 +26,11 @@ its two sets however many devboxes use the policy::
       chain postrouting      nat postrouting prio 100 (masquerade out of the uplink)
       chain unrestricted     shared "no policy" chain: accept (but @private)
       chain pol_<pkey>       one per policy in use: its egress rules (returns = not allowed)
+      chain acctconns_<account>  one per account: ct count over N drop (all its devboxes'
+                             new connections, Router.max_connections_per_account)
       chain dbx_<key>        one per devbox:
+                               ct count over N drop      (Router.max_connections_per_devbox)
+                               jump acctconns_<account>
                                ip daddr != <subnet> ip daddr != @private ip daddr @learned_<key> accept
                                ip daddr != <subnet> jump pol_<pkey> | unrestricted
                                ip daddr @acct_<account> jump pol_<pkey> | unrestricted
@@ -248,6 +252,9 @@ class Router:
     # ones beyond are dropped): the router's connection tracking is shared by every devbox,
     # and a devbox filling it would leave the others no new connection at all.
     max_connections_per_devbox: int = 16384
+    # And all devboxes of one account together (one ``ct count`` rule in the account's own
+    # chain): an account that starts many devboxes still leaves the other accounts a share.
+    max_connections_per_account: int = 65536
 
     def __post_init__(self) -> None:
         _check_ifname(self.bridge)
@@ -266,6 +273,8 @@ class Router:
             raise ValueError(f"bad log_group: {self.log_group}")
         if self.max_connections_per_devbox < 1:
             raise ValueError(f"bad max_connections_per_devbox: {self.max_connections_per_devbox}")
+        if self.max_connections_per_account < 1:
+            raise ValueError(f"bad max_connections_per_account: {self.max_connections_per_account}")
 
 
 def _check_key(what: str, value: str) -> None:
@@ -303,6 +312,10 @@ def cidrport_set(pkey: str) -> str:
 
 def account_set(account: str) -> str:
     return f"acct_{account}"
+
+
+def account_chain(account: str) -> str:
+    return f"acctconns_{account}"
 
 
 # --------------------------------------------------------------------------- JSON helpers
@@ -586,10 +599,23 @@ def _base(router: Router) -> list[Cmd]:
     return cmds
 
 
-def _account(account: str, members: Iterable[str]) -> list[Cmd]:
+def _account(router: Router, account: str, members: Iterable[str], *, first: bool) -> list[Cmd]:
+    """The account's peer set (gets ``members``) and its connection-count chain. The chain's
+    one rule counts, in its own list, every new connection of every devbox of the account:
+    it is written only with the account's ``first`` devbox (or a full rebuild), since a
+    rewritten rule starts counting from zero; otherwise the adds are no-ops on what exists."""
     name = account_set(account)
     ips = sorted({str(ipaddress.IPv4Address(m)) for m in members}, key=lambda s: ipaddress.IPv4Address(s))
-    cmds: list[Cmd] = [{"add": {"set": _t(name=name, type="ipv4_addr")}}]
+    cmds: list[Cmd] = [
+        {"add": {"set": _t(name=name, type="ipv4_addr")}},
+        {"add": {"chain": _t(name=account_chain(account))}},
+    ]
+    if first:
+        cmds += [
+            {"flush": {"chain": _t(name=account_chain(account))}},
+            _rule(account_chain(account), [{"ct count": {"val": router.max_connections_per_account, "inv": True}}, DROP],
+                  "connections over the account's share"),
+        ]
     if ips:
         cmds.append(_elements(name, list(ips)))
     return cmds
@@ -616,6 +642,7 @@ def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
         # counted in this rule's own list (this devbox's) until conntrack forgets it.
         _rule(chain, [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, DROP],
               "connections over the devbox's share"),
+        _rule(chain, [{"jump": {"target": account_chain(devbox.account)}}]),  # the account's share
         _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + PRIVATE_SET, "!="),
                       _match(IP_DADDR, "@" + learned_set(devbox.key)), ACCEPT], "hostnames"),
         _rule(chain, [_match(IP_DADDR, subnet, "!="), policy], "outside"),
@@ -740,16 +767,20 @@ def remove_policy(pkey: str) -> dict:
     )
 
 
-def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = ()) -> dict:
+def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = (), *,
+               first_of_account: bool = False) -> dict:
     """Add a devbox: its account set (created if needed) gets ``account_members`` (IPs of the
-    account's peer devboxes) plus the devbox's own IP if it is a peer; its chain and learned
-    set are created (or,
+    account's peer devboxes) plus the devbox's own IP if it is a peer; its account's
+    connection-count chain is created, and its rule written when ``first_of_account`` (pass it
+    when the account has no other devbox here: rewriting the rule would reset the count);
+    its chain and learned set are created (or,
     if present, the chain is flushed and refilled: re-adding is safe and keeps learned
     addresses); then the source-IP vmap and bridge anti-spoofing sets get its elements.
     Its policy chain must exist (``add_policy`` earlier in the same or a previous
     transaction), unless ``devbox.policy`` is None."""
     return _doc(
-        _account(devbox.account, [*account_members, *([devbox.ip] if devbox.peer else [])])
+        _account(router, devbox.account, [*account_members, *([devbox.ip] if devbox.peer else [])],
+                 first=first_of_account)
         + _devbox_objects(devbox)
         + [{"flush": {"chain": _t(name=devbox.chain)}}]
         + _devbox_rules(router, devbox)
@@ -769,7 +800,7 @@ def move_devbox(router: Router, devbox: Devbox, *, flush_learned: bool = True) -
 
 def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = False) -> dict:
     """Detach and delete a devbox's elements, chain and learned set. ``drop_account_set``
-    also deletes its account set (pass it when this was the account's last devbox). Fails
+    also deletes its account set and chain (pass it when this was the account's last devbox). Fails
     (atomically) if the devbox is not present. Its policy chain is left alone."""
     cmds: list[Cmd] = [
         _elements(VMAP, [devbox.ip], op="delete"),
@@ -782,6 +813,8 @@ def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = Fa
     ]
     if drop_account_set:
         cmds.append({"delete": {"set": _t(name=account_set(devbox.account))}})
+        cmds += [{"flush": {"chain": _t(name=account_chain(devbox.account))}},
+                 {"delete": {"chain": _t(name=account_chain(devbox.account))}}]
     elif devbox.peer:
         cmds.append(_elements(account_set(devbox.account), [devbox.ip], op="delete"))
     return _doc(cmds)
@@ -843,7 +876,7 @@ def full(
             members[d.account].append(d.ip)
     cmds = _tables_fresh() + _base(router)
     for account in sorted(members):
-        cmds += _account(account, members[account])
+        cmds += _account(router, account, members[account], first=True)
     for pkey in used:
         _check_key("policy key", pkey)
         cmds += _policy_objects(pkey) + _policy_rules(router, pkey, policies[pkey])
@@ -867,6 +900,7 @@ __all__ = [
     "Egress",
     "PortRange",
     "Router",
+    "account_chain",
     "account_set",
     "add_devbox",
     "add_policy",

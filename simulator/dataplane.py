@@ -125,6 +125,8 @@ class DataPlaneConfig:
     # New connections beyond this many held at once by one devbox are dropped (see
     # netns.ruleset.Router.max_connections_per_devbox).
     max_connections_per_devbox: int = ruleset.Router.max_connections_per_devbox
+    # ... and by all devboxes of one account together (Router.max_connections_per_account).
+    max_connections_per_account: int = ruleset.Router.max_connections_per_account
 
 
 class DataPlane:
@@ -192,6 +194,7 @@ class DataPlane:
                 # The world routes the subnet back (uplink_offline): its services see devboxes.
                 masquerade_devboxes=self.config.uplink != "offline",
                 max_connections_per_devbox=self.config.max_connections_per_devbox,
+                max_connections_per_account=self.config.max_connections_per_account,
             )
             self._nft = Nft(self.router_ns)
             self._nft.apply(ruleset.bootstrap(self._rules_router))
@@ -351,7 +354,9 @@ class DataPlane:
                 # The account set already holds the other members (created with the account's
                 # first devbox, dropped with its last): only this devbox's IP is new. Re-sending
                 # every member made each connect O(devboxes).
-                doc += ruleset.add_devbox(self._rules_router, self._rules_devbox(attached))["nftables"]
+                first = not any(a.account == account for a in self._by_id.values())
+                doc += ruleset.add_devbox(self._rules_router, self._rules_devbox(attached),
+                                          first_of_account=first)["nftables"]
                 self._nft.apply({"nftables": doc})
                 if state is not None:
                     self._policies[state.key] = state

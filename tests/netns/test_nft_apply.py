@@ -249,11 +249,11 @@ def test_policy_lifecycle_and_move(netns, nft):
     rs = nft.list_ruleset()
     assert ("inet", R.TABLE, "pol_pcidrs") not in _objects(rs, "chain")
     assert ("inet", R.TABLE, "pcidr_pcidrs") not in _objects(rs, "set")
-    assert [r["expr"] for r in _chain_rules(rs, "dbx_a1")][2][-1] == {"jump": {"target": "pol_pd2d"}}
+    assert [r["expr"] for r in _chain_rules(rs, "dbx_a1")][3][-1] == {"jump": {"target": "pol_pd2d"}}
     assert "203.0.113.34" in _learned(nft, "a1")
     # to no policy, flushing learned addresses
     nft.apply(R.move_devbox(ROUTER, dataclasses.replace(A1, policy=None)))
-    assert [r["expr"] for r in _chain_rules(nft.list_ruleset(), "dbx_a1")][2][-1] == {"jump": {"target": "unrestricted"}}
+    assert [r["expr"] for r in _chain_rules(nft.list_ruleset(), "dbx_a1")][3][-1] == {"jump": {"target": "unrestricted"}}
     assert _learned(nft, "a1") == {}
     # moving to a policy whose chain does not exist fails atomically
     with pytest.raises(NftError):

@@ -87,6 +87,7 @@ CASES = {
     "policy_update_to_allow_all": lambda: R.update_policy(ROUTER, "pmixed", Egress(allow_all=True)),
     "policy_remove": lambda: R.remove_policy("pmixed"),
     "add_devbox": lambda: R.add_devbox(ROUTER, DENY, []),
+    "add_devbox_first_of_account": lambda: R.add_devbox(ROUTER, DENY, [], first_of_account=True),
     "add_devbox_log": lambda: R.add_devbox(ROUTER_FULL, DENY, []),
     "add_devbox_members": lambda: R.add_devbox(ROUTER, HOSTNAMES, ["10.88.0.2"]),
     "add_devbox_no_policy": lambda: R.add_devbox(ROUTER, NO_POLICY, []),
@@ -195,6 +196,8 @@ def test_devbox_chain_guards_subnet_first(devbox, router):
     rules = [r["expr"] for r in _rules(R.add_devbox(router, devbox, []), devbox.chain)]
     # 0. a devbox's new connections beyond its share of the router's connection tracking
     assert rules.pop(0) == [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, {"drop": None}]
+    # ... and its account's (that chain counts every devbox of the account)
+    assert rules.pop(0) == [{"jump": {"target": "acctconns_" + devbox.account}}]
     outside = {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}}
     target = R.UNRESTRICTED_CHAIN if devbox.policy is None else "pol_" + devbox.policy
     # 1. learned addresses only open destinations outside the subnet and the private networks
@@ -213,6 +216,27 @@ def test_devbox_chain_guards_subnet_first(devbox, router):
     assert len(rules) == (5 if router.log_group is not None else 4)
     # nothing in the devbox chain depends on its policy's content
     assert json.dumps(rules).count("@") == 3
+
+
+def test_an_accounts_connection_count_is_written_once_and_goes_with_its_last_devbox():
+    """The account chain's one rule counts in its own list: rewriting it would start the
+    account from zero, so only the account's first devbox (or a full rebuild) writes it."""
+    chain = R.account_chain(DENY.account)
+    count = [{"ct count": {"val": ROUTER.max_connections_per_account, "inv": True}}, {"drop": None}]
+    first = R.add_devbox(ROUTER, DENY, [], first_of_account=True)["nftables"]
+    assert [r["expr"] for r in _rules({"nftables": first}, chain)] == [count]
+    assert {"flush": {"chain": {"family": "inet", "table": R.TABLE, "name": chain}}} in first
+    later = R.add_devbox(ROUTER, DENY, [])["nftables"]
+    assert {"add": {"chain": {"family": "inet", "table": R.TABLE, "name": chain}}} in later  # exists (a no-op)
+    assert not any(chain in json.dumps(c) for c in later if "flush" in c or "rule" in c.get("add", {})
+                   and c["add"]["rule"]["chain"] == chain)
+    assert [r["expr"] for r in _rules(R.full(ROUTER, [DENY], POLICIES), chain)] == [count]
+    gone = R.remove_devbox(ROUTER, DENY, drop_account_set=True)["nftables"]
+    assert {"delete": {"chain": {"family": "inet", "table": R.TABLE, "name": chain}}} in gone
+    # after the devbox chain that jumps to it
+    assert gone.index({"delete": {"chain": {"family": "inet", "table": R.TABLE, "name": DENY.chain}}}) < \
+        gone.index({"delete": {"chain": {"family": "inet", "table": R.TABLE, "name": chain}}})
+    assert not any(chain in json.dumps(c) for c in R.remove_devbox(ROUTER, DENY)["nftables"])
 
 
 @pytest.mark.parametrize("pkey", sorted(POLICIES))

@@ -440,6 +440,11 @@ class Router:
             if br is None:
                 raise LinkError(f"bridge {self.bridge} was not created in {self.ns}")
         _ensure_addr(r, br, self.gateway, self.prefix)
+        # Frames to the IEEE link-local group (01:80:c2:00:00:0X) have their source MAC learned
+        # BEFORE the bridge's prerouting hook, so the anti-spoofing chain never sees them: root
+        # in a devbox could move any devbox's MAC to its own port and take its incoming frames
+        # (measured). pyroute2 has no attribute for the bridge's boolopts: iproute2, once.
+        _run(["ip", "-n", self.ns, "link", "set", "dev", self.bridge, "type", "bridge", "no_linklocal_learn", "1"])
         r.link("set", index=br, state="up")
         with namespaces.entered(self.ns):
             has_brnf = os.path.isdir("/proc/sys/net/bridge")

@@ -489,9 +489,16 @@ def _base(router: Router) -> list[Cmd]:
         if nets:
             cmds.append(_elements(setname, [_prefix(n) for n in nets]))
 
+    # "related" is conntrack's verdict on an ICMP error from the header it quotes alone,
+    # whoever sends it: from the bridge it is judged like a new packet of its sender (root in
+    # a devbox could otherwise carry data to any host another devbox talks to, or break
+    # another devbox's flows, inside forged errors - measured). From the uplink it is the
+    # world's ICMP about a devbox's flow (PMTU, unreachable) and passes.
+    from_elsewhere = _match(IIFNAME, router.bridge, "!=")
     fwd = "forward"
     cmds += [
-        _rule(fwd, [_ct_state("established", "related"), ACCEPT]),
+        _rule(fwd, [_ct_state("established"), ACCEPT]),
+        _rule(fwd, [_ct_state("related"), from_elsewhere, ACCEPT]),
         _rule(fwd, [_ct_state("invalid"), DROP]),
         _rule(fwd, [_match(IIFNAME, router.uplink), DROP], "new from uplink"),
         _rule(fwd, [_match(_meta("nfproto"), "ipv6"), DROP], "devboxes are IPv4-only"),
@@ -531,7 +538,10 @@ def _base(router: Router) -> list[Cmd]:
             ],
             DNS_FLOOD_COMMENT,
         ),
-        _rule(inp, [_ct_state("established", "related"), ACCEPT]),
+        _rule(inp, [_ct_state("established"), ACCEPT]),
+        # Not from the bridge: a devbox's forged ICMP errors quoting the resolver's upstream
+        # sockets failed every devbox's lookups (measured); they meet the last rule's drop.
+        _rule(inp, [_ct_state("related"), from_elsewhere, ACCEPT]),
         _rule(inp, [_ct_state("invalid"), DROP]),
         _rule(inp, [*to_resolver, ACCEPT], "resolver"),
         _rule(inp, [_match(IIFNAME, router.bridge), DROP], "devboxes reach nothing else here"),
@@ -571,7 +581,10 @@ def _base(router: Router) -> list[Cmd]:
     ether_type = _payload("ether", "type")
     pre = "prerouting"
     for expr, comment in (
-        ([_match(IIFNAME, "@" + PORTS_SET, "!="), ACCEPT], "not a devbox port"),
+        # Every port of the bridge is a devbox's. One not (or no longer, or not yet) in the set
+        # is one being attached or detached: its frames are dropped, or root in a container
+        # being shut down could send as another devbox in the window (measured).
+        ([_match(IIFNAME, "@" + PORTS_SET, "!="), DROP], "not a devbox port (yet or any more)"),
         ([_match({"concat": [IIFNAME, _payload("ether", "saddr")]}, "@" + PORT_MAC_SET, "!="), DROP], "spoofed MAC"),
         ([_match(ether_type, {"set": ["ip", "arp"]}, "!="), DROP], "IPv4 and ARP only"),
         ([_match(ether_type, "ip"), _match({"concat": [IIFNAME, IP_SADDR]}, "@" + PORT_IP_SET, "!="), DROP], "spoofed IP"),
@@ -591,7 +604,7 @@ def _base(router: Router) -> list[Cmd]:
         cmds.append(_rule(pre, expr, comment, bridge=True))
     bfwd = "forward"
     for expr, comment in (
-        ([_match(OIFNAME, "@" + PORTS_SET, "!="), ACCEPT], "not to a devbox port"),
+        ([_match(OIFNAME, "@" + PORTS_SET, "!="), DROP], "not to a devbox port (yet or any more)"),
         ([_match(ether_type, {"set": ["ip", "arp"]}, "!="), DROP], "IPv4 and ARP only"),
         ([_match(ether_type, "ip"), _match({"concat": [OIFNAME, IP_DADDR]}, "@" + PORT_IP_SET, "!="), DROP], "not for this devbox"),
     ):

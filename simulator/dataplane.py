@@ -58,6 +58,10 @@ LEARN_GRACE_SECONDS = 30
 # ...and at most a day (the cache's ceiling): an upstream's TTL of years must not open an
 # address for as long.
 LEARN_CEILING_SECONDS = MAX_CACHE_SECONDS
+# An answer re-arms an address the kernel already holds only if that moves its expiry later
+# by more than this: answers (cache hits above all) come far more often than netlink writes
+# are worth, and the slack is a third of the grace, so every answer's TTL stays covered.
+REARM_SLACK_SECONDS = 10
 
 
 def learn_timeout(ttl: int) -> int:
@@ -449,9 +453,12 @@ class DataPlane:
                 was_open = enforced.egress.allow_all  # names learned then are not in nft yet
                 for attached in users:
                     view = self._view(new_state, attached.account)
+                    # Names the update still allows stay, expired ones too: a connection opened
+                    # while its answer was fresh outlives the answer, and only a name's revocation
+                    # may cut it (_cut_revoked_flows prunes expired names nobody uses).
                     kept: dict[str, dict[str, float]] = {}
                     for ip, names in attached.learned.items():
-                        still = {n: exp for n, exp in names.items() if exp > now and _allows_name(view, n)}
+                        still = {n: exp for n, exp in names.items() if _allows_name(view, n)}
                         if still:
                             kept[ip] = still
                     kept_by_id[attached.devbox_id] = kept
@@ -459,9 +466,11 @@ class DataPlane:
                     dropped = [ip for ip in attached.learned if ip not in kept]
                     if dropped:
                         doc += ruleset.learned_remove(key, dropped)["nftables"]
-                    if was_open and not after.egress.allow_all and kept:
-                        entries = [(ip, max(1, int(max(n.values()) - now))) for ip, n in kept.items()]
-                        doc += ruleset.learned_add(key, entries)["nftables"]
+                    if was_open and not after.egress.allow_all:
+                        entries = [(ip, int(latest - now)) for ip, latest in
+                                   ((ip, max(n.values())) for ip, n in kept.items()) if latest - now >= 1]
+                        if entries:
+                            doc += ruleset.learned_add(key, entries)["nftables"]
             self._nft.apply({"nftables": doc})
             self._latest[after.id] = after  # applied: a failed apply rolls the update back
             self._policies[state.key] = new_state
@@ -482,12 +491,13 @@ class DataPlane:
         subnet = self.pool.network
         gateway = self.gateway
         revoked = []
+        in_use: set[tuple[str, str]] = set()  # (devbox ip, destination) of flows that stay
         egress: dict[str, ruleset.Egress | None] = {}
         if peers_cut:  # flows other devboxes opened towards the affected ones
             revoked += [
                 f for f in self._flows_from(None)
-                if f.dst in by_ip and f.src not in by_ip and ipaddress.ip_address(f.src) in subnet
-            ]
+                if f.dst in by_ip and f.src not in by_ip and f.src != gateway and ipaddress.ip_address(f.src) in subnet
+            ]  # (the gateway's are the tunnel proxy's: no devbox-to-devbox rule governs them)
         for flow in self._flows_from(by_ip):
             if ipaddress.ip_address(flow.dst) in subnet:
                 if peers_cut and flow.dst != gateway:
@@ -500,8 +510,21 @@ class DataPlane:
             if not flow_allowed(egress[policy_id], set(attached.learned), flow.dst, flow.proto, flow.dport,
                                 self._rules_router.private):
                 revoked.append(flow)
+            else:
+                in_use.add((flow.src, flow.dst))
         if revoked:
             self._delete_flows(revoked)
+        # Expired names are kept only for the connections still open to their addresses.
+        now = time.monotonic()
+        for ip, attached in by_ip.items():
+            for address, names in list(attached.learned.items()):
+                if (ip, address) in in_use:
+                    continue
+                live = {n: exp for n, exp in names.items() if exp > now}
+                if live:
+                    attached.learned[address] = live
+                else:
+                    del attached.learned[address]
 
     def _flows_from(self, sources) -> list[conntrack.Flow]:
         """Flows opened by ``sources`` (IPs), or every flow when None."""
@@ -558,8 +581,8 @@ class DataPlane:
                 timeout = learn_timeout(ttl)
                 known = address in attached.learned
                 attached.learned.setdefault(address, {})[qname] = now + timeout
-                if known and attached.armed.get(address, 0.0) - now > timeout / 2:
-                    continue  # armed recently (e.g. a cache hit): over half its window is left
+                if known and attached.armed.get(address, 0.0) >= now + timeout - REARM_SLACK_SECONDS:
+                    continue  # armed just before (e.g. a cache hit): it already lasts long enough
                 entries.append((address, timeout))
             restricted = attached.policy is not None and not attached.policy.egress.allow_all
             if entries and restricted:

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -282,16 +282,30 @@ class Database:
             yield self._conn
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; rolled back if the block raises (nothing half-stored)."""
+    def transaction(self, undo: Callable[[], None] | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction; rolled back if the block raises (nothing half-stored). When
+        nothing was stored - the block raised, or the COMMIT failed (a full disk shows there) -
+        ``undo`` runs, still under the store's lock, so no other write comes between: it takes
+        back what the block did outside the store (the kernel's rules)."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
+                if undo is not None:
+                    undo()
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT may leave the transaction open: end it, so the store is not
+                # stuck "within a transaction" for every later write.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if undo is not None:
+                    undo()
+                raise
             self._commits += 1
             if self._checkpointer is not None and (
                 self._commits % CHECKPOINT_EVERY == 0 or self._wal_bytes() > WAL_CHECKPOINT_BYTES

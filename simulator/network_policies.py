@@ -2,11 +2,14 @@
 
 Validation happens first, on the merged result; then the store and (through the change hooks,
 called inside the same transaction) the kernel are changed together, so a failure anywhere
-leaves nothing half-applied.
+leaves nothing half-applied: when nothing was stored (a hook failed, or the COMMIT did, as on
+a full disk) the hooks that had run are called again from the new version back to the stored
+one, under the store's lock.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -17,6 +20,8 @@ from simulator.db import Database
 from simulator.errors import InvalidRequest, found
 from simulator.hostnames import normalise_patterns
 from simulator.policy_model import Egress, NetworkPolicy, Page
+
+log = logging.getLogger(__name__)
 
 ID_PREFIX = "npol"
 DEFAULT_MAX_PER_ACCOUNT = 100
@@ -113,7 +118,18 @@ class NetworkPolicyService:
         description = params.get("description")
         if description is not None:
             description = _check_description(description)
-        with self.db.transaction() as conn:
+        applied: list[tuple[UpdateHook, NetworkPolicy, NetworkPolicy]] = []  # (hook, before, after)
+
+        def undo() -> None:
+            # Nothing was stored (the COMMIT failed, say, or a later hook): what the hooks
+            # already enforce goes back to the stored version, newest hook first.
+            for hook, stored, unstored in reversed(applied):
+                try:
+                    hook(unstored, stored)
+                except Exception:
+                    log.exception("putting %s back to its stored version", policy_id)
+
+        with self.db.transaction(undo) as conn:
             before = self._get(conn, account, policy_id)
             egress = _merge_egress(before.egress, params)
             if name is not None and name != before.name and self.unique_names:
@@ -132,6 +148,7 @@ class NetworkPolicyService:
             policy_store.update(conn, after)
             for hook in self._update_hooks:
                 hook(before, after)
+                applied.append((hook, before, after))
         return after
 
     def list_network_policies(

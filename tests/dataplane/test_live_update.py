@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import time
 
 import pytest
 
@@ -211,3 +213,161 @@ def test_an_update_while_a_devbox_is_being_plugged_in_is_enforced(plane, devboxe
     assert dataplane.attached(box).policy == closed
     assert not devboxes.run(box, "tcp", BLOCKED, "443").startswith("OK")
     assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+
+
+def test_an_update_keeps_connections_to_names_it_still_allows_after_their_answer_expired(plane, devboxes):
+    """A connection opened while its answer was fresh outlives the answer (a clone, a
+    websocket): an update that removes another name does not cut it; removing its own does."""
+    dataplane = plane[0]
+    policy = make_policy(allowed_hostnames=["github.com", "registry.npmjs.org", "*.example.com"])
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
+    held = Held(devboxes, box, GITHUB, 443)
+    try:
+        assert held.poke("before") == "OK before"
+        # The answer's window ends (max(TTL, 60) + 30 s after it; the connection stays up).
+        attached = dataplane.attached(box)
+        attached.learned[GITHUB] = {name: time.monotonic() - 1 for name in attached.learned[GITHUB]}
+        fewer = updated(policy, allowed_hostnames=("github.com", "*.example.com"))
+        dataplane.policy_updated(policy, fewer)
+        assert held.poke("kept") == "OK kept"
+        fewer_still = updated(fewer, allowed_hostnames=("github.com",))
+        dataplane.policy_updated(fewer, fewer_still)  # twice: the expired name is still known
+        assert held.poke("kept again") == "OK kept again"
+        revoked = updated(fewer_still, allowed_hostnames=())
+        dataplane.policy_updated(fewer_still, revoked)
+        assert held.poke("after").startswith("FAIL")
+    finally:
+        held.close()
+    assert GITHUB not in dataplane.attached(box).learned  # revoked and expired: forgotten
+
+
+def test_an_expired_name_without_a_connection_is_forgotten_at_the_next_narrowing(plane, devboxes):
+    dataplane = plane[0]
+    policy = make_policy(allowed_hostnames=["github.com", "registry.npmjs.org"])
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
+    attached = dataplane.attached(box)
+    attached.learned[GITHUB] = {name: time.monotonic() - 1 for name in attached.learned[GITHUB]}
+    dataplane.policy_updated(policy, updated(policy, allowed_hostnames=("github.com",)))
+    assert GITHUB not in attached.learned
+
+
+def test_every_answer_keeps_its_addresses_open_for_its_own_window(plane, devboxes):
+    """An answer moves the kernel's expiry of its addresses to max(TTL, 60) + 30 s from now,
+    when that is later than what the kernel holds by more than the re-arm slack."""
+    from netns import ruleset
+    from simulator.dataplane import REARM_SLACK_SECONDS, learn_timeout
+
+    dataplane = plane[0]
+    box = devboxes.create(make_policy(allowed_hostnames=["github.com"]))
+    ip = dataplane.attached(box).address.ip
+    key = dataplane.attached(box).address.key
+
+    def kernel_expiry() -> float:
+        [element] = [e["elem"] for e in dataplane._nft.list_set("inet", ruleset.TABLE, ruleset.learned_set(key))
+                     if isinstance(e, dict) and e.get("elem", {}).get("val") == GITHUB]
+        return element["expires"]
+
+    dataplane._on_answer(ip, "github.com", [(GITHUB, 1000)])  # what the resolver calls, before its reply
+    first = kernel_expiry()
+    assert learn_timeout(1000) - 5 <= first <= learn_timeout(1000)
+    dataplane._on_answer(ip, "github.com", [(GITHUB, 1500)])  # a later answer with a longer TTL
+    assert kernel_expiry() >= learn_timeout(1500) - 5
+    dataplane._on_answer(ip, "github.com", [(GITHUB, 1500 - REARM_SLACK_SECONDS // 2)])  # within the slack
+    assert kernel_expiry() >= learn_timeout(1500) - 5
+
+
+def test_devbox_to_devbox_off_keeps_the_devboxs_tunnel_connections(plane, devboxes):
+    """The tunnel proxy connects from the router (the gateway's address, inside the devbox
+    subnet): no devbox-to-devbox rule governs it, so turning that off does not cut it, and a
+    devbox server that sends first (push, SSE, websockets) still reaches the client."""
+    import select
+
+    from netns import conntrack
+
+    dataplane = plane[0]
+    policy = make_policy(allow_devbox_to_devbox=True)
+    box = devboxes.create(policy)
+    devboxes.runtime.write_file(box, "push.py", PUSH_SERVER.encode())
+    server = devboxes.runtime.exec(box, "/usr/bin/python3 push.py")
+    assert server.stdout.readline().decode().strip() == "OK ready"
+    sock, ip = dataplane.tunnel_socket(box)
+    try:
+        sock.settimeout(5)
+        sock.connect((ip, 9200))
+
+        def push(word: str) -> str:
+            server.stdin.write(word.encode() + b"\n")
+            server.stdin.flush()
+            readable, _, _ = select.select([sock], [], [], 5)
+            return sock.recv(100).decode() if readable else "nothing came"
+
+        def tunnel_flows():
+            return [f for f in conntrack.flows(dataplane.router_ns, dst=ip, backend="netlink")
+                    if f.src == dataplane.gateway and f.dport == 9200]
+
+        assert push("one") == "one"
+        assert tunnel_flows()
+        dataplane.policy_updated(policy, updated(policy, allow_devbox_to_devbox=False))
+        assert tunnel_flows()
+        assert push("two") == "two"
+    finally:
+        sock.close()
+        server.kill()
+        server.wait(5)
+
+
+PUSH_SERVER = r'''
+import socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", 9200))
+listener.listen()
+print("OK ready", flush=True)
+conn, _ = listener.accept()
+for line in sys.stdin:
+    conn.sendall(line.strip().encode())
+'''
+
+
+class _CommitFails:
+    """The store's connection, whose next COMMIT fails as SQLite's does on a full disk."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.failed = 0
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and not self.failed:
+            self.failed += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_an_update_the_store_could_not_commit_is_not_enforced(plane, devboxes, tmp_path):
+    """The kernel is changed inside the store's transaction (before the API answers); when its
+    COMMIT fails, the running devboxes go back to the stored version."""
+    from simulator.db import Database
+    from simulator.network_policies import NetworkPolicyService
+
+    dataplane = plane[0]
+    db = Database(tmp_path / "store.db")
+    service = NetworkPolicyService(db)
+    service.add_update_hook(dataplane.policy_updated)
+    policy = service.create_network_policy("acct-a", {"name": "p", "allowed_hostnames": ["github.com"]})
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "tcp", BLOCKED, "443").startswith("FAIL")
+    db._conn = failing = _CommitFails(db._conn)
+    with pytest.raises(sqlite3.OperationalError):
+        service.update_network_policy("acct-a", policy.id, {"allow_all": True})
+    assert failing.failed == 1
+    assert service.retrieve_network_policy("acct-a", policy.id).egress.allow_all is False
+    assert devboxes.run(box, "tcp", BLOCKED, "443").startswith("FAIL")  # the stored version rules
+    # The store is not left inside the failed transaction: the next update is stored and enforced.
+    service.update_network_policy("acct-a", policy.id, {"allow_all": True})
+    assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"
+    db.close()

@@ -28,6 +28,7 @@ NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
+NFULA_CFG_QTHRESH = 5
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_PACKET = 2
 NFULA_PAYLOAD = 9
@@ -121,7 +122,12 @@ class NflogReader:
                         _attr(NFULA_CFG_CMD, struct.pack("=B", NFULNL_CFG_CMD_BIND)), 1)
         mode = _message(NFULNL_MSG_CONFIG, socket.AF_UNSPEC, self.group,
                         _attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)), 2)
-        for request in (bind, mode):
+        # The kernel batches up to 100 messages or 1 s by default: a drop logged just before
+        # its devbox goes would reach us after it (and be lost), every drop about 1 s late
+        # (timed after later DNS queries). One message per packet, at once.
+        qthresh = _message(NFULNL_MSG_CONFIG, socket.AF_UNSPEC, self.group,
+                           _attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)), 3)
+        for request in (bind, mode, qthresh):
             self._sock.send(request)
             reply = self._sock.recv(65536)
             if len(reply) >= 20 and struct.unpack_from("=H", reply, 4)[0] == NLMSG_ERROR:

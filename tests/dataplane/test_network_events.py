@@ -96,3 +96,20 @@ def test_allowed_new_connections_are_counted_per_destination(plane, devboxes):
         {"destination": BLOCKED, "protocol": "udp", "port": 7, "connections": 1},
     ]
     assert dataplane.allowed_connections(closed_box) == []  # dropped attempts are not counted
+
+
+def test_a_drop_just_before_the_devbox_goes_is_logged_in_order_and_on_time(plane, devboxes, events):
+    """The kernel delivers each logged drop at once (not batched for up to a second): a drop
+    right before the devbox ends is still its, and it comes before a later DNS decision."""
+    box = devboxes.create(make_policy(allowed_hostnames=["github.com"]))
+    before_ms = int(time.time() * 1000)
+    # One short connect (one SYN, dropped), then a lookup, then the devbox ends: all well
+    # within the second the kernel would otherwise hold the drop's message.
+    attempt = devboxes.sh(box, "/usr/bin/python3 -c 'import socket; s = socket.socket(); s.settimeout(0.2); "
+                               f"print(s.connect_ex((\"{BLOCKED}\", 443))); print(socket.gethostbyname(\"github.com\"))'")
+    devboxes.runtime.shutdown(box)
+    assert attempt.stdout.split()[1:] == [GITHUB], attempt
+    blocked = wait_for(events, box, lambda e: e.kind == "blocked" and e.addresses == (BLOCKED,), seconds=3)
+    [dns] = [e for e in events.list_network_events(box, limit=1000)[0] if e.kind == "dns" and e.qtype == "A"]
+    assert blocked[0].seq < dns.seq
+    assert before_ms <= blocked[0].time_ms <= dns.time_ms

@@ -20,6 +20,10 @@ its two sets however many devboxes use the policy::
       set   pcidr_<pkey>     ipv4_addr . inet_proto, interval                  all-port CIDRs
       set   pcidrport_<pkey> ipv4_addr . inet_proto . inet_service, interval   CIDR + ports
       set   dns_rate         ipv4_addr, dynamic       a packet rate limit per devbox to the resolver
+      map   conns_vmap       ipv4_addr : verdict      devbox ip -> jump count_<key> (postrouting)
+      set   conns_<key>      ipv4_addr . inet_proto . inet_service, timeout, counter: the
+                             devbox's allowed new connections per destination (its own, bounded)
+      chain count_<key>      update @conns_<key> { ip daddr . meta l4proto . th dport }
       chain forward          hook forward  prio 0   policy drop
       chain input            hook input    prio 0   policy drop  (devboxes: the resolver only)
       chain output           hook output   prio 0   policy accept
@@ -106,11 +110,16 @@ PRIVATE_SET = "private"
 # Tailscale), benchmarking (RFC 2544: the fake-IP range of proxies). Reachable only through
 # an allowed CIDR that covers them.
 PRIVATE_NETWORKS = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15")
-# Allowed new TCP/UDP connections, counted per (devbox ip, destination, protocol, port) for the
-# decision log; entries expire an hour after their last connection.
-CONNS_SET = "conns"
+# Allowed new TCP/UDP connections, counted per devbox and (destination, protocol, port) for the
+# decision log, in a set of the devbox's own (``conns_<key>``, gone with the devbox: the next
+# devbox given its address inherits nothing, and a noisy devbox fills only its own); entries
+# expire an hour after their last connection. The NAT chain finds the devbox's counting chain
+# through CONNS_VMAP (source address -> jump count_<key>).
+CONNS_VMAP = "conns_vmap"
 CONNS_TIMEOUT_S = 3600
-CONNS_SIZE = 65536
+CONNS_PER_DEVBOX = 4096
+# Per-source packet rate limit towards the resolver (below): the set is bounded too.
+DNS_RATE_SIZE = 65536
 PORTS_SET = "dbx_ports"
 PORT_MAC_SET = "dbx_port_mac"
 PORT_IP_SET = "dbx_port_ip"
@@ -318,6 +327,14 @@ def account_chain(account: str) -> str:
     return f"acctconns_{account}"
 
 
+def conns_set(key: str) -> str:
+    return f"conns_{key}"
+
+
+def count_chain(key: str) -> str:
+    return f"count_{key}"
+
+
 # --------------------------------------------------------------------------- JSON helpers
 
 Cmd = dict[str, Any]
@@ -474,11 +491,9 @@ def _base(router: Router) -> list[Cmd]:
         {"add": {"chain": _t(name="input", type="filter", hook="input", prio=0, policy="drop")}},
         {"add": {"chain": _t(name="output", type="filter", hook="output", prio=0, policy="accept")}},
         {"add": {"chain": _t(name="postrouting", type="nat", hook="postrouting", prio=100, policy="accept")}},
-        {"add": {"set": _t(name=CONNS_SET, type=["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
-                           flags=["timeout"], timeout=CONNS_TIMEOUT_S, size=CONNS_SIZE,
-                           stmt=[{"counter": None}])}},
+        {"add": {"map": _t(name=CONNS_VMAP, type="ipv4_addr", map="verdict")}},
         {"add": {"set": _t(name=DNS_RATE_SET, type="ipv4_addr", flags=["timeout"], timeout=10,
-                           size=CONNS_SIZE)}},
+                           size=DNS_RATE_SIZE)}},
         {"add": {"chain": _t(name=UNRESTRICTED_CHAIN)}},
         _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, _subnet(router)), ACCEPT], "same account"),
         _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, "@" + PRIVATE_SET), {"return": None}], "private networks"),
@@ -552,13 +567,8 @@ def _base(router: Router) -> list[Cmd]:
     cmds.append(
         _rule(
             "postrouting",
-            [
-                _match(IP_SADDR, _subnet(router)),
-                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
-                {"set": {"op": "update", "set": "@" + CONNS_SET, "elem": {"concat": [
-                    IP_SADDR, IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}}},
-            ],
-            "count allowed connections",
+            [_match(_meta("l4proto"), {"set": ["tcp", "udp"]}), {"vmap": {"key": IP_SADDR, "data": "@" + CONNS_VMAP}}],
+            "count allowed connections (count_<key>)",
         )
     )
     # Masquerade IPv4 leaving through the uplink: the router's own resolver upstream queries,
@@ -639,9 +649,19 @@ def _subnet(router: Router) -> Expr:
 
 
 def _devbox_objects(devbox: Devbox) -> list[Cmd]:
+    """The devbox's learned set, its chain (rules: _devbox_rules), and its connection counter:
+    a set and the chain the NAT hook jumps to, which fills it."""
+    counter = count_chain(devbox.key)
     return [
         {"add": {"set": _t(name=learned_set(devbox.key), type="ipv4_addr", flags=["timeout"])}},
         {"add": {"chain": _t(name=devbox.chain)}},
+        {"add": {"set": _t(name=conns_set(devbox.key), type=["ipv4_addr", "inet_proto", "inet_service"],
+                           flags=["timeout"], timeout=CONNS_TIMEOUT_S, size=CONNS_PER_DEVBOX,
+                           stmt=[{"counter": None}])}},
+        {"add": {"chain": _t(name=counter)}},
+        {"flush": {"chain": _t(name=counter)}},
+        _rule(counter, [{"set": {"op": "update", "set": "@" + conns_set(devbox.key), "elem": {"concat": [
+            IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}}}]),
     ]
 
 
@@ -725,6 +745,7 @@ def _policy_rules(router: Router, pkey: str, egress: Egress) -> list[Cmd]:
 def _attach(devbox: Devbox) -> list[Cmd]:
     return [
         _elements(VMAP, [[devbox.ip, {"jump": {"target": devbox.chain}}]]),
+        _elements(CONNS_VMAP, [[devbox.ip, {"jump": {"target": count_chain(devbox.key)}}]]),
         _elements(PORTS_SET, [devbox.port], bridge=True),
         _elements(PORT_MAC_SET, [{"concat": [devbox.port, devbox.mac]}], bridge=True),
         _elements(PORT_IP_SET, [{"concat": [devbox.port, devbox.ip]}], bridge=True),
@@ -786,11 +807,12 @@ def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = 
     account's peer devboxes) plus the devbox's own IP if it is a peer; its account's
     connection-count chain is created, and its rule written when ``first_of_account`` (pass it
     when the account has no other devbox here: rewriting the rule would reset the count);
-    its chain and learned set are created (or,
-    if present, the chain is flushed and refilled: re-adding is safe and keeps learned
-    addresses); then the source-IP vmap and bridge anti-spoofing sets get its elements.
-    Its policy chain must exist (``add_policy`` earlier in the same or a previous
-    transaction), unless ``devbox.policy`` is None."""
+    its chain, learned set and connection counter are created; then the source-IP vmaps and
+    bridge anti-spoofing sets get its elements. The devbox must not be present: adding it
+    again fails as a whole and changes nothing (its counter set, once the NAT hook has filled
+    it, is "dynamic" to the kernel, a flag this libnftables cannot repeat in JSON, so the
+    kernel refuses the second add). Its policy chain must exist (``add_policy`` earlier in
+    the same or a previous transaction), unless ``devbox.policy`` is None."""
     return _doc(
         _account(router, devbox.account, [*account_members, *([devbox.ip] if devbox.peer else [])],
                  first=first_of_account)
@@ -817,12 +839,16 @@ def remove_devbox(router: Router, devbox: Devbox, *, drop_account_set: bool = Fa
     (atomically) if the devbox is not present. Its policy chain is left alone."""
     cmds: list[Cmd] = [
         _elements(VMAP, [devbox.ip], op="delete"),
+        _elements(CONNS_VMAP, [devbox.ip], op="delete"),
         _elements(PORTS_SET, [devbox.port], bridge=True, op="delete"),
         _elements(PORT_MAC_SET, [{"concat": [devbox.port, devbox.mac]}], bridge=True, op="delete"),
         _elements(PORT_IP_SET, [{"concat": [devbox.port, devbox.ip]}], bridge=True, op="delete"),
         {"flush": {"chain": _t(name=devbox.chain)}},
         {"delete": {"chain": _t(name=devbox.chain)}},
         {"delete": {"set": _t(name=learned_set(devbox.key))}},
+        {"flush": {"chain": _t(name=count_chain(devbox.key))}},
+        {"delete": {"chain": _t(name=count_chain(devbox.key))}},
+        {"delete": {"set": _t(name=conns_set(devbox.key))}},
     ]
     if drop_account_set:
         cmds.append({"delete": {"set": _t(name=account_set(devbox.account))}})
@@ -920,6 +946,8 @@ __all__ = [
     "bootstrap",
     "cidr_set",
     "cidrport_set",
+    "conns_set",
+    "count_chain",
     "devbox_chain",
     "full",
     "learned_add",

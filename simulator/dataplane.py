@@ -62,6 +62,9 @@ LEARN_CEILING_SECONDS = MAX_CACHE_SECONDS
 # by more than this: answers (cache hits above all) come far more often than netlink writes
 # are worth, and the slack is a third of the grace, so every answer's TTL stays covered.
 REARM_SLACK_SECONDS = 10
+# Allowed-connection counts of devboxes that have gone, kept for reading afterwards: this many
+# destinations in all (each devbox's set holds at most ruleset.CONNS_PER_DEVBOX).
+DEPARTED_COUNTS_KEPT = 200_000
 
 
 def learn_timeout(ttl: int) -> int:
@@ -161,6 +164,9 @@ class DataPlane:
         self._nflog: NflogReader | None = None
         self._instance_lock: int | None = None  # lock_instance's descriptor while started
         self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
+        # devbox id -> its allowed-connection counts when it went (oldest first, bounded)
+        self._departed_counts: dict[str, list[dict]] = {}
+        self._departed_total = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -374,9 +380,16 @@ class DataPlane:
 
     def disconnect(self, devbox_id: str) -> None:
         with self._lock:
-            attached = self._by_id.pop(devbox_id, None)
+            attached = self._by_id.get(devbox_id)
             if attached is None:
                 return
+            try:
+                counts = self._counts_of(attached.address.key)
+            except Exception:  # the counts are a view; the devbox must go regardless
+                log.exception("reading the connection counts of %s", devbox_id)
+                counts = []
+            self._keep_departed_counts(devbox_id, counts)
+            del self._by_id[devbox_id]
             self._by_ip.pop(attached.address.ip, None)
             last = not any(a.account == attached.account for a in self._by_id.values())
             doc = ruleset.remove_devbox(self._rules_router, self._rules_devbox(attached), drop_account_set=last)["nftables"]
@@ -593,18 +606,30 @@ class DataPlane:
 
     def allowed_connections(self, devbox_id: str) -> list[dict]:
         """New TCP/UDP connections the devbox made that the firewall allowed, counted per
-        destination (from the nft ``conns`` set; entries expire an hour after their last use)."""
+        destination (from its nft ``conns_<key>`` set; entries expire an hour after their last
+        use). A devbox that has gone: the counts it had when it went."""
         attached = self._by_id.get(devbox_id)
         if attached is None or self._nft is None:
-            return []
+            return list(self._departed_counts.get(devbox_id, ()))
+        return self._counts_of(attached.address.key)
+
+    def _counts_of(self, key: str) -> list[dict]:
         counts = []
-        for element in self._nft.list_set("inet", ruleset.TABLE, ruleset.CONNS_SET):
+        for element in self._nft.list_set("inet", ruleset.TABLE, ruleset.conns_set(key)):
             elem = element.get("elem", element) if isinstance(element, dict) else {}
-            src, dst, proto, port = elem.get("val", {}).get("concat", [None] * 4)
-            if src == attached.address.ip:
-                counts.append({"destination": dst, "protocol": proto, "port": port,
-                               "connections": elem.get("counter", {}).get("packets", 0)})
+            dst, proto, port = elem.get("val", {}).get("concat", [None] * 3)
+            counts.append({"destination": dst, "protocol": proto, "port": port,
+                           "connections": elem.get("counter", {}).get("packets", 0)})
         return sorted(counts, key=lambda c: (-c["connections"], c["destination"], c["port"]))
+
+    def _keep_departed_counts(self, devbox_id: str, counts: list[dict]) -> None:
+        """Keep a departed devbox's counts (CI reads them after ``with devbox:``), the newest
+        devboxes' first, DEPARTED_COUNTS_KEPT destinations in all."""
+        departed = self._departed_counts
+        departed[devbox_id] = counts
+        self._departed_total += len(counts)
+        while self._departed_total > DEPARTED_COUNTS_KEPT and len(departed) > 1:
+            self._departed_total -= len(departed.pop(next(iter(departed))))
 
     def _on_logged(self, packet: LoggedPacket) -> None:
         """A dropped new connection, from the chain ``dbx_<key>`` that logged it (NFLOG thread)."""

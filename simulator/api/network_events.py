@@ -85,7 +85,8 @@ class AllowedConnectionListView(BaseModel):
     description=(
         "New TCP/UDP connections the firewall let through, counted per destination address, "
         "protocol and port (most used first), with the DNS name that address last resolved to. "
-        "A destination drops out an hour after its last connection."
+        "A destination drops out an hour after its last connection; a devbox counts at most 4,096 at once. "
+        "For a devbox that has ended: its counts when it ended."
     ),
 )
 def list_network_connections(id: str, account: str = Depends(deps.account), services=Depends(deps.services)):

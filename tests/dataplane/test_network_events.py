@@ -113,3 +113,36 @@ def test_a_drop_just_before_the_devbox_goes_is_logged_in_order_and_on_time(plane
     [dns] = [e for e in events.list_network_events(box, limit=1000)[0] if e.kind == "dns" and e.qtype == "A"]
     assert blocked[0].seq < dns.seq
     assert before_ms <= blocked[0].time_ms <= dns.time_ms
+
+
+def test_a_devboxs_counts_are_its_own_and_outlive_it(plane, devboxes):
+    """Counted in a set of the devbox's own, which goes with it: whichever devbox gets its
+    address next starts from nothing; its counts stay readable after it has gone."""
+    from netns import ruleset
+
+    dataplane = plane[0]
+    box = devboxes.create(make_policy(allow_all=True))
+    key = dataplane.attached(box).address.key
+    assert devboxes.run(box, "tcp", GITHUB, "443") == "OK ping"
+    counted = [{"destination": GITHUB, "protocol": "tcp", "port": 443, "connections": 1}]
+    assert dataplane.allowed_connections(box) == counted
+    devboxes.runtime.shutdown(box)
+    sets = {o["set"]["name"] for o in dataplane._nft.list_ruleset()["nftables"] if "set" in o}
+    assert ruleset.conns_set(key) not in sets
+    assert dataplane.allowed_connections(box) == counted
+
+
+def test_a_noisy_devbox_fills_only_its_own_counts(plane, devboxes):
+    from netns import ruleset
+
+    dataplane = plane[0]
+    noisy = devboxes.create(make_policy("acct-noisy", allow_all=True), account="acct-noisy")
+    quiet = devboxes.create(make_policy("acct-quiet", allow_all=True), account="acct-quiet")
+    spread = ruleset.CONNS_PER_DEVBOX + 100  # distinct destinations (ports), one datagram each
+    sent = devboxes.sh(noisy, "/usr/bin/python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                              f"for port in range(20000, 20000 + {spread}): s.sendto(b\"x\", (\"{BLOCKED}\", port))\n"
+                              "print(\"sent\")'", timeout=60)
+    assert sent.stdout.strip() == "sent", sent
+    assert len(dataplane.allowed_connections(noisy)) == ruleset.CONNS_PER_DEVBOX
+    assert devboxes.run(quiet, "tcp", GITHUB, "443") == "OK ping"
+    assert dataplane.allowed_connections(quiet) == [{"destination": GITHUB, "protocol": "tcp", "port": 443, "connections": 1}]

@@ -45,8 +45,20 @@ class ServerProcess:
         self.log: list[str] = []
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        if self.log_file is not None:
-            return self._start_logging_to_file(timeout)
+        """Start the server and wait until it answers /healthz. If it does not (or anything else
+        goes wrong, Ctrl-C included), the process is stopped before the error propagates: a
+        caller's ``with``/``finally`` never sees a server that failed to start."""
+        try:
+            if self.log_file is not None:
+                self._start_logging_to_file(timeout)
+            else:
+                self._start_reading_log(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_reading_log(self, timeout: float) -> None:
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
             text=True, env=self.env, cwd=self.cwd,
@@ -70,9 +82,8 @@ class ServerProcess:
                 self.stop()
                 raise RuntimeError("server did not start:\n" + "\n".join(self.log[-30:]))
         self._wait_until_ready(deadline)
-        return self
 
-    def _start_logging_to_file(self, timeout: float) -> ServerProcess:
+    def _start_logging_to_file(self, timeout: float) -> None:
         with open(self.log_file, "w") as log:
             self.proc = subprocess.Popen(
                 self.args, stdin=subprocess.DEVNULL, stderr=log, stdout=subprocess.DEVNULL,
@@ -89,7 +100,6 @@ class ServerProcess:
             else:
                 time.sleep(0.02)  # polling the log file with a deadline
         self._wait_until_ready(deadline)
-        return self
 
     def _wait_until_ready(self, deadline: float) -> None:
         import httpx

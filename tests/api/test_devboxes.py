@@ -513,8 +513,13 @@ def test_fifty_waits_do_not_block_other_requests(devbox_client):
                 )
                 for _ in range(50)
             ]
-            while watch.waiting(watch_key(devbox_id)) < 50:
-                await asyncio.sleep(0.01)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while (held := watch.waiting(watch_key(devbox_id))) < 50:
+                assert loop.time() < deadline, (
+                    f"only {held} of 50 wait_for_status requests were waiting after 10 s "
+                    f"({sum(task.done() for task in waits)} already answered)")
+                await asyncio.sleep(0.01)  # polling with a deadline: each request registers its waiter
             # Sync endpoints run on the thread pool (40 threads): it must still be free.
             got = await asyncio.wait_for(client.get(f"{URL}/{devbox_id}"), 5)
             assert got.status_code == 200 and got.json()["status"] == "running"

@@ -81,7 +81,7 @@ def serve():
 def world_zone() -> Zone:
     return Zone(
         {
-            "api.example.com": ["203.0.113.34", "2606:2800:220:1:248:1893:25c8:1946"],
+            "api.example.com": ["203.0.113.34", "2001:db8::34"],
             "example.com": ["203.0.113.101"],
             "a.b.example.com": ["203.0.113.102"],
             "cdn.provider.net": ["192.0.2.151", "192.0.2.165"],

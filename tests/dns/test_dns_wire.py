@@ -103,24 +103,46 @@ def twin(world):
     return Twin(clients, world[1], cache=AnswerCache(0))
 
 
+BIG = [f"10.1.0.{i}" for i in range(1, 61)]  # world_zone's big.example.com, in order
+
+
+# What the client must see, besides both paths agreeing: rcode, TC bit, the answer section's
+# rdata in order, whether an OPT record is echoed, and the resolver's verdict on the name.
 @pytest.mark.parametrize(
-    "name,qtype,kwargs",
+    "name,qtype,kwargs,rcode,tc,answers,opt,verdict",
     [
-        ("api.example.com", "A", {}),
-        ("API.Example.COM.", "A", {}),  # client's spelling echoed, answers still match
-        ("www.example.com", "A", {}),  # CNAME chain in one reply
-        ("api.example.com", "AAAA", {}),  # IPv4-only client: empty NOERROR, not forwarded
-        ("nothere.example.com", "A", {}),  # upstream NXDOMAIN
-        ("github.com", "MX", {}),  # NODATA (not an address type: dnslib reads the reply)
-        ("evil.net", "A", {}),  # denied: NXDOMAIN
-        ("example.com", "A", {"rd": False}),  # denied apex, RD clear echoed
-        ("big.example.com", "A", {}),  # 60 records: truncated over UDP
-        ("big.example.com", "A", {"edns": 4096}),  # EDNS: fits, OPT echoed
-        ("github.com", "A", {"edns": 1232}),
+        ("api.example.com", "A", {}, RCODE.NOERROR, 0, ["203.0.113.34"], False, "allowed"),
+        # client's spelling echoed, answers still match
+        ("API.Example.COM.", "A", {}, RCODE.NOERROR, 0, ["203.0.113.34"], False, "allowed"),
+        # CNAME chain in one reply
+        ("www.example.com", "A", {}, RCODE.NOERROR, 0,
+         ["edge.example.com.", "cdn.provider.net.", "192.0.2.151", "192.0.2.165"], False, "allowed"),
+        # IPv4-only client: empty NOERROR, not forwarded
+        ("api.example.com", "AAAA", {}, RCODE.NOERROR, 0, [], False, "allowed"),
+        # upstream NXDOMAIN
+        ("nothere.example.com", "A", {}, RCODE.NXDOMAIN, 0, [], False, "allowed"),
+        # NODATA (not an address type: dnslib reads the reply)
+        ("github.com", "MX", {}, RCODE.NOERROR, 0, [], False, "allowed"),
+        # denied: NXDOMAIN
+        ("evil.net", "A", {}, RCODE.NXDOMAIN, 0, [], False, "denied"),
+        # denied apex, RD clear echoed
+        ("example.com", "A", {"rd": False}, RCODE.NXDOMAIN, 0, [], False, "denied"),
+        # 60 records: truncated over UDP (header and question only)
+        ("big.example.com", "A", {}, RCODE.NOERROR, 1, [], False, "allowed"),
+        # EDNS: fits, OPT echoed
+        ("big.example.com", "A", {"edns": 4096}, RCODE.NOERROR, 0, BIG, True, "allowed"),
+        ("github.com", "A", {"edns": 1232}, RCODE.NOERROR, 0, ["192.0.2.140"], True, "allowed"),
     ],
 )
-def test_wire_path_matches_dnslib_path(twin, name, qtype, kwargs):
-    twin.assert_same(question(name, qtype, **kwargs))
+def test_wire_path_matches_dnslib_path(twin, name, qtype, kwargs, rcode, tc, answers, opt, verdict):
+    request = question(name, qtype, **kwargs)
+    reply = twin.assert_same(request)
+    assert (RCODE[reply.header.rcode], reply.header.tc) == (RCODE[rcode], tc)
+    assert [str(rr.rdata) for rr in reply.rr] == answers
+    assert [QTYPE[rr.rtype] for rr in reply.ar] == (["OPT"] if opt else [])
+    assert reply.header.rd == request.header.rd
+    assert [str(q.qname) for q in reply.questions] == [str(request.q.qname)]  # spelling kept
+    assert [e.verdict for e in twin.events["wire"]] == [verdict]
 
 
 def test_wire_path_matches_over_tcp(twin):
@@ -128,11 +150,19 @@ def test_wire_path_matches_over_tcp(twin):
     assert not reply.header.tc and len(reply.rr) == 60
 
 
-def test_unknown_client_and_deny_all(world):
-    for clients in (lambda ip: None, lambda ip: view()):
-        twin = Twin(clients, world[1])
-        reply = twin.assert_same(question("github.com"))
-        assert reply.header.rcode in (RCODE.REFUSED, RCODE.NXDOMAIN)
+@pytest.mark.parametrize(
+    "clients,rcode",
+    [
+        (lambda ip: None, RCODE.REFUSED),  # not a known devbox: refused, not answered
+        (lambda ip: view(), RCODE.NXDOMAIN),  # a devbox whose policy allows no name: denied
+    ],
+    ids=["unknown-client", "deny-all"],
+)
+def test_unknown_client_and_deny_all(world, clients, rcode):
+    twin = Twin(clients, world[1])
+    reply = twin.assert_same(question("github.com"))
+    assert RCODE[reply.header.rcode] == RCODE[rcode]
+    assert reply.rr == []
 
 
 def test_local_answer_same(world):

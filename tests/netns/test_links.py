@@ -2,7 +2,9 @@
 
 Every name comes from ``unique_name``; every fixture removes what it made in ``finally``.
 Packets only ever go to addresses inside namespaces made here (10.231.x devboxes,
-100.127.255.x link nets, 192.0.2.x world); the host uplink is checked for setup/teardown only.
+100.127.255.x link nets, 192.0.2.x world); the host uplink is checked for setup/teardown only,
+in a namespace playing the host (``fake_host``): the real host's links, routes, nftables and
+sysctls are never changed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -239,16 +242,29 @@ def test_attach_two_devboxes_reach_gateway_and_each_other(router, make_ns):
     assert ping(d2, "10.231.0.11")
 
 
-def test_attach_timing(router, make_ns):
+def test_attach_starts_no_process(router, make_ns, monkeypatch):
+    """attach() (once per devbox, on the create path) is netlink messages and sysctl writes only:
+    no `ip`/`sysctl` child process per call. Any way of starting one fails here."""
     names = [make_ns() for _ in range(10)]
-    times = [
-        router.attach(n, port_ifname=f"{n}p", ip=f"10.231.0.{20 + i}", mac=f"02:00:0a:e7:00:{20 + i:02x}").elapsed_ms
-        for i, n in enumerate(names)
-    ]
-    avg = sum(times) / len(times)
-    print(f"\nattach: avg {avg:.2f} ms, min {min(times):.2f}, max {max(times):.2f} over {len(times)}")
-    assert len(router.list_ports()) == 10
-    assert avg < 50  # loose guard against a regression to per-call forks
+    started: list = []
+
+    def no_process(*args, **kwargs):
+        started.append(args[:1])
+        raise AssertionError(f"attach started a process: {args[:1]!r}")
+
+    with monkeypatch.context() as m:
+        m.setattr(subprocess, "Popen", no_process)
+        for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                m.setattr(os, name, no_process)
+        times = [
+            router.attach(n, port_ifname=f"{n}p", ip=f"10.231.0.{20 + i}", mac=f"02:00:0a:e7:00:{20 + i:02x}").elapsed_ms
+            for i, n in enumerate(names)
+        ]
+    assert started == []  # also if a netlink-worker thread swallowed the error
+    print(f"\nattach: avg {sum(times) / len(times):.2f} ms, max {max(times):.2f} over {len(times)}")  # information only
+    assert [p.ifname for p in router.list_ports()] == sorted(f"{n}p" for n in names)
+    assert all(ping(n, SUBNET_GW) for n in names[:2])  # the ports work
 
 
 def test_detach_removes_both_ends(router, make_ns):
@@ -404,78 +420,148 @@ def fake_iptables(tmp_path, monkeypatch):
     return rules
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture
-def host_forwarding_restored():
-    before = sysctl.read(None, "net.ipv4.ip_forward")
+def fake_host(uniq):
+    """A namespace that plays the host for the host-uplink tests (as tests/fake_host.py does).
+
+    ``uplink_host`` works on "the host" = the namespace the process started in, so the code runs
+    in a child process started inside this namespace (``on_fake_host``): its veth, addresses,
+    routes, nft table and ip_forward are made there, never on the real host, and the fixed link
+    nets and routed subnet below cannot collide with another run or a real simulator."""
+    name = uniq("tlF")
+    namespaces.create(name)
     try:
-        yield
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        sysctl.write(name, "net.ipv4.ip_forward", 0)  # (a new namespace may inherit 1): uplink_host must set it
+        yield name
     finally:
-        sysctl.write(None, "net.ipv4.ip_forward", before)
+        namespaces.delete(name)
+        assert not namespaces.exists(name)
 
 
-@pytest.mark.parametrize("docker", [True, False])
-def test_uplink_host_setup_and_teardown(uniq, fake_iptables, monkeypatch, host_forwarding_restored, docker):
-    monkeypatch.setenv("FAKE_IPT_DOCKER", "1" if docker else "0")
-    r = links.Router(uniq("tlR"), gateway=SUBNET_GW, prefix=PREFIX)
-    host_if = uniq("tlH")
+def on_fake_host(host_ns: str, scenario: str, router_ns: str, host_if: str) -> dict:
+    """Run ``scenario(router_ns, host_if)`` (a function of this module) in a child process whose
+    host namespace is ``host_ns``; return what it observed (its last stdout line, JSON)."""
+    code = ("import json, sys; from tests.netns import test_links as t; "
+            f"print(json.dumps(t.{scenario}(*sys.argv[1:])))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        run = subprocess.run(
+            ["nsenter", f"--net={namespaces.path(host_ns)}", sys.executable, "-c", code, router_ns, host_if],
+            check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        # A child that died half-way leaves its router namespace (the host side goes with host_ns).
+        if namespaces.exists(router_ns):
+            namespaces.delete(router_ns)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _inet(addr_info: list[dict], family: str = "inet") -> list[tuple[str, int]]:
+    return [(a["local"], a["prefixlen"]) for a in addr_info if a["family"] == family]
+
+
+def _uplink_host_setup_and_teardown(router_ns: str, host_if: str) -> dict:
+    """In the fake host: a host uplink, what the host and router look like, a refused second
+    uplink of the same name, then what teardown leaves."""
+    seen: dict = {"ip_forward_before": sysctl.read(None, "net.ipv4.ip_forward")}
+    r = links.Router(router_ns, gateway=SUBNET_GW, prefix=PREFIX)
     table = links.host_table_name(host_if)
     try:
         r.setup()
         up = r.uplink_host(host_if, "100.127.255.8/30")
-        assert up.nft_table == table
         (h,) = ip_json("addr", "show", "dev", host_if)
-        assert [(a["local"], a["prefixlen"]) for a in h["addr_info"] if a["family"] == "inet"] == [("100.127.255.9", 30)]
-        assert not [a for a in h["addr_info"] if a["family"] == "inet6"]
         (u,) = ip_json("-n", r.ns, "addr", "show", "dev", "uplink0")
-        assert [(a["local"], a["prefixlen"]) for a in u["addr_info"]] == [("100.127.255.10", 30)]
-        routes = ip_json("-n", r.ns, "route", "show", "default")
-        assert [(x["gateway"], x["dev"]) for x in routes] == [("100.127.255.9", "uplink0")]
-        assert sysctl.read(None, "net.ipv4.ip_forward") == "1"
-        listing = sh("nft", "list", "table", "ip", table).stdout
-        assert f'iifname "{host_if}"' in listing and "drop" in listing
-        assert "masquerade" in listing and "100.127.255.8/30" in listing
-        assert links.host_table_exists(host_if)
-        assert table in links.list_host_uplink_tables()
-        if docker:
-            assert fake_iptables() == [
-                ["-i", host_if, "-j", "ACCEPT"],
-                ["-o", host_if, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
-            ]
-            assert len(up.iptables_rules) == 2 and up.warnings == ()
-        else:
-            assert fake_iptables() == [] and up.iptables_rules == ()
-            assert any("FORWARD policy is DROP" in w for w in up.warnings)
-        # a second uplink with the same host name is refused, the first stays intact
-        with pytest.raises(links.LinkError):
+        state = os.environ["FAKE_IPT_STATE"]
+        seen.update(
+            nft_table=up.nft_table, table=table,
+            iptables_rules=[list(rule) for rule in up.iptables_rules], warnings=list(up.warnings),
+            host_inet=_inet(h["addr_info"]), host_inet6=_inet(h["addr_info"], "inet6"),
+            uplink_inet=_inet(u["addr_info"]),
+            router_default=[(x["gateway"], x["dev"]) for x in ip_json("-n", r.ns, "route", "show", "default")],
+            ip_forward=sysctl.read(None, "net.ipv4.ip_forward"),
+            listing=sh("nft", "list", "table", "ip", table).stdout,
+            table_exists=links.host_table_exists(host_if), tables=links.list_host_uplink_tables(),
+            fake_iptables=json.loads(Path(state).read_text())["rules"] if os.path.exists(state) else [],
+        )
+        try:
             r.uplink_host(host_if, "100.127.255.8/30")
-        assert host_link_exists(host_if)
+            seen["second"] = "accepted"
+        except links.LinkError as e:
+            seen["second"] = f"refused: {e}"
+        seen["host_link_after_second"] = host_link_exists(host_if)
     finally:
         r.teardown()
-    assert not host_link_exists(host_if)
-    assert not links.host_table_exists(host_if)
-    assert not namespaces.exists(r.ns)
+    seen.update(host_link_left=host_link_exists(host_if), table_left=links.host_table_exists(host_if),
+                router_ns_left=namespaces.exists(r.ns))
+    return seen
+
+
+@pytest.mark.parametrize("docker", [True, False])
+def test_uplink_host_setup_and_teardown(uniq, fake_iptables, monkeypatch, fake_host, docker):
+    monkeypatch.setenv("FAKE_IPT_DOCKER", "1" if docker else "0")
+    router_ns, host_if = uniq("tlR"), uniq("tlH")
+    seen = on_fake_host(fake_host, "_uplink_host_setup_and_teardown", router_ns, host_if)
+    assert seen["ip_forward_before"] == "0"  # fake_host's; uplink_host turns it on
+    assert seen["nft_table"] == seen["table"] == links.host_table_name(host_if)
+    assert seen["host_inet"] == [["100.127.255.9", 30]] and seen["host_inet6"] == []
+    assert seen["uplink_inet"] == [["100.127.255.10", 30]]
+    assert seen["router_default"] == [["100.127.255.9", "uplink0"]]
+    assert seen["ip_forward"] == "1"
+    listing = seen["listing"]
+    assert f'iifname "{host_if}"' in listing and "drop" in listing
+    assert "masquerade" in listing and "100.127.255.8/30" in listing
+    assert seen["table_exists"] and seen["table"] in seen["tables"]
+    if docker:
+        assert seen["fake_iptables"] == [
+            ["-i", host_if, "-j", "ACCEPT"],
+            ["-o", host_if, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ]
+        assert len(seen["iptables_rules"]) == 2 and seen["warnings"] == []
+    else:
+        assert seen["fake_iptables"] == [] and seen["iptables_rules"] == []
+        assert any("FORWARD policy is DROP" in w for w in seen["warnings"])
+    # a second uplink with the same host name is refused, the first stays intact
+    assert seen["second"].startswith("refused") and seen["host_link_after_second"]
+    assert (seen["host_link_left"], seen["table_left"], seen["router_ns_left"]) == (False, False, False)
     assert fake_iptables() == []
+    # and the real host never saw any of it
+    assert not host_link_exists(host_if) and not links.host_table_exists(host_if)
 
 
-def test_uplink_host_cleanup_after_restart_and_without_iptables(uniq, monkeypatch, host_forwarding_restored):
-    """A fresh Router object (simulator restarted) still removes the host side it finds."""
-    monkeypatch.setattr(links, "_iptables", lambda: None)  # as on a host without iptables
-    r = links.Router(uniq("tlR"), gateway=SUBNET_GW, prefix=PREFIX)
-    host_if = uniq("tlH")
+def _uplink_host_cleanup_after_restart(router_ns: str, host_if: str) -> dict:
+    """In the fake host, without iptables: a host uplink with a routed subnet, removed by a fresh
+    Router object (the simulator restarted)."""
+    links._iptables = lambda: None  # as on a host without iptables (this child process only)
+    seen: dict = {}
+    r = links.Router(router_ns, gateway=SUBNET_GW, prefix=PREFIX)
     try:
         r.setup()
         r.uplink_host(host_if, "100.127.255.12/30", routed_subnets=["10.231.0.0/24"])
-        routes = ip_json("route", "show", "10.231.0.0/24")
-        assert [(x["gateway"], x["dev"]) for x in routes] == [("100.127.255.14", host_if)]
+        seen["routes"] = [(x["gateway"], x["dev"]) for x in ip_json("route", "show", "10.231.0.0/24")]
         again = links.Router(r.ns, gateway=SUBNET_GW, prefix=PREFIX)
         again.teardown()
-        assert not host_link_exists(host_if)
-        assert not links.host_table_exists(host_if)
-        assert not ip_json("route", "show", "10.231.0.0/24")
+        seen.update(host_link_left=host_link_exists(host_if), table_left=links.host_table_exists(host_if),
+                    routes_left=ip_json("route", "show", "10.231.0.0/24"))
     finally:
         r.teardown()
         links.remove_host_uplink(host_if)
-    assert not namespaces.exists(r.ns)
+    seen["router_ns_left"] = namespaces.exists(r.ns)
+    return seen
+
+
+def test_uplink_host_cleanup_after_restart_and_without_iptables(uniq, fake_host):
+    """A fresh Router object (simulator restarted) still removes the host side it finds."""
+    router_ns, host_if = uniq("tlR"), uniq("tlH")
+    seen = on_fake_host(fake_host, "_uplink_host_cleanup_after_restart", router_ns, host_if)
+    assert seen["routes"] == [["100.127.255.14", host_if]]
+    assert (seen["host_link_left"], seen["table_left"], seen["routes_left"]) == (False, False, [])
+    assert seen["router_ns_left"] is False
+    assert not host_link_exists(host_if)  # the real host never had it
 
 
 def test_remove_host_uplink_refuses_non_veth():

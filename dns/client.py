@@ -32,6 +32,9 @@ class ClientView:
                   ``local_answer`` does not answer gets NXDOMAIN even where the policy allows
                   it, and never goes upstream (no upstream knows it; with a host uplink the
                   query would tell the real DNS about the devboxes).
+    unmatched_reason: the reason given for a name denied when there is no pattern at all:
+                  "deny_all" when the policy allows nothing; one that allows other things
+                  (CIDRs, say) but no names says "no_matching_pattern", as with patterns.
     """
 
     matcher: HostnameMatcher | None
@@ -39,6 +42,7 @@ class ClientView:
     ipv6: bool = False
     local_answer: LocalAnswer | None = None
     local_zone: str | None = None
+    unmatched_reason: str = "deny_all"
 
     def in_local_zone(self, qname: str) -> bool:
         zone = self.local_zone

@@ -225,7 +225,7 @@ class Resolver:
         if view.allow_all:
             reason, pattern = "allow_all", None
         elif view.matcher is None or len(view.matcher) == 0:
-            return self._deny(request, "deny_all", base)
+            return self._deny(request, view.unmatched_reason, base)
         else:
             pattern = view.matcher.match(qname)
             if pattern is None:
@@ -413,7 +413,7 @@ class Resolver:
             reason, pattern = "allow_all", None
         elif view.matcher is None or len(view.matcher) == 0:
             return wire.empty_reply(data, q, RCODE.NXDOMAIN, max_size=max_size), (
-                "denied", "deny_all", None, (), None, RCODE.NXDOMAIN, None)
+                "denied", view.unmatched_reason, None, (), None, RCODE.NXDOMAIN, None)
         else:
             pattern = view.matcher.match(q.name)
             if pattern is None:

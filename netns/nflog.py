@@ -47,6 +47,7 @@ class LoggedPacket:
     dst: str
     proto: str
     dport: int | None
+    sport: int | None = None
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -60,20 +61,21 @@ def _message(msg_type: int, family: int, res_id: int, attrs: bytes, seq: int) ->
 
 
 def parse_packet(payload: bytes, prefix: str) -> LoggedPacket | None:
-    """An IPv4 packet's addresses, protocol and destination port."""
+    """An IPv4 packet's addresses, protocol and ports."""
     if len(payload) < 20 or payload[0] >> 4 != 4:
         return None
     header = (payload[0] & 0x0F) * 4
     proto = payload[9]
-    dport = None
+    sport = dport = None
     if proto in (6, 17) and len(payload) >= header + 4:
-        dport = struct.unpack_from("!H", payload, header + 2)[0]
+        sport, dport = struct.unpack_from("!HH", payload, header)
     return LoggedPacket(
         prefix=prefix,
         src=socket.inet_ntoa(payload[12:16]),
         dst=socket.inet_ntoa(payload[16:20]),
         proto=_PROTOCOLS.get(proto, str(proto)),
         dport=dport,
+        sport=sport,
     )
 
 

@@ -138,6 +138,11 @@ DNS_FLOOD_COMMENT = "resolver flood"
 NEVER_FORWARD = ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3")
 LOG_RATE_PER_SECOND = 5
 LOG_BURST = 10
+# Drops outside a devbox's chain (shared rules) are logged too, through one chain per reason
+# (``logdrop_<reason>``: log at most LOG_RATE_PER_SECOND per source address, then drop) with
+# the prefix "<reason> "; the data plane finds the devbox by the (anti-spoofed) source.
+LOG_RATE_SET = "log_rate"
+DROP_REASONS = ("resolver_bypass", "reserved_address", "router", "connection_limit")
 # learned_remove first re-arms the element with this timeout so that the delete cannot fail
 # on an element that has just expired (libnftables 1.0.6 has no `destroy`).
 _REMOVE_TIMEOUT = 1
@@ -482,6 +487,34 @@ def _tables_fresh() -> list[Cmd]:
     return cmds
 
 
+def logdrop_chain(reason: str) -> str:
+    return f"logdrop_{reason}"
+
+
+def _logged_drop(router: Router, reason: str) -> Cmd:
+    """The verdict of a shared rule that drops a devbox's packet for ``reason``: a jump to the
+    chain that logs it (when the router logs) and drops it; else a plain drop."""
+    return {"jump": {"target": logdrop_chain(reason)}} if router.log_group is not None else DROP
+
+
+def _logdrop_chains(router: Router) -> list[Cmd]:
+    if router.log_group is None:
+        return []
+    cmds: list[Cmd] = [{"add": {"set": _t(name=LOG_RATE_SET, type="ipv4_addr", flags=["timeout"], timeout=10,
+                                          size=DNS_RATE_SIZE)}}]
+    for reason in DROP_REASONS:
+        chain = logdrop_chain(reason)
+        cmds += [
+            {"add": {"chain": _t(name=chain)}},
+            # Over the rate, the limit ends this rule (no log) and the next one drops.
+            _rule(chain, [{"set": {"op": "update", "elem": IP_SADDR, "set": "@" + LOG_RATE_SET, "stmt": [
+                {"limit": {"rate": LOG_RATE_PER_SECOND, "per": "second", "burst": LOG_BURST}}]}},
+                {"log": {"prefix": f"{reason} ", "group": router.log_group}}]),
+            _rule(chain, [DROP]),
+        ]
+    return cmds
+
+
 def _base(router: Router) -> list[Cmd]:
     cmds: list[Cmd] = [
         {"add": {"set": _t(name=PROTECTED_SET, type="ipv4_addr", flags=["interval"])}},
@@ -494,6 +527,7 @@ def _base(router: Router) -> list[Cmd]:
         {"add": {"map": _t(name=CONNS_VMAP, type="ipv4_addr", map="verdict")}},
         {"add": {"set": _t(name=DNS_RATE_SET, type="ipv4_addr", flags=["timeout"], timeout=10,
                            size=DNS_RATE_SIZE)}},
+        *_logdrop_chains(router),
         {"add": {"chain": _t(name=UNRESTRICTED_CHAIN)}},
         _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, _subnet(router)), ACCEPT], "same account"),
         _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, "@" + PRIVATE_SET), {"return": None}], "private networks"),
@@ -522,12 +556,13 @@ def _base(router: Router) -> list[Cmd]:
             [
                 _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
                 _match(_payload("th", "dport"), {"set": list(BLOCKED_DNS_PORTS)}),
-                DROP,
+                _logged_drop(router, "resolver_bypass"),
             ],
             "only our resolver",
         ),
-        _rule(fwd, [_match(IP_DADDR, {"set": [_prefix(ipaddress.IPv4Network(n)) for n in NEVER_FORWARD]}), DROP]),
-        _rule(fwd, [_match(IP_DADDR, "@" + PROTECTED_SET), DROP], "protected"),
+        _rule(fwd, [_match(IP_DADDR, {"set": [_prefix(ipaddress.IPv4Network(n)) for n in NEVER_FORWARD]}),
+                    _logged_drop(router, "reserved_address")]),
+        _rule(fwd, [_match(IP_DADDR, "@" + PROTECTED_SET), _logged_drop(router, "reserved_address")], "protected"),
         _rule(fwd, [{"vmap": {"key": IP_SADDR, "data": "@" + VMAP}}]),
         _rule(fwd, [DROP], "unknown source"),
     ]
@@ -559,6 +594,8 @@ def _base(router: Router) -> list[Cmd]:
         _rule(inp, [_ct_state("related"), from_elsewhere, ACCEPT]),
         _rule(inp, [_ct_state("invalid"), DROP]),
         _rule(inp, [*to_resolver, ACCEPT], "resolver"),
+        _rule(inp, [_match(IIFNAME, router.bridge), _ct_state("new"), _logged_drop(router, "router")],
+              "devboxes reach nothing else here (new: logged)"),
         _rule(inp, [_match(IIFNAME, router.bridge), DROP], "devboxes reach nothing else here"),
     ]
 
@@ -636,7 +673,8 @@ def _account(router: Router, account: str, members: Iterable[str], *, first: boo
     if first:
         cmds += [
             {"flush": {"chain": _t(name=account_chain(account))}},
-            _rule(account_chain(account), [{"ct count": {"val": router.max_connections_per_account, "inv": True}}, DROP],
+            _rule(account_chain(account), [{"ct count": {"val": router.max_connections_per_account, "inv": True}},
+                                           _logged_drop(router, "connection_limit")],
                   "connections over the account's share"),
         ]
     if ips:
@@ -673,7 +711,8 @@ def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
     cmds = [
         # Only new connections come here (established ones are accepted before): each one is
         # counted in this rule's own list (this devbox's) until conntrack forgets it.
-        _rule(chain, [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, DROP],
+        _rule(chain, [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}},
+                      _logged_drop(router, "connection_limit")],
               "connections over the devbox's share"),
         _rule(chain, [{"jump": {"target": account_chain(devbox.account)}}]),  # the account's share
         _rule(chain, [_match(IP_DADDR, subnet, "!="), _match(IP_DADDR, "@" + PRIVATE_SET, "!="),
@@ -950,6 +989,7 @@ __all__ = [
     "count_chain",
     "devbox_chain",
     "full",
+    "logdrop_chain",
     "learned_add",
     "learned_remove",
     "learned_set",

@@ -633,10 +633,15 @@ class DataPlane:
 
     def _on_logged(self, packet: LoggedPacket) -> None:
         """A dropped new connection, from the chain ``dbx_<key>`` that logged it (NFLOG thread)."""
-        key = packet.prefix.removeprefix("dbx_")
-        attached = next((a for a in list(self._by_id.values()) if a.address.key == key), None)
-        if attached is None or packet.src != attached.address.ip:
+        attached = self._by_ip.get(packet.src)  # the bridge pins each port to its address
+        if attached is None:
             return
+        if packet.prefix in ruleset.DROP_REASONS:  # a shared rule's drop (resolver bypass, ...)
+            for listener in self.block_listeners:
+                listener(attached.devbox_id, packet, packet.prefix)
+            return
+        if packet.prefix != ruleset.devbox_chain(attached.address.key):
+            return  # logged for a devbox that has gone since; its address is another's now
         reason = "policy"
         dst = ipaddress.ip_address(packet.dst)
         private = self._rules_router.private if self._rules_router is not None else ()
@@ -685,8 +690,11 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
     if policy is None or policy.egress.allow_all:
         return ClientView(matcher=None, allow_all=True, local_answer=local_answer, local_zone=LOCAL_SUFFIX)
     patterns = policy.egress.allowed_hostnames
+    # "deny_all" only for a policy that allows nothing: one with CIDRs denies names it has no
+    # pattern for, like any other.
+    unmatched = "deny_all" if not patterns and not policy.egress.allowed_cidrs else "no_matching_pattern"
     return ClientView(matcher=HostnameMatcher(patterns) if patterns else None, allow_all=False,
-                      local_answer=local_answer, local_zone=LOCAL_SUFFIX)
+                      local_answer=local_answer, local_zone=LOCAL_SUFFIX, unmatched_reason=unmatched)
 
 
 def _allows_name(view: ClientView, name: str) -> bool:

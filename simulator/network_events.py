@@ -22,6 +22,11 @@ from netns.nflog import LoggedPacket
 from simulator.errors import InvalidRequest
 
 VERDICTS = ("allowed", "denied", "error")
+MAX_TOTALS = 100_000  # devboxes whose decision totals are kept until their summary
+# Drops of the same connection attempt (same source port too) this close together are one
+# event: TCP gives up on a SYN after about two minutes of retries.
+ATTEMPT_SECONDS = 130.0
+MAX_ATTEMPTS = 100_000
 DEFAULT_PER_DEVBOX = 1000
 DEFAULT_TOTAL = 100_000
 MAX_NAMES = 100_000  # address -> last name it resolved to
@@ -70,6 +75,11 @@ class NetworkEventLog:
         self._seq = 0
         # (account, address) -> the name it last resolved to for a devbox of that account
         self._names: dict[tuple[str, str], str] = {}
+        # devbox -> [allowed, denied, error, blocked]: every decision, also those the ring
+        # no longer holds (for the summary when the devbox ends)
+        self._totals: dict[str, list[int]] = {}
+        # (devbox, protocol, source port, destination, port) -> when a drop of it was last seen
+        self._attempts: dict[tuple, float] = {}
         self._lock = threading.Lock()
 
     def on_query(self, devbox_id: str | None, event: QueryEvent) -> None:
@@ -97,7 +107,18 @@ class NetworkEventLog:
         "private_network" when the policy alone would allow it (``--private-networks by-cidr``
         opens private networks only through a CIDR)."""
         account = self._account_of(devbox_id)
+        now = time.monotonic()
         with self._lock:
+            if packet.sport is not None:
+                # One attempt, one event: TCP sends its SYN again (1, 3, 7... s later) and a UDP
+                # socket its datagrams, each "new" to the firewall again, from the same port.
+                attempt = (devbox_id, packet.proto, packet.sport, packet.dst, packet.dport)
+                seen = self._attempts.pop(attempt, None)
+                self._attempts[attempt] = now  # re-inserted: newest last, oldest evicted
+                if len(self._attempts) > MAX_ATTEMPTS:
+                    del self._attempts[next(iter(self._attempts))]
+                if seen is not None and now - seen < ATTEMPT_SECONDS:
+                    return
             self._seq += 1
             self._append(devbox_id, NetworkEvent(
                 seq=self._seq,
@@ -116,6 +137,12 @@ class NetworkEventLog:
             ))
 
     def _append(self, devbox_id: str, event: NetworkEvent) -> None:
+        totals = self._totals.get(devbox_id)
+        if totals is None:
+            totals = self._totals[devbox_id] = [0, 0, 0, 0]
+            if len(self._totals) > MAX_TOTALS:  # devboxes that ended long ago (summary popped the rest)
+                del self._totals[next(iter(self._totals))]
+        totals[3 if event.kind == "blocked" else VERDICTS.index(event.verdict)] += 1
         ring = self._events.setdefault(devbox_id, deque())
         ring.append(event)
         self._count += 1
@@ -158,11 +185,11 @@ class NetworkEventLog:
             return self._names.get((account, address))
 
     def summary(self, devbox_id: str) -> str:
+        """Every decision for the devbox (not only those the log still holds), once: when the
+        devbox ends (its totals are then dropped)."""
         with self._lock:
-            events = list(self._events.get(devbox_id, ()))
-        dns_counts = {v: sum(e.kind == "dns" and e.verdict == v for e in events) for v in VERDICTS}
-        blocked = sum(e.kind == "blocked" for e in events)
-        return ", ".join(f"{n} {v}" for v, n in dns_counts.items()) + f" DNS decisions, {blocked} blocked connections"
+            allowed, denied, error, blocked = self._totals.pop(devbox_id, (0, 0, 0, 0))
+        return f"{allowed} allowed, {denied} denied, {error} error DNS decisions, {blocked} blocked connections"
 
     def size(self) -> int:
         with self._lock:

@@ -42,11 +42,12 @@ router = APIRouter(prefix="/v1/devboxes", tags=["simulator extensions"], respons
     description=(
         "Oldest first: every DNS decision of the devbox's resolver (kind dns: name and type, verdict "
         "allowed/denied/error and why - matched pattern, deny_all, no_matching_pattern, "
-        "upstream_error, ... - the addresses and TTL handed out), and every new connection the "
-        "firewall dropped (kind blocked: destination address, protocol, port, reason - policy, or "
+        "upstream_error, ... - the addresses and TTL handed out), and every new connection attempt the "
+        "firewall dropped (kind blocked: destination address, protocol, port, reason - policy, "
         "private_network when the policy alone would allow it but --private-networks by-cidr kept it "
-        "out - and the name that address last resolved to, when known). Bounded per "
-        "devbox and globally."
+        "out, resolver_bypass, reserved_address, router or connection_limit - and the name that "
+        "address last resolved to, when known; a retried attempt from the same source port is one "
+        "event). Bounded per devbox and globally."
     ),
 )
 async def list_network_events(

@@ -16,11 +16,27 @@ pytestmark = pytest.mark.privileged
 PLANE_OPTIONS = {"max_connections_per_devbox": 3, "max_connections_per_account": 4}
 
 
-def test_new_connections_beyond_a_devboxs_share_are_dropped_for_it_alone(devboxes):
+def test_new_connections_beyond_a_devboxs_share_are_dropped_for_it_alone(plane, devboxes):
+    from simulator.network_events import NetworkEventLog
+
     greedy = devboxes.create(None, account="acct-greedy")
     other = devboxes.create(None, account="acct-other")
+    events = NetworkEventLog()
+    plane[0].block_listeners.append(events.on_blocked)
+    try:
+        with held_connections(devboxes, greedy, GITHUB, 443, 3):
+            assert devboxes.run(greedy, "tcp", NPM, "443").startswith("FAIL")  # its fourth: dropped
+        # ... and logged as such (NFLOG delivers on its own thread: poll, bounded)
+        deadline = time.monotonic() + 5
+        while not events.list_network_events(greedy)[0]:
+            assert time.monotonic() < deadline, "the drop was not logged"
+            time.sleep(0.05)
+    finally:
+        plane[0].block_listeners.remove(events.on_blocked)
+    assert [(e.addresses, e.port, e.reason) for e in events.list_network_events(greedy)[0]] == [
+        ((NPM,), 443, "connection_limit")]
     with held_connections(devboxes, greedy, GITHUB, 443, 3) as held:
-        assert devboxes.run(greedy, "tcp", NPM, "443").startswith("FAIL")  # its fourth: dropped
+        assert devboxes.run(greedy, "tcp", NPM, "443").startswith("FAIL")
         assert devboxes.run(other, "tcp", NPM, "443") == "OK ping"  # another devbox: its own share
         ending = held.pop()
         ending.stdin.close()  # the probe closes its connection and exits: the slot comes back

@@ -146,3 +146,38 @@ def test_a_noisy_devbox_fills_only_its_own_counts(plane, devboxes):
     assert len(dataplane.allowed_connections(noisy)) == ruleset.CONNS_PER_DEVBOX
     assert devboxes.run(quiet, "tcp", GITHUB, "443") == "OK ping"
     assert dataplane.allowed_connections(quiet) == [{"destination": GITHUB, "protocol": "tcp", "port": 443, "connections": 1}]
+
+
+def test_a_name_denied_under_a_cidr_only_policy_is_no_matching_pattern_not_deny_all(plane, devboxes, events):
+    box = devboxes.create(make_policy(allowed_cidrs=[{"cidr": f"{BLOCKED}/32", "ports": [{"port": 443}]}]))
+    assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"  # the policy allows something
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+    [dns] = wait_for(events, box, lambda e: e.kind == "dns" and e.name == "github.com" and e.qtype == "A")
+    assert (dns.verdict, dns.reason, dns.rcode) == ("denied", "no_matching_pattern", "NXDOMAIN")
+
+
+def test_one_blocked_connect_is_one_event_however_often_tcp_retries(plane, devboxes, events):
+    box = devboxes.create(make_policy())
+    # SYNs at 0, 1 and 3 s: three packets, each new to the firewall, one attempt.
+    attempt = devboxes.sh(box, "/usr/bin/python3 -c 'import socket; s = socket.socket(); s.settimeout(3.5); "
+                               f"print(s.connect_ex((\"{BLOCKED}\", 443)))'")
+    assert attempt.stdout.strip() != "0", attempt
+    assert devboxes.run(box, "tcp", GITHUB, "443").startswith("FAIL")  # a second attempt, after it
+    both = wait_for(events, box, lambda e: e.kind == "blocked" and e.addresses == (GITHUB,))
+    assert [e.addresses for e in events.list_network_events(box, limit=1000)[0] if e.kind == "blocked"] == [
+        (BLOCKED,), (GITHUB,)], both
+
+
+def test_drops_by_the_routers_shared_rules_are_logged_with_their_reason(plane, devboxes, events):
+    """Not only what a policy refuses: DNS or DNS-over-TLS to anyone but the resolver, and the
+    router itself, are logged too (under allow_all as under any policy)."""
+    dataplane = plane[0]
+    box = devboxes.create(make_policy(allow_all=True))
+    for host, port in ((BLOCKED, "853"), (BLOCKED, "53"), (dataplane.gateway, "22")):
+        assert devboxes.run(box, "tcp", host, port).startswith("FAIL")
+    assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"  # allowed: not logged
+    wait_for(events, box, lambda e: e.kind == "blocked" and e.addresses == (dataplane.gateway,))
+    blocked = [(e.addresses[0], e.port, e.reason) for e in events.list_network_events(box, limit=1000)[0]
+               if e.kind == "blocked"]
+    assert blocked == [(BLOCKED, 853, "resolver_bypass"), (BLOCKED, 53, "resolver_bypass"),
+                       (dataplane.gateway, 22, "router")]

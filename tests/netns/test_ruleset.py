@@ -198,7 +198,8 @@ SUBNET = {"prefix": {"addr": "10.88.0.0", "len": 16}}
 def test_devbox_chain_guards_subnet_first(devbox, router):
     rules = [r["expr"] for r in _rules(R.add_devbox(router, devbox, []), devbox.chain)]
     # 0. a devbox's new connections beyond its share of the router's connection tracking
-    assert rules.pop(0) == [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, {"drop": None}]
+    over_cap = {"jump": {"target": "logdrop_connection_limit"}} if router.log_group is not None else {"drop": None}
+    assert rules.pop(0) == [{"ct count": {"val": router.max_connections_per_devbox, "inv": True}}, over_cap]
     # ... and its account's (that chain counts every devbox of the account)
     assert rules.pop(0) == [{"jump": {"target": "acctconns_" + devbox.account}}]
     outside = {"match": {"op": "!=", "left": R.IP_DADDR, "right": SUBNET}}

@@ -101,3 +101,30 @@ def test_names_are_kept_per_account():
     assert log.list_network_events("dbx_a2")[0][-1].name == "secret.example.com"
     assert log.name_for("acct-a", "192.0.2.30") == "secret.example.com"
     assert log.name_for("acct-b", "192.0.2.30") is None
+
+
+def test_the_summary_counts_every_decision_not_only_those_the_log_still_holds():
+    log = NetworkEventLog(per_devbox=10)
+    for i in range(15):
+        log.on_query("dbx_a", query(f"d{i}.example", "denied", "no_matching_pattern"))
+    log.on_query("dbx_a", query("ok.example.com"))
+    assert len(log.list_network_events("dbx_a", limit=100)[0]) == 10
+    assert log.summary("dbx_a") == "1 allowed, 15 denied, 0 error DNS decisions, 0 blocked connections"
+
+
+def test_drops_of_one_connection_attempt_are_one_event():
+    """TCP sends its SYN again, a UDP socket its datagrams: each is "new" to the firewall and
+    logged, but it is one attempt (same source port); another source port is another."""
+    from netns.nflog import LoggedPacket
+
+    log = NetworkEventLog()
+    syn = LoggedPacket(prefix="", src="10.88.0.9", dst="192.0.2.30", proto="tcp", dport=443, sport=40000)
+    for _ in range(3):
+        log.on_blocked("dbx_a", syn)
+    log.on_blocked("dbx_a", LoggedPacket("", "10.88.0.9", "192.0.2.30", "tcp", 443, sport=40001))
+    log.on_blocked("dbx_b", syn)  # another devbox (its own address): its own attempt
+    log.on_blocked("dbx_a", LoggedPacket("", "10.88.0.9", "192.0.2.30", "icmp", None))  # no ports: each counts
+    log.on_blocked("dbx_a", LoggedPacket("", "10.88.0.9", "192.0.2.30", "icmp", None))
+    assert [(e.protocol, e.port) for e in log.list_network_events("dbx_a")[0]] == [
+        ("tcp", 443), ("tcp", 443), ("icmp", None), ("icmp", None)]
+    assert len(log.list_network_events("dbx_b")[0]) == 1

@@ -28,8 +28,8 @@ def test_tcp_udp_and_icmp_packets_in_one_buffer():
     icmp = ipv4(1, "10.88.0.2", "198.51.100.1", b"\x08\x00\x00\x00")
     data = packet_message(b"dbx_d2 \0", tcp) + packet_message(b"dbx_d3 \0", udp) + packet_message(b"dbx_d2 \0", icmp)
     assert parse_messages(data) == [
-        LoggedPacket("dbx_d2", "10.88.0.2", "203.0.113.30", "tcp", 443),
-        LoggedPacket("dbx_d3", "10.88.0.3", "192.0.2.10", "udp", 53),
+        LoggedPacket("dbx_d2", "10.88.0.2", "203.0.113.30", "tcp", 443, sport=40000),
+        LoggedPacket("dbx_d3", "10.88.0.3", "192.0.2.10", "udp", 53, sport=5353),
         LoggedPacket("dbx_d2", "10.88.0.2", "198.51.100.1", "icmp", None),
     ]
 

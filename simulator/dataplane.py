@@ -65,6 +65,11 @@ REARM_SLACK_SECONDS = 10
 # Allowed-connection counts of devboxes that have gone, kept for reading afterwards: this many
 # destinations in all (each devbox's set holds at most ruleset.CONNS_PER_DEVBOX).
 DEPARTED_COUNTS_KEPT = 200_000
+# What the data plane remembers of a devbox's answers stays bounded, whatever it resolves (a
+# wildcard DNS answers every name): the newest names per address, and once a devbox has this
+# many addresses, those whose every name has expired are forgotten as the next answer comes.
+NAMES_PER_ADDRESS = 32
+LEARNED_PRUNE_AT = 16384
 
 
 def learn_timeout(ttl: int) -> int:
@@ -538,6 +543,7 @@ class DataPlane:
                     attached.learned[address] = live
                 else:
                     del attached.learned[address]
+            attached.armed = {a: t for a, t in attached.armed.items() if a in attached.learned}
 
     def _flows_from(self, sources) -> list[conntrack.Flow]:
         """Flows opened by ``sources`` (IPs), or every flow when None."""
@@ -585,6 +591,8 @@ class DataPlane:
                 # The policy changed between the resolver's decision and now.
                 raise PermissionError(f"{qname} is no longer allowed for {client_ip}")
             now = time.monotonic()
+            if len(attached.learned) >= LEARNED_PRUNE_AT:
+                _forget_expired(attached, now)
             entries = []
             for address, ttl in answers:
                 if ":" in address:
@@ -593,7 +601,11 @@ class DataPlane:
                     continue  # learned addresses never open the devbox subnet
                 timeout = learn_timeout(ttl)
                 known = address in attached.learned
-                attached.learned.setdefault(address, {})[qname] = now + timeout
+                names = attached.learned.setdefault(address, {})
+                names.pop(qname, None)
+                names[qname] = now + timeout  # re-inserted: the oldest name is first
+                if len(names) > NAMES_PER_ADDRESS:
+                    del names[next(iter(names))]
                 if known and attached.armed.get(address, 0.0) >= now + timeout - REARM_SLACK_SECONDS:
                     continue  # armed just before (e.g. a cache hit): it already lasts long enough
                 entries.append((address, timeout))
@@ -695,6 +707,14 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
     unmatched = "deny_all" if not patterns and not policy.egress.allowed_cidrs else "no_matching_pattern"
     return ClientView(matcher=HostnameMatcher(patterns) if patterns else None, allow_all=False,
                       local_answer=local_answer, local_zone=LOCAL_SUFFIX, unmatched_reason=unmatched)
+
+
+def _forget_expired(attached: Attached, now: float) -> None:
+    """Drop the addresses whose every name has expired (their nft elements are gone too)."""
+    for address, names in list(attached.learned.items()):
+        if max(names.values()) <= now:
+            del attached.learned[address]
+            attached.armed.pop(address, None)
 
 
 def _allows_name(view: ClientView, name: str) -> bool:

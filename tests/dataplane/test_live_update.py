@@ -371,3 +371,23 @@ def test_an_update_the_store_could_not_commit_is_not_enforced(plane, devboxes, t
     service.update_network_policy("acct-a", policy.id, {"allow_all": True})
     assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"
     db.close()
+
+
+def test_what_a_devbox_resolved_is_remembered_within_bounds(plane, devboxes, monkeypatch):
+    """A wildcard DNS answers every name: the data plane keeps the newest names per address,
+    and forgets expired addresses once a devbox has many."""
+    from simulator import dataplane as module
+
+    dataplane = plane[0]
+    monkeypatch.setattr(module, "LEARNED_PRUNE_AT", 8)
+    box = devboxes.create(make_policy(allowed_hostnames=["*.example.com"]))
+    attached = dataplane.attached(box)
+    for i in range(module.NAMES_PER_ADDRESS + 10):
+        dataplane._on_answer(attached.address.ip, f"n{i}.example.com", [(GITHUB, 60)])
+    names = attached.learned[GITHUB]
+    assert len(names) == module.NAMES_PER_ADDRESS
+    assert f"n{module.NAMES_PER_ADDRESS + 9}.example.com" in names and "n0.example.com" not in names
+    for i in range(10):  # addresses whose names have all expired
+        attached.learned[f"192.0.2.{100 + i}"] = {f"old{i}.example.com": time.monotonic() - 1}
+    dataplane._on_answer(attached.address.ip, "new.example.com", [(BLOCKED, 60)])
+    assert set(attached.learned) == {GITHUB, BLOCKED}

@@ -166,7 +166,7 @@ def main() -> int:
     answered: dict[str, int] = {}  # qname -> allowed answers with addresses (query events)
     lock = threading.Lock()
 
-    def on_query(devbox_id, event):
+    def on_query(devbox_id, event, _policy=None):
         if devbox_id == DEVBOX and event.verdict == "allowed" and event.addresses:
             with lock:
                 answered[event.qname] = answered.get(event.qname, 0) + 1

@@ -164,8 +164,10 @@ class DataPlane:
         self._by_ip: dict[str, Attached] = {}
         self._policies: dict[str, _PolicyState] = {}  # policy key -> state
         self._conntrack: conntrack.Tracker | None = None
-        self.query_listeners: list = []  # callables(devbox_id | None, QueryEvent), e.g. an event log
-        self.block_listeners: list = []  # callables(devbox_id, nflog.LoggedPacket, reason): dropped attempts
+        # callables(devbox_id | None, QueryEvent, policy in force | None), e.g. an event log
+        self.query_listeners: list = []
+        # callables(devbox_id, nflog.LoggedPacket, reason, policy in force | None): dropped attempts
+        self.block_listeners: list = []
         self._nflog: NflogReader | None = None
         self._instance_lock: int | None = None  # lock_instance's descriptor while started
         self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
@@ -650,7 +652,7 @@ class DataPlane:
             return
         if packet.prefix in ruleset.DROP_REASONS:  # a shared rule's drop (resolver bypass, ...)
             for listener in self.block_listeners:
-                listener(attached.devbox_id, packet, packet.prefix)
+                listener(attached.devbox_id, packet, packet.prefix, attached.policy)
             return
         if packet.prefix != ruleset.devbox_chain(attached.address.key):
             return  # logged for a devbox that has gone since; its address is another's now
@@ -664,12 +666,15 @@ class DataPlane:
             if flow_allowed(egress_for(attached.policy), learned, packet.dst, packet.proto, packet.dport, private=()):
                 reason = "private_network"
         for listener in self.block_listeners:
-            listener(attached.devbox_id, packet, reason)
+            listener(attached.devbox_id, packet, reason, attached.policy)
 
     def _on_query(self, event: QueryEvent) -> None:
         attached = self._by_ip.get(event.client_ip)
         for listener in self.query_listeners:
-            listener(attached.devbox_id if attached else None, event)
+            if attached is None:
+                listener(None, event, None)
+            else:
+                listener(attached.devbox_id, event, attached.policy)
 
     def _local_answer(self, account: str, qname: str, qtype: str) -> list[str] | None:
         """``<devbox-id>.devbox.internal`` (id lower-cased, ``_`` as ``-``): another devbox

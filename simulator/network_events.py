@@ -20,6 +20,7 @@ from typing import NamedTuple
 from dns import QueryEvent
 from netns.nflog import LoggedPacket
 from simulator.errors import InvalidRequest
+from simulator.policy_model import NetworkPolicy
 
 VERDICTS = ("allowed", "denied", "error")
 MAX_TOTALS = 100_000  # devboxes whose decision totals are kept until their summary
@@ -55,6 +56,10 @@ class NetworkEvent(NamedTuple):
     port: int | None = None  # blocked: destination port
     # dns: the answer's code; NXDOMAIN from the upstream for an allowed name shows here
     rcode: str | None = None
+    # The policy in force when it was decided, and its version (its update_time_ms): a log that
+    # spans a live update shows which version allowed or denied what. None: no policy.
+    network_policy_id: str | None = None
+    network_policy_update_time_ms: int | None = None
 
     def to_json(self) -> dict:
         data = self._asdict()
@@ -82,8 +87,9 @@ class NetworkEventLog:
         self._attempts: dict[tuple, float] = {}
         self._lock = threading.Lock()
 
-    def on_query(self, devbox_id: str | None, event: QueryEvent) -> None:
-        """``DataPlane.query_listeners`` callback (resolver threads): must stay cheap."""
+    def on_query(self, devbox_id: str | None, event: QueryEvent, policy: NetworkPolicy | None = None) -> None:
+        """``DataPlane.query_listeners`` callback (resolver threads): must stay cheap.
+        ``policy``: the devbox's policy as enforced when it was decided."""
         if devbox_id is None:
             return  # not a devbox (e.g. a stale address): nothing to attribute it to
         account = self._account_of(devbox_id) if event.addresses and event.verdict == "allowed" else None
@@ -100,9 +106,11 @@ class NetworkEventLog:
                 self._seq, int(event.time * 1000), "dns", event.verdict, event.reason, event.qname,
                 event.qtype, event.matched_pattern, tuple(event.addresses), event.ttl, event.error,
                 None, None, event.rcode,
+                *((policy.id, policy.update_time_ms) if policy is not None else (None, None)),
             ))
 
-    def on_blocked(self, devbox_id: str, packet: LoggedPacket, reason: str = "policy") -> None:
+    def on_blocked(self, devbox_id: str, packet: LoggedPacket, reason: str = "policy",
+                   policy: NetworkPolicy | None = None) -> None:
         """``DataPlane.block_listeners`` callback (NFLOG thread). ``reason``: "policy", or
         "private_network" when the policy alone would allow it (``--private-networks by-cidr``
         opens private networks only through a CIDR)."""
@@ -134,6 +142,8 @@ class NetworkEventLog:
                 error=None,
                 protocol=packet.proto,
                 port=packet.dport,
+                network_policy_id=policy.id if policy is not None else None,
+                network_policy_update_time_ms=policy.update_time_ms if policy is not None else None,
             ))
 
     def _append(self, devbox_id: str, event: NetworkEvent) -> None:

@@ -24,6 +24,8 @@ class NetworkEventView(BaseModel):
     protocol: str | None = None
     port: int | None = None
     rcode: str | None = None  # dns: the answer's code (NOERROR, NXDOMAIN, SERVFAIL, ...)
+    network_policy_id: str | None = None  # the policy in force when it was decided (None: no policy)
+    network_policy_update_time_ms: int | None = None  # ...and its version (its update_time_ms then)
 
 
 class NetworkEventListView(BaseModel):

@@ -181,3 +181,24 @@ def test_drops_by_the_routers_shared_rules_are_logged_with_their_reason(plane, d
                if e.kind == "blocked"]
     assert blocked == [(BLOCKED, 853, "resolver_bypass"), (BLOCKED, 53, "resolver_bypass"),
                        (dataplane.gateway, 22, "router")]
+
+
+def test_each_decision_names_the_policy_version_that_made_it(plane, devboxes, events):
+    dataplane = plane[0]
+    policy = dataclasses.replace(make_policy(allowed_hostnames=["github.com"]), update_time_ms=1000)
+    box = devboxes.create(policy)
+    assert devboxes.run(box, "resolve", "github.com") == f"OK {GITHUB}"
+    revoked = dataclasses.replace(policy, egress=dataclasses.replace(policy.egress, allowed_hostnames=()),
+                                  update_time_ms=2000)
+    dataplane.policy_updated(policy, revoked)
+    assert devboxes.run(box, "resolve", "github.com").startswith("FAIL")
+    assert not devboxes.run(box, "tcp", GITHUB, "443").startswith("OK")
+    wait_for(events, box, lambda e: e.kind == "blocked")
+    seen = [(e.kind, e.verdict, e.network_policy_id, e.network_policy_update_time_ms)
+            for e in events.list_network_events(box, limit=1000)[0] if e.qtype in ("A", "")]
+    assert seen == [("dns", "allowed", policy.id, 1000), ("dns", "denied", policy.id, 2000),
+                    ("blocked", "denied", policy.id, 2000)]
+    unrestricted = devboxes.create(None)
+    assert devboxes.run(unrestricted, "resolve", "github.com") == f"OK {GITHUB}"
+    [dns] = wait_for(events, unrestricted, lambda e: e.kind == "dns" and e.qtype == "A")
+    assert (dns.network_policy_id, dns.network_policy_update_time_ms) == (None, None)

@@ -73,6 +73,7 @@ def test_to_json_has_every_field_in_place():
         ("name", "x.example.com"), ("qtype", "AAAA"), ("matched_pattern", "*.example.com"),
         ("addresses", ["2001:db8::1"]), ("ttl", 42), ("error", "198.51.100.53:53: timeout"),
         ("protocol", None), ("port", None), ("rcode", "SERVFAIL"),
+        ("network_policy_id", None), ("network_policy_update_time_ms", None),
     ]
 
 

@@ -468,6 +468,7 @@ class DataPlane:
             narrowed = not revokes_nothing(enforced.egress, after.egress)
             new_state = _PolicyState(state.key, after, state.users)
             kept_by_id: dict[str, dict[str, dict[str, float]]] = {}
+            armed_by_id: dict[str, tuple[dict[str, float], list[str]]] = {}  # (re-armed, removed)
             if narrowed:
                 now = time.monotonic()
                 was_open = enforced.egress.allow_all  # names learned then are not in nft yet
@@ -484,13 +485,25 @@ class DataPlane:
                     kept_by_id[attached.devbox_id] = kept
                     key = attached.address.key
                     dropped = [ip for ip in attached.learned if ip not in kept]
+                    if was_open and not after.egress.allow_all:
+                        rearm = kept
+                    else:
+                        # An address kept for another name closes when that name's answer would
+                        # have closed it, not the revoked name's (whose TTL may be a day).
+                        rearm = {ip: n for ip, n in kept.items()
+                                 if max(n.values()) < max(attached.learned[ip].values())}
+                    entries = []
+                    for ip, names in rearm.items():
+                        left = int(max(names.values()) - now)
+                        if left >= 1:
+                            entries.append((ip, left))
+                        elif not was_open:
+                            dropped.append(ip)  # its remaining names have expired: closed now
                     if dropped:
                         doc += ruleset.learned_remove(key, dropped)["nftables"]
-                    if was_open and not after.egress.allow_all:
-                        entries = [(ip, int(latest - now)) for ip, latest in
-                                   ((ip, max(n.values())) for ip, n in kept.items()) if latest - now >= 1]
-                        if entries:
-                            doc += ruleset.learned_add(key, entries)["nftables"]
+                    if entries:
+                        doc += ruleset.learned_add(key, entries)["nftables"]
+                    armed_by_id[attached.devbox_id] = ({ip: now + left for ip, left in entries}, dropped)
             self._nft.apply({"nftables": doc})
             self._latest[after.id] = after  # applied: a failed apply rolls the update back
             self._policies[state.key] = new_state
@@ -499,6 +512,10 @@ class DataPlane:
                 attached.view = self._view(new_state, attached.account)
                 if narrowed:
                     attached.learned = kept_by_id[attached.devbox_id]
+                    rearmed, removed = armed_by_id[attached.devbox_id]
+                    for ip in removed:
+                        attached.armed.pop(ip, None)
+                    attached.armed.update(rearmed)
             if narrowed:
                 self._cut_revoked_flows(users, peers_cut)
 

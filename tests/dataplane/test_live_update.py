@@ -391,3 +391,30 @@ def test_what_a_devbox_resolved_is_remembered_within_bounds(plane, devboxes, mon
         attached.learned[f"192.0.2.{100 + i}"] = {f"old{i}.example.com": time.monotonic() - 1}
     dataplane._on_answer(attached.address.ip, "new.example.com", [(BLOCKED, 60)])
     assert set(attached.learned) == {GITHUB, BLOCKED}
+
+
+def test_an_address_kept_for_another_name_closes_when_that_names_answer_would(plane, devboxes):
+    """Two allowed names answered with one address, one with a day's TTL: revoking that one
+    keeps the address for the other, for the other's window only."""
+    from netns import ruleset
+    from simulator.dataplane import learn_timeout
+
+    dataplane = plane[0]
+    policy = make_policy(allowed_hostnames=["long.example.com", "short.example.com"])
+    box = devboxes.create(policy)
+    attached = dataplane.attached(box)
+
+    def kernel_expiry():
+        found = [e["elem"]["expires"] for e in dataplane._nft.list_set("inet", ruleset.TABLE, ruleset.learned_set(attached.address.key))
+                 if isinstance(e, dict) and isinstance(e.get("elem"), dict) and e["elem"].get("val") == GITHUB]
+        return found[0] if found else None
+
+    dataplane._on_answer(attached.address.ip, "long.example.com", [(GITHUB, 86400)])
+    dataplane._on_answer(attached.address.ip, "short.example.com", [(GITHUB, 60)])
+    assert kernel_expiry() > 80000
+    dataplane.policy_updated(policy, updated(policy, allowed_hostnames=("short.example.com",)))
+    assert 0 < kernel_expiry() <= learn_timeout(60)
+    assert devboxes.run(box, "tcp", GITHUB, "443") == "OK ping"  # still open for the other name
+    # and the next answer for it re-arms it as usual
+    dataplane._on_answer(attached.address.ip, "short.example.com", [(GITHUB, 600)])
+    assert kernel_expiry() > learn_timeout(60)

@@ -33,6 +33,7 @@ Host mode and Docker
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -43,15 +44,22 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from netns import namespaces, sysctl
 
 log = logging.getLogger(__name__)
 
 UPLINK_IFNAME = "uplink0"
+HOST_UPLINK_PREFIX = "dbxs"  # the simulator's host-side uplink interfaces: dbxs<instance>
 DEVBOX_IFNAME = "eth0"
 HOST_TABLE_PREFIX = "devbox_sim_uplink_"
 DEFAULT_LINK_NET = "100.127.255.0/30"
+# Host uplinks: one /30 per instance in here (two simulators on one host must not share one).
+HOST_LINK_NETS = "100.127.0.0/17"
+# Set when a host uplink turned the host's IPv4 forwarding on (it was off): the last uplink to
+# go turns it off again. Per network namespace (the "host" may be one, in tests).
+FORWARDING_MARK = "/run/devbox-sim/ip-forward-was-off.{netns}"
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -166,6 +174,36 @@ def gateway_mac(gateway: str) -> str:
     """
     b = ipaddress.IPv4Address(gateway).packed
     return "02:00:" + ":".join(f"{x:02x}" for x in b)
+
+
+def host_link_net(instance: str) -> str:
+    """The host uplink's /30 for a simulator instance: spread over HOST_LINK_NETS by a hash of
+    the instance id, so simulators side by side get different ones."""
+    pool = ipaddress.ip_network(HOST_LINK_NETS)
+    index = int(hashlib.sha256(instance.encode()).hexdigest()[:8], 16) % (pool.num_addresses // 4)
+    return str(ipaddress.ip_network((int(pool.network_address) + 4 * index, 30)))
+
+
+def _forwarding_mark() -> str:
+    return FORWARDING_MARK.format(netns=os.stat("/proc/self/ns/net").st_ino)
+
+
+def _host_conntrack_cap() -> int:
+    """New connections the uplink may hold in the host's connection tracking: half its size,
+    so devboxes together can never take the host's own (ssh, Docker) away."""
+    try:
+        size = int(Path("/proc/sys/net/netfilter/nf_conntrack_max").read_text())
+    except (OSError, ValueError):
+        size = 262144
+    return max(1024, size // 2)
+
+
+def host_addresses() -> list[str]:
+    """The IPv4 addresses of the (calling thread's) host namespace, loopback aside."""
+    def read() -> list[str]:
+        return [a.get_attr("IFA_ADDRESS") for a in namespaces.ipr(None).get_addr(family=socket.AF_INET)]
+
+    return sorted({a for a in namespaces.netlink_call(read) if a and not ipaddress.ip_address(a).is_loopback})
 
 
 def host_table_name(host_ifname: str) -> str:
@@ -710,12 +748,32 @@ class Router:
 
         if namespaces.netlink_call(lambda: _link_index(namespaces.ipr(None), host_ifname)) is not None:
             raise LinkError(f"host interface {host_ifname} already exists")
+        taken = namespaces.netlink_call(lambda: [
+            a.get_attr("IFA_ADDRESS") for a in namespaces.ipr(None).get_addr(family=socket.AF_INET)])
+        link = ipaddress.ip_network(link_net)
+        clash = [a for a in taken if a and ipaddress.ip_address(a) in link]
+        if clash:
+            raise LinkError(f"the host already has {clash[0]} in the uplink's link net {link_net} "
+                            "(another simulator's uplink, or a network of the host's own)")
         if self.uplink is not None and self.uplink.mode == "host":
             remove_host_uplink(self.uplink.peer_ifname)  # replacing our previous host uplink
         try:
             namespaces.netlink_call(_up)
+            if sysctl.read(None, "net.ipv4.ip_forward") == "0":
+                # The host did not route: it must not start routing for anyone but devboxes
+                # (its LAN into its containers, say), and it stops again with the last uplink.
+                mark = Path(_forwarding_mark())
+                mark.parent.mkdir(parents=True, exist_ok=True)
+                mark.touch()
+            forwarding_was_off = Path(_forwarding_mark()).exists()
             sysctl.write(None, "net.ipv4.ip_forward", 1, verify=True)
             sources = ", ".join([link_net, *subnets])
+            uplinks = f"{HOST_UPLINK_PREFIX}*" if host_ifname.startswith(HOST_UPLINK_PREFIX) else host_ifname
+            only_uplinks = (
+                f'    iifname != "{uplinks}" oifname != "{uplinks}" counter drop'
+                f' comment "the host routed nothing before: only devbox traffic"\n'
+                if forwarding_was_off else ""
+            )
             ruleset = (
                 f"table ip {table} {{}}\n"
                 f"delete table ip {table}\n"
@@ -727,6 +785,17 @@ class Router:
                 f"  chain prerouting {{\n"
                 f"    type filter hook prerouting priority -150; policy accept;\n"
                 f'    iifname "{host_ifname}" fib daddr type local counter drop comment "devboxes must not reach the host"\n'
+                # The host's connection tracking is the host's: devboxes get half of it at most.
+                f'    iifname "{host_ifname}" ct state new ct count over {_host_conntrack_cap()} counter drop\n'
+                f"  }}\n"
+                f"  chain forward {{\n"
+                f"    type filter hook forward priority 0; policy accept;\n"
+                # A host DNAT whose match is not a local address (a virtual IP, a forward)
+                # would lead a devbox to an address behind the host that the router never
+                # judged (a LAN closed by --private-networks by-cidr): nothing the host
+                # rewrote for a devbox goes anywhere.
+                f'    iifname "{host_ifname}" ct status dnat counter drop comment "devboxes must not reach what the host forwards"\n'
+                f"{only_uplinks}"
                 f"  }}\n"
                 f"  chain input {{\n"
                 f"    type filter hook input priority -10; policy accept;\n"
@@ -757,10 +826,24 @@ class Router:
 
 
 def _docker_user_rules(host_ifname: str) -> list[tuple[str, ...]]:
+    """Devbox traffic passes Docker's FORWARD drop, except into Docker's own bridges, where
+    Docker's rules decide as for any other source (unpublished ports stay closed)."""
     return [
+        ("-i", host_ifname, "-o", "docker0", "-j", "RETURN"),
+        ("-i", host_ifname, "-o", "br-+", "-j", "RETURN"),
         ("-i", host_ifname, "-j", "ACCEPT"),
         ("-o", host_ifname, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"),
     ]
+
+
+def _docker_user_position(ipt: str) -> int | None:
+    """Where our rules go in DOCKER-USER: before its closing ``-j RETURN`` if it has one (rules
+    the admin put there first still apply to devboxes), else at the end (None)."""
+    listing = _run([ipt, "-w", "-t", "filter", "-S", "DOCKER-USER"], check=False).stdout.splitlines()
+    rules = [line for line in listing if line.startswith("-A DOCKER-USER")]
+    if rules and rules[-1].strip() == "-A DOCKER-USER -j RETURN":
+        return len(rules)  # 1-based: inserting there puts ours just before the RETURN
+    return None
 
 
 def _iptables() -> str | None:
@@ -768,7 +851,7 @@ def _iptables() -> str | None:
 
 
 def _docker_user_accept(host_ifname: str) -> tuple[tuple[tuple[str, ...], ...], list[str]]:
-    """Insert ACCEPT rules for the uplink into DOCKER-USER if that chain exists."""
+    """Add the uplink's rules to DOCKER-USER if that chain exists (after the admin's own)."""
     ipt = _iptables()
     if ipt is None:
         return (), []
@@ -782,11 +865,15 @@ def _docker_user_accept(host_ifname: str) -> tuple[tuple[tuple[str, ...], ...], 
             )
         return (), warnings
     inserted = []
-    for rule in reversed(_docker_user_rules(host_ifname)):  # -I prepends: keep the listed order
+    for rule in _docker_user_rules(host_ifname):
         if _run([ipt, "-w", "-t", "filter", "-C", "DOCKER-USER", *rule], check=False).returncode != 0:
-            _run([ipt, "-w", "-t", "filter", "-I", "DOCKER-USER", *rule])
+            position = _docker_user_position(ipt)
+            if position is None:
+                _run([ipt, "-w", "-t", "filter", "-A", "DOCKER-USER", *rule])
+            else:
+                _run([ipt, "-w", "-t", "filter", "-I", "DOCKER-USER", str(position), *rule])
         inserted.append(rule)
-    return tuple(reversed(inserted)), []
+    return tuple(inserted), []
 
 
 def _docker_user_remove(host_ifname: str) -> None:
@@ -834,6 +921,10 @@ def remove_host_uplink(host_ifname: str) -> None:
         if p.returncode == 0:
             _run([nft, "delete", "table", "ip", table])
     _docker_user_remove(host_ifname)
+    mark = Path(_forwarding_mark())
+    if mark.exists() and not list_host_uplink_tables():
+        sysctl.write(None, "net.ipv4.ip_forward", 0)  # we turned it on; the last uplink is gone
+        mark.unlink(missing_ok=True)
 
 
 def list_host_uplink_tables() -> list[str]:

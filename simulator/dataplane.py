@@ -195,9 +195,12 @@ class DataPlane:
                 upstream = [(self._world.config.resolver, 53)]
                 protected: tuple[str, ...] = ()
             elif self.config.uplink == "host":
-                uplink = self._router.uplink_host(f"dbxs{self.config.instance}")
+                uplink = self._router.uplink_host(f"{links.HOST_UPLINK_PREFIX}{self.config.instance}",
+                                                  links.host_link_net(self.config.instance))
                 upstream = list(self.config.upstream_dns) or host_nameservers()
-                protected = (uplink.peer_address, "169.254.0.0/16")
+                # The host's own addresses are dropped by its uplink table anyway; here they
+                # are dropped (and logged, not counted) before they leave the router.
+                protected = (uplink.peer_address, "169.254.0.0/16", *links.host_addresses())
             else:
                 raise ValueError(f"unknown uplink {self.config.uplink!r} (offline or host)")
             self._rules_router = ruleset.Router(

@@ -54,7 +54,7 @@ def test_host_uplink_passes_dockers_forward_drop_through_docker_user(tmp_path):
         helper = Path(__file__).with_name("uplink_behind_docker.py")
         run = in_ns(host_ns, sys.executable, str(helper), OUTSIDE, str(ECHO_PORT), timeout=120)
         report = json.loads(run.stdout.strip().splitlines()[-1])
-        assert report == {"docker_user_rules": 2, "with_rules": "ping", "without_rules": ""}, run.stderr[-2000:]
+        assert report == {"docker_user_rules": 4, "with_rules": "ping", "without_rules": ""}, run.stderr[-2000:]
 
 
 def _stop_dockerd(dockerd: subprocess.Popen, run_dir: Path) -> None:

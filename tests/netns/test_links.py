@@ -372,27 +372,37 @@ def test_offline_uplink_route_back_without_nat(router, world, make_ns):
 
 FAKE_IPTABLES = r"""#!{python}
 import json, os, sys
+ADMIN, RETURN = [["-d", "192.0.2.128/25", "-j", "DROP"]], ["-j", "RETURN"]
 state_path = os.environ["FAKE_IPT_STATE"]
 args = sys.argv[1:]
 with open(os.environ["FAKE_IPT_LOG"], "a") as f:
     f.write(" ".join(args) + "\n")
-state = json.load(open(state_path)) if os.path.exists(state_path) else {{"rules": []}}
 chain_exists = os.environ.get("FAKE_IPT_DOCKER") == "1"
+# DOCKER-USER as Docker makes it, with a rule of the admin's before its closing RETURN.
+state = json.load(open(state_path)) if os.path.exists(state_path) else {{"rules": ADMIN + [RETURN] if chain_exists else []}}
 a = [x for x in args if x not in ("-w", "-n")]
 if a[:2] == ["-t", "filter"]:
     a = a[2:]
 op, chain, rule = a[0], a[1], a[2:]
-if op == "-S":
-    print("-P {{}} DROP".format(chain))
-    sys.exit(0)
 if chain == "DOCKER-USER" and not chain_exists:
     sys.exit(1)
+if op == "-S":
+    if chain == "DOCKER-USER":
+        print("-N DOCKER-USER")
+        for r in state["rules"]:
+            print(" ".join(["-A", "DOCKER-USER", *r]))
+    else:
+        print("-P {{}} DROP".format(chain))
+    sys.exit(0)
 if op == "-L":
     sys.exit(0)
 if op == "-C":
     sys.exit(0 if rule in state["rules"] else 1)
 if op == "-I":
-    state["rules"].insert(0, rule)
+    position = int(rule.pop(0)) - 1 if rule and rule[0].isdigit() else 0
+    state["rules"].insert(position, rule)
+elif op == "-A":
+    state["rules"].append(rule)
 elif op == "-D":
     if rule not in state["rules"]:
         sys.exit(1)
@@ -497,7 +507,7 @@ def _uplink_host_setup_and_teardown(router_ns: str, host_if: str) -> dict:
     finally:
         r.teardown()
     seen.update(host_link_left=host_link_exists(host_if), table_left=links.host_table_exists(host_if),
-                router_ns_left=namespaces.exists(r.ns))
+                router_ns_left=namespaces.exists(r.ns), ip_forward_after=sysctl.read(None, "net.ipv4.ip_forward"))
     return seen
 
 
@@ -517,18 +527,27 @@ def test_uplink_host_setup_and_teardown(uniq, fake_iptables, monkeypatch, fake_h
     assert "masquerade" in listing and "100.127.255.8/30" in listing
     assert seen["table_exists"] and seen["table"] in seen["tables"]
     if docker:
+        # after the admin's rule (it applies to devboxes too), before Docker's closing RETURN;
+        # into Docker's bridges Docker's own rules decide
         assert seen["fake_iptables"] == [
+            ["-d", "192.0.2.128/25", "-j", "DROP"],
+            ["-i", host_if, "-o", "docker0", "-j", "RETURN"],
+            ["-i", host_if, "-o", "br-+", "-j", "RETURN"],
             ["-i", host_if, "-j", "ACCEPT"],
             ["-o", host_if, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            ["-j", "RETURN"],
         ]
-        assert len(seen["iptables_rules"]) == 2 and seen["warnings"] == []
+        assert len(seen["iptables_rules"]) == 4 and seen["warnings"] == []
     else:
         assert seen["fake_iptables"] == [] and seen["iptables_rules"] == []
         assert any("FORWARD policy is DROP" in w for w in seen["warnings"])
     # a second uplink with the same host name is refused, the first stays intact
     assert seen["second"].startswith("refused") and seen["host_link_after_second"]
     assert (seen["host_link_left"], seen["table_left"], seen["router_ns_left"]) == (False, False, False)
-    assert fake_iptables() == []
+    # forwarding was off on this host: the uplink forwarded only devbox traffic, and the last
+    # uplink to go turned it off again
+    assert "only devbox traffic" in listing and seen["ip_forward_after"] == "0"
+    assert fake_iptables() == ([["-d", "192.0.2.128/25", "-j", "DROP"], ["-j", "RETURN"]] if docker else [])
     # and the real host never saw any of it
     assert not host_link_exists(host_if) and not links.host_table_exists(host_if)
 

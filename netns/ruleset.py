@@ -848,9 +848,10 @@ def add_devbox(router: Router, devbox: Devbox, account_members: Iterable[str] = 
     when the account has no other devbox here: rewriting the rule would reset the count);
     its chain, learned set and connection counter are created; then the source-IP vmaps and
     bridge anti-spoofing sets get its elements. The devbox must not be present: adding it
-    again fails as a whole and changes nothing (its counter set, once the NAT hook has filled
-    it, is "dynamic" to the kernel, a flag this libnftables cannot repeat in JSON, so the
-    kernel refuses the second add). Its policy chain must exist (``add_policy`` earlier in
+    again fails as a whole and changes nothing (its counter set is "dynamic" to the kernel as
+    soon as the counting rule refers to it, a flag this libnftables cannot repeat in JSON, so
+    the kernel refuses the second add; the data plane never reuses the address of a devbox
+    whose removal failed). Its policy chain must exist (``add_policy`` earlier in
     the same or a previous transaction), unless ``devbox.policy`` is None."""
     return _doc(
         _account(router, devbox.account, [*account_members, *([devbox.ip] if devbox.peer else [])],

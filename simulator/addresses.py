@@ -30,6 +30,7 @@ class AddressPool:
         self._first, self._last = 2, self.network.num_addresses - 2
         self._next = self._first
         self._used: set[int] = set()
+        self._retired: set[int] = set()  # slots whose kernel state could not be removed
         self._lock = threading.Lock()
 
     def allocate(self) -> Address:
@@ -45,7 +46,14 @@ class AddressPool:
 
     def release(self, slot: int) -> None:
         with self._lock:
-            self._used.discard(slot)
+            if slot not in self._retired:
+                self._used.discard(slot)
+
+    def retire(self, slot: int) -> None:
+        """Never give ``slot`` out again (until a restart): its kernel state may be left over."""
+        with self._lock:
+            self._retired.add(slot)
+            self._used.add(slot)
 
     def address(self, slot: int) -> Address:
         ip = self.network.network_address + slot

@@ -40,7 +40,7 @@ from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent,
 from dns.cache import MAX_CACHE_SECONDS, cache_seconds
 from netns import conntrack, links, namespaces, ruleset
 from netns.nflog import LoggedPacket, NflogReader
-from netns.nft import Nft
+from netns.nft import Nft, NftError
 from netns.nft_elements import SetElements
 from simulator.addresses import Address, AddressPool
 from simulator.data_dir_lock import lock_instance
@@ -65,11 +65,14 @@ REARM_SLACK_SECONDS = 10
 # Allowed-connection counts of devboxes that have gone, kept for reading afterwards: this many
 # destinations in all (each devbox's set holds at most ruleset.CONNS_PER_DEVBOX).
 DEPARTED_COUNTS_KEPT = 200_000
-# What the data plane remembers of a devbox's answers stays bounded, whatever it resolves (a
-# wildcard DNS answers every name): the newest names per address, and once a devbox has this
-# many addresses, those whose every name has expired are forgotten as the next answer comes.
-NAMES_PER_ADDRESS = 32
-LEARNED_PRUNE_AT = 16384
+DEPARTED_DEVBOXES_KEPT = 20_000
+# What the data plane remembers of a devbox's answers (address -> names) stays bounded,
+# whatever it resolves (a wildcard DNS answers every name): once a devbox has LEARNED_PRUNE_AT
+# names (then twice what was left), the expired ones of addresses it has no connection to are
+# forgotten (nothing else may be: an update cuts a connection by its names). More than
+# MAX_LEARNED_NAMES names answered within their windows: further new names get SERVFAIL.
+LEARNED_PRUNE_AT = 4096
+MAX_LEARNED_NAMES = 16384
 
 
 def learn_timeout(ttl: int) -> int:
@@ -109,6 +112,10 @@ class Attached:
     # ip -> when its nft element expires, as last armed by the resolver path. Trusted only
     # while the ip is in ``learned`` (swaps rewrite both); a stale value just means a re-add.
     armed: dict[str, float] = field(default_factory=dict)
+    # How many names ``learned`` holds (kept as answers come; recounted after bulk changes),
+    # and at how many the next answer first forgets unused expired ones.
+    names: int = 0
+    prune_at: int = 0
 
 
 @dataclass
@@ -389,15 +396,20 @@ class DataPlane:
         return attached
 
     def disconnect(self, devbox_id: str) -> None:
+        attached = self._by_id.get(devbox_id)
+        if attached is None:
+            return
+        # The counts as the devbox leaves, read before the lock (a full set takes ~0.15 s to
+        # list, and the lock is what every DNS answer waits for) and kept before the devbox
+        # stops being found, so a reader always finds one or the other.
+        try:
+            counts = self._counts_of(attached.address.key)
+        except Exception:  # the counts are a view; the devbox must go regardless
+            log.exception("reading the connection counts of %s", devbox_id)
+            counts = []
         with self._lock:
-            attached = self._by_id.get(devbox_id)
-            if attached is None:
-                return
-            try:
-                counts = self._counts_of(attached.address.key)
-            except Exception:  # the counts are a view; the devbox must go regardless
-                log.exception("reading the connection counts of %s", devbox_id)
-                counts = []
+            if self._by_id.get(devbox_id) is not attached:
+                return  # another disconnect of it won
             self._keep_departed_counts(devbox_id, counts)
             del self._by_id[devbox_id]
             self._by_ip.pop(attached.address.ip, None)
@@ -412,7 +424,10 @@ class DataPlane:
             try:
                 self._nft.apply({"nftables": doc})
             except Exception:
-                log.exception("removing nft state of %s", devbox_id)
+                # Its objects may still be there, and adding them again for the next devbox
+                # given this address would fail: the address is not given out again.
+                log.exception("removing nft state of %s; its address %s is retired", devbox_id, attached.address.ip)
+                self.pool.retire(attached.address.slot)
         self._router.detach(attached.address.port)
         self._cut_flows_of(attached.address.ip)
 
@@ -515,6 +530,7 @@ class DataPlane:
                 attached.view = self._view(new_state, attached.account)
                 if narrowed:
                     attached.learned = kept_by_id[attached.devbox_id]
+                    _count_names(attached)
                     rearmed, removed = armed_by_id[attached.devbox_id]
                     for ip in removed:
                         attached.armed.pop(ip, None)
@@ -566,6 +582,7 @@ class DataPlane:
                 else:
                     del attached.learned[address]
             attached.armed = {a: t for a, t in attached.armed.items() if a in attached.learned}
+            _count_names(attached)
 
     def _flows_from(self, sources) -> list[conntrack.Flow]:
         """Flows opened by ``sources`` (IPs), or every flow when None."""
@@ -613,8 +630,8 @@ class DataPlane:
                 # The policy changed between the resolver's decision and now.
                 raise PermissionError(f"{qname} is no longer allowed for {client_ip}")
             now = time.monotonic()
-            if len(attached.learned) >= LEARNED_PRUNE_AT:
-                _forget_expired(attached, now)
+            if attached.names >= max(attached.prune_at, LEARNED_PRUNE_AT):
+                self._forget_unused(attached, now)
             entries = []
             for address, ttl in answers:
                 if ":" in address:
@@ -624,10 +641,12 @@ class DataPlane:
                 timeout = learn_timeout(ttl)
                 known = address in attached.learned
                 names = attached.learned.setdefault(address, {})
-                names.pop(qname, None)
-                names[qname] = now + timeout  # re-inserted: the oldest name is first
-                if len(names) > NAMES_PER_ADDRESS:
-                    del names[next(iter(names))]
+                if qname not in names:
+                    if attached.names >= MAX_LEARNED_NAMES:
+                        # Raising here makes the resolver answer SERVFAIL (fail closed).
+                        raise RuntimeError(f"{client_ip} holds {attached.names} answered names, the most")
+                    attached.names += 1
+                names[qname] = now + timeout
                 if known and attached.armed.get(address, 0.0) >= now + timeout - REARM_SLACK_SECONDS:
                     continue  # armed just before (e.g. a cache hit): it already lasts long enough
                 entries.append((address, timeout))
@@ -638,14 +657,33 @@ class DataPlane:
                 for address, timeout in entries:
                     attached.armed[address] = now + timeout
 
+    def _forget_unused(self, attached: Attached, now: float) -> None:
+        """Forget the expired names of addresses the devbox has no connection to (their nft
+        elements are gone already). Under the lock."""
+        in_use = {flow.dst for flow in self._flows_from([attached.address.ip])}
+        for address, names in list(attached.learned.items()):
+            if address in in_use:
+                continue
+            live = {n: exp for n, exp in names.items() if exp > now}
+            if live:
+                attached.learned[address] = live
+            else:
+                del attached.learned[address]
+                attached.armed.pop(address, None)
+        _count_names(attached)
+        attached.prune_at = 2 * attached.names
+
     def allowed_connections(self, devbox_id: str) -> list[dict]:
         """New TCP/UDP connections the devbox made that the firewall allowed, counted per
         destination (from its nft ``conns_<key>`` set; entries expire an hour after their last
         use). A devbox that has gone: the counts it had when it went."""
         attached = self._by_id.get(devbox_id)
-        if attached is None or self._nft is None:
-            return list(self._departed_counts.get(devbox_id, ()))
-        return self._counts_of(attached.address.key)
+        if attached is not None and self._nft is not None:
+            try:
+                return self._counts_of(attached.address.key)
+            except NftError:  # it left meanwhile (its set is gone): what it left with
+                pass
+        return list(self._departed_counts.get(devbox_id, ()))
 
     def _counts_of(self, key: str) -> list[dict]:
         counts = []
@@ -659,10 +697,12 @@ class DataPlane:
     def _keep_departed_counts(self, devbox_id: str, counts: list[dict]) -> None:
         """Keep a departed devbox's counts (CI reads them after ``with devbox:``), the newest
         devboxes' first, DEPARTED_COUNTS_KEPT destinations in all."""
+        if not counts:
+            return  # nothing to keep: an unknown devbox reads as none too
         departed = self._departed_counts
         departed[devbox_id] = counts
         self._departed_total += len(counts)
-        while self._departed_total > DEPARTED_COUNTS_KEPT and len(departed) > 1:
+        while len(departed) > 1 and (self._departed_total > DEPARTED_COUNTS_KEPT or len(departed) > DEPARTED_DEVBOXES_KEPT):
             self._departed_total -= len(departed.pop(next(iter(departed))))
 
     def _on_logged(self, packet: LoggedPacket) -> None:
@@ -734,12 +774,8 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
                       local_answer=local_answer, local_zone=LOCAL_SUFFIX, unmatched_reason=unmatched)
 
 
-def _forget_expired(attached: Attached, now: float) -> None:
-    """Drop the addresses whose every name has expired (their nft elements are gone too)."""
-    for address, names in list(attached.learned.items()):
-        if max(names.values()) <= now:
-            del attached.learned[address]
-            attached.armed.pop(address, None)
+def _count_names(attached: Attached) -> None:
+    attached.names = sum(len(names) for names in attached.learned.values())
 
 
 def _allows_name(view: ClientView, name: str) -> bool:

@@ -147,8 +147,11 @@ class NetworkPolicyService:
             )
             policy_store.update(conn, after)
             for hook in self._update_hooks:
-                hook(before, after)
+                # Noted before the call: a hook that fails part way (its kernel change made,
+                # cutting flows failed) is taken back too; taking back one that changed
+                # nothing changes nothing.
                 applied.append((hook, before, after))
+                hook(before, after)
         return after
 
     def list_network_policies(

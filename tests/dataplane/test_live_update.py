@@ -374,24 +374,44 @@ def test_an_update_the_store_could_not_commit_is_not_enforced(plane, devboxes, t
 
 
 def test_what_a_devbox_resolved_is_remembered_within_bounds(plane, devboxes, monkeypatch):
-    """A wildcard DNS answers every name: the data plane keeps the newest names per address,
-    and forgets expired addresses once a devbox has many."""
+    """A wildcard DNS answers every name. Past a threshold the data plane forgets expired names
+    of addresses the devbox has no connection to (never a name an open connection may still
+    need: an update cuts connections by their names); past a hard cap new names get SERVFAIL."""
     from simulator import dataplane as module
 
     dataplane = plane[0]
     monkeypatch.setattr(module, "LEARNED_PRUNE_AT", 8)
-    box = devboxes.create(make_policy(allowed_hostnames=["*.example.com"]))
+    monkeypatch.setattr(module, "MAX_LEARNED_NAMES", 60)
+    policy = make_policy(allowed_hostnames=["*.example.com"])
+    box = devboxes.create(policy)
     attached = dataplane.attached(box)
-    for i in range(module.NAMES_PER_ADDRESS + 10):
-        dataplane._on_answer(attached.address.ip, f"n{i}.example.com", [(GITHUB, 60)])
-    names = attached.learned[GITHUB]
-    assert len(names) == module.NAMES_PER_ADDRESS
-    assert f"n{module.NAMES_PER_ADDRESS + 9}.example.com" in names and "n0.example.com" not in names
-    for i in range(10):  # addresses whose names have all expired
-        attached.learned[f"192.0.2.{100 + i}"] = {f"old{i}.example.com": time.monotonic() - 1}
-    dataplane._on_answer(attached.address.ip, "new.example.com", [(BLOCKED, 60)])
-    assert set(attached.learned) == {GITHUB, BLOCKED}
-
+    ip = attached.address.ip
+    for i in range(40):  # one address, many names (a CDN): all remembered
+        dataplane._on_answer(ip, f"cdn{i}.example.com", [(GITHUB, 60)])
+    held = Held(devboxes, box, GITHUB, 443)
+    try:
+        assert held.poke("open") == "OK open"
+        for i in range(6):  # addresses with no connection
+            dataplane._on_answer(ip, f"other{i}.example.com", [(f"198.51.100.{100 + i}", 60)])
+        for names in attached.learned.values():  # every answer's window ends
+            for name in names:
+                names[name] = time.monotonic() - 1
+        attached.prune_at = 0  # (it doubles after each pass: due again now)
+        dataplane._on_answer(ip, "new.example.com", [(BLOCKED, 60)])  # over the threshold: forgets
+        assert set(attached.learned) == {GITHUB, BLOCKED}  # the connection's names stay
+        assert len(attached.learned[GITHUB]) == 40
+        # an update keeping one of those names keeps the connection
+        dataplane.policy_updated(policy, updated(policy, allowed_hostnames=("cdn7.example.com",)))
+        assert held.poke("kept") == "OK kept"
+    finally:
+        held.close()
+    fresh = devboxes.create(make_policy(allowed_hostnames=["*.example.com"]))
+    fresh_ip = dataplane.attached(fresh).address.ip
+    for i in range(60):  # live names up to the cap
+        dataplane._on_answer(fresh_ip, f"live{i}.example.com", [(f"198.51.100.{i + 1}", 3600)])
+    with pytest.raises(RuntimeError):
+        dataplane._on_answer(fresh_ip, "one-more.example.com", [(GITHUB, 3600)])
+    dataplane._on_answer(fresh_ip, "live3.example.com", [(f"198.51.100.{4}", 3600)])  # a known one: fine
 
 def test_an_address_kept_for_another_name_closes_when_that_names_answer_would(plane, devboxes):
     """Two allowed names answered with one address, one with a day's TTL: revoking that one
@@ -418,3 +438,34 @@ def test_an_address_kept_for_another_name_closes_when_that_names_answer_would(pl
     # and the next answer for it re-arms it as usual
     dataplane._on_answer(attached.address.ip, "short.example.com", [(GITHUB, 600)])
     assert kernel_expiry() > learn_timeout(60)
+
+
+def test_an_update_that_failed_after_its_rules_were_applied_is_not_enforced(plane, devboxes, tmp_path):
+    """The data plane applies the rules, then cuts the flows they revoke; when cutting fails,
+    nothing is stored and the devboxes go back to the stored version."""
+    from simulator.db import Database
+    from simulator.network_policies import NetworkPolicyService
+
+    dataplane = plane[0]
+    db = Database(tmp_path / "store.db")
+    service = NetworkPolicyService(db)
+    service.add_update_hook(dataplane.policy_updated)
+    try:
+        policy = service.create_network_policy("acct-a", {"name": "p", "allow_all": True})
+        box = devboxes.create(policy)
+        assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"
+        real_sync = dataplane._conntrack.sync
+
+        def sync_fails():
+            raise OSError(105, "ctnetlink: No buffer space available")  # as the kernel may
+
+        dataplane._conntrack.sync = sync_fails
+        try:
+            with pytest.raises(OSError):
+                service.update_network_policy("acct-a", policy.id, {"allow_all": False, "allowed_hostnames": ["github.com"]})
+        finally:
+            dataplane._conntrack.sync = real_sync
+        assert service.retrieve_network_policy("acct-a", policy.id).egress.allow_all is True  # not stored
+        assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"  # the stored version rules
+    finally:
+        db.close()

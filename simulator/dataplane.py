@@ -39,6 +39,7 @@ from pathlib import Path
 from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent, Resolver, Upstream, bind_udp_tcp
 from dns.cache import MAX_CACHE_SECONDS, cache_seconds
 from netns import conntrack, links, namespaces, ruleset
+from netns.deadman import Deadman
 from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft, NftError
 from netns.nft_elements import SetElements
@@ -176,6 +177,7 @@ class DataPlane:
         # callables(devbox_id, nflog.LoggedPacket, reason, policy in force | None): dropped attempts
         self.block_listeners: list = []
         self._nflog: NflogReader | None = None
+        self._deadman: Deadman | None = None  # turns the router's forwarding off if we die
         self._instance_lock: int | None = None  # lock_instance's descriptor while started
         self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
         # devbox id -> its allowed-connection counts when it went (oldest first, bounded)
@@ -195,6 +197,8 @@ class DataPlane:
             raise
         try:
             self._router.setup()
+            if self._deadman is None:  # from now on, if we die, the router stops forwarding
+                self._deadman = Deadman(self.router_ns).start()
             if self.config.uplink == "offline":
                 self._world = World(self.world_ns, self.config.world or WorldConfig())
                 self._world.start()
@@ -293,6 +297,9 @@ class DataPlane:
             self._conntrack.close()
             self._conntrack = None
         self._router.teardown()
+        if self._deadman is not None:
+            self._deadman.stop()  # the router is gone: nothing left for it to close
+            self._deadman = None
         if self._world is not None:
             self._world.stop()
             self._world = None

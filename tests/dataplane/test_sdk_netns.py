@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import pytest
 from runloop_api_client import RunloopSDK
 
-from netns import namespaces
+from netns import namespaces, sysctl
 from netns.sandbox import find_orphans
 from simulator.dataplane import NS_PREFIX, instance_id
 from tests.runtime_servers import runtime_server
@@ -71,6 +72,19 @@ def unique_sleep() -> str:
     return f"sleep 1000.{secrets.randbelow(10**6):06d}"
 
 
+def world_answers(devbox_ns: str) -> bool:
+    """Whether a TCP connect from the devbox's namespace to a world host (github.com:80) works."""
+    sock = namespaces.socket_in(devbox_ns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(0.5)
+    try:
+        sock.connect(("192.0.2.10", 80))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
     server, args = netns_server
     sdk = RunloopSDK(bearer_token="netns-restart", base_url=server.url, max_retries=0)
@@ -83,8 +97,16 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
     assert subprocess.run(["pgrep", "-f", sleeper], capture_output=True).stdout != b""
     prefix = f"{NS_PREFIX}{instance_id(server.data_dir)}-"
     assert len(namespaces.list_names(prefix)) == 3  # router, world, the devbox
+    [devbox_ns] = [n for n in namespaces.list_names(prefix) if n not in (prefix + "r", prefix + "w")]
+    assert world_answers(devbox_ns)  # no policy: the world is open to it
     server.stop(signal.SIGKILL)
-    # The kernel state outlives the process (closed: nobody answers DNS any more)...
+    # The kernel state outlives the process, closed: nobody answers DNS any more, and the
+    # watchdog the simulator left turns the router's forwarding off - even what a policy
+    # allowed is closed now.
+    deadline = time.monotonic() + 10
+    while world_answers(devbox_ns):
+        assert time.monotonic() < deadline, "the devbox still reaches the world after the simulator died"
+    assert sysctl.read(prefix + "r", "net.ipv4.ip_forward") == "0"
     assert len(namespaces.list_names(prefix)) == 3
     assert [p.name for p in (server.data_dir / "devboxes").iterdir()] == [devbox.id]  # its home and /tmp
     assert find_orphans(prefix) != []

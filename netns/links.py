@@ -57,9 +57,6 @@ HOST_TABLE_PREFIX = "devbox_sim_uplink_"
 DEFAULT_LINK_NET = "100.127.255.0/30"
 # Host uplinks: one /30 per instance in here (two simulators on one host must not share one).
 HOST_LINK_NETS = "100.127.0.0/17"
-# Set when a host uplink turned the host's IPv4 forwarding on (it was off): the last uplink to
-# go turns it off again. Per network namespace (the "host" may be one, in tests).
-FORWARDING_MARK = "/run/devbox-sim/ip-forward-was-off.{netns}"
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -182,10 +179,6 @@ def host_link_net(instance: str) -> str:
     pool = ipaddress.ip_network(HOST_LINK_NETS)
     index = int(hashlib.sha256(instance.encode()).hexdigest()[:8], 16) % (pool.num_addresses // 4)
     return str(ipaddress.ip_network((int(pool.network_address) + 4 * index, 30)))
-
-
-def _forwarding_mark() -> str:
-    return FORWARDING_MARK.format(netns=os.stat("/proc/self/ns/net").st_ino)
 
 
 def _host_conntrack_cap() -> int:
@@ -713,8 +706,10 @@ class Router:
         Host side: address = first host of ``link_net``; net.ipv4.ip_forward=1 (left on at
         teardown: other software such as Docker relies on it too); nftables table
         ``devbox_sim_uplink_<host_ifname>`` masquerading traffic from ``link_net`` (and
-        ``routed_subnets``) leaving through any other interface, and dropping every packet that
-        arrives from the uplink for the host itself; DOCKER-USER accept rules if that chain exists.
+        ``routed_subnets``) leaving through any other interface, dropping every packet that
+        arrives from the uplink for the host itself or that the host rewrote (DNAT), capping the
+        uplink's connections at half the host's tracking, and (forwarding was off) not routing
+        between the host's other interfaces; DOCKER-USER rules if that chain exists.
 
         The router is expected to masquerade devbox traffic onto its uplink address (the host then
         only needs the connected link net). If it does not, pass the devbox subnet in
@@ -759,21 +754,24 @@ class Router:
             remove_host_uplink(self.uplink.peer_ifname)  # replacing our previous host uplink
         try:
             namespaces.netlink_call(_up)
+            only_uplinks = ""
             if sysctl.read(None, "net.ipv4.ip_forward") == "0":
-                # The host did not route: it must not start routing for anyone but devboxes
-                # (its LAN into its containers, say), and it stops again with the last uplink.
-                mark = Path(_forwarding_mark())
-                mark.parent.mkdir(parents=True, exist_ok=True)
-                mark.touch()
-            forwarding_was_off = Path(_forwarding_mark()).exists()
+                # The host did not route: turning forwarding on must not make it route between
+                # the interfaces it has (a LAN and a VPN, a LAN and its containers) - only
+                # devbox traffic. Interfaces made later (Docker's, say, which turns forwarding
+                # on itself) are not held back. Forwarding stays on after us (whoever came
+                # later may rely on it): the log says so.
+                own = namespaces.netlink_call(lambda: [
+                    link.get_attr("IFLA_IFNAME") for link in namespaces.ipr(None).get_links()])
+                others = sorted(n for n in own if n and n != "lo" and n != host_ifname
+                                and not n.startswith(HOST_UPLINK_PREFIX))
+                if others:
+                    names = ", ".join(f'"{n}"' for n in others)
+                    only_uplinks = (f"    iifname {{ {names} }} oifname {{ {names} }} counter drop"
+                                    f' comment "the host routed nothing before: not between its own interfaces"\n')
+                log.warning("net.ipv4.ip_forward was 0 on this host; the host uplink turns it on (and leaves it on)")
             sysctl.write(None, "net.ipv4.ip_forward", 1, verify=True)
             sources = ", ".join([link_net, *subnets])
-            uplinks = f"{HOST_UPLINK_PREFIX}*" if host_ifname.startswith(HOST_UPLINK_PREFIX) else host_ifname
-            only_uplinks = (
-                f'    iifname != "{uplinks}" oifname != "{uplinks}" counter drop'
-                f' comment "the host routed nothing before: only devbox traffic"\n'
-                if forwarding_was_off else ""
-            )
             ruleset = (
                 f"table ip {table} {{}}\n"
                 f"delete table ip {table}\n"
@@ -921,10 +919,6 @@ def remove_host_uplink(host_ifname: str) -> None:
         if p.returncode == 0:
             _run([nft, "delete", "table", "ip", table])
     _docker_user_remove(host_ifname)
-    mark = Path(_forwarding_mark())
-    if mark.exists() and not list_host_uplink_tables():
-        sysctl.write(None, "net.ipv4.ip_forward", 0)  # we turned it on; the last uplink is gone
-        mark.unlink(missing_ok=True)
 
 
 def list_host_uplink_tables() -> list[str]:

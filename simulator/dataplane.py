@@ -117,6 +117,7 @@ class Attached:
     # and at how many the next answer first forgets unused expired ones.
     names: int = 0
     prune_at: int = 0
+    next_prune: float = 0.0  # (monotonic) not before
 
 
 @dataclass
@@ -637,7 +638,7 @@ class DataPlane:
                 # The policy changed between the resolver's decision and now.
                 raise PermissionError(f"{qname} is no longer allowed for {client_ip}")
             now = time.monotonic()
-            if attached.names >= max(attached.prune_at, LEARNED_PRUNE_AT):
+            if attached.names >= max(attached.prune_at, LEARNED_PRUNE_AT) and now >= attached.next_prune:
                 self._forget_unused(attached, now)
             entries = []
             for address, ttl in answers:
@@ -678,7 +679,10 @@ class DataPlane:
                 del attached.learned[address]
                 attached.armed.pop(address, None)
         _count_names(attached)
-        attached.prune_at = 2 * attached.names
+        # Next pass at twice what is left, at the cap at most (at the cap, a pass is what
+        # makes room), and not within a second (a pass walks the devbox's connections).
+        attached.prune_at = min(2 * attached.names, MAX_LEARNED_NAMES)
+        attached.next_prune = now + 1.0
 
     def allowed_connections(self, devbox_id: str) -> list[dict]:
         """New TCP/UDP connections the devbox made that the firewall allowed, counted per

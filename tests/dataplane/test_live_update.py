@@ -396,7 +396,7 @@ def test_what_a_devbox_resolved_is_remembered_within_bounds(plane, devboxes, mon
         for names in attached.learned.values():  # every answer's window ends
             for name in names:
                 names[name] = time.monotonic() - 1
-        attached.prune_at = 0  # (it doubles after each pass: due again now)
+        attached.prune_at, attached.next_prune = 0, 0.0  # (passes are spaced out: due again now)
         dataplane._on_answer(ip, "new.example.com", [(BLOCKED, 60)])  # over the threshold: forgets
         assert set(attached.learned) == {GITHUB, BLOCKED}  # the connection's names stay
         assert len(attached.learned[GITHUB]) == 40
@@ -469,3 +469,24 @@ def test_an_update_that_failed_after_its_rules_were_applied_is_not_enforced(plan
         assert devboxes.run(box, "tcp", BLOCKED, "443") == "OK ping"  # the stored version rules
     finally:
         db.close()
+
+
+def test_a_devbox_at_the_name_cap_gets_new_names_again_once_its_answers_expire(plane, devboxes, monkeypatch):
+    from simulator import dataplane as module
+
+    dataplane = plane[0]
+    monkeypatch.setattr(module, "LEARNED_PRUNE_AT", 8)
+    monkeypatch.setattr(module, "MAX_LEARNED_NAMES", 20)
+    box = devboxes.create(make_policy(allowed_hostnames=["*.example.com"]))
+    attached = dataplane.attached(box)
+    ip = attached.address.ip
+    for i in range(20):
+        dataplane._on_answer(ip, f"live{i}.example.com", [(f"198.51.100.{i + 1}", 3600)])
+    with pytest.raises(RuntimeError):  # at the cap, all of them live
+        dataplane._on_answer(ip, "one-more.example.com", [(GITHUB, 60)])
+    for names in attached.learned.values():  # their windows end; no connection uses them
+        for name in names:
+            names[name] = time.monotonic() - 1
+    attached.next_prune = 0.0  # (a pass at most once a second: as if that second had passed)
+    dataplane._on_answer(ip, "one-more.example.com", [(GITHUB, 60)])
+    assert set(attached.learned) == {GITHUB}

@@ -481,6 +481,8 @@ def _uplink_host_setup_and_teardown(router_ns: str, host_if: str) -> dict:
     seen: dict = {"ip_forward_before": sysctl.read(None, "net.ipv4.ip_forward")}
     r = links.Router(router_ns, gateway=SUBNET_GW, prefix=PREFIX)
     table = links.host_table_name(host_if)
+    lan = host_if + "l"
+    sh("ip", "link", "add", lan, "type", "veth", "peer", "name", host_if + "m")  # the host's own (its LAN)
     try:
         r.setup()
         up = r.uplink_host(host_if, "100.127.255.8/30")
@@ -506,6 +508,7 @@ def _uplink_host_setup_and_teardown(router_ns: str, host_if: str) -> dict:
         seen["host_link_after_second"] = host_link_exists(host_if)
     finally:
         r.teardown()
+    sh("ip", "link", "del", lan)
     seen.update(host_link_left=host_link_exists(host_if), table_left=links.host_table_exists(host_if),
                 router_ns_left=namespaces.exists(r.ns), ip_forward_after=sysctl.read(None, "net.ipv4.ip_forward"))
     return seen
@@ -544,9 +547,11 @@ def test_uplink_host_setup_and_teardown(uniq, fake_iptables, monkeypatch, fake_h
     # a second uplink with the same host name is refused, the first stays intact
     assert seen["second"].startswith("refused") and seen["host_link_after_second"]
     assert (seen["host_link_left"], seen["table_left"], seen["router_ns_left"]) == (False, False, False)
-    # forwarding was off on this host: the uplink forwarded only devbox traffic, and the last
-    # uplink to go turned it off again
-    assert "only devbox traffic" in listing and seen["ip_forward_after"] == "0"
+    # forwarding was off on this host: while the uplink is up the host does not route between
+    # the interfaces it had (only devbox traffic); forwarding stays on after (others may rely on it)
+    own = f'{{ "{host_if}l", "{host_if}m" }}'
+    assert f"iifname {own} oifname {own}" in listing and "not between its own interfaces" in listing
+    assert seen["ip_forward_after"] == "1"
     assert fake_iptables() == ([["-d", "192.0.2.128/25", "-j", "DROP"], ["-j", "RETURN"]] if docker else [])
     # and the real host never saw any of it
     assert not host_link_exists(host_if) and not links.host_table_exists(host_if)

@@ -581,16 +581,7 @@ class DataPlane:
         # Expired names are kept only for the connections still open to their addresses.
         now = time.monotonic()
         for ip, attached in by_ip.items():
-            for address, names in list(attached.learned.items()):
-                if (ip, address) in in_use:
-                    continue
-                live = {n: exp for n, exp in names.items() if exp > now}
-                if live:
-                    attached.learned[address] = live
-                else:
-                    del attached.learned[address]
-            attached.armed = {a: t for a, t in attached.armed.items() if a in attached.learned}
-            _count_names(attached)
+            _forget_expired(attached, {dst for src, dst in in_use if src == ip}, now)
 
     def _flows_from(self, sources) -> list[conntrack.Flow]:
         """Flows opened by ``sources`` (IPs), or every flow when None."""
@@ -668,17 +659,7 @@ class DataPlane:
     def _forget_unused(self, attached: Attached, now: float) -> None:
         """Forget the expired names of addresses the devbox has no connection to (their nft
         elements are gone already). Under the lock."""
-        in_use = {flow.dst for flow in self._flows_from([attached.address.ip])}
-        for address, names in list(attached.learned.items()):
-            if address in in_use:
-                continue
-            live = {n: exp for n, exp in names.items() if exp > now}
-            if live:
-                attached.learned[address] = live
-            else:
-                del attached.learned[address]
-                attached.armed.pop(address, None)
-        _count_names(attached)
+        _forget_expired(attached, {flow.dst for flow in self._flows_from([attached.address.ip])}, now)
         # Next pass at twice what is left, at the cap at most (at the cap, a pass is what
         # makes room), and not within a second (a pass walks the devbox's connections).
         attached.prune_at = min(2 * attached.names, MAX_LEARNED_NAMES)
@@ -783,6 +764,21 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
     unmatched = "deny_all" if not patterns and not policy.egress.allowed_cidrs else "no_matching_pattern"
     return ClientView(matcher=HostnameMatcher(patterns) if patterns else None, allow_all=False,
                       local_answer=local_answer, local_zone=LOCAL_SUFFIX, unmatched_reason=unmatched)
+
+
+def _forget_expired(attached: Attached, in_use: set[str], now: float) -> None:
+    """Forget the expired names of the addresses not ``in_use`` (by a connection of the
+    devbox): nothing but a name's revocation may cut a connection, which goes by its names."""
+    for address, names in list(attached.learned.items()):
+        if address in in_use:
+            continue
+        live = {n: exp for n, exp in names.items() if exp > now}
+        if live:
+            attached.learned[address] = live
+        else:
+            del attached.learned[address]
+            attached.armed.pop(address, None)
+    _count_names(attached)
 
 
 def _count_names(attached: Attached) -> None:

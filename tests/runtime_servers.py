@@ -81,7 +81,14 @@ def check_left_nothing(runtime: str, data: Path) -> None:
     from netns import namespaces
     from simulator.dataplane import NS_PREFIX, instance_id
 
-    leftovers = namespaces.list_names(f"{NS_PREFIX}{instance_id(data)}-")
+    prefix = f"{NS_PREFIX}{instance_id(data)}-"
+    leftovers = namespaces.list_names(prefix)
+    if leftovers:  # (a failed test may have killed the server) removed as its next start would
+        from netns.sandbox import kill_orphans
+        from simulator.dataplane import DataPlane, DataPlaneConfig
+
+        kill_orphans(prefix)
+        DataPlane(DataPlaneConfig(instance=instance_id(data))).remove_orphans()
     assert leftovers == [], f"a stopped server left namespaces: {leftovers}"
 
 

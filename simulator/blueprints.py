@@ -34,6 +34,7 @@ from simulator.db import Database
 from simulator.devboxes import DevboxService, check_command
 from simulator.idle_policy import suspend_hooks
 from simulator.errors import Conflict, InvalidRequest, found
+from simulator.labels import reject_control_characters
 from simulator.network_policies import NetworkPolicyService
 from simulator.policy_model import Page
 from simulator.runtime.base import RuntimeFailure
@@ -293,6 +294,7 @@ def _check_params(params: dict[str, Any]) -> None:
         raise InvalidRequest("name is required and must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
+    reject_control_characters("name", name)
     if params.get("base_blueprint_id") and params.get("base_blueprint_name"):
         raise InvalidRequest("give at most one of base_blueprint_id and base_blueprint_name")
     commands = [*(params.get("system_setup_commands") or []), *((params.get("launch_parameters") or {}).get("launch_commands") or [])]

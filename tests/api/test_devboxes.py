@@ -682,3 +682,19 @@ def test_listing_a_devboxs_connections_does_not_hold_up_other_requests(devbox_cl
     release.set()
     thread.join(10)
     assert outcome["released"] and box["result"].json()["connections"][0]["destination"] == "192.0.2.10"
+
+
+def test_names_are_text_without_control_characters(devbox_client):
+    """Devbox, blueprint and snapshot names, like policy names: a line break in one would
+    forge a line of the server's log, NUL and escapes garble the CLI's tables."""
+    for name in ("a\x00b", "line\nbreak", "del\x7f", "c1\x85next-line"):
+        assert_error(devbox_client.post(URL, json={"name": name}, headers=ALICE), 400, "invalid_request", "control")
+        assert_error(devbox_client.post("/v1/blueprints", json={"name": name}, headers=ALICE), 400, "invalid_request",
+                     "control")
+    view = create_running(devbox_client, name="ok")
+    assert_error(devbox_client.post(f"{URL}/{view['id']}", json={"name": "bad\x1b[2J"}, headers=ALICE), 400,
+                 "invalid_request", "control")
+    assert_error(devbox_client.post(f"{URL}/{view['id']}/snapshot_disk_async", json={"name": "bad\nname"},
+                                    headers=ALICE), 400, "invalid_request", "control")
+    assert devbox_client.get(f"{URL}/{view['id']}", headers=ALICE).json()["name"] == "ok"
+    assert devbox_client.get("/v1/blueprints", headers=ALICE).json()["blueprints"] == []

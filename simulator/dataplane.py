@@ -631,19 +631,18 @@ class DataPlane:
             now = time.monotonic()
             if attached.names >= max(attached.prune_at, LEARNED_PRUNE_AT) and now >= attached.next_prune:
                 self._forget_unused(attached, now)
+            # IPv4 only (devboxes are IPv4-only), and never the devbox subnet.
+            usable = [(a, ttl) for a, ttl in answers if ":" not in a and ipaddress.ip_address(a) not in subnet]
+            new = sum(qname not in attached.learned.get(a, ()) for a, _ttl in usable)
+            if new and attached.names + new > MAX_LEARNED_NAMES:
+                # Before anything is noted; raising makes the resolver answer SERVFAIL (fail closed).
+                raise RuntimeError(f"{client_ip} holds {attached.names} answered names, the most")
             entries = []
-            for address, ttl in answers:
-                if ":" in address:
-                    continue  # devboxes are IPv4-only
-                if ipaddress.ip_address(address) in subnet:
-                    continue  # learned addresses never open the devbox subnet
+            for address, ttl in usable:
                 timeout = learn_timeout(ttl)
                 known = address in attached.learned
                 names = attached.learned.setdefault(address, {})
                 if qname not in names:
-                    if attached.names >= MAX_LEARNED_NAMES:
-                        # Raising here makes the resolver answer SERVFAIL (fail closed).
-                        raise RuntimeError(f"{client_ip} holds {attached.names} answered names, the most")
                     attached.names += 1
                 names[qname] = now + timeout
                 if known and attached.armed.get(address, 0.0) >= now + timeout - REARM_SLACK_SECONDS:

@@ -490,3 +490,10 @@ def test_a_devbox_at_the_name_cap_gets_new_names_again_once_its_answers_expire(p
     attached.next_prune = 0.0  # (a pass at most once a second: as if that second had passed)
     dataplane._on_answer(ip, "one-more.example.com", [(GITHUB, 60)])
     assert set(attached.learned) == {GITHUB}
+    for i in range(18):  # one below the cap now (with one-more)
+        dataplane._on_answer(ip, f"again{i}.example.com", [(f"198.51.100.{i + 1}", 3600)])
+    # an answer with two addresses would go past it: refused whole, nothing of it noted
+    with pytest.raises(RuntimeError):
+        dataplane._on_answer(ip, "two.example.com", [(BLOCKED, 60), ("203.0.113.31", 60)])
+    assert BLOCKED not in attached.learned and "203.0.113.31" not in attached.learned
+    assert attached.names == 19

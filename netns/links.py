@@ -743,10 +743,8 @@ class Router:
 
         if namespaces.netlink_call(lambda: _link_index(namespaces.ipr(None), host_ifname)) is not None:
             raise LinkError(f"host interface {host_ifname} already exists")
-        taken = namespaces.netlink_call(lambda: [
-            a.get_attr("IFA_ADDRESS") for a in namespaces.ipr(None).get_addr(family=socket.AF_INET)])
         link = ipaddress.ip_network(link_net)
-        clash = [a for a in taken if a and ipaddress.ip_address(a) in link]
+        clash = [a for a in host_addresses() if ipaddress.ip_address(a) in link]
         if clash:
             raise LinkError(f"the host already has {clash[0]} in the uplink's link net {link_net} "
                             "(another simulator's uplink, or a network of the host's own)")

@@ -33,15 +33,20 @@ def probe(host_ns: str, *targets: str, planes: int = 1) -> dict:
     return report
 
 
+def host_dnat(host_ns: str, match: str) -> None:
+    """A DNAT of ``match`` to the echo server behind the host, in the host's prerouting."""
+    in_ns(host_ns, "nft", "-f", "-", input=(
+        "table ip host_dnat {\n"
+        "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n"
+        f"    {match} dnat to {ECHO}\n"
+        "  }\n"
+        "}\n"))
+
+
 def test_a_port_the_host_publishes_does_not_lead_past_it():
     with host_and_outside("dbxd") as (host_ns, _):
         # What `docker run -p 9999:7777` does for a container at OUTSIDE, in nft terms.
-        in_ns(host_ns, "nft", "-f", "-", input=(
-            "table ip publish {\n"
-            "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n"
-            f"    fib daddr type local tcp dport {PUBLISHED} dnat to {ECHO}\n"
-            "  }\n"
-            "}\n"))
+        host_dnat(host_ns, f"fib daddr type local tcp dport {PUBLISHED}")
         report = probe(host_ns, ECHO, f"{HOST_SIDE}:{PUBLISHED}")
         # The network beyond the host is reachable under allow_all (so the path works)...
         assert report["replies"][0][ECHO] == "ping", report["stderr"]
@@ -51,12 +56,7 @@ def test_a_port_the_host_publishes_does_not_lead_past_it():
 
 def test_an_address_the_host_forwards_does_not_lead_past_it():
     with host_and_outside("dbxv") as (host_ns, _):
-        in_ns(host_ns, "nft", "-f", "-", input=(
-            "table ip forwards {\n"
-            "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;\n"
-            f"    ip daddr {VIRTUAL} tcp dport 80 dnat to {ECHO}\n"
-            "  }\n"
-            "}\n"))
+        host_dnat(host_ns, f"ip daddr {VIRTUAL} tcp dport 80")
         report = probe(host_ns, ECHO, f"{VIRTUAL}:80")
         assert report["replies"][0][ECHO] == "ping", report["stderr"]
         # The router judged VIRTUAL (allowed under allow_all); what the host rewrote it to, it

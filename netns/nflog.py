@@ -142,9 +142,14 @@ class NflogReader:
         return self
 
     def _run(self) -> None:
+        # poll, not select: select cannot watch a descriptor of 1024 or more (netns.sandbox).
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        stop = self._stop_r.fileno()
         while True:
-            ready, _, _ = select.select([self._sock, self._stop_r], [], [])
-            if self._stop_r in ready:
+            ready = poller.poll()
+            if any(fd == stop for fd, _events in ready):
                 return
             try:
                 data = self._sock.recv(1 << 16)

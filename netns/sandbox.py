@@ -664,12 +664,15 @@ class Sandbox:
         """None when the init said ready, else whatever the chain printed before dying."""
         buf = b""
         deadline = time.monotonic() + _START_TIMEOUT
+        # poll, not select: with the open-file limit raised (simulator.fd_limit) the pipe may
+        # be descriptor 1024 or more, which select cannot watch (ValueError).
+        readable = select.poll()
+        readable.register(fd, select.POLLIN)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return buf.decode(errors="replace") + " (timed out)"
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
+            if not readable.poll(left * 1000):
                 continue
             chunk = os.read(fd, 4096)
             if not chunk:

@@ -11,6 +11,7 @@ from pathlib import Path
 from simulator.accounts import Accounts
 from simulator.config import LOG_LEVELS, PRIVATE_NETWORK_MODES, RUNTIMES, UPLINKS, Settings, parse_servers
 from simulator.data_dir_lock import lock_data_dir
+from simulator.fd_limit import raise_open_file_limit
 
 log = logging.getLogger("devbox_sim")
 
@@ -66,6 +67,7 @@ def serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     global _data_dir_lock
+    raise_open_file_limit()
     try:
         # Before anything touches the instance's kernel state. Never closed: the process's
         # exit releases it, after its last thread.

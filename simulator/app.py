@@ -96,7 +96,7 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         accounts=Accounts.from_file(settings.api_keys),
         network_policies=policies,
         devboxes=devboxes,
-        executions=ExecutionService(db, devboxes),
+        executions=ExecutionService(db, devboxes, spill_dir=_spill_dir(settings)),
         files=FileService(devboxes),
         network_events=events,
         snapshots=snapshots,
@@ -104,6 +104,12 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
         tunnels=TunnelService(db, devboxes),
         runtime=runtime,
     )
+
+
+def _spill_dir(settings: Settings):
+    """Running commands' output beyond a little (simulator.output_buffer): on the data dir's
+    file system (not /tmp, which is often memory), in files that have no name."""
+    return settings.data_dir / "spill"  # made at the first spill: a full disk must not stop a start
 
 
 def _test_runtime(settings: Settings) -> DevboxRuntime | None:

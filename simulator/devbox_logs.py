@@ -10,7 +10,9 @@ Entries, oldest first (``source`` as the SDK's ``Log`` model names them):
 
 A running command's lines live in memory (its ``LineLog``) and are stored with its result in
 one transaction, so a busy command costs no write per line; the endpoint shows both. At most
-``MAX_LINES_PER_COMMAND`` lines of a command are logged (the execution keeps all its output).
+``MAX_LINES_PER_COMMAND`` lines and ``MAX_CHARS_PER_COMMAND`` characters of a command are
+logged (the execution keeps all its output): the lines are held in memory while it runs, and
+long lines by the thousand would hold as much as its output again.
 
 Retention: the store keeps the newest ``MAX_LINES_PER_DEVBOX`` entries of each devbox (every
 entry counts: a command's start, its lines, its end); older ones are dropped, so a chatty
@@ -30,6 +32,7 @@ MAX_LINES_PER_COMMAND = 10_000
 MAX_LINES_PER_DEVBOX = 20_000  # stored entries per devbox: the newest are kept
 PRUNE_SLACK = MAX_LINES_PER_DEVBOX // 10
 MAX_LINE_CHARS = 16_384  # a longer line is cut (marked with "...")
+MAX_CHARS_PER_COMMAND = 2 * 1024 * 1024  # all its logged lines together
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class LineLog:
         self.entries: list[LogEntry] = [self._entry("info", "started")]
         self._partial = {"stdout": "", "stderr": ""}
         self._lines = 0
+        self._chars = 0
         self._dropped = 0
 
     def add(self, stream: str, text: str) -> None:
@@ -83,12 +87,14 @@ class LineLog:
         return self.entries
 
     def _line(self, stream: str, line: str) -> None:
-        if self._lines >= MAX_LINES_PER_COMMAND:
+        if len(line) > MAX_LINE_CHARS:
+            line = line[:MAX_LINE_CHARS] + "..."
+        # Sticky: the log is the command's first lines, without holes.
+        if self._dropped or self._lines >= MAX_LINES_PER_COMMAND or self._chars + len(line) > MAX_CHARS_PER_COMMAND:
             self._dropped += 1
             return
         self._lines += 1
-        if len(line) > MAX_LINE_CHARS:
-            line = line[:MAX_LINE_CHARS] + "..."
+        self._chars += len(line)
         self.entries.append(self._entry("info" if stream == "stdout" else "error", line))
 
     def _entry(self, level: str, message: str, exit_code: int | None = None) -> LogEntry:

@@ -22,6 +22,7 @@ import sqlite3
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio.to_thread
 
@@ -85,12 +86,15 @@ class ExecutionService:
         *,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         max_stored_output_bytes: int = execution_store.MAX_STORED_OUTPUT_BYTES,
+        spill_dir: Path | None = None,
     ):
         self.db = db
         self.devboxes = devboxes
         self.watch = watch or devboxes.watch
         self.max_output_bytes = max_output_bytes
         self.max_stored_output_bytes = max_stored_output_bytes  # all commands' output in the store
+        # Where running commands' output goes beyond a little (output_buffer); None: memory.
+        self.spill_dir = spill_dir
         self._live: dict[str, LiveExecution] = {}
         self._live_lock = threading.Lock()
         self._starting: list[tuple[str, str]] = []  # (account, devbox id) of starts under way
@@ -353,7 +357,8 @@ class ExecutionService:
                     proc = runtime.exec(devbox_id, command, env=dict(devbox.environment_variables))
                 except RuntimeFailure as exc:
                     raise InvalidRequest(f"cannot run a command on devbox {devbox_id}: {exc}", code="devbox_not_running")
-                live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin, log_source=log_source)
+                live = LiveExecution(execution, proc, self.max_output_bytes, attach_stdin, log_source=log_source,
+                                     spill_dir=self.spill_dir)
                 live.on_complete = on_complete
                 try:
                     with self.db.transaction() as conn:
@@ -435,6 +440,7 @@ class ExecutionService:
                 devbox_logs.insert(conn, final.account, final.devbox_id, entries)
             with self._live_lock:
                 self._live.pop(live.id, None)
+            live.release_output()
 
         # Until it is stored (its disk full, say), the completed execution is answered from
         # memory: it stays in _live, completed.

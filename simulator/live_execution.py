@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from simulator import clock, devbox_logs
 from simulator.command_output import signal_group
@@ -28,13 +29,14 @@ COMPLETED = "completed"
 
 class LiveExecution:
     def __init__(self, execution: Execution, proc: subprocess.Popen, max_output_bytes: int, attach_stdin: bool,
-                 *, log_source: str = "exec"):
+                 *, log_source: str = "exec", spill_dir: Path | None = None):
         self.execution = execution
         self.proc = proc
         self.attach_stdin = attach_stdin
         self.done = threading.Event()  # set once the completed execution is stored
         self._lock = threading.Lock()  # guards _output, _lines and _final
-        self._output = {name: OutputBuffer(max_output_bytes) for name in STREAMS}
+        self._output = {name: OutputBuffer(max_output_bytes, spill_dir) for name in STREAMS}
+        self._released = False  # the buffers are given back: the output is _final's (release_output)
         self._lines = devbox_logs.LineLog(log_source, execution.command, execution.id)
         self.on_complete = None  # called with the stored (final) execution once it completed
         self._final: Execution | None = None
@@ -75,19 +77,19 @@ class LiveExecution:
             if self._final is not None:
                 return False  # completed without this (a background child kept the pipe): drop
             buffer = self._output[stream]
-            before = len(buffer.data)
+            before = buffer.size
             if not buffer.feed(chunk):
                 return False  # only part of a character so far, or beyond the cap
-            self._lines.add(stream, buffer.data[before:].decode("utf-8"))
+            self._lines.add(stream, buffer.read(before).decode("utf-8"))
             return True
 
     def complete(self, exit_status: int) -> tuple[Execution, list[devbox_logs.LogEntry]]:
         """The command ended: its final view and its log entries (to store together)."""
         with self._lock:
             for stream, buffer in self._output.items():
-                before = len(buffer.data)
+                before = buffer.size
                 buffer.finish()  # a trailing partial character becomes U+FFFD
-                self._lines.add(stream, buffer.data[before:].decode("utf-8"))
+                self._lines.add(stream, buffer.read(before).decode("utf-8"))
             self._final = replace(
                 self.execution,
                 status=COMPLETED,
@@ -104,14 +106,28 @@ class LiveExecution:
         """(output from ``position``, moved to the next character boundary; that start;
         whether the command completed, so that this is all of the rest)."""
         with self._lock:  # copied under the lock: readers append to the buffer
-            data = self._output[stream].data
-            start = boundary_after(data, position)
-            return bytes(data[start:]), start, self._final is not None
+            if self._released:
+                data = (getattr(self._final, stream) or "").encode("utf-8")
+                start = boundary_after(data, position)
+                return data[start:], start, True
+            buffer = self._output[stream]
+            start = buffer.start_at(position)
+            return buffer.read(start), start, self._final is not None
 
     def has_more(self, stream: str, position: int) -> bool:
         """Output beyond ``position``, or completed? (Cheap: no copy.)"""
         with self._lock:
-            return self._final is not None or len(self._output[stream].data) > position
+            return self._final is not None or self._output[stream].size > position
+
+    def release_output(self) -> None:
+        """The completed output is stored: give back the buffers (their spill files). A
+        reader that still holds this object is served the final text."""
+        with self._lock:
+            if self._final is None or self._released:
+                return
+            self._released = True
+            for buffer in self._output.values():
+                buffer.close()
 
     def log_entries(self) -> list[devbox_logs.LogEntry]:
         """Log entries so far; none once completed (they are stored with the result)."""

@@ -10,23 +10,64 @@ Bytes are decoded incrementally: a multi-byte character split across two reads i
 until its last byte arrives (or, when the stream ends, becomes U+FFFD). The buffer therefore
 only ever ends on a character boundary, so every chunk a stream sends is whole characters and
 its end offset is a valid place to resume; joining the chunks gives the final text exactly.
+
+Where the text is kept: in memory up to ``MEMORY_BYTES``, then in an unlinked temporary file
+in ``spill_dir`` (the data dir's). A devbox may run 256 commands at once and each stream
+keeps up to 16 MiB: in memory that was gigabytes of the simulator's RSS for a few chatty
+commands, which every account shares. On disk it costs a descriptor per long stream, and
+nothing is left behind by a crash (the file has no name). A file that cannot be written (a
+full disk) ends the keeping: the stream is truncated there, as at the cap.
 """
 
 from __future__ import annotations
 
 import codecs
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MEMORY_BYTES = 64 * 1024  # per stream; most commands' output never leaves memory
 
 
 class OutputBuffer:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, spill_dir: Path | None = None, memory_bytes: int = MEMORY_BYTES):
         # Cap on the text kept (its UTF-8), so also on what is stored and served: an invalid
         # byte becomes U+FFFD, three bytes, and a cap on bytes read let 16 MiB become 48.
         self.max_bytes = max_bytes
-        self.data = bytearray()  # UTF-8 of the text decoded so far: always valid, whole characters
         self.read_bytes = 0
         self.truncated = False
+        self._memory = bytearray()  # the kept UTF-8 while it fits in memory_bytes
+        self._memory_bytes = memory_bytes if spill_dir is not None else max_bytes
+        self._spill_dir = spill_dir
+        self._file = None  # then all of it is here instead
+        self._size = 0  # bytes kept: always valid UTF-8, whole characters
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._finished = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def spilled(self) -> bool:
+        return self._file is not None
+
+    def read(self, start: int = 0, end: int | None = None) -> bytes:
+        """The kept bytes in [start, end) (a copy)."""
+        end = self._size if end is None else min(end, self._size)
+        if start >= end:
+            return b""
+        if self._file is None:
+            return bytes(self._memory[start:end])
+        return os.pread(self._file.fileno(), end - start, start)
+
+    @property
+    def data(self) -> bytes:
+        """All the kept bytes (a copy)."""
+        return self.read()
 
     def feed(self, chunk: bytes) -> bool:
         """Add what the command wrote; False when nothing new became readable."""
@@ -39,12 +80,39 @@ class OutputBuffer:
         return self._keep(text.encode("utf-8"))
 
     def _keep(self, encoded: bytes) -> bool:
-        room = self.max_bytes - len(self.data)
+        room = self.max_bytes - self._size
         if len(encoded) > room:
             encoded = encoded[: boundary_before(encoded, room)]  # whole characters only
             self.truncated = True
-        self.data += encoded
-        return bool(encoded)
+        if not encoded:
+            return False
+        if self._file is None and self._size + len(encoded) > self._memory_bytes:
+            self._spill()
+        try:
+            if self._file is None:
+                self._memory += encoded
+            else:
+                written = 0
+                while written < len(encoded):
+                    written += os.pwrite(self._file.fileno(), encoded[written:], self._size + written)
+        except OSError as exc:  # the data dir is full or read-only: keep what is kept
+            log.warning("command output cannot be kept beyond %d bytes: %s", self._size, exc)
+            self.truncated = True
+            return False
+        self._size += len(encoded)
+        return True
+
+    def _spill(self) -> None:
+        try:
+            self._spill_dir.mkdir(mode=0o700, exist_ok=True)
+            spill = tempfile.TemporaryFile(dir=self._spill_dir)  # O_TMPFILE: never has a name
+            if self._memory:
+                os.pwrite(spill.fileno(), bytes(self._memory), 0)
+        except OSError as exc:
+            log.warning("command output stays in memory (cannot spill to %s: %s)", self._spill_dir, exc)
+            self._memory_bytes = self.max_bytes  # do not try again for every chunk
+            return
+        self._file, self._memory = spill, bytearray()
 
     def finish(self) -> None:
         """The stream ended: a trailing partial character becomes U+FFFD."""
@@ -54,7 +122,19 @@ class OutputBuffer:
             self._finished = True
 
     def text(self) -> str:
-        return self.data.decode("utf-8")
+        return self.read().decode("utf-8")
+
+    def start_at(self, position: int) -> int:
+        """``position`` moved to the next character boundary (``boundary_after``)."""
+        if position >= self._size:
+            return position
+        return position + _continuations(self.read(position, position + 4))
+
+    def close(self) -> None:
+        """Forget the kept text (its file's descriptor and space): only once nobody reads it."""
+        if self._file is not None:
+            self._file.close()
+        self._file, self._memory, self._size = None, bytearray(), 0
 
 
 def boundary_after(data: bytes | bytearray, offset: int) -> int:
@@ -63,6 +143,14 @@ def boundary_after(data: bytes | bytearray, offset: int) -> int:
     while offset < len(data) and is_continuation(data[offset]):
         offset += 1
     return offset
+
+
+def _continuations(data: bytes) -> int:
+    """How many continuation bytes ``data`` starts with."""
+    n = 0
+    while n < len(data) and is_continuation(data[n]):
+        n += 1
+    return n
 
 
 def is_continuation(byte: int) -> bool:

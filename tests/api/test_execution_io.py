@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 
 import httpx
@@ -126,6 +127,40 @@ def test_live_stream_delivers_output_while_the_command_runs(devbox_server):
             assert done["stdout"] == "first\né second\n"
         finally:
             client.post(f"{URL}/{devbox_id}/shutdown")
+
+
+def _spill_descriptors(data_dir) -> list[str]:
+    """What this process (the in-process server) holds open in the data dir's spill directory."""
+    spill = str(data_dir / "spill") + "/"
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(spill):
+            targets.append(target)
+    return targets
+
+
+def test_a_running_command_s_long_output_waits_on_disk_not_in_memory(devbox_client, devbox, tmp_path):
+    """Beyond 64 KiB per stream, a running command's output is kept in a file without a name
+    in the data dir (256 chatty commands per devbox were gigabytes of the server's memory);
+    it is served and stored exactly, and the file is gone once the result is stored."""
+    data_dir = tmp_path / "data0"  # make_client's first app
+    command = "head -c 300000 /dev/zero | tr '\\0' a; printf '\\303\\251'; while [ ! -e go ]; do sleep 0.01; done; printf end"
+    execution_id = start(devbox_client, devbox, command)["execution_id"]
+    until(lambda: _spill_descriptors(data_dir), timeout=20)
+    spilled = _spill_descriptors(data_dir)
+    assert len(spilled) == 1 and spilled[0].endswith("(deleted)"), spilled  # stdout only, and nameless
+    assert os.listdir(data_dir / "spill") == []
+    devbox_client.post(f"{URL}/{devbox}/execute_sync", json={"command": "touch go"}, headers=ALICE)
+    done = wait(devbox_client, devbox, execution_id).json()
+    assert done["stdout"] == "a" * 300000 + "\u00e9end" and not done["stdout_truncated"]
+    # Inside the "é": the stream starts at the next character.
+    events = sse_events(stream(devbox_client, devbox, execution_id, offset="300001"))
+    assert "".join(e["output"] for e in events) == "end"
+    until(lambda: not _spill_descriptors(data_dir))
 
 
 # --- stdin -------------------------------------------------------------------------------

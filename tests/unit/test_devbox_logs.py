@@ -69,3 +69,14 @@ def test_the_migration_counts_the_lines_an_older_store_already_has(tmp_path, mon
         row = conn.execute("SELECT lines FROM devbox_log_counts WHERE account = 'acct' AND devbox_id = 'dbx_old'")
         assert row.fetchone()[0] == 7
     new.close()
+
+
+def test_a_command_logs_at_most_its_first_characters(monkeypatch):
+    """Lines are held in memory while the command runs: 10,000 long lines were as much as its
+    output again. The log is the first lines that fit, then a count of the rest."""
+    monkeypatch.setattr(devbox_logs, "MAX_CHARS_PER_COMMAND", 50)
+    lines = LineLog("exec", "cmd", "exn_1")
+    lines.add("stdout", "a" * 20 + "\n" + "b" * 20 + "\n" + "c" * 20 + "\n")
+    lines.add("stderr", "d\n")  # would fit, but comes after a dropped line: no holes
+    messages = [e.message for e in lines.finish(0)]
+    assert messages == ["started", "a" * 20, "b" * 20, "2 more output lines not logged", "exited with 0"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 
 from simulator.output_buffer import OutputBuffer, boundary_after, boundary_before
@@ -66,3 +68,48 @@ def test_boundaries():
     assert [boundary_after(data, i) for i in range(7)] == [0, 1, 3, 3, 6, 6, 6]
     assert [boundary_before(data, i) for i in range(8)] == [0, 1, 1, 3, 3, 3, 6, 6]
 
+
+
+# --- spilling to a file --------------------------------------------------------------------
+
+
+def test_spilled_output_reads_exactly_like_output_in_memory(tmp_path):
+    rng = random.Random(11)
+    raw = "héllo wörld ✓ 😀 ".encode() * 400 + b"\xff bad \xe2\x82" + b"tail"
+    memory, spilled = OutputBuffer(1_000_000), OutputBuffer(1_000_000, tmp_path / "spill", memory_bytes=100)
+    cuts = sorted(rng.sample(range(1, len(raw)), 50))
+    for start, end in zip([0, *cuts], [*cuts, len(raw)]):
+        assert memory.feed(raw[start:end]) == spilled.feed(raw[start:end])
+        assert memory.size == spilled.size and memory.read(memory.size // 3) == spilled.read(spilled.size // 3)
+    memory.finish()
+    spilled.finish()
+    assert spilled.spilled and not memory.spilled
+    assert os.listdir(tmp_path / "spill") == []  # the file has no name
+    assert spilled.text() == memory.text() == raw.decode("utf-8", "replace")
+    for position in range(0, 40):  # moved to the next whole character, like boundary_after
+        assert spilled.start_at(position) == memory.start_at(position) == boundary_after(memory.data, position)
+    assert spilled.start_at(10**9) == 10**9
+    spilled.close()
+    assert spilled.size == 0 and spilled.read() == b""
+
+
+def test_output_stays_in_memory_when_it_cannot_spill(tmp_path):
+    (tmp_path / "file").write_text("")
+    buffer = OutputBuffer(1000, tmp_path / "file" / "spill", memory_bytes=4)  # not a directory
+    assert buffer.feed(b"0123456789") and buffer.feed(b"abc")
+    assert not buffer.spilled and buffer.text() == "0123456789abc" and not buffer.truncated
+
+
+def test_a_failed_write_truncates_the_stream_there(tmp_path, monkeypatch):
+    buffer = OutputBuffer(1000, tmp_path, memory_bytes=4)
+    assert buffer.feed(b"0123456789") and buffer.spilled
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    assert buffer.feed(b"more") is False
+    monkeypatch.undo()
+    assert buffer.truncated and buffer.feed(b"again") is False
+    buffer.finish()
+    assert buffer.text() == "0123456789"

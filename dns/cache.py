@@ -1,5 +1,9 @@
 """Answer cache: the final answer section for (qname, qtype), until its shortest TTL runs out.
 
+Entries are kept per ``scope`` (a client group, e.g. an account; None is a scope of its own):
+a cached answer's TTL has run down since it was asked for, so a shared entry would tell one
+scope what another looked up, and when.
+
 Why the resolver caches at all: every cache hit still reports its addresses to the firewall
 (with the remaining TTL), so a busy devbox keeps its firewall elements fresh without
 hammering the upstream.
@@ -93,7 +97,7 @@ class AnswerCache:
             raise ValueError("max_entries must be >= 0")
         self._max = max_entries
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str | None, str, int], _Entry] = OrderedDict()  # (scope, qname, qtype)
         # The server resolves on several worker threads.
         self._lock = threading.Lock()
 
@@ -101,7 +105,7 @@ class AnswerCache:
         with self._lock:
             return len(self._entries)
 
-    def put(self, qname: str, qtype: int, records: list[RR]) -> bool:
+    def put(self, qname: str, qtype: int, records: list[RR], scope: str | None = None) -> bool:
         """Store ``records``; returns whether they were cached (not: empty, TTL 0, size 0)."""
         if not records or self._max == 0:
             return False
@@ -111,10 +115,10 @@ class AnswerCache:
         now = self._clock()
         key = (normalise_name(qname), int(qtype))
         entry = _Entry(tuple(_copy_rr(rr, int(rr.ttl)) for rr in records), None, now, now + min_ttl, key)
-        self._store(key, entry)
+        self._store((scope, *key), entry)
         return True
 
-    def put_section(self, qname: str, qtype: int, section: wire.Section) -> bool:
+    def put_section(self, qname: str, qtype: int, section: wire.Section, scope: str | None = None) -> bool:
         """Store an answer section (as ``put``; ``qname`` already normalised)."""
         if section.count == 0 or self._max == 0:
             return False
@@ -123,7 +127,7 @@ class AnswerCache:
             return False
         now = self._clock()
         key = (qname, int(qtype))
-        self._store(key, _Entry(None, section, now, now + min_ttl, key))
+        self._store((scope, *key), _Entry(None, section, now, now + min_ttl, key))
         return True
 
     def _store(self, key, entry: _Entry) -> None:
@@ -134,14 +138,14 @@ class AnswerCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def lookup(self, qname: str, qtype: int) -> tuple[wire.Section, float] | None:
+    def lookup(self, qname: str, qtype: int, scope: str | None = None) -> tuple[wire.Section, float] | None:
         """(answer section, seconds since it was stored) - the wire form of ``get``.
 
         ``qname`` must already be normalised. Use ``Section.aged(elapsed)`` for the bytes.
         """
         if self._max == 0:
             return None
-        found = self._live((qname, qtype))
+        found = self._live((scope, qname, qtype))
         if found is None:
             return None
         entry, now = found
@@ -162,11 +166,11 @@ class AnswerCache:
             self._entries.move_to_end(key)
         return entry, now
 
-    def get(self, qname: str, qtype: int) -> list[RR] | None:
+    def get(self, qname: str, qtype: int, scope: str | None = None) -> list[RR] | None:
         """Cached records with TTLs lowered by the time spent in the cache, or None."""
         if self._max == 0:
             return None
-        found = self._live((normalise_name(qname), int(qtype)))
+        found = self._live((scope, normalise_name(qname), int(qtype)))
         if found is None:
             return None
         entry, now = found

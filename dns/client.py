@@ -35,6 +35,9 @@ class ClientView:
     unmatched_reason: the reason given for a name denied when there is no pattern at all:
                   "deny_all" when the policy allows nothing; one that allows other things
                   (CIDRs, say) but no names says "no_matching_pattern", as with patterns.
+    cache_scope:  the part of the answer cache the client reads and fills (the simulator: its
+                  account). A cached answer's TTL has run down since someone asked: shared,
+                  it would tell one account what another looked up, and when.
     """
 
     matcher: HostnameMatcher | None
@@ -43,6 +46,7 @@ class ClientView:
     local_answer: LocalAnswer | None = None
     local_zone: str | None = None
     unmatched_reason: str = "deny_all"
+    cache_scope: str | None = None
 
     def in_local_zone(self, qname: str) -> bool:
         zone = self.local_zone

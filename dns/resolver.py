@@ -241,7 +241,7 @@ class Resolver:
             return empty_reply(request), QueryEvent(**allowed)
 
         try:
-            rcode, records = self._lookup(client_ip, qname, q.qtype)
+            rcode, records = self._lookup(client_ip, qname, q.qtype, view.cache_scope)
         except _Failure as failure:
             return self._servfail(request, allowed, failure.reason, failure.error)
         return self._answer(client_ip, request, rcode, records, allowed, aa=False)
@@ -290,9 +290,10 @@ class Resolver:
         )
         return reply, event
 
-    def _lookup(self, client_ip: str, qname: str, qtype: int) -> tuple[int, list[RR]]:
-        """(rcode, answer records) for an allowed name, from the cache or upstream."""
-        cached = self.cache.get(qname, qtype)
+    def _lookup(self, client_ip: str, qname: str, qtype: int, scope: str | None) -> tuple[int, list[RR]]:
+        """(rcode, answer records) for an allowed name, from the cache (``scope``'s part of
+        it) or upstream."""
+        cached = self.cache.get(qname, qtype, scope)
         if cached is not None:
             return RCODE.NOERROR, cached
         with self._upstream_slot(client_ip):
@@ -300,7 +301,7 @@ class Resolver:
         for rr in records:  # parsed from the upstream's reply just now: ours to change
             rr.ttl = wire.capped_ttl(int(rr.ttl))
         if rcode == RCODE.NOERROR:
-            self.cache.put(qname, qtype, records)
+            self.cache.put(qname, qtype, records, scope)
         return rcode, records
 
     def _chase(self, qname: str, qtype: int, first: DNSRecord | None = None) -> tuple[int, list[RR]]:
@@ -430,7 +431,7 @@ class Resolver:
                 "allowed", reason, pattern, (), None, RCODE.NOERROR, None)
 
         try:
-            rcode, section, found, ttl = self._lookup_wire(client_ip, q)
+            rcode, section, found, ttl = self._lookup_wire(client_ip, q, view.cache_scope)
         except _Failure as failure:
             return wire.empty_reply(data, q, RCODE.SERVFAIL, max_size=max_size), (
                 "error", failure.reason, pattern, (), None, RCODE.SERVFAIL, failure.error)
@@ -448,9 +449,9 @@ class Resolver:
             out = wire.reply(data, q, rcode, section.data, section.count, max_size=max_size)
         return out, ("allowed", reason, pattern, found, ttl, rcode, None)
 
-    def _lookup_wire(self, client_ip: str, q: wire.Query):
+    def _lookup_wire(self, client_ip: str, q: wire.Query, scope: str | None):
         """(rcode, section or None, [(address, ttl)], smallest TTL) for an allowed name."""
-        hit = self.cache.lookup(q.name, q.qtype)
+        hit = self.cache.lookup(q.name, q.qtype, scope)
         if hit is not None and hit[0].name_len == len(q.name_wire):
             section, elapsed = hit
             data, found, ttl = section.aged(elapsed)
@@ -467,7 +468,7 @@ class Resolver:
         if section is None:
             return rcode, None, (), None
         if rcode == _NOERROR:
-            self.cache.put_section(q.name, q.qtype, section)
+            self.cache.put_section(q.name, q.qtype, section, scope)
         return rcode, section, section.found(), section.min_ttl
 
     def _chase_wire(self, q: wire.Query) -> tuple[int, wire.Section | None]:

@@ -756,13 +756,15 @@ def _client_view_for(policy: NetworkPolicy | None, account: str, local) -> Clien
     # them, and the siblings' addresses do not leak.
     local_answer = local_answer if accepts_peers(policy) else None
     if policy is None or policy.egress.allow_all:
-        return ClientView(matcher=None, allow_all=True, local_answer=local_answer, local_zone=LOCAL_SUFFIX)
+        return ClientView(matcher=None, allow_all=True, local_answer=local_answer, local_zone=LOCAL_SUFFIX,
+                          cache_scope=account)
     patterns = policy.egress.allowed_hostnames
     # "deny_all" only for a policy that allows nothing: one with CIDRs denies names it has no
     # pattern for, like any other.
     unmatched = "deny_all" if not patterns and not policy.egress.allowed_cidrs else "no_matching_pattern"
     return ClientView(matcher=HostnameMatcher(patterns) if patterns else None, allow_all=False,
-                      local_answer=local_answer, local_zone=LOCAL_SUFFIX, unmatched_reason=unmatched)
+                      local_answer=local_answer, local_zone=LOCAL_SUFFIX, unmatched_reason=unmatched,
+                      cache_scope=account)
 
 
 def _forget_expired(attached: Attached, in_use: set[str], now: float) -> None:

@@ -77,7 +77,9 @@ class NetworkEventLog:
         self._account_of = account_of or (lambda _devbox_id: "")
         self._events: dict[str, deque[NetworkEvent]] = {}
         self._count = 0
-        self._seq = 0
+        # devbox -> the seq of its last event. Per devbox: one counter for all would tell an
+        # account, by the gaps between its own events, how busy the other accounts are.
+        self._seqs: dict[str, int] = {}
         # (account, address) -> the name it last resolved to for a devbox of that account
         self._names: dict[tuple[str, str], str] = {}
         # devbox -> [allowed, denied, error, blocked]: every decision, also those the ring
@@ -101,9 +103,8 @@ class NetworkEventLog:
                     self._names[key] = event.qname  # re-inserted: newest last, oldest evicted
                     if len(self._names) > MAX_NAMES:
                         del self._names[next(iter(self._names))]
-            self._seq += 1
             self._append(devbox_id, NetworkEvent(
-                self._seq, int(event.time * 1000), "dns", event.verdict, event.reason, event.qname,
+                self._next_seq(devbox_id), int(event.time * 1000), "dns", event.verdict, event.reason, event.qname,
                 event.qtype, event.matched_pattern, tuple(event.addresses), event.ttl, event.error,
                 None, None, event.rcode,
                 *((policy.id, policy.update_time_ms) if policy is not None else (None, None)),
@@ -127,9 +128,8 @@ class NetworkEventLog:
                     del self._attempts[next(iter(self._attempts))]
                 if seen is not None and now - seen < ATTEMPT_SECONDS:
                     return
-            self._seq += 1
             self._append(devbox_id, NetworkEvent(
-                seq=self._seq,
+                seq=self._next_seq(devbox_id),
                 time_ms=int(time.time() * 1000),
                 kind="blocked",
                 verdict="denied",
@@ -145,6 +145,13 @@ class NetworkEventLog:
                 network_policy_id=policy.id if policy is not None else None,
                 network_policy_update_time_ms=policy.update_time_ms if policy is not None else None,
             ))
+
+    def _next_seq(self, devbox_id: str) -> int:
+        seq = self._seqs.get(devbox_id, 0) + 1
+        if seq == 1 and len(self._seqs) >= MAX_TOTALS:  # devboxes that ended long ago
+            del self._seqs[next(iter(self._seqs))]
+        self._seqs[devbox_id] = seq
+        return seq
 
     def _append(self, devbox_id: str, event: NetworkEvent) -> None:
         totals = self._totals.get(devbox_id)

@@ -73,6 +73,20 @@ def test_cname_target_of_an_allowed_name_works(devboxes):
     assert devboxes.run(box, "resolve", "target.elsewhere.net").startswith("FAIL gaierror")
 
 
+def test_each_account_has_its_own_cached_answers(plane, devboxes):
+    """A cached answer's TTL runs down: served to another account it would tell when the name
+    was looked up. The data plane gives the resolver's cache one scope per account."""
+    cache = plane[0].resolver.cache
+    me, them = "acct-cache-me", "acct-cache-them"  # accounts no other test resolves with
+    mine = devboxes.create(make_policy(account=me, allow_all=True), account=me)
+    theirs = devboxes.create(make_policy(account=them, allow_all=True), account=them)
+    assert devboxes.run(mine, "resolve", "github.com") == f"OK {GITHUB}"
+    assert cache.lookup("github.com", 1, me) is not None
+    assert cache.lookup("github.com", 1, them) is None
+    assert devboxes.run(theirs, "resolve", "github.com") == f"OK {GITHUB}"
+    assert cache.lookup("github.com", 1, them) is not None
+
+
 def test_cidrs_allow_exactly_their_ports(devboxes):
     box = devboxes.create(
         make_policy(allowed_cidrs=[{"cidr": f"{BLOCKED}/32", "ports": [{"port": 443, "protocol": "TCP"}]},

@@ -177,6 +177,35 @@ def test_cache_hit_skips_upstream_and_refreshes_on_answer(serve, world_zone, rec
     assert zone_handler.count == 2
 
 
+def test_cached_answers_are_kept_per_scope(serve, world_zone, ask):
+    """One account must not see, in a run-down TTL, that another looked a name up: each cache
+    scope (the simulator: an account) has its own answers, on both paths."""
+    zone_handler = CountingHandler(world_zone.resolve)
+    zone_server = serve(zone_handler)
+    clock = FakeClock()
+    scope = {"now": "alice"}
+
+    def views(ip):
+        return ClientView(matcher=HostnameMatcher(["*.example.com"]), allow_all=False, cache_scope=scope["now"])
+
+    resolver = Resolver(views, Upstream(zone_server.udp_addresses, timeout=1.0), clock=clock)
+    server = serve(resolver.resolve)
+    ask(server.udp_addresses[0], "api.example.com")
+    clock.now += 15
+    scope["now"] = "bob"
+    theirs = ask(server.udp_addresses[0], "api.example.com")
+    assert zone_handler.count == 2 and [rr.ttl for rr in theirs.rr] == [60]  # not alice's 45
+    scope["now"] = "alice"
+    mine = ask(server.udp_addresses[0], "api.example.com")
+    assert zone_handler.count == 2 and [rr.ttl for rr in mine.rr] == [45]  # alice's own entry
+    scope["now"] = "carol"  # the dnslib path
+    reply = resolver.resolve(CLIENT, DNSRecord.question("api.example.com"))
+    assert zone_handler.count == 3 and [rr.ttl for rr in reply.rr] == [60]
+    scope["now"] = "bob"
+    reply = resolver.resolve(CLIENT, DNSRecord.question("api.example.com"))
+    assert zone_handler.count == 3 and [rr.ttl for rr in reply.rr] == [60]  # bob's, stored just now
+
+
 def test_cname_chain_returned_in_full(proxy, ask):
     reply = ask(proxy.address, "www.example.com")
     assert [QTYPE[rr.rtype] for rr in reply.rr] == ["CNAME", "CNAME", "A", "A"]

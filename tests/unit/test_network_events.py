@@ -3,6 +3,7 @@
 import pytest
 
 from dns import QueryEvent
+from netns.nflog import LoggedPacket
 from simulator.errors import InvalidRequest
 from simulator.network_events import NetworkEventLog
 
@@ -39,6 +40,20 @@ def test_pages_by_seq():
             break
         cursor = page[-1].seq
     assert seen == [f"h{i}.example.com" for i in range(7)]
+
+
+def test_seq_counts_the_devbox_s_own_events_only():
+    """A shared counter would tell one account, by the gaps in its own seqs, how many events
+    the other accounts' devboxes logged in between."""
+    log = NetworkEventLog()
+    log.on_query("dbx_mine", query("a.example.com"))
+    for i in range(5):
+        log.on_query("dbx_theirs", query(f"t{i}.example.com"))
+    log.on_blocked("dbx_theirs", LoggedPacket(prefix="dbx_x ", src="10.88.0.3", dst="192.0.2.9", proto="tcp", sport=40000, dport=443))
+    log.on_query("dbx_mine", query("b.example.com"))
+    log.on_blocked("dbx_mine", LoggedPacket(prefix="dbx_y ", src="10.88.0.2", dst="192.0.2.9", proto="tcp", sport=40001, dport=443))
+    assert [e.seq for e in log.list_network_events("dbx_mine")[0]] == [1, 2, 3]
+    assert [e.seq for e in log.list_network_events("dbx_theirs")[0]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_noisy_devbox_cannot_exhaust_memory_or_evict_others():

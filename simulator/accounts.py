@@ -29,7 +29,11 @@ class Accounts:
             parts = line.split()
             if len(parts) != 2:
                 raise ValueError(f"{path}:{number}: expected 'TOKEN ACCOUNT', got {line!r}")
-            keys[parts[0]] = parts[1]
+            token, account = parts
+            if keys.get(token, account) != account:
+                # Which one was meant? Taking the last silently gave one account's key to another.
+                raise ValueError(f"{path}:{number}: this token is already the key of account {keys[token]!r}")
+            keys[token] = account
         return cls(keys)
 
     def account_for(self, authorization: str | None) -> str:

@@ -187,6 +187,14 @@ MIGRATIONS: list[str] = [
     DROP INDEX network_policies_name;
     CREATE INDEX network_policies_name ON network_policies(account, name);
     """,
+    # Command output retention per account (simulator.execution_store): past the budget, the
+    # account storing the most loses its oldest output first, not whoever is oldest.
+    """
+    CREATE TABLE stored_output_accounts (account TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
+    INSERT INTO stored_output_accounts (account, bytes)
+        SELECT account, SUM(output_bytes) FROM executions WHERE output_bytes > 0 GROUP BY account;
+    CREATE INDEX executions_account_output_age ON executions(account, end_time_ms, id) WHERE output_bytes > 0;
+    """,
 ]
 
 

@@ -3,12 +3,13 @@
 A row is written when a command starts (so ``command_id`` and ``x-request-id`` de-duplicate
 at once) and rewritten when it completes; output lives in memory until then.
 
-Retention: the store keeps the newest ``MAX_STORED_OUTPUT_BYTES`` of command output, all
-devboxes together (a command may keep up to 2 x 16 MiB). Past it, a completion drops the
-output of the oldest completed commands: their rows stay (status, exit status, times), with
-empty output and ``stdout_truncated``/``stderr_truncated`` set, so nobody mistakes "" for
-what they printed. The total is kept in ``stored_output`` so no completion has to add up
-every row.
+Retention: the store keeps ``MAX_STORED_OUTPUT_BYTES`` of command output, all devboxes
+together (a command may keep up to 2 x 16 MiB). Past it, a completion drops the output of
+completed commands, the oldest of the account that stores the most first: one account's
+chatty commands must not wipe another's results. Their rows stay (status, exit status,
+times), with empty output and ``stdout_truncated``/``stderr_truncated`` set, so nobody
+mistakes "" for what they printed. The total is kept in ``stored_output``, and each
+account's in ``stored_output_accounts``, so no completion has to add up every row.
 """
 
 from __future__ import annotations
@@ -86,30 +87,44 @@ def complete(conn: sqlite3.Connection, execution: Execution, max_stored: int = M
         ),
     )
     conn.execute("UPDATE stored_output SET bytes = bytes + ? WHERE id = 0", (size,))
+    if size:
+        conn.execute(
+            "INSERT INTO stored_output_accounts (account, bytes) VALUES (?, ?)"
+            " ON CONFLICT (account) DO UPDATE SET bytes = bytes + excluded.bytes",
+            (execution.account, size),
+        )
     (total,) = conn.execute("SELECT bytes FROM stored_output WHERE id = 0").fetchone()
     if total > max_stored:
         _drop_oldest_output(conn, total - max_stored, keep=execution.id)
 
 
 def _drop_oldest_output(conn: sqlite3.Connection, excess: int, keep: str) -> None:
-    """Drop the output of the oldest completed commands (never ``keep``'s, the one just
-    completed) until ``excess`` bytes are freed."""
-    oldest = conn.execute(
-        "SELECT id, output_bytes FROM executions WHERE output_bytes > 0 AND id != ? ORDER BY end_time_ms, id",
-        (keep,),
-    )
-    dropped, freed = [], 0
-    for execution_id, size in oldest:  # read lazily: stops at the first rows that suffice
-        if freed >= excess:
-            break
-        dropped.append((execution_id,))
+    """Drop the output of completed commands (never ``keep``'s, the one just completed) until
+    ``excess`` bytes are freed: each time the oldest of the account that stores the most."""
+    freed = 0
+    while freed < excess:
+        victim = None
+        for (account,) in conn.execute(
+            "SELECT account FROM stored_output_accounts WHERE bytes > 0 ORDER BY bytes DESC, account"
+        ).fetchall():
+            victim = conn.execute(
+                "SELECT id, output_bytes FROM executions WHERE account = ? AND output_bytes > 0 AND id != ?"
+                " ORDER BY end_time_ms, id LIMIT 1",
+                (account, keep),
+            ).fetchone()
+            if victim is not None:  # else the account's only output is the one just stored
+                break
+        if victim is None:
+            return
+        execution_id, size = victim
+        conn.execute(
+            "UPDATE executions SET stdout = '', stderr = '', stdout_truncated = 1, stderr_truncated = 1,"
+            " output_bytes = 0 WHERE id = ?",
+            (execution_id,),
+        )
+        conn.execute("UPDATE stored_output_accounts SET bytes = bytes - ? WHERE account = ?", (size, account))
+        conn.execute("UPDATE stored_output SET bytes = bytes - ? WHERE id = 0", (size,))
         freed += size
-    conn.executemany(
-        "UPDATE executions SET stdout = '', stderr = '', stdout_truncated = 1, stderr_truncated = 1,"
-        " output_bytes = 0 WHERE id = ?",
-        dropped,
-    )
-    conn.execute("UPDATE stored_output SET bytes = bytes - ? WHERE id = 0", (freed,))
 
 
 def _size(text: str | None) -> int:

@@ -336,6 +336,30 @@ def test_the_store_keeps_the_newest_output_and_drops_the_oldest(devbox_client, d
     assert execution_store.MAX_STORED_OUTPUT_BYTES == 1 << 30  # the default
 
 
+def test_past_the_budget_the_account_storing_the_most_loses_its_oldest_output(devbox_client, devbox):
+    """One account's chatty commands must not wipe another's results: the budget is all
+    accounts', but what it drops is the biggest account's oldest output first."""
+    services = devbox_client.app.state.services
+    services.executions.max_stored_output_bytes = 3000
+    alices = run(devbox_client, devbox, "yes a | head -c 1000")  # the oldest output in the store
+    bobs_devbox = create_running(devbox_client, headers=BOB)["id"]
+
+    def bob_runs(i):
+        execution = start(devbox_client, bobs_devbox, f"yes {i} | head -c 1000", headers=BOB)
+        return wait(devbox_client, bobs_devbox, execution["execution_id"], headers=BOB).json()
+
+    bobs = [bob_runs(i) for i in range(5)]
+    view = devbox_client.get(f"{URL}/{devbox}/executions/{alices['execution_id']}", headers=ALICE).json()
+    assert view["stdout"] == "a\n" * 500 and not view["stdout_truncated"]  # alice's survived
+    views = [devbox_client.get(f"{URL}/{bobs_devbox}/executions/{b['execution_id']}", headers=BOB).json() for b in bobs]
+    assert [v["stdout_truncated"] for v in views] == [True, True, True, False, False]  # bob's oldest went
+    with services.db.read() as conn:
+        per_account = dict(conn.execute("SELECT account, bytes FROM stored_output_accounts"))
+        summed = dict(conn.execute("SELECT account, SUM(output_bytes) FROM executions GROUP BY account"))
+        (total,) = conn.execute("SELECT bytes FROM stored_output").fetchone()
+    assert per_account == summed and sorted(per_account.values()) == [1000, 2000] and total == 3000
+
+
 def test_commands_running_at_once_are_capped_per_devbox_and_account(devbox_client, monkeypatch):
     import simulator.executions as executions
 

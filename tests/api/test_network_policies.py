@@ -344,6 +344,17 @@ def test_api_keys_file(make_client, tmp_path):
     assert_error(client.get(f"{URL}/{view['id']}", headers=b), 404)
 
 
+def test_a_token_given_to_two_accounts_is_refused(tmp_path):
+    from simulator.accounts import Accounts
+
+    keys = tmp_path / "keys"
+    keys.write_text("key-1 team-a\nkey-1 team-a\nkey-2 team-b\n")  # the same pair twice is harmless
+    assert Accounts.from_file(keys).keys == {"key-1": "team-a", "key-2": "team-b"}
+    keys.write_text("key-1 team-a\nkey-2 team-b\nkey-1 team-b\n")
+    with pytest.raises(ValueError, match=r"keys:3: this token is already the key of account 'team-a'"):
+        Accounts.from_file(keys)
+
+
 # --- validation: clear errors, nothing stored ---------------------------------------------
 
 

@@ -239,7 +239,9 @@ def _merge_egress(current: Egress, params: dict[str, Any]) -> Egress:
         if ports > MAX_PORT_RULES:
             raise InvalidRequest(f"allowed_cidrs hold {ports} port rules in all, more than {MAX_PORT_RULES}")
         changes["allowed_cidrs"] = validate_cidrs(params["allowed_cidrs"])
-    if changes.get("allow_all") is False and "allow_devbox_to_devbox" not in changes and current.allow_all:
-        # Turning allow_all off drops the devbox-to-devbox it implied, unless set explicitly.
-        changes["allow_devbox_to_devbox"] = False
+    # allow_all implies devbox-to-devbox, over what the user set it to: turning allow_all off
+    # brings that back (the value it implied goes), however many updates ago it was set.
+    requested = changes.get("allow_devbox_to_devbox", current.devbox_to_devbox_requested)
+    changes["devbox_to_devbox_requested"] = requested
+    changes["allow_devbox_to_devbox"] = changes.get("allow_all", current.allow_all) or requested
     return replace(current, **changes)

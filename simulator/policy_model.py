@@ -29,8 +29,14 @@ class Egress:
     allow_runloop_mirrors: bool = False
     allowed_hostnames: tuple[str, ...] = ()
     allowed_cidrs: tuple[AllowedCidr, ...] = ()
+    # What the user set allow_devbox_to_devbox to, whatever allow_all implies: turning
+    # allow_all off brings it back. Not in the view; stored only when allow_all hides it
+    # (None: the view's value when allow_all is off, else False, as stores before it read).
+    devbox_to_devbox_requested: bool | None = field(default=None, compare=False)
 
     def __post_init__(self):
+        if self.devbox_to_devbox_requested is None:
+            object.__setattr__(self, "devbox_to_devbox_requested", self.allow_devbox_to_devbox and not self.allow_all)
         # allow_all implies devbox-to-devbox (the contract; the view shows it too).
         if self.allow_all and not self.allow_devbox_to_devbox:
             object.__setattr__(self, "allow_devbox_to_devbox", True)
@@ -40,6 +46,14 @@ class Egress:
         """The view's ``egress`` object as compact JSON: the stored form, spliced into views
         as is (cached: a list of 20 policies would otherwise re-encode 20 of them)."""
         return json.dumps(self.to_json(), separators=(",", ":"))
+
+    @cached_property
+    def stored_json_text(self) -> str:
+        """The stored form: the view's, plus what the user asked for devbox-to-devbox when
+        allow_all hides it (from_json reads it back)."""
+        if not (self.allow_all and self.devbox_to_devbox_requested):
+            return self.json_text
+        return json.dumps({**self.to_json(), "devbox_to_devbox_requested": True}, separators=(",", ":"))
 
     @property
     def deny_all(self) -> bool:
@@ -75,6 +89,7 @@ class Egress:
             allow_agent_gateway=data["allow_agent_gateway"],
             allow_mcp_gateway=data["allow_mcp_gateway"],
             allow_runloop_mirrors=data["allow_runloop_mirrors"],
+            devbox_to_devbox_requested=data.get("devbox_to_devbox_requested"),
             allowed_hostnames=tuple(data["allowed_hostnames"]),
             allowed_cidrs=tuple(
                 AllowedCidr(
@@ -97,7 +112,8 @@ class NetworkPolicy:
     update_time_ms: int
 
     def egress_json(self) -> str:
-        return self.egress.json_text
+        """The stored form of the egress (``Egress.stored_json_text``)."""
+        return self.egress.stored_json_text
 
 
 @dataclass

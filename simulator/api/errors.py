@@ -55,6 +55,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
             parts.append("the request body must be a JSON object, sent as Content-Type: application/json")
         elif error.get("type") == "missing" and where:
             parts.append(f"{where} is required")
+        elif error.get("type") == "extra_forbidden" and where:
+            parts.append(f"{where} is not a field of this object (misspelt?)")
         elif where:
             parts.append(f"{where}: {error.get('msg')}")
         else:

@@ -1,7 +1,9 @@
 """Wire models (pydantic) for requests and responses, as the Runloop SDK sends and reads them.
 
-Requests ignore unknown fields (newer SDKs may send more); types are strict so that
-``"allow_all": "yes"`` is a clear 400 rather than a silent guess.
+Requests ignore unknown fields (newer SDKs may send more), except inside a CIDR rule and its
+port rules: there a misspelt field (``"prot": "TCP"``) would silently widen the rule, so it
+is a 400. Types are strict so that ``"allow_all": "yes"`` is a clear 400 rather than a
+silent guess.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class PortRuleParam(_Request):
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PortRuleParam(_Rule):
     port: StrictInt = Field(ge=1, le=65535)
     end_port: StrictInt | None = Field(default=None, ge=1, le=65535)
     protocol: Literal["TCP", "UDP"] | None = None
 
 
-class AllowedCidrParam(_Request):
+class AllowedCidrParam(_Rule):
     cidr: StrictStr
     ports: list[PortRuleParam] | None = None
 

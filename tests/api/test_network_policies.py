@@ -146,6 +146,28 @@ def test_turning_allow_all_off_drops_implied_devbox_to_devbox(client):
     assert keep["egress"]["allow_devbox_to_devbox"] is True
 
 
+def test_turning_allow_all_off_brings_back_the_devbox_to_devbox_the_user_set(client):
+    """allow_all implies devbox-to-devbox in the view; what the user set survives underneath,
+    also across updates of other fields and a read back from the store."""
+    view = create(client, allow_devbox_to_devbox=True)
+    on = client.post(f"{URL}/{view['id']}", json={"allow_all": True}, headers=ALICE).json()
+    assert on["egress"]["allow_all"] is True and on["egress"]["allow_devbox_to_devbox"] is True
+    assert "devbox_to_devbox_requested" not in on["egress"]  # never in the view
+    client.post(f"{URL}/{view['id']}", json={"allowed_hostnames": ["a.example.com"]}, headers=ALICE)
+    off = client.post(f"{URL}/{view['id']}", json={"allow_all": False}, headers=ALICE).json()
+    assert off["egress"]["allow_all"] is False and off["egress"]["allow_devbox_to_devbox"] is True
+    assert client.get(f"{URL}/{view['id']}", headers=ALICE).json() == off
+    both = create(client, allow_all=True, allow_devbox_to_devbox=True)
+    off = client.post(f"{URL}/{both['id']}", json={"allow_all": False}, headers=ALICE).json()
+    assert off["egress"]["allow_devbox_to_devbox"] is True
+    # Set to false while allow_all hides it: false once allow_all goes.
+    client.post(f"{URL}/{both['id']}", json={"allow_all": True}, headers=ALICE)
+    hidden = client.post(f"{URL}/{both['id']}", json={"allow_devbox_to_devbox": False}, headers=ALICE).json()
+    assert hidden["egress"]["allow_devbox_to_devbox"] is True  # allow_all still implies it
+    off = client.post(f"{URL}/{both['id']}", json={"allow_all": False}, headers=ALICE).json()
+    assert off["egress"]["allow_devbox_to_devbox"] is False
+
+
 def test_invalid_update_changes_nothing(client):
     view = create(client, allowed_hostnames=["ok.example.com"])
     response = client.post(
@@ -353,6 +375,19 @@ def test_a_token_given_to_two_accounts_is_refused(tmp_path):
     keys.write_text("key-1 team-a\nkey-2 team-b\nkey-1 team-b\n")
     with pytest.raises(ValueError, match=r"keys:3: this token is already the key of account 'team-a'"):
         Accounts.from_file(keys)
+
+
+def test_an_unknown_field_in_a_cidr_or_port_rule_is_a_400_not_a_wider_rule(client):
+    """A misspelt "protocol" left the rule open to TCP and UDP; elsewhere unknown fields are
+    ignored (a newer SDK may send more)."""
+    for cidr in ({"cidr": "198.51.100.20/32", "ports": [{"port": 80, "prot": "TCP"}]},
+                 {"cidr": "198.51.100.20/32", "port": [{"port": 80}]}):
+        response = client.post(URL, json={"name": "x", "allowed_cidrs": [cidr]}, headers=ALICE)
+        field = "allowed_cidrs[0].ports[0].prot" if "ports" in cidr else "allowed_cidrs[0].port"
+        assert_error(response, 400, "invalid_request", f"{field} is not a field of this object")
+    assert client.get(URL, headers=ALICE).json()["network_policies"] == []
+    ok = client.post(URL, json={"name": "x", "newer_sdk_field": 1}, headers=ALICE)
+    assert ok.status_code == 200, ok.text
 
 
 # --- validation: clear errors, nothing stored ---------------------------------------------

@@ -35,22 +35,36 @@ class DevboxUids:
 
     def allocate(self) -> int:
         """A uid no devbox on this machine had before (until ``SPAN`` devboxes later)."""
-        fd = os.open(self._file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self._file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            created = True  # the first devbox on this machine: counting starts at 0
+        except FileExistsError:
+            fd = os.open(self._file, os.O_RDWR | os.O_CLOEXEC)
+            created = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # other simulators on this machine wait their turn
             text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             try:
+                if not text and not created:
+                    raise ValueError("empty")  # emptied since (by hand, or a crash while made)
                 current = int(text) if text else 0
+                if current < 0:
+                    raise ValueError("negative")
             except ValueError:
                 # Damaged: start from a random place rather than from 0 (reuse is then a
                 # one in SPAN chance per devbox, not a certainty).
                 current = secrets.randbelow(SPAN)
                 log.warning("%s was unreadable (%r); devbox uids continue from a random point", self._file, text[:20])
             # Written before the uid is used: a crash may skip uids, never repeat one (a
-            # machine crash may lose the write, but the kernel's keyrings go with it).
+            # machine crash may lose the write, but the kernel's keyrings go with it). Written
+            # over the old value, never truncated first: a kill between a truncation and the
+            # write left an empty file, read as 0, and uids were handed out again. The count
+            # only grows, so the new text covers the old; a shorter one (after a random
+            # restart) is cut to its length after it was written.
             line = f"{current + 1}\n".encode()
-            os.ftruncate(fd, 0)
             os.pwrite(fd, line, 0)
+            if os.fstat(fd).st_size > len(line):
+                os.ftruncate(fd, len(line))
         finally:
             os.close(fd)  # releases the lock
         return UID_BASE + current % SPAN

@@ -38,3 +38,35 @@ def test_a_damaged_counter_continues_from_a_random_point_not_from_zero(tmp_path)
     counter.write_text("garbage")
     uids = {DevboxUids(counter).allocate() for _ in range(2)}
     assert UID_BASE not in uids and len(uids) == 2
+
+
+def test_a_failed_write_keeps_the_count(tmp_path, monkeypatch):
+    """The count was truncated before the new one was written: a write failing (a full disk),
+    or a kill between the two, left an empty file, read as 0, and uids came round again."""
+    import errno
+    import os
+
+    import pytest
+
+    counter = tmp_path / "devbox-uids"
+    counter.write_text("7439\n")
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError):
+        DevboxUids(counter).allocate()
+    monkeypatch.undo()
+    assert DevboxUids(counter).allocate() == UID_BASE + 7439
+
+
+def test_an_emptied_counter_is_damaged_not_zero_and_a_shorter_count_is_written_whole(tmp_path):
+    counter = tmp_path / "devbox-uids"
+    counter.write_text("")
+    first = DevboxUids(counter).allocate()
+    assert first != UID_BASE
+    counter.write_text("x" * 40)  # damaged, longer than any count
+    restarted = DevboxUids(counter).allocate()
+    assert counter.read_text() == f"{restarted - UID_BASE + 1}\n"  # nothing of the old text left
+    assert DevboxUids(counter).allocate() == restarted + 1

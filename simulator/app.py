@@ -76,6 +76,7 @@ def build_services(settings: Settings, runtime: DevboxRuntime | None = None) -> 
     if dataplane is not None:
         # Inside the update transaction: enforcement fails -> the stored update rolls back.
         policies.add_update_hook(dataplane.policy_updated)
+        policies.add_delete_hook(dataplane.policy_deleted)
     devboxes = DevboxService(db, policies, runtime, Watch())
     lost_hook = getattr(runtime, "set_lost_hook", None)  # runtimes that can see a devbox die
     if lost_hook is not None:

@@ -471,6 +471,12 @@ class DataPlane:
 
     # --- policies ---------------------------------------------------------------------------
 
+    def policy_deleted(self, policy_id: str) -> None:
+        """A deleted policy (none of whose devboxes is left, provisioning ones included)
+        needs no newest version kept: ``_latest`` held every updated policy until the end."""
+        with self._lock:
+            self._latest.pop(policy_id, None)
+
     def policy_updated(self, before: NetworkPolicy, after: NetworkPolicy) -> None:
         """Enforce an updated policy on every devbox using it before the API answers: one nft
         transaction rewriting the policy's chain and sets (plus, if the update revokes

@@ -61,6 +61,7 @@ class NetworkPolicyService:
         self.unique_names = unique_names
         self._usage_checks: list[UsageCheck] = []
         self._update_hooks: list[UpdateHook] = []
+        self._delete_hooks: list[Callable[[str], None]] = []
 
     # Plug-in points for devboxes and blueprints (delete-in-use, live enforcement).
     def add_usage_check(self, check: UsageCheck) -> None:
@@ -68,6 +69,10 @@ class NetworkPolicyService:
 
     def add_update_hook(self, hook: UpdateHook) -> None:
         self._update_hooks.append(hook)
+
+    def add_delete_hook(self, hook: Callable[[str], None]) -> None:
+        """``hook(policy_id)`` after a delete is stored (no devbox used the policy)."""
+        self._delete_hooks.append(hook)
 
     # --- API actions -------------------------------------------------------------------
 
@@ -190,6 +195,8 @@ class NetworkPolicyService:
                     code="policy_in_use",
                 )
             policy_store.delete(conn, account, policy_id)
+        for hook in self._delete_hooks:
+            hook(policy_id)
         return policy
 
     # --- helpers for other services ----------------------------------------------------

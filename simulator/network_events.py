@@ -75,7 +75,11 @@ class NetworkEventLog:
         self.per_devbox = per_devbox
         self.total = total
         self._account_of = account_of or (lambda _devbox_id: "")
-        self._events: dict[str, deque[NetworkEvent]] = {}
+        self._events: dict[str, deque[NetworkEvent]] = {}  # no empty ring: a devbox without events has none
+        # ring length -> the devboxes whose ring has it (oldest there first), so that the
+        # global cap finds the largest ring at once, however many devboxes there were
+        self._by_length: dict[int, dict[str, None]] = {}
+        self._longest = 0  # no ring is longer (it may be shorter: the search walks down)
         self._count = 0
         # devbox -> the seq of its last event. Per devbox: one counter for all would tell an
         # account, by the gaps between its own events, how busy the other accounts are.
@@ -160,17 +164,40 @@ class NetworkEventLog:
             if len(self._totals) > MAX_TOTALS:  # devboxes that ended long ago (summary popped the rest)
                 del self._totals[next(iter(self._totals))]
         totals[3 if event.kind == "blocked" else VERDICTS.index(event.verdict)] += 1
-        ring = self._events.setdefault(devbox_id, deque())
+        ring = self._events.get(devbox_id)
+        if ring is None:
+            ring = self._events[devbox_id] = deque()
+        before = len(ring)
         ring.append(event)
         self._count += 1
         if len(ring) > self.per_devbox:
             ring.popleft()
             self._count -= 1
+        self._moved(devbox_id, before, len(ring))
         if self._count > self.total:
             # A noisy devbox cannot push the others out: evict from the largest ring.
-            largest = max(self._events.values(), key=len)
-            largest.popleft()
+            while not self._by_length.get(self._longest):
+                self._longest -= 1
+            largest = next(iter(self._by_length[self._longest]))
+            self._events[largest].popleft()
             self._count -= 1
+            self._moved(largest, self._longest, self._longest - 1)
+
+    def _moved(self, devbox_id: str, before: int, after: int) -> None:
+        """Its ring went from ``before`` to ``after`` events; an emptied ring is dropped (the
+        devboxes of a long run must not each leave one behind)."""
+        if before == after:
+            return
+        if before:
+            bucket = self._by_length[before]
+            del bucket[devbox_id]
+            if not bucket:
+                del self._by_length[before]
+        if after:
+            self._by_length.setdefault(after, {})[devbox_id] = None
+            self._longest = max(self._longest, after)
+        else:
+            del self._events[devbox_id]
 
     def list_network_events(
         self,

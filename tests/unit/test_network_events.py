@@ -144,3 +144,21 @@ def test_drops_of_one_connection_attempt_are_one_event():
     assert [(e.protocol, e.port) for e in log.list_network_events("dbx_a")[0]] == [
         ("tcp", 443), ("tcp", 443), ("icmp", None), ("icmp", None)]
     assert len(log.list_network_events("dbx_b")[0]) == 1
+
+
+def test_devboxes_whose_events_were_all_evicted_leave_nothing_behind():
+    """Every devbox of a long run used to keep its ring, emptied or not, and each decision
+    then searched them all for the largest (7.9 ms each after 150,000 devboxes)."""
+    log = NetworkEventLog(per_devbox=5, total=100)
+    for box in range(2000):
+        for i in range(3):
+            log.on_query(f"dbx_{box}", query(f"h{i}.example.com"))
+    assert log.size() == 100
+    assert len(log._events) <= 100 and all(log._events.values())  # no empty ring kept
+    assert sum(len(bucket) for bucket in log._by_length.values()) == len(log._events)
+    assert log.list_network_events("dbx_0")[0] == []  # evicted long ago
+    # All rings are down to one event by then (the largest goes first): the newest 100 stay.
+    assert {box for box, ring in log._events.items() if len(ring) == 1} == {f"dbx_{b}" for b in range(1900, 2000)}
+    assert [e.name for e in log.list_network_events("dbx_1999")[0]] == ["h2.example.com"]
+    log.on_query("dbx_0", query("again.example.com"))  # a devbox whose ring was dropped logs again
+    assert [(e.seq, e.name) for e in log.list_network_events("dbx_0")[0]] == [(4, "again.example.com")]

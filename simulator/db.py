@@ -195,6 +195,18 @@ MIGRATIONS: list[str] = [
         SELECT account, SUM(output_bytes) FROM executions WHERE output_bytes > 0 GROUP BY account;
     CREATE INDEX executions_account_output_age ON executions(account, end_time_ms, id) WHERE output_bytes > 0;
     """,
+    # A long command's text once per run, not on each of its log lines (simulator.devbox_logs):
+    # a 100 KB command printing 1,000 lines stored 100 MB of copies.
+    """
+    CREATE TABLE log_commands (
+        id INTEGER PRIMARY KEY,
+        account TEXT NOT NULL,
+        devbox_id TEXT NOT NULL,
+        cmd TEXT NOT NULL
+    );
+    CREATE INDEX log_commands_devbox ON log_commands(account, devbox_id);
+    ALTER TABLE devbox_logs ADD COLUMN cmd_ref INTEGER;
+    """,
 ]
 
 

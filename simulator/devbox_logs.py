@@ -14,6 +14,10 @@ one transaction, so a busy command costs no write per line; the endpoint shows b
 logged (the execution keeps all its output): the lines are held in memory while it runs, and
 long lines by the thousand would hold as much as its output again.
 
+Storage: a command's text longer than ``INLINE_CMD_CHARS`` is stored once per run, in
+``log_commands``, and its entries refer to it: every entry shows the command, and a 100 KB
+command (a here-document writing a file, say) printing 1,000 lines stored 100 MB of copies.
+
 Retention: the store keeps the newest ``MAX_LINES_PER_DEVBOX`` entries of each devbox (every
 entry counts: a command's start, its lines, its end); older ones are dropped, so a chatty
 devbox cannot grow the store without bound. Pruning is amortised: it runs once a devbox holds
@@ -33,6 +37,7 @@ MAX_LINES_PER_DEVBOX = 20_000  # stored entries per devbox: the newest are kept
 PRUNE_SLACK = MAX_LINES_PER_DEVBOX // 10
 MAX_LINE_CHARS = 16_384  # a longer line is cut (marked with "...")
 MAX_CHARS_PER_COMMAND = 2 * 1024 * 1024  # all its logged lines together
+INLINE_CMD_CHARS = 256  # a longer command is stored once, in log_commands
 
 
 @dataclass(frozen=True)
@@ -107,11 +112,19 @@ class LineLog:
 def insert(conn: sqlite3.Connection, account: str, devbox_id: str, entries: list[LogEntry]) -> None:
     if not entries:
         return
+    refs: dict[str, int] = {}  # long command text -> its log_commands row, once per insert
+    for e in entries:
+        if e.cmd is not None and len(e.cmd) > INLINE_CMD_CHARS and e.cmd not in refs:
+            refs[e.cmd] = conn.execute(
+                "INSERT INTO log_commands (account, devbox_id, cmd) VALUES (?, ?, ?) RETURNING id",
+                (account, devbox_id, e.cmd),
+            ).fetchone()[0]
     conn.executemany(
-        "INSERT INTO devbox_logs (account, devbox_id, execution_id, level, source, timestamp_ms, cmd,"
-        " exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO devbox_logs (account, devbox_id, execution_id, level, source, timestamp_ms, cmd, cmd_ref,"
+        " exit_code, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (account, devbox_id, e.execution_id, e.level, e.source, e.timestamp_ms, e.cmd, e.exit_code, e.message)
+            (account, devbox_id, e.execution_id, e.level, e.source, e.timestamp_ms,
+             None if e.cmd in refs else e.cmd, refs.get(e.cmd), e.exit_code, e.message)
             for e in entries
         ],
     )
@@ -135,16 +148,25 @@ def _prune(conn: sqlite3.Connection, account: str, devbox_id: str, keep: int) ->
         "UPDATE devbox_log_counts SET lines = MIN(lines, ?) WHERE account = ? AND devbox_id = ?",
         (keep, account, devbox_id),
     )
+    conn.execute(  # the commands no kept entry refers to
+        "DELETE FROM log_commands WHERE account = ? AND devbox_id = ? AND id NOT IN ("
+        " SELECT cmd_ref FROM devbox_logs WHERE account = ? AND devbox_id = ? AND cmd_ref IS NOT NULL)",
+        (account, devbox_id, account, devbox_id),
+    )
 
 
 def list_for(conn: sqlite3.Connection, account: str, devbox_id: str, execution_id: str | None) -> list[LogEntry]:
     """Stored entries, oldest first: the newest ``MAX_LINES_PER_DEVBOX`` at most."""
-    sql = "SELECT * FROM devbox_logs WHERE account = ? AND devbox_id = ?"
+    sql = (
+        "SELECT l.level, l.source, l.timestamp_ms, COALESCE(l.cmd, c.cmd) AS cmd, l.execution_id, l.exit_code,"
+        " l.message FROM devbox_logs l LEFT JOIN log_commands c ON c.id = l.cmd_ref"
+        " WHERE l.account = ? AND l.devbox_id = ?"
+    )
     params: list = [account, devbox_id]
     if execution_id is not None:
-        sql += " AND execution_id = ?"
+        sql += " AND l.execution_id = ?"
         params.append(execution_id)
-    rows = conn.execute(sql + " ORDER BY seq DESC LIMIT ?", [*params, MAX_LINES_PER_DEVBOX]).fetchall()
+    rows = conn.execute(sql + " ORDER BY l.seq DESC LIMIT ?", [*params, MAX_LINES_PER_DEVBOX]).fetchall()
     return [
         LogEntry(r["level"], r["source"], r["timestamp_ms"], r["cmd"], r["execution_id"], r["exit_code"], r["message"])
         for r in reversed(rows)

@@ -80,3 +80,31 @@ def test_a_command_logs_at_most_its_first_characters(monkeypatch):
     lines.add("stderr", "d\n")  # would fit, but comes after a dropped line: no holes
     messages = [e.message for e in lines.finish(0)]
     assert messages == ["started", "a" * 20, "b" * 20, "2 more output lines not logged", "exited with 0"]
+
+
+def test_a_long_command_is_stored_once_per_run_not_on_each_line(monkeypatch):
+    """A 100 KB command printing 1,000 lines stored 100 MB of copies of itself."""
+    monkeypatch.setattr(devbox_logs, "MAX_LINES_PER_DEVBOX", 100)
+    monkeypatch.setattr(devbox_logs, "PRUNE_SLACK", 10)
+    long_cmd = "cat > f <<'EOF'\n" + "x" * 5000 + "\nEOF"
+    db = Database(":memory:")
+    lines = LineLog("exec", long_cmd, "exn_long")
+    lines.add("stdout", "".join(f"line {i}\n" for i in range(50)))
+    short = LineLog("exec", "echo hi", "exn_short")
+    short.add("stdout", "hi\n")
+    with db.transaction() as conn:
+        devbox_logs.insert(conn, "acct", "dbx_1", lines.finish(0))
+        devbox_logs.insert(conn, "acct", "dbx_1", short.finish(0))
+        (copies,) = conn.execute("SELECT COALESCE(SUM(length(cmd)), 0) FROM devbox_logs").fetchone()
+        assert copies == len("echo hi") * 3  # the short one inline (started, a line, exited)
+        assert [r[0] for r in conn.execute("SELECT cmd FROM log_commands")] == [long_cmd]
+        shown = devbox_logs.list_for(conn, "acct", "dbx_1", "exn_long")
+        assert len(shown) == 52 and {e.cmd for e in shown} == {long_cmd}  # every entry shows it
+        assert {e.cmd for e in devbox_logs.list_for(conn, "acct", "dbx_1", "exn_short")} == {"echo hi"}
+        # Once pruning has dropped every entry of the long command, its text goes too.
+        for n in range(3):
+            more = LineLog("exec", "seq 40", f"exn_{n}")
+            more.add("stdout", "".join(f"{i}\n" for i in range(40)))
+            devbox_logs.insert(conn, "acct", "dbx_1", more.finish(0))
+        assert conn.execute("SELECT COUNT(*) FROM log_commands").fetchone()[0] == 0
+    db.close()

@@ -16,7 +16,8 @@ import fcntl
 import os
 from pathlib import Path
 
-__all__ = ["DataDirInUse", "INSTANCE_LOCK_DIR", "InstanceInUse", "LOCK_NAME", "lock_data_dir", "lock_instance"]
+__all__ = ["DataDirInUse", "INSTANCE_LOCK_DIR", "InstanceInUse", "LOCK_NAME", "lock_data_dir", "lock_instance",
+           "release_instance"]
 
 LOCK_NAME = "lock"
 # Instance ids are 24 bits of a hash of the data dir's path (they must fit interface names), so
@@ -66,19 +67,44 @@ def lock_instance(instance: str, lock_dir: Path = INSTANCE_LOCK_DIR) -> int:
     ))
 
 
+def release_instance(fd: int, instance: str, lock_dir: Path = INSTANCE_LOCK_DIR) -> None:
+    """Give up ``lock_instance``'s lock, and its file: one was left per data dir ever used
+    (tests make thousands). Unlinked while still locked; a process that opened the file just
+    before finds it gone once it has the lock, and makes a new one (``_lock``)."""
+    try:
+        os.unlink(lock_dir / f"{instance}.lock")
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _lock(path: Path, in_use) -> int:
     """An exclusive flock on ``path`` (created 0600), which then holds this process's pid; the
     descriptor (close-on-exec). ``in_use(holder pid)`` is raised when another process has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    for _attempt in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise in_use(holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # released (and unlinked) by its holder meanwhile: lock the path's new file
+    raise in_use("unknown")
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise in_use(holder) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import os
 import socket
 import threading
 import time
@@ -44,7 +43,7 @@ from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft, NftError
 from netns.nft_elements import SetElements
 from simulator.addresses import Address, AddressPool
-from simulator.data_dir_lock import lock_instance
+from simulator.data_dir_lock import lock_instance, release_instance
 from simulator.policy_model import NetworkPolicy
 from simulator.policy_rules import accepts_peers, egress_for, flow_allowed, revokes_nothing
 from simulator.world import World, WorldConfig
@@ -311,7 +310,7 @@ class DataPlane:
 
     def _release_instance(self) -> None:
         if self._instance_lock is not None:
-            os.close(self._instance_lock)
+            release_instance(self._instance_lock, self.config.instance)
             self._instance_lock = None
 
     @property

@@ -7,7 +7,15 @@ import sys
 
 import pytest
 
-from simulator.data_dir_lock import LOCK_NAME, DataDirInUse, InstanceInUse, lock_data_dir, lock_instance
+from simulator.data_dir_lock import (
+    LOCK_NAME,
+    DataDirInUse,
+    InstanceInUse,
+    _lock,
+    lock_data_dir,
+    lock_instance,
+    release_instance,
+)
 from tests.server import ServerProcess
 
 
@@ -38,6 +46,44 @@ def test_an_instance_id_is_held_machine_wide_until_released(tmp_path):
     finally:
         os.close(fd)
     os.close(lock_instance("c0ffee", locks))
+
+
+def test_a_released_instance_leaves_no_lock_file_and_a_waiting_opener_locks_a_new_one(tmp_path):
+    """One file per data dir ever used piled up in /run/devbox-sim (1,497 on a test machine)."""
+    locks = tmp_path / "run"
+    fd = lock_instance("c0ffee", locks)
+    stale = os.open(locks / "c0ffee.lock", os.O_RDWR)  # another starter opened it, not yet locked
+    release_instance(fd, "c0ffee", locks)
+    assert list(locks.iterdir()) == []
+    # Its flock would succeed on the unlinked file: _lock sees that and locks the path anew.
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(stale)
+    fd = lock_instance("c0ffee", locks)
+    try:
+        assert (locks / "c0ffee.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(InstanceInUse):
+            lock_instance("c0ffee", locks)
+    finally:
+        release_instance(fd, "c0ffee", locks)
+
+
+def test_a_lock_taken_on_a_file_unlinked_meanwhile_is_taken_again_on_the_new_one(tmp_path, monkeypatch):
+    path = tmp_path / "x.lock"
+    real_flock = fcntl.flock
+    unlinked = []
+
+    def flock_after_unlink(fd, op):
+        if not unlinked:  # the holder released and unlinked between our open and our flock
+            os.unlink(path)
+            unlinked.append(True)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_unlink)
+    fd = _lock(path, lambda holder: AssertionError(holder))
+    try:
+        assert os.fstat(fd).st_ino == os.stat(path).st_ino and unlinked
+    finally:
+        os.close(fd)
 
 
 def test_serve_refuses_a_data_dir_in_use_and_the_first_server_keeps_working(tmp_path):

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from netns import sandbox
@@ -35,6 +35,7 @@ from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, Runtime
 from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists, is_static_elf
+from simulator.runtime.freeze_gate import FreezeGate
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class _Container:
     name: str
     address: Address
     pid: int = 0  # its init, on the host
+    gate: FreezeGate = field(default_factory=FreezeGate)  # command starts vs suspend
 
 
 # A snapshot's commit copies up to MAX_DISK_BYTES of changed files.
@@ -356,11 +358,12 @@ class DockerRuntime:
         container = self._get(devbox_id)
         args = [SECCOMP_EXEC_IN_CONTAINER, "--", "/bin/sh", "-c", command]
         try:
-            exec_id = self.api.exec_create(
-                container.id, args, stdin=True, stdout=True, stderr=True,
-                environment=dict(env or {}), workdir=_workdir(cwd),
-            )["Id"]
-            return DockerProcess(self.api, exec_id, args, container_pid=container.pid)
+            with container.gate.starting():  # a suspend must not freeze a start half-way
+                exec_id = self.api.exec_create(
+                    container.id, args, stdin=True, stdout=True, stderr=True,
+                    environment=dict(env or {}), workdir=_workdir(cwd),
+                )["Id"]
+                return DockerProcess(self.api, exec_id, args, container_pid=container.pid)
         except (ExecFailed, OSError) as exc:
             raise RuntimeFailure(f"devbox {devbox_id} cannot run commands: {_explain(exc)}") from exc
         except Exception as exc:
@@ -375,7 +378,8 @@ class DockerRuntime:
         docker_files.write_file(self.api, self._get(devbox_id).id, path, data)
 
     def suspend(self, devbox_id: str) -> None:
-        self._call(devbox_id, "suspended", self.api.pause)
+        with self._get(devbox_id).gate.freezing():
+            self._call(devbox_id, "suspended", self.api.pause)
 
     def resume(self, devbox_id: str) -> None:
         self._call(devbox_id, "resumed", self.api.unpause)
@@ -397,7 +401,10 @@ class DockerRuntime:
                     f"more than the {MAX_DISK_BYTES} a disk may hold (sparse files count in full on Docker)"
                 )
             # A commit of up to MAX_DISK_BYTES may take longer than the client's 60 s timeout.
-            params = {"container": container_id, "repo": SNAPSHOT_REPOSITORY, "tag": tag, "pause": True}
+            # Not paused: the devbox runs on while its files are copied, as netns copies them
+            # live; a paused commit froze every command for as long as the copy took, and one
+            # that overlapped a command's start left the container paused for good (FreezeGate).
+            params = {"container": container_id, "repo": SNAPSHOT_REPOSITORY, "tag": tag, "pause": False}
             self.api._result(self.api._post_json(self.api._url("/commit"), data={}, params=params,
                                                  timeout=COMMIT_TIMEOUT_SECONDS), True)
 

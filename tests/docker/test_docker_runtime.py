@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 import time
 
 import docker.errors
@@ -179,6 +180,79 @@ def test_suspend_freezes_and_resume_thaws(docker_plane, boxes, docker_client):
     assert boxes.sh(box, "echo back").stdout == "back\n"
     with pytest.raises(RuntimeFailure):
         runtime.resume(box)  # not paused: a clear failure, not a crash
+
+
+def _start_commands_until(runtime, box, stop: threading.Event, threads: int = 6):
+    """Threads starting `true` in the devbox over and over until ``stop`` (or a refusal);
+    returns (threads, outcomes)."""
+    outcomes: list[str] = []
+
+    def loop():
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                proc = runtime.exec(box, "true")
+            except RuntimeFailure:
+                outcomes.append("refused")
+                return
+            except Exception as exc:
+                outcomes.append(repr(exc))
+                return
+            proc.wait(10)
+            outcomes.append("ran")
+
+    started = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    return started, outcomes
+
+
+def test_a_suspend_waits_for_command_starts_and_never_freezes_one_half_way(docker_plane, boxes, docker_client):
+    """A command starting while the container froze hung inside the frozen cgroup (runc init),
+    and with it docker's lock on the container. Starts under way finish first; later ones are
+    refused while it is suspended, at once."""
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    stop = threading.Event()
+    threads, outcomes = _start_commands_until(runtime, box, stop)
+    try:
+        until = time.monotonic() + 10
+        while outcomes.count("ran") < 6 and time.monotonic() < until:
+            time.sleep(0.01)  # only to let starts be under way when the suspend comes
+        runtime.suspend(box)
+        for thread in threads:  # each is refused by the paused container, or was stopped in time
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in threads), "a command start hangs in the frozen devbox"
+        assert "refused" in outcomes
+    finally:
+        stop.set()
+        runtime.resume(box)
+    assert boxes.sh(box, "echo back").stdout == "back\n"
+
+
+def test_a_snapshot_does_not_pause_the_devbox(docker_plane, boxes, docker_client):
+    """A paused commit froze every command for as long as the copy took, and one that overlapped
+    a command's start left the container paused for good: commands start and run meanwhile."""
+    runtime = docker_plane[1]
+    box = boxes.create(None)
+    name = runtime.container_name(box)
+    since = int(time.time()) - 1
+    stop = threading.Event()
+    threads, outcomes = _start_commands_until(runtime, box, stop)
+    disk = None
+    try:
+        disk = runtime.snapshot_disk(box, f"snp_nopause{os.getpid():x}")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        if disk is not None:
+            runtime.delete_disk(disk)
+    assert not any(thread.is_alive() for thread in threads) and "refused" not in outcomes
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"container": name, "event": ["pause", "unpause"]})
+    assert [event["Action"] for event in events] == []
+    assert docker_client.api.inspect_container(name)["State"]["Paused"] is False
 
 
 def test_snapshot_disk_restores_files_into_a_new_devbox(docker_plane, boxes, docker_client):

@@ -90,12 +90,18 @@ def _msg(kind: int, flags: int, seq: int, family: int, res_id: int, attrs: bytes
 def encode_add(family: str, table: str, set_name: str, entries: Iterable[tuple[str, int]], seq: int) -> bytes:
     """The batch adding ``[(ipv4, timeout_seconds)]`` (pure; golden-tested). Each element gets
     timeout == expiration, as ``ruleset.learned_add`` does. Duplicate addresses: last wins."""
+    return encode_add_keys(family, table, set_name, ((ipaddress.IPv4Address(ip).packed, t) for ip, t in entries), seq)
+
+
+def encode_add_keys(family: str, table: str, set_name: str, entries: Iterable[tuple[bytes, int]], seq: int) -> bytes:
+    """``encode_add`` for keys given as the set's raw key bytes (e.g. one byte for
+    ``nf_proto``)."""
     latest: dict[bytes, int] = {}
-    for ip, timeout in entries:
+    for key, timeout in entries:
         t = int(timeout)
         if t < 1:
             raise ValueError(f"timeout must be >= 1 second: {timeout!r}")
-        latest[ipaddress.IPv4Address(ip).packed] = t
+        latest[bytes(key)] = t
     elems = b"".join(
         _nested(
             NFTA_LIST_ELEM,
@@ -139,12 +145,15 @@ class SetElements:
         self._seq = itertools.count(1, 3)
 
     def add(self, family: str, table: str, set_name: str, entries: Iterable[tuple[str, int]]) -> None:
+        self.add_keys(family, table, set_name, [(ipaddress.IPv4Address(ip).packed, t) for ip, t in entries])
+
+    def add_keys(self, family: str, table: str, set_name: str, entries: Iterable[tuple[bytes, int]]) -> None:
         entries = list(entries)
         if not entries:
             return
         with self._lock:
             seq = next(self._seq) & 0x3FFFFFFF
-            self._sock.send(encode_add(family, table, set_name, entries, seq))
+            self._sock.send(encode_add_keys(family, table, set_name, entries, seq))
             self._await_ack(seq, f"add element {family} {table} {set_name}")
 
     def _await_ack(self, seq: int, what: str) -> None:
@@ -177,4 +186,4 @@ class SetElements:
         self.close()
 
 
-__all__ = ["NftElementsError", "SetElements", "encode_add"]
+__all__ = ["NftElementsError", "SetElements", "encode_add", "encode_add_keys"]

@@ -20,6 +20,8 @@ its two sets however many devboxes use the policy::
       set   pcidr_<pkey>     ipv4_addr . inet_proto, interval                  all-port CIDRs
       set   pcidrport_<pkey> ipv4_addr . inet_proto . inet_service, interval   CIDR + ports
       set   dns_rate         ipv4_addr, dynamic       a packet rate limit per devbox to the resolver
+      set   alive            nf_proto, timeout        "ipv4" while the simulator's heartbeat lasts:
+                                                      the forward chain drops all without it
       map   conns_vmap       ipv4_addr : verdict      devbox ip -> jump count_<key> (postrouting)
       set   conns_<key>      ipv4_addr . inet_proto . inet_service, timeout, counter: the
                              devbox's allowed new connections per destination (its own, bounded)
@@ -131,6 +133,11 @@ BLOCKED_DNS_PORTS = (53, 853)
 # devbox sending 106,000 queries/s made another lose 9% of its queries and tripled the
 # API's latency). Far above what resolving needs (a package install: tens of names/s).
 DNS_RATE_SET = "dns_rate"
+# Fail closed with no process's help: the forward chain drops everything unless this set
+# holds "ipv4", an element the simulator re-adds every second (netns.heartbeat) with a timeout
+# of Router.alive_seconds. However the simulator dies (its watchdog with it: a service
+# manager's SIGKILL of the whole unit), the element runs out and nothing is forwarded.
+ALIVE_SET = "alive"
 DNS_RATE_PER_SECOND = 1000
 DNS_RATE_BURST = 2000
 DNS_FLOOD_COMMENT = "resolver flood"
@@ -269,6 +276,9 @@ class Router:
     # And all devboxes of one account together (one ``ct count`` rule in the account's own
     # chain): an account that starts many devboxes still leaves the other accounts a share.
     max_connections_per_account: int = 65536
+    # How long forwarding outlives the simulator's last heartbeat (ALIVE_SET); bootstrap's
+    # element lasts as long, so that the first heartbeat has that long to come.
+    alive_seconds: int = 10
 
     def __post_init__(self) -> None:
         _check_ifname(self.bridge)
@@ -289,6 +299,8 @@ class Router:
             raise ValueError(f"bad max_connections_per_devbox: {self.max_connections_per_devbox}")
         if self.max_connections_per_account < 1:
             raise ValueError(f"bad max_connections_per_account: {self.max_connections_per_account}")
+        if self.alive_seconds < 2:
+            raise ValueError(f"bad alive_seconds: {self.alive_seconds}")
 
 
 def _check_key(what: str, value: str) -> None:
@@ -527,6 +539,9 @@ def _base(router: Router) -> list[Cmd]:
         {"add": {"map": _t(name=CONNS_VMAP, type="ipv4_addr", map="verdict")}},
         {"add": {"set": _t(name=DNS_RATE_SET, type="ipv4_addr", flags=["timeout"], timeout=10,
                            size=DNS_RATE_SIZE)}},
+        {"add": {"set": _t(name=ALIVE_SET, type="nf_proto", flags=["timeout"])}},
+        _elements(ALIVE_SET, [{"elem": {"val": "ipv4", "timeout": router.alive_seconds,
+                                        "expires": router.alive_seconds}}]),
         *_logdrop_chains(router),
         {"add": {"chain": _t(name=UNRESTRICTED_CHAIN)}},
         _rule(UNRESTRICTED_CHAIN, [_match(IP_DADDR, _subnet(router)), ACCEPT], "same account"),
@@ -546,6 +561,8 @@ def _base(router: Router) -> list[Cmd]:
     from_elsewhere = _match(IIFNAME, router.bridge, "!=")
     fwd = "forward"
     cmds += [
+        # First, before established flows: a dead simulator's devboxes keep none of them.
+        _rule(fwd, [_match(_meta("nfproto"), "@" + ALIVE_SET, "!="), DROP], "the simulator is alive"),
         _rule(fwd, [_ct_state("established"), ACCEPT]),
         _rule(fwd, [_ct_state("related"), from_elsewhere, ACCEPT]),
         _rule(fwd, [_ct_state("invalid"), DROP]),

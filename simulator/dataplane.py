@@ -39,6 +39,7 @@ from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent,
 from dns.cache import MAX_CACHE_SECONDS, cache_seconds
 from netns import conntrack, links, namespaces, ruleset
 from netns.deadman import Deadman
+from netns.heartbeat import Heartbeat
 from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft, NftError
 from netns.nft_elements import SetElements
@@ -147,6 +148,8 @@ class DataPlaneConfig:
     max_connections_per_devbox: int = ruleset.Router.max_connections_per_devbox
     # ... and by all devboxes of one account together (Router.max_connections_per_account).
     max_connections_per_account: int = ruleset.Router.max_connections_per_account
+    # Forwarding lasts this long after the simulator's last heartbeat (netns.heartbeat).
+    alive_seconds: int = ruleset.Router.alive_seconds
 
 
 class DataPlane:
@@ -178,6 +181,7 @@ class DataPlane:
         self.block_listeners: list = []
         self._nflog: NflogReader | None = None
         self._deadman: Deadman | None = None  # turns the router's forwarding off if we die
+        self._heartbeat: Heartbeat | None = None  # without it, the router forwards nothing
         self._instance_lock: int | None = None  # lock_instance's descriptor while started
         self._latest: dict[str, NetworkPolicy] = {}  # policy id -> newest version seen
         # devbox id -> its allowed-connection counts when it went (oldest first, bounded)
@@ -226,9 +230,12 @@ class DataPlane:
                 masquerade_devboxes=self.config.uplink != "offline",
                 max_connections_per_devbox=self.config.max_connections_per_devbox,
                 max_connections_per_account=self.config.max_connections_per_account,
+                alive_seconds=self.config.alive_seconds,
             )
             self._nft = Nft(self.router_ns)
             self._nft.apply(ruleset.bootstrap(self._rules_router))
+            self._heartbeat = Heartbeat(self.router_ns, ruleset.TABLE, ruleset.ALIVE_SET,
+                                        timeout=self.config.alive_seconds).start()
             self._elements = SetElements(self.router_ns)
             self._conntrack = conntrack.Tracker(self.router_ns)
             self._start_resolver(upstream)
@@ -281,6 +288,9 @@ class DataPlane:
             self._release_instance()
 
     def _stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._nflog is not None:
             self._nflog.stop()
             self._nflog = None

@@ -3,12 +3,14 @@ policies decide what commands inside devboxes can reach; a kill -9 leaves nothin
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -72,12 +74,12 @@ def unique_sleep() -> str:
     return f"sleep 1000.{secrets.randbelow(10**6):06d}"
 
 
-def world_answers(devbox_ns: str) -> bool:
-    """Whether a TCP connect from the devbox's namespace to a world host (github.com:80) works."""
+def world_answers(devbox_ns: str, port: int = 80) -> bool:
+    """Whether a TCP connect from the devbox's namespace to a world host (github.com) works."""
     sock = namespaces.socket_in(devbox_ns, socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(0.5)
     try:
-        sock.connect(("192.0.2.10", 80))
+        sock.connect(("192.0.2.10", port))
         return True
     except OSError:
         return False
@@ -122,6 +124,60 @@ def test_kill_9_then_restart_reconciles_and_leaves_no_orphans(netns_server):
         info = sdk.api.devboxes.retrieve(devbox.id)
         assert info.status == "failure"
         assert "restart" in (info.state_transitions[-1].failure_reason or "")
+    finally:
+        restarted.stop()
+
+
+def _deadman_of(pid: int) -> int:
+    for task in (f"/proc/{pid}/task/{t}/children" for t in os.listdir(f"/proc/{pid}/task")):
+        with open(task) as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                    if b"netns.deadman" in cmdline.read():
+                        return int(child)
+    raise AssertionError("the server has no deadman watchdog")
+
+
+def test_a_kill_of_the_simulator_and_its_watchdog_together_still_closes_the_router(netns_server):
+    """A service manager's SIGKILL of the whole unit (systemctl kill, the end of a stop that
+    took too long, an OOM kill) takes the watchdog too: the router then stops forwarding when
+    the simulator's heartbeat runs out (netns.heartbeat), with no process's help."""
+    server, args = netns_server
+    sdk = RunloopSDK(bearer_token="netns-group-kill", base_url=server.url, max_retries=0)
+    sdk.devbox.create()  # no policy: the world is open to it
+    prefix = f"{NS_PREFIX}{instance_id(server.data_dir)}-"
+    [devbox_ns] = [n for n in namespaces.list_names(prefix) if n not in (prefix + "r", prefix + "w")]
+    assert world_answers(devbox_ns)
+    # A listener of the test's own on github.com's address: the world's services die with the
+    # simulator (they are its threads), so theirs would stop answering whatever the router does.
+    listener = namespaces.socket_in(prefix + "w", socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("192.0.2.10", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+
+        def accept_all():  # a full backlog would look like a closed router
+            while True:
+                try:
+                    listener.accept()[0].close()
+                except OSError:
+                    return
+
+        threading.Thread(target=accept_all, daemon=True).start()
+        assert world_answers(devbox_ns, port)
+        deadman = _deadman_of(server.proc.pid)
+        subprocess.run(["kill", "-KILL", str(server.proc.pid), str(deadman)], check=True)
+        server.stop(signal.SIGKILL)  # reaped
+        deadline = time.monotonic() + 20  # the heartbeat's 10 s, and slack
+        while world_answers(devbox_ns, port):
+            assert time.monotonic() < deadline, "the devbox still reaches the world after the simulator died"
+        assert sysctl.read(prefix + "r", "net.ipv4.ip_forward") == "1"  # no watchdog closed it: the heartbeat did
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # ends accept_all
+        listener.close()
+    restarted = ServerProcess(server.data_dir, *args).start()  # cleans up, as after any crash
+    try:
+        assert sorted(namespaces.list_names(prefix)) == [prefix + "r", prefix + "w"]
     finally:
         restarted.stop()
 

@@ -36,7 +36,11 @@ class Heartbeat:
         self._elements.add_keys("inet", self._table, self._set, [(NFPROTO_IPV4, self.timeout)])
 
     def start(self) -> Heartbeat:
-        self.beat()  # at once: the element bootstrap wrote may be old by now
+        try:
+            self.beat()  # at once: the element bootstrap wrote may be old by now
+        except BaseException:
+            self._elements.close()
+            raise
         self._thread.start()
         return self
 

@@ -194,6 +194,7 @@ MIGRATIONS: list[str] = [
     INSERT INTO stored_output_accounts (account, bytes)
         SELECT account, SUM(output_bytes) FROM executions WHERE output_bytes > 0 GROUP BY account;
     CREATE INDEX executions_account_output_age ON executions(account, end_time_ms, id) WHERE output_bytes > 0;
+    DROP INDEX executions_output_age;
     """,
     # A long command's text once per run, not on each of its log lines (simulator.devbox_logs):
     # a 100 KB command printing 1,000 lines stored 100 MB of copies.

@@ -100,31 +100,40 @@ def complete(conn: sqlite3.Connection, execution: Execution, max_stored: int = M
 
 def _drop_oldest_output(conn: sqlite3.Connection, excess: int, keep: str) -> None:
     """Drop the output of completed commands (never ``keep``'s, the one just completed) until
-    ``excess`` bytes are freed: each time the oldest of the account that stores the most."""
+    ``excess`` bytes are freed: the oldest of the account that stores the most, until it is no
+    longer the largest (then the accounts are ranked again)."""
     freed = 0
     while freed < excess:
-        victim = None
-        for (account,) in conn.execute(
-            "SELECT account FROM stored_output_accounts WHERE bytes > 0 ORDER BY bytes DESC, account"
-        ).fetchall():
-            victim = conn.execute(
+        ranked = conn.execute(
+            "SELECT account, bytes FROM stored_output_accounts WHERE bytes > 0 ORDER BY bytes DESC, account"
+        ).fetchall()
+        for index, (account, stored) in enumerate(ranked):
+            runner_up = ranked[index + 1][1] if index + 1 < len(ranked) else 0
+            dropped: list[tuple[str]] = []
+            size_dropped = 0
+            oldest = conn.execute(
                 "SELECT id, output_bytes FROM executions WHERE account = ? AND output_bytes > 0 AND id != ?"
-                " ORDER BY end_time_ms, id LIMIT 1",
+                " ORDER BY end_time_ms, id",
                 (account, keep),
-            ).fetchone()
-            if victim is not None:  # else the account's only output is the one just stored
-                break
-        if victim is None:
-            return
-        execution_id, size = victim
-        conn.execute(
-            "UPDATE executions SET stdout = '', stderr = '', stdout_truncated = 1, stderr_truncated = 1,"
-            " output_bytes = 0 WHERE id = ?",
-            (execution_id,),
-        )
-        conn.execute("UPDATE stored_output_accounts SET bytes = bytes - ? WHERE account = ?", (size, account))
-        conn.execute("UPDATE stored_output SET bytes = bytes - ? WHERE id = 0", (size,))
-        freed += size
+            )
+            for execution_id, size in oldest:  # read lazily: stops at the first rows that suffice
+                dropped.append((execution_id,))
+                size_dropped += size
+                if freed + size_dropped >= excess or stored - size_dropped < runner_up:
+                    break
+            if not dropped:
+                continue  # the account's only output is the one just stored
+            conn.executemany(
+                "UPDATE executions SET stdout = '', stderr = '', stdout_truncated = 1, stderr_truncated = 1,"
+                " output_bytes = 0 WHERE id = ?",
+                dropped,
+            )
+            conn.execute("UPDATE stored_output_accounts SET bytes = bytes - ? WHERE account = ?", (size_dropped, account))
+            conn.execute("UPDATE stored_output SET bytes = bytes - ? WHERE id = 0", (size_dropped,))
+            freed += size_dropped
+            break
+        else:
+            return  # nothing else to drop
 
 
 def _size(text: str | None) -> int:

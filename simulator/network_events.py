@@ -151,10 +151,10 @@ class NetworkEventLog:
             ))
 
     def _next_seq(self, devbox_id: str) -> int:
-        seq = self._seqs.get(devbox_id, 0) + 1
-        if seq == 1 and len(self._seqs) >= MAX_TOTALS:  # devboxes that ended long ago
+        seq = self._seqs.pop(devbox_id, 0) + 1
+        if seq == 1 and len(self._seqs) >= MAX_TOTALS:  # the devbox that logged least recently
             del self._seqs[next(iter(self._seqs))]
-        self._seqs[devbox_id] = seq
+        self._seqs[devbox_id] = seq  # re-inserted: the most recent last
         return seq
 
     def _append(self, devbox_id: str, event: NetworkEvent) -> None:

@@ -92,9 +92,7 @@ class OutputBuffer:
             if self._file is None:
                 self._memory += encoded
             else:
-                written = 0
-                while written < len(encoded):
-                    written += os.pwrite(self._file.fileno(), encoded[written:], self._size + written)
+                _write_all(self._file.fileno(), encoded, self._size)
         except OSError as exc:  # the data dir is full or read-only: keep what is kept
             log.warning("command output cannot be kept beyond %d bytes: %s", self._size, exc)
             self.truncated = True
@@ -103,12 +101,14 @@ class OutputBuffer:
         return True
 
     def _spill(self) -> None:
+        spill = None
         try:
             self._spill_dir.mkdir(mode=0o700, exist_ok=True)
             spill = tempfile.TemporaryFile(dir=self._spill_dir)  # O_TMPFILE: never has a name
-            if self._memory:
-                os.pwrite(spill.fileno(), bytes(self._memory), 0)
+            _write_all(spill.fileno(), bytes(self._memory), 0)  # a nearly full disk writes short
         except OSError as exc:
+            if spill is not None:
+                spill.close()
             log.warning("command output stays in memory (cannot spill to %s: %s)", self._spill_dir, exc)
             self._memory_bytes = self.max_bytes  # do not try again for every chunk
             return
@@ -122,7 +122,8 @@ class OutputBuffer:
             self._finished = True
 
     def text(self) -> str:
-        return self.read().decode("utf-8")
+        # Always valid UTF-8; "replace" only so that a broken file could never stop a completion.
+        return self.read().decode("utf-8", "replace")
 
     def start_at(self, position: int) -> int:
         """``position`` moved to the next character boundary (``boundary_after``)."""
@@ -135,6 +136,12 @@ class OutputBuffer:
         if self._file is not None:
             self._file.close()
         self._file, self._memory, self._size = None, bytearray(), 0
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def boundary_after(data: bytes | bytearray, offset: int) -> int:

@@ -35,19 +35,13 @@ class DevboxUids:
 
     def allocate(self) -> int:
         """A uid no devbox on this machine had before (until ``SPAN`` devboxes later)."""
-        try:
-            fd = os.open(self._file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            created = True  # the first devbox on this machine: counting starts at 0
-        except FileExistsError:
-            fd = os.open(self._file, os.O_RDWR | os.O_CLOEXEC)
-            created = False
+        self._create_once()
+        fd = os.open(self._file, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # other simulators on this machine wait their turn
             text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
             try:
-                if not text and not created:
-                    raise ValueError("empty")  # emptied since (by hand, or a crash while made)
-                current = int(text) if text else 0
+                current = int(text)  # empty: emptied since it was made (by hand): damaged
                 if current < 0:
                     raise ValueError("negative")
             except ValueError:
@@ -68,3 +62,21 @@ class DevboxUids:
         finally:
             os.close(fd)  # releases the lock
         return UID_BASE + current % SPAN
+
+    def _create_once(self) -> None:
+        """The counter at 0 on this machine's first devbox, made whole or not at all: a file
+        made empty and written after would look damaged to another simulator between the two."""
+        if self._file.exists():
+            return
+        staged = self._file.with_name(f".{self._file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"0\n")
+        finally:
+            os.close(fd)
+        try:
+            os.link(staged, self._file)  # fails if another one came first: its counter stands
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(staged)

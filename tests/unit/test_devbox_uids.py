@@ -70,3 +70,15 @@ def test_an_emptied_counter_is_damaged_not_zero_and_a_shorter_count_is_written_w
     restarted = DevboxUids(counter).allocate()
     assert counter.read_text() == f"{restarted - UID_BASE + 1}\n"  # nothing of the old text left
     assert DevboxUids(counter).allocate() == restarted + 1
+
+
+def test_the_counter_appears_whole_so_a_second_first_user_never_reads_it_empty(tmp_path):
+    """Made empty then written, the file could be read empty in between by another simulator
+    (damaged: a needless random restart); it now appears with its first count in it."""
+    counter = tmp_path / "devbox-uids"
+    first = DevboxUids(counter)
+    assert first.allocate() == UID_BASE and counter.read_text() == "1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["devbox-uids"]  # nothing staged is left
+    counter.unlink()
+    first._create_once()
+    assert counter.read_text() == "0\n"

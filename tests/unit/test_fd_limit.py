@@ -9,7 +9,6 @@ import resource
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -45,10 +44,15 @@ def test_serve_raises_a_low_soft_limit(tmp_path):
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, preexec_fn=low_soft_limit, text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        for line in proc.stderr:  # the listening line comes once the app is built
-            if "listening on" in line or time.monotonic() > deadline:
-                break
+        listening = threading.Event()
+
+        def read_log():  # the listening line comes once the app is built
+            for line in proc.stderr:
+                if "listening on" in line:
+                    listening.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
+        assert listening.wait(30), "the server never said it was listening"
         assert proc.poll() is None, "the server exited"
         assert _soft_limit_of(proc.pid) == _expected(hard)
     finally:

@@ -162,3 +162,17 @@ def test_devboxes_whose_events_were_all_evicted_leave_nothing_behind():
     assert [e.name for e in log.list_network_events("dbx_1999")[0]] == ["h2.example.com"]
     log.on_query("dbx_0", query("again.example.com"))  # a devbox whose ring was dropped logs again
     assert [(e.seq, e.name) for e in log.list_network_events("dbx_0")[0]] == [(4, "again.example.com")]
+
+
+def test_a_devbox_that_keeps_logging_keeps_its_seq_whatever_comes_and_goes(monkeypatch):
+    """The seq counters are bounded by dropping the devbox that logged least recently, not the
+    one that came first: a long-lived devbox's seq went back to 1 and paging skipped events."""
+    from simulator import network_events
+
+    monkeypatch.setattr(network_events, "MAX_TOTALS", 3)
+    log = NetworkEventLog()
+    for i in range(5):
+        log.on_query("dbx_long", query(f"l{i}.example.com"))
+        log.on_query(f"dbx_short{i}", query("s.example.com"))
+    assert [e.seq for e in log.list_network_events("dbx_long")[0]] == [1, 2, 3, 4, 5]
+    assert [e.name for e in log.list_network_events("dbx_long", starting_after=4)[0]] == ["l4.example.com"]

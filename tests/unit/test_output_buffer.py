@@ -113,3 +113,18 @@ def test_a_failed_write_truncates_the_stream_there(tmp_path, monkeypatch):
     assert buffer.truncated and buffer.feed(b"again") is False
     buffer.finish()
     assert buffer.text() == "0123456789"
+
+
+def test_a_short_write_while_spilling_keeps_everything_in_the_file(tmp_path, monkeypatch):
+    """A nearly full disk writes short, not failing: the copy to the file went on as if all of
+    it was there, and the text read back was cut inside a character."""
+    real_pwrite = os.pwrite
+
+    def one_byte_at_a_time(fd, data, offset):
+        return real_pwrite(fd, data[:1], offset)
+
+    monkeypatch.setattr(os, "pwrite", one_byte_at_a_time)
+    buffer = OutputBuffer(1000, tmp_path, memory_bytes=5)
+    buffer.feed("éé".encode())
+    buffer.feed("é".encode())
+    assert buffer.spilled and buffer.size == 6 and buffer.text() == "ééé"

@@ -10,6 +10,11 @@ to the target namespace's nf_tables (verified in tests/netns/test_nft_apply.py).
 Every ``apply`` is one libnftables run = one nf_tables transaction: on any error nothing is
 applied. Calls are serialized by a lock (a context is not thread-safe).
 
+libnftables waits for the kernel's answers with ``select()``: a context whose socket is
+descriptor 1024 or more aborts the whole process on its first command ("bit out of range 0 -
+FD_SETSIZE on fd_set", measured). The simulator makes its one context at start, when
+descriptors are few; ``Nft`` refuses (NftError) rather than make one that would abort.
+
 One exception to "everything through here": the resolver's per-answer ``add element`` into a
 learned set goes through ``netns.nft_elements`` (raw netlink, ~15x cheaper, since libnftables
 re-reads its whole table/set cache on every call).
@@ -26,6 +31,7 @@ from typing import Any
 from netns.ruleset import OUR_TABLES
 
 CLONE_NEWNET = 0x40000000
+FD_SETSIZE = 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -39,6 +45,15 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _check_low_descriptor_free() -> None:
+    """The context's socket takes the lowest free descriptor: it must be below FD_SETSIZE."""
+    probe = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(probe)
+    if probe >= FD_SETSIZE:
+        raise NftError(f"no descriptor below {FD_SETSIZE} is free (the lowest is {probe}): libnftables, which "
+                       "waits with select(), would abort the process")
 
 
 def netns_path(name: str) -> str:
@@ -56,6 +71,7 @@ class Nft:
 
         self.netns = netns
         self._lock = threading.Lock()
+        _check_low_descriptor_free()
         if netns is None:
             self._nft = nftables.Nftables()
         else:

@@ -29,6 +29,10 @@ def make_client(tmp_path):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+        # The app keeps its store open for as long as it lives (simulator.app): closed here,
+        # or every test left three descriptors behind, and a worker past 1024 of them made
+        # libnftables abort the process (netns.nft).
+        client.app.state.services.close()
 
 
 @pytest.fixture

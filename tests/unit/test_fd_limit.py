@@ -138,3 +138,22 @@ def test_nflog_reader_runs_on_high_descriptors(uniq):
             assert not died, f"the reader thread died: {died[0].exc_value!r}"
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.privileged
+def test_no_nft_context_is_made_on_a_descriptor_libnftables_cannot_wait_on(uniq):
+    """libnftables waits with select(): a context on descriptor 1024 or more aborted the whole
+    process (a test worker died so). Nft refuses with an error instead; the process lives on."""
+    from netns.nft import Nft, NftError
+
+    name = uniq("fd")
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        with _descriptors_from_1024():
+            with pytest.raises(NftError, match="no descriptor below 1024 is free"):
+                Nft(name)
+        with Nft(name) as nft:  # descriptors below 1024 free again: it works
+            nft.apply({"nftables": [{"add": {"table": {"family": "inet", "name": "t"}}}]})
+            assert ("inet", "t") in nft.list_tables()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -16,6 +16,7 @@ from simulator import disks
 from simulator.accounts import Accounts
 from simulator.api import blueprints as blueprint_routes
 from simulator.api import devboxes as devbox_routes
+from simulator.api import docs as api_docs
 from simulator.api import errors, network_policies
 from simulator.api import executions as execution_routes
 from simulator.api import files as file_routes
@@ -187,12 +188,16 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         # "/v1/network-policies/" is a 404 like any unknown path, not a 307 to the route
         # (sent before authentication, with an empty body).
         redirect_slashes=False,
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN; ours is served locally (api.docs).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     # The server calls this when it begins to stop, before it waits for open connections: a
     # command's output stream or a long poll ends only when its devbox does.
     app.state.end_devboxes = end_devboxes if owned_runtime is not None else None
     errors.install(app)
+    api_docs.install(app)
 
     @app.get("/healthz", tags=["simulator"], summary="Liveness probe (no authentication)")
     async def healthz() -> dict[str, str]:

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 from simulator.accounts import Accounts
-from simulator.config import LOG_LEVELS, PRIVATE_NETWORK_MODES, RUNTIMES, UPLINKS, Settings, parse_servers
+from simulator.config import (
+    LOG_LEVELS,
+    PRIVATE_NETWORK_MODES,
+    RUNTIMES,
+    UPLINKS,
+    Settings,
+    parse_servers,
+    parse_subnet,
+)
 from simulator.data_dir_lock import lock_data_dir
 from simulator.fd_limit import raise_open_file_limit
 
@@ -19,23 +27,47 @@ log = logging.getLogger("devbox_sim")
 GRACEFUL_SHUTDOWN_SECONDS = 10.0
 
 
+def _checked(parse):
+    """An argparse type from a parser raising ValueError: its message becomes the error line
+    (argparse would print only "invalid <function name> value")."""
+    def check(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    check.__name__ = parse.__name__
+    return check
+
+
+def _whole_number(low: int, high: int | None):
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"{number} is out of range: from {low}" + (f" to {high}" if high is not None else " up"))
+        return number
+    return _checked(parse)
+
+
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devbox-sim", description="Offline Runloop network-policy simulator")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the API server (env: DEVBOX_SIM_*)")
-    serve.add_argument("--host", default=defaults.host, help="listen address (DEVBOX_SIM_HOST)")
-    serve.add_argument("--port", type=int, default=defaults.port, help="listen port, 0 = any free port (DEVBOX_SIM_PORT)")
-    serve.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="SQLite store and devbox files (DEVBOX_SIM_DATA_DIR)")
+    serve.add_argument("--host", default=defaults.host, help="listen address (DEVBOX_SIM_HOST; default %(default)s)")
+    serve.add_argument("--port", type=_whole_number(0, 65535), default=defaults.port, help="listen port, 0 = any free port (DEVBOX_SIM_PORT; default %(default)s)")
+    serve.add_argument("--data-dir", type=Path, default=defaults.data_dir, help="SQLite store and devbox files (DEVBOX_SIM_DATA_DIR; default %(default)s)")
     serve.add_argument("--api-keys", type=Path, default=defaults.api_keys, help="file of 'TOKEN ACCOUNT' lines; unknown tokens get 401 (DEVBOX_SIM_API_KEYS)")
-    serve.add_argument("--max-policies", type=int, default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES)")
+    serve.add_argument("--max-policies", type=_whole_number(0, None), default=defaults.max_policies_per_account, dest="max_policies_per_account", help="network policies per account (DEVBOX_SIM_MAX_POLICIES; default %(default)s)")
     serve.add_argument("--unique-policy-names", action=argparse.BooleanOptionalAction, default=defaults.unique_policy_names, help="refuse a network policy name already used in the account (400 duplicate_name); by default names may repeat, as in the API's current version (DEVBOX_SIM_UNIQUE_POLICY_NAMES)")
-    serve.add_argument("--log-level", default=defaults.log_level, choices=LOG_LEVELS, help="one access-log line per request at info (DEVBOX_SIM_LOG_LEVEL)")
-    serve.add_argument("--runtime", default=defaults.runtime, choices=RUNTIMES, help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME)")
+    serve.add_argument("--log-level", default=defaults.log_level, choices=LOG_LEVELS, help="one access-log line per request at info (DEVBOX_SIM_LOG_LEVEL; default %(default)s)")
+    serve.add_argument("--runtime", default=defaults.runtime, choices=RUNTIMES, help="devbox runtime: docker containers or netns namespaces (both need root), none = API only, auto = docker when a daemon answers, else netns when possible (DEVBOX_SIM_RUNTIME; default %(default)s)")
     serve.add_argument("--image", default=defaults.image, help="docker runtime: the devboxes' image, already in the daemon (never pulled); default: a busybox image built offline (DEVBOX_SIM_IMAGE)")
     serve.add_argument("--uplink", default=defaults.uplink, choices=UPLINKS, help="where devbox egress goes: the host's network, or the offline world (DEVBOX_SIM_UPLINK; default offline with --world, else host)")
     serve.add_argument("--world", type=Path, default=defaults.world, help="TOML file describing the offline world (DEVBOX_SIM_WORLD)")
-    serve.add_argument("--subnet", default=defaults.subnet, help="devbox subnet inside the router namespace (DEVBOX_SIM_SUBNET)")
-    serve.add_argument("--upstream-dns", type=parse_servers, default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
+    serve.add_argument("--subnet", type=_checked(parse_subnet), default=defaults.subnet, help="devbox subnet inside the router namespace, a /8 to a /24 (DEVBOX_SIM_SUBNET; default %(default)s)")
+    serve.add_argument("--upstream-dns", type=_checked(parse_servers), default=defaults.upstream_dns, help="host uplink: upstream DNS servers, IP[:PORT],... (DEVBOX_SIM_UPSTREAM_DNS; default /etc/resolv.conf)")
     serve.add_argument("--private-networks", default=defaults.private_networks, choices=PRIVATE_NETWORK_MODES, help="private networks (10/8, 172.16/12, 192.168/16, 100.64/10, 198.18/15: the host's LAN, VPNs, Docker's bridges): open = reachable like the internet; by-cidr = only through an allowed CIDR, not allow_all, no policy or a DNS answer (DEVBOX_SIM_PRIVATE_NETWORKS; default open)")
     events = commands.add_parser("events", help="a devbox's network decisions as a table (--follow to keep watching)")
     from simulator import events_cli
@@ -163,7 +195,8 @@ def _start(args: argparse.Namespace):
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **uvicorn_protocol_options(),
     )
     # Printed whatever the log level: tests and scripts read the port from it (--port 0).
-    print(f"devbox-sim listening on http://{settings.host}:{port} (data dir {settings.data_dir.resolve()})", file=sys.stderr, flush=True)
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host  # an IPv6 URL has brackets
+    print(f"devbox-sim listening on http://{shown_host}:{port} (data dir {settings.data_dir.resolve()})", file=sys.stderr, flush=True)
     return _server_class()(config, app.state.end_devboxes), sock
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,10 @@ class Settings:
         settings.uplink = _choice(env, "DEVBOX_SIM_UPLINK", None, UPLINKS)
         if env.get("DEVBOX_SIM_WORLD"):
             settings.world = Path(env["DEVBOX_SIM_WORLD"])
-        settings.subnet = env.get("DEVBOX_SIM_SUBNET", settings.subnet)
-        if env.get("DEVBOX_SIM_UPSTREAM_DNS"):
-            settings.upstream_dns = parse_servers(env["DEVBOX_SIM_UPSTREAM_DNS"])
+        if env.get("DEVBOX_SIM_SUBNET", "").strip():
+            settings.subnet = _named(parse_subnet, env, "DEVBOX_SIM_SUBNET")
+        if env.get("DEVBOX_SIM_UPSTREAM_DNS", "").strip():
+            settings.upstream_dns = _named(parse_servers, env, "DEVBOX_SIM_UPSTREAM_DNS")
         settings.private_networks = _choice(env, "DEVBOX_SIM_PRIVATE_NETWORKS", settings.private_networks, PRIVATE_NETWORK_MODES)
         return settings
 
@@ -105,10 +107,69 @@ def _flag(env, name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be true or false, not {value!r}")
 
 
+def _named(parse, env, name: str):
+    try:
+        return parse(env[name].strip())
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def parse_servers(text: str) -> tuple[tuple[str, int], ...]:
-    """``"192.0.2.53,198.51.100.1:5353"`` -> ((ip, port), ...)."""
+    """``"192.0.2.53,198.51.100.1:5353,[2001:db8::53]:53,2001:db8::1"`` -> ((ip, port), ...).
+
+    A server is an IP address (a name would need a resolver to find the resolver), with an
+    optional port; an IPv6 address with a port is written in brackets."""
     servers = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        host, _, port = item.partition(":")
-        servers.append((host, int(port or 53)))
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"{item!r} is not IP[:PORT] (an IPv6 address with a port is [IP]:PORT)")
+            port_text = rest[1:] if rest else ""
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+        else:  # an IPv4 address, or an IPv6 one without a port
+            host, port_text = item, ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (upstream DNS servers are IP[:PORT],...)") from None
+        port = 53
+        if port_text or item.endswith(":"):
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
+            port = int(port_text)
+        servers.append((str(address), port))
+    if not servers:
+        raise ValueError("no server given (IP[:PORT],...)")
     return tuple(servers)
+
+
+# Where devboxes must not be numbered: addresses with a meaning of their own on every host,
+# and the documentation ranges the offline world puts its hosts on.
+_RESERVED_FOR_SUBNET = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+))
+
+
+def parse_subnet(text: str) -> str:
+    """The devbox subnet: an IPv4 network from /8 to /24, written as its network address
+    (``10.88.0.0/16``), clear of loopback, link-local, multicast and the world's ranges."""
+    try:
+        network = ipaddress.IPv4Network(text.strip())
+    except ipaddress.NetmaskValueError:
+        raise ValueError(f"{text!r} has a bad prefix length (e.g. 10.88.0.0/16)") from None
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            fixed = ipaddress.IPv4Network(text.strip(), strict=False)
+            raise ValueError(f"{text!r} has host bits set; did you mean {fixed}?") from None
+        raise ValueError(f"{text!r} is not an IPv4 network (e.g. 10.88.0.0/16)") from None
+    if "/" not in text:
+        raise ValueError(f"{text!r} needs a prefix length (e.g. 10.88.0.0/16)")
+    if not 8 <= network.prefixlen <= 24:
+        raise ValueError(f"{network} is a /{network.prefixlen}; use a /8 to a /24")
+    for reserved in _RESERVED_FOR_SUBNET:
+        if network.overlaps(reserved):
+            raise ValueError(f"{network} overlaps {reserved}, which devboxes cannot be numbered in")
+    return str(network)

@@ -30,9 +30,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("devbox", help="devbox id")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the devbox ends")
     parser.add_argument("--verdict", choices=["allowed", "denied", "error"], help="only these")
-    parser.add_argument("--base-url", default=os.environ.get("RUNLOOP_BASE_URL", "http://127.0.0.1:8484"))
-    parser.add_argument("--api-key", default=os.environ.get("RUNLOOP_API_KEY"))
-    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    parser.add_argument("--base-url", default=os.environ.get("RUNLOOP_BASE_URL", "http://127.0.0.1:8484"),
+                        help="the simulator's URL (RUNLOOP_BASE_URL; default http://127.0.0.1:8484)")
+    parser.add_argument("--api-key", default=os.environ.get("RUNLOOP_API_KEY"),
+                        help="the account's API key, as the SDK's (RUNLOOP_API_KEY)")
+    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                        help="colour verdicts: auto = when writing to a terminal (default auto)")
 
 
 def run(args) -> int:

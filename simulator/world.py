@@ -104,6 +104,7 @@ class WorldConfig:
                 )
             )
         config = cls(resolver=resolver, ttl=ttl, hosts=tuple(hosts))
+        _check_services_unique(config, where)
         seen: set[str] = set()
         for name in [n for host in hosts for n in (host.name, *host.aliases)]:
             if name in seen:
@@ -126,6 +127,25 @@ class WorldConfig:
 
     def addresses(self) -> list[str]:
         return sorted({self.resolver, *(h.address for h in self.hosts)})
+
+
+def _check_services_unique(config: WorldConfig, where: str) -> None:
+    """Each (address, protocol, port) is served once, and the world's resolver keeps UDP and
+    TCP 53 on its address: checked here, before anything is built, so a clash is one line
+    naming the host rather than "address already in use" from a bind half-way through."""
+    taken = {(config.resolver, "udp", 53): "the world's resolver", (config.resolver, "tcp", 53): "the world's resolver"}
+    for host in config.hosts:
+        services = [("tcp", port, "http") for port in host.http]
+        services += [("tcp", port, "tcp_echo") for port in host.tcp_echo]
+        services += [("udp", port, "udp_echo") for port in host.udp_echo]
+        for protocol, port, kind in services:
+            owner = taken.get((host.address, protocol, port))
+            if owner is not None:
+                raise WorldConfigError(
+                    f"{where}: hosts.{host.name!r}: {kind} port {port} on {host.address} is already "
+                    f"served by {owner} ({protocol.upper()} {port} can be served once per address)"
+                )
+            taken[(host.address, protocol, port)] = f"hosts.{host.name!r} ({kind})"
 
 
 def _documentation_address(value: object, where: str) -> str:

@@ -58,10 +58,18 @@ def _describe_validation(exc: RequestValidationError) -> str:
         elif error.get("type") == "extra_forbidden" and where:
             parts.append(f"{where} is not a field of this object (misspelt?)")
         elif where:
-            parts.append(f"{where}: {error.get('msg')}")
+            parts.append(f"{where}: {_message(error)}")
         else:
-            parts.append(str(error.get("msg")))
+            parts.append(_message(error))
     return "; ".join(parts) or "invalid request"
+
+
+def _message(error: dict) -> str:
+    """pydantic's message without the "Value error, " it puts before a validator's own text."""
+    message = str(error.get("msg"))
+    if error.get("type") == "value_error" and message.startswith("Value error, "):
+        return message[len("Value error, "):]
+    return message
 
 
 def install(app: FastAPI) -> None:

@@ -70,7 +70,7 @@ def choose_runtime(choice: str) -> str | None:
     if choice in ("docker", "netns"):
         problems = docker_problems() if choice == "docker" else netns_problems()
         if problems:
-            raise RuntimeUnavailable(f"the {choice} runtime needs: " + "; ".join(problems))
+            raise RuntimeUnavailable(f"the {choice} runtime cannot run here: " + "; ".join(problems))
         return choice
     docker = docker_problems()
     if not docker:

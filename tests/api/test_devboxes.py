@@ -290,6 +290,13 @@ def test_create_rejects_invalid_bodies(devbox_client, body, contains):
     assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
 
 
+def test_a_validators_message_reads_without_pydantics_prefix(devbox_client):
+    body = {"launch_parameters": {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 3, "custom_gb_memory": 12}}
+    response = devbox_client.post(URL, json=body, headers=ALICE)
+    assert response.status_code == 400
+    assert response.json()["message"] == "launch_parameters: custom_cpu_cores must be 0.5, 1 or a multiple of 2 up to 16, not 3"
+
+
 def test_body_is_optional_and_auth_is_required(devbox_client):
     response = devbox_client.post(URL, headers={**ALICE, "Content-Type": "application/json"})
     assert response.status_code == 200

@@ -31,7 +31,7 @@ def test_choose_runtime(monkeypatch, docker, netns, choice, expected):
 
 def test_an_explicit_runtime_that_cannot_run_is_an_error(monkeypatch):
     monkeypatch.setattr(factory, "docker_problems", lambda: ["no Docker daemon answers"])
-    with pytest.raises(factory.RuntimeUnavailable, match="docker runtime needs: no Docker daemon"):
+    with pytest.raises(factory.RuntimeUnavailable, match="docker runtime cannot run here: no Docker daemon"):
         factory.choose_runtime("docker")
     with pytest.raises(factory.RuntimeUnavailable, match="unknown runtime"):
         factory.choose_runtime("podman")

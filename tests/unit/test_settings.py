@@ -102,3 +102,59 @@ def test_a_bad_server_variable_does_not_stop_the_events_command(monkeypatch, cap
     with pytest.raises(SystemExit) as exited:
         cli.main(["events", "--help"])
     assert exited.value.code == 0 and "DEVBOX_SIM_RUNTIME" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--port", "70000"], "argument --port: 70000 is out of range: from 0 to 65535"),
+        (["--port", "-1"], "argument --port: -1 is out of range: from 0 to 65535"),
+        (["--port", "http"], "argument --port: 'http' is not a whole number"),
+        (["--max-policies", "-1"], "argument --max-policies: -1 is out of range: from 0 up"),
+        (["--subnet", "garbage"], "argument --subnet: 'garbage' is not an IPv4 network (e.g. 10.88.0.0/16)"),
+        (["--subnet", "10.217.0.1/16"], "argument --subnet: '10.217.0.1/16' has host bits set; did you mean 10.217.0.0/16?"),
+        (["--subnet", "10.217.0.0/30"], "argument --subnet: 10.217.0.0/30 is a /30; use a /8 to a /24"),
+        (["--subnet", "10.217.0.0"], "argument --subnet: '10.217.0.0' needs a prefix length (e.g. 10.88.0.0/16)"),
+        (["--subnet", "fd00::/64"], "argument --subnet: 'fd00::/64' is not an IPv4 network (e.g. 10.88.0.0/16)"),
+        (["--subnet", "192.0.0.0/16"], "argument --subnet: 192.0.0.0/16 overlaps 192.0.2.0/24, which devboxes cannot be numbered in"),
+        (["--subnet", "127.0.0.0/16"], "argument --subnet: 127.0.0.0/16 overlaps 127.0.0.0/8"),
+        (["--upstream-dns", "192.0.2.53:abc"], "argument --upstream-dns: '192.0.2.53:abc': the port must be a number from 1 to 65535"),
+        (["--upstream-dns", "192.0.2.53:0"], "argument --upstream-dns: '192.0.2.53:0': the port must be a number from 1 to 65535"),
+        (["--upstream-dns", "dns.example"], "argument --upstream-dns: 'dns.example' is not an IP address"),
+        (["--upstream-dns", ","], "argument --upstream-dns: no server given"),
+    ],
+)
+def test_bad_flag_values_are_one_line_and_exit_2(capsys, flags, message):
+    """--port 70000 and a bad --subnet were tracebacks (exit 1) from deep in the start;
+    --max-policies -1 started a server that refused every policy."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--runtime", "none", *flags])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"devbox-sim serve: error: {message}")
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("DEVBOX_SIM_SUBNET", "10.217.0.0/30", "DEVBOX_SIM_SUBNET: 10.217.0.0/30 is a /30; use a /8 to a /24"),
+        ("DEVBOX_SIM_UPSTREAM_DNS", "192.0.2.53:abc", "DEVBOX_SIM_UPSTREAM_DNS: '192.0.2.53:abc': the port must be a number from 1 to 65535"),
+    ],
+)
+def test_bad_subnet_and_upstream_variables_name_the_variable(monkeypatch, capsys, name, value, message):
+    monkeypatch.setenv(name, value)
+    assert cli.main(["serve", "--runtime", "none"]) == 2
+    assert capsys.readouterr().err == f"devbox-sim: error: {message}\n"
+
+
+def test_upstream_servers_take_ipv4_and_ipv6_with_or_without_a_port():
+    from simulator.config import parse_servers
+
+    assert parse_servers("192.0.2.53, 198.51.100.1:5353,[2001:db8::53]:54,2001:db8::1,[2001:db8::2]") == (
+        ("192.0.2.53", 53), ("198.51.100.1", 5353), ("2001:db8::53", 54), ("2001:db8::1", 53), ("2001:db8::2", 53))
+
+
+def test_a_subnet_is_kept_as_written_when_valid():
+    assert Settings.from_env({"DEVBOX_SIM_SUBNET": " 10.217.0.0/16 "}).subnet == "10.217.0.0/16"
+    assert cli.build_parser(Settings()).parse_args(["serve", "--subnet", "172.20.0.0/24"]).subnet == "172.20.0.0/24"
+    assert cli.build_parser(Settings()).parse_args(["serve"]).subnet == "10.88.0.0/16"

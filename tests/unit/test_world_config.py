@@ -46,6 +46,16 @@ def test_example_world_parses_and_answers():
         ({"hosts": {"sp ace.example": {"address": "192.0.2.1"}}}, "letters, digits"),
         ({"hosts": {"a..example": {"address": "192.0.2.1"}}}, "letters, digits"),
         ({"hosts": {"*.example": {"address": "192.0.2.1"}}}, "not wildcards"),
+        # A service bound twice failed the start with "address already in use" after the
+        # world was half built.
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "http": [80], "tcp_echo": [80]}}},
+         r"hosts.'a.example': tcp_echo port 80 on 192.0.2.1 is already served by hosts.'a.example' \(http\)"),
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "udp_echo": [7, 7]}}}, "udp_echo port 7 on 192.0.2.1 is already served"),
+        ({"hosts": {"a.example": {"address": "192.0.2.1", "tcp_echo": [22]},
+                    "b.example": {"address": "192.0.2.1", "tcp_echo": [22]}}}, "is already served by hosts.'a.example'"),
+        ({"hosts": {"dns.example": {"address": "198.51.100.53", "udp_echo": [53]}}}, "already served by the world's resolver"),
+        ({"resolver": "192.0.2.9", "hosts": {"dns.example": {"address": "192.0.2.9", "http": [53]}}},
+         "already served by the world's resolver"),
     ],
 )
 def test_rejects(data, message):
@@ -65,3 +75,11 @@ def test_names_are_normalised():
 def test_a_world_of_many_hosts_loads_at_once():
     hosts = {f"h{i}.example": {"address": f"192.0.2.{i % 250 + 1}"} for i in range(20_000)}
     assert len(WorldConfig.from_dict({"hosts": hosts}).hosts) == 20_000  # (was quadratic: 6 s)
+
+
+def test_the_same_port_over_tcp_and_udp_or_on_two_addresses_is_fine():
+    WorldConfig.from_dict({"hosts": {
+        "a.example": {"address": "192.0.2.1", "tcp_echo": [7], "udp_echo": [7]},
+        "b.example": {"address": "192.0.2.2", "tcp_echo": [7]},
+        "dns.example": {"address": "198.51.100.53", "http": [80], "udp_echo": [5353]},
+    }})

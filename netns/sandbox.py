@@ -792,17 +792,35 @@ class Sandbox:
             pid = None  # gone long ago (the pid may belong to someone else now)
         if pid is not None:
             # Executions' nsenter processes live outside the namespace, as parents of its
-            # processes. One that stopped itself (its child got SIGSTOP: suspend by signals,
-            # or a devbox user's `kill -STOP $$`) would never reap its dying child, and the
-            # namespace's init cannot finish exiting before that: kill them too (they would
-            # die of the same SIGKILL as their child anyway).
-            wrappers = self._outside_parents(pid, self._ns_members(pid))
-            for p in (pid, *wrappers):
+            # processes, and the namespace's init cannot finish exiting before each of those
+            # is reaped. Killing the init kills them; each nsenter reaps its own and exits.
+            # An nsenter that stopped itself (its child got SIGSTOP: suspend by signals, or a
+            # devbox user's `kill -STOP $$`) is continued so that it does. Killing the
+            # nsenters instead handed their dying children to the host's PID 1 (an nsenter is
+            # in the host's PID namespace): the stop then lasted until PID 1 reaped them,
+            # 2 s under an init that reaps on a timer, for good under one that never does.
+            members = self._ns_members(pid)
+            wrappers = self._outside_parents(pid, members)
+            # The members are killed here too, not only by the init's death: the kernel does
+            # that as the init exits, and a continued nsenter would first wake its stopped
+            # child, which would run on for a moment. Once kill() returns, a process never
+            # runs its own code again.
+            for p in (pid, *members):
                 try:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            for p in wrappers:
+                try:
+                    os.kill(p, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
             if not self._wait_holder(pid, min(deadline, time.monotonic() + 0.5)):
+                for p in wrappers:  # an nsenter that would not reap: its child goes to PID 1
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 # slow path: wrappers we could not see through the namespace (e.g. its
                 # processes were already dying), found by their command line
                 for p in _wrappers_of(pid):
@@ -973,7 +991,9 @@ class Sandbox:
                             break
             except OSError:
                 pass
-        return parents - set(members) - {holder, 0}
+        # Only executions' nsenters: a member orphaned meanwhile has PID 1 or a subreaper
+        # (this process, say) as its parent, and those must never be signalled.
+        return {p for p in parents - set(members) - {holder, 0, 1, os.getpid()} if _comm(p) == "nsenter"}
 
     def _signal_ns(self, sig: int, holder: int) -> set[int]:
         seen: set[int] = set()
@@ -1197,6 +1217,14 @@ class Sandbox:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None
 
 
 def _wrappers_of(holder: int) -> list[int]:

@@ -328,11 +328,33 @@ class DevboxService:
                     log.exception("runtime %s failed to resume %s", runtime.name, devbox_id)
                 self._fail(devbox, "health_check_failed", f"resume failed: {exc}")
                 raise Conflict(f"devbox {devbox_id} could not be resumed ({exc}); it failed") from exc
-            moved = self._move(devbox, lifecycle.RUNNING)
+            try:
+                moved = self._move(devbox, lifecycle.RUNNING)
+            except Exception:
+                self._resume_not_stored(runtime, devbox)
+                raise
             if moved is None:  # shut down meanwhile
                 return self.retrieve_devbox(account, devbox_id)
             self.keep_alive_timers.start(account, devbox_id, keep_alive_seconds(moved))
             return moved
+
+    def _resume_not_stored(self, runtime: DevboxRuntime, devbox: Devbox) -> None:
+        """The store cannot say "running" (its disk is full) after the thaw: freeze again, so
+        the devbox is what the store says, suspended (thawed, its processes would run where
+        every endpoint refuses commands and no keep-alive timer counts). If it cannot be
+        frozen again, it is stored as running, with its timer, as soon as the store can."""
+        try:
+            runtime.suspend(devbox.id)
+            return
+        except Exception:
+            log.exception("could not freeze devbox %s again after its resume was not stored", devbox.id)
+
+        def store_running() -> None:
+            moved = self._move(devbox, lifecycle.RUNNING, detail="resume stored late")
+            if moved is not None:
+                self.keep_alive_timers.start(moved.account, moved.id, keep_alive_seconds(moved))
+
+        self.store_retrier.write(f"the state of devbox {devbox.id}", store_running)
 
     def keep_alive(self, account: str, devbox_id: str) -> None:
         """Reset the keep-alive timer (400 unless running)."""

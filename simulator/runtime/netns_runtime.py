@@ -133,13 +133,13 @@ class NetnsRuntime:
     def suspend(self, devbox_id: str) -> None:
         try:
             self._get(devbox_id).sandbox.suspend()
-        except SandboxError as exc:
+        except (SandboxError, OSError) as exc:  # OSError: a shutdown removed its cgroup or files meanwhile
             raise RuntimeFailure(f"devbox {devbox_id} cannot be suspended: {exc}") from exc
 
     def resume(self, devbox_id: str) -> None:
         try:
             self._get(devbox_id).sandbox.resume()
-        except SandboxError as exc:
+        except (SandboxError, OSError) as exc:  # as in suspend
             raise RuntimeFailure(f"devbox {devbox_id} cannot be resumed: {exc}") from exc
 
     def snapshot_disk(self, devbox_id: str, snapshot_id: str) -> str:

@@ -157,6 +157,42 @@ def test_a_suspend_whose_last_write_fails_thaws_the_devbox_which_runs_on(devbox_
     assert ok(client.post(f"{URL}/{devbox}/suspend", headers=ALICE))["status"] == "suspended"
 
 
+def test_a_resume_whose_write_fails_freezes_the_devbox_again_as_the_store_says(devbox_client, runtime, monkeypatch):
+    """The thaw happened, "running" could not be stored: the devbox ran on while stored
+    "suspended" (commands refused, no keep-alive timer). Now it is frozen again; a resume
+    once the store can write works."""
+    client = devbox_client
+    devbox = running_devbox(client)["id"]
+    assert ok(client.post(f"{URL}/{devbox}/suspend", headers=ALICE))["status"] == "suspended"
+    full = Full(monkeypatch, devbox_store, "update", when=lambda conn, view: view.status == "running")
+    response = TestClient(client.app, raise_server_exceptions=False).post(f"{URL}/{devbox}/resume", headers=ALICE)
+    assert response.status_code == 507, response.text
+    assert devbox in runtime.suspended  # frozen again
+    assert _devbox(client, devbox)["status"] == "suspended"
+    full.on = False
+    assert ok(client.post(f"{URL}/{devbox}/resume", headers=ALICE))["status"] == "running"
+    assert devbox not in runtime.suspended
+    assert ok(client.post(f"{URL}/{devbox}/execute_sync", json={"command": "echo alive"}, headers=ALICE))["stdout"] == "alive\n"
+
+
+def test_a_resume_not_stored_nor_frozen_again_is_stored_running_once_it_can_be(devbox_client, runtime, monkeypatch):
+    client = devbox_client
+    devbox = running_devbox(client)["id"]
+    assert ok(client.post(f"{URL}/{devbox}/suspend", headers=ALICE))["status"] == "suspended"
+    full = Full(monkeypatch, devbox_store, "update", when=lambda conn, view: view.status == "running")
+
+    def cannot_freeze(devbox_id):
+        raise RuntimeError("the freezer is gone")
+
+    monkeypatch.setattr(runtime, "suspend", cannot_freeze)
+    response = TestClient(client.app, raise_server_exceptions=False).post(f"{URL}/{devbox}/resume", headers=ALICE)
+    assert response.status_code == 507, response.text
+    assert devbox not in runtime.suspended  # it runs: the store must come to say so
+    full.on = False
+    until(lambda: _devbox(client, devbox)["status"] == "running")
+    assert ok(client.post(f"{URL}/{devbox}/execute_sync", json={"command": "echo alive"}, headers=ALICE))["stdout"] == "alive\n"
+
+
 def test_an_entrypoint_ending_while_the_store_is_full_shuts_the_devbox_down_once_stored(devbox_client, monkeypatch):
     client = devbox_client
     full = Full(monkeypatch, devbox_store, "update", when=lambda conn, view: view.status == "shutdown")

@@ -532,6 +532,49 @@ def test_stop_with_a_self_stopped_execution(sb):
     assert out == b"" and p.returncode != 0
 
 
+_STOP_UNDER_A_SUBREAPER = r"""
+import ctypes, sys, time
+sys.path.insert(0, sys.argv[1])
+from netns.sandbox import Sandbox
+# PR_SET_CHILD_SUBREAPER: orphans of our descendants come to this process, which (like an
+# init that reaps late, or never) does not reap them.
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+name, netns, root, uid = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+sb = Sandbox(name, netns, root, uid, uid, "10.99.0.53")
+sb.start()
+try:
+    running = sb.exec("sleep 1000")
+    stopped = sb.exec("kill -STOP $$; echo never")
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{stopped.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "nsenter did not stop"
+        time.sleep(0.01)
+    started = time.monotonic()
+    sb.stop(timeout=5)
+    print(f"stopped in {time.monotonic() - started:.3f}")
+finally:
+    sb.stop()
+"""
+
+
+@pytest.mark.privileged
+def test_stop_reaps_executions_without_the_hosts_init(netns_name, data_dir, uniq, tmp_path):
+    """An execution's nsenter is outside the namespace: killing it handed its dying child to
+    the host's PID 1 (or a subreaper), and the namespace's init waited for that to reap it,
+    2 s under an init reaping on a timer, for good under one that never does: stop() raised
+    "holder did not exit". Now each nsenter reaps its own child, stopped or not."""
+    name = f"dbxsim-t-{uniq('r')}"
+    script = tmp_path / "stop_under_subreaper.py"
+    script.write_text(_STOP_UNDER_A_SUBREAPER)
+    done = subprocess.run(
+        [sys.executable, str(script), str(Path(__file__).resolve().parents[2]), name, netns_name,
+         str(data_dir / "devboxes" / name), str(UID)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("stopped in "), done.stdout + done.stderr
+    assert not _host_pids_with(name), "a process of the sandbox is left"
+
+
 @pytest.mark.privileged
 def test_killing_the_holder_parent_ends_the_sandbox(sb):
     parent = int(open(f"/proc/{sb.holder_pid}/stat").read().rsplit(")", 1)[1].split()[1])

@@ -244,6 +244,10 @@ class Resolver:
             rcode, records = self._lookup(client_ip, qname, q.qtype, view.cache_scope)
         except _Failure as failure:
             return self._servfail(request, allowed, failure.reason, failure.error)
+        if q.qtype == QTYPE.ANY and not view.ipv6:
+            # As for AAAA: an IPv4-only client is given no IPv6 address (the cached records
+            # stay whole: the scope's other clients may speak IPv6).
+            records = [rr for rr in records if rr.rtype != _AAAA]
         return self._answer(client_ip, request, rcode, records, allowed, aa=False)
 
     def _deny(self, request, reason, base):
@@ -254,8 +258,8 @@ class Resolver:
     def _local(self, client_ip, request, q, view: ClientView, addresses, base):
         records = []
         name = str(q.qname)
-        if q.qtype == _AAAA and not view.ipv6:
-            addresses = []
+        if not view.ipv6:  # asked for AAAA (nothing) or ANY (the IPv4 addresses)
+            addresses = [address for address in addresses if ":" not in address]
         for address in addresses:
             # The simulator's hook answers by name; keep only what fits the question.
             if q.qtype == QTYPE.ANY or address_family_matches(address, q.qtype):

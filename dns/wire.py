@@ -27,6 +27,7 @@ __all__ = [
     "Section",
     "empty_reply",
     "parse_query",
+    "query_shape_ok",
     "read_answers",
     "reply",
     "section_from_records",
@@ -128,6 +129,78 @@ def parse_query(data: bytes) -> Query | None:
     if pos != n:
         return None
     return Query(qid, flags, text.decode("ascii").lower(), data[12 : qend - 4].lower(), qtype, qend, limit, edns)
+
+
+# The most questions and additional records a query may carry to reach dnslib at all (one
+# of each is a query; a few more are still answered FORMERR by the resolver).
+MAX_QUERY_QUESTIONS = 4
+MAX_QUERY_ADDITIONAL = 4
+
+
+def query_shape_ok(data: bytes) -> bool:
+    """Whether ``data`` is shaped like a query dnslib can read in bounded time: a few
+    questions, no answer or authority records, additional records only of type OPT, and
+    every name made of labels of at most 63 bytes, at most 255 bytes long, whose compression
+    pointers go backwards (never into the header), at most _MAX_POINTERS of them.
+
+    dnslib decodes a name recursively, once per pointer, copying the labels at each level:
+    a 7 KB datagram of 900 questions each pointing at the one before took 3.4 s to parse,
+    and eight of them held every resolver thread for half a minute. Whatever fails this is
+    dropped as malformed before dnslib sees it (no query a resolver takes fails it)."""
+    n = len(data)
+    if n < 12:
+        return False
+    _id, _flags, qd, an, ns, ar = HEADER.unpack_from(data)
+    if qd > MAX_QUERY_QUESTIONS or an or ns or ar > MAX_QUERY_ADDITIONAL:
+        return False
+    pos = 12
+    for _ in range(qd):
+        pos = _bounded_name_end(data, pos)
+        if pos is None or pos + 4 > n:
+            return False
+        pos += 4
+    for _ in range(ar):
+        pos = _bounded_name_end(data, pos)
+        if pos is None or pos + 10 > n:
+            return False
+        rtype, _rclass, _ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
+        if rtype != TYPE_OPT:  # an RR type whose data holds names would be decoded too
+            return False
+        pos += 10 + rdlength
+        if pos > n:
+            return False
+    return True
+
+
+def _bounded_name_end(data: bytes, pos: int) -> int | None:
+    """The offset after the name at ``pos`` if it keeps the bounds of ``query_shape_ok``."""
+    n = len(data)
+    end = -1
+    jumps = 0
+    size = 1
+    while True:
+        if pos >= n:
+            return None
+        length = data[pos]
+        if length == 0:
+            return pos + 1 if end < 0 else end
+        if length >= 0xC0:
+            if pos + 1 >= n:
+                return None
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            jumps += 1
+            if target < 12 or target >= pos or jumps > _MAX_POINTERS:
+                return None
+            if end < 0:
+                end = pos + 2
+            pos = target
+            continue
+        if length > 63:
+            return None
+        size += 1 + length
+        if size > 255:
+            return None
+        pos += 1 + length
 
 
 def reply(data: bytes, q: Query, rcode: int, section: bytes = b"", count: int = 0, *,

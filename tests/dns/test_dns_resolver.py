@@ -252,6 +252,30 @@ def test_aaaa_for_ipv4_only_client_is_empty_noerror(serve, world_zone, recorder,
     assert addresses(reply) == ["2001:db8::34"]
 
 
+def test_any_for_an_ipv4_only_client_has_no_ipv6_address(recorder):
+    """As AAAA is empty for it, ANY gives it (and the firewall) the IPv4 addresses only; a
+    client speaking IPv6 of the same cache scope still gets both."""
+    upstream = InProcessUpstream(Zone({"www.example.com": ["192.0.2.5", "2001:db8::5"]}).resolve)
+    answers = recorder()
+    clients = {"10.0.0.2": view("*.example.com"), "10.0.0.3": view("*.example.com", ipv6=True)}
+    resolver = Resolver(clients.get, upstream, on_answer=answers)
+    reply = resolver.resolve("10.0.0.2", DNSRecord.question("www.example.com", "ANY"))
+    assert reply.header.rcode == RCODE.NOERROR and addresses(reply) == ["192.0.2.5"]
+    assert answers.calls == [("10.0.0.2", "www.example.com", [("192.0.2.5", 300)])]
+    both = resolver.resolve("10.0.0.3", DNSRecord.question("www.example.com", "ANY"))
+    assert sorted(addresses(both)) == ["192.0.2.5", "2001:db8::5"]
+
+
+def test_a_local_answer_to_any_for_an_ipv4_only_client_has_no_ipv6_address():
+    def local(qname, qtype):
+        return ["10.88.0.7", "fd00::7"] if qname == "peer.devbox.internal" else None
+
+    resolver = Resolver(lambda ip: view(allow_all=True, local_answer=local), InProcessUpstream(Zone({}).resolve))
+    reply = resolver.resolve(CLIENT, DNSRecord.question("peer.devbox.internal", "ANY"))
+    assert addresses(reply) == ["10.88.0.7"]
+    assert addresses(resolver.resolve(CLIENT, DNSRecord.question("peer.devbox.internal", "AAAA"))) == []
+
+
 def test_dead_upstream_is_servfail_quickly(serve, recorder, ask):
     silent = bind_udp("127.0.0.1")  # bound, never answers
     try:

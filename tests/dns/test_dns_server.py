@@ -43,6 +43,36 @@ def test_malformed_udp_dropped_and_server_keeps_answering(serve, zone, ask):
     assert [str(rr.rdata) for rr in ask(address, "host.test").rr] == ["10.0.0.1"]
 
 
+def _pointer_chain_query(depth: int = 900, extra: int = 1000) -> bytes:
+    """~13 KB: question i's name is "a" + a pointer to question i-1's, the ``extra`` ones a
+    bare pointer to the deepest. dnslib takes seconds to decode it (once per pointer, copying
+    the labels at each level)."""
+    data = bytearray(struct.pack("!HHHHHH", 0x1234, 0x0100, depth + extra, 0, 0, 0))
+    prev = None
+    for _ in range(depth):
+        here = len(data)
+        data += b"\x01a\x00" if prev is None else b"\x01a" + struct.pack("!H", 0xC000 | prev)
+        data += b"\x00\x01\x00\x01"
+        prev = here
+    for _ in range(extra):
+        data += struct.pack("!H", 0xC000 | prev) + b"\x00\x01\x00\x01"
+    return bytes(data)
+
+
+def test_queries_too_costly_to_parse_are_dropped_before_dnslib(serve, zone, ask):
+    """Eight such datagrams, one per worker, left nobody answered for half a minute."""
+    server = serve(zone.resolve, workers=2)
+    address = server.udp_addresses[0]
+    with udp_client() as sock:
+        for _ in range(8):
+            sock.sendto(_pointer_chain_query(), address)
+        deadline = time.monotonic() + 2.0
+        while server.stats.malformed < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stats.malformed == 8
+    assert [str(rr.rdata) for rr in ask(address, "host.test", timeout=1.0).rr] == ["10.0.0.1"]
+
+
 def test_malformed_tcp_closes_connection_only(serve, zone, ask):
     server = serve(zone.resolve)
     address = server.tcp_addresses[0]

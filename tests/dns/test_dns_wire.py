@@ -560,3 +560,73 @@ def test_names_longer_than_dns_allows_are_malformed_not_tracebacks(serve, world,
         assert DNSRecord.parse(sock.recv(4096)).header.id == request.header.id
     assert server.stats.malformed == 3
     assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING")] == []
+
+
+def _query(name_wire: bytes, *, qd: int = 1, an: int = 0, ns: int = 0, extra: bytes = b"", ar: int = 0) -> bytes:
+    return struct.pack("!HHHHHH", 1, 0x0100, qd, an, ns, ar) + name_wire + b"\x00\x01\x00\x01" + extra
+
+
+_OPT = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"
+_WWW = b"\x03www\x07example\x03com\x00"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _query(_WWW),
+        _query(_WWW, extra=_OPT, ar=1),
+        _query(_WWW, extra=_OPT + _OPT, ar=2),  # the resolver answers FORMERR
+        _query(_WWW, extra=_WWW[4:] + b"\x00\x01\x00\x01", qd=2),  # FORMERR too
+        _query(_WWW, extra=b"\xc0\x0c\x00\x01\x00\x01", qd=2),  # a backward pointer
+        _query(b"\x3f" + b"a" * 63 + b"\x00"),
+        _query(b"\x00"),  # the root
+        _query(b"\x03foo\x00", extra=b"\x03foo\x00" + _OPT[1:], ar=1),  # OPT not owned by the root
+        _query(b"\x01_\x03tcp\x00"),  # odd names still reach the resolver, which says NXDOMAIN
+    ],
+)
+def test_query_shape_accepts_what_a_resolver_reads(data):
+    assert wire.query_shape_ok(data)
+
+
+def _chain(hops: int) -> bytes:
+    """A query whose second OPT is owned by a name that follows ``hops`` pointers: a chain of
+    pointers, each to the one before, laid in the first OPT's data."""
+    head = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 2) + b"\x01a\x00\x00\x01\x00\x01"  # "a" at 12
+    chain = bytearray()
+    start = len(head) + 11  # where the first OPT's data begins
+    prev = 12
+    for _ in range(hops - 1):
+        here = start + len(chain)
+        chain += struct.pack("!H", 0xC000 | prev)
+        prev = here
+    first_opt = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00" + struct.pack("!H", len(chain)) + chain
+    second_opt = struct.pack("!H", 0xC000 | prev) + _OPT[1:]
+    return head + first_opt + second_opt
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00" * 11,
+        _query(_WWW, qd=5, extra=(b"\xc0\x0c\x00\x01\x00\x01") * 4),  # more questions than a query has
+        _query(_WWW, an=1, extra=_WWW + b"\x00\x01\x00\x01\x00\x00\x00\x00\x00\x04\x01\x02\x03\x04"),
+        _query(_WWW, ns=1, extra=_WWW + b"\x00\x02\x00\x01\x00\x00\x00\x00\x00\x01\x00"),
+        _query(_WWW, ar=1, extra=_WWW + b"\x00\x05\x00\x01\x00\x00\x00\x00\x00\x02\xc0\x0c"),  # not an OPT
+        _query(_WWW, ar=5, extra=_OPT * 5),
+        _query(b"\xc0\x20\x00", extra=b"\x00" * 40),  # a forward pointer
+        _query(b"\xc0\x05"),  # into the header
+        _query(b"\x01a\xc0\x0c"),  # to itself
+        _query(b"\x40" + b"a" * 64 + b"\x00"),  # a 64-byte label
+        _query((b"\x3f" + b"a" * 63) * 4 + b"\x00"),  # 257 bytes
+        _query(_WWW[:-1]),  # runs off the end
+        _query(_WWW, extra=b"\x00\x00\x29", ar=1),  # a cut OPT
+        _query(_WWW, extra=_OPT[:-2] + b"\x00\x09", ar=1),  # rdlength past the end
+        _chain(33),
+    ],
+)
+def test_query_shape_rejects_what_dnslib_would_spend_long_on_or_no_query_has(data):
+    assert not wire.query_shape_ok(data)
+
+
+def test_a_pointer_chain_within_the_limit_is_accepted():
+    assert wire.query_shape_ok(_chain(32))

@@ -163,12 +163,15 @@ def exists(name: str) -> bool:
     return st.st_dev == _nsfs_dev() and not stat.S_ISDIR(st.st_mode)
 
 
-def list_names(prefix: str = "") -> list[str]:
+def list_names(prefix: str = "", *, placeholders: bool = False) -> list[str]:
+    """Named namespaces starting with ``prefix``. With ``placeholders``, also the empty files
+    a create interrupted before its bind mount (kill -9) leaves under /run/netns: nothing is
+    mounted on them, yet `ip netns list` shows them, and only ``delete`` removes them."""
     try:
         names = os.listdir(NETNS_RUN_DIR)
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if n.startswith(prefix) and _NAME_RE.match(n) and exists(n))
+    return sorted(n for n in names if n.startswith(prefix) and _NAME_RE.match(n) and (placeholders or exists(n)))
 
 
 def _prepare_run_dir() -> None:

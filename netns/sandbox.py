@@ -652,10 +652,14 @@ class Sandbox:
         if self._starting is None:
             return
         (child, out_fd), self._starting = self._starting, None
-        try:
-            os.killpg(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # The child leads its own process group only once it has called setsid(), which may
+        # not have happened yet: killpg alone then found no group, and the child went on to
+        # start a holder nobody tracked. The child itself, then the group it may have made.
+        for kill, target in ((os.kill, child), (os.killpg, child)):
+            try:
+                kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         os.close(out_fd)
         self._remove_cgroups(time.monotonic() + 1)
 

@@ -161,6 +161,15 @@ def main(fd: int) -> None:
         os.close(w)
         try:
             socket.send_fds(sock, [json.dumps({"pid": pid}).encode()], [r])
+        except OSError:
+            # The simulator is gone (killed mid-spawn): nobody would track this child, nor
+            # the holder it may have started in its own group already.
+            for kill in (os.kill, os.killpg):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return
         finally:
             os.close(r)
 

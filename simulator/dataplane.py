@@ -338,8 +338,10 @@ class DataPlane:
     def remove_orphans(self) -> list[str]:
         """Delete kernel objects a previous run of this instance left (e.g. after kill -9)."""
         removed = []
-        for name in namespaces.list_names(f"{NS_PREFIX}{self.config.instance}-"):
-            if name == self.router_ns:
+        for name in namespaces.list_names(f"{NS_PREFIX}{self.config.instance}-", placeholders=True):
+            if not namespaces.exists(name):
+                namespaces.delete(name)  # a create killed before its mount left the file
+            elif name == self.router_ns:
                 self._router.teardown()  # also removes a host uplink it owned
             elif name == self.world_ns:
                 links.World(name).teardown()

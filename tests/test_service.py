@@ -244,7 +244,7 @@ def test_exec_start_with_the_offline_world(tmp_path):
     finally:
         code = service.stop()
     assert code in CLEAN_EXIT, "\n".join(service.log[-30:])
-    assert namespaces.list_names(prefix) == []
+    assert namespaces.list_names(prefix, placeholders=True) == []
 
 
 def test_vagrantfile_syntax_and_config(tmp_path):

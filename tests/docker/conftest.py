@@ -37,7 +37,7 @@ def check_server_left_nothing(client, data_dir) -> None:
 
     instance = instance_id(data_dir)
     try:
-        assert namespaces.list_names(f"{NS_PREFIX}{instance}-") == [], "a stopped server left namespaces"
+        assert namespaces.list_names(f"{NS_PREFIX}{instance}-", placeholders=True) == [], "a stopped server left namespaces"
         assert client.api.containers(all=True, filters={"label": f"{INSTANCE_LABEL}={instance}"}) == [], \
             "a stopped server left containers"
     finally:

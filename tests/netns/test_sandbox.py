@@ -109,6 +109,20 @@ def box(tmp_path):
     return Sandbox("dbxsim-unit-1", "nonexistent", root, uid, uid, "10.0.0.1")
 
 
+def test_abort_start_kills_a_child_that_has_no_process_group_yet(box):
+    """A start aborted before the zygote's child called setsid(): killpg found no group, and
+    the child went on to start a holder nobody tracked."""
+    child = subprocess.Popen(["sleep", "100"])  # in our process group, like a child before setsid
+    try:
+        box._starting = (child.pid, os.open(os.devnull, os.O_RDONLY))
+        box.abort_start()
+        assert child.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 def test_resolve_path_mapping(box):
     home, tmp = box.home_dir, box.tmp_dir
     assert box.resolve_path("") == home

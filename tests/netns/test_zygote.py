@@ -124,3 +124,39 @@ def test_failed_forks_leak_no_descriptors(spawner, tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)  # bounded: the exited zygote leaves the group asynchronously
+
+
+def _alive_with(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        with open(f"/proc/{entry}/stat") as g:
+                            if g.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                                pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_child_forked_for_a_simulator_gone_meanwhile_is_killed(spawner, capfd):
+    """The simulator killed between its request and the zygote's reply: the zygote printed a
+    BrokenPipeError traceback, and its child went on to start a holder nobody tracked."""
+    import json
+    import secrets
+
+    marker = f"dbxsim-zygote-orphan-{secrets.token_hex(4)}"
+    spawner.start()
+    zygote = spawner._proc
+    request = {"argv": ["/bin/sh", "-c", f"exec -a {marker} sleep 100"], "env": {"PATH": "/usr/bin:/bin"}, "plan": None}
+    spawner._sock.sendall(json.dumps(request).encode())
+    spawner._sock.close()  # gone before the reply: the request is still read, the reply fails
+    spawner._sock = None
+    assert zygote.wait(timeout=10) == 0
+    deadline = time.monotonic() + 5
+    while _alive_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _alive_with(marker) == []
+    assert "Traceback" not in capfd.readouterr().err

@@ -185,11 +185,9 @@ def _bounded_name_end(data: bytes, pos: int) -> int | None:
         if length == 0:
             return pos + 1 if end < 0 else end
         if length >= 0xC0:
-            if pos + 1 >= n:
-                return None
-            target = ((length & 0x3F) << 8) | data[pos + 1]
+            target = _pointer_target(data, pos)
             jumps += 1
-            if target < 12 or target >= pos or jumps > _MAX_POINTERS:
+            if target is None or jumps > _MAX_POINTERS:
                 return None
             if end < 0:
                 end = pos + 2
@@ -226,6 +224,15 @@ def empty_reply(data: bytes, q: Query, rcode: int, *, aa: bool = False, max_size
 # -- reading answers ------------------------------------------------------------------------
 
 
+def _pointer_target(data: bytes, pos: int) -> int | None:
+    """Where the compression pointer at ``pos`` leads: backwards only, never into the header
+    (see the module doc); None for any other."""
+    if pos + 1 >= len(data):
+        return None
+    target = ((data[pos] & 0x3F) << 8) | data[pos + 1]
+    return target if 12 <= target < pos else None
+
+
 def read_name(data: bytes, pos: int) -> tuple[str, int] | None:
     """(normalised name, offset after it) at ``pos``; None if odd (see module doc)."""
     labels = []
@@ -241,14 +248,9 @@ def read_name(data: bytes, pos: int) -> tuple[str, int] | None:
                 end = pos + 1
             break
         if length >= 0xC0:
-            if pos + 1 >= n:
-                return None
-            target = ((length & 0x3F) << 8) | data[pos + 1]
-            # Backwards only, never into the header: see the module doc.
-            if target < 12 or target >= pos:
-                return None
+            target = _pointer_target(data, pos)
             jumps += 1
-            if jumps > _MAX_POINTERS:
+            if target is None or jumps > _MAX_POINTERS:
                 return None
             if end < 0:
                 end = pos + 2

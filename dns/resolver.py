@@ -380,7 +380,7 @@ class Resolver:
         the decision comes back as a plain tuple (see ``_decide_wire``), and the QueryEvent
         is only built when someone listens."""
         q = wire.parse_query(data)
-        if q is None:
+        if q is None or q.qtype == 255:  # ANY: resolve() drops AAAA for IPv4-only clients
             return None
         max_size = 65535 if tcp else q.udp_limit
         on_query = self._on_query

@@ -46,7 +46,7 @@ from dnslib import RCODE, DNSRecord
 
 from .message import empty_reply, truncated, udp_limit, with_edns
 from .rate import ClientRates
-from .wire import query_shape_ok
+from .wire import other_opcode_reply, query_shape_ok
 
 __all__ = ["DnsServer", "ServerStats", "bind_tcp", "bind_udp", "bind_udp_tcp"]
 
@@ -463,11 +463,14 @@ class DnsServer:
         request = self._parse(data)
         if request is None:
             return
-        reply = with_edns(request, self._call(addr[0], request))
-        wire = reply.pack()
-        if len(wire) > udp_limit(request):
-            self.stats.incr("udp_truncated")
-            wire = truncated(reply).pack()
+        if isinstance(request, bytes):  # answered from the header alone
+            wire = request
+        else:
+            reply = with_edns(request, self._call(addr[0], request))
+            wire = reply.pack()
+            if len(wire) > udp_limit(request):
+                self.stats.incr("udp_truncated")
+                wire = truncated(reply).pack()
         try:
             sock.sendto(wire, addr)
         except OSError:
@@ -505,10 +508,13 @@ class DnsServer:
                 request = self._parse(data)
                 if request is None:
                     return  # framing can no longer be trusted: close
-                reply = with_edns(request, self._call(addr[0], request))
-                wire = reply.pack()
-                if len(wire) > _TCP_MAX_MESSAGE:  # cannot be framed; tell the client so
-                    wire = truncated(reply).pack()
+                if isinstance(request, bytes):  # answered from the header alone
+                    wire = request
+                else:
+                    reply = with_edns(request, self._call(addr[0], request))
+                    wire = reply.pack()
+                    if len(wire) > _TCP_MAX_MESSAGE:  # cannot be framed; tell the client so
+                        wire = truncated(reply).pack()
                 conn.settimeout(self._idle)
                 conn.sendall(struct.pack("!H", len(wire)) + wire)
                 self.stats.incr("answered")
@@ -530,10 +536,13 @@ class DnsServer:
 
     # -- shared ------------------------------------------------------------------------
 
-    def _parse(self, data: bytes) -> DNSRecord | None:
+    def _parse(self, data: bytes) -> DNSRecord | bytes | None:
+        """The request; or the reply (bytes) to one not given to dnslib; or None: dropped."""
         if not query_shape_ok(data):  # before dnslib: some small messages take it seconds
             self.stats.incr("malformed")
-            return None
+            # An UPDATE or NOTIFY (sections a query lacks) is told NOTIMP; anything else goes
+            # unanswered.
+            return other_opcode_reply(data)
         try:
             request = DNSRecord.parse(data)
         except Exception:  # dnslib raises DNSError, struct.error, IndexError, ...

@@ -26,6 +26,7 @@ __all__ = [
     "Query",
     "Section",
     "empty_reply",
+    "other_opcode_reply",
     "parse_query",
     "query_shape_ok",
     "read_answers",
@@ -135,6 +136,24 @@ def parse_query(data: bytes) -> Query | None:
 # of each is a query; a few more are still answered FORMERR by the resolver).
 MAX_QUERY_QUESTIONS = 4
 MAX_QUERY_ADDITIONAL = 4
+# What a query's additional section may hold: OPT, and the signatures of signed queries
+# (TSIG, SIG(0)), whose data dnslib keeps as bytes (`dig -y` is answered as unsigned).
+_QUERY_ADDITIONAL_TYPES = frozenset((TYPE_OPT, 24, 250))
+OPCODE_QUERY = 0
+RCODE_NOTIMP = 4
+
+
+def other_opcode_reply(data: bytes) -> bytes | None:
+    """NOTIMP, from the header alone, for a request of another opcode than QUERY (a DNS
+    UPDATE or NOTIFY, whose sections ``query_shape_ok`` refuses to hand to dnslib); None for
+    anything else, a response included (never answered: no reflection loops)."""
+    if len(data) < 12:
+        return None
+    qid, flags = struct.unpack_from("!HH", data)
+    opcode = (flags >> 11) & 0xF
+    if flags & FLAG_QR or opcode == OPCODE_QUERY:
+        return None
+    return struct.pack("!HHHHHH", qid, FLAG_QR | (opcode << 11) | (flags & FLAG_RD) | RCODE_NOTIMP, 0, 0, 0, 0)
 
 
 def query_shape_ok(data: bytes) -> bool:
@@ -164,7 +183,7 @@ def query_shape_ok(data: bytes) -> bool:
         if pos is None or pos + 10 > n:
             return False
         rtype, _rclass, _ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
-        if rtype != TYPE_OPT:  # an RR type whose data holds names would be decoded too
+        if rtype not in _QUERY_ADDITIONAL_TYPES:  # an RR type whose data holds names would be decoded too
             return False
         pos += 10 + rdlength
         if pos > n:

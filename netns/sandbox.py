@@ -785,11 +785,6 @@ class Sandbox:
         self.abort_start()  # a start begun but never finished
         deadline = time.monotonic() + timeout
         pid = self._holder_pid
-        if self._freezer is not None:
-            try:
-                self._freezer.thaw()  # v1-frozen tasks cannot die
-            except OSError:
-                pass
         if pid is not None and (
             _proc_starttime(pid) != self._holder_start if self._holder_start is not None else not self.alive()
         ):
@@ -814,6 +809,14 @@ class Sandbox:
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self._freezer is not None:
+            try:
+                # After the SIGKILLs: a thawed task dies before it runs user code again (thawed
+                # first, a suspended devbox ran on during its stop). v1-frozen tasks die only now.
+                self._freezer.thaw()
+            except OSError:
+                pass
+        if pid is not None:
             for p in wrappers:
                 try:
                     os.kill(p, signal.SIGCONT)

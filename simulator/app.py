@@ -146,9 +146,14 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
         vanished = services.devboxes.reconcile(set())
         if vanished:
             log.warning("%d devboxes from a previous run are gone: %s", len(vanished), ", ".join(vanished))
-        cut = services.snapshots.reconcile() + services.blueprints.reconcile()
+        cut_snapshots = services.snapshots.reconcile()
+        cut = cut_snapshots + services.blueprints.reconcile()
         if cut:
             log.warning("snapshots and builds cut short by a restart failed: %s", ", ".join(cut))
+        # Only Docker has work that outlives the simulator: the daemon finishes a commit.
+        late_disks = getattr(owned_runtime, "remove_late_disks", None)
+        if late_disks is not None:
+            late_disks(cut_snapshots)
     if owned_runtime is not None:
         # Before any request can start a snapshot or build: disks no stored snapshot or
         # blueprint references (a crash between recording a delete and removing the files).

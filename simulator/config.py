@@ -117,8 +117,10 @@ def _named(parse, env, name: str):
 def parse_servers(text: str) -> tuple[tuple[str, int], ...]:
     """``"192.0.2.53,198.51.100.1:5353,[2001:db8::53]:53,2001:db8::1"`` -> ((ip, port), ...).
 
-    A server is an IP address (a name would need a resolver to find the resolver), with an
-    optional port; an IPv6 address with a port is written in brackets."""
+    A server is an IPv4 address (a name would need a resolver to find the resolver; the
+    router namespace the resolver asks from speaks IPv4 only, and its loopback is its own),
+    with an optional port. An IPv6 address is refused by name, with a port or without
+    (``[IP]:PORT``)."""
     servers = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         if item.startswith("["):
@@ -134,9 +136,14 @@ def parse_servers(text: str) -> tuple[tuple[str, int], ...]:
             address = ipaddress.ip_address(host)
         except ValueError:
             raise ValueError(f"{host!r} is not an IP address (upstream DNS servers are IP[:PORT],...)") from None
+        if address.version != 4:
+            raise ValueError(f"{host}: the resolver asks from a namespace that speaks IPv4 only; give an IPv4 server")
+        if address.is_loopback or address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{host}: not reachable from the router namespace (its loopback is its own); "
+                             "give the address of a server on the network")
         port = 53
         if port_text or item.endswith(":"):
-            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
                 raise ValueError(f"{item!r}: the port must be a number from 1 to 65535")
             port = int(port_text)
         servers.append((str(address), port))
@@ -150,6 +157,9 @@ def parse_servers(text: str) -> tuple[tuple[str, int], ...]:
 _RESERVED_FOR_SUBNET = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",
+    # The uplinks' link nets (netns.links.HOST_LINK_NETS and DEFAULT_LINK_NET, the offline
+    # world's; not imported here: that module loads pyroute2).
+    "100.127.0.0/17", "100.127.255.0/30",
 ))
 
 

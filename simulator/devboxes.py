@@ -102,6 +102,7 @@ class DevboxService:
         self._provisioning: set[threading.Thread] = set()  # provisioning threads still running
         # devbox id -> set once it ends (a shutdown) while still provisioning: the runtime stops
         self._provisioning_ended: dict[str, threading.Event] = {}
+        self._provisioning_by_id: dict[str, threading.Thread] = {}
         self._provisioning_lock = threading.Lock()
         # Deleting a policy that an active devbox uses is a 400 naming the devbox.
         network_policies.add_usage_check(self._policy_users)
@@ -175,8 +176,9 @@ class DevboxService:
         )
         with self._provisioning_lock:
             self._provisioning.add(thread)
+            self._provisioning_by_id[devbox.id] = thread
             self._provisioning_ended[devbox.id] = threading.Event()
-        thread.start()
+            thread.start()  # under the lock: whoever finds it registered can join it
         return devbox
 
     async def create_and_await_running(
@@ -430,7 +432,7 @@ class DevboxService:
                 moved = devbox
             if moved is not None:  # else it ended meanwhile
                 ended.append(devbox.id)
-                self._release(moved)
+                self._release(moved, await_provisioning=False)  # all of them together, below
         # A devbox still being provisioned is not the runtime's yet, so the release above found
         # nothing to free; its provisioning thread frees it when it sees the failure. Wait for
         # those threads (bounded), so that nothing is left when the runtime closes.
@@ -518,6 +520,7 @@ class DevboxService:
         finally:
             with self._provisioning_lock:
                 self._provisioning.discard(threading.current_thread())
+                self._provisioning_by_id.pop(devbox.id, None)
                 self._provisioning_ended.pop(devbox.id, None)
 
     def _provision(self, runtime: DevboxRuntime, devbox: Devbox, file_mounts: dict[str, str] | None = None,
@@ -760,15 +763,30 @@ class DevboxService:
         self.watch.notify(watch_key(devbox.id))
         return moved
 
-    def _release(self, devbox: Devbox) -> None:
+    def _release(self, devbox: Devbox, *, await_provisioning: bool = True) -> None:
         """The devbox is finished: free its runtime resources, then let hooks tidy up."""
         self.keep_alive_timers.stop(devbox.id)
         self._release_quietly(devbox)
+        if await_provisioning:
+            self._await_provisioning(devbox.id)
         for hook in self._terminal_hooks:
             try:
                 hook(devbox)
             except Exception:
                 log.exception("terminal hook failed for %s", devbox.id)
+
+    def _await_provisioning(self, devbox_id: str) -> None:
+        """A devbox that ended while its provisioning thread runs was not the runtime's yet, so
+        the release found nothing to free: that thread frees what it made at its next step
+        (it sees the end). Wait for it (bounded), so that an answered shutdown has left
+        nothing behind: a Docker container lived on for 0.3 s after the answer."""
+        with self._provisioning_lock:
+            thread = self._provisioning_by_id.get(devbox_id)
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join(STOP_PROVISIONING_WAIT_SECONDS)
+        if thread.is_alive():
+            log.warning("devbox %s ended; its provisioning still runs after %g s", devbox_id, STOP_PROVISIONING_WAIT_SECONDS)
 
     def _release_quietly(self, devbox: Devbox) -> None:
         if self.runtime is None:

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ class _Container:
 
 # A snapshot's commit copies up to MAX_DISK_BYTES of changed files.
 COMMIT_TIMEOUT_SECONDS = 3600.0
+# How often to look for the image of a commit a restart cut short (remove_late_disks).
+LATE_DISK_POLL_SECONDS = 5.0
 
 
 def docker_client(timeout: float = 60.0):
@@ -210,6 +213,7 @@ class DockerRuntime:
                 ),
             )
             container_id = created["Id"]
+            stop_if_cancelled(spec)  # shut down while the container was made: never started
             self.api.start(container_id)
             pid = self.api.inspect_container(container_id)["State"]["Pid"]
             if not pid:
@@ -438,6 +442,29 @@ class DockerRuntime:
             self.delete_disk(tag)
         self._remove_dangling_images()  # a crash came before a devbox's image could go
         return removed
+
+    def remove_late_disks(self, snapshot_ids: list[str]) -> None:
+        """Snapshots a restart cut short (the store has failed them): the daemon finishes a
+        commit begun before the crash on its own, and tags its image after the start-up sweep
+        (a 1.5 GB commit landed 20 s into the new run, and stayed). A thread watches for their
+        tags as long as a commit may last, and removes each one that appears."""
+        tags = {f"{SNAPSHOT_REPOSITORY}:{snapshot_id.replace('/', '-')}" for snapshot_id in snapshot_ids}
+        if tags:
+            threading.Thread(target=self._remove_late, args=(tags,), name="docker-late-disks", daemon=True).start()
+
+    def _remove_late(self, tags: set[str]) -> None:
+        deadline = time.monotonic() + COMMIT_TIMEOUT_SECONDS
+        while tags and time.monotonic() < deadline:
+            for tag in sorted(tags):
+                try:
+                    if self.api.images(name=tag):
+                        self.delete_disk(tag)
+                        log.warning("removed %s: its commit, cut short by the restart, ended only now", tag)
+                        tags.discard(tag)
+                except Exception as exc:  # noqa: BLE001 - the daemon away for a while: look again later
+                    log.debug("looking for %s: %s", tag, exc)
+            if self._closing.wait(LATE_DISK_POLL_SECONDS):
+                return
 
     # --- for tests and tools ----------------------------------------------------------------
 

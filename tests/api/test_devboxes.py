@@ -459,6 +459,30 @@ def test_shutdown_while_provisioning(devbox_client, runtime):
     assert statuses_of(view) == ["provisioning", "shutdown"]
 
 
+def test_a_shutdown_answers_once_the_provisioning_has_undone_its_work(devbox_client, runtime, monkeypatch):
+    """The runtime had nothing of the devbox to free yet, and the answer came at once: a
+    Docker container being made lived on 0.3 s after "shutdown" was answered."""
+    needs_hooks(runtime, "hold_provisioning")
+    runtime.hold_provisioning()
+    undone = threading.Event()
+    real = runtime.provision
+
+    def provision(spec):
+        try:
+            real(spec)
+        except Exception:
+            undone.wait(0.5)  # undoing what was made takes a while (removing a container)
+            undone.set()
+            raise
+
+    monkeypatch.setattr(runtime, "provision", provision)
+    devbox_id = create(devbox_client)["id"]
+    view = devbox_client.post(f"{URL}/{devbox_id}/shutdown", headers=ALICE).json()
+    assert view["status"] == "shutdown"
+    assert undone.is_set()
+    assert not devbox_client.app.state.services.devboxes._provisioning
+
+
 def test_a_stop_ends_a_wait_for_a_status_the_devbox_will_not_reach(devbox_client):
     """The stop ends every devbox (as failure): a wait for "shutdown" (or "suspended") would
     hold the stop until uvicorn's graceful timeout cancelled it."""

@@ -266,6 +266,16 @@ def test_any_for_an_ipv4_only_client_has_no_ipv6_address(recorder):
     assert sorted(addresses(both)) == ["192.0.2.5", "2001:db8::5"]
 
 
+def test_any_through_the_server_has_no_ipv6_address_for_an_ipv4_only_client(serve, recorder, ask):
+    """The server tries the wire path first, which took ANY and kept its AAAA records."""
+    upstream = InProcessUpstream(Zone({"www.example.com": ["192.0.2.5", "2001:db8::5"]}).resolve)
+    answers = recorder()
+    server = serve(Resolver(lambda ip: view("*.example.com"), upstream, on_answer=answers).resolve)
+    reply = ask(server.udp_addresses[0], "www.example.com", "ANY")
+    assert reply.header.rcode == RCODE.NOERROR and addresses(reply) == ["192.0.2.5"]
+    assert answers.calls == [(CLIENT, "www.example.com", [("192.0.2.5", 300)])]
+
+
 def test_a_local_answer_to_any_for_an_ipv4_only_client_has_no_ipv6_address():
     def local(qname, qtype):
         return ["10.88.0.7", "fd00::7"] if qname == "peer.devbox.internal" else None

@@ -73,6 +73,43 @@ def test_queries_too_costly_to_parse_are_dropped_before_dnslib(serve, zone, ask)
     assert [str(rr.rdata) for rr in ask(address, "host.test", timeout=1.0).rr] == ["10.0.0.1"]
 
 
+def _name(text: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in text.split(".")) + b"\x00"
+
+
+def _update() -> bytes:
+    """nsupdate's "update add x.test 60 A 10.0.0.9" in zone test: opcode UPDATE, a record in
+    the update (authority) section."""
+    header = struct.pack("!HHHHHH", 0x4242, (5 << 11) | 0x0100, 1, 0, 1, 0)
+    return header + _name("test") + struct.pack("!HH", 6, 1) + _name("x.test") + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([10, 0, 0, 9])
+
+
+def _tsig_query() -> bytes:
+    """host.test A signed with TSIG (dig -y hmac-sha256:k:...): a TSIG record as additional."""
+    header = struct.pack("!HHHHHH", 0x4343, 0x0100, 1, 0, 0, 1)
+    rdata = _name("hmac-sha256") + struct.pack("!HIH", 0, 1700000000, 300) + struct.pack("!H", 32) + b"\x00" * 32 \
+        + struct.pack("!HHH", 0x4343, 0, 0)
+    return header + _name("host.test") + struct.pack("!HH", 1, 1) + _name("k") + struct.pack("!HHIH", 250, 255, 0, len(rdata)) + rdata
+
+
+def test_an_update_is_told_notimp_from_its_header_and_a_signed_query_is_answered(serve, zone):
+    """Neither is given to dnslib whole (an update's sections, like a crafted query's, could
+    be costly to read) and neither is dropped: clients get their answer at once."""
+    server = serve(zone.resolve)
+    with udp_client() as sock:
+        sock.sendto(_update(), server.udp_addresses[0])
+        reply = DNSRecord.parse(sock.recv(4096))
+        assert (reply.header.id, reply.header.qr, reply.header.opcode, reply.header.rcode) == (0x4242, 1, 5, RCODE.NOTIMP)
+        assert (reply.questions, reply.rr, reply.auth, reply.ar) == ([], [], [], [])
+        sock.sendto(_tsig_query(), server.udp_addresses[0])
+        reply = DNSRecord.parse(sock.recv(4096))
+        assert reply.header.id == 0x4343 and [str(rr.rdata) for rr in reply.rr] == ["10.0.0.1"]
+        sock.sendto(DNSRecord.question("host.test").reply().pack()[:12] + b"\x00", server.udp_addresses[0])
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # a response is never answered, NOTIMP or not
+
+
 def test_malformed_tcp_closes_connection_only(serve, zone, ask):
     server = serve(zone.resolve)
     address = server.tcp_addresses[0]

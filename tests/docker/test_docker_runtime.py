@@ -275,6 +275,30 @@ def test_snapshot_disk_restores_files_into_a_new_devbox(docker_plane, boxes, doc
         runtime.delete_disk(runtime.image)  # never an image it did not make
 
 
+def test_an_image_a_commit_tags_after_the_restart_is_removed(docker_plane, docker_client, monkeypatch):
+    """A snapshot the restart failed whose commit the daemon finished later: its image was
+    tagged after the start-up sweep, and stayed until the next start."""
+    from simulator.runtime import docker_runtime
+
+    _dataplane, runtime = docker_plane
+    monkeypatch.setattr(docker_runtime, "LATE_DISK_POLL_SECONDS", 0.05)
+    snapshot_id = f"snp_late{os.getpid():x}"
+    tag = f"{SNAPSHOT_REPOSITORY}:{snapshot_id}"
+    try:
+        runtime.remove_late_disks([snapshot_id])
+        docker_client.api.tag(runtime.image, SNAPSHOT_REPOSITORY, snapshot_id)  # the commit lands
+        deadline = time.monotonic() + 10
+        while docker_client.api.images(name=tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert docker_client.api.images(name=tag) == []
+        assert docker_client.api.images(name=runtime.image)  # only that tag went
+    finally:
+        try:
+            docker_client.api.remove_image(tag)
+        except docker.errors.NotFound:
+            pass
+
+
 def test_snapshot_size_and_removing_unreferenced_snapshot_images(docker_plane, boxes, docker_client):
     """``disk_size`` is the committed image's Size; ``remove_unreferenced_disks`` removes this
     instance's snapshot images nothing references, never another instance's or other images."""

@@ -590,6 +590,20 @@ def test_stop_reaps_executions_without_the_hosts_init(netns_name, data_dir, uniq
 
 
 @pytest.mark.privileged
+def test_a_suspended_sandbox_runs_no_code_while_it_is_stopped(sb):
+    """stop() thawed the frozen devbox before killing it: for that moment its code ran again
+    (a writer frozen by suspend() appended 12 to 301 more lines during the stop)."""
+    writer = sb.exec("i=0; while :; do i=$((i+1)); echo $i >> ~/log; done")
+    log = sb.home_dir / "log"
+    _poll(lambda: log.exists() and log.stat().st_size > 10_000, what="the writer to write")
+    sb.suspend()
+    frozen = log.read_text().count("\n")
+    sb.stop(timeout=5)
+    writer.wait(timeout=5)
+    assert log.read_text().count("\n") == frozen
+
+
+@pytest.mark.privileged
 def test_killing_the_holder_parent_ends_the_sandbox(sb):
     parent = int(open(f"/proc/{sb.holder_pid}/stat").read().rsplit(")", 1)[1].split()[1])
     holder = sb.holder_pid

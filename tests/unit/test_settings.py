@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from simulator import cli
@@ -147,11 +149,41 @@ def test_bad_subnet_and_upstream_variables_name_the_variable(monkeypatch, capsys
     assert capsys.readouterr().err == f"devbox-sim: error: {message}\n"
 
 
-def test_upstream_servers_take_ipv4_and_ipv6_with_or_without_a_port():
+def test_upstream_servers_are_ipv4_with_or_without_a_port():
     from simulator.config import parse_servers
 
-    assert parse_servers("192.0.2.53, 198.51.100.1:5353,[2001:db8::53]:54,2001:db8::1,[2001:db8::2]") == (
-        ("192.0.2.53", 53), ("198.51.100.1", 5353), ("2001:db8::53", 54), ("2001:db8::1", 53), ("2001:db8::2", 53))
+    assert parse_servers("192.0.2.53, 198.51.100.1:5353") == (("192.0.2.53", 53), ("198.51.100.1", 5353))
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        # The router namespace has IPv6 off and a loopback of its own: every allowed name
+        # would have been SERVFAIL.
+        ("2001:db8::53", "speaks IPv4 only"),
+        ("[2001:db8::53]:5353", "speaks IPv4 only"),
+        ("fe80::1%eth0", "speaks IPv4 only"),
+        ("127.0.0.53", "not reachable from the router namespace"),
+        ("0.0.0.0", "not reachable from the router namespace"),
+        ("192.0.2.1:\u00b2", "the port must be a number from 1 to 65535"),
+        ("[2001:db8::53]x", "is not IP[:PORT]"),
+    ],
+)
+def test_upstream_servers_the_resolver_cannot_reach_are_refused(value, message):
+    from simulator.config import parse_servers
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_servers(value)
+
+
+def test_the_subnet_check_knows_the_uplinks_link_nets():
+    from netns import links
+    from simulator.config import parse_subnet
+
+    with pytest.raises(ValueError, match=re.escape(f"overlaps {links.HOST_LINK_NETS}")):
+        parse_subnet("100.64.0.0/10")
+    with pytest.raises(ValueError, match=re.escape(f"overlaps {links.DEFAULT_LINK_NET}")):
+        parse_subnet("100.127.128.0/17")
 
 
 def test_a_subnet_is_kept_as_written_when_valid():

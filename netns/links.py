@@ -240,11 +240,13 @@ NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 NLM_F_ACK_TLVS = 0x200  # in NLMSG_ERROR replies
 NLMSGERR_ATTR_MSG = 1
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 10, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_PROTINFO, IFLA_BRPORT_ISOLATED = 12, 33
+NLA_F_NESTED = 0x8000
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_OIF, RTA_GATEWAY = 4, 5
@@ -285,6 +287,14 @@ def _nla_u32(kind: int, value: int) -> bytes:
 
 def _msg_link_set_up(index: int) -> tuple[int, int, bytes]:
     return RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP)
+
+
+def _msg_bridge_port_isolated(index: int) -> tuple[int, int, bytes]:
+    """``bridge link set dev INDEX isolated on``: the bridge forwards nothing between two
+    isolated ports, only between a port and the bridge itself (the router)."""
+    body = _IFINFOMSG.pack(socket.AF_BRIDGE, 0, index, 0, 0)
+    body += _nla(IFLA_PROTINFO | NLA_F_NESTED, _nla(IFLA_BRPORT_ISOLATED, b"\x01"))
+    return RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, body
 
 
 def _msg_addr_add(index: int, ip: str, prefix: int) -> tuple[int, int, bytes]:
@@ -496,6 +506,11 @@ class Router:
                 "net.ipv4.conf.default.rp_filter": 1,
                 "net.ipv4.conf.all.send_redirects": 0,
                 "net.ipv4.conf.default.send_redirects": 0,
+                # The bridge existed before "default" changed: its own values. The router
+                # answers every ARP on the bridge with its MAC (the ports are isolated, see
+                # _attach), and never redirects a devbox to route around it.
+                f"net/ipv4/conf/{self.bridge}/send_redirects": 0,
+                f"net/ipv4/conf/{self.bridge}/proxy_arp_pvlan": 1,
             },
             verify=True,
         )
@@ -593,6 +608,12 @@ class Router:
             finally:
                 os.close(fd)
             try:
+                # Isolated before the devbox's side is up: no frame of one devbox reaches another
+                # at layer 2. Their ARP went to every port (another account's devbox learned
+                # from its neighbour table which devbox had asked for it, a channel out of a
+                # deny-all policy); the router answers all ARP instead (proxy_arp_pvlan, see
+                # setup) and routes devbox-to-devbox traffic, judged by the forward chain.
+                r.batch([_msg_bridge_port_isolated(r.link_index(port))])
                 with _Rtnl(target) as d:
                     eth = d.link_index(DEVBOX_IFNAME)
                     if eth is None:

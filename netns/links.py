@@ -511,6 +511,10 @@ class Router:
                 # _attach), and never redirects a devbox to route around it.
                 f"net/ipv4/conf/{self.bridge}/send_redirects": 0,
                 f"net/ipv4/conf/{self.bridge}/proxy_arp_pvlan": 1,
+                # A proxied ARP reply to a broadcast request waits a random 0..proxy_delay
+                # (0.8 s by default): a first connect between two devboxes waited for two of
+                # them (its ARP and its peer's), up to 1.6 s, and timed out in a test.
+                f"net/ipv4/neigh/{self.bridge}/proxy_delay": 0,
             },
             verify=True,
         )

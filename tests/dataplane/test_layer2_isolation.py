@@ -63,3 +63,5 @@ def test_the_bridge_sends_no_redirects_and_answers_arp_for_the_ports(plane):
 
     with namespaces.entered(dataplane.router_ns):
         assert (read("send_redirects"), read("proxy_arp_pvlan")) == ("0", "1")
+        with open(f"/proc/sys/net/ipv4/neigh/{bridge}/proxy_delay") as f:
+            assert f.read().strip() == "0"  # proxied replies go at once, not up to 0.8 s later

@@ -92,6 +92,10 @@ RESOLVER_UPSTREAM_PER_ACCOUNT = RESOLVER_THREADS // 2
 # queries ride in few packets, which a per-packet limit does not see.
 RESOLVER_TCP_CONNECTIONS = 64
 RESOLVER_TCP_PER_DEVBOX = 8
+# Answers cached per account: each account its own LRU of at most 2,048, the whole cache at
+# most 16,384 (past that the account holding the most loses its oldest; dns/cache.py).
+RESOLVER_CACHE_ENTRIES = 16384
+RESOLVER_CACHE_PER_ACCOUNT = 2048
 NS_PREFIX = "dbxs-"
 
 
@@ -261,7 +265,7 @@ class DataPlane:
             Upstream(upstream, timeout=2.0, socket_factory=socket_in_router),
             on_answer=self._on_answer,
             on_query=self._on_query,
-            cache=AnswerCache(),
+            cache=AnswerCache(RESOLVER_CACHE_ENTRIES, per_scope=RESOLVER_CACHE_PER_ACCOUNT),
             max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
             # An account's devboxes together: half the threads, so one account cannot hold them all.
             client_group=self._account_of, max_upstream_per_group=RESOLVER_UPSTREAM_PER_ACCOUNT,

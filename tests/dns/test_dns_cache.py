@@ -110,3 +110,68 @@ def test_purge_drops_only_expired():
     assert cache.purge() == 1
     assert len(cache) == 1
     assert cache.get("long.com", QTYPE.A)[0].ttl == 50
+
+
+def _fill(cache: AnswerCache, scope: str, count: int, prefix: str = "h") -> None:
+    for i in range(count):
+        name = f"{prefix}{i}.{scope}.com"
+        assert cache.put(name, QTYPE.A, [a(name, "192.0.2.1", 60)], scope)
+
+
+def _held(cache: AnswerCache, scope: str, count: int, prefix: str = "h") -> int:
+    return sum(cache.get(f"{prefix}{i}.{scope}.com", QTYPE.A, scope) is not None for i in range(count))
+
+
+def test_one_scopes_lookups_never_evict_anothers_entries():
+    """A shared LRU let an account fill the cache and time its own hits to watch another
+    account's lookups push them out."""
+    cache = AnswerCache(max_entries=100, per_scope=10, clock=FakeClock())
+    _fill(cache, "a", 10)
+    _fill(cache, "b", 500)  # far past its own bound
+    assert _held(cache, "a", 10) == 10
+    assert cache.scope_len("a") == 10 and cache.scope_len("b") == 10
+    assert len(cache) == 20
+
+
+def test_a_scope_past_its_bound_loses_its_own_least_recently_used():
+    cache = AnswerCache(max_entries=100, per_scope=3, clock=FakeClock())
+    _fill(cache, "a", 3)
+    assert cache.get("h0.a.com", QTYPE.A, "a") is not None  # h0 now the most recently used
+    _fill(cache, "a", 1, prefix="new")
+    assert [cache.get(f"h{i}.a.com", QTYPE.A, "a") is not None for i in range(3)] == [True, False, True]
+    assert cache.scope_len("a") == 3
+
+
+def test_past_the_whole_bound_the_largest_scope_pays():
+    cache = AnswerCache(max_entries=10, per_scope=8, clock=FakeClock())
+    _fill(cache, "small", 2)
+    _fill(cache, "big", 8)
+    _fill(cache, "other", 3)  # total would be 13: "big" loses 3, "small" keeps all
+    assert _held(cache, "small", 2) == 2
+    assert cache.scope_len("big") == 5 and cache.scope_len("other") == 3
+    assert len(cache) == 10
+
+
+@pytest.mark.parametrize(
+    "per_scope, expected",
+    [(None, 4), (2, 2), (50, 4)],  # per_scope defaults to, and never exceeds, the whole bound
+)
+def test_per_scope_bound(per_scope, expected):
+    cache = AnswerCache(max_entries=4, per_scope=per_scope, clock=FakeClock())
+    _fill(cache, "a", 6)
+    assert cache.scope_len("a") == expected
+
+
+def test_expired_entries_leave_their_scope_and_the_count():
+    clock = FakeClock()
+    cache = AnswerCache(max_entries=10, per_scope=5, clock=clock)
+    _fill(cache, "a", 2)
+    clock.now += 61
+    assert cache.get("h0.a.com", QTYPE.A, "a") is None  # dropped on lookup
+    assert cache.purge() == 1
+    assert len(cache) == 0 and cache.scope_len("a") == 0
+
+
+def test_negative_bounds_are_refused():
+    with pytest.raises(ValueError):
+        AnswerCache(max_entries=4, per_scope=-1)

@@ -1,22 +1,27 @@
-"""Caps on one sandbox's processes and memory: the cgroup ``pids`` and ``memory`` controllers.
+"""Caps on one sandbox's processes, memory and CPU: the cgroup ``pids``, ``memory`` and ``cpu``
+controllers.
 
-Untrusted code in a devbox can fork or allocate without end. Without caps a fork bomb takes
-every pid of the host and a memory hog wakes the host's OOM killer, and with either the
-simulator may go. Docker devboxes get ``--pids-limit`` and ``--memory``; netns sandboxes get
-this: a cgroup ``dbxsim/<sandbox name>`` in each hierarchy that holds a capped controller,
-with ``pids.max`` / the memory limit set. Every execution joins them before it execs
-(``Sandbox.exec``), so all it forks is counted: a fork past the cap fails with EAGAIN, an
-allocation past it gets a process of the devbox OOM-killed - inside the devbox only.
+Untrusted code in a devbox can fork, allocate or spin without end. Without caps a fork bomb
+takes every pid of the host and a memory hog wakes the host's OOM killer, and with either the
+simulator may go; busy loops take every CPU from the simulator, its resolver and the other
+devboxes. Docker devboxes get ``--pids-limit``, ``--memory`` and ``--cpus``; netns sandboxes
+get this: a cgroup ``dbxsim/<sandbox name>`` in each hierarchy that holds a capped controller,
+with ``pids.max`` / the memory limit / the CPU quota set. Every execution joins them before it
+execs (``Sandbox.exec``), so all it forks is counted: a fork past the cap fails with EAGAIN, an
+allocation past it gets a process of the devbox OOM-killed - inside the devbox only - and
+together its processes get at most their quota of CPU time in each 100 ms period.
 
 Where a controller lives:
   cgroup v2   the unified hierarchy, when its root lists the controller in cgroup.controllers.
               It is switched on for ``dbxsim``'s children (``+pids``/``+memory`` in the root's
               and in ``dbxsim``'s cgroup.subtree_control; ``dbxsim`` itself never holds a
               process, as v2 requires). The directory is the one the sandbox's v2 freezer
-              uses. Limit files ``pids.max``, ``memory.max``.
+              uses. Limit files ``pids.max``, ``memory.max``, ``cpu.max`` ("QUOTA PERIOD").
   cgroup v1   a hierarchy mounted with the controller's option (hybrid hosts, e.g. this CI VM,
               whose v2 mount has no controllers at all): one directory per hierarchy. Limit
-              files ``pids.max``, ``memory.limit_in_bytes``.
+              files ``pids.max``, ``memory.limit_in_bytes``, ``cpu.cfs_quota_us`` (with
+              ``cpu.cfs_period_us``).
+The ``cpu`` limit is a quota in microseconds per ``CPU_PERIOD_US`` (0.5 CPU: 50,000).
 Swap gets as much again as memory (Docker's default): ``memory.swap.max`` on v2,
 ``memory.memsw.limit_in_bytes`` (memory plus swap) on v1 where the kernel accounts swap.
 A controller without a writable hierarchy is reported by ``create`` as missing; the caller
@@ -29,11 +34,25 @@ import errno
 import os
 import time
 
-__all__ = ["CONTROLLERS", "PARENT", "SandboxLimits", "remove_cgroup"]
+__all__ = ["CONTROLLERS", "CPU_PERIOD_US", "PARENT", "SandboxLimits", "cpu_quota", "remove_cgroup"]
 
 PARENT = "dbxsim"
 # controller -> (its v2 limit file, its v1 limit file)
-CONTROLLERS = {"pids": ("pids.max", "pids.max"), "memory": ("memory.max", "memory.limit_in_bytes")}
+CONTROLLERS = {
+    "pids": ("pids.max", "pids.max"),
+    "memory": ("memory.max", "memory.limit_in_bytes"),
+    "cpu": ("cpu.max", "cpu.cfs_quota_us"),
+}
+CPU_PERIOD_US = 100_000
+# The kernel refuses a CFS quota under 1 ms.
+_MIN_CPU_QUOTA_US = 1000
+
+
+def cpu_quota(cpus: float) -> int:
+    """The ``cpu`` limit for ``cpus`` CPUs (0.5: half of one)."""
+    if not cpus > 0:
+        raise ValueError(f"bad CPU count {cpus!r}")
+    return max(_MIN_CPU_QUOTA_US, round(cpus * CPU_PERIOD_US))
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -96,8 +115,14 @@ def _limit_file(kind: str, controller: str) -> str:
 
 
 def _write_limit(kind: str, path: str, controller: str, value: int) -> None:
-    with open(os.path.join(path, _limit_file(kind, controller)), "w") as f:
-        f.write(str(value))
+    if controller == "cpu":
+        if kind == "cgroup2":
+            _write(path, "cpu.max", f"{value} {CPU_PERIOD_US}")
+        else:  # the period first: a leftover cgroup may have another one
+            _write(path, "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(path, "cpu.cfs_quota_us", str(value))
+        return
+    _write(path, _limit_file(kind, controller), str(value))
     if controller != "memory":
         return
     # Swap as much again as memory, as Docker's --memory without --memory-swap: on a host
@@ -110,6 +135,11 @@ def _write_limit(kind: str, path: str, controller: str, value: int) -> None:
             f.write(str(total))
     except FileNotFoundError:
         pass
+
+
+def _write(path: str, name: str, text: str) -> None:
+    with open(os.path.join(path, name), "w") as f:
+        f.write(text)
 
 
 class SandboxLimits:
@@ -133,9 +163,9 @@ class SandboxLimits:
             return None
         kind, path = self.dirs[controller]
         with open(os.path.join(path, _limit_file(kind, controller))) as f:
-            value = f.read().strip()
-        # v1 reports "no limit" as a huge number; anything past 2**62 is that.
-        return None if value == "max" or int(value) >= 1 << 62 else int(value)
+            value = f.read().split()[0]  # cpu.max: "QUOTA PERIOD"
+        # v1 reports "no limit" as a huge number (-1 for a CPU quota); anything past 2**62 is that.
+        return None if value == "max" or not 0 <= int(value) < 1 << 62 else int(value)
 
     @classmethod
     def create(cls, name: str, limits: dict[str, int]) -> tuple[SandboxLimits | None, list[str]]:

@@ -44,7 +44,7 @@ How the holder is built (``start()``)
 How an execution runs (``exec()``)
     ``/bin/sh -c '<echo $$ into each cgroup.procs>; exec "$@"'`` (with a cgroup freezer and/or
     caps, netns/cgroup_limits.py: everything the execution forks is frozen with the devbox and
-    counted against ``pids_max`` and ``memory_max``) -> ``nsenter -t <holder>
+    counted against ``pids_max``, ``memory_max`` and ``cpus``) -> ``nsenter -t <holder>
     --net=/run/netns/<netns> -m -p -i -u`` -> ``seccomp-exec`` (a seccomp filter: no vsock,
     which ignores network namespaces, no kernel keyrings, which are kept per uid, no user
     namespaces, io_uring, bpf...; netns/seccomp_exec.c; put on while still root, so that no
@@ -104,7 +104,7 @@ from pathlib import Path
 
 from netns import zygote
 from netns.cgroup_limits import PARENT as _CGROUP_PARENT
-from netns.cgroup_limits import SandboxLimits, remove_cgroup
+from netns.cgroup_limits import SandboxLimits, cpu_quota, remove_cgroup
 from netns.sandbox_setup import DEVBOX_HOME, DEVBOX_TMP
 
 __all__ = [
@@ -468,6 +468,7 @@ class Sandbox:
         freezer: str = "auto",
         pids_max: int | None = None,
         memory_max: int | None = None,
+        cpus: float | None = None,
     ):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name):
             raise ValueError(f"bad sandbox name {name!r}")
@@ -492,8 +493,11 @@ class Sandbox:
             raise ValueError("pids_max must be >= 1")
         if memory_max is not None and memory_max < 1:
             raise ValueError("memory_max must be >= 1")
+        if cpus is not None:
+            cpu_quota(cpus)  # raises for a bad count
         self.pids_max = pids_max
         self.memory_max = memory_max  # bytes
+        self.cpus = cpus  # CPU time per wall time, e.g. 0.5
         self._limits: SandboxLimits | None = None
         self._holder_pid: int | None = None
         self._starting: tuple[int, int] | None = None  # (pid, output fd) between the two halves of start()
@@ -593,7 +597,8 @@ class Sandbox:
         resolv_target = os.path.realpath("/etc/resolv.conf")
         resolv_in_run = resolv_target if _under(resolv_target, "/run") else None
         self._freezer = _Freezer.create(self.name, self._freezer_pref)
-        caps = {"pids": self.pids_max, "memory": self.memory_max}
+        caps = {"pids": self.pids_max, "memory": self.memory_max,
+                "cpu": None if self.cpus is None else cpu_quota(self.cpus)}
         caps = {controller: value for controller, value in caps.items() if value is not None}
         if caps:
             self._limits, missing = SandboxLimits.create(self.name, caps)
@@ -702,6 +707,7 @@ class Sandbox:
             "cgroup": self._freezer.path if self._freezer else None,
             "pids_max": self.pids_max,
             "memory_max": self.memory_max,
+            "cpus": self.cpus,
             "suspended": self._suspended,
         }
         _write_if_changed(self._state_file, json.dumps(state).encode())
@@ -720,10 +726,11 @@ class Sandbox:
         freezer: str = "auto",
         pids_max: int | None = None,
         memory_max: int | None = None,
+        cpus: float | None = None,
     ) -> Sandbox:
         """A Sandbox object for a holder started by an earlier simulator process.
 
-        ``pids_max``/``memory_max``: the caps for a later ``start()`` when the state file does
+        ``pids_max``/``memory_max``/``cpus``: the caps for a later ``start()`` when the state file does
         not name them (no state file, or one older than the caps).
 
         Never raises for a dead holder: check :meth:`alive` (and ``start()`` it again, or
@@ -742,6 +749,7 @@ class Sandbox:
         # cgroup is still found, so that stop() removes it.
         sb.pids_max = state.get("pids_max", pids_max)
         sb.memory_max = state.get("memory_max", memory_max)
+        sb.cpus = state.get("cpus", cpus)
         sb._limits = SandboxLimits.find(name)
         if not sb.alive():  # no (valid) state file: look for the marker
             pids = find_orphans(name)

@@ -5,9 +5,9 @@ since it was created (storage is kept while suspended), each times the size it a
 The sizes are the SDK's (``launch_parameters.resource_size_request``, SMALL when unset;
 CUSTOM_SIZE takes ``custom_cpu_cores``, ``custom_gb_memory`` and ``custom_disk_size``, checked
 at create). "Active" is all the time not suspended: provisioning, initializing and the
-suspend commands' time (``suspending``) count, as the devbox holds its CPU and memory then. The
-simulator does not hold a devbox to them (no CPU or disk cap): this is the bill a cloud devbox
-of that size would have run up, not a measurement.
+suspend commands' time (``suspending``) count, as the devbox holds its CPU and memory then.
+This is the bill a cloud devbox of that size would have run up, not a measurement (the runtimes
+cap a devbox's CPU at its size's vCPUs, ``size_of``, but not its memory or disk to the size).
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ class DevboxSpec:
     environment_variables: dict[str, str] = field(default_factory=dict)
     # A disk captured by ``snapshot_disk`` (of this runtime) to start from; None: an empty home.
     disk: str | None = None
+    # CPUs the devbox may use at once (its size's vCPUs, e.g. 0.5); None: no CPU cap.
+    cpus: float | None = None
     # True once the devbox was shut down while provisioning: ``provision`` stops (raising
     # ProvisioningCancelled) rather than copy a disk and plug in a network nobody will use.
     cancelled: Callable[[], bool] = lambda: False

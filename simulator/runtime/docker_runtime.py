@@ -208,6 +208,7 @@ class DockerRuntime:
                     binds={sandbox.seccomp_exec(): {"bind": SECCOMP_EXEC_IN_CONTAINER, "mode": "ro"}},
                     pids_limit=PIDS_LIMIT,
                     mem_limit=MEMORY_LIMIT,
+                    nano_cpus=0 if spec.cpus is None else round(spec.cpus * 1e9),  # 0: no cap
                     log_config=LOG_CONFIG,
                     dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
                 ),

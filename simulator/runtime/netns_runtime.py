@@ -103,6 +103,7 @@ class NetnsRuntime:
                 hidden_paths=self.hidden_paths,
                 pids_max=PIDS_LIMIT,
                 memory_max=MEMORY_LIMIT,
+                cpus=spec.cpus,
             )
             # The holder sets itself up while the network is plugged in (it runs nothing of the
             # devbox's before provision returns, so no packet can beat the rules).

@@ -729,3 +729,25 @@ def test_names_are_text_without_control_characters(devbox_client):
                                     headers=ALICE), 400, "invalid_request", "control")
     assert devbox_client.get(f"{URL}/{view['id']}", headers=ALICE).json()["name"] == "ok"
     assert devbox_client.get("/v1/blueprints", headers=ALICE).json()["blueprints"] == []
+
+
+@pytest.mark.parametrize(
+    "launch_parameters, cpus",
+    [
+        ({}, 1),  # SMALL when unset
+        ({"resource_size_request": "X_SMALL"}, 0.5),
+        ({"resource_size_request": "XX_LARGE"}, 8),
+        ({"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 4, "custom_gb_memory": 8, "custom_disk_size": 4}, 4),
+    ],
+)
+def test_the_runtime_holds_a_devbox_to_its_sizes_cpus(devbox_client, runtime, monkeypatch, launch_parameters, cpus):
+    asked = []
+    real = runtime.provision
+
+    def provision(spec):
+        asked.append(spec.cpus)
+        return real(spec)
+
+    monkeypatch.setattr(runtime, "provision", provision)
+    create_running(devbox_client, launch_parameters=launch_parameters)
+    assert asked == [cpus]

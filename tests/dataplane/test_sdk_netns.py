@@ -3,6 +3,7 @@ policies decide what commands inside devboxes can reach; a kill -9 leaves nothin
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import secrets
@@ -16,7 +17,7 @@ import time
 import pytest
 from runloop_api_client import RunloopSDK
 
-from netns import namespaces, sysctl
+from netns import cgroup_limits, namespaces, sysctl
 from netns.sandbox import find_orphans
 from simulator.dataplane import NS_PREFIX, instance_id
 from tests.runtime_servers import runtime_server
@@ -42,6 +43,17 @@ def netns_server(tmp_path):
         yield served
 
 
+def _cpu_quota_us(devbox_id: str) -> int:
+    """The CPU quota (per 100 ms) of the devbox's sandbox cgroup, read from the host."""
+    found = cgroup_limits._hierarchy("cpu")
+    assert found is not None, "a cgroup cpu controller (CI has one)"
+    kind, mount = found
+    (path,) = glob.glob(os.path.join(mount, cgroup_limits.PARENT, f"*{devbox_id}"))
+    name = "cpu.max" if kind == "cgroup2" else "cpu.cfs_quota_us"
+    with open(os.path.join(path, name)) as f:
+        return int(f.read().split()[0])
+
+
 def curl(devbox, url: str):
     return devbox.cmd.exec(f"curl -sS --max-time 2 {url}")
 
@@ -50,9 +62,10 @@ def test_sdk_devbox_policy_allows_and_blocks_world_hosts(netns_server):
     server, _ = netns_server
     sdk = RunloopSDK(bearer_token="netns-sdk", base_url=server.url, max_retries=0)
     policy = sdk.network_policy.create(name="github-only", allowed_hostnames=["github.com"])
-    devbox = sdk.devbox.create(launch_parameters={"network_policy_id": policy.id})
+    devbox = sdk.devbox.create(launch_parameters={"network_policy_id": policy.id, "resource_size_request": "X_SMALL"})
     with devbox:
         assert devbox.get_info().launch_parameters.network_policy_id == policy.id
+        assert _cpu_quota_us(devbox.id) == 50_000  # X_SMALL: half a CPU
         allowed = curl(devbox, "http://github.com/ok")
         assert allowed.exit_code == 0 and allowed.stdout() == "github.com /ok\n"
         blocked = curl(devbox, "http://evil.example/")

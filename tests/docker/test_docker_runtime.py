@@ -582,6 +582,15 @@ def test_a_snapshot_of_more_than_a_disk_may_hold_fails_before_committing(docker_
     runtime.delete_disk(disk)
 
 
+def test_a_container_is_held_to_its_devboxs_cpus(docker_plane, boxes, docker_client):
+    _dataplane, runtime = docker_plane
+    capped = boxes.create(make_policy(), cpus=0.5)
+    uncapped = boxes.create(make_policy())
+    nano = [docker_client.api.inspect_container(runtime.container_name(box))["HostConfig"]["NanoCpus"]
+            for box in (capped, uncapped)]
+    assert nano == [500_000_000, 0]
+
+
 def test_pseudo_terminals_are_capped_per_container(docker_plane, boxes):
     """Docker's devpts per container has no cap: one devbox could take every other's."""
     from netns.sandbox_setup import PTY_MAX

@@ -984,6 +984,44 @@ def test_memory_cap_kills_a_memory_hog_inside_the_devbox(make_sandbox):
     assert _run(sb, ["echo", "still", "works"])[1] == "still works\n"
 
 
+_SPIN = """
+import os, time
+start, cpu0 = time.monotonic(), os.times()
+while time.monotonic() - start < 1.0:  # bounded: one second of wall time
+    pass
+cpu1 = os.times()
+print(round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 3))
+"""
+
+
+@pytest.mark.privileged
+def test_cpu_cap_holds_a_busy_loop_to_its_share(make_sandbox):
+    """A quarter of a CPU: a loop spinning for a second of wall time gets about a quarter
+    second of CPU (uncapped, on an idle machine, about all of it), and the kernel counts the
+    periods it was throttled in."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    assert python, "the host's python3 (the devbox sees the host's /usr)"
+    sb = make_sandbox(cpus=0.25)
+    assert sb._limits is not None and "cpu" in sb._limits.dirs, "a writable cgroup cpu controller (CI has one)"
+    assert sb._limits.limit("cpu") == 25_000
+    cgroups = sb._limits.paths
+    code, out, err = _run(sb, [python, "-c", _SPIN], timeout=60)
+    assert code == 0, err
+    assert float(out) < 0.5, f"{out.strip()} s of CPU in 1 s of wall time under a 0.25 CPU cap"
+    _kind, path = sb._limits.dirs["cpu"]
+    with open(os.path.join(path, "cpu.stat")) as f:
+        stat = dict(line.split() for line in f)
+    assert int(stat["nr_throttled"]) > 0
+    sb.stop()
+    assert not any(os.path.exists(path) for path in cgroups)
+
+
+@pytest.mark.parametrize("cpus", [0, -1, float("nan")])
+def test_a_bad_cpu_count_is_refused(tmp_path, cpus):
+    with pytest.raises(ValueError):
+        Sandbox("dbxsim-t-cpu", "ns", tmp_path, UID, UID, "10.0.0.1", cpus=cpus)
+
+
 @pytest.mark.privileged
 def test_start_failure_is_reported(data_dir, uniq):
     sb = Sandbox(f"dbxsim-t-{uniq('f')}", "no-such-netns-x", data_dir / "devboxes" / "f", UID, UID, "10.0.0.1")

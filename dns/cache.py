@@ -16,10 +16,12 @@ not cached either - the upstream asked for that.
 Each scope is its own least-recently-used list with its own bound (``per_scope``): one scope's
 lookups never evict another's entries. A shared list let an account fill the cache with its
 own names and time its hits (0.08 ms against 0.4 ms uncached) to watch another account's
-lookups push them out. The whole cache is bounded too (``max_entries``, memory); past it the
-scope holding the most entries loses its least recently used one, so a scope is only touched
-by others when it is itself the largest. Expired entries are dropped when they are next looked
-up (or by ``purge``), never served.
+lookups push them out. The whole cache is bounded too (``max_entries``, memory): when it is
+full a scope makes room in its own list only, and one with no entries caches nothing until
+there is room. (So once the whole cache is full, which takes max_entries / per_scope full
+scopes, a new scope learns that from its own misses: any shared bound tells something.
+The owner sizes it so that does not happen; ``drop_scope`` frees a scope that is done.)
+Expired entries are dropped when they are next looked up (or by ``purge``), never served.
 
 An entry holds the records as dnslib RRs (``put``/``get``), as a wire-format answer section
 (``put_section``/``lookup``, the resolver's hot path), or both: whichever form is missing is
@@ -112,6 +114,7 @@ class AnswerCache:
         self._clock = clock
         self._scopes: dict[str | None, OrderedDict[tuple[str, int], _Entry]] = {}  # (qname, qtype)
         self._count = 0
+        self._next_purge = float("-inf")
         # The server resolves on several worker threads.
         self._lock = threading.Lock()
 
@@ -133,8 +136,7 @@ class AnswerCache:
         now = self._clock()
         key = (normalise_name(qname), int(qtype))
         entry = _Entry(tuple(_copy_rr(rr, int(rr.ttl)) for rr in records), None, now, now + min_ttl, key)
-        self._store(scope, key, entry)
-        return True
+        return self._store(scope, key, entry)
 
     def put_section(self, qname: str, qtype: int, section: wire.Section, scope: str | None = None) -> bool:
         """Store an answer section (as ``put``; ``qname`` already normalised)."""
@@ -145,31 +147,38 @@ class AnswerCache:
             return False
         now = self._clock()
         key = (qname, int(qtype))
-        self._store(scope, key, _Entry(None, section, now, now + min_ttl, key))
-        return True
+        return self._store(scope, key, _Entry(None, section, now, now + min_ttl, key))
 
-    def _store(self, scope: str | None, key: tuple[str, int], entry: _Entry) -> None:
+    def _store(self, scope: str | None, key: tuple[str, int], entry: _Entry) -> bool:
         with self._lock:
             entries = self._scopes.get(scope)
+            if entries is not None and key in entries:  # a newer answer for the same question
+                entries[key] = entry
+                entries.move_to_end(key)
+                return True
+            if self._count >= self._max and entry.stored_at >= self._next_purge:
+                # Expired entries hold room until looked up: drop them all, at most once a second.
+                self._next_purge = entry.stored_at + 1.0
+                self._purge_locked(entry.stored_at)
+                entries = self._scopes.get(scope)
+            if self._count >= self._max or (entries is not None and len(entries) >= self._per_scope):
+                if not entries:
+                    return False  # full, and nothing of its own to give up
+                entries.popitem(last=False)  # its own least recently used, never another's
+                self._count -= 1
             if entries is None:
                 entries = self._scopes[scope] = OrderedDict()
-            if key not in entries:
-                self._count += 1
             entries[key] = entry
-            entries.move_to_end(key)
-            # Bounded: one insert evicts at most one entry, from its own scope first.
-            if len(entries) > self._per_scope:
-                entries.popitem(last=False)
-                self._count -= 1
-            while self._count > self._max:
-                self._evict_from_largest()
+            self._count += 1
+            return True
 
-    def _evict_from_largest(self) -> None:
-        scope, entries = max(self._scopes.items(), key=lambda item: len(item[1]))
-        entries.popitem(last=False)
-        self._count -= 1
-        if not entries:
-            del self._scopes[scope]
+    def drop_scope(self, scope: str | None) -> int:
+        """Forget every entry of ``scope`` (its last client left); how many there were."""
+        with self._lock:
+            entries = self._scopes.pop(scope, None)
+            dropped = len(entries) if entries else 0
+            self._count -= dropped
+        return dropped
 
     def lookup(self, qname: str, qtype: int, scope: str | None = None) -> tuple[wire.Section, float] | None:
         """(answer section, seconds since it was stored) - the wire form of ``get``.
@@ -222,12 +231,15 @@ class AnswerCache:
     def purge(self) -> int:
         """Drop every expired entry; returns how many were dropped."""
         now = self._clock()
-        dropped = 0
         with self._lock:
-            for scope, entries in list(self._scopes.items()):
-                for key in [key for key, entry in entries.items() if now >= entry.expires_at]:
-                    self._drop(scope, entries, key)
-                    dropped += 1
+            return self._purge_locked(now)
+
+    def _purge_locked(self, now: float) -> int:
+        dropped = 0
+        for scope, entries in list(self._scopes.items()):
+            for key in [key for key, entry in entries.items() if now >= entry.expires_at]:
+                self._drop(scope, entries, key)
+                dropped += 1
         return dropped
 
     def clear(self) -> None:

@@ -13,7 +13,7 @@ together its processes get at most their quota of CPU time in each 100 ms period
 
 Where a controller lives:
   cgroup v2   the unified hierarchy, when its root lists the controller in cgroup.controllers.
-              It is switched on for ``dbxsim``'s children (``+pids``/``+memory`` in the root's
+              It is switched on for ``dbxsim``'s children (``+pids``/``+memory``/``+cpu`` in the root's
               and in ``dbxsim``'s cgroup.subtree_control; ``dbxsim`` itself never holds a
               process, as v2 requires). The directory is the one the sandbox's v2 freezer
               uses. Limit files ``pids.max``, ``memory.max``, ``cpu.max`` ("QUOTA PERIOD").

@@ -21,6 +21,7 @@ from simulator import command_output, dockerfile
 from simulator.blueprint_model import Blueprint
 from simulator.policy_model import NetworkPolicy
 from simulator.runtime.base import DevboxRuntime, DevboxSpec
+from simulator.usage import spec_limits
 
 STEP_TIMEOUT_SECONDS = 600.0
 MAX_LOGGED_LINES = 2000  # per step and stream: the tail is kept
@@ -65,7 +66,9 @@ def build(runtime: DevboxRuntime, request: BuildRequest, log: Log) -> str:
     steps = steps_of(blueprint, log)  # a bad Dockerfile fails before anything starts
     policy = request.policy.id if request.policy else "none (unrestricted)"
     log("info", f"starting the build devbox (build-time network policy: {policy})")
-    runtime.provision(DevboxSpec(id=blueprint.id, account=blueprint.account, policy=request.policy, disk=request.base_disk))
+    # Held to the size its devboxes will have, as they are (untrusted RUN steps could spin).
+    runtime.provision(DevboxSpec(id=blueprint.id, account=blueprint.account, policy=request.policy,
+                                 disk=request.base_disk, **spec_limits(blueprint.launch_parameters)))
     try:
         for path, content in request.file_mounts.items():
             log("info", f"writing file mount {path}")

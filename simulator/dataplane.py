@@ -92,10 +92,11 @@ RESOLVER_UPSTREAM_PER_ACCOUNT = RESOLVER_THREADS // 2
 # queries ride in few packets, which a per-packet limit does not see.
 RESOLVER_TCP_CONNECTIONS = 64
 RESOLVER_TCP_PER_DEVBOX = 8
-# Answers cached per account: each account its own LRU of at most 2,048, the whole cache at
-# most 16,384 (past that the account holding the most loses its oldest; dns/cache.py).
-RESOLVER_CACHE_ENTRIES = 16384
-RESOLVER_CACHE_PER_ACCOUNT = 2048
+# Answers cached per account: each account its own LRU of at most 1,024, never evicted by
+# another's; the whole cache at most 32,768 (~1 KB each), so 32 accounts can fill theirs
+# before a new one finds no room (dns/cache.py). An account's go with its last devbox.
+RESOLVER_CACHE_ENTRIES = 32768
+RESOLVER_CACHE_PER_ACCOUNT = 1024
 NS_PREFIX = "dbxs-"
 
 
@@ -451,6 +452,8 @@ class DataPlane:
                 # given this address would fail: the address is not given out again.
                 log.exception("removing nft state of %s; its address %s is retired", devbox_id, attached.address.ip)
                 self.pool.retire(attached.address.slot)
+        if last and self.resolver is not None:
+            self.resolver.cache.drop_scope(attached.account)
         self._router.detach(attached.address.port)
         self._cut_flows_of(attached.address.ip)
 

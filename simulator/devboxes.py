@@ -37,7 +37,7 @@ from simulator.policy_model import NetworkPolicy, Page
 from simulator.runtime.base import DevboxRuntime, DevboxSpec, RuntimeFailure
 from simulator.store_retry import StoreRetrier
 from simulator.tunnels import new_tunnel
-from simulator.usage import resource_usage, size_of
+from simulator.usage import resource_usage, spec_limits
 from simulator.watch import Watch
 
 log = logging.getLogger("devbox_sim.devboxes")
@@ -541,7 +541,7 @@ class DevboxService:
                     policy=policy,
                     environment_variables=dict(devbox.environment_variables),
                     disk=self.origins.disk_for(devbox) if self.origins is not None else None,
-                    cpus=size_of(devbox.launch_parameters)[0],  # held to its size's vCPUs
+                    **spec_limits(devbox.launch_parameters),  # held to its size (runtime.base)
                     cancelled=ended.is_set,
                 )
             )

@@ -7,7 +7,8 @@ CUSTOM_SIZE takes ``custom_cpu_cores``, ``custom_gb_memory`` and ``custom_disk_s
 at create). "Active" is all the time not suspended: provisioning, initializing and the
 suspend commands' time (``suspending``) count, as the devbox holds its CPU and memory then.
 This is the bill a cloud devbox of that size would have run up, not a measurement (the runtimes
-cap a devbox's CPU at its size's vCPUs, ``size_of``, but not its memory or disk to the size).
+hold a devbox to its size's vCPUs and memory, ``size_of``, up to the machine's CPUs and 2 GiB,
+not to its disk).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def size_of(launch_parameters: dict[str, Any]) -> tuple[float, float, float]:
         return (_number(launch_parameters.get("custom_cpu_cores"), cpu), _number(launch_parameters.get("custom_gb_memory"), memory),
                 _number(launch_parameters.get("custom_disk_size"), disk))
     return SIZES.get(requested, SIZES[DEFAULT_SIZE])
+
+
+def spec_limits(launch_parameters: dict[str, Any]) -> dict[str, Any]:
+    """``DevboxSpec`` fields that hold a devbox (or a build) to its size: vCPUs, memory bytes."""
+    cpus, memory_gib, _disk_gib = size_of(launch_parameters)
+    return {"cpus": cpus, "memory": round(memory_gib * 1024**3)}
 
 
 def resource_usage(devbox: Devbox, now_ms: int) -> dict[str, Any]:

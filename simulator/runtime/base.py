@@ -8,6 +8,7 @@ devbox's status itself. All methods are blocking and thread-safe; ``provision`` 
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from simulator.policy_model import NetworkPolicy
 MAX_READ_BYTES = 64 * 1024 * 1024
 # Caps of one devbox, on every runtime: a fork bomb or a memory hog in a devbox hits its own
 # cap, not the host's pid space or memory (and with them the simulator). Processes and
-# threads at once; memory in bytes (Docker's "2g").
+# threads at once; memory in bytes (Docker's "2g"): a devbox gets its size's memory, but
+# never more than this, whatever its size asks (the host is a laptop or a small VM).
 PIDS_LIMIT = 1024
 MEMORY_LIMIT = 2 * 1024**3
 
@@ -41,9 +43,24 @@ class DevboxSpec:
     disk: str | None = None
     # CPUs the devbox may use at once (its size's vCPUs, e.g. 0.5); None: no CPU cap.
     cpus: float | None = None
+    # Its size's memory in bytes (capped at MEMORY_LIMIT, see memory_limit); None: MEMORY_LIMIT.
+    memory: int | None = None
     # True once the devbox was shut down while provisioning: ``provision`` stops (raising
     # ProvisioningCancelled) rather than copy a disk and plug in a network nobody will use.
     cancelled: Callable[[], bool] = lambda: False
+
+
+def cpu_limit(spec: DevboxSpec) -> float | None:
+    """The CPU cap of the devbox: its size's vCPUs, at most the CPUs this machine has (Docker
+    refuses more: "range of CPUs is from 0.01 to 2.00"; as a quota more is no cap)."""
+    if spec.cpus is None:
+        return None
+    return min(spec.cpus, len(os.sched_getaffinity(0)))
+
+
+def memory_limit(spec: DevboxSpec) -> int:
+    """The memory cap of the devbox: its size's, at most MEMORY_LIMIT."""
+    return MEMORY_LIMIT if spec.memory is None else min(spec.memory, MEMORY_LIMIT)
 
 
 class ProvisioningCancelled(RuntimeFailure):

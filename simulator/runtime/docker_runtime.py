@@ -32,7 +32,7 @@ from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
 from simulator.runtime import docker_files
-from simulator.runtime.base import MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure, stop_if_cancelled
+from simulator.runtime.base import PIDS_LIMIT, DevboxSpec, RuntimeFailure, cpu_limit, memory_limit, stop_if_cancelled
 from simulator.runtime.disk_copy import MAX_DISK_BYTES
 from simulator.runtime.docker_exec import DockerProcess, ExecFailed
 from simulator.runtime.docker_image import HOME, SNAPSHOT_REPOSITORY, default_image, image_exists, is_static_elf
@@ -163,6 +163,11 @@ class DockerRuntime:
             if removed:
                 log.warning("removed %d orphaned devbox containers from a previous run", removed)
             self.image = self._check_image(image)
+            # A daemon on a kernel without CFS bandwidth control refuses every --cpus: the
+            # devboxes run without a CPU cap there (as a netns devbox with no cpu cgroup).
+            self._cpu_caps = bool(self.api.info().get("CpuCfsQuota", True))
+            if not self._cpu_caps:
+                log.warning("the Docker daemon has no CPU quota support (CpuCfsQuota false): devboxes get no CPU cap")
         except BaseException:
             if client is None:
                 self.client.close()  # ours; a client passed in stays its owner's
@@ -207,8 +212,8 @@ class DockerRuntime:
                     security_opt=["no-new-privileges"],
                     binds={sandbox.seccomp_exec(): {"bind": SECCOMP_EXEC_IN_CONTAINER, "mode": "ro"}},
                     pids_limit=PIDS_LIMIT,
-                    mem_limit=MEMORY_LIMIT,
-                    nano_cpus=0 if spec.cpus is None else round(spec.cpus * 1e9),  # 0: no cap
+                    mem_limit=memory_limit(spec),
+                    nano_cpus=round((cpu_limit(spec) or 0) * 1e9) if self._cpu_caps else 0,  # 0: no cap
                     log_config=LOG_CONFIG,
                     dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
                 ),

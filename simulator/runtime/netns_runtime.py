@@ -19,7 +19,15 @@ from netns import namespaces
 from netns.sandbox import Sandbox, SandboxError, kill_orphans
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
-from simulator.runtime.base import MAX_READ_BYTES, MEMORY_LIMIT, PIDS_LIMIT, DevboxSpec, RuntimeFailure, stop_if_cancelled
+from simulator.runtime.base import (
+    MAX_READ_BYTES,
+    PIDS_LIMIT,
+    DevboxSpec,
+    RuntimeFailure,
+    cpu_limit,
+    memory_limit,
+    stop_if_cancelled,
+)
 from simulator.runtime.devbox_uids import DevboxUids
 from simulator.runtime.disk_copy import DiskCopyError, copy_areas, remove_tree, remove_unlisted, tree_size
 
@@ -102,8 +110,8 @@ class NetnsRuntime:
                 nameserver=self.dataplane.gateway,
                 hidden_paths=self.hidden_paths,
                 pids_max=PIDS_LIMIT,
-                memory_max=MEMORY_LIMIT,
-                cpus=spec.cpus,
+                memory_max=memory_limit(spec),
+                cpus=cpu_limit(spec),
             )
             # The holder sets itself up while the network is plugged in (it runs nothing of the
             # devbox's before provision returns, so no packet can beat the rules).

@@ -355,3 +355,19 @@ def test_a_blueprint_being_made_into_a_devbox_cannot_be_deleted_until_it_runs(de
         gate.set()
     poll(lambda: ok(client.get(f"/v1/devboxes/{starting['id']}", headers=ALICE)), lambda d: d["status"] == "running")
     ok(client.post(f"{URL}/{made['id']}/delete", headers=ALICE))
+
+
+def test_a_build_is_held_to_the_size_its_devboxes_ask_for(devbox_client, runtime, monkeypatch):
+    """Its RUN steps are untrusted code too: without the cap they could take every CPU."""
+    asked = []
+    real = runtime.provision
+
+    def provision(spec):
+        asked.append((spec.id, spec.cpus, spec.memory))
+        return real(spec)
+
+    monkeypatch.setattr(runtime, "provision", provision)
+    view = ok(devbox_client.post(URL, json={"name": "sized", "launch_parameters": {"resource_size_request": "X_SMALL"}},
+                                 headers=ALICE))
+    assert built(devbox_client, view["id"])["status"] == "build_complete"
+    assert asked == [(view["id"], 0.5, 1024**3)]

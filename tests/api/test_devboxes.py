@@ -6,6 +6,7 @@ Written against the ``runtime`` fixture (today the subprocess test double).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import threading
@@ -18,6 +19,7 @@ import pytest
 from simulator.app import create_app
 from simulator.config import Settings
 from simulator.devboxes import watch_key
+from simulator.runtime.base import cpu_limit, memory_limit
 from tests.api.conftest import ALICE, BOB
 from tests.api.devbox_fixtures import needs_hooks
 from tests.api.disk_helpers import assert_error  # noqa: F401 (also imported from here by other tests)
@@ -731,23 +733,27 @@ def test_names_are_text_without_control_characters(devbox_client):
     assert devbox_client.get("/v1/blueprints", headers=ALICE).json()["blueprints"] == []
 
 
+GIB = 1024**3
+
+
 @pytest.mark.parametrize(
-    "launch_parameters, cpus",
+    "launch_parameters, cpus, memory, cap",
     [
-        ({}, 1),  # SMALL when unset
-        ({"resource_size_request": "X_SMALL"}, 0.5),
-        ({"resource_size_request": "XX_LARGE"}, 8),
-        ({"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 4, "custom_gb_memory": 8, "custom_disk_size": 4}, 4),
+        ({}, 1, 2, 2),  # SMALL when unset
+        ({"resource_size_request": "X_SMALL"}, 0.5, 1, 1),
+        ({"resource_size_request": "XX_LARGE"}, 8, 32, 2),  # memory: at most the host-safe 2 GiB
+        ({"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 4, "custom_gb_memory": 8, "custom_disk_size": 4}, 4, 8, 2),
     ],
 )
-def test_the_runtime_holds_a_devbox_to_its_sizes_cpus(devbox_client, runtime, monkeypatch, launch_parameters, cpus):
+def test_the_runtime_holds_a_devbox_to_its_size(devbox_client, runtime, monkeypatch, launch_parameters, cpus, memory, cap):
     asked = []
     real = runtime.provision
 
     def provision(spec):
-        asked.append(spec.cpus)
+        asked.append((spec.cpus, spec.memory, memory_limit(spec), cpu_limit(spec)))
         return real(spec)
 
     monkeypatch.setattr(runtime, "provision", provision)
     create_running(devbox_client, launch_parameters=launch_parameters)
-    assert asked == [cpus]
+    # The CPU cap: at most the machine's CPUs (Docker refuses more; as a quota more is none).
+    assert asked == [(cpus, memory * GIB, cap * GIB, min(cpus, len(os.sched_getaffinity(0))))]

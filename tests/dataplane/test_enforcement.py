@@ -85,6 +85,9 @@ def test_each_account_has_its_own_cached_answers(plane, devboxes):
     assert cache.lookup("github.com", 1, them) is None
     assert devboxes.run(theirs, "resolve", "github.com") == f"OK {GITHUB}"
     assert cache.lookup("github.com", 1, them) is not None
+    # An account's answers go with its last devbox (the cache's room is shared).
+    devboxes.runtime.shutdown(mine)
+    assert cache.scope_len(me) == 0 and cache.lookup("github.com", 1, them) is not None
 
 
 def test_cidrs_allow_exactly_their_ports(devboxes):

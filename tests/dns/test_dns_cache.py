@@ -142,14 +142,33 @@ def test_a_scope_past_its_bound_loses_its_own_least_recently_used():
     assert cache.scope_len("a") == 3
 
 
-def test_past_the_whole_bound_the_largest_scope_pays():
+def test_past_the_whole_bound_a_scope_makes_room_in_its_own_list_only():
     cache = AnswerCache(max_entries=10, per_scope=8, clock=FakeClock())
     _fill(cache, "small", 2)
-    _fill(cache, "big", 8)
-    _fill(cache, "other", 3)  # total would be 13: "big" loses 3, "small" keeps all
-    assert _held(cache, "small", 2) == 2
-    assert cache.scope_len("big") == 5 and cache.scope_len("other") == 3
+    _fill(cache, "big", 8)  # the whole cache is full now
+    name = "h0.other.com"
+    assert not cache.put(name, QTYPE.A, [a(name, "192.0.2.1", 60)], "other")  # nothing of its own to give up
+    assert cache.put("new.small.com", QTYPE.A, [a("new.small.com", "192.0.2.1", 60)], "small")
+    assert _held(cache, "small", 2) == 1 and _held(cache, "big", 8) == 8  # "small" gave up its own oldest
     assert len(cache) == 10
+
+
+def test_a_dropped_scope_frees_its_room():
+    cache = AnswerCache(max_entries=4, per_scope=4, clock=FakeClock())
+    _fill(cache, "gone", 4)
+    assert cache.drop_scope("gone") == 4 and cache.drop_scope("gone") == 0
+    assert len(cache) == 0
+    _fill(cache, "next", 4)
+    assert _held(cache, "next", 4) == 4
+
+
+def test_a_full_cache_drops_expired_entries_to_make_room():
+    clock = FakeClock()
+    cache = AnswerCache(max_entries=4, per_scope=4, clock=clock)
+    _fill(cache, "old", 4)
+    clock.now += 61  # all expired, never looked up again
+    _fill(cache, "new", 2)
+    assert cache.scope_len("old") == 0 and _held(cache, "new", 2) == 2 and len(cache) == 2
 
 
 @pytest.mark.parametrize(

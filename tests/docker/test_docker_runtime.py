@@ -582,13 +582,16 @@ def test_a_snapshot_of_more_than_a_disk_may_hold_fails_before_committing(docker_
     runtime.delete_disk(disk)
 
 
-def test_a_container_is_held_to_its_devboxs_cpus(docker_plane, boxes, docker_client):
+def test_a_container_is_held_to_its_devboxs_size(docker_plane, boxes, docker_client):
     _dataplane, runtime = docker_plane
-    capped = boxes.create(make_policy(), cpus=0.5)
-    uncapped = boxes.create(make_policy())
-    nano = [docker_client.api.inspect_container(runtime.container_name(box))["HostConfig"]["NanoCpus"]
-            for box in (capped, uncapped)]
-    assert nano == [500_000_000, 0]
+    small = boxes.create(make_policy(), cpus=0.5, memory=1024**3)
+    large = boxes.create(make_policy(), cpus=8, memory=32 * 1024**3)
+    unsized = boxes.create(make_policy())
+    caps = [(config["NanoCpus"], config["Memory"]) for config in
+            (docker_client.api.inspect_container(runtime.container_name(box))["HostConfig"] for box in (small, large, unsized))]
+    # At most the machine's CPUs (the daemon refuses more) and 2 GiB.
+    cpus = min(8, len(os.sched_getaffinity(0)))
+    assert caps == [(500_000_000, 1024**3), (cpus * 1_000_000_000, 2 * 1024**3), (0, 2 * 1024**3)]
 
 
 def test_pseudo_terminals_are_capped_per_container(docker_plane, boxes):

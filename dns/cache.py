@@ -104,9 +104,12 @@ class AnswerCache:
         max_entries: int = 4096,
         *,
         per_scope: int | None = None,
+        explicit_scopes: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """``max_entries`` bounds the whole cache, ``per_scope`` (default: the same) each scope."""
+        """``max_entries`` bounds the whole cache, ``per_scope`` (default: the same) each scope.
+        ``explicit_scopes``: only scopes opened (``open_scope``) and not dropped since take
+        entries: an answer a departed client was waiting for does not bring its scope back."""
         if max_entries < 0 or (per_scope is not None and per_scope < 0):
             raise ValueError("max_entries and per_scope must be >= 0")
         self._max = max_entries
@@ -115,6 +118,7 @@ class AnswerCache:
         self._scopes: dict[str | None, OrderedDict[tuple[str, int], _Entry]] = {}  # (qname, qtype)
         self._count = 0
         self._next_purge = float("-inf")
+        self._open: set[str | None] | None = set() if explicit_scopes else None
         # The server resolves on several worker threads.
         self._lock = threading.Lock()
 
@@ -156,11 +160,15 @@ class AnswerCache:
                 entries[key] = entry
                 entries.move_to_end(key)
                 return True
-            if self._count >= self._max and entry.stored_at >= self._next_purge:
-                # Expired entries hold room until looked up: drop them all, at most once a second.
-                self._next_purge = entry.stored_at + 1.0
-                self._purge_locked(entry.stored_at)
-                entries = self._scopes.get(scope)
+            if entries is None and self._open is not None and scope not in self._open:
+                return False  # dropped (its last client left) or never opened
+            now = entry.stored_at
+            if self._count >= self._max and not entries and not self._next_purge - 1.0 <= now < self._next_purge:
+                # Expired entries hold room until looked up. Only when that is what refuses
+                # this insert (a full list gives up its own oldest instead), at most once a
+                # second: the scan holds the lock every lookup waits for (3-6 ms when full).
+                self._next_purge = now + 1.0
+                self._purge_locked(now)
             if self._count >= self._max or (entries is not None and len(entries) >= self._per_scope):
                 if not entries:
                     return False  # full, and nothing of its own to give up
@@ -172,9 +180,18 @@ class AnswerCache:
             self._count += 1
             return True
 
-    def drop_scope(self, scope: str | None) -> int:
-        """Forget every entry of ``scope`` (its last client left); how many there were."""
+    def open_scope(self, scope: str | None) -> None:
+        """With ``explicit_scopes``: ``scope`` may take entries (its first client came)."""
         with self._lock:
+            if self._open is not None:
+                self._open.add(scope)
+
+    def drop_scope(self, scope: str | None) -> int:
+        """Forget every entry of ``scope`` (its last client left); how many there were. With
+        ``explicit_scopes`` it takes no more until opened again."""
+        with self._lock:
+            if self._open is not None:
+                self._open.discard(scope)
             entries = self._scopes.pop(scope, None)
             dropped = len(entries) if entries else 0
             self._count -= dropped

@@ -266,7 +266,8 @@ class DataPlane:
             Upstream(upstream, timeout=2.0, socket_factory=socket_in_router),
             on_answer=self._on_answer,
             on_query=self._on_query,
-            cache=AnswerCache(RESOLVER_CACHE_ENTRIES, per_scope=RESOLVER_CACHE_PER_ACCOUNT),
+            # Accounts open a scope with their first devbox and drop it with their last.
+            cache=AnswerCache(RESOLVER_CACHE_ENTRIES, per_scope=RESOLVER_CACHE_PER_ACCOUNT, explicit_scopes=True),
             max_upstream_per_client=RESOLVER_UPSTREAM_PER_DEVBOX,
             # An account's devboxes together: half the threads, so one account cannot hold them all.
             client_group=self._account_of, max_upstream_per_group=RESOLVER_UPSTREAM_PER_ACCOUNT,
@@ -409,6 +410,8 @@ class DataPlane:
                 doc += ruleset.add_devbox(self._rules_router, self._rules_devbox(attached),
                                           first_of_account=first)["nftables"]
                 self._nft.apply({"nftables": doc})
+                if first and self.resolver is not None:
+                    self.resolver.cache.open_scope(account)
                 if state is not None:
                     self._policies[state.key] = state
                     state.users.add(devbox_id)
@@ -452,8 +455,8 @@ class DataPlane:
                 # given this address would fail: the address is not given out again.
                 log.exception("removing nft state of %s; its address %s is retired", devbox_id, attached.address.ip)
                 self.pool.retire(attached.address.slot)
-        if last and self.resolver is not None:
-            self.resolver.cache.drop_scope(attached.account)
+            if last and self.resolver is not None:  # under the lock: a reconnect opens it again after
+                self.resolver.cache.drop_scope(attached.account)
         self._router.detach(attached.address.port)
         self._cut_flows_of(attached.address.ip)
 

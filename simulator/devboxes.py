@@ -94,6 +94,7 @@ class DevboxService:
         self._entrypoint_runner: Callable[[Devbox, str], None] | None = None
         self.keep_alive_timers = KeepAliveTimers(self._keep_alive_expired)
         self.stopping = threading.Event()  # set when the simulator stops (stop_all)
+        self._stopped_all = threading.Event()  # ... and once stop_all has ended every devbox
         # Outcomes background threads could not store (a full disk): retried until stored.
         self.store_retrier = StoreRetrier(self.stopping)
         # Suspend and resume of one devbox are serialised (striped locks): each is a stored
@@ -433,6 +434,10 @@ class DevboxService:
             if moved is not None:  # else it ended meanwhile
                 ended.append(devbox.id)
                 self._release(moved, await_provisioning=False)  # all of them together, below
+        # Waits that saw "stopping" before their devbox had ended wait for this (_status_check).
+        self._stopped_all.set()
+        for devbox in active:
+            self.watch.notify(watch_key(devbox.id))
         # A devbox still being provisioned is not the runtime's yet, so the release above found
         # nothing to free; its provisioning thread frees it when it sees the failure. Wait for
         # those threads (bounded), so that nothing is left when the runtime closes.
@@ -804,9 +809,11 @@ class DevboxService:
             devbox = self.retrieve_devbox(account, devbox_id)  # 404 ends the wait at once
             if devbox.status in wanted:
                 return devbox
-            if self.stopping.is_set():
+            if self._stopped_all.is_set() or (self.stopping.is_set() and devbox.status in lifecycle.TERMINAL):
                 # The stop ends every devbox (which wakes this wait): a status not reached by
                 # now never will be in this process; the poll ends instead of holding the stop.
+                # Not before the devbox has ended: a check that read it just before the stop
+                # began told "is running" of a devbox the stop was about to end.
                 raise Stopping(f"the simulator is stopping; devbox {devbox_id} is {devbox.status}")
             return None
 

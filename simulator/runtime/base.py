@@ -50,12 +50,13 @@ class DevboxSpec:
     cancelled: Callable[[], bool] = lambda: False
 
 
-def cpu_limit(spec: DevboxSpec) -> float | None:
-    """The CPU cap of the devbox: its size's vCPUs, at most the CPUs this machine has (Docker
-    refuses more: "range of CPUs is from 0.01 to 2.00"; as a quota more is no cap)."""
+def cpu_limit(spec: DevboxSpec, cpus_there: int | None = None) -> float | None:
+    """The CPU cap of the devbox: its size's vCPUs, at most the CPUs where it runs
+    (``cpus_there``, default this process's; Docker refuses more, "range of CPUs is from 0.01
+    to 2.00", and as a quota more is no cap)."""
     if spec.cpus is None:
         return None
-    return min(spec.cpus, len(os.sched_getaffinity(0)))
+    return min(spec.cpus, cpus_there or len(os.sched_getaffinity(0)))
 
 
 def memory_limit(spec: DevboxSpec) -> int:

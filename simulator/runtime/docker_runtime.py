@@ -165,7 +165,9 @@ class DockerRuntime:
             self.image = self._check_image(image)
             # A daemon on a kernel without CFS bandwidth control refuses every --cpus: the
             # devboxes run without a CPU cap there (as a netns devbox with no cpu cgroup).
-            self._cpu_caps = bool(self.api.info().get("CpuCfsQuota", True))
+            info = self.api.info()
+            self._cpu_caps = bool(info.get("CpuCfsQuota", True))
+            self._daemon_cpus = info.get("NCPU")  # what the daemon checks --cpus against
             if not self._cpu_caps:
                 log.warning("the Docker daemon has no CPU quota support (CpuCfsQuota false): devboxes get no CPU cap")
         except BaseException:
@@ -213,7 +215,7 @@ class DockerRuntime:
                     binds={sandbox.seccomp_exec(): {"bind": SECCOMP_EXEC_IN_CONTAINER, "mode": "ro"}},
                     pids_limit=PIDS_LIMIT,
                     mem_limit=memory_limit(spec),
-                    nano_cpus=round((cpu_limit(spec) or 0) * 1e9) if self._cpu_caps else 0,  # 0: no cap
+                    nano_cpus=round((cpu_limit(spec, self._daemon_cpus) or 0) * 1e9) if self._cpu_caps else 0,  # 0: no cap
                     log_config=LOG_CONFIG,
                     dns=[self.dataplane.gateway],  # resolv.conf -> the data plane's resolver
                 ),

@@ -499,6 +499,31 @@ def test_a_stop_ends_a_wait_for_a_status_the_devbox_will_not_reach(devbox_client
     assert_error(box["result"], 503, "stopping", "failure")
 
 
+def test_a_wait_that_read_the_devbox_just_before_the_stop_began_waits_for_its_end(devbox_client, monkeypatch):
+    """It told "the simulator is stopping; devbox ... is running" of a devbox the stop was
+    about to end (CI saw it once)."""
+    devbox_id = create_running(devbox_client)["id"]
+    services = devbox_client.app.state.services.devboxes
+    real = services.retrieve_devbox
+    accounts = []
+
+    def read_then_stop_begins(account, devbox_id):
+        devbox = real(account, devbox_id)
+        accounts.append(account)
+        if len(accounts) > 1:
+            services.stopping.set()  # the stop begins right after this read
+        return devbox
+
+    monkeypatch.setattr(services, "retrieve_devbox", read_then_stop_begins)
+    assert devbox_client.get(f"{URL}/{devbox_id}", headers=ALICE).status_code == 200  # the account, as the API has it
+    check = services._status_check(accounts[0], devbox_id, ["shutdown"])
+    assert check() is None and services.stopping.is_set()  # still running: no answer yet
+    monkeypatch.setattr(services, "retrieve_devbox", real)
+    services.stop_all("the simulator stopped")
+    with pytest.raises(Exception, match="is failure"):
+        check()
+
+
 def test_wait_for_status_times_out_with_408(devbox_client):
     devbox_id = create_running(devbox_client)["id"]
     started = time.monotonic()

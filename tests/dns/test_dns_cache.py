@@ -194,3 +194,27 @@ def test_expired_entries_leave_their_scope_and_the_count():
 def test_negative_bounds_are_refused():
     with pytest.raises(ValueError):
         AnswerCache(max_entries=4, per_scope=-1)
+
+
+def test_explicit_scopes_take_entries_only_while_open():
+    """An answer a departed account's query was waiting for must not bring its scope back."""
+    cache = AnswerCache(max_entries=10, per_scope=5, explicit_scopes=True, clock=FakeClock())
+    assert not cache.put("x.a.com", QTYPE.A, [a("x.a.com", "192.0.2.1", 60)], "a")  # never opened
+    cache.open_scope("a")
+    _fill(cache, "a", 2)
+    assert cache.drop_scope("a") == 2
+    assert not cache.put("late.a.com", QTYPE.A, [a("late.a.com", "192.0.2.1", 60)], "a")
+    assert cache.scope_len("a") == 0 and len(cache) == 0
+    cache.open_scope("a")  # its next first devbox
+    _fill(cache, "a", 1)
+    assert _held(cache, "a", 1) == 1
+
+
+def test_a_full_scope_in_a_full_cache_gives_up_its_own_oldest_without_a_purge():
+    clock = FakeClock()
+    cache = AnswerCache(max_entries=4, per_scope=4, clock=clock)
+    _fill(cache, "a", 2)
+    _fill(cache, "b", 2)
+    clock.now += 61  # "b"'s entries are expired but never looked up
+    _fill(cache, "a", 1, prefix="new")  # "a" has entries of its own: it gives up one of them
+    assert cache.scope_len("b") == 2 and cache.scope_len("a") == 2

@@ -7,11 +7,14 @@ PYTEST_ARGS ?=
 # fixtures, e.g. a simulator server, are made once). Most tests wait on packets and processes,
 # so two workers halve the time on two cores. PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2
-DATA_DIR ?= data
+# `make run` serves with the flags' environment variables (DEVBOX_SIM_*) as they are, the data
+# dir included; SERVE_ARGS adds flags: make run SERVE_ARGS="--port 9000 --runtime netns".
+DATA_DIR ?= $(or $(DEVBOX_SIM_DATA_DIR),data)
+SERVE_ARGS ?=
 
 run:
 	./scripts/bootstrap.sh
-	.venv/bin/devbox-sim serve --data-dir $(DATA_DIR)
+	.venv/bin/devbox-sim serve --data-dir $(DATA_DIR) $(SERVE_ARGS)
 
 test:
 	./scripts/bootstrap.sh --test

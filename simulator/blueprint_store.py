@@ -51,11 +51,14 @@ def update(conn: sqlite3.Connection, blueprint: Blueprint) -> None:
 
 
 def using_policy(conn: sqlite3.Connection, account: str, policy_id: str) -> list[str]:
-    """Blueprints (not deleted) naming the policy for their build or for their devboxes."""
+    """Blueprints (not deleted) naming the policy for their devboxes, or for a build still to
+    end: a build's policy is not inherited by the blueprint's devboxes, so an ended build no
+    longer holds it (a test deleting its build policy before its blueprint got 400)."""
+    marks = ", ".join("?" * len(IN_BUILD))
     rows = conn.execute(
-        "SELECT id FROM blueprints WHERE account = ? AND state = ? AND (build_policy_id = ? OR launch_policy_id = ?)"
-        " ORDER BY id",
-        (account, CREATED, policy_id, policy_id),
+        "SELECT id FROM blueprints WHERE account = ? AND state = ?"
+        f" AND (launch_policy_id = ? OR (build_policy_id = ? AND status IN ({marks}))) ORDER BY id",
+        (account, CREATED, policy_id, policy_id, *IN_BUILD),
     ).fetchall()
     return [row["id"] for row in rows]
 

@@ -273,9 +273,9 @@ class BlueprintService:
             log.warning("could not store a build log line of %s: %r", blueprint_id, exc)
 
     def _base(self, account: str, params: dict[str, Any]) -> Blueprint | None:
-        if params.get("base_blueprint_id"):
+        if params.get("base_blueprint_id") is not None:  # "" is an unknown id, not "no base"
             return self.require_built(account, blueprint_id=params["base_blueprint_id"])
-        if params.get("base_blueprint_name"):
+        if params.get("base_blueprint_name") is not None:
             return self.require_built(account, name=params["base_blueprint_name"])
         return None
 
@@ -295,7 +295,7 @@ def _check_params(params: dict[str, Any]) -> None:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"name is longer than {MAX_NAME_LENGTH} characters")
     reject_control_characters("name", name)
-    if params.get("base_blueprint_id") and params.get("base_blueprint_name"):
+    if params.get("base_blueprint_id") is not None and params.get("base_blueprint_name") is not None:
         raise InvalidRequest("give at most one of base_blueprint_id and base_blueprint_name")
     commands = [*(params.get("system_setup_commands") or []), *((params.get("launch_parameters") or {}).get("launch_commands") or [])]
     texts = [*commands, params.get("dockerfile") or "", *(params.get("file_mounts") or {}).values(),

@@ -164,6 +164,10 @@ def _start(args: argparse.Namespace):
         upstream_dns=tuple(args.upstream_dns),
         private_networks=args.private_networks,
     )
+    if settings.world is not None and settings.effective_uplink == "host":
+        # Refused rather than ignored: whoever gave a world means devboxes to reach it only.
+        raise SetupError("--world is the offline uplink's world; with --uplink host it would be ignored:"
+                         " give one or the other")
     # Bind before starting so that --port 0 can report the port actually chosen.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the

@@ -38,13 +38,13 @@ class DevboxOrigins:
 
     def resolve(self, account: str, params: dict[str, Any], launch: dict[str, Any]) -> Origin:
         """The effective launch parameters and source ids; 400 for an unusable source."""
-        if params.get("blueprint_id") or params.get("blueprint_name"):
+        if params.get("blueprint_id") is not None or params.get("blueprint_name") is not None:
             blueprint = self.blueprints.require_built(
                 account, blueprint_id=params.get("blueprint_id"), name=params.get("blueprint_name")
             )
             defaults = {k: v for k, v in blueprint.launch_parameters.items() if v is not None}
             return Origin(with_defaults(defaults, launch), blueprint_id=blueprint.id)
-        if params.get("snapshot_id"):
+        if params.get("snapshot_id") is not None:
             snapshot = self.snapshots.require_complete(account, params["snapshot_id"])
             merged = dict(launch)
             if merged.get("network_policy_id") is None and snapshot.network_policy_id:

@@ -127,7 +127,9 @@ class DevboxService:
     def create_devbox(self, account: str, params: dict[str, Any], request_id: str | None = None) -> Devbox:
         runtime = self.require_runtime()
         name = _check_name(params.get("name"))
-        sources = [key for key in ("blueprint_id", "blueprint_name", "snapshot_id") if params.get(key)]
+        # An empty id is a source too (400 unknown, below), not "none": `snapshot_id=os.environ.get(
+        # "SNAP", "")` must not quietly start a devbox without the snapshot's files.
+        sources = [key for key in ("blueprint_id", "blueprint_name", "snapshot_id") if params.get(key) is not None]
         if len(sources) > 1:
             raise InvalidRequest(f"give at most one of blueprint_id, blueprint_name and snapshot_id, got {sources}")
         launch = {k: v for k, v in (params.get("launch_parameters") or {}).items() if v is not None}
@@ -642,11 +644,13 @@ class DevboxService:
         for command in commands:
             left = deadline - time.monotonic()
             if left > 0:
+                # Logged as the SDK's "setup_commands" (its log sources are a closed set); the
+                # failure messages say "suspend command".
                 failure = self._run_setup_command(runtime, devbox, command, kind="suspend command",
-                                                  source="suspend_commands", timeout=left)
+                                                  source="setup_commands", timeout=left)
             else:
                 failure = f"suspend command {command!r} not run: the {seconds:g} s of suspend_deadline_ms were spent"
-                self._log_warning(devbox, "suspend_commands", command, failure)
+                self._log_warning(devbox, "setup_commands", command, failure)
             if failure is not None:
                 log.info("devbox %s: %s; suspending anyway", devbox.id, failure)
 
@@ -839,12 +843,12 @@ def keep_alive_seconds(devbox: Devbox) -> float | None:
     return idle_policy(devbox.launch_parameters).seconds
 
 
-def hold_seconds(requested: float | None, default: float, cap: float) -> float:
-    """A long poll's hold: the request's (any number, the SDK sends floats), capped."""
+def hold_seconds(requested: float | None, default: float, cap: float, field: str = "timeout_seconds") -> float:
+    """A long poll's hold: the request's ``field`` (any number, the SDK sends floats), capped."""
     if requested is None:
         return default
     if requested < 0:
-        raise InvalidRequest(f"timeout_seconds must not be negative, got {requested}")
+        raise InvalidRequest(f"{field} must not be negative, got {requested}")
     return float(min(requested, cap))  # int against float compares exactly: no overflow for 10**400
 
 

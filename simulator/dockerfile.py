@@ -8,8 +8,11 @@ blueprint's ``build_args``), ``WORKDIR`` (the following RUN steps' directory, ma
 ``LABEL``, ``EXPOSE``, ``CMD``, ``ENTRYPOINT``, ``USER``, ``SHELL``, ``VOLUME``,
 ``STOPSIGNAL``, ``HEALTHCHECK`` and ``ONBUILD`` are ignored (each noted in the build log).
 ``COPY`` and ``ADD`` need a build context and fail the build, as does anything unknown.
-Line continuations (``\\``) and comments are handled; variables are expanded by the shell
-that runs the step, not by this parser.
+Line continuations (``\\``) and comments are handled. As Docker does, ``ENV``, ``ARG`` defaults
+and ``WORKDIR`` expand ``$NAME``, ``${NAME}``, ``${NAME:-word}``, ``${NAME:+word}`` (and the
+forms without ``:``) from the ARG and ENV values set on earlier lines and the image's own
+``PATH`` and ``HOME`` (``ENV PATH=$PATH:/opt/bin``), never inside single quotes or after a
+``\\``; ``RUN`` is left to the shell that runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from simulator.runtime.docker_image import HOME, PATH
+
 IGNORED = frozenset(
     {"FROM", "LABEL", "EXPOSE", "CMD", "ENTRYPOINT", "USER", "SHELL", "VOLUME", "STOPSIGNAL", "HEALTHCHECK",
      "ONBUILD", "MAINTAINER"}
@@ -26,6 +31,9 @@ IGNORED = frozenset(
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What the image itself defines, as a base image's ENV would: both runtimes run steps with
+# these (the netns sandbox's defaults are the same).
+IMAGE_ENV = {"PATH": PATH, "HOME": HOME}
 
 
 def _mkdir(path: str) -> str:
@@ -94,16 +102,19 @@ def plan(text: str, build_args: dict[str, str] | None = None) -> Plan:
                 made.add(cwd)
             result.steps.append(Step(_run_command(rest, where), dict(env), cwd))
         elif keyword == "ENV":
-            env.update(_pairs(rest, where, allow_bare=False))
+            # Every word of the line sees the values from before it (Docker: `ENV a=2 b=$a`
+            # gives b the earlier a).
+            env.update(_pairs(rest, where, {**IMAGE_ENV, **env}, allow_bare=False))
         elif keyword == "ARG":
-            for name, default in _pairs(rest, where, allow_bare=True).items():
+            for name, default in _pairs(rest, where, {**IMAGE_ENV, **env}, allow_bare=True).items():
                 value = build_args.get(name, default)
                 if value is not None:
                     env[name] = value
         elif keyword == "WORKDIR":
-            if not rest:
+            directory = " ".join(_words(rest, where, {**IMAGE_ENV, **env}))
+            if not directory:
                 raise DockerfileError(f"{where}: WORKDIR needs a directory")
-            cwd = rest if rest.startswith(("/", "~")) or cwd is None else f"{cwd.rstrip('/')}/{rest}"
+            cwd = directory if directory.startswith(("/", "~")) or cwd is None else f"{cwd.rstrip('/')}/{directory}"
         elif keyword in IGNORED:
             result.ignored.append(f"{where}: {keyword} ignored (a blueprint builds on the simulator's devbox image)")
         elif keyword in ("COPY", "ADD"):
@@ -127,11 +138,8 @@ def _run_command(rest: str, where: str) -> str:
     return rest
 
 
-def _pairs(rest: str, where: str, *, allow_bare: bool) -> dict[str, str | None]:
-    try:
-        words = shlex.split(rest)
-    except ValueError as exc:
-        raise DockerfileError(f"{where}: {exc}") from exc
+def _pairs(rest: str, where: str, env: dict[str, str], *, allow_bare: bool) -> dict[str, str | None]:
+    words = _words(rest, where, env)
     if not words:
         raise DockerfileError(f"{where}: nothing to set")
     if "=" not in words[0] and not allow_bare:
@@ -146,3 +154,103 @@ def _pairs(rest: str, where: str, *, allow_bare: bool) -> dict[str, str | None]:
             raise DockerfileError(f"{where}: {word!r} is not NAME=value")
         out[name] = value if eq else None
     return out
+
+
+def _words(text: str, where: str, env: dict[str, str]) -> list[str]:
+    """``text`` split into words as Docker does for ENV, ARG and WORKDIR: quotes removed,
+    ``\\`` escaping the next character (in double quotes only before ``"``, ``\\`` and ``$``),
+    variables expanded outside single quotes. A value expanded never splits a word."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+            i += 1
+            continue
+        in_word = True
+        if c == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                raise DockerfileError(f"{where}: no closing quotation")
+            word.append(text[i + 1:end])
+            i = end + 1
+        elif c == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise DockerfileError(f"{where}: no closing quotation")
+                c = text[i]
+                if c == '"':
+                    i += 1
+                    break
+                if c == "\\" and i + 1 < n and text[i + 1] in '"\\$':
+                    word.append(text[i + 1])
+                    i += 2
+                elif c == "$":
+                    value, i = _expand(text, i, where, env)
+                    word.append(value)
+                else:
+                    word.append(c)
+                    i += 1
+        elif c == "\\":
+            word.append(text[i + 1] if i + 1 < n else "")
+            i += 2
+        elif c == "$":
+            value, i = _expand(text, i, where, env)
+            word.append(value)
+        else:
+            word.append(c)
+            i += 1
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
+def _expand(text: str, i: int, where: str, env: dict[str, str]) -> tuple[str, int]:
+    """The value of the reference at ``text[i] == "$"`` and the index after it; an unset name
+    is empty, and a ``$`` starting no reference stays."""
+    if text.startswith("${", i):
+        end = _closing_brace(text, i + 2)
+        if end < 0:
+            raise DockerfileError(f"{where}: no closing brace in {text[i:]!r}")
+        inner = text[i + 2:end]
+        name = _NAME.match(inner)
+        if name is None:
+            raise DockerfileError(f"{where}: bad substitution ${{{inner}}}")
+        rest = inner[name.end():]
+        value = env.get(name.group())
+        if rest == "":
+            return value or "", end + 1
+        for operator in (":-", ":+", "-", "+"):
+            if rest.startswith(operator):
+                word = " ".join(_words(rest[len(operator):], where, env)) if rest[len(operator):].strip() else ""
+                unset = value is None or (operator.startswith(":") and value == "")
+                if operator.endswith("-"):
+                    return (word if unset else value or ""), end + 1
+                return ("" if unset else word), end + 1
+        raise DockerfileError(f"{where}: bad substitution ${{{inner}}}")
+    name = _NAME.match(text, i + 1)
+    if name is None:
+        return "$", i + 1
+    return env.get(name.group(), ""), name.end()
+
+
+def _closing_brace(text: str, i: int) -> int:
+    depth = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1

@@ -63,6 +63,11 @@ def run(args) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`... | head`): end as a killed-by-SIGPIPE tool would, without a
+        # traceback, and with stdout pointed at /dev/null so the exit's flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _print_new(client, args, cursor, colour) -> int | None:

@@ -127,7 +127,7 @@ class ExecutionService:
         request_id: str | None = None,
     ) -> Execution:
         """Start (or find, by ``command_id``) the command; hold up to the timeout for it to end."""
-        hold = hold_seconds(optimistic_timeout, WAIT_MAX_SECONDS, WAIT_MAX_SECONDS)
+        hold = hold_seconds(optimistic_timeout, WAIT_MAX_SECONDS, WAIT_MAX_SECONDS, "optimistic_timeout")
         execution = await anyio.to_thread.run_sync(self._start, account, devbox_id, command, command_id, request_id)
         done = await self.watch.wait(watch_key(execution.id), self._status_check(account, execution, {COMPLETED}), hold)
         return done or await anyio.to_thread.run_sync(self.retrieve_execution, account, devbox_id, execution.id)

@@ -191,7 +191,8 @@ class NetworkPolicyService:
                 shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
                 raise InvalidRequest(
                     f"network policy {policy_id} is in use by active {shown}; shut them down or"
-                    " give them another policy first",
+                    " give them another policy (devboxes), delete them or let their builds end"
+                    " (blueprints) first",
                     code="policy_in_use",
                 )
             policy_store.delete(conn, account, policy_id)

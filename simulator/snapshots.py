@@ -33,6 +33,10 @@ log = logging.getLogger("devbox_sim.snapshots")
 ID_PREFIX = "snp"
 MAX_NAME_LENGTH = 256
 MAX_COMMIT_MESSAGE_LENGTH = 1000
+# A list's metadata filters: each is a clause of one query, and SQLite refuses an expression
+# tree 1,000 deep (a 500 before this bound).
+MAX_METADATA_FILTERS = 64
+MAX_METADATA_FILTER_VALUES = 1000
 SNAPSHOT_HOLD_SECONDS = 590.0  # snapshot_disk: the SDK gives this call 600 s
 SNAPSHOTTABLE = (lifecycle.RUNNING, lifecycle.SUSPENDED)
 
@@ -122,6 +126,7 @@ class SnapshotService:
         limit: int | None = None,
         include_total_count: bool = True,
     ) -> Page:
+        _check_metadata_filters(metadata or {}, metadata_in or {})
         with self.db.read() as conn:
             return snapshot_store.list_page(
                 conn,
@@ -253,3 +258,11 @@ def _check_fields(params: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"commit_message is longer than {MAX_COMMIT_MESSAGE_LENGTH} characters")
     metadata = params.get("metadata")
     return {"name": name, "commit_message": message, "metadata": dict(metadata) if metadata is not None else None}
+
+
+def _check_metadata_filters(metadata: dict[str, str], metadata_in: dict[str, list[str]]) -> None:
+    if len(metadata) + len(metadata_in) > MAX_METADATA_FILTERS:
+        raise InvalidRequest(f"at most {MAX_METADATA_FILTERS} metadata filters, got {len(metadata) + len(metadata_in)}")
+    values = sum(len(v) for v in metadata_in.values())
+    if values > MAX_METADATA_FILTER_VALUES:
+        raise InvalidRequest(f"at most {MAX_METADATA_FILTER_VALUES} metadata[KEY][in] values in all, got {values}")

@@ -71,7 +71,8 @@ class WorldConfig:
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise WorldConfigError(f"{path}: {exc}") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc  # no "[Errno N] ..."
+            raise WorldConfigError(f"{path}: {why}") from None
         return cls.from_dict(data, str(path))
 
     @classmethod

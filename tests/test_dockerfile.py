@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.dockerfile import DockerfileError, Step, plan
+from simulator.dockerfile import IMAGE_ENV, DockerfileError, Step, plan
+from simulator.runtime.docker_image import HOME, PATH
 
 
 def test_run_env_arg_workdir_and_continuations():
@@ -65,7 +66,12 @@ def test_a_workdir_no_step_runs_in_is_not_made():
         ("RUN [oops", "JSON list"),
         ("ENV -i=x", "is not NAME=value"),
         ("ENV 1BAD value", "not a variable name"),
-        ("ENV 'unterminated", "No closing quotation"),
+        ("ENV 'unterminated", "no closing quotation"),
+        ('ENV A="unterminated', "no closing quotation"),
+        ("ENV A=${B", "no closing brace"),
+        ("ENV A=${1B}", "bad substitution"),
+        ("ENV A=${B:?x}", "bad substitution"),
+        ("WORKDIR $NOPE", "WORKDIR needs a directory"),
         ("WORKDIR", "WORKDIR needs a directory"),
     ],
 )
@@ -73,3 +79,54 @@ def test_errors_name_the_line(text, message):
     with pytest.raises(DockerfileError, match=message) as info:
         plan("FROM x\n" + text)
     assert str(info.value).startswith("line 2:")
+
+
+def _env(text: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
+    return plan(text + "\nRUN true", build_args).steps[-1].env
+
+
+# Docker's expansion in ENV, ARG and WORKDIR (before, `ENV Y=$X` gave Y the text "$X", and
+# `ENV PATH=$PATH:/opt/bin` left every later step without a PATH).
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("ENV Y=$X", "2"),
+        ("ENV Y=${X}", "2"),
+        ('ENV Y="$X and ${X}"', "2 and 2"),
+        ("ENV Y='$X'", "$X"),  # single quotes: literal
+        ("ENV Y=\\$X", "$X"),  # escaped
+        ('ENV Y="\\$X"', "$X"),
+        ("ENV Y=$X$X-$", "22-$"),  # a $ starting no reference stays
+        ("ENV Y=$NOPE.", "."),  # unset: empty
+        ("ENV Y=${NOPE:-dflt}", "dflt"),
+        ("ENV Y=${X:-dflt}", "2"),
+        ("ENV Y=${EMPTY:-dflt}", "dflt"),
+        ("ENV Y=${EMPTY-dflt}", ""),  # set, though empty
+        ("ENV Y=${X:+alt}", "alt"),
+        ("ENV Y=${NOPE:+alt}", ""),
+        ("ENV Y=${X:-${NOPE:-deep}}", "2"),
+        ("ENV Y=${NOPE:-${X}x}", "2x"),
+        ("ENV Y=$SPACED", "a b"),  # an expanded value never splits a word
+        ("ENV Y $X with words", "2 with words"),  # the legacy form
+        ("ENV Y=$PATH:/opt/bin", PATH + ":/opt/bin"),  # the image's own variables
+        ("ENV Y=$HOME/x", HOME + "/x"),
+        ("ARG Y=$X", "2"),
+    ],
+)
+def test_env_arg_and_workdir_expand_variables_as_docker_does(line, expected):
+    env = _env(f"ARG X=1\nENV EMPTY=\"\" SPACED='a b'\n{line}", {"X": "2"})
+    assert env["Y"] == expected
+
+
+def test_every_word_of_an_env_line_sees_the_values_from_before_it():
+    assert _env("ENV abc=hello\nENV abc=bye def=$abc") == {"abc": "bye", "def": "hello"}
+    # A later line sees them all; a build arg overrides the ARG default used in an ENV.
+    assert _env("ARG V=1.0\nENV APP_VERSION=$V\nENV TAG=app-$APP_VERSION", {"V": "2.0"}) == {
+        "V": "2.0", "APP_VERSION": "2.0", "TAG": "app-2.0"}
+
+
+def test_workdir_expands_and_path_may_be_extended():
+    result = plan("ARG APP=web\nWORKDIR /srv/$APP\nWORKDIR ${SUB:-logs}\nENV PATH=$PATH:/srv/web/bin\nRUN pwd")
+    env = {"APP": "web", "PATH": PATH + ":/srv/web/bin"}
+    assert result.steps == [Step("mkdir -p -- /srv/web/logs", env, None), Step("pwd", env, "/srv/web/logs")]
+    assert IMAGE_ENV == {"PATH": PATH, "HOME": HOME}

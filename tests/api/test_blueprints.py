@@ -70,8 +70,9 @@ def test_dockerfile_run_env_arg_and_workdir(devbox_client, tmp_path):
         "# a comment\n"
         "ARG GREETING=hi\n"
         "ENV WHO=world\n"
+        'ENV MSG="$GREETING $WHO"\n'  # expanded as Docker does: the build arg's value
         f"WORKDIR {tmp_path}\n"
-        'RUN echo "$GREETING $WHO" > greeting.txt && \\\n'
+        'RUN echo "$MSG" > greeting.txt && \\\n'
         "    cp greeting.txt $HOME/greeting.txt\n"
         'RUN ["sh", "-c", "echo exec-form >> $HOME/greeting.txt"]\n'
         'CMD ["sleep", "infinity"]\n'
@@ -107,6 +108,13 @@ def test_blueprint_name_picks_the_newest_built_one(devbox_client):
     assert_error(client.post("/v1/devboxes", json={"blueprint_name": "no-such"}, headers=ALICE), 400, "unknown_blueprint")
     assert_error(client.post("/v1/devboxes", json={"blueprint_id": "bpt_nope"}, headers=ALICE), 400, "unknown_blueprint")
     assert_error(client.post("/v1/devboxes", json={"blueprint_id": first["id"]}, headers=BOB), 400, "unknown_blueprint")
+    # An empty id or name is an unknown one, not "no source": the devbox would start without
+    # the blueprint's disk. Nor does it slip past the one-source rule.
+    for empty in ({"blueprint_id": ""}, {"blueprint_name": ""}, {"snapshot_id": ""}):
+        code = "unknown_snapshot" if "snapshot_id" in empty else "unknown_blueprint"
+        assert_error(client.post("/v1/devboxes", json=empty, headers=ALICE), 400, code)
+    assert_error(client.post("/v1/devboxes", json={"blueprint_id": "", "blueprint_name": "by-name"}, headers=ALICE),
+                 400, "invalid_request")
 
 
 def test_a_base_blueprint_is_built_upon(devbox_client):
@@ -119,6 +127,8 @@ def test_a_base_blueprint_is_built_upon(devbox_client):
     assert sh(client, devbox["id"], "cat base.txt child.txt") == (0, "base\nbase\n")
     assert_error(client.post(URL, json={"name": "c", "base_blueprint_id": "bpt_nope"}, headers=ALICE), 400,
                  "unknown_blueprint")
+    for empty in ({"base_blueprint_id": ""}, {"base_blueprint_name": ""}):  # not "no base"
+        assert_error(client.post(URL, json={"name": "c", **empty}, headers=ALICE), 400, "unknown_blueprint")
     failed = blueprint(client, name="failed-base", system_setup_commands=["false"])
     assert_error(client.post(URL, json={"name": "c", "base_blueprint_id": failed["id"]}, headers=ALICE), 400,
                  "blueprint_not_built")
@@ -154,11 +164,15 @@ def test_policies_used_by_blueprints_cannot_be_deleted(devbox_client):
     client = devbox_client
     build = ok(client.post("/v1/network-policies", json={"name": "in-use-build", "allow_all": True}, headers=ALICE))
     launch = ok(client.post("/v1/network-policies", json={"name": "in-use-launch", "allow_all": True}, headers=ALICE))
-    one = blueprint(client, name="uses-build", network_policy_id=build["id"])
+    built_under = blueprint(client, name="built-under", network_policy_id=build["id"])
+    one = ok(client.post(URL, json={"name": "uses-build", "network_policy_id": build["id"],
+                                    "system_setup_commands": ["sleep 60"]}, headers=ALICE))
     two = blueprint(client, name="uses-launch", launch_parameters={"network_policy_id": launch["id"]})
     for policy, user in ((build, one), (launch, two)):
+        # A build holds its policy until it ends (its devboxes do not inherit it): the blueprint
+        # built under `build` is not named, the one still building is.
         body = assert_error(client.post(f"/v1/network-policies/{policy['id']}/delete", headers=ALICE), 400, "policy_in_use")
-        assert f"blueprint {user['id']}" in body["message"]
+        assert f"blueprint {user['id']}" in body["message"] and built_under["id"] not in body["message"]
         ok(client.post(f"{URL}/{user['id']}/delete", headers=ALICE))
         ok(client.post(f"/v1/network-policies/{policy['id']}/delete", headers=ALICE))
     assert_error(client.post(URL, json={"name": "x", "network_policy_id": build["id"]}, headers=ALICE), 400,

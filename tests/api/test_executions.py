@@ -139,6 +139,9 @@ def test_execute_returns_running_after_the_optimistic_timeout(devbox_client, dev
 
 def test_execute_requires_a_command_id(devbox_client, devbox):
     assert_error(devbox_client.post(f"{URL}/{devbox}/execute", json={"command": "true"}, headers=ALICE), 400, contains="command_id")
+    body = assert_error(devbox_client.post(f"{URL}/{devbox}/execute", headers=ALICE,
+                                           json={"command": "true", "command_id": "neg", "optimistic_timeout": -1}), 400)
+    assert body["message"] == "optimistic_timeout must not be negative, got -1"  # the field the caller gave
 
 
 def test_retried_execute_async_with_same_request_id_runs_once(devbox_client, devbox):

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import get_args
 
 import pytest
+from runloop_api_client.types.devboxes.devbox_logs_list_view import Log
+
+LogSource = Log.model_fields["source"].annotation
 
 from simulator.keep_alive import KeepAliveTimers
 from tests.api.conftest import ALICE, BOB
@@ -310,7 +314,9 @@ def test_suspend_commands_run_before_each_suspend_within_their_deadline(devbox_c
     resume(devbox_client, devbox)
     assert run(devbox_client, devbox, "cat hooks.txt")["stdout"] == "one\ntwo\n"
     logs = devbox_client.get(f"{URL}/{devbox}/logs", headers=ALICE).json()["logs"]
-    assert any(entry["source"] == "suspend_commands" and entry["exit_code"] == 3 for entry in logs), logs
+    assert any(entry["source"] == "setup_commands" and entry["cmd"] == "exit 3" and entry["exit_code"] == 3
+               for entry in logs), logs
+    assert {entry["source"] for entry in logs} <= set(get_args(LogSource)), logs  # the SDK's closed set
     # An overrun: the deadline covers all the commands; the one running is killed, the rest skipped.
     slow = {"suspend_commands": ["sleep 30; echo late >> hooks.txt", "echo skipped >> hooks.txt"],
             "suspend_deadline_ms": 500}
@@ -321,7 +327,7 @@ def test_suspend_commands_run_before_each_suspend_within_their_deadline(devbox_c
     resume(devbox_client, devbox)
     assert run(devbox_client, devbox, "cat hooks.txt 2>/dev/null; echo end")["stdout"] == "end\n"
     messages = [entry["message"] or "" for entry in devbox_client.get(f"{URL}/{devbox}/logs", headers=ALICE).json()["logs"]
-                if entry["source"] == "suspend_commands"]
+                if entry["source"] == "setup_commands"]
     assert any("ran longer than 0.5 s: killed" in m for m in messages), messages
     assert any("not run" in m for m in messages), messages
 

@@ -107,13 +107,13 @@ def test_runtime_policy_inherited_from_the_blueprint_then_overridden(sdk):
         assert overridden.get_info().launch_parameters.network_policy_id == npm.id
         assert curl(overridden, "http://registry.npmjs.org/y").stdout() == "registry.npmjs.org /y\n"
         assert curl(overridden, "http://evil.example/").exit_code == 6
-    # Both references keep the policies in use while the blueprint exists.
-    for policy in (npm, evil):
-        with pytest.raises(Exception, match="policy_in_use"):
-            policy.delete()
+    # The launch policy stays in use while the blueprint exists; the build's, once the build
+    # ended, does not (the blueprint's devboxes never use it).
+    with pytest.raises(Exception, match="policy_in_use"):
+        evil.delete()
+    npm.delete()
     blueprint.delete()
     assert blueprint.get_info().state == "deleted"
-    npm.delete()
     evil.delete()
 
 

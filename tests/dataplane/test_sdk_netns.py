@@ -340,6 +340,19 @@ def test_events_cli_table_and_follow(netns_server):
         output = _Lines(follow)
         seen = output.until("nothere.example", seconds=20)
         assert any("nothere.example" in l for l in seen) and not any("github.com" in l for l in seen)
+        # A reader that leaves (`| head -1`): the next row ends it quietly, as SIGPIPE would.
+        head = subprocess.Popen(_events_cli(server, devbox.id, token, "--follow"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert head.stdout.readline().startswith("TIME")
+            head.stdout.close()
+            assert curl(devbox, "http://gone.example/").exit_code == 6
+            assert head.wait(timeout=20) == 141
+            assert head.stderr.read() == ""  # before: a BrokenPipeError traceback
+        finally:
+            if head.poll() is None:
+                head.kill()
+                head.wait()
         devbox.shutdown()
         assert follow.wait(timeout=20) == 0  # it stops by itself when the devbox ends
         assert f"-- devbox {devbox.id} is shutdown" in output.all()

@@ -95,7 +95,14 @@ def test_setup_problems_with_the_data_dir_and_world_are_one_line_and_exit_2(tmp_
     missing_world = tmp_path / "missing.toml"
     assert cli.main(["serve", "--runtime", "none", "--port", "0", "--data-dir", str(tmp_path / "d"),
                      "--world", str(missing_world)]) == 2
-    assert capsys.readouterr().err.startswith(f"devbox-sim: error: {missing_world}: ")
+    assert capsys.readouterr().err == f"devbox-sim: error: {missing_world}: No such file or directory\n"
+
+    # A world with the host uplink was checked, then ignored: refused, as a contradiction.
+    world = tmp_path / "world.toml"
+    world.write_text('[hosts]\n"a.example" = "192.0.2.1"\n')
+    assert cli.main(["serve", "--runtime", "none", "--port", "0", "--data-dir", str(tmp_path / "d2"),
+                     "--world", str(world), "--uplink", "host"]) == 2
+    assert "--world is the offline uplink's world; with --uplink host it would be ignored" in capsys.readouterr().err
 
 
 def test_a_bad_server_variable_does_not_stop_the_events_command(monkeypatch, capsys):

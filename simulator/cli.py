@@ -206,9 +206,13 @@ def _start(args: argparse.Namespace):
 
 def uvicorn_protocol_options() -> dict:
     """How uvicorn speaks to clients, for the API and its tunnels (tests serve with these too)."""
+    from simulator.api.h2c import H2cOrHttp1Protocol
     from simulator.api.tunnel_websocket import ServerWebSocketProtocol
 
     return dict(
+        # uvicorn's HTTP/1.1, plus HTTP/2 (h2c prior knowledge) for a connection opening with
+        # its preface: the TypeScript SDK's node:http2 client speaks it over http://.
+        http=H2cOrHttp1Protocol,
         ws=ServerWebSocketProtocol,  # wsproto: tunnels carry WebSockets (the API's routes refuse them)
         # No compression with clients: wsproto inflates a frame without a size limit before
         # uvicorn counts it (a 250 KiB frame took 250 MiB), and the relay copies messages anyway.

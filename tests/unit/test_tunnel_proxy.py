@@ -119,7 +119,7 @@ def proxy():
     app = TunnelProxy(_api, services=lambda: services)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(DefaultHeaders(app), http="httptools", lifespan="off", log_level="error",
+    server = uvicorn.Server(uvicorn.Config(DefaultHeaders(app), lifespan="off", log_level="error",
                                            **uvicorn_protocol_options()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -580,3 +580,26 @@ def test_a_client_that_stops_reading_gives_its_slot_back(proxy, upstream, monkey
         wait_for(lambda: app._in_flight == {})  # though the client is still connected
     finally:
         client.close()
+
+
+def test_a_tunnel_answers_an_http2_client_as_an_http1_one(proxy, upstream):
+    """The TypeScript SDK's HTTP/2 (h2c) reaches a devbox through its tunnel: routed by
+    :authority, forwarded as HTTP/1.1, and the devbox's connection-specific headers (malformed
+    in HTTP/2: the client's h2 would refuse the whole response) are left out."""
+    url, app, _ = proxy
+    seen = {}
+
+    def echo(conn):
+        request, body = read_request(conn)
+        seen["host"] = dict(request.headers)[b"host"]
+        answer = request.method + b" " + request.target + b" " + body
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n"
+                     b"X-Up: 1\r\n\r\n" + b"%x\r\n" % len(answer) + answer + b"\r\n0\r\n\r\n")
+
+    server = upstream(echo)
+    with httpx.Client(http1=False, http2=True, headers=host(server.port)) as client:
+        response = client.post(url + "/x?q=1", content=b"hello")
+    assert (response.http_version, response.status_code, response.text) == ("HTTP/2", 200, "POST /x?q=1 hello")
+    assert response.headers["x-up"] == "1" and "keep-alive" not in response.headers
+    assert seen["host"] == host(server.port)["Host"].encode()
+    wait_for(lambda: app._in_flight == {})

@@ -1,0 +1,214 @@
+"""The HTTP/2 protocol's edge cases (simulator/api/h2_server.py, h2_stream.py) on uvicorn in
+this process, served as ``devbox-sim serve`` does (uvicorn_protocol_options), with a test app
+whose handlers the tests drive: resets, the stream cap, flow control both ways, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import h2.errors
+import h2.settings
+import pytest
+import uvicorn
+
+from simulator.api import h2_server
+from simulator.cli import uvicorn_protocol_options
+from tests.h2_peer import H2Peer
+
+
+class App:
+    """/hold: takes the body, waits for a disconnect (counted), then for ``release``;
+    /echo: the request body back; /raise: an exception before any response;
+    /firehose: 64 KiB chunks until 10 MiB or ``stop`` (``sent`` counts the sends that returned)."""
+
+    def __init__(self):
+        self.started = self.disconnects = self.finished = self.sent = 0
+        self.release = threading.Event()
+        self.stop = threading.Event()
+
+    async def __call__(self, scope, receive, send):
+        assert scope["type"] == "http" and scope["http_version"] == "2"
+        path = scope["path"]
+        if path == "/hold":
+            self.started += 1
+            await receive()
+            if (await receive())["type"] == "http.disconnect":
+                self.disconnects += 1
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)  # polling the test's threading.Event
+            self.finished += 1
+        elif path == "/raise":
+            raise RuntimeError("boom")
+        elif path == "/echo":
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body, more = body + message.get("body", b""), message.get("more_body", False)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        elif path == "/firehose":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            while not self.stop.is_set() and self.sent < 10 << 20:
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+                self.sent += 65536
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"Connection", b"keep-alive")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def served():
+    """(base url, the App) on uvicorn in a thread; idle h2 connections close after 1 s."""
+    app = App()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="critical", timeout_keep_alive=1,
+                                           **uvicorn_protocol_options()))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)  # polling the server's start with a deadline
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+    finally:
+        app.release.set()
+        app.stop.set()
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def _until(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)  # polling the app's counters with a deadline
+
+
+def test_end_of_request_in_its_own_data_frame(served):
+    """node's http2 client ends a GET with an empty DATA frame: the app still gets its request."""
+    url, _ = served
+    with H2Peer(url) as peer:
+        answer = peer.get("/", separate_end=True)
+        assert (answer["status"], bytes(answer["body"])) == (200, b"ok")
+        assert b"connection" not in dict(answer["headers"])  # HTTP/1.1-only headers are dropped
+
+
+def test_reset_streams_keep_their_place_until_their_tasks_end(served):
+    """Rapid reset: a stream reset at once still counts until its handler ends, so a client
+    cannot run more than MAX_STREAMS handlers at once by resetting them; past it, REFUSED_STREAM."""
+    url, app = served
+    with H2Peer(url) as peer:
+        held = [peer.request("GET", "/hold") for _ in range(h2_server.MAX_STREAMS)]
+        _until(lambda: app.started == h2_server.MAX_STREAMS)
+        for stream_id in held:
+            peer.reset(stream_id)
+        _until(lambda: app.disconnects == h2_server.MAX_STREAMS)  # each handler heard of it
+        refused = peer.request("GET", "/")
+        peer.read_until(peer.ended(refused))
+        assert peer.responses[refused]["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+        app.release.set()
+        _until(lambda: app.finished == h2_server.MAX_STREAMS)
+        _until(lambda: peer.get("/")["status"] == 200)  # once the ended tasks gave their places back
+    assert app.started == h2_server.MAX_STREAMS
+
+
+def test_large_bodies_both_ways(served):
+    url, _ = served
+    body = bytes(range(256)) * (12 << 10)  # 3 MiB: many stream and connection windows
+    with H2Peer(url) as peer:
+        stream_id = peer.request("POST", "/echo", body=body)
+        peer.read_until(peer.ended(stream_id))
+        assert peer.responses[stream_id]["status"] == 200 and bytes(peer.responses[stream_id]["body"]) == body
+
+
+def test_a_streaming_response_waits_for_the_client_s_window(served):
+    """A client that grants no more window holds the app's send(): nothing piles up."""
+    url, app = served
+    with H2Peer(url, window=16384) as peer:
+        stream_id = peer.request("GET", "/firehose")
+        peer.read_until(lambda: len(peer.responses[stream_id]["body"]) >= 16384)
+        time.sleep(0.3)
+        peer.sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            peer._read_once()  # nothing more comes
+        assert app.sent == 0  # the first 64 KiB send() is still waiting
+        assert len(peer.responses[stream_id]["body"]) == 16384
+        peer.sock.settimeout(10)
+        peer.conn.increment_flow_control_window(1 << 20, stream_id)  # grant 1 MiB more
+        peer.conn.increment_flow_control_window(1 << 20)
+        peer.flush()
+        peer.read_until(lambda: len(peer.responses[stream_id]["body"]) >= 16384 + (1 << 20))
+        assert 0 < app.sent <= 16384 + (1 << 20)
+        app.stop.set()
+        peer.reset(stream_id)
+
+
+def test_an_app_that_raises_gives_a_500_and_the_connection_goes_on(served):
+    url, _ = served
+    with H2Peer(url) as peer:
+        answer = peer.get("/raise")
+        assert (answer["status"], bytes(answer["body"])) == (500, b"Internal Server Error")
+        assert peer.get("/")["status"] == 200
+
+
+def test_an_oversized_header_list_ends_the_connection(served):
+    url, _ = served
+    with H2Peer(url) as peer:
+        peer.request("GET", "/", headers=[(b"x-big", b"x" * (h2_server.MAX_HEADER_LIST + 1))])
+        peer.read_until(lambda: peer.closed)
+        assert peer.goaway is not None and peer.goaway.error_code != 0
+    with H2Peer(url) as other:  # the server itself goes on
+        assert other.get("/")["status"] == 200
+
+
+def test_an_idle_connection_gets_goaway_after_the_keep_alive_timeout(served):
+    url, _ = served
+    with H2Peer(url) as peer:
+        assert peer.get("/")["status"] == 200
+        started = time.monotonic()
+        peer.read_until(lambda: peer.closed, seconds=5)
+        assert peer.goaway is not None and peer.goaway.error_code == 0
+        assert 0.5 < time.monotonic() - started < 4
+
+
+def test_connect_is_refused(served):
+    url, _ = served
+    with H2Peer(url) as peer:
+        stream_id = peer.conn.get_next_available_stream_id()
+        peer.conn.send_headers(stream_id, [(b":method", b"CONNECT"), (b":authority", b"example.com:443")])
+        peer.flush()
+        peer.responses[stream_id] = {"status": None, "headers": [], "body": bytearray(), "ended": False, "reset": None}
+        peer.read_until(peer.ended(stream_id))
+        assert peer.responses[stream_id]["status"] == 501
+        settings = dict(peer.conn.remote_settings)
+        assert settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL, 0) == 0  # no WebSockets over h2
+
+
+def test_a_body_the_app_does_not_read_stops_at_its_window(served):
+    """The request body is acknowledged only as the app takes it: /hold takes two messages,
+    so the client can send little more than three stream windows, not megabytes."""
+    url, _ = served
+    with H2Peer(url) as peer:
+        stream_id = peer.request("POST", "/hold", end=False)
+        sent, deadline = 0, time.monotonic() + 0.5
+        peer.sock.settimeout(0.05)
+        while time.monotonic() < deadline:
+            size = min(peer.conn.local_flow_control_window(stream_id), peer.conn.max_outbound_frame_size)
+            if size:
+                peer.conn.send_data(stream_id, b"x" * size)
+                peer.flush()
+                sent += size
+            else:
+                try:
+                    peer._read_once()  # a WINDOW_UPDATE, if any
+                except TimeoutError:
+                    pass
+        assert 65535 <= sent <= 3 * 65535

@@ -16,17 +16,30 @@ import h2.settings
 SECONDS = 10
 
 
+class _GoawayTolerantConnection(h2.connection.H2Connection):
+    """h2's client, but reading on after a GOAWAY (h2 would drop every later frame): the tests
+    watch the streams a GOAWAY lets finish, and the GOAWAY that closes the connection."""
+
+    def _receive_goaway_frame(self, frame):
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 class H2Peer:
     """One h2c connection; ``request()`` opens a stream, ``read_until()`` collects events.
 
     ``responses[stream_id]`` gathers ``status``, ``headers``, ``body`` and ``ended``; a
-    reset stream has ``reset`` (its error code); ``goaway`` is the server's GOAWAY event."""
+    reset stream has ``reset`` (its error code); ``goaways`` are the server's GOAWAY events
+    (``goaway`` the last)."""
 
     def __init__(self, url: str, window: int | None = None):
         host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()
         self.authority = f"{host}:{port}".encode()
         self.sock = socket.create_connection((host, int(port)), timeout=SECONDS)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn = _GoawayTolerantConnection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.conn.initiate_connection()
         if window is not None:  # a client that gives the server little room for its responses
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
@@ -34,6 +47,7 @@ class H2Peer:
         self.flush()
         self.responses: dict[int, dict] = {}
         self.goaway = None
+        self.goaways: list = []
         self.closed = False
 
     def flush(self) -> None:
@@ -117,6 +131,7 @@ class H2Peer:
                 response["reset"] = event.error_code
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
+                self.goaways.append(event)
         self.flush()
 
     def close(self) -> None:

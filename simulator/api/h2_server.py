@@ -6,11 +6,12 @@ preface. Like uvicorn's own protocols this one is in ``server_state.connections`
 calls ``shutdown()`` and waits for it to go) and its app tasks are in ``server_state.tasks``.
 
 Bounds, for clients that reach the port through tunnels:
-- MAX_STREAMS requests at once per connection, counted by app task: a stream the client reset
-  keeps its place until its task ends, so resetting streams as fast as they are opened (the
-  "rapid reset" attack) never runs more than MAX_STREAMS tasks; past it a stream is refused
-  (REFUSED_STREAM). h2 itself treats a client that opens more streams than advertised as a
-  connection error.
+- MAX_STREAMS requests at once per connection (advertised; past it, REFUSED_STREAM). A stream
+  the client reset no longer counts there (node frees its slot at once and does not retry a
+  refusal), but its handler runs on (as on HTTP/1.1, nothing is cancelled half way): such
+  handlers are counted apart, and a client with MAX_RESET_RUNNING of them (resetting streams
+  as fast as it opens them, the "rapid reset" attack) loses the connection (GOAWAY
+  ENHANCE_YOUR_CALM). So a connection never runs more than the two together.
 - a header list of at most MAX_HEADER_LIST bytes (h2 enforces it when decoding), and at most
   64 CONTINUATION frames per header block (h2's own limit).
 - request bodies: each stream's window (64 KiB) is given back only as the app takes the body,
@@ -18,7 +19,13 @@ Bounds, for clients that reach the port through tunnels:
   uvicorn's HTTP/1.1 reading (paused past 64 KiB), there is no size limit, only backpressure.
 - output: when the socket's buffer is full (the client does not read), reading stops too, so
   frames answered automatically (PING, SETTINGS acks, refusals) cannot pile up unread.
-- an idle connection (no stream) is closed with a GOAWAY after ``timeout_keep_alive``.
+- a response that cannot move for ``h2_stream.STALL_SECONDS`` (the client opens no window, or
+  does not read) has its stream reset (CANCEL): a client cannot hold a hundred responses per
+  connection in memory for ever.
+- an idle connection (no stream) is closed with a GOAWAY after ``timeout_keep_alive``; a
+  connection being closed that does not take its last bytes within CLOSE_SECONDS is aborted.
+- the client's own GOAWAY (NO_ERROR: node sends one on ``session.close()``, and in answer to
+  ours) ends the connection once its streams finished, as ours does.
 
 No extended CONNECT (RFC 8441) is advertised: WebSockets stay on HTTP/1.1.
 """
@@ -50,6 +57,8 @@ from uvicorn.protocols.utils import (
 from simulator.api.h2_stream import H2Stream
 
 MAX_STREAMS = 100
+MAX_RESET_RUNNING = 400
+CLOSE_SECONDS = 5.0
 MAX_HEADER_LIST = 65536
 CONNECTION_WINDOW = 1 << 20  # 16 stream windows: one stream whose app does not read stalls no other
 ErrorCodes = h2.errors.ErrorCodes
@@ -57,6 +66,21 @@ _SENDING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLO
 _OPEN = _SENDING | {h2.stream.StreamState.HALF_CLOSED_LOCAL}
 log = logging.getLogger("uvicorn.error")
 access_log = logging.getLogger("uvicorn.access")
+
+
+class _ServerConnection(h2.connection.H2Connection):
+    """h2's connection, but a GOAWAY(NO_ERROR) from the client leaves it open: the client will
+    start no new stream, yet those it started are to finish (RFC 9113 6.8), and h2 would drop
+    every later frame of theirs (their WINDOW_UPDATEs too) and everything queued to send."""
+
+    def _receive_goaway_frame(self, frame):
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class H2Protocol(asyncio.Protocol):
@@ -70,7 +94,7 @@ class H2Protocol(asyncio.Protocol):
         self.tasks = server_state.tasks
         self.default_headers = server_state.default_headers
         self.root_path = config.root_path
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.conn = _ServerConnection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
@@ -80,6 +104,7 @@ class H2Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.flow: FlowControl = None  # type: ignore[assignment]
         self.keep_alive_timer: asyncio.TimerHandle | None = None
+        self.abort_timer: asyncio.TimerHandle | None = None
         self.last_stream_id: int | None = None  # set once a GOAWAY went out: later streams are refused
 
     # asyncio.Protocol
@@ -111,6 +136,8 @@ class H2Protocol(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.connections.discard(self)
         self._cancel_keep_alive()
+        if self.abort_timer is not None:
+            self.abort_timer.cancel()
         for stream in list(self.streams.values()):
             stream.disconnect()
         if self.flow is not None:
@@ -161,12 +188,22 @@ class H2Protocol(asyncio.Protocol):
             for stream in self.streams.values():  # INITIAL_WINDOW_SIZE may have grown every window
                 stream.window_event.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            # The client's GOAWAY: h2 sends nothing more after it, so the streams are over.
-            self.flush()
-            self.transport.close()
+            if event.error_code != ErrorCodes.NO_ERROR:  # h2 sends nothing more: the streams are over
+                self.flush()
+                self.transport.close()
+            elif not self.streams:
+                self._close(ErrorCodes.NO_ERROR)
+            elif self.last_stream_id is None:
+                # A graceful close by the client: no new stream; close once these finished.
+                self.last_stream_id = self.conn.highest_inbound_stream_id
 
     def _request(self, stream_id: int, headers) -> None:
-        if self.last_stream_id is not None or len(self.streams) >= MAX_STREAMS:
+        reset_running = sum(1 for stream in self.streams.values() if stream.disconnected)
+        if reset_running >= MAX_RESET_RUNNING:
+            log.warning("HTTP/2 client %s reset %d streams whose handlers still run: closing", self.client, reset_running)
+            self._close(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        if self.last_stream_id is not None or len(self.streams) - reset_running >= MAX_STREAMS:
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # the client may retry it
             return
         pseudo, regular, host, cookies, expect_continue = {}, [], None, [], False
@@ -317,9 +354,12 @@ class H2Protocol(asyncio.Protocol):
     def _close(self, code: int) -> None:
         if self.transport.is_closing():
             return
-        self.conn.close_connection(error_code=code)
+        # The same last stream as a GOAWAY already sent: it may not grow (RFC 9113 6.8; node
+        # takes a larger one for a protocol error).
+        self.conn.close_connection(error_code=code, last_stream_id=self.last_stream_id)
         self.flush()
-        self.transport.close()
+        self.transport.close()  # once the buffer is written: a client that does not read...
+        self.abort_timer = self.loop.call_later(CLOSE_SECONDS, self.transport.abort)  # ...is cut
 
     def _idle_if_no_streams(self) -> None:
         if not self.streams and self.keep_alive_timer is None and not self.transport.is_closing():

@@ -9,7 +9,8 @@ the client went away, and so does this: a cancel could stop a state change half 
 
 Bounds: the request body is acknowledged (WINDOW_UPDATE) only once the app took it, so at most
 one stream window of it waits here; a response body leaves only as fast as the client's flow
-control windows and the socket take it, so ``send()`` waits, and nothing piles up.
+control windows and the socket take it, so ``send()`` waits, and nothing piles up; a wait of
+``STALL_SECONDS`` with no progress resets the stream (CANCEL) and the app sees a disconnect.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 # HTTP/1.1 (or a devbox's server answering through a tunnel) may still send them.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+STALL_SECONDS = 30.0  # a response that cannot move this long is given up (see the module's doc)
 
 
 class H2Stream:
@@ -159,7 +161,9 @@ class H2Stream:
         """``body`` onto the stream, frame by frame as the flow control windows allow."""
         view = memoryview(body)
         while view and not self.disconnected:
-            await self.connection.drain()  # the socket's buffer is full: the client reads slowly
+            # The socket's buffer is full (the client reads slowly), or the window is shut.
+            if not await self._progress(self.connection.drain()):
+                return
             if self.disconnected:
                 return
             window = self.connection.window(self.stream_id)
@@ -167,8 +171,21 @@ class H2Stream:
                 return  # the stream is gone (reset while we waited)
             if window <= 0:
                 self.window_event.clear()
-                await self.window_event.wait()  # a WINDOW_UPDATE, new SETTINGS, or the end
+                if not await self._progress(self.window_event.wait()):  # WINDOW_UPDATE, SETTINGS, the end
+                    return
                 continue
             size = min(window, self.connection.max_frame_size(), len(view))
             self.connection.send_data(self.stream_id, bytes(view[:size]))
             view = view[size:]
+
+    async def _progress(self, wait) -> bool:
+        """Whether ``wait`` ended within STALL_SECONDS; if not, the stream is reset (CANCEL)."""
+        try:
+            await asyncio.wait_for(wait, STALL_SECONDS)
+            return True
+        except TimeoutError:
+            log.info("HTTP/2 stream %d of %s made no progress for %g s: reset", self.stream_id,
+                     self.scope["client"], STALL_SECONDS)
+            self.connection.reset(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+            self.disconnect()
+            return False

@@ -13,14 +13,16 @@ import h2.errors
 import h2.settings
 import pytest
 import uvicorn
+from hyperframe.frame import GoAwayFrame
 
-from simulator.api import h2_server
+from simulator.api import h2_server, h2_stream
 from simulator.cli import uvicorn_protocol_options
 from tests.h2_peer import H2Peer
 
 
 class App:
     """/hold: takes the body, waits for a disconnect (counted), then for ``release``;
+    /later: waits for ``release``, then answers "later";
     /echo: the request body back; /raise: an exception before any response;
     /firehose: 64 KiB chunks until 10 MiB or ``stop`` (``sent`` counts the sends that returned)."""
 
@@ -40,6 +42,13 @@ class App:
             while not self.release.is_set():
                 await asyncio.sleep(0.01)  # polling the test's threading.Event
             self.finished += 1
+        elif path == "/later":
+            self.started += 1
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)  # polling the test's threading.Event
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"later"})
+            return
         elif path == "/raise":
             raise RuntimeError("boom")
         elif path == "/echo":
@@ -75,6 +84,7 @@ def served():
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)  # polling the server's start with a deadline
+    app.server = server
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
     finally:
@@ -101,23 +111,79 @@ def test_end_of_request_in_its_own_data_frame(served):
         assert b"connection" not in dict(answer["headers"])  # HTTP/1.1-only headers are dropped
 
 
-def test_reset_streams_keep_their_place_until_their_tasks_end(served):
-    """Rapid reset: a stream reset at once still counts until its handler ends, so a client
-    cannot run more than MAX_STREAMS handlers at once by resetting them; past it, REFUSED_STREAM."""
+def test_reset_streams_give_their_place_back_and_rapid_reset_loses_the_connection(served, monkeypatch):
+    """A stream the client reset frees its place at once (node does not retry a refusal), but
+    its handler runs on; a client with MAX_RESET_RUNNING of them (the "rapid reset" attack)
+    loses the connection, so a connection never runs more handlers than the two bounds."""
     url, app = served
+    monkeypatch.setattr(h2_server, "MAX_RESET_RUNNING", 8)
     with H2Peer(url) as peer:
         held = [peer.request("GET", "/hold") for _ in range(h2_server.MAX_STREAMS)]
-        _until(lambda: app.started == h2_server.MAX_STREAMS)
-        for stream_id in held:
+        _until(lambda: app.started == h2_server.MAX_STREAMS)  # every place taken
+        for stream_id in held[:5]:
             peer.reset(stream_id)
-        _until(lambda: app.disconnects == h2_server.MAX_STREAMS)  # each handler heard of it
-        refused = peer.request("GET", "/")
-        peer.read_until(peer.ended(refused))
-        assert peer.responses[refused]["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+        _until(lambda: app.disconnects == 5)  # each handler heard of it, and runs on
+        quick = [peer.request("GET", "/") for _ in range(5)]
+        peer.read_until(peer.ended(*quick))
+        assert [peer.responses[q]["status"] for q in quick] == [200] * 5  # their places are free (before: refused)
+        for stream_id in held[5:8]:
+            peer.reset(stream_id)
+        _until(lambda: app.disconnects == 8)
+        peer.request("GET", "/")  # the 8 reset handlers still run: enough
+        peer.read_until(lambda: peer.closed)
+        assert peer.goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    app.release.set()
+    _until(lambda: app.finished == h2_server.MAX_STREAMS)  # the handlers ended, none cancelled
+
+
+def test_the_client_s_goaway_lets_its_streams_finish(served):
+    """node's session.close() (and its answer to our GOAWAY) sends GOAWAY(NO_ERROR): the
+    streams it opened still get their responses (before: the connection was dropped at once)."""
+    url, app = served
+    with H2Peer(url) as peer:
+        stream_id = peer.request("GET", "/later")
+        _until(lambda: app.started == 1)
+        peer.sock.sendall(GoAwayFrame(stream_id=0, last_stream_id=0, error_code=0).serialize())
+        time.sleep(0.2)  # let the server read it while the handler still waits
         app.release.set()
-        _until(lambda: app.finished == h2_server.MAX_STREAMS)
-        _until(lambda: peer.get("/")["status"] == 200)  # once the ended tasks gave their places back
-    assert app.started == h2_server.MAX_STREAMS
+        peer.read_until(peer.ended(stream_id))
+        assert (peer.responses[stream_id]["status"], bytes(peer.responses[stream_id]["body"])) == (200, b"later")
+        peer.read_until(lambda: peer.closed)  # then the server closes, gracefully
+        assert peer.goaway.error_code == 0
+
+
+def test_a_graceful_stop_finishes_streams_and_its_goaways_never_grow(served):
+    """GOAWAY at the stop; streams opened after it are refused; the closing GOAWAY repeats the
+    first one's last stream (RFC 9113 6.8: node takes a larger one for a protocol error)."""
+    url, app = served
+    with H2Peer(url) as peer:
+        first = peer.request("GET", "/later")
+        _until(lambda: app.started == 1)
+        app.server.should_exit = True
+        peer.read_until(lambda: peer.goaways)
+        assert (peer.goaways[0].error_code, peer.goaways[0].last_stream_id) == (0, first)
+        late = peer.request("GET", "/")
+        peer.read_until(peer.ended(late))
+        assert peer.responses[late]["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+        app.release.set()
+        peer.read_until(peer.ended(first))
+        assert bytes(peer.responses[first]["body"]) == b"later"
+        peer.read_until(lambda: peer.closed)
+        assert [g.last_stream_id for g in peer.goaways] == [first] * len(peer.goaways)
+
+
+def test_a_response_that_cannot_move_is_given_up(served, monkeypatch):
+    """A client that opens no window holds a response (and its handler) only STALL_SECONDS."""
+    url, _ = served
+    monkeypatch.setattr(h2_stream, "STALL_SECONDS", 0.5)
+    with H2Peer(url, window=16384) as peer:
+        stream_id = peer.request("GET", "/firehose")
+        started = time.monotonic()
+        peer.read_until(peer.ended(stream_id), seconds=5)
+        assert peer.responses[stream_id]["reset"] == h2.errors.ErrorCodes.CANCEL
+        assert 0.4 < time.monotonic() - started < 4
+        assert len(peer.responses[stream_id]["body"]) == 16384  # what the window allowed
+        assert peer.get("/")["status"] == 200  # the connection goes on
 
 
 def test_large_bodies_both_ways(served):

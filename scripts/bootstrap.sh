@@ -16,8 +16,9 @@ esac
 APT_PACKAGES=(python3 python3-venv python3-dev gcc libc6-dev make nftables libnftables1 iproute2 conntrack
               util-linux procps kmod iputils-ping netcat-openbsd curl ca-certificates busybox-static)
 # Only with --test: `vagrant validate` (and ruby) check the Vagrantfile (tests/test_service.py);
-# docker.io runs the real-traffic suite a second time, on the docker runtime.
-TEST_APT_PACKAGES=(vagrant ruby docker.io)
+# docker.io runs the real-traffic suite a second time, on the docker runtime; nodejs is the
+# TypeScript SDK's HTTP/2 client (tests/api/test_h2c_node.py).
+TEST_APT_PACKAGES=(vagrant ruby docker.io nodejs)
 [ "$WITH_TEST" = 1 ] && APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}")
 # Only with --bench: dnsmasq (the binary, no service) is bench/resolver.py's native upstream.
 BENCH_APT_PACKAGES=(dnsmasq-base)

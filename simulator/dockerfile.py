@@ -191,24 +191,25 @@ def _words(text: str, where: str, env: dict[str, str]) -> list[str]:
                 if c == "\\" and i + 1 < n and text[i + 1] in '"\\$':
                     word.append(text[i + 1])
                     i += 2
-                elif c == "$":
-                    value, i = _expand(text, i, where, env)
-                    word.append(value)
                 else:
-                    word.append(c)
-                    i += 1
+                    piece, i = _character_or_reference(text, i, where, env)
+                    word.append(piece)
         elif c == "\\":
             word.append(text[i + 1] if i + 1 < n else "")
             i += 2
-        elif c == "$":
-            value, i = _expand(text, i, where, env)
-            word.append(value)
         else:
-            word.append(c)
-            i += 1
+            piece, i = _character_or_reference(text, i, where, env)
+            word.append(piece)
     if in_word:
         words.append("".join(word))
     return words
+
+
+def _character_or_reference(text: str, i: int, where: str, env: dict[str, str]) -> tuple[str, int]:
+    """``text[i]`` as it stands, or the value of the reference it starts; the index after it."""
+    if text[i] == "$":
+        return _expand(text, i, where, env)
+    return text[i], i + 1
 
 
 def _expand(text: str, i: int, where: str, env: dict[str, str]) -> tuple[str, int]:

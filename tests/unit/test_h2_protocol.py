@@ -5,19 +5,17 @@ whose handlers the tests drive: resets, the stream cap, flow control both ways, 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
 import h2.errors
 import h2.settings
 import pytest
-import uvicorn
 from hyperframe.frame import GoAwayFrame
 
 from simulator.api import h2_server, h2_stream
-from simulator.cli import uvicorn_protocol_options
 from tests.h2_peer import H2Peer
+from tests.uvicorn_thread import served_in_thread
 
 
 class App:
@@ -74,25 +72,13 @@ class App:
 def served():
     """(base url, the App) on uvicorn in a thread; idle h2 connections close after 1 s."""
     app = App()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="critical", timeout_keep_alive=1,
-                                           **uvicorn_protocol_options()))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)  # polling the server's start with a deadline
-    app.server = server
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        app.release.set()
-        app.stop.set()
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with served_in_thread(app, log_level="critical", timeout_keep_alive=1) as (url, server):
+        app.server = server
+        try:
+            yield url, app
+        finally:
+            app.release.set()
+            app.stop.set()
 
 
 def _until(condition, seconds: float = 10) -> None:

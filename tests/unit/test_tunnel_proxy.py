@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from simulator.api import tunnel_proxy
-from simulator.api.tunnel_proxy import TunnelProxy
 from simulator.api.tunnel_headers import DefaultHeaders
-from simulator.cli import uvicorn_protocol_options
+from simulator.api.tunnel_proxy import TunnelProxy
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -66,7 +65,8 @@ import types  # noqa: E402
 
 import h11  # noqa: E402
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
+
+from tests.uvicorn_thread import served_in_thread  # noqa: E402
 
 TUNNEL = f"-{KEY}.tunnel.localhost"
 
@@ -117,22 +117,8 @@ def proxy():
     tunnels = _Tunnels()
     services = types.SimpleNamespace(tunnels=tunnels, runtime=_Runtime())
     app = TunnelProxy(_api, services=lambda: services)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(DefaultHeaders(app), lifespan="off", log_level="error",
-                                           **uvicorn_protocol_options()))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)  # polling the server's start with a deadline
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app, tunnels
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with served_in_thread(DefaultHeaders(app)) as (url, _):
+        yield url, app, tunnels
 
 
 class Upstream:

@@ -8,13 +8,14 @@ PYTEST_ARGS ?=
 # so two workers halve the time on two cores. PYTEST_WORKERS=0 runs in this process.
 PYTEST_WORKERS ?= 2
 # `make run` serves with the flags' environment variables (DEVBOX_SIM_*) as they are, the data
-# dir included; SERVE_ARGS adds flags: make run SERVE_ARGS="--port 9000 --runtime netns".
-DATA_DIR ?= $(or $(DEVBOX_SIM_DATA_DIR),data)
+# dir included (the command reads them itself: make never expands or splits them); DATA_DIR
+# gives --data-dir, SERVE_ARGS more flags: make run SERVE_ARGS="--port 9000 --runtime netns".
+DATA_DIR ?=
 SERVE_ARGS ?=
 
 run:
 	./scripts/bootstrap.sh
-	.venv/bin/devbox-sim serve --data-dir $(DATA_DIR) $(SERVE_ARGS)
+	.venv/bin/devbox-sim serve $(if $(DATA_DIR),--data-dir '$(value DATA_DIR)') $(SERVE_ARGS)
 
 test:
 	./scripts/bootstrap.sh --test

@@ -9,19 +9,20 @@ blueprint's ``build_args``), ``WORKDIR`` (the following RUN steps' directory, ma
 ``STOPSIGNAL``, ``HEALTHCHECK`` and ``ONBUILD`` are ignored (each noted in the build log).
 ``COPY`` and ``ADD`` need a build context and fail the build, as does anything unknown.
 Line continuations (``\\``) and comments are handled. As Docker does, ``ENV``, ``ARG`` defaults
-and ``WORKDIR`` expand ``$NAME``, ``${NAME}``, ``${NAME:-word}``, ``${NAME:+word}`` (and the
-forms without ``:``) from the ARG and ENV values set on earlier lines and the image's own
-``PATH`` and ``HOME`` (``ENV PATH=$PATH:/opt/bin``), never inside single quotes or after a
-``\\``; ``RUN`` is left to the shell that runs it.
+and ``WORKDIR`` expand variables (``dockerfile_words``) from the ARG and ENV values set on
+earlier lines and the image's own ``PATH`` and ``HOME`` (``ENV PATH=$PATH:/opt/bin``); an ENV
+value wins over an ARG of the same name; ``ARG TARGETARCH`` and the other automatic platform
+ARGs get this machine's values. ``RUN`` is left to the shell that runs it.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import platform
 import shlex
 from dataclasses import dataclass, field
 
+from simulator.dockerfile_words import DockerfileError, one_word, split_words
 from simulator.runtime.docker_image import HOME, PATH
 
 IGNORED = frozenset(
@@ -30,10 +31,16 @@ IGNORED = frozenset(
 )
 
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What the image itself defines, as a base image's ENV would: both runtimes run steps with
 # these (the netns sandbox's defaults are the same).
 IMAGE_ENV = {"PATH": PATH, "HOME": HOME}
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(platform.machine(), platform.machine())
+# BuildKit's automatic platform ARGs (set once declared with ARG): builds run on this machine.
+PLATFORM_ARGS = {
+    f"{side}{key}": value
+    for side in ("TARGET", "BUILD")
+    for key, value in (("PLATFORM", f"linux/{_ARCH}"), ("OS", "linux"), ("ARCH", _ARCH), ("VARIANT", ""))
+}
 
 
 def _mkdir(path: str) -> str:
@@ -41,10 +48,6 @@ def _mkdir(path: str) -> str:
     if path == "~" or path.startswith("~/"):
         return 'mkdir -p -- "$HOME"' + shlex.quote(path[1:]) if path != "~" else 'mkdir -p -- "$HOME"'
     return "mkdir -p -- " + shlex.quote(path)
-
-
-class DockerfileError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ def instructions(text: str) -> list[tuple[int, str, str]]:
 def plan(text: str, build_args: dict[str, str] | None = None) -> Plan:
     build_args = dict(build_args or {})
     env: dict[str, str] = {}
+    set_by_env: set[str] = set()  # an ENV value wins over an ARG of the same name (Docker's rule)
     cwd: str | None = None
     made: set[str] = set()  # WORKDIR directories a mkdir step was emitted for
     result = Plan()
@@ -104,14 +108,16 @@ def plan(text: str, build_args: dict[str, str] | None = None) -> Plan:
         elif keyword == "ENV":
             # Every word of the line sees the values from before it (Docker: `ENV a=2 b=$a`
             # gives b the earlier a).
-            env.update(_pairs(rest, where, {**IMAGE_ENV, **env}, allow_bare=False))
+            values = _env_pairs(rest, where, {**IMAGE_ENV, **env})
+            env.update(values)
+            set_by_env.update(values)
         elif keyword == "ARG":
-            for name, default in _pairs(rest, where, {**IMAGE_ENV, **env}, allow_bare=True).items():
-                value = build_args.get(name, default)
-                if value is not None:
+            for name, default in _arg_pairs(rest, where, {**IMAGE_ENV, **env}).items():
+                value = build_args.get(name, default if default is not None else PLATFORM_ARGS.get(name))
+                if value is not None and name not in set_by_env:
                     env[name] = value
         elif keyword == "WORKDIR":
-            directory = " ".join(_words(rest, where, {**IMAGE_ENV, **env}))
+            directory = one_word(rest, where, {**IMAGE_ENV, **env})
             if not directory:
                 raise DockerfileError(f"{where}: WORKDIR needs a directory")
             cwd = directory if directory.startswith(("/", "~")) or cwd is None else f"{cwd.rstrip('/')}/{directory}"
@@ -138,120 +144,38 @@ def _run_command(rest: str, where: str) -> str:
     return rest
 
 
-def _pairs(rest: str, where: str, env: dict[str, str], *, allow_bare: bool) -> dict[str, str | None]:
-    words = _words(rest, where, env)
+def _env_pairs(rest: str, where: str, env: dict[str, str]) -> dict[str, str]:
+    words = split_words(rest, where, env)
     if not words:
-        raise DockerfileError(f"{where}: nothing to set")
-    if "=" not in words[0] and not allow_bare:
-        # Legacy form: ENV NAME value with spaces
-        if not _NAME.fullmatch(words[0]):
-            raise DockerfileError(f"{where}: {words[0]!r} is not a variable name")
-        return {words[0]: " ".join(words[1:])}
-    out: dict[str, str | None] = {}
+        raise DockerfileError(f"{where}: ENV needs NAME=value")
+    if "=" not in words[0]:
+        # The legacy form, ENV NAME value with spaces: the rest of the line is one value.
+        name, _, value = rest.strip().partition(" ")
+        if not value.strip():
+            raise DockerfileError(f"{where}: ENV {name} needs a value")
+        return {_key(name, where): one_word(value.strip(), where, env)}
+    out: dict[str, str] = {}
     for word in words:
         name, eq, value = word.partition("=")
-        if not _NAME.fullmatch(name) or (not eq and not allow_bare):
+        if not eq:
             raise DockerfileError(f"{where}: {word!r} is not NAME=value")
-        out[name] = value if eq else None
+        out[_key(name, where)] = value
     return out
 
 
-def _words(text: str, where: str, env: dict[str, str]) -> list[str]:
-    """``text`` split into words as Docker does for ENV, ARG and WORKDIR: quotes removed,
-    ``\\`` escaping the next character (in double quotes only before ``"``, ``\\`` and ``$``),
-    variables expanded outside single quotes. A value expanded never splits a word."""
-    words: list[str] = []
-    word: list[str] = []
-    in_word = False
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c.isspace():
-            if in_word:
-                words.append("".join(word))
-                word, in_word = [], False
-            i += 1
-            continue
-        in_word = True
-        if c == "'":
-            end = text.find("'", i + 1)
-            if end < 0:
-                raise DockerfileError(f"{where}: no closing quotation")
-            word.append(text[i + 1:end])
-            i = end + 1
-        elif c == '"':
-            i += 1
-            while True:
-                if i >= n:
-                    raise DockerfileError(f"{where}: no closing quotation")
-                c = text[i]
-                if c == '"':
-                    i += 1
-                    break
-                if c == "\\" and i + 1 < n and text[i + 1] in '"\\$':
-                    word.append(text[i + 1])
-                    i += 2
-                else:
-                    piece, i = _character_or_reference(text, i, where, env)
-                    word.append(piece)
-        elif c == "\\":
-            word.append(text[i + 1] if i + 1 < n else "")
-            i += 2
-        else:
-            piece, i = _character_or_reference(text, i, where, env)
-            word.append(piece)
-    if in_word:
-        words.append("".join(word))
-    return words
+def _arg_pairs(rest: str, where: str, env: dict[str, str]) -> dict[str, str | None]:
+    """``ARG NAME[=default] ...``: each default expanded; None where none is given."""
+    out: dict[str, str | None] = {}
+    for raw in rest.split():
+        name, eq, default = raw.partition("=")
+        out[_key(name, where)] = one_word(default, where, env) if eq else None
+    if not out:
+        raise DockerfileError(f"{where}: ARG needs a name")
+    return out
 
 
-def _character_or_reference(text: str, i: int, where: str, env: dict[str, str]) -> tuple[str, int]:
-    """``text[i]`` as it stands, or the value of the reference it starts; the index after it."""
-    if text[i] == "$":
-        return _expand(text, i, where, env)
-    return text[i], i + 1
-
-
-def _expand(text: str, i: int, where: str, env: dict[str, str]) -> tuple[str, int]:
-    """The value of the reference at ``text[i] == "$"`` and the index after it; an unset name
-    is empty, and a ``$`` starting no reference stays."""
-    if text.startswith("${", i):
-        end = _closing_brace(text, i + 2)
-        if end < 0:
-            raise DockerfileError(f"{where}: no closing brace in {text[i:]!r}")
-        inner = text[i + 2:end]
-        name = _NAME.match(inner)
-        if name is None:
-            raise DockerfileError(f"{where}: bad substitution ${{{inner}}}")
-        rest = inner[name.end():]
-        value = env.get(name.group())
-        if rest == "":
-            return value or "", end + 1
-        for operator in (":-", ":+", "-", "+"):
-            if rest.startswith(operator):
-                word = " ".join(_words(rest[len(operator):], where, env)) if rest[len(operator):].strip() else ""
-                unset = value is None or (operator.startswith(":") and value == "")
-                if operator.endswith("-"):
-                    return (word if unset else value or ""), end + 1
-                return ("" if unset else word), end + 1
-        raise DockerfileError(f"{where}: bad substitution ${{{inner}}}")
-    name = _NAME.match(text, i + 1)
-    if name is None:
-        return "$", i + 1
-    return env.get(name.group(), ""), name.end()
-
-
-def _closing_brace(text: str, i: int) -> int:
-    depth = 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
+def _key(name: str, where: str) -> str:
+    """Docker takes any name (``spring.profiles.active``) but an empty one, or one with ``=``."""
+    if not name or "=" in name or "\0" in name or any(c.isspace() for c in name):
+        raise DockerfileError(f"{where}: {name!r} is not a variable name")
+    return name

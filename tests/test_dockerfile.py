@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
-from simulator.dockerfile import IMAGE_ENV, DockerfileError, Step, plan
+from simulator.dockerfile import PLATFORM_ARGS, DockerfileError, Step, plan
 from simulator.runtime.docker_image import HOME, PATH
 
 
@@ -64,13 +66,18 @@ def test_a_workdir_no_step_runs_in_is_not_made():
         ("RUN", "RUN needs a command"),
         ('RUN ["a", 1]', "JSON list"),
         ("RUN [oops", "JSON list"),
-        ("ENV -i=x", "is not NAME=value"),
-        ("ENV 1BAD value", "not a variable name"),
+        ("ENV =x", "is not a variable name"),
+        ("ENV K", "ENV K needs a value"),
+        ("ENV A=1 B", "'B' is not NAME=value"),
+        ("ARG", "ARG needs a name"),
         ("ENV 'unterminated", "no closing quotation"),
         ('ENV A="unterminated', "no closing quotation"),
         ("ENV A=${B", "no closing brace"),
         ("ENV A=${1B}", "bad substitution"),
-        ("ENV A=${B:?x}", "bad substitution"),
+        ("ENV A=${NOPE:?set NOPE first}", "NOPE: set NOPE first"),  # Docker's required-variable form
+        ("ENV A=${NOPE?}", "NOPE: is not set"),
+        ("ENV A=${B/x/y}", "bad substitution"),  # replacement: not supported here
+        ("ENV A=" + "${B:-" * 40 + "x" + "}" * 40, "nested deeper than 32"),  # 500 levels was a RecursionError
         ("WORKDIR $NOPE", "WORKDIR needs a directory"),
         ("WORKDIR", "WORKDIR needs a directory"),
     ],
@@ -111,10 +118,24 @@ def _env(text: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
         ("ENV Y=$PATH:/opt/bin", PATH + ":/opt/bin"),  # the image's own variables
         ("ENV Y=$HOME/x", HOME + "/x"),
         ("ARG Y=$X", "2"),
+        ("ENV Y=${X:?unused}", "2"),
+        ("ENV Y=${EMPTY?unused}", ""),
+        ("ENV Y=$$-$1-$@-${1}-$0", "----"),  # special parameters: never set, empty (before: kept)
+        ("ENV Y=${NOPE:-x  y}", "x  y"),  # a default keeps its white space
+        ('ENV Y=${NOPE:-"}"}', "}"),  # a quoted } does not close
+        ("ENV Y=${NOPE:-a{b}", "a{b"),
+        ("ENV Y $X  with   words", "2  with   words"),  # the legacy form: the rest of the line
+        ("ENV Y=${VERSION#v}", "1.2.3-rc1"),
+        ("ENV Y=${VERSION##*.}", "3-rc1"),
+        ("ENV Y=${VERSION%-*}", "v1.2.3"),
+        ("ENV Y=${VERSION%%.*}", "v1"),
+        ("ENV Y=${VERSION#x}", "v1.2.3-rc1"),  # no match: unchanged
+        ("ENV Y=$é", ""),  # a letter, as in Docker: a (never set) name
+        ("ENV spring.profiles.active=dev Y=ok", "ok"),  # any name without '=' (Docker's rule)
     ],
 )
 def test_env_arg_and_workdir_expand_variables_as_docker_does(line, expected):
-    env = _env(f"ARG X=1\nENV EMPTY=\"\" SPACED='a b'\n{line}", {"X": "2"})
+    env = _env(f"ARG X=1\nENV EMPTY=\"\" SPACED='a b' VERSION=v1.2.3-rc1\n{line}", {"X": "2"})
     assert env["Y"] == expected
 
 
@@ -129,4 +150,13 @@ def test_workdir_expands_and_path_may_be_extended():
     result = plan("ARG APP=web\nWORKDIR /srv/$APP\nWORKDIR ${SUB:-logs}\nENV PATH=$PATH:/srv/web/bin\nRUN pwd")
     env = {"APP": "web", "PATH": PATH + ":/srv/web/bin"}
     assert result.steps == [Step("mkdir -p -- /srv/web/logs", env, None), Step("pwd", env, "/srv/web/logs")]
-    assert IMAGE_ENV == {"PATH": PATH, "HOME": HOME}
+    assert plan("WORKDIR /srv/${NOPE:-my  app}\nRUN pwd").steps[1].cwd == "/srv/my  app"  # one word, spaces kept
+
+
+def test_env_wins_over_an_arg_of_the_same_name_and_platform_args_are_this_machine_s():
+    assert _env("ENV A=from-env\nARG A=from-arg", {"A": "from-build-arg"})["A"] == "from-env"
+    assert _env("ARG A=from-arg\nENV B=$A", {"A": "given"})["B"] == "given"
+    env = _env("ARG TARGETARCH TARGETOS\nARG TARGETPLATFORM=custom\nENV T=$TARGETOS/$TARGETARCH")
+    assert env["T"] == f"linux/{PLATFORM_ARGS['TARGETARCH']}" and env["TARGETPLATFORM"] == "custom"
+    assert PLATFORM_ARGS["TARGETARCH"] == {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    assert _env("ENV X=$TARGETARCH")["X"] == ""  # only once declared, as in BuildKit

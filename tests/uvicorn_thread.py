@@ -26,6 +26,7 @@ def served_in_thread(app, **config) -> Iterator[tuple[str, uvicorn.Server]]:
     try:
         deadline = time.monotonic() + 10
         while not server.started:
+            assert thread.is_alive(), "uvicorn's thread ended before it started"
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)  # polling the server's start with a deadline
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", server

@@ -79,14 +79,8 @@ class _Lexer:
                 self.i = end + 1
             elif c == '"':
                 piece.append(self._double_quoted())
-            elif c == "\\":
-                piece.append(text[self.i + 1:self.i + 2])
-                self.i += 2
-            elif c == "$":
-                piece.append(self._dollar())
             else:
-                piece.append(c)
-                self.i += 1
+                piece.append(self._piece(escapable=None))
 
     def _double_quoted(self) -> str:
         text, piece = self.text, []
@@ -94,18 +88,23 @@ class _Lexer:
         while True:
             if self.i >= len(text):
                 raise self.error("no closing quotation")
-            c = text[self.i]
-            if c == '"':
+            if text[self.i] == '"':
                 self.i += 1
                 return "".join(piece)
-            if c == "\\" and self.i + 1 < len(text) and text[self.i + 1] in '"\\$':
-                piece.append(text[self.i + 1])
-                self.i += 2
-            elif c == "$":
-                piece.append(self._dollar())
-            else:
-                piece.append(c)
-                self.i += 1
+            piece.append(self._piece(escapable='"\\$'))
+
+    def _piece(self, escapable: str | None) -> str:
+        """What starts at ``self.i`` (consumed): an escaped character (``\\`` before any one, or
+        only before those in ``escapable``; otherwise the ``\\`` stays), a reference's value,
+        or the character itself."""
+        text, c = self.text, self.text[self.i]
+        if c == "\\" and (escapable is None or text[self.i + 1:self.i + 2] in tuple(escapable)):
+            self.i += 2
+            return text[self.i - 1:self.i]
+        if c == "$":
+            return self._dollar()
+        self.i += 1
+        return c
 
     def _dollar(self) -> str:
         """The value of the reference at ``$`` (``self.i``), which it consumes."""

@@ -150,10 +150,10 @@ def _env_pairs(rest: str, where: str, env: dict[str, str]) -> dict[str, str]:
         raise DockerfileError(f"{where}: ENV needs NAME=value")
     if "=" not in words[0]:
         # The legacy form, ENV NAME value with spaces: the rest of the line is one value.
-        name, _, value = rest.strip().partition(" ")
-        if not value.strip():
+        name, *value = rest.split(None, 1)  # any white space after the name
+        if not value:
             raise DockerfileError(f"{where}: ENV {name} needs a value")
-        return {_key(name, where): one_word(value.strip(), where, env)}
+        return {_key(name, where): one_word(value[0].strip(), where, env)}
     out: dict[str, str] = {}
     for word in words:
         name, eq, value = word.partition("=")
@@ -166,9 +166,9 @@ def _env_pairs(rest: str, where: str, env: dict[str, str]) -> dict[str, str]:
 def _arg_pairs(rest: str, where: str, env: dict[str, str]) -> dict[str, str | None]:
     """``ARG NAME[=default] ...``: each default expanded; None where none is given."""
     out: dict[str, str | None] = {}
-    for raw in rest.split():
-        name, eq, default = raw.partition("=")
-        out[_key(name, where)] = one_word(default, where, env) if eq else None
+    for word in split_words(rest, where, env):  # quotes and references done: `ARG A="x y"`
+        name, eq, default = word.partition("=")
+        out[_key(name, where)] = default if eq else None
     if not out:
         raise DockerfileError(f"{where}: ARG needs a name")
     return out

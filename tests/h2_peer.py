@@ -48,6 +48,7 @@ class H2Peer:
         self.responses: dict[int, dict] = {}
         self.goaway = None
         self.goaways: list = []
+        self.ping_acks: list[bytes] = []
         self.closed = False
 
     def flush(self) -> None:
@@ -87,6 +88,14 @@ class H2Peer:
         if end:
             self.conn.end_stream(stream_id)
         self.flush()
+
+    def sync(self) -> None:
+        """Wait until the server has read everything sent so far: it answers frames in order,
+        so its ack of a PING sent now comes after it handled what went before."""
+        data = len(self.ping_acks).to_bytes(8, "big")
+        self.conn.ping(data)
+        self.flush()
+        self.read_until(lambda: data in self.ping_acks)
 
     def reset(self, stream_id: int) -> None:
         self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
@@ -132,6 +141,8 @@ class H2Peer:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
                 self.goaways.append(event)
+            elif isinstance(event, h2.events.PingAckReceived):
+                self.ping_acks.append(event.ping_data)
         self.flush()
 
     def close(self) -> None:

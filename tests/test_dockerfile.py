@@ -118,6 +118,7 @@ def _env(text: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
         ("ENV Y=$PATH:/opt/bin", PATH + ":/opt/bin"),  # the image's own variables
         ("ENV Y=$HOME/x", HOME + "/x"),
         ("ARG Y=$X", "2"),
+        ('ARG Y="$X and  more"', "2 and  more"),  # a quoted default with spaces is one
         ("ENV Y=${X:?unused}", "2"),
         ("ENV Y=${EMPTY?unused}", ""),
         ("ENV Y=$$-$1-$@-${1}-$0", "----"),  # special parameters: never set, empty (before: kept)
@@ -125,6 +126,7 @@ def _env(text: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
         ('ENV Y=${NOPE:-"}"}', "}"),  # a quoted } does not close
         ("ENV Y=${NOPE:-a{b}", "a{b"),
         ("ENV Y $X  with   words", "2  with   words"),  # the legacy form: the rest of the line
+        ("ENV Y\t$X", "2"),
         ("ENV Y=${VERSION#v}", "1.2.3-rc1"),
         ("ENV Y=${VERSION##*.}", "3-rc1"),
         ("ENV Y=${VERSION%-*}", "v1.2.3"),

@@ -130,7 +130,7 @@ def test_the_client_s_goaway_lets_its_streams_finish(served):
         stream_id = peer.request("GET", "/later")
         _until(lambda: app.started == 1)
         peer.sock.sendall(GoAwayFrame(stream_id=0, last_stream_id=0, error_code=0).serialize())
-        time.sleep(0.2)  # let the server read it while the handler still waits
+        peer.sync()  # the server handled the GOAWAY while the handler still waits
         app.release.set()
         peer.read_until(peer.ended(stream_id))
         assert (peer.responses[stream_id]["status"], bytes(peer.responses[stream_id]["body"])) == (200, b"later")

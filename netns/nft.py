@@ -15,9 +15,10 @@ descriptor 1024 or more aborts the whole process on its first command ("bit out 
 FD_SETSIZE on fd_set", measured). The simulator makes its one context at start, when
 descriptors are few; ``Nft`` refuses (NftError) rather than make one that would abort.
 
-One exception to "everything through here": the resolver's per-answer ``add element`` into a
-learned set goes through ``netns.nft_elements`` (raw netlink, ~15x cheaper, since libnftables
-re-reads its whole table/set cache on every call).
+Two exceptions to "everything through here", both documents that change set elements only:
+the resolver's per-answer ``add element`` into a learned set, and a policy update. They go
+through ``netns.nft_elements`` (raw netlink, ~5-15x cheaper, since libnftables re-reads its
+whole table/set cache on every call).
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ several functions may be concatenated into one transaction). The output is deter
 
 Layout v2 (two tables, ``OUR_TABLES``, which a reconcile replaces or removes by exact name).
 What depends on a devbox lives in per-devbox objects; what depends on a policy lives in
-per-POLICY objects shared by every devbox using it, so a policy update rewrites one chain and
-its two sets however many devboxes use the policy::
+per-POLICY objects shared by every devbox using it, so a policy update refills its four sets
+however many devboxes use the policy (elements only: the policy chain is the same for every
+policy)::
 
     table inet devbox_sim                      (TABLE)
       set   protected        ipv4_addr, interval      Router.protected (never reachable)
@@ -19,6 +20,8 @@ its two sets however many devboxes use the policy::
       set   learned_<key>    ipv4_addr, timeout       addresses the resolver answered (per devbox)
       set   pcidr_<pkey>     ipv4_addr . inet_proto, interval                  all-port CIDRs
       set   pcidrport_<pkey> ipv4_addr . inet_proto . inet_service, interval   CIDR + ports
+      set   ppeer_<pkey>     nf_proto                 "ipv4" if the policy allows devbox-to-devbox
+      set   pall_<pkey>      nf_proto                 "ipv4" if the policy is allow_all
       set   dns_rate         ipv4_addr, dynamic       a packet rate limit per devbox to the resolver
       set   alive            nf_proto, timeout        "ipv4" while the simulator's heartbeat lasts:
                                                       the forward chain drops all without it
@@ -31,7 +34,8 @@ its two sets however many devboxes use the policy::
       chain output           hook output   prio 0   policy accept
       chain postrouting      nat postrouting prio 100 (masquerade out of the uplink)
       chain unrestricted     shared "no policy" chain: accept (but @private)
-      chain pol_<pkey>       one per policy in use: its egress rules (returns = not allowed)
+      chain pol_<pkey>       one per policy in use: its egress rules, which look its sets up
+                             (returns = not allowed)
       chain acctconns_<account>  one per account: ct count over N drop (all its devboxes'
                              new connections, Router.max_connections_per_account)
       chain dbx_<key>        one per devbox:
@@ -55,9 +59,11 @@ OUTSIDE the devbox subnet and the peers of the devbox's own account; any other a
 subnet (another account's devbox, a devbox that does not accept peers) falls through to the
 log and the drop. Learned addresses only open destinations outside the subnet (a DNS answer
 may point into it). ``pol_<pkey>`` starts with the same-account decision (``ip daddr <subnet>``
-accept if allow_all or allow_devbox_to_devbox, else return: the CIDR rules after it must not
-open devboxes), then the CIDR set lookups, then (allow_all) ``ip daddr @private return`` and
-``accept``; when nothing accepts, it returns and ``dbx_<key>`` logs (with the devbox's own
+accept if ``ppeer_<pkey>`` holds "ipv4" (allow_all or allow_devbox_to_devbox), else return:
+the CIDR rules after it must not open devboxes), then the CIDR set lookups, then, if
+``pall_<pkey>`` holds "ipv4", ``ip daddr @private return`` and ``accept``. The flags are
+``meta nfproto`` lookups (every packet here is IPv4), as for the ``alive`` set. When nothing
+accepts, it returns and ``dbx_<key>`` logs (with the devbox's own
 prefix, one rate limit per devbox) and drops: every dropped new connection is logged, towards
 devboxes too.
 
@@ -77,7 +83,8 @@ still allowed, would re-create it from its side and the replies would pass as es
 A policy chain exists while at least one devbox uses it: the caller concatenates
 ``add_policy`` with the first ``add_devbox`` and ``remove_policy`` with the last
 ``remove_devbox`` (the kernel refuses to delete a chain that is still jumped to). A policy
-update is ``update_policy``: flush + refill of ``pol_<pkey>`` and its two sets.
+update is ``update_policy``: flush + refill of the policy's four sets, nothing else, so the
+data plane sends it by raw netlink (``netns.nft_element_json``), not libnftables.
 ``move_devbox`` points one devbox at another policy (rewrites its ``dbx_<key>``).
 
 Learned-element timeout refresh (measured on kernel 6.18 + libnftables 1.0.6):
@@ -153,6 +160,21 @@ DROP_REASONS = ("resolver_bypass", "reserved_address", "router", "connection_lim
 # learned_remove first re-arms the element with this timeout so that the delete cannot fail
 # on an element that has just expired (libnftables 1.0.6 has no `destroy`).
 _REMOVE_TIMEOUT = 1
+
+# Key types of the sets whose elements change while devboxes run, by the part of the name before
+# its first "_" (keys never contain one): what netns.nft_element_json needs to send their
+# changes by raw netlink. A flag set's only possible element is FLAG_ON.
+CIDR_KEY = ("ipv4_addr", "inet_proto")
+CIDRPORT_KEY = ("ipv4_addr", "inet_proto", "inet_service")
+FLAG_ON = "ipv4"
+_ELEMENT_KEYS = {
+    "learned": (("ipv4_addr",), False),
+    "acct": (("ipv4_addr",), False),
+    "pcidr": (CIDR_KEY, True),
+    "pcidrport": (CIDRPORT_KEY, True),
+    "ppeer": (("nf_proto",), False),
+    "pall": (("nf_proto",), False),
+}
 
 _KEY_RE = re.compile(r"^[a-z0-9]{1,24}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -334,6 +356,14 @@ def cidr_set(pkey: str) -> str:
 
 def cidrport_set(pkey: str) -> str:
     return f"pcidrport_{pkey}"
+
+
+def peer_flag_set(pkey: str) -> str:
+    return f"ppeer_{pkey}"
+
+
+def all_flag_set(pkey: str) -> str:
+    return f"pall_{pkey}"
 
 
 def account_set(account: str) -> str:
@@ -752,49 +782,63 @@ def _devbox_rules(router: Router, devbox: Devbox) -> list[Cmd]:
     return cmds
 
 
+def element_key(set_name: str) -> tuple[tuple[str, ...], bool] | None:
+    """(key types, interval?) of a set whose elements change at run time; None for others."""
+    return _ELEMENT_KEYS.get(set_name.split("_", 1)[0])
+
+
+def _policy_sets(pkey: str) -> tuple[str, ...]:
+    return (cidr_set(pkey), cidrport_set(pkey), peer_flag_set(pkey), all_flag_set(pkey))
+
+
 def _policy_objects(pkey: str) -> list[Cmd]:
     return [
-        {"add": {"set": _t(name=cidr_set(pkey), type=["ipv4_addr", "inet_proto"], flags=["interval"])}},
-        {"add": {"set": _t(name=cidrport_set(pkey), type=["ipv4_addr", "inet_proto", "inet_service"], flags=["interval"])}},
+        {"add": {"set": _t(name=cidr_set(pkey), type=list(CIDR_KEY), flags=["interval"])}},
+        {"add": {"set": _t(name=cidrport_set(pkey), type=list(CIDRPORT_KEY), flags=["interval"])}},
+        {"add": {"set": _t(name=peer_flag_set(pkey), type="nf_proto")}},
+        {"add": {"set": _t(name=all_flag_set(pkey), type="nf_proto")}},
         {"add": {"chain": _t(name=policy_chain(pkey))}},
     ]
 
 
-def _flush_policy(pkey: str) -> list[Cmd]:
+def _flush_policy_sets(pkey: str) -> list[Cmd]:
+    return [{"flush": {"set": _t(name=name)}} for name in _policy_sets(pkey)]
+
+
+def _policy_chain(router: Router, pkey: str) -> list[Cmd]:
+    """The rules of pol_<pkey> (chain already empty). They are the same for every policy:
+    what a policy allows is in its sets, so an update changes elements only. The chain only
+    ever accepts or returns: at once for same-account subnet traffic it does not allow,
+    before allow_all's accept for private networks no CIDR opened. Whatever returns goes back
+    to the devbox chain, which logs and drops."""
+    chain, subnet = policy_chain(pkey), _subnet(router)
+    peers = _match(_meta("nfproto"), "@" + peer_flag_set(pkey))
+    allow_all = _match(_meta("nfproto"), "@" + all_flag_set(pkey))
     return [
-        {"flush": {"chain": _t(name=policy_chain(pkey))}},
-        {"flush": {"set": _t(name=cidr_set(pkey))}},
-        {"flush": {"set": _t(name=cidrport_set(pkey))}},
+        _rule(chain, [_match(IP_DADDR, subnet), peers, ACCEPT], "same account"),
+        _rule(chain, [_match(IP_DADDR, subnet), {"return": None}], "other devboxes"),
+        _rule(chain, [_match({"concat": [IP_DADDR, _meta("l4proto")]}, "@" + cidr_set(pkey)), ACCEPT], "cidrs"),
+        _rule(chain, [_match({"concat": [IP_DADDR, _meta("l4proto"), _payload("th", "dport")]},
+                             "@" + cidrport_set(pkey)), ACCEPT], "cidr ports"),
+        # After the CIDRs: under allow_all they are what opens a private network.
+        _rule(chain, [allow_all, _match(IP_DADDR, "@" + PRIVATE_SET), {"return": None}], "private networks"),
+        _rule(chain, [allow_all, ACCEPT], "allow_all"),
     ]
 
 
-def _policy_rules(router: Router, pkey: str, egress: Egress) -> list[Cmd]:
-    """Elements of the CIDR sets and the rules of pol_<pkey> (chain and sets already empty).
-    The chain only ever accepts or returns: at once for same-account subnet traffic it does
-    not allow, before allow_all's accept for private networks no CIDR opened. Whatever returns
-    goes back to the devbox chain, which logs and drops."""
-    chain, subnet = policy_chain(pkey), _subnet(router)
+def _policy_elements(pkey: str, egress: Egress) -> list[Cmd]:
+    """What policy ``pkey`` allows, as elements of its sets (sets already empty)."""
     cmds: list[Cmd] = []
     if egress.allow_all or egress.allow_devbox_to_devbox:
-        cmds.append(_rule(chain, [_match(IP_DADDR, subnet), ACCEPT], "same account"))
-    else:
-        cmds.append(_rule(chain, [_match(IP_DADDR, subnet), {"return": None}], "other devboxes"))
+        cmds.append(_elements(peer_flag_set(pkey), [FLAG_ON]))
+    if egress.allow_all:
+        cmds.append(_elements(all_flag_set(pkey), [FLAG_ON]))
     all_ports = _all_port_elements(egress.cidrs)
     with_ports = _port_elements(egress.cidrs)
     if all_ports:
         cmds.append(_elements(cidr_set(pkey), all_ports))
     if with_ports:
         cmds.append(_elements(cidrport_set(pkey), with_ports))
-    if all_ports:
-        key = {"concat": [IP_DADDR, _meta("l4proto")]}
-        cmds.append(_rule(chain, [_match(key, "@" + cidr_set(pkey)), ACCEPT], "cidrs"))
-    if with_ports:
-        key = {"concat": [IP_DADDR, _meta("l4proto"), _payload("th", "dport")]}
-        cmds.append(_rule(chain, [_match(key, "@" + cidrport_set(pkey)), ACCEPT], "cidr ports"))
-    if egress.allow_all:
-        # After the CIDRs: under allow_all they are what opens a private network.
-        cmds.append(_rule(chain, [_match(IP_DADDR, "@" + PRIVATE_SET), {"return": None}], "private networks"))
-        cmds.append(_rule(chain, [ACCEPT], "allow_all"))
     return cmds
 
 
@@ -831,16 +875,19 @@ def add_policy(router: Router, pkey: str, egress: Egress) -> dict:
     """Create policy ``pkey``'s chain and CIDR sets (or, if present, flush and refill them).
     Concatenate it before the ``add_devbox`` of the policy's first devbox."""
     _check_key("policy key", pkey)
-    return _doc(_policy_objects(pkey) + _flush_policy(pkey) + _policy_rules(router, pkey, egress))
+    return _doc(_policy_objects(pkey) + [{"flush": {"chain": _t(name=policy_chain(pkey))}}]
+                + _policy_chain(router, pkey) + _flush_policy_sets(pkey) + _policy_elements(pkey, egress))
 
 
-def update_policy(router: Router, pkey: str, egress: Egress) -> dict:
-    """Swap policy ``pkey``'s rules in one transaction: flush its chain and CIDR sets and
-    refill them. Every devbox using the policy sees the new rules at once; the cost does not
-    depend on how many devboxes use it. Learned sets are the caller's business (it removes
-    the addresses of names the update revoked)."""
+def update_policy(pkey: str, egress: Egress) -> dict:
+    """Swap what policy ``pkey`` allows in one transaction: flush its sets and refill them
+    (its chain stays: it is the same for every policy). Every devbox using the policy sees
+    the change at once; the cost does not depend on how many devboxes use it. The document
+    changes set elements only (``element_key`` knows every set it touches), so it can go
+    by raw netlink. Learned sets are the caller's business (it removes the addresses of
+    names the update revoked)."""
     _check_key("policy key", pkey)
-    return _doc(_flush_policy(pkey) + _policy_rules(router, pkey, egress))
+    return _doc(_flush_policy_sets(pkey) + _policy_elements(pkey, egress))
 
 
 def remove_policy(pkey: str) -> dict:
@@ -851,8 +898,7 @@ def remove_policy(pkey: str) -> dict:
         [
             {"flush": {"chain": _t(name=policy_chain(pkey))}},
             {"delete": {"chain": _t(name=policy_chain(pkey))}},
-            {"delete": {"set": _t(name=cidr_set(pkey))}},
-            {"delete": {"set": _t(name=cidrport_set(pkey))}},
+            *({"delete": {"set": _t(name=name)}} for name in _policy_sets(pkey)),
         ]
     )
 
@@ -975,7 +1021,7 @@ def full(
         cmds += _account(router, account, members[account], first=True)
     for pkey in used:
         _check_key("policy key", pkey)
-        cmds += _policy_objects(pkey) + _policy_rules(router, pkey, policies[pkey])
+        cmds += _policy_objects(pkey) + _policy_chain(router, pkey) + _policy_elements(pkey, policies[pkey])
     for d in boxes:
         cmds += _devbox_objects(d) + _devbox_rules(router, d)
         entries = _learned_elems((learned or {}).get(d.key, ()))
@@ -1000,18 +1046,21 @@ __all__ = [
     "account_set",
     "add_devbox",
     "add_policy",
+    "all_flag_set",
     "bootstrap",
     "cidr_set",
     "cidrport_set",
     "conns_set",
     "count_chain",
     "devbox_chain",
+    "element_key",
     "full",
-    "logdrop_chain",
     "learned_add",
     "learned_remove",
     "learned_set",
+    "logdrop_chain",
     "move_devbox",
+    "peer_flag_set",
     "policy_chain",
     "remove_devbox",
     "remove_policy",

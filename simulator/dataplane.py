@@ -42,6 +42,7 @@ from netns.deadman import Deadman
 from netns.heartbeat import Heartbeat
 from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft, NftError
+from netns.nft_element_json import set_ops
 from netns.nft_elements import SetElements
 from simulator.addresses import Address, AddressPool
 from simulator.data_dir_lock import lock_instance, release_instance
@@ -511,7 +512,7 @@ class DataPlane:
                 self._latest[after.id] = after
                 return
             enforced = state.policy  # what the router enforces (``before`` as we know it)
-            doc = ruleset.update_policy(self._rules_router, state.key, egress_for(after))["nftables"]
+            doc = ruleset.update_policy(state.key, egress_for(after))["nftables"]
             users = [self._by_id[i] for i in sorted(state.users)]
             peer_before, peer_after = accepts_peers(enforced), accepts_peers(after)
             if peer_before != peer_after:  # devbox-to-devbox turned on or off: the account sets follow
@@ -557,7 +558,9 @@ class DataPlane:
                     if entries:
                         doc += ruleset.learned_add(key, entries)["nftables"]
                     armed_by_id[attached.devbox_id] = ({ip: now + left for ip, left in entries}, dropped)
-            self._nft.apply({"nftables": doc})
+            # Elements only (see netns.ruleset.update_policy): one transaction by raw netlink,
+            # without libnftables' re-read of every devbox's chains and sets.
+            self._elements.apply(set_ops(doc, ruleset.element_key))
             self._latest[after.id] = after  # applied: a failed apply rolls the update back
             self._policies[state.key] = new_state
             for attached in users:

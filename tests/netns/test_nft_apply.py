@@ -166,8 +166,10 @@ def test_bootstrap_and_devboxes(netns, nft):
     assert "ip daddr != 10.88.0.0/16 jump pol_pcidrs" in text
     assert "ip daddr != 10.88.0.0/16 ip daddr != @private ip daddr @learned_a1 accept" in text
     assert "jump pol_pcidrs" in text and "jump pol_pd2d" in text and "jump unrestricted" in text
-    assert _chain_rules(rs, "pol_pd2d")[0]["expr"][-1] == {"accept": None}  # d2d on
-    assert _chain_rules(rs, "pol_pcidrs")[0]["expr"][-1] == {"return": None}  # d2d off
+    assert nft.list_set("inet", R.TABLE, "ppeer_pd2d") == ["ipv4"]  # d2d on
+    assert nft.list_set("inet", R.TABLE, "ppeer_pcidrs") == []  # d2d off
+    assert nft.list_set("inet", R.TABLE, "pall_pd2d") == nft.list_set("inet", R.TABLE, "pall_pcidrs") == []
+    assert "ip daddr 10.88.0.0/16 meta nfproto @ppeer_pd2d accept" in text
     # counts of live rules equal the compiled ones
     for d, members in ((A1, []), (A2, [A1.ip]), (B1, [])):
         compiled = [c for c in R.add_devbox(ROUTER, d, members)["nftables"] if "rule" in c.get("add", {}) and c["add"]["rule"]["chain"] == d.chain]
@@ -194,7 +196,7 @@ def test_adding_a_present_devbox_again_fails_and_changes_nothing(nft):
 def test_invalid_doc_raises_and_changes_nothing(nft):
     _setup(nft)
     before = _no_handles(nft.list_ruleset())  # (without countdowns: the heartbeat element ticks)
-    bad = R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True))
+    bad = R.update_policy("pcidrs", Egress(allow_all=True))
     bad["nftables"].append({"add": {"element": {"family": "inet", "table": R.TABLE, "name": "no_such_set", "elem": ["198.51.100.234"]}}})
     with pytest.raises(NftError) as e:
         nft.apply(bad)
@@ -218,7 +220,7 @@ def test_update_policy_swaps_in_one_transaction(netns, nft):
     a3 = Devbox("a3", "acme", "10.88.0.5", "02:00:0a:58:00:05", "vda3", "pcidrs")
     nft.apply(R.add_devbox(ROUTER, a3, [A1.ip, A2.ip]))
     nft.apply(R.learned_add("a1", [("203.0.113.34", 300)]))
-    nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(cidrs=(CidrRule("198.51.100.0/24", (PortRange(22),)),))))
+    nft.apply(R.update_policy("pcidrs", Egress(cidrs=(CidrRule("198.51.100.0/24", (PortRange(22),)),))))
     assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") == []
     assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == [
         {"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, "tcp", 22]},
@@ -226,20 +228,20 @@ def test_update_policy_swaps_in_one_transaction(netns, nft):
     ]
     assert "203.0.113.34" in _learned(nft, "a1")  # learned sets are not the policy's
     rules = _chain_rules(nft.list_ruleset(), "pol_pcidrs")
-    assert not any("@pcidr_pcidrs" in json.dumps(r["expr"]) for r in rules)  # no all-port CIDRs left
     # both devboxes still jump to the one policy chain, untouched
     for key in ("a1", "a3"):
         assert {"jump": {"target": "pol_pcidrs"}} in [r["expr"][-1] for r in _chain_rules(nft.list_ruleset(), "dbx_" + key)]
-    # to allow_all: the chain accepts same-account devboxes, returns for private networks
-    # (Router.private), then accepts everything
-    nft.apply(R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)))
+    flags = ("ppeer_pcidrs", "pall_pcidrs")
+    assert [nft.list_set("inet", R.TABLE, f) for f in flags] == [[], []]
+    # to allow_all: the flags say "same account accepted" and "allow_all"; the chain stays
+    nft.apply(R.update_policy("pcidrs", Egress(allow_all=True)))
     assert nft.list_set("inet", R.TABLE, "pcidrport_pcidrs") == []
-    rules = _chain_rules(nft.list_ruleset(), "pol_pcidrs")
-    assert [r["expr"][-1] for r in rules] == [{"accept": None}, {"return": None}, {"accept": None}]
+    assert [nft.list_set("inet", R.TABLE, f) for f in flags] == [["ipv4"], ["ipv4"]]
+    assert _no_handles(_chain_rules(nft.list_ruleset(), "pol_pcidrs")) == _no_handles(rules)
     # and back
-    nft.apply(R.update_policy(ROUTER, "pcidrs", CIDRS))
+    nft.apply(R.update_policy("pcidrs", CIDRS))
     assert nft.list_set("inet", R.TABLE, "pcidr_pcidrs") != []
-    assert _chain_rules(nft.list_ruleset(), "pol_pcidrs")[0]["expr"][-1] == {"return": None}
+    assert [nft.list_set("inet", R.TABLE, f) for f in flags] == [[], []]
 
 
 def test_policy_lifecycle_and_move(netns, nft):
@@ -397,7 +399,7 @@ def test_closed_context_raises(nft):
 def test_apply_timings(nft, capsys):
     """Not a benchmark gate (loose bounds only); prints the in-process costs."""
     nft.apply(R.full(ROUTER, [A1, A2, B1], POLICIES))
-    swap = [R.update_policy(ROUTER, "pcidrs", Egress(allow_all=True)), R.update_policy(ROUTER, "pcidrs", CIDRS)]
+    swap = [R.update_policy("pcidrs", Egress(allow_all=True)), R.update_policy("pcidrs", CIDRS)]
     learn = R.learned_add("a1", [("203.0.113.34", 300)])
 
     def median(docs, n=200):

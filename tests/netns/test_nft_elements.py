@@ -3,13 +3,26 @@ like libnftables' ``add element`` (privileged: a namespace of the test's own, no
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import pytest
 
 from netns import ruleset as R
+from netns.nft_element_json import set_ops
 from netns.nft_elements import NftElementsError, SetElements, encode_add
-from tests.netns.test_nft_apply import A1, _learned, _setup, _until, netns, nft  # noqa: F401 - fixtures
+from netns.ruleset import CidrRule, Egress, PortRange
+from tests.netns.test_nft_apply import (  # noqa: F401 - fixtures
+    A1,
+    CIDRS,
+    D2D,
+    _learned,
+    _setup,
+    _until,
+    netns,
+    nft,
+)
 
 
 def test_encode_is_deterministic_and_dedupes():
@@ -72,5 +85,88 @@ def test_raw_add_is_much_cheaper_than_libnftables(netns, nft, capsys):  # noqa: 
         with capsys.disabled():
             print(f"\nadd one learned element: raw netlink {raw:.3f} ms, libnftables {lib:.3f} ms")
         assert len(_learned(nft, "a1")) == 400  # 200 distinct addresses each way
+    finally:
+        elements.close()
+
+
+OVERLAPPING = Egress(cidrs=(
+    CidrRule("10.0.0.0/8", (PortRange(80, 90, "tcp"),)),
+    CidrRule("10.1.0.0/16", (PortRange(85, 100, "tcp"), PortRange(53, None, "udp"))),
+    CidrRule("192.0.2.7/32"),
+    CidrRule("198.51.100.0/25"),
+))
+# 3,000 separate addresses: more elements than one netlink message holds
+MANY = Egress(allow_devbox_to_devbox=True, cidrs=tuple(CidrRule(f"10.{i // 250}.{i % 250}.{2 * (i % 100)}/32")
+                                                     for i in range(3000)))
+
+
+def _policy_sets(nft, pkey):
+    names = (R.cidr_set(pkey), R.cidrport_set(pkey), R.peer_flag_set(pkey), R.all_flag_set(pkey))
+    return {n: sorted(json.dumps(e, sort_keys=True) for e in nft.list_set("inet", R.TABLE, n)) for n in names}
+
+
+@pytest.mark.privileged
+def test_policy_updates_by_netlink_list_as_by_libnftables(netns, nft):  # noqa: F811
+    """The data plane sends policy updates by raw netlink: each, applied that way, leaves
+    the same elements as libnftables applying the same document."""
+    _setup(nft)
+    egresses = [CIDRS, D2D, Egress(allow_all=True), Egress(), OVERLAPPING, MANY,
+                Egress(allow_all=True, cidrs=(CidrRule("10.0.0.0/8"),)), CIDRS]
+    elements = SetElements(netns)
+    try:
+        for before, after in zip(egresses, egresses[1:]):
+            doc = R.update_policy("pcidrs", after)
+            nft.apply(R.update_policy("pcidrs", before))
+            nft.apply(doc)
+            expected = _policy_sets(nft, "pcidrs")
+            nft.apply(R.update_policy("pcidrs", before))
+            elements.apply(set_ops(doc["nftables"], R.element_key))
+            assert _policy_sets(nft, "pcidrs") == expected, after
+        assert len(_policy_sets(nft, "pcidrs")["pcidr_pcidrs"]) == 1  # the last one, CIDRS
+    finally:
+        elements.close()
+
+
+@pytest.mark.privileged
+def test_learned_and_peer_changes_by_netlink_list_as_by_libnftables(netns, nft):  # noqa: F811
+    _setup(nft)
+    learned = [("203.0.113.34", 300), ("198.51.100.7", 60), ("192.0.2.1", 90)]
+    docs = [R.learned_add("a1", learned), R.learned_remove("a1", ["198.51.100.7", "192.0.2.200"]),
+            R.set_peer(A1, False)]
+
+    def state():
+        timeouts = {ip: e["timeout"] for ip, e in _learned(nft, "a1").items()}
+        return timeouts, sorted(nft.list_set("inet", R.TABLE, R.account_set("acme")))
+
+    for doc in docs:
+        nft.apply(doc)
+    expected = state()
+    assert expected == ({"203.0.113.34": 300, "192.0.2.1": 90}, ["10.88.0.3"])
+    nft.apply(R.learned_remove("a1", [ip for ip, _ in learned]))
+    nft.apply(R.set_peer(dataclasses.replace(A1, peer=False), True))
+    elements = SetElements(netns)
+    try:
+        elements.apply([op for doc in docs for op in set_ops(doc["nftables"], R.element_key)])
+        assert state() == expected
+    finally:
+        elements.close()
+
+
+@pytest.mark.privileged
+def test_a_refused_batch_changes_nothing(netns, nft):  # noqa: F811
+    _setup(nft)
+    before = _policy_sets(nft, "pcidrs")
+    ops = set_ops(R.update_policy("pcidrs", Egress(allow_all=True))["nftables"], R.element_key)
+    # a delete of an absent element fails the kernel's transaction after the flushes
+    ops += set_ops([{"delete": {"element": {"family": "inet", "table": R.TABLE, "name": R.account_set("acme"),
+                                            "elem": ["10.88.9.9"]}}}], R.element_key)
+    elements = SetElements(netns)
+    try:
+        with pytest.raises(NftElementsError) as err:
+            elements.apply(ops)
+        assert err.value.errno == 2 and "acct_acme" in str(err.value)
+        assert _policy_sets(nft, "pcidrs") == before
+        elements.apply(ops[:-1])  # the socket is still usable
+        assert _policy_sets(nft, "pcidrs")[R.all_flag_set("pcidrs")] == ['"ipv4"']
     finally:
         elements.close()

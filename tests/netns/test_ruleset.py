@@ -83,8 +83,8 @@ CASES = {
     "policy_cidrs": lambda: R.add_policy(ROUTER, "pmixed", POLICIES["pmixed"]),
     "policy_cidrs_d2d": lambda: R.add_policy(ROUTER, "pd2d", POLICIES["pd2d"]),
     "policy_d2d_only": lambda: R.add_policy(ROUTER, "pd2donly", POLICIES["pd2donly"]),
-    "policy_update_deny_to_cidrs": lambda: R.update_policy(ROUTER, "pdeny", MIXED),
-    "policy_update_to_allow_all": lambda: R.update_policy(ROUTER, "pmixed", Egress(allow_all=True)),
+    "policy_update_deny_to_cidrs": lambda: R.update_policy("pdeny", MIXED),
+    "policy_update_to_allow_all": lambda: R.update_policy("pmixed", Egress(allow_all=True)),
     "policy_remove": lambda: R.remove_policy("pmixed"),
     "add_devbox": lambda: R.add_devbox(ROUTER, DENY, []),
     "add_devbox_first_of_account": lambda: R.add_devbox(ROUTER, DENY, [], first_of_account=True),
@@ -243,38 +243,76 @@ def test_an_accounts_connection_count_is_written_once_and_goes_with_its_last_dev
     assert not any(chain in json.dumps(c) for c in R.remove_devbox(ROUTER, DENY)["nftables"])
 
 
-@pytest.mark.parametrize("pkey", sorted(POLICIES))
-def test_policy_chain_decides_same_account_first(pkey):
-    egress = POLICIES[pkey]
-    rules = [r["expr"] for r in _rules(R.add_policy(ROUTER, pkey, egress), R.policy_chain(pkey))]
-    d2d = egress.allow_all or egress.allow_devbox_to_devbox
-    # Same-account traffic the policy does not allow returns at once (to be logged and
-    # dropped by the devbox chain): no CIDR rule after this one may open a devbox.
-    assert rules[0] == [{"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}, {"accept": None} if d2d else {"return": None}]
-    private_return = [{"match": {"op": "==", "left": R.IP_DADDR, "right": "@private"}}, {"return": None}]
-    if egress.allow_all:
-        # the CIDRs first (they are what opens a private network), then private networks
-        # return, then the rest is accepted
-        assert rules[-2:] == [private_return, [{"accept": None}]]
-        expected = ["@" + R.cidr_set(pkey)] * bool(R._all_port_elements(egress.cidrs)) + \
-            ["@" + R.cidrport_set(pkey)] * bool(R._port_elements(egress.cidrs))
-        assert [r[0]["match"]["right"] for r in rules[1:-2]] == expected
-        rules = rules[:-2]
-    # every other rule accepts: what is not accepted returns to the devbox chain
-    assert all(r[-1] == {"accept": None} for r in rules[1:])
+def _policy_rules_of(pkey):
+    rules = [r["expr"] for r in _rules(R.add_policy(ROUTER, pkey, POLICIES[pkey]), R.policy_chain(pkey))]
+    # the same rules for every policy, with its own set names
+    return json.loads(json.dumps(rules).replace(f"_{pkey}", "_P"))
+
+
+def test_policy_chain_is_the_same_for_every_policy_and_decides_same_account_first():
+    chains = {pkey: _policy_rules_of(pkey) for pkey in POLICIES}
+    rules = chains[min(POLICIES)]
+    assert all(c == rules for c in chains.values())
+    subnet = {"match": {"op": "==", "left": R.IP_DADDR, "right": SUBNET}}
+
+    def flag(name):
+        return {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "@" + name}}
+
+    assert rules == [
+        # Same-account traffic the policy does not allow returns at once (to be logged and
+        # dropped by the devbox chain): no CIDR rule after these may open a devbox.
+        [subnet, flag("ppeer_P"), {"accept": None}],
+        [subnet, {"return": None}],
+        [{"match": {"op": "==", "left": {"concat": [R.IP_DADDR, {"meta": {"key": "l4proto"}}]},
+                    "right": "@pcidr_P"}}, {"accept": None}],
+        [{"match": {"op": "==", "left": {"concat": [R.IP_DADDR, {"meta": {"key": "l4proto"}},
+                                                    {"payload": {"protocol": "th", "field": "dport"}}]},
+                    "right": "@pcidrport_P"}}, {"accept": None}],
+        # allow_all: the CIDRs first (they are what opens a private network), then private
+        # networks return, then the rest is accepted
+        [flag("pall_P"), {"match": {"op": "==", "left": R.IP_DADDR, "right": "@private"}}, {"return": None}],
+        [flag("pall_P"), {"accept": None}],
+    ]
     # the policy chain is the same for every router option (log lives in the devbox chain)
-    assert R.add_policy(ROUTER, pkey, egress) == R.add_policy(ROUTER_FULL, pkey, egress)
+    for pkey, egress in POLICIES.items():
+        assert R.add_policy(ROUTER, pkey, egress) == R.add_policy(ROUTER_FULL, pkey, egress)
 
 
-def test_policy_update_touches_only_the_policy():
-    cmds = R.update_policy(ROUTER, "pmixed", MIXED)["nftables"]
+@pytest.mark.parametrize("pkey", sorted(POLICIES))
+def test_what_a_policy_allows_is_in_its_sets(pkey):
+    egress = POLICIES[pkey]
+    update = R.update_policy(pkey, egress)["nftables"]
+    elements = {}
+    for cmd in update:
+        if "add" in cmd:
+            body = cmd["add"]["element"]
+            elements[body["name"]] = body["elem"]
+    expected = {}
+    if egress.allow_all or egress.allow_devbox_to_devbox:
+        expected[R.peer_flag_set(pkey)] = ["ipv4"]
+    if egress.allow_all:
+        expected[R.all_flag_set(pkey)] = ["ipv4"]
+    if R._all_port_elements(egress.cidrs):
+        expected[R.cidr_set(pkey)] = R._all_port_elements(egress.cidrs)
+    if R._port_elements(egress.cidrs):
+        expected[R.cidrport_set(pkey)] = R._port_elements(egress.cidrs)
+    assert elements == expected
+    # add_policy ends with the same flushes and elements, after (re)writing the chain
+    assert R.add_policy(ROUTER, pkey, egress)["nftables"][-len(update):] == update
+
+
+def test_policy_update_changes_only_the_elements_of_the_policys_sets():
+    cmds = R.update_policy("pmixed", MIXED)["nftables"]
     names = set()
     for cmd in cmds:
-        ((_, obj),) = cmd.items()
+        ((verb, obj),) = cmd.items()
         ((kind, body),) = obj.items()
-        names.add(body.get("chain") or body["name"])
-    assert names == {"pol_pmixed", "pcidr_pmixed", "pcidrport_pmixed"}
-    assert cmds[:3] == R._flush_policy("pmixed")
+        assert (verb, kind) in (("flush", "set"), ("add", "element"))
+        names.add(body["name"])
+        assert R.element_key(body["name"]) is not None  # it can go by raw netlink
+    assert names == {"pcidr_pmixed", "pcidrport_pmixed", "ppeer_pmixed", "pall_pmixed"}
+    # every set is flushed before any is refilled
+    assert [next(iter(c)) for c in cmds[:4]] == ["flush"] * 4
 
 
 def test_unrestricted_chain_accepts_all_but_private_networks():
@@ -353,7 +391,7 @@ def test_learned_add_sets_expires_equal_timeout_and_dedupes():
         lambda: R.full(ROUTER, [DENY], {}),  # its policy is missing
         lambda: Devbox("d1", "a", "10.88.0.2", "02:00:00:00:00:01", "vd1", "P-1"),
         lambda: R.add_policy(ROUTER, "p_1", Egress()),
-        lambda: R.update_policy(ROUTER, "", Egress()),
+        lambda: R.update_policy("", Egress()),
         lambda: R.remove_policy("x" * 25),
     ],
 )

@@ -1,0 +1,130 @@
+"""netns/nft_element_json.py and nft_elements.encode_batch: libnftables JSON element commands
+as raw netlink operations (pure; the privileged equivalence with libnftables itself is in
+tests/netns/test_nft_elements.py)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from netns import ruleset as R
+from netns.nft_element_json import Unsupported, set_ops
+from netns.nft_elements import (
+    NFT_MSG_DELSETELEM,
+    NFT_MSG_NEWSETELEM,
+    Element,
+    SetOp,
+    encode_batch,
+)
+
+
+def _ref(name):
+    return {"family": "inet", "table": R.TABLE, "name": name}
+
+
+def _add(name, elems):
+    return {"add": {"element": {**_ref(name), "elem": elems}}}
+
+
+def test_concatenated_ranges_are_a_first_and_a_last_key_of_32_bit_fields():
+    (op,) = set_ops([_add("pcidrport_p", [{"concat": [{"prefix": {"addr": "198.51.100.0", "len": 24}}, "tcp",
+                                                      {"range": [8000, 8100]}]}])], R.element_key)
+    assert op == SetOp("add", "inet", R.TABLE, "pcidrport_p", (Element(
+        key=bytes([198, 51, 100, 0, 6, 0, 0, 0]) + struct.pack(">H", 8000) + b"\0\0",
+        key_end=bytes([198, 51, 100, 255, 6, 0, 0, 0]) + struct.pack(">H", 8100) + b"\0\0"),))
+    (op,) = set_ops([_add("pcidr_p", [{"concat": [{"range": ["192.0.2.7", "192.0.2.9"]}, {"range": [0, 255]}]},
+                                      {"concat": ["203.0.113.5", "udp"]}])], R.element_key)
+    assert op.elements == (
+        Element(bytes([192, 0, 2, 7, 0, 0, 0, 0]), key_end=bytes([192, 0, 2, 9, 255, 0, 0, 0])),
+        Element(bytes([203, 0, 113, 5, 17, 0, 0, 0]), key_end=bytes([203, 0, 113, 5, 17, 0, 0, 0])),
+    )
+
+
+def test_plain_keys_flags_timeouts_deletes_and_flushes():
+    ops = set_ops([
+        {"flush": {"set": _ref("ppeer_p")}},
+        _add("ppeer_p", ["ipv4"]),
+        _add("learned_k", [{"elem": {"val": "203.0.113.34", "timeout": 30, "expires": 30}}]),
+        {"delete": {"element": {**_ref("acct_acme"), "elem": ["10.88.0.2"]}}},
+    ], R.element_key)
+    assert ops == [
+        SetOp("flush", "inet", R.TABLE, "ppeer_p"),
+        SetOp("add", "inet", R.TABLE, "ppeer_p", (Element(b"\x02"),)),
+        SetOp("add", "inet", R.TABLE, "learned_k", (Element(bytes([203, 0, 113, 34]), timeout=30),)),
+        SetOp("delete", "inet", R.TABLE, "acct_acme", (Element(bytes([10, 88, 0, 2])),)),
+    ]
+
+
+def test_every_document_the_data_plane_sends_this_way_is_understood():
+    docs = [R.update_policy(p, e) for p, e in (("p1", R.Egress(allow_all=True)), ("p2", R.Egress(
+        allow_devbox_to_devbox=True, cidrs=(R.CidrRule("10.0.0.0/8"), R.CidrRule("192.0.2.0/24", (
+            R.PortRange(443, None, "tcp"), R.PortRange(8000, 8100)))))), ("p3", R.Egress()))]
+    docs += [R.learned_add("k", [("203.0.113.34", 30)]), R.learned_remove("k", ["203.0.113.34", "198.51.100.7"])]
+    for doc in docs:
+        ops = set_ops(doc["nftables"], R.element_key)
+        assert len(ops) == len(doc["nftables"])
+
+
+@pytest.mark.parametrize("command", [
+    {"add": {"rule": {"family": "inet", "table": R.TABLE, "chain": "c", "expr": []}}},
+    {"flush": {"chain": _ref("pol_p")}},
+    _add("no_such_kind_p", ["192.0.2.1"]),  # a set whose key is not known
+    _add("private", [{"prefix": {"addr": "10.0.0.0", "len": 8}}]),  # not a run-time set
+    _add("learned_k", [{"prefix": {"addr": "10.0.0.0", "len": 8}}]),  # a range in a plain set
+    _add("learned_k", [{"elem": {"val": "192.0.2.1", "timeout": 30, "expires": 12}}]),
+    _add("learned_k", ["2001:db8::1"]),
+    _add("pcidrport_p", [{"concat": ["192.0.2.1", "tcp"]}]),  # too few components
+    _add("pcidrport_p", [{"concat": ["192.0.2.1", "sctp", 80]}]),
+    _add("pcidrport_p", [{"concat": ["192.0.2.1", "tcp", 70000]}]),
+    _add("ppeer_p", ["ipv5"]),
+    {"delete": {"element": {**_ref("learned_k"), "elem": [{"elem": {"val": "192.0.2.1", "timeout": 5, "expires": 5}}]}}},
+])
+def test_anything_else_is_refused_not_guessed(command):
+    with pytest.raises(Unsupported):
+        set_ops([command], R.element_key)
+
+
+def _messages(batch):
+    out, off = [], 0
+    while off < len(batch):
+        length, kind, flags, seq, _ = struct.unpack_from("=IHHII", batch, off)
+        out.append((kind, flags, seq, batch[off + 20:off + length]))
+        off += length
+    return out
+
+
+def test_a_batch_is_one_message_per_operation_between_begin_and_end():
+    ops = [SetOp("flush", "inet", "t", "s1"), SetOp("add", "inet", "t", "s2", (Element(b"\x02"),)),
+           SetOp("delete", "inet", "t", "s3", (Element(b"\x01\x02\x03\x04"),))]
+    batch, owners = encode_batch(ops, seq=40)
+    msgs = _messages(batch)
+    assert [m[2] for m in msgs] == [40, 41, 42, 43, 44] and owners == [0, 1, 2]
+    assert [m[0] & 0xFF for m in msgs[1:-1]] == [NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM]
+    assert all(m[1] & 0x4 for m in msgs[1:-1])  # each acknowledged
+    flush_body = msgs[1][3]
+    assert b"s1\0" in flush_body and len(flush_body) == 8 + 8  # table and set names, no elements
+    assert msgs[3][1] & 0x400 == 0 and msgs[2][1] & 0x400  # only adds create
+
+
+def test_an_empty_delete_is_left_out_never_sent_as_a_flush():
+    assert encode_batch([SetOp("delete", "inet", "t", "s", ())], seq=5) == (b"", [])
+    batch, owners = encode_batch([SetOp("add", "inet", "t", "s", ()), SetOp("flush", "inet", "t", "s2")], seq=5)
+    assert len(_messages(batch)) == 3 and owners == [1]
+
+
+def test_long_element_lists_take_several_messages_of_one_batch():
+    elements = tuple(Element(i.to_bytes(4, "big"), timeout=60) for i in range(5000))
+    batch, owners = encode_batch([SetOp("add", "inet", "t", "s", elements)], seq=1)
+    msgs = _messages(batch)
+    assert len(msgs) > 3 and owners == [0] * (len(msgs) - 2)
+    assert all(len(m[3]) < 65535 for m in msgs)  # an attribute's length is 16 bits
+    assert sum(m[3].count(b"\x00\x00\xea\x60") for m in msgs[1:-1]) == 2 * 5000  # timeout + expiration
+
+
+def test_duplicates_keep_their_first_place_and_last_value():
+    a = Element(b"\x01\x01\x01\x01", timeout=5)
+    b = Element(b"\x02\x02\x02\x02", timeout=6)
+    a2 = Element(b"\x01\x01\x01\x01", timeout=7)
+    assert encode_batch([SetOp("add", "inet", "t", "s", (a, b, a2))], 1) == \
+        encode_batch([SetOp("add", "inet", "t", "s", (a2, b))], 1)

@@ -80,6 +80,10 @@ def _span(datatype: str, value: Any, interval: bool) -> tuple[bytes, bytes]:
     return one, one
 
 
+def _whole_seconds(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _pad(field: bytes) -> bytes:
     return field + b"\0" * (-len(field) & 3)
 
@@ -89,9 +93,11 @@ def _element(key: SetKey, item: Any) -> Element:
     timeout = None
     if isinstance(item, dict) and "elem" in item:
         body = item["elem"]
-        if set(body) - {"val", "timeout", "expires"} or body.get("timeout") != body.get("expires"):
-            raise Unsupported(f"element {item!r} (only a timeout equal to its expiry)")
-        item, timeout = body["val"], body.get("timeout")
+        timeout = body.get("timeout") if isinstance(body, dict) else None
+        if (not isinstance(body, dict) or "val" not in body or set(body) - {"val", "timeout", "expires"}
+                or timeout != body.get("expires") or not (timeout is None or _whole_seconds(timeout))):
+            raise Unsupported(f"element {item!r} (a value, and a timeout of whole seconds equal to its expiry)")
+        item = body["val"]
     if len(types) == 1:
         if interval:
             raise Unsupported("an interval set of one component (its ranges need end elements)")

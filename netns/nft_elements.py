@@ -18,8 +18,8 @@ Message layout (linux/netfilter/nf_tables.h, nfnetlink.h)::
 
     nlmsghdr | nfgenmsg(family, version 0, res_id) | attributes
     NFNL_MSG_BATCH_BEGIN       res_id = htons(NFNL_SUBSYS_NFTABLES)
-    NFT_MSG_NEWSETELEM         add:    NLM_F_CREATE | NLM_F_ACK
-    NFT_MSG_DELSETELEM         delete: NLM_F_ACK; flush: the same without ELEMENTS
+    NFT_MSG_NEWSETELEM         add:    NLM_F_CREATE
+    NFT_MSG_DELSETELEM         delete; flush: the same without ELEMENTS
       NFTA_SET_ELEM_LIST_TABLE    "devbox_sim"
       NFTA_SET_ELEM_LIST_SET      "learned_<key>"
       NFTA_SET_ELEM_LIST_ELEMENTS (nested; a message holds at most ~60 KB of them, since an
@@ -29,8 +29,17 @@ Message layout (linux/netfilter/nf_tables.h, nfnetlink.h)::
           NFTA_SET_ELEM_KEY_END (nested) > NFTA_DATA_VALUE  a concatenated range's last key
           NFTA_SET_ELEM_TIMEOUT                             be64 milliseconds
           NFTA_SET_ELEM_EXPIRATION                          be64 milliseconds
-    ...                        one message per operation (or chunk), each acknowledged
+    ...                        one message per operation (or chunk); the last one NLM_F_ACK
     NFNL_MSG_BATCH_END
+
+Replies. The kernel runs the whole batch inside ``send``, commits or aborts it, then queues
+its replies: an error for each message it refused, and an ACK for each message that asked
+for one. Only the last operation asks: a batch then gets one reply when committed, and the
+refused message's error first when aborted, however many messages it holds. (An ACK per
+message, libnftables' way, takes ~770 bytes of the socket's receive buffer each: past ~255
+messages the kernel drops replies of a batch it has committed, and the sender cannot tell
+a commit from a refusal.) Replies left over from an earlier batch are drained before each
+send.
 
 Keys are raw bytes here; ``netns.nft_element_json`` turns libnftables JSON element commands
 (what ``netns.ruleset`` compiles) into these operations.
@@ -38,6 +47,7 @@ Keys are raw bytes here; ``netns.nft_element_json`` turns libnftables JSON eleme
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -81,6 +91,7 @@ NFTA_DATA_VALUE = 1
 _MAX_ELEMENTS_BYTES = 60_000
 _SEQ_LIMIT = 0x3FFFFFFF
 _RECV_TIMEOUT_S = 2.0
+_DRAIN_MAX = 10_000  # replies discarded before a send, at most
 
 
 class NftElementsError(RuntimeError):
@@ -174,28 +185,28 @@ def encode_batch(ops: Sequence[SetOp], seq: int) -> tuple[bytes, list[int]]:
     ``seq``, then one message or more per operation, then END), and for each message between
     BEGIN and END the index of its operation in ``ops``. Pure. An ``add``/``delete`` without
     elements is left out (an empty delete would be a flush to the kernel); no operation left:
-    an empty batch."""
-    msgs: list[bytes] = []
+    an empty batch. Duplicate elements of an ``add`` are merged (the last one wins)."""
+    parts: list[tuple[int, int, int, bytes]] = []  # (message type, flags, family, attributes)
     owners: list[int] = []
     for index, op in enumerate(ops):
         names = (_attr(NFTA_SET_ELEM_LIST_TABLE, op.table.encode() + b"\0")
                  + _attr(NFTA_SET_ELEM_LIST_SET, op.set.encode() + b"\0"))
-        family = FAMILIES[op.family]
         if op.op == "flush":
             bodies = [names]
         else:
-            elements = _dedupe(op.elements)
+            elements = _dedupe(op.elements) if op.op == "add" else list(op.elements)
             if not elements:
                 continue
             bodies = [names + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, chunk)
                       for chunk in _chunks([_element(e) for e in elements])]
         kind, flags = ((NFT_MSG_NEWSETELEM, NLM_F_CREATE) if op.op == "add" else (NFT_MSG_DELSETELEM, 0))
         for body in bodies:
-            msgs.append(_msg((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK | flags,
-                             seq + 1 + len(msgs), family, 0, body))
+            parts.append(((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | flags, FAMILIES[op.family], body))
             owners.append(index)
-    if not msgs:
+    if not parts:
         return b"", []
+    msgs = [_msg(kind, flags | (NLM_F_ACK if i == len(parts) - 1 else 0), seq + 1 + i, family, 0, body)
+            for i, (kind, flags, family, body) in enumerate(parts)]  # one ACK: see Replies above
     batch = (_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES)
              + b"".join(msgs)
              + _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1 + len(msgs), 0, NFNL_SUBSYS_NFTABLES))
@@ -223,7 +234,10 @@ class SetElements:
             self._sock = namespaces.socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self._sock.bind((0, 0))
         self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        self._sock.settimeout(_RECV_TIMEOUT_S)
+        # Blocking, with the kernel's receive timeout (a Python timeout would make the drain's
+        # MSG_DONTWAIT reads wait for it too): an expired wait reads as EAGAIN.
+        self._sock.setblocking(True)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_RECV_TIMEOUT_S), 0))
         self._sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self._lock = threading.Lock()
         self._seq = 1
@@ -248,6 +262,7 @@ class SetElements:
                 batch, owners = encode_batch(ops, seq)
             self._seq = seq + len(owners) + 2
             self._fit_send_buffer(len(batch))
+            self._drain()
             self._sock.send(batch)
             self._await_acks(seq, owners, ops)
 
@@ -263,14 +278,36 @@ class SetElements:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, need)
         self._sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
+    def _drain(self) -> None:
+        """Discard replies still queued from an earlier batch (the errors after the first of
+        a refused one, or the replies of one whose wait timed out): they would fill the
+        receive buffer, and a full buffer makes the kernel drop the next batch's reply."""
+        for _ in range(_DRAIN_MAX):
+            try:
+                self._sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ENOBUFS: replies were dropped earlier; reading clears it
+                if exc.errno != errno.ENOBUFS:
+                    raise
+
     def _await_acks(self, seq: int, owners: list[int], ops: Sequence[SetOp]) -> None:
-        """Wait for the reply to the batch's last operation message (the kernel replies to a
-        batch's messages in order, once it has committed or aborted it). An error on any
-        message of the batch, BEGIN and END included, fails it, naming the operation the
-        kernel refused. Replies to an earlier batch whose wait timed out are skipped."""
+        """Wait for the batch's ACK (on its last operation message: see Replies above). An
+        error on any message of the batch, BEGIN and END included, comes before it and fails
+        the batch, naming the operation the kernel refused. Replies to an earlier batch are
+        skipped."""
         end = seq + len(owners) + 1
         while True:
-            buf = self._sock.recv(65536)
+            try:
+                buf = self._sock.recv(65536)
+            except BlockingIOError:
+                raise TimeoutError(f"nf_tables did not answer a batch of {len(ops)} set operations") from None
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # Replies were dropped: a committed batch has one, so only the errors of a
+                # refused batch can overflow the buffer (it was drained before the send).
+                raise NftElementsError(errno.ENOBUFS, f"nf_tables batch of {len(ops)} set operations refused") from None
             off = 0
             while off + 16 <= len(buf):
                 length, kind, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", buf, off)

@@ -970,6 +970,16 @@ def set_peer(devbox: Devbox, peer: bool) -> dict:
     return _doc([_elements(account_set(devbox.account), [devbox.ip], op="add" if peer else "delete")])
 
 
+def ensure_peer(devbox: Devbox) -> dict:
+    """Make the devbox's account set hold its IP exactly when ``devbox.peer``, whatever it
+    holds now: add, then (not a peer) delete, since a delete alone fails on an absent element."""
+    name = account_set(devbox.account)
+    cmds = [_elements(name, [devbox.ip])]
+    if not devbox.peer:
+        cmds.append(_elements(name, [devbox.ip], op="delete"))
+    return _doc(cmds)
+
+
 def learned_add(devbox_key: str, entries: Iterable[tuple[str, int]]) -> dict:
     """Insert or re-arm learned addresses ``[(ip, timeout_seconds)]`` (see module doc: the
     explicit ``expires`` is what refreshes an existing element). Duplicate IPs: last wins."""
@@ -1054,6 +1064,7 @@ __all__ = [
     "count_chain",
     "devbox_chain",
     "element_key",
+    "ensure_peer",
     "full",
     "learned_add",
     "learned_remove",

@@ -43,7 +43,7 @@ from netns.heartbeat import Heartbeat
 from netns.nflog import LoggedPacket, NflogReader
 from netns.nft import Nft, NftError
 from netns.nft_element_json import set_ops
-from netns.nft_elements import SetElements
+from netns.nft_elements import NftElementsError, SetElements
 from simulator.addresses import Address, AddressPool
 from simulator.data_dir_lock import lock_instance, release_instance
 from simulator.policy_model import NetworkPolicy
@@ -560,7 +560,15 @@ class DataPlane:
                     armed_by_id[attached.devbox_id] = ({ip: now + left for ip, left in entries}, dropped)
             # Elements only (see netns.ruleset.update_policy): one transaction by raw netlink,
             # without libnftables' re-read of every devbox's chains and sets.
-            self._elements.apply(set_ops(doc, ruleset.element_key))
+            try:
+                self._elements.apply(set_ops(doc, ruleset.element_key))
+            except NftElementsError:
+                raise  # refused as a whole: nothing changed
+            except BaseException:
+                # No answer (a timeout): the kernel may hold the update. Put back what this
+                # data plane enforces, by the other path; the caller rolls the store back.
+                self._reassert_policy(state, users)
+                raise
             self._latest[after.id] = after  # applied: a failed apply rolls the update back
             self._policies[state.key] = new_state
             for attached in users:
@@ -575,6 +583,19 @@ class DataPlane:
                     attached.armed.update(rearmed)
             if narrowed:
                 self._cut_revoked_flows(users, peers_cut)
+
+    def _reassert_policy(self, state: _PolicyState, users: list[Attached]) -> None:
+        """Make the kernel enforce ``state.policy`` for its ``users`` again, whatever part of
+        an update it holds: the policy's sets, each user's account-set membership, and the
+        learned addresses the update may have removed (``armed`` says the resolver need not
+        add them again). Through libnftables, one transaction."""
+        now = time.monotonic()
+        doc = ruleset.update_policy(state.key, egress_for(state.policy))["nftables"]
+        for attached in users:
+            doc += ruleset.ensure_peer(self._rules_devbox(attached))["nftables"]
+            entries = [(ip, int(until - now)) for ip, until in attached.armed.items() if until - now >= 1]
+            doc += ruleset.learned_add(attached.address.key, entries)["nftables"]
+        self._nft.apply({"nftables": doc})
 
     def _cut_revoked_flows(self, affected: list[Attached], peers_cut: bool = False) -> None:
         """Delete the conntrack entries of ``affected`` devboxes that their (new) policy no

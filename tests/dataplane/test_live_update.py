@@ -471,6 +471,51 @@ def test_an_update_that_failed_after_its_rules_were_applied_is_not_enforced(plan
         db.close()
 
 
+def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devboxes, tmp_path):
+    """A policy update goes by raw netlink. If the kernel applies it and the answer never
+    comes (a timeout), the update is not stored, and the kernel is put back to the stored
+    version: devbox-to-devbox stays off, and a learned address the update removed is back."""
+    from simulator.db import Database
+    from simulator.network_policies import NetworkPolicyService
+
+    dataplane = plane[0]
+    db = Database(tmp_path / "store.db")
+    service = NetworkPolicyService(db)
+    service.add_update_hook(dataplane.policy_updated)
+    try:
+        policy = service.create_network_policy("acct-a", {"name": "p", "allowed_hostnames": ["github.com"]})
+        target, peer = devboxes.create(policy), devboxes.create(make_policy(allow_devbox_to_devbox=True))
+        target_ip = _ip(dataplane, target)
+        server = devboxes.start(target, "serve", "9100")
+        try:
+            assert server.stdout.readline().decode().strip() == "OK ready"
+            assert devboxes.run(target, "resolve", "github.com") == f"OK {GITHUB}"
+            assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"
+            assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
+            real_apply = dataplane._elements.apply
+
+            def applied_but_no_answer(ops):
+                real_apply(ops)
+                raise TimeoutError("nf_tables did not answer")
+
+            dataplane._elements.apply = applied_but_no_answer
+            try:
+                with pytest.raises(TimeoutError):  # devbox-to-devbox on, github.com revoked
+                    service.update_network_policy("acct-a", policy.id, {"allow_devbox_to_devbox": True,
+                                                                         "allowed_hostnames": ["example.com"]})
+            finally:
+                dataplane._elements.apply = real_apply
+            stored = service.retrieve_network_policy("acct-a", policy.id).egress
+            assert stored.allow_devbox_to_devbox is False and stored.allowed_hostnames == ("github.com",)
+            assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
+            assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"  # without resolving again
+        finally:
+            server.kill()
+            server.wait(timeout=10)
+    finally:
+        db.close()
+
+
 def test_a_devbox_at_the_name_cap_gets_new_names_again_once_its_answers_expire(plane, devboxes, monkeypatch):
     from simulator import dataplane as module
 

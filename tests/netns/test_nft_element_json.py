@@ -73,6 +73,10 @@ def test_every_document_the_data_plane_sends_this_way_is_understood():
     _add("private", [{"prefix": {"addr": "10.0.0.0", "len": 8}}]),  # not a run-time set
     _add("learned_k", [{"prefix": {"addr": "10.0.0.0", "len": 8}}]),  # a range in a plain set
     _add("learned_k", [{"elem": {"val": "192.0.2.1", "timeout": 30, "expires": 12}}]),
+    _add("learned_k", [{"elem": {"val": "192.0.2.1", "timeout": 1.5, "expires": 1.5}}]),  # libnftables: no timeout
+    _add("learned_k", [{"elem": {"val": "192.0.2.1", "timeout": True, "expires": True}}]),
+    _add("learned_k", [{"elem": {"timeout": 30, "expires": 30}}]),
+    _add("learned_k", [{"elem": "192.0.2.1"}]),
     _add("learned_k", ["2001:db8::1"]),
     _add("pcidrport_p", [{"concat": ["192.0.2.1", "tcp"]}]),  # too few components
     _add("pcidrport_p", [{"concat": ["192.0.2.1", "sctp", 80]}]),
@@ -101,7 +105,8 @@ def test_a_batch_is_one_message_per_operation_between_begin_and_end():
     msgs = _messages(batch)
     assert [m[2] for m in msgs] == [40, 41, 42, 43, 44] and owners == [0, 1, 2]
     assert [m[0] & 0xFF for m in msgs[1:-1]] == [NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM]
-    assert all(m[1] & 0x4 for m in msgs[1:-1])  # each acknowledged
+    # only the last operation asks for an ACK: one reply per committed batch, however long
+    assert [bool(m[1] & 0x4) for m in msgs] == [False, False, False, True, False]
     flush_body = msgs[1][3]
     assert b"s1\0" in flush_body and len(flush_body) == 8 + 8  # table and set names, no elements
     assert msgs[3][1] & 0x400 == 0 and msgs[2][1] & 0x400  # only adds create
@@ -120,6 +125,13 @@ def test_long_element_lists_take_several_messages_of_one_batch():
     assert len(msgs) > 3 and owners == [0] * (len(msgs) - 2)
     assert all(len(m[3]) < 65535 for m in msgs)  # an attribute's length is 16 bits
     assert sum(m[3].count(b"\x00\x00\xea\x60") for m in msgs[1:-1]) == 2 * 5000  # timeout + expiration
+
+
+def test_a_deletes_duplicates_are_kept_as_the_kernel_refuses_them():
+    e = Element(b"\x01\x01\x01\x01")
+    one, _ = encode_batch([SetOp("delete", "inet", "t", "s", (e,))], 1)
+    two, _ = encode_batch([SetOp("delete", "inet", "t", "s", (e, e))], 1)
+    assert two.count(b"\x01\x01\x01\x01") == 2 * one.count(b"\x01\x01\x01\x01")
 
 
 def test_duplicates_keep_their_first_place_and_last_value():

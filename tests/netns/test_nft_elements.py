@@ -4,6 +4,7 @@ like libnftables' ``add element`` (privileged: a namespace of the test's own, no
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 
@@ -100,7 +101,7 @@ MANY = Egress(allow_devbox_to_devbox=True, cidrs=tuple(CidrRule(f"10.{i // 250}.
                                                      for i in range(3000)))
 
 
-def _policy_sets(nft, pkey):
+def _policy_sets(nft, pkey):  # noqa: F811 - the fixture, passed on
     names = (R.cidr_set(pkey), R.cidrport_set(pkey), R.peer_flag_set(pkey), R.all_flag_set(pkey))
     return {n: sorted(json.dumps(e, sort_keys=True) for e in nft.list_set("inet", R.TABLE, n)) for n in names}
 
@@ -114,7 +115,7 @@ def test_policy_updates_by_netlink_list_as_by_libnftables(netns, nft):  # noqa: 
                 Egress(allow_all=True, cidrs=(CidrRule("10.0.0.0/8"),)), CIDRS]
     elements = SetElements(netns)
     try:
-        for before, after in zip(egresses, egresses[1:]):
+        for before, after in itertools.pairwise(egresses):
             doc = R.update_policy("pcidrs", after)
             nft.apply(R.update_policy("pcidrs", before))
             nft.apply(doc)
@@ -168,5 +169,53 @@ def test_a_refused_batch_changes_nothing(netns, nft):  # noqa: F811
         assert _policy_sets(nft, "pcidrs") == before
         elements.apply(ops[:-1])  # the socket is still usable
         assert _policy_sets(nft, "pcidrs")[R.all_flag_set("pcidrs")] == ['"ipv4"']
+    finally:
+        elements.close()
+
+
+@pytest.mark.privileged
+def test_a_batch_of_a_thousand_messages_and_one_larger_than_the_send_buffer(netns, nft):  # noqa: F811
+    """A policy update among many devboxes is a message or more per devbox: every one of them
+    is applied and acknowledged (an ACK per message overflowed the receive buffer past ~255:
+    committed, yet reported as failed). A maximal policy is a batch of several hundred KB."""
+    _setup(nft)
+    elements = SetElements(netns)
+    try:
+        ops = [op for i in range(1000) for op in set_ops(
+            R.learned_add("a1", [(f"198.51.{100 + i // 250}.{i % 250 + 1}", 60)])["nftables"], R.element_key)]
+        elements.apply(ops)
+        assert len(_learned(nft, "a1")) == 1000
+        # 6,000 CIDR-and-port elements (~330 KB, over the socket's default send buffer)
+        big = {"nftables": [{"flush": {"set": {"family": "inet", "table": R.TABLE, "name": "pcidrport_pcidrs"}}},
+                            {"add": {"element": {"family": "inet", "table": R.TABLE, "name": "pcidrport_pcidrs", "elem": [
+                                {"concat": [f"10.{i // 200}.{i % 200}.1", "tcp", {"range": [1000 + i, 2000 + i]}]}
+                                for i in range(6000)]}}}]}
+        elements.apply(set_ops(big["nftables"], R.element_key))
+        by_netlink = _policy_sets(nft, "pcidrs")
+        nft.apply(R.update_policy("pcidrs", CIDRS))
+        nft.apply(big)
+        assert _policy_sets(nft, "pcidrs") == by_netlink
+        assert len(by_netlink["pcidrport_pcidrs"]) == 6000
+    finally:
+        elements.close()
+
+
+@pytest.mark.privileged
+def test_a_batch_refused_many_times_over_is_refused_and_the_socket_recovers(netns, nft):  # noqa: F811
+    """500 deletes of absent elements: 500 error replies, more than the receive buffer holds.
+    The batch is refused as a whole, and the next one is applied and acknowledged."""
+    _setup(nft)
+    elements = SetElements(netns)
+    try:
+        ops = set_ops(R.learned_add("a1", [("203.0.113.34", 60)])["nftables"], R.element_key)
+        ops += [op for i in range(500) for op in set_ops([{"delete": {"element": {
+            "family": "inet", "table": R.TABLE, "name": R.learned_set("a1"), "elem": [f"198.51.100.{i % 250 + 1}"]}}}],
+            R.element_key)]
+        with pytest.raises(NftElementsError):
+            elements.apply(ops)
+        assert _learned(nft, "a1") == {}
+        for attempt in range(3):
+            elements.apply(set_ops(R.learned_add("a1", [(f"192.0.2.{attempt + 1}", 60)])["nftables"], R.element_key))
+        assert set(_learned(nft, "a1")) == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}
     finally:
         elements.close()

@@ -48,14 +48,12 @@ Keys are raw bytes here; ``netns.nft_element_json`` turns libnftables JSON eleme
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from netns import namespaces
 
@@ -102,22 +100,18 @@ class NftElementsError(RuntimeError):
         self.errno = err
 
 
-@dataclass(frozen=True)
-class Element:
+class Element(NamedTuple):
     """One set element: its key bytes, a concatenated range's last key (``key_end``, for
-    interval sets of concatenations), and an optional timeout (with expiration == timeout)."""
+    interval sets of concatenations), and an optional timeout in whole seconds (sent with
+    expiration == timeout). A NamedTuple, checked when encoded: the resolver makes one or
+    more per answer."""
 
     key: bytes
     key_end: bytes | None = None
-    timeout: int | None = None  # seconds
-
-    def __post_init__(self) -> None:
-        if self.timeout is not None and int(self.timeout) < 1:
-            raise ValueError(f"timeout must be >= 1 second: {self.timeout!r}")
+    timeout: int | None = None
 
 
-@dataclass(frozen=True)
-class SetOp:
+class SetOp(NamedTuple):
     """One operation on one set: ``add`` or ``delete`` its ``elements``, or ``flush`` it."""
 
     op: Literal["add", "delete", "flush"]
@@ -125,14 +119,6 @@ class SetOp:
     table: str
     set: str
     elements: tuple[Element, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.op not in ("add", "delete", "flush"):
-            raise ValueError(f"unknown set operation {self.op!r}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown family {self.family!r}")
-        if self.op == "flush" and self.elements:
-            raise ValueError("a flush takes no elements")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -154,6 +140,8 @@ def _element(e: Element) -> bytes:
     if e.key_end is not None:
         out += _nested(NFTA_SET_ELEM_KEY_END, _attr(NFTA_DATA_VALUE, e.key_end))
     if e.timeout is not None:
+        if int(e.timeout) < 1:
+            raise ValueError(f"timeout must be >= 1 second: {e.timeout!r}")
         ms = struct.pack(">Q", int(e.timeout) * 1000)
         out += _attr(NFTA_SET_ELEM_TIMEOUT, ms) + _attr(NFTA_SET_ELEM_EXPIRATION, ms)
     return _nested(NFTA_LIST_ELEM, out)
@@ -189,6 +177,10 @@ def encode_batch(ops: Sequence[SetOp], seq: int) -> tuple[bytes, list[int]]:
     parts: list[tuple[int, int, int, bytes]] = []  # (message type, flags, family, attributes)
     owners: list[int] = []
     for index, op in enumerate(ops):
+        if op.op not in ("add", "delete", "flush") or op.family not in FAMILIES:
+            raise ValueError(f"unknown set operation {op.op!r} or family {op.family!r}")
+        if op.op == "flush" and op.elements:
+            raise ValueError("a flush takes no elements")
         names = (_attr(NFTA_SET_ELEM_LIST_TABLE, op.table.encode() + b"\0")
                  + _attr(NFTA_SET_ELEM_LIST_SET, op.set.encode() + b"\0"))
         if op.op == "flush":
@@ -213,8 +205,15 @@ def encode_batch(ops: Sequence[SetOp], seq: int) -> tuple[bytes, list[int]]:
     return batch, owners
 
 
+def _ipv4(ip: str) -> bytes:
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)  # dotted quads only; ~20x ipaddress's speed
+    except (OSError, TypeError):
+        raise ValueError(f"not an IPv4 address: {ip!r}") from None
+
+
 def _ipv4_entries(entries: Iterable[tuple[str, int]]) -> list[Element]:
-    return [Element(ipaddress.IPv4Address(ip).packed, timeout=int(t)) for ip, t in entries]
+    return [Element(_ipv4(ip), None, int(t)) for ip, t in entries]
 
 
 def encode_add(family: str, table: str, set_name: str, entries: Iterable[tuple[str, int]], seq: int) -> bytes:

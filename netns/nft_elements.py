@@ -39,7 +39,9 @@ refused message's error first when aborted, however many messages it holds. (An 
 message, libnftables' way, takes ~770 bytes of the socket's receive buffer each: past ~255
 messages the kernel drops replies of a batch it has committed, and the sender cannot tell
 a commit from a refusal.) Replies left over from an earlier batch are drained before each
-send.
+send. If the kernel cannot queue a reply (ENOBUFS: its receive buffer is full, or an
+allocation failed), the errors it did queue tell a refused batch; without one, the outcome is
+unknown, and the caller is told so.
 
 Keys are raw bytes here; ``netns.nft_element_json`` turns libnftables JSON element commands
 (what ``netns.ruleset`` compiles) into these operations.
@@ -293,20 +295,26 @@ class SetElements:
     def _await_acks(self, seq: int, owners: list[int], ops: Sequence[SetOp]) -> None:
         """Wait for the batch's ACK (on its last operation message: see Replies above). An
         error on any message of the batch, BEGIN and END included, comes before it and fails
-        the batch, naming the operation the kernel refused. Replies to an earlier batch are
-        skipped."""
+        the batch (NftElementsError: nothing applied), naming the operation the kernel
+        refused. Replies to an earlier batch are skipped. When the kernel could not queue a
+        reply (ENOBUFS), what it did queue decides: an error of this batch means refused;
+        none means the outcome is unknown (OSError, like a timeout: the caller must not
+        assume nothing changed)."""
         end = seq + len(owners) + 1
+        overflowed = False
         while True:
             try:
-                buf = self._sock.recv(65536)
+                buf = self._sock.recv(65536, socket.MSG_DONTWAIT if overflowed else 0)
             except BlockingIOError:
+                if overflowed:
+                    raise OSError(errno.ENOBUFS, f"nf_tables lost its answer to a batch of {len(ops)} set "
+                                                 "operations: applied or not") from None
                 raise TimeoutError(f"nf_tables did not answer a batch of {len(ops)} set operations") from None
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                # Replies were dropped: a committed batch has one, so only the errors of a
-                # refused batch can overflow the buffer (it was drained before the send).
-                raise NftElementsError(errno.ENOBUFS, f"nf_tables batch of {len(ops)} set operations refused") from None
+                overflowed = True  # replies were dropped; read what is queued without waiting
+                continue
             off = 0
             while off + 16 <= len(buf):
                 length, kind, _flags, msg_seq, _pid = struct.unpack_from("=IHHII", buf, off)

@@ -32,7 +32,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dns import AnswerCache, ClientView, DnsServer, HostnameMatcher, QueryEvent, Resolver, Upstream, bind_udp_tcp
@@ -565,9 +565,16 @@ class DataPlane:
             except NftElementsError:
                 raise  # refused as a whole: nothing changed
             except BaseException:
-                # No answer (a timeout): the kernel may hold the update. Put back what this
-                # data plane enforces, by the other path; the caller rolls the store back.
-                self._reassert_policy(state, users)
+                # No answer (a timeout, a lost reply): the kernel may hold the update. Put back
+                # what this data plane enforces, by the other path, and cut what the update
+                # let devboxes open meanwhile; the caller rolls the store back.
+                try:
+                    self._reassert_policy(state, users)
+                    self._cut_revoked_flows(users, peers_cut=not accepts_peers(state.policy))
+                except BaseException:
+                    log.exception("policy %s: could not put its enforced version back; its devboxes are "
+                                  "closed until its next update", after.id)
+                    self._close_policy(state, users)
                 raise
             self._latest[after.id] = after  # applied: a failed apply rolls the update back
             self._policies[state.key] = new_state
@@ -596,6 +603,20 @@ class DataPlane:
             entries = [(ip, int(until - now)) for ip, until in attached.armed.items() if until - now >= 1]
             doc += ruleset.learned_add(attached.address.key, entries)["nftables"]
         self._nft.apply({"nftables": doc})
+
+    def _close_policy(self, state: _PolicyState, users: list[Attached]) -> None:
+        """Fail closed when the kernel's state of a policy is unknown and cannot be put back:
+        its sets emptied (nothing allowed), its users out of their account sets and their
+        learned addresses gone, by raw netlink. Best effort: a failure is logged."""
+        doc = ruleset.update_policy(state.key, ruleset.Egress())["nftables"]
+        for attached in users:
+            doc += ruleset.ensure_peer(replace(self._rules_devbox(attached), peer=False))["nftables"]
+            doc.append({"flush": {"set": {"family": "inet", "table": ruleset.TABLE,
+                                          "name": ruleset.learned_set(attached.address.key)}}})
+        try:
+            self._elements.apply(set_ops(doc, ruleset.element_key))
+        except BaseException:
+            log.exception("policy %s: could not close its devboxes either", state.policy.id)
 
     def _cut_revoked_flows(self, affected: list[Attached], peers_cut: bool = False) -> None:
         """Delete the conntrack entries of ``affected`` devboxes that their (new) policy no

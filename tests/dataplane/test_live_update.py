@@ -474,7 +474,8 @@ def test_an_update_that_failed_after_its_rules_were_applied_is_not_enforced(plan
 def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devboxes, tmp_path):
     """A policy update goes by raw netlink. If the kernel applies it and the answer never
     comes (a timeout), the update is not stored, and the kernel is put back to the stored
-    version: devbox-to-devbox stays off, and a learned address the update removed is back."""
+    version: devbox-to-devbox stays off (a connection opened while the update was in force
+    is cut), and a learned address the update removed is back."""
     from simulator.db import Database
     from simulator.network_policies import NetworkPolicyService
 
@@ -493,9 +494,11 @@ def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devbo
             assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"
             assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
             real_apply = dataplane._elements.apply
+            held = []
 
             def applied_but_no_answer(ops):
                 real_apply(ops)
+                held.append(Held(devboxes, peer, target_ip, 9100))  # while the update is in force
                 raise TimeoutError("nf_tables did not answer")
 
             dataplane._elements.apply = applied_but_no_answer
@@ -508,7 +511,58 @@ def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devbo
             stored = service.retrieve_network_policy("acct-a", policy.id).egress
             assert stored.allow_devbox_to_devbox is False and stored.allowed_hostnames == ("github.com",)
             assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
+            assert not held[0].poke("after").startswith("OK")  # cut
             assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"  # without resolving again
+        finally:
+            for h in held:
+                h.close()
+            server.kill()
+            server.wait(timeout=10)
+    finally:
+        db.close()
+
+
+def test_an_update_that_cannot_be_put_back_closes_its_devboxes(plane, devboxes, tmp_path):
+    """The kernel applied an update without answering, and putting the stored version back
+    fails too: the policy's devboxes are closed (fail closed), not left on either version."""
+    from netns.nft import NftError
+    from simulator.db import Database
+    from simulator.network_policies import NetworkPolicyService
+
+    dataplane = plane[0]
+    db = Database(tmp_path / "store.db")
+    service = NetworkPolicyService(db)
+    service.add_update_hook(dataplane.policy_updated)
+    try:
+        policy = service.create_network_policy("acct-a", {"name": "p", "allowed_hostnames": ["github.com"]})
+        target, peer = devboxes.create(policy), devboxes.create(make_policy(allow_devbox_to_devbox=True))
+        target_ip = _ip(dataplane, target)
+        server = devboxes.start(target, "serve", "9100")
+        try:
+            assert server.stdout.readline().decode().strip() == "OK ready"
+            assert devboxes.run(target, "resolve", "github.com") == f"OK {GITHUB}"
+            real_apply, real_nft = dataplane._elements.apply, dataplane._nft.apply
+            calls = []
+
+            def applied_but_no_answer(ops):
+                real_apply(ops)
+                calls.append(len(ops))
+                if len(calls) == 1:
+                    raise TimeoutError("nf_tables did not answer")
+
+            def refused(doc):
+                raise NftError("refused")
+
+            dataplane._elements.apply, dataplane._nft.apply = applied_but_no_answer, refused
+            try:
+                with pytest.raises(TimeoutError):
+                    service.update_network_policy("acct-a", policy.id, {"allow_devbox_to_devbox": True,
+                                                                         "allowed_hostnames": ["example.com"]})
+            finally:
+                dataplane._elements.apply, dataplane._nft.apply = real_apply, real_nft
+            assert service.retrieve_network_policy("acct-a", policy.id).egress.allow_devbox_to_devbox is False
+            assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
+            assert devboxes.run(target, "tcp", GITHUB, "443").startswith("FAIL")  # neither version's access
         finally:
             server.kill()
             server.wait(timeout=10)

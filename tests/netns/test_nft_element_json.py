@@ -140,3 +140,43 @@ def test_duplicates_keep_their_first_place_and_last_value():
     a2 = Element(b"\x01\x01\x01\x01", timeout=7)
     assert encode_batch([SetOp("add", "inet", "t", "s", (a, b, a2))], 1) == \
         encode_batch([SetOp("add", "inet", "t", "s", (a2, b))], 1)
+
+
+class _FakeSocket:
+    """Replays recv outcomes: bytes, or an exception to raise."""
+
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+
+    def recv(self, size, flags=0):
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _error_reply(seq, err):
+    return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", err) + b"\0" * 16
+
+
+def test_a_lost_reply_is_a_refusal_only_when_an_error_of_the_batch_is_queued():
+    """ENOBUFS: the kernel could not queue a reply. With one of the batch's errors queued it
+    was refused (nothing applied); without, its outcome is unknown, which must not read as
+    "nothing applied" (the data plane then puts its enforced state back)."""
+    import errno
+
+    from netns.nft_elements import NftElementsError, SetElements
+
+    ops = [SetOp("add", "inet", "t", "s", (Element(b"\x01\x02\x03\x04"),))]
+    elements = SetElements.__new__(SetElements)
+    lost = OSError(errno.ENOBUFS, "No buffer space available")
+    elements._sock = _FakeSocket([lost, _error_reply(11, -errno.ENOENT)])
+    with pytest.raises(NftElementsError) as refused:
+        elements._await_acks(10, [0], ops)
+    assert refused.value.errno == errno.ENOENT and "add element inet t s" in str(refused.value)
+    elements._sock = _FakeSocket([lost, _error_reply(3, -errno.ENOENT), BlockingIOError()])  # another batch's
+    with pytest.raises(OSError) as unknown:
+        elements._await_acks(10, [0], ops)
+    assert not isinstance(unknown.value, NftElementsError) and unknown.value.errno == errno.ENOBUFS
+    elements._sock = _FakeSocket([_error_reply(11, 0)])  # the ACK
+    elements._await_acks(10, [0], ops)

@@ -219,7 +219,7 @@ def _ipv4_entries(entries: Iterable[tuple[str, int]]) -> list[Element]:
 
 
 def encode_add(family: str, table: str, set_name: str, entries: Iterable[tuple[str, int]], seq: int) -> bytes:
-    """The batch adding ``[(ipv4, timeout_seconds)]`` (pure; golden-tested). Each element gets
+    """The batch adding ``[(ipv4, timeout_seconds)]`` (pure). Each element gets
     timeout == expiration, as ``ruleset.learned_add`` does. Duplicate addresses: last wins."""
     return encode_batch([SetOp("add", family, table, set_name, tuple(_ipv4_entries(entries)))], seq)[0]
 

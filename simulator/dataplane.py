@@ -324,6 +324,13 @@ class DataPlane:
             self._by_id.clear()
             self._by_ip.clear()
             self._policies.clear()
+        # Still holding the instance: what is left of it is nobody's (e.g. the empty file of a
+        # devbox namespace whose create an interrupt cut short), removed now, not at next start.
+        try:
+            self.remove_orphans()
+        except Exception:
+            log.warning("could not remove what is left of instance %s; its next start does", self.config.instance,
+                        exc_info=True)
 
     def _release_instance(self) -> None:
         if self._instance_lock is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import sys
 
 import pytest
@@ -52,6 +53,20 @@ def unique_name(prefix: str) -> str:
 @pytest.fixture
 def uniq():
     return unique_name
+
+
+def pytest_configure(config):
+    """A terminated run (a CI time limit, ``kill``, every process of the run at once) unwinds
+    like Ctrl-C: pytest then tears down the fixtures still set up, so the namespaces,
+    containers and tables they made are removed. Without this, SIGTERM ended each process
+    (xdist workers too) at once and left a running test's devboxes behind."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.hookimpl(tryfirst=True)

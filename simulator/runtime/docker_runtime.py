@@ -357,6 +357,12 @@ class DockerRuntime:
         for container_id in pending:
             if not remove_container(self.api, container_id):
                 log.warning("container %s could not be removed; the next start removes it", container_id[:12])
+        # And any container of this instance not known here: one whose create was cut short
+        # (an interrupted provisioning) exists in Docker before it is registered.
+        try:
+            remove_instance_containers(self.api, self.instance)
+        except Exception:
+            log.warning("could not remove this instance's unknown containers; the next start does", exc_info=True)
         self.dataplane.stop()
         self.client.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import time
@@ -471,11 +472,12 @@ def test_an_update_that_failed_after_its_rules_were_applied_is_not_enforced(plan
         db.close()
 
 
-def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devboxes, tmp_path):
-    """A policy update goes by raw netlink. If the kernel applies it and the answer never
-    comes (a timeout), the update is not stored, and the kernel is put back to the stored
-    version: devbox-to-devbox stays off (a connection opened while the update was in force
-    is cut), and a learned address the update removed is back."""
+@contextlib.contextmanager
+def _policy_served_to_a_target_and_a_peer(plane, devboxes, tmp_path):
+    """A stored policy allowing github.com (devbox-to-devbox off) whose updates go through the
+    data plane; a devbox under it ("target", serving TCP 9100, having resolved github.com)
+    and a peer of the same account that allows devbox-to-devbox. Yields
+    (service, policy, target, peer, target_ip)."""
     from simulator.db import Database
     from simulator.network_policies import NetworkPolicyService
 
@@ -486,88 +488,82 @@ def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devbo
     try:
         policy = service.create_network_policy("acct-a", {"name": "p", "allowed_hostnames": ["github.com"]})
         target, peer = devboxes.create(policy), devboxes.create(make_policy(allow_devbox_to_devbox=True))
-        target_ip = _ip(dataplane, target)
         server = devboxes.start(target, "serve", "9100")
         try:
             assert server.stdout.readline().decode().strip() == "OK ready"
             assert devboxes.run(target, "resolve", "github.com") == f"OK {GITHUB}"
-            assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"
-            assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
-            real_apply = dataplane._elements.apply
-            held = []
+            yield service, policy, target, peer, _ip(dataplane, target)
+        finally:
+            server.kill()
+            server.wait(timeout=10)
+    finally:
+        db.close()
 
-            def applied_but_no_answer(ops):
-                real_apply(ops)
-                held.append(Held(devboxes, peer, target_ip, 9100))  # while the update is in force
-                raise TimeoutError("nf_tables did not answer")
 
-            dataplane._elements.apply = applied_but_no_answer
-            try:
-                with pytest.raises(TimeoutError):  # devbox-to-devbox on, github.com revoked
-                    service.update_network_policy("acct-a", policy.id, {"allow_devbox_to_devbox": True,
-                                                                         "allowed_hostnames": ["example.com"]})
-            finally:
-                dataplane._elements.apply = real_apply
+# devbox-to-devbox on, github.com revoked
+_OPEN_PEERS_REVOKE_GITHUB = {"allow_devbox_to_devbox": True, "allowed_hostnames": ["example.com"]}
+
+
+def test_an_update_the_kernel_applied_without_answering_is_put_back(plane, devboxes, tmp_path):
+    """A policy update goes by raw netlink. If the kernel applies it and the answer never
+    comes (a timeout), the update is not stored, and the kernel is put back to the stored
+    version: devbox-to-devbox stays off (a connection opened while the update was in force
+    is cut), and a learned address the update removed is back."""
+    dataplane = plane[0]
+    with _policy_served_to_a_target_and_a_peer(plane, devboxes, tmp_path) as (service, policy, target, peer, target_ip):
+        assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"
+        assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
+        real_apply = dataplane._elements.apply
+        held = []
+
+        def applied_but_no_answer(ops):
+            real_apply(ops)
+            held.append(Held(devboxes, peer, target_ip, 9100))  # while the update is in force
+            raise TimeoutError("nf_tables did not answer")
+
+        dataplane._elements.apply = applied_but_no_answer
+        try:
+            with pytest.raises(TimeoutError):
+                service.update_network_policy("acct-a", policy.id, _OPEN_PEERS_REVOKE_GITHUB)
             stored = service.retrieve_network_policy("acct-a", policy.id).egress
             assert stored.allow_devbox_to_devbox is False and stored.allowed_hostnames == ("github.com",)
             assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
             assert not held[0].poke("after").startswith("OK")  # cut
             assert devboxes.run(target, "tcp", GITHUB, "443") == "OK ping"  # without resolving again
         finally:
+            dataplane._elements.apply = real_apply
             for h in held:
                 h.close()
-            server.kill()
-            server.wait(timeout=10)
-    finally:
-        db.close()
 
 
 def test_an_update_that_cannot_be_put_back_closes_its_devboxes(plane, devboxes, tmp_path):
     """The kernel applied an update without answering, and putting the stored version back
     fails too: the policy's devboxes are closed (fail closed), not left on either version."""
     from netns.nft import NftError
-    from simulator.db import Database
-    from simulator.network_policies import NetworkPolicyService
 
     dataplane = plane[0]
-    db = Database(tmp_path / "store.db")
-    service = NetworkPolicyService(db)
-    service.add_update_hook(dataplane.policy_updated)
-    try:
-        policy = service.create_network_policy("acct-a", {"name": "p", "allowed_hostnames": ["github.com"]})
-        target, peer = devboxes.create(policy), devboxes.create(make_policy(allow_devbox_to_devbox=True))
-        target_ip = _ip(dataplane, target)
-        server = devboxes.start(target, "serve", "9100")
+    with _policy_served_to_a_target_and_a_peer(plane, devboxes, tmp_path) as (service, policy, target, peer, target_ip):
+        real_apply, real_nft = dataplane._elements.apply, dataplane._nft.apply
+        calls = []
+
+        def applied_but_no_answer(ops):
+            real_apply(ops)
+            calls.append(len(ops))
+            if len(calls) == 1:
+                raise TimeoutError("nf_tables did not answer")
+
+        def refused(doc):
+            raise NftError("refused")
+
+        dataplane._elements.apply, dataplane._nft.apply = applied_but_no_answer, refused
         try:
-            assert server.stdout.readline().decode().strip() == "OK ready"
-            assert devboxes.run(target, "resolve", "github.com") == f"OK {GITHUB}"
-            real_apply, real_nft = dataplane._elements.apply, dataplane._nft.apply
-            calls = []
-
-            def applied_but_no_answer(ops):
-                real_apply(ops)
-                calls.append(len(ops))
-                if len(calls) == 1:
-                    raise TimeoutError("nf_tables did not answer")
-
-            def refused(doc):
-                raise NftError("refused")
-
-            dataplane._elements.apply, dataplane._nft.apply = applied_but_no_answer, refused
-            try:
-                with pytest.raises(TimeoutError):
-                    service.update_network_policy("acct-a", policy.id, {"allow_devbox_to_devbox": True,
-                                                                         "allowed_hostnames": ["example.com"]})
-            finally:
-                dataplane._elements.apply, dataplane._nft.apply = real_apply, real_nft
-            assert service.retrieve_network_policy("acct-a", policy.id).egress.allow_devbox_to_devbox is False
-            assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
-            assert devboxes.run(target, "tcp", GITHUB, "443").startswith("FAIL")  # neither version's access
+            with pytest.raises(TimeoutError):
+                service.update_network_policy("acct-a", policy.id, _OPEN_PEERS_REVOKE_GITHUB)
         finally:
-            server.kill()
-            server.wait(timeout=10)
-    finally:
-        db.close()
+            dataplane._elements.apply, dataplane._nft.apply = real_apply, real_nft
+        assert service.retrieve_network_policy("acct-a", policy.id).egress.allow_devbox_to_devbox is False
+        assert devboxes.run(peer, "tcp", target_ip, "9100").startswith("FAIL")
+        assert devboxes.run(target, "tcp", GITHUB, "443").startswith("FAIL")  # neither version's access
 
 
 def test_a_devbox_at_the_name_cap_gets_new_names_again_once_its_answers_expire(plane, devboxes, monkeypatch):

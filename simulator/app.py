@@ -22,6 +22,7 @@ from simulator.api import executions as execution_routes
 from simulator.api import files as file_routes
 from simulator.api import network_events as network_event_routes
 from simulator.api import snapshots as snapshot_routes
+from simulator.api.body_limit import BodyLimit
 from simulator.api.request_log import RequestLog
 from simulator.api.text_check import RejectLoneSurrogates
 from simulator.api.tunnel_proxy import TunnelProxy
@@ -216,6 +217,7 @@ def create_app(settings: Settings, runtime: DevboxRuntime | None = None) -> Fast
     app.include_router(file_routes.router)
     app.include_router(network_event_routes.router)
     app.add_middleware(RejectLoneSurrogates)
+    app.add_middleware(BodyLimit)  # outside the text check, which reads JSON bodies whole
     # Outside the text check: a tunnel carries the devbox's bytes, whatever they are.
     app.add_middleware(TunnelProxy, services=lambda: app.state.services)
     app.add_middleware(RequestLog)  # outermost: logs the 400s of the check too

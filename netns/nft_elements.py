@@ -51,9 +51,11 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
@@ -235,10 +237,13 @@ class SetElements:
             self._sock = namespaces.socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self._sock.bind((0, 0))
         self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        # Blocking, with the kernel's receive timeout (a Python timeout would make the drain's
-        # MSG_DONTWAIT reads wait for it too): an expired wait reads as EAGAIN.
+        # Every read is MSG_DONTWAIT, and a wait is a poll with a deadline: a Python socket
+        # timeout would make the drain's reads wait too, and the kernel's SO_RCVTIMEO starts
+        # over each time a signal interrupts the read (Python retries it), so signals coming
+        # faster than the timeout would make the wait endless.
         self._sock.setblocking(True)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", int(_RECV_TIMEOUT_S), 0))
+        self._poll = select.poll()
+        self._poll.register(self._sock.fileno(), select.POLLIN)
         self._sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self._lock = threading.Lock()
         self._seq = 1
@@ -302,14 +307,22 @@ class SetElements:
         assume nothing changed)."""
         end = seq + len(owners) + 1
         overflowed = False
+        deadline = None
         while True:
             try:
-                buf = self._sock.recv(65536, socket.MSG_DONTWAIT if overflowed else 0)
+                # The kernel handles a batch within send(), so its replies are normally queued
+                # by now: the first read finds them without a poll.
+                buf = self._sock.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 if overflowed:
                     raise OSError(errno.ENOBUFS, f"nf_tables lost its answer to a batch of {len(ops)} set "
                                                  "operations: applied or not") from None
-                raise TimeoutError(f"nf_tables did not answer a batch of {len(ops)} set operations") from None
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + _RECV_TIMEOUT_S
+                # poll() resumes after a signal with what is left of its timeout (PEP 475).
+                if now >= deadline or not self._poll.poll(max(1, int((deadline - now) * 1000))):
+                    raise TimeoutError(f"nf_tables did not answer a batch of {len(ops)} set operations") from None
+                continue
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise

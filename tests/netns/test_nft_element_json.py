@@ -180,3 +180,32 @@ def test_a_lost_reply_is_a_refusal_only_when_an_error_of_the_batch_is_queued():
     assert not isinstance(unknown.value, NftElementsError) and unknown.value.errno == errno.ENOBUFS
     elements._sock = _FakeSocket([_error_reply(11, 0)])  # the ACK
     elements._await_acks(10, [0], ops)
+
+
+def test_the_wait_for_an_answer_ends_on_time_though_signals_keep_coming():
+    """A batch nobody answers (here: none was sent) times out after the 2 s wait, even with a
+    signal every 0.3 s: a kernel receive timeout would start over after each one. The signals
+    stop after 6 s, so a wait that starts over ends too, only late."""
+    import signal
+    import time
+
+    from netns.nft_elements import SetElements
+
+    ops = [SetOp("add", "inet", "t", "s", (Element(b"\x01\x02\x03\x04"),))]
+    begun = time.monotonic()
+
+    def tick(signum, frame):
+        if time.monotonic() - begun > 6:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    previous = signal.signal(signal.SIGALRM, tick)
+    try:
+        with SetElements() as elements:
+            signal.setitimer(signal.ITIMER_REAL, 0.3, 0.3)
+            with pytest.raises(TimeoutError):
+                elements._await_acks(10, [0], ops)
+            waited = time.monotonic() - begun
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert 1.9 <= waited < 3.5

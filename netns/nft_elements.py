@@ -57,7 +57,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Self
 
 from netns import namespaces
 
@@ -347,7 +347,7 @@ class SetElements:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> SetElements:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

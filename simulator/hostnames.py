@@ -4,7 +4,8 @@ An entry is an exact DNS name (``github.com``) or a wildcard whose whole first l
 (``*.example.com``). ``*.example.com`` matches every name below example.com at any depth and
 never example.com itself (matching is in ``dns.patterns``). Entries are stored normalised:
 lower case, no trailing dot, IDN labels in punycode by UTS-46 (IDNA 2008) non-transitional
-rules (``bücher.de`` -> ``xn--bcher-kva.de``, ``faß.de`` -> ``xn--fa-hia.de``).
+rules (``bücher.de`` -> ``xn--bcher-kva.de``, ``faß.de`` -> ``xn--fa-hia.de``). A label may
+hold "_" (``_dmarc.example.com``); an internationalised one may not (IDNA 2008 forbids it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from simulator.errors import InvalidRequest
 
 MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+# Letters, digits, inner hyphens, and "_" anywhere: DNS names hold underscores
+# (``_dmarc.example.com``, ``_http._tcp.example.com``, some hosts' own names), the offline
+# world serves them, and the resolver matches them like any other name.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
 
 
 def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
@@ -57,7 +61,7 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
         # faß.de is xn--fa-hia.de. Python's own "idna" codec is IDNA 2003, which made it
         # fass.de - another domain - so the policy opened a name its author never gave.
         try:
-            body = idna.encode(body, uts46=True, transitional=False).decode("ascii")
+            body = _to_ascii(body)
         except UnicodeError as exc:  # idna.IDNAError is one
             raise bad(f"it is not a valid internationalised name ({exc})") from None
     labels = body.split(".")
@@ -68,9 +72,7 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
         if len(label) > MAX_LABEL_LENGTH:
             raise bad(f"label {label[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters")
         if not _LABEL.match(label):
-            raise bad(
-                f"label {label!r} may only hold letters, digits and inner hyphens"
-            )
+            raise bad(f"label {label!r} may only hold letters, digits, '_' and inner hyphens")
         ascii_labels.append(label)
     if ascii_labels[-1].isdigit():
         raise bad("the top-level label is all digits")
@@ -80,6 +82,18 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
     if len(normalised) > MAX_NAME_LENGTH:
         raise bad(f"it is longer than {MAX_NAME_LENGTH} characters")
     return normalised
+
+
+def _to_ascii(body: str) -> str:
+    """UTS-46 (non-transitional) to punycode. Its STD3 rules refuse "_", so a name holding
+    one is mapped without them (full-width letters and dots still map) and its labels are
+    encoded one by one: ASCII labels as they are (the label check above judges them), the
+    others by IDNA 2008."""
+    if "_" not in body:
+        return idna.encode(body, uts46=True, transitional=False).decode("ascii")
+    mapped = idna.uts46_remap(body, std3_rules=False, transitional=False)
+    return ".".join(label if label.isascii() else idna.encode(label).decode("ascii")
+                    for label in mapped.split("."))
 
 
 def normalise_patterns(raw: list[object]) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ WORLD = {
     "resolver": "198.51.100.53",
     "ttl": 30,
     "hosts": {
-        "github.com": {"address": "192.0.2.10", "aliases": ["www.github.com"], "http": [80], "tcp_echo": [443]},
+        "github.com": {"address": "192.0.2.10", "aliases": ["www.github.com", "_svc._tcp.github.com"], "http": [80], "tcp_echo": [443]},
         "registry.npmjs.org": {"address": "192.0.2.20", "http": [80], "tcp_echo": [443]},
         "blocked.example": {"address": "203.0.113.30", "http": [80], "tcp_echo": [443], "udp_echo": [7]},
         "target.elsewhere.net": {"address": "198.51.100.40", "aliases": ["alias.allowed.org"], "tcp_echo": [443]},

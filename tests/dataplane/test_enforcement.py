@@ -66,6 +66,17 @@ def test_hostnames_exact_and_wildcard(devboxes):
     assert not ok(devboxes.run(box, "tcp", BLOCKED, "443"))
 
 
+def test_a_name_with_underscores_is_allowed_as_given_through_the_api_and_only_it(devboxes):
+    from simulator.hostnames import normalise_patterns
+
+    allowed = normalise_patterns(["_SVC._tcp.GitHub.com."])  # what the API stores
+    assert allowed == ("_svc._tcp.github.com",)
+    box = devboxes.create(make_policy(allowed_hostnames=list(allowed)))
+    assert devboxes.run(box, "resolve", "_svc._tcp.github.com") == f"OK {GITHUB}"
+    assert devboxes.run(box, "tcp", "_svc._tcp.github.com", "443") == "OK ping"
+    assert devboxes.run(box, "resolve", "www.github.com").startswith("FAIL gaierror")
+
+
 def test_cname_target_of_an_allowed_name_works(devboxes):
     box = devboxes.create(make_policy(allowed_hostnames=["alias.allowed.org"]))
     assert devboxes.run(box, "resolve", "alias.allowed.org") == f"OK {CNAME_TARGET}"

@@ -25,6 +25,13 @@ from simulator.hostnames import normalise_pattern, normalise_patterns
         ("ｅｘａｍｐｌｅ.com", "example.com"),  # full-width letters are these letters
         ("münchen.de.", "xn--mnchen-3ya.de"),
         ("1password.com", "1password.com"),
+        # "_" is a DNS name character (not a hostname one): TXT/SRV owners, some hosts' names
+        ("_dmarc.Example.com", "_dmarc.example.com"),
+        ("*._tcp.example.com", "*._tcp.example.com"),
+        ("git_hub.com", "git_hub.com"),
+        ("a_.b_c._", "a_.b_c._"),
+        ("ｇｉｔ_hub.com", "git_hub.com"),  # a name with "_" still gets the UTS-46 mapping
+        ("_x.bücher.de", "_x.xn--bcher-kva.de"),
         ("a" * 63 + ".com", "a" * 63 + ".com"),
         (".".join(["a" * 49] * 5), ".".join(["a" * 49] * 5)),  # 249 characters
     ],
@@ -58,7 +65,10 @@ def test_accepts(raw, expected):
         ".github.com",
         "-github.com",
         "github-.com",
-        "git_hub.com",
+        "_-.com",  # hyphens still only inner
+        "bü_cher.de",  # IDNA 2008 labels hold no "_"
+        "_bücher.de",
+        "*_.example.com",
         "a" * 64 + ".com",
         ".".join(["a" * 63] * 4) + ".com",  # > 253 characters
         "example.123",

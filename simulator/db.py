@@ -259,6 +259,11 @@ class _Checkpointer:
             self._thread.join(5)
 
 
+def _casefold(value):
+    """Unicode caseless form of a text column (None and non-text as they are)."""
+    return value.casefold() if isinstance(value, str) else value
+
+
 class StoreTooNew(RuntimeError):
     """The store's schema is newer than this version's migrations."""
 
@@ -269,6 +274,8 @@ class Database:
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
+        # SQLite's lower() folds ASCII only: "Über" would never match "über".
+        self._conn.create_function("casefold", 1, _casefold, deterministic=True)
         self._commits = 0
         self._checkpointer: _Checkpointer | None = None
         if self.path != ":memory:":

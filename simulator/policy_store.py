@@ -93,9 +93,9 @@ def list_page(
 ) -> Page:
     where = Where.of(account=account).equal(id=id)
     if name:
-        where.add("instr(lower(name), lower(?)) > 0", name)
+        where.add("instr(casefold(name), ?) > 0", name.casefold())
     if search:
-        where.add("(instr(id, ?) > 0 OR instr(lower(name), lower(?)) > 0)", search, search)
+        where.add("(instr(id, ?) > 0 OR instr(casefold(name), ?) > 0)", search, search.casefold())
     return TABLE.page(
         conn, where, starting_after=starting_after, limit=limit, include_total_count=include_total_count
     )

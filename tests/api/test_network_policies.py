@@ -274,6 +274,16 @@ def test_list_filters(client):
     assert filtered["total_count"] == 3 and filtered["has_more"] is True
 
 
+def test_name_and_search_fold_case_beyond_ascii(client):
+    for name in ["über-Policy", "ÜBER-two", "Ärger", "Straße"]:
+        create(client, name=name)
+    names = lambda params: sorted(p["name"] for p in client.get(URL, params=params, headers=ALICE).json()["network_policies"])  # noqa: E731
+    assert names({"name": "über"}) == ["ÜBER-two", "über-Policy"]
+    assert names({"name": "Über"}) == ["ÜBER-two", "über-Policy"]
+    assert names({"search": "äRGER"}) == ["Ärger"]
+    assert names({"name": "STRASSE"}) == ["Straße"]  # full case folding: ß is ss
+
+
 @pytest.mark.parametrize("limit", [0, -1, 5001])
 def test_list_limit_bounds(client, limit):
     assert_error(client.get(URL, params={"limit": limit}, headers=ALICE), 400, "invalid_request", "limit")

@@ -73,6 +73,8 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
             raise bad(f"label {label[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters")
         if not _LABEL.match(label):
             raise bad(f"label {label!r} may only hold letters, digits, '_' and inner hyphens")
+        if label.startswith("xn--") and not _valid_a_label(label):
+            raise bad(f"label {label!r} is not valid punycode for an internationalised label (IDNA 2008)")
         ascii_labels.append(label)
     if ascii_labels[-1].isdigit():
         raise bad("the top-level label is all digits")
@@ -94,6 +96,14 @@ def _to_ascii(body: str) -> str:
     mapped = idna.uts46_remap(body, std3_rules=False, transitional=False)
     return ".".join(label if label.isascii() else idna.encode(label).decode("ascii")
                     for label in mapped.split("."))
+
+
+def _valid_a_label(label: str) -> bool:
+    """An "xn--" label is the punycode of a valid IDNA 2008 label, in its one spelling."""
+    try:
+        return idna.encode(idna.decode(label)).decode("ascii") == label
+    except UnicodeError:  # idna.IDNAError is one
+        return False
 
 
 def normalise_patterns(raw: list[object]) -> tuple[str, ...]:

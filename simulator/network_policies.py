@@ -33,6 +33,9 @@ MAX_CIDRS = 1000
 # Port rules over all of allowed_cidrs. Each becomes set elements in the policy's nftables
 # chain: a million (1,000 CIDRs x 1,000 ports) took 90 s to apply, with the API waiting.
 MAX_PORT_RULES = 4000
+# How many entries a request may send per cap, duplicates included (they are dropped, and
+# only the distinct ones count against the cap, but every one sent is read and checked).
+RAW_FACTOR = 4
 
 EGRESS_FLAGS = (
     "allow_all",
@@ -229,24 +232,40 @@ def _check_description(description: str | None) -> str | None:
     return description
 
 
+def _check_sent(what: str, count: int, unit: str, cap: int) -> None:
+    if count > RAW_FACTOR * cap:
+        raise InvalidRequest(f"{what} {count} {unit}, more than {cap} (and more than {RAW_FACTOR * cap} "
+                             "even before duplicates are dropped)")
+
+
 def _merge_egress(current: Egress, params: dict[str, Any]) -> Egress:
     """Apply the provided (non-null) egress fields onto ``current``, validating them."""
     changes: dict[str, Any] = {}
     for flag in EGRESS_FLAGS:
         if params.get(flag) is not None:
             changes[flag] = params[flag]
+    # The caps count what is stored: entries after normalisation, duplicates dropped. What is
+    # sent is bounded too (by RAW_FACTOR times the cap), before any of it is read.
     if params.get("allowed_hostnames") is not None:
-        if len(params["allowed_hostnames"]) > MAX_HOSTNAMES:
-            raise InvalidRequest(f"allowed_hostnames holds more than {MAX_HOSTNAMES} entries")
-        changes["allowed_hostnames"] = normalise_patterns(params["allowed_hostnames"])
+        raw = params["allowed_hostnames"]
+        _check_sent("allowed_hostnames holds", len(raw), "entries", MAX_HOSTNAMES)
+        hostnames = normalise_patterns(raw)
+        if len(hostnames) > MAX_HOSTNAMES:
+            raise InvalidRequest(f"allowed_hostnames holds {len(hostnames)} distinct names, more than {MAX_HOSTNAMES}")
+        changes["allowed_hostnames"] = hostnames
     if params.get("allowed_cidrs") is not None:
-        if len(params["allowed_cidrs"]) > MAX_CIDRS:
-            raise InvalidRequest(f"allowed_cidrs holds more than {MAX_CIDRS} entries")
-        ports = sum(len(entry["ports"]) for entry in params["allowed_cidrs"]
-                    if isinstance(entry, dict) and isinstance(entry.get("ports"), list))
+        raw = params["allowed_cidrs"]
+        _check_sent("allowed_cidrs holds", len(raw), "entries", MAX_CIDRS)
+        sent_ports = sum(len(entry["ports"]) for entry in raw
+                         if isinstance(entry, dict) and isinstance(entry.get("ports"), list))
+        _check_sent("allowed_cidrs hold", sent_ports, "port rules in all", MAX_PORT_RULES)
+        cidrs = validate_cidrs(raw)
+        if len(cidrs) > MAX_CIDRS:
+            raise InvalidRequest(f"allowed_cidrs holds {len(cidrs)} distinct entries, more than {MAX_CIDRS}")
+        ports = sum(len(cidr.ports or ()) for cidr in cidrs)
         if ports > MAX_PORT_RULES:
-            raise InvalidRequest(f"allowed_cidrs hold {ports} port rules in all, more than {MAX_PORT_RULES}")
-        changes["allowed_cidrs"] = validate_cidrs(params["allowed_cidrs"])
+            raise InvalidRequest(f"allowed_cidrs hold {ports} distinct port rules in all, more than {MAX_PORT_RULES}")
+        changes["allowed_cidrs"] = cidrs
     # allow_all implies devbox-to-devbox, over what the user set it to: turning allow_all off
     # brings that back (the value it implied goes), however many updates ago it was set.
     requested = changes.get("allow_devbox_to_devbox", current.devbox_to_devbox_requested)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from simulator.network_policies import MAX_PORT_RULES
+from simulator.network_policies import MAX_CIDRS, MAX_HOSTNAMES, MAX_PORT_RULES, RAW_FACTOR
 from tests.api.conftest import ALICE, BOB
 
 URL = "/v1/network-policies"
@@ -492,6 +492,27 @@ def test_port_rules_are_capped_in_all(client):
     assert client.get(URL, headers=ALICE).json()["network_policies"] == [view]  # nothing half-applied
     at_cap = [{**cidrs[0], "ports": [{"port": p, "protocol": "UDP"} for p in range(1, MAX_PORT_RULES + 1)]}]
     assert client.post(f"{URL}/{view['id']}", json={"allowed_cidrs": at_cap}, headers=ALICE).status_code == 200
+
+
+def test_caps_count_distinct_entries_and_bound_what_is_sent(client):
+    names = [f"h{i}.example.com" for i in range(MAX_HOSTNAMES)]
+    view = create(client, name="full", allowed_hostnames=[*names, "H0.Example.com."])  # a duplicate once normalised
+    assert len(view["egress"]["allowed_hostnames"]) == MAX_HOSTNAMES
+    body = assert_error(client.post(URL, json={"name": "over", "allowed_hostnames": [*names, "one-more.example.com"]},
+                                    headers=ALICE), 400, "invalid_request", "distinct names")
+    assert f"{MAX_HOSTNAMES + 1} distinct names, more than {MAX_HOSTNAMES}" in body["message"]
+    sent = ["a.example.com"] * (RAW_FACTOR * MAX_HOSTNAMES + 1)
+    body = assert_error(client.post(URL, json={"name": "flood", "allowed_hostnames": sent}, headers=ALICE), 400,
+                        "invalid_request", "before duplicates are dropped")
+    cidrs = [{"cidr": f"10.{i // 256}.{i % 256}.0/24"} for i in range(MAX_CIDRS)]
+    view = create(client, name="cidrs", allowed_cidrs=[*cidrs, cidrs[0]])
+    assert len(view["egress"]["allowed_cidrs"]) == MAX_CIDRS
+    assert_error(client.post(URL, json={"name": "over", "allowed_cidrs": [*cidrs, {"cidr": "192.0.2.0/24"}]},
+                             headers=ALICE), 400, "invalid_request", "distinct entries")
+    rule = {"port": 443, "protocol": "TCP"}
+    view = create(client, name="ports", allowed_cidrs=[{"cidr": "192.0.2.0/24", "ports": [rule] * MAX_PORT_RULES * 2}])
+    assert view["egress"]["allowed_cidrs"][0]["ports"] == [{**rule, "end_port": None}]
+    assert [p["name"] for p in client.get(URL, headers=ALICE).json()["network_policies"]] == ["ports", "cidrs", "full"]
 
 
 def test_a_write_that_takes_long_does_not_hold_up_other_requests(client):

@@ -19,6 +19,8 @@ from simulator.hostnames import normalise_pattern, normalise_patterns
         ("bücher.de", "xn--bcher-kva.de"),
         ("*.bücher.de", "*.xn--bcher-kva.de"),
         ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("XN--BCHER-KVA.de", "xn--bcher-kva.de"),
+        ("xn--80ak6aa92e.com", "xn--80ak6aa92e.com"),  # valid Cyrillic, if a homograph
         # IDNA 2008 (UTS-46 non-transitional), as browsers: not IDNA 2003's fass.de / strasse.de
         ("faß.de", "xn--fa-hia.de"),
         ("*.Straße.de", "*.xn--strae-oqa.de"),
@@ -67,6 +69,9 @@ def test_accepts(raw, expected):
         "github-.com",
         "_-.com",  # hyphens still only inner
         "bü_cher.de",  # IDNA 2008 labels hold no "_"
+        "xn--a.com",  # punycode of U+0080
+        "xn--zz.com",  # no punycode at all
+        "*.xn--ls8h.la",  # punycode of an emoji: no IDNA 2008 label
         "_bücher.de",
         "*_.example.com",
         "a" * 64 + ".com",

@@ -46,8 +46,8 @@ class NetworkEvent(NamedTuple):
     kind: str  # "dns" or "blocked" (a new connection nftables dropped)
     verdict: str
     reason: str
-    name: str
-    qtype: str
+    name: str | None  # blocked: the name the address last resolved to, None if none
+    qtype: str | None  # dns only
     matched_pattern: str | None
     addresses: tuple[str, ...]
     ttl: int | None
@@ -138,8 +138,8 @@ class NetworkEventLog:
                 kind="blocked",
                 verdict="denied",
                 reason=reason,
-                name=self._names.get((account, packet.dst), "") if account is not None else "",
-                qtype="",
+                name=self._names.get((account, packet.dst)) if account is not None else None,
+                qtype=None,  # no DNS question: null, as in network_connections
                 matched_pattern=None,
                 addresses=(packet.dst,),
                 ttl=None,

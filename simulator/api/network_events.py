@@ -15,8 +15,8 @@ class NetworkEventView(BaseModel):
     kind: str
     verdict: str
     reason: str
-    name: str
-    qtype: str
+    name: str | None = None  # blocked: the name the address last resolved to (null: none known)
+    qtype: str | None = None  # dns only
     matched_pattern: str | None = None
     addresses: list[str]
     ttl: int | None = None

@@ -195,7 +195,7 @@ def test_each_decision_names_the_policy_version_that_made_it(plane, devboxes, ev
     assert not devboxes.run(box, "tcp", GITHUB, "443").startswith("OK")
     wait_for(events, box, lambda e: e.kind == "blocked")
     seen = [(e.kind, e.verdict, e.network_policy_id, e.network_policy_update_time_ms)
-            for e in events.list_network_events(box, limit=1000)[0] if e.qtype in ("A", "")]
+            for e in events.list_network_events(box, limit=1000)[0] if e.qtype in ("A", None)]
     assert seen == [("dns", "allowed", policy.id, 1000), ("dns", "denied", policy.id, 2000),
                     ("blocked", "denied", policy.id, 2000)]
     unrestricted = devboxes.create(None)

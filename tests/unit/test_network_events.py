@@ -113,7 +113,8 @@ def test_names_are_kept_per_account():
     blocked = LoggedPacket(prefix="", src="10.88.0.9", dst="192.0.2.30", proto="tcp", dport=443)
     log.on_blocked("dbx_b", blocked)
     log.on_blocked("dbx_a2", blocked)
-    assert log.list_network_events("dbx_b")[0][-1].name == ""
+    unnamed = log.list_network_events("dbx_b")[0][-1]
+    assert unnamed.name is None and unnamed.to_json()["name"] is None and unnamed.to_json()["qtype"] is None
     assert log.list_network_events("dbx_a2")[0][-1].name == "secret.example.com"
     assert log.name_for("acct-a", "192.0.2.30") == "secret.example.com"
     assert log.name_for("acct-b", "192.0.2.30") is None

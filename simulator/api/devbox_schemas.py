@@ -1,12 +1,15 @@
 """Wire models for devboxes and executions, as the Runloop SDK (3.0.0) sends and reads them.
 
-Requests ignore unknown fields. Fields the simulator does not implement yet (mounts, secrets,
+Requests ignore unknown fields, but for a network policy given where it would be ignored
+(the devbox would run unrestricted). Fields the simulator does not implement yet (mounts, secrets,
 gateways...) are accepted loosely and ignored; ``launch_parameters`` is echoed back.
 Responses mirror ``runloop_api_client.types``: every field the SDK requires is always present.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
@@ -56,6 +59,16 @@ class LifecycleParam(_Echoed):
     lifecycle_hooks: LifecycleHooksParam | None = None
 
 
+def _looks_like_the_policy_field(key: str) -> bool:
+    """A key meant as ``network_policy_id`` (``networkPolicyId``, ``policy_id``,
+    ``network_plicy_id``...): ignored like other unknown keys, it would leave the devbox with
+    no policy, that is unrestricted egress, with nothing to tell the mistake."""
+    if key == "network_policy_id":
+        return False
+    letters = re.sub(r"[^a-z]", "", key.lower())
+    return "polic" in letters or difflib.SequenceMatcher(None, letters, "networkpolicyid").ratio() >= 0.8
+
+
 class LaunchParametersParam(_Echoed):
     network_policy_id: StrictStr | None = None
     launch_commands: list[StrictStr] | None = None
@@ -92,6 +105,14 @@ class LaunchParametersParam(_Echoed):
             raise ValueError(f"custom_disk_size must be a multiple of 2 from 2 to 64, not {disk}")
         if not 2 * cpu <= memory <= 8 * cpu:
             raise ValueError(f"custom_gb_memory must be 2 to 8 times custom_cpu_cores ({memory} GiB for {cpu} CPUs)")
+        return self
+
+    @model_validator(mode="after")
+    def _no_misspelt_policy(self):
+        for key in self.model_extra or {}:
+            if _looks_like_the_policy_field(key):
+                raise ValueError(f"{key!r} is not a launch parameter: did you mean 'network_policy_id'? (an unknown "
+                                 "key is ignored, and a devbox without a policy has unrestricted egress)")
         return self
 
     @model_validator(mode="after")
@@ -133,6 +154,19 @@ class TunnelView(BaseModel):
 
 
 class DevboxCreateParams(_Request):
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_in_launch_parameters(cls, data: Any) -> Any:
+        """A devbox's policy goes in launch_parameters (a blueprint's top-level
+        network_policy_id is its build's): one given here would be ignored, unrestricted."""
+        if isinstance(data, dict):
+            for key in data:
+                if key == "network_policy_id" or _looks_like_the_policy_field(key):
+                    raise ValueError(f"{key!r} is not a devbox field: a devbox's network policy goes in "
+                                     "launch_parameters.network_policy_id (ignored here, it would leave the "
+                                     "devbox unrestricted)")
+        return data
+
     name: StrictStr | None = None
     blueprint_id: StrictStr | None = None
     blueprint_name: StrictStr | None = None

@@ -716,6 +716,27 @@ def test_provisioning_gets_the_policy_and_environment(devbox_client, runtime):
     assert seen[1].id == no_policy and seen[1].policy is None
 
 
+@pytest.mark.parametrize("body, named", [
+    ({"launch_parameters": {"network_policyid": "npol_x"}}, "'network_policyid' is not a launch parameter"),
+    ({"launch_parameters": {"networkPolicyId": "npol_x"}}, "did you mean 'network_policy_id'"),
+    ({"launch_parameters": {"policy_id": "npol_x", "launch_commands": []}}, "'policy_id'"),
+    ({"network_policy_id": "npol_x"}, "goes in launch_parameters.network_policy_id"),
+    ({"policy": "npol_x"}, "'policy' is not a devbox field"),
+])
+def test_a_policy_given_where_it_would_be_ignored_is_refused(devbox_client, body, named):
+    """Ignored like other unknown keys, these would leave the devbox unrestricted."""
+    body = assert_error(devbox_client.post(URL, json=body, headers=ALICE), 400, "invalid_request", named)
+    assert "unrestricted" in body["message"]
+    assert_error(devbox_client.post(f"{URL}/create_and_await_running", json={"launch_parameters": {"policy": "x"}},
+                                    headers=ALICE), 400, "invalid_request", "network_policy_id")
+    assert_error(devbox_client.post("/v1/blueprints", json={"name": "b", "launch_parameters": {"policyId": "x"}},
+                                    headers=ALICE), 400, "invalid_request", "network_policy_id")
+    assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
+    assert devbox_client.get("/v1/blueprints", headers=ALICE).json()["blueprints"] == []
+    # Other unknown keys are still ignored and echoed (a newer SDK may send more).
+    assert create(devbox_client, launch_parameters={"some_new_field": 1})["launch_parameters"] == {"some_new_field": 1}
+
+
 def test_a_custom_size_within_the_sdks_limits_is_taken_and_echoed(devbox_client):
     launch = {"resource_size_request": "CUSTOM_SIZE", "custom_cpu_cores": 0.5, "custom_gb_memory": 4, "custom_disk_size": 2}
     assert create(devbox_client, launch_parameters=launch)["launch_parameters"] == launch

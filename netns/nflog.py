@@ -37,7 +37,9 @@ NLM_F_REQUEST = 1
 NLM_F_ACK = 4
 NLMSG_ERROR = 2
 COPY_RANGE = 128
-_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
+_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 136: "udplite", 132: "sctp", 33: "dccp"}
+# Transport protocols whose header starts with the source and destination ports.
+_PORTED = (6, 17, 136, 132, 33)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def parse_packet(payload: bytes, prefix: str) -> LoggedPacket | None:
     header = (payload[0] & 0x0F) * 4
     proto = payload[9]
     sport = dport = None
-    if proto in (6, 17) and len(payload) >= header + 4:
+    if proto in _PORTED and len(payload) >= header + 4:
         sport, dport = struct.unpack_from("!HH", payload, header)
     return LoggedPacket(
         prefix=prefix,

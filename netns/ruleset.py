@@ -133,8 +133,11 @@ PORTS_SET = "dbx_ports"
 PORT_MAC_SET = "dbx_port_mac"
 PORT_IP_SET = "dbx_port_ip"
 
-# DNS (53) and DNS-over-TLS (853) to anything but our resolver are always dropped.
+# DNS (53) and DNS-over-TLS (853) to anything but our resolver are always dropped, over every
+# transport with ports: UDP-Lite, SCTP and DCCP need no privilege either, and a resolver could
+# listen on them.
 BLOCKED_DNS_PORTS = (53, 853)
+PORTED_PROTOCOLS = ["tcp", "udp", "udplite", "sctp", "dccp"]
 # Packets a devbox may send to the resolver, per second, after a burst: above it the kernel
 # drops them before they reach the resolver's socket, which every devbox shares (measured: one
 # devbox sending 106,000 queries/s made another lose 9% of its queries and tripled the
@@ -601,7 +604,7 @@ def _base(router: Router) -> list[Cmd]:
         _rule(
             fwd,
             [
-                _match(_meta("l4proto"), {"set": ["tcp", "udp"]}),
+                _match(_meta("l4proto"), {"set": PORTED_PROTOCOLS}),
                 _match(_payload("th", "dport"), {"set": list(BLOCKED_DNS_PORTS)}),
                 _logged_drop(router, "resolver_bypass"),
             ],

@@ -74,7 +74,7 @@ def normalise_pattern(raw: object, where: str = "allowed_hostnames") -> str:
         if not _LABEL.match(label):
             raise bad(f"label {label!r} may only hold letters, digits, '_' and inner hyphens")
         if label.startswith("xn--") and not _valid_a_label(label):
-            raise bad(f"label {label!r} is not valid punycode for an internationalised label (IDNA 2008)")
+            raise bad(f"label {label!r} is not the punycode of an internationalised label")
         ascii_labels.append(label)
     if ascii_labels[-1].isdigit():
         raise bad("the top-level label is all digits")
@@ -99,11 +99,16 @@ def _to_ascii(body: str) -> str:
 
 
 def _valid_a_label(label: str) -> bool:
-    """An "xn--" label is the punycode of a valid IDNA 2008 label, in its one spelling."""
+    """An "xn--" label is punycode, in its one spelling, of printable lower-case text that is
+    not all ASCII. Not IDNA 2008 itself: names registered under IDNA 2003 (emoji domains
+    such as xn--ls8h.la) are real and resolve by their ASCII form; a name given in Unicode
+    goes by IDNA 2008 (see _to_ascii)."""
     try:
-        return idna.encode(idna.decode(label)).decode("ascii") == label
-    except UnicodeError:  # idna.IDNAError is one
+        text = label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
         return False
+    return (not text.isascii() and text.isprintable() and text == text.lower()
+            and "xn--" + text.encode("punycode").decode("ascii") == label)
 
 
 def normalise_patterns(raw: list[object]) -> tuple[str, ...]:

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 
-from simulator.api.devbox_schemas import LaunchParametersParam
+from simulator.api.devbox_schemas import LaunchParametersParam, looks_like_the_policy_field
 
 
 class BlueprintCreateParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_build_policy(cls, data: Any) -> Any:
+        """A misspelt ``network_policy_id`` would be ignored, and the build run unrestricted."""
+        if isinstance(data, dict):
+            for key in data:
+                if looks_like_the_policy_field(key):
+                    raise ValueError(f"{key!r} is not a blueprint field: did you mean 'network_policy_id' (the "
+                                     "build's policy) or launch_parameters.network_policy_id (its devboxes')? "
+                                     "Ignored, it would leave the build unrestricted")
+        return data
 
     name: StrictStr
     dockerfile: StrictStr | None = None

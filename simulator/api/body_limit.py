@@ -1,11 +1,14 @@
-"""Cap the size of an API request body: 413 ``request_too_large`` past ``MAX_BODY_BYTES``.
+"""Cap the size of an API request body, per route: 413 ``request_too_large`` past it.
 
 Without a cap, one request could make the simulator hold any amount: JSON bodies are read
-whole (text_check buffers them, then FastAPI parses them), and an upload is spooled to a
-temporary file before the route sees its size. The largest legitimate body is a 64 MiB file
-(``files.MAX_FILE_BYTES``) in ``write_file_contents``, whose JSON escaping may double it
-(a newline is two characters, ``\\n``), or in ``upload_file``'s form: the cap leaves room for
-both, and the routes' own checks (``file_too_large``) still answer anything between.
+whole (text_check buffers them, then FastAPI parses them, on the event loop: a 127 MiB policy
+body held 2.3 GB and stalled every other request for seconds), and an upload is spooled to a
+temporary file before the route sees its size. So most routes take little (``LIMITS.default``:
+a policy at its caps is under 1 MiB), and only those that carry file contents take a file's
+worth: a 64 MiB file (``files.MAX_FILE_BYTES``) as JSON text in ``write_file_contents`` or
+in a create's ``file_mounts`` (JSON escaping makes a control character six bytes,
+``\u001b``), or in ``upload_file``'s form. The routes' own checks (``file_too_large``)
+answer anything between.
 
 Two ways a body is over: its ``Content-Length`` says so (answered at once, nothing read), or
 it is sent without one (chunked, or HTTP/2) and the bytes run past the cap while the route
@@ -16,23 +19,49 @@ goes out instead. Tunnel traffic never comes here: it carries a devbox's bytes, 
 
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 from simulator.api.errors import error_response
 from simulator.files import MAX_FILE_BYTES
 
-MAX_BODY_BYTES = 2 * MAX_FILE_BYTES + (1 << 20)
+MiB = 1 << 20
+
+
+class Limits(NamedTuple):
+    default: int  # every route but the two below
+    file_json: int  # JSON bodies that carry file contents
+    upload: int  # upload_file's multipart form
+
+
+LIMITS = Limits(default=8 * MiB, file_json=6 * MAX_FILE_BYTES + MiB, upload=MAX_FILE_BYTES + MiB)
+
+# POST routes whose JSON carries file contents: write_file_contents, and creates with file_mounts.
+_FILE_JSON = re.compile(r"^/v1/(?:devboxes/[^/]+/write_file_contents|devboxes(?:/create_and_await_running)?"
+                        r"|blueprints(?:/preview)?)$")
+_UPLOAD = re.compile(r"^/v1/devboxes/[^/]+/upload_file$")
+
+
+def limit_for(limits: Limits, path: str) -> int:
+    if _FILE_JSON.match(path):
+        return limits.file_json
+    if _UPLOAD.match(path):
+        return limits.upload
+    return limits.default
 
 
 class BodyLimit:
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+    def __init__(self, app, limits: Limits = LIMITS):
         self.app = app
-        self.limit = limit
+        self.limits = limits
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = limit_for(self.limits, scope["path"])
         declared = _content_length(scope)
-        if declared is not None and declared > self.limit:
-            return await self._refuse(scope, receive, send)
+        if declared is not None and declared > limit:
+            return await _refuse(limit, scope, receive, send)
         received = 0
         over = False
         answered = False  # the route began its own response before the body ran over
@@ -44,7 +73,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     over = True
                     return {"type": "http.disconnect"}
             return message
@@ -62,15 +91,15 @@ class BodyLimit:
             if not over or answered:
                 raise
         if over and not answered:
-            await self._refuse(scope, receive, send)
+            await _refuse(limit, scope, receive, send)
 
-    async def _refuse(self, scope, receive, send):
-        response = error_response(
-            413, "request_too_large",
-            f"the request body is larger than the {self.limit} bytes a request may carry "
-            f"(a file is at most {MAX_FILE_BYTES} bytes: see upload_file and write_file_contents)",
-        )
-        await response(scope, receive, send)
+
+async def _refuse(limit: int, scope, receive, send):
+    response = error_response(
+        413, "request_too_large",
+        f"the request body is larger than the {limit} bytes {scope['method']} {scope['path']} may carry",
+    )
+    await response(scope, receive, send)
 
 
 def _content_length(scope) -> int | None:

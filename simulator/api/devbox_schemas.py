@@ -59,14 +59,18 @@ class LifecycleParam(_Echoed):
     lifecycle_hooks: LifecycleHooksParam | None = None
 
 
-def _looks_like_the_policy_field(key: str) -> bool:
+_POLICY_SHORTHANDS = frozenset({"policy", "policyid", "policyids", "npol", "npolid"})
+
+
+def looks_like_the_policy_field(key: str) -> bool:
     """A key meant as ``network_policy_id`` (``networkPolicyId``, ``policy_id``,
     ``network_plicy_id``...): ignored like other unknown keys, it would leave the devbox with
-    no policy, that is unrestricted egress, with nothing to tell the mistake."""
+    no policy, that is unrestricted egress, with nothing to tell the mistake. Other keys that
+    merely mention a policy (``restart_policy``, ``pull_policy``) are not it."""
     if key == "network_policy_id":
         return False
     letters = re.sub(r"[^a-z]", "", key.lower())
-    return "polic" in letters or difflib.SequenceMatcher(None, letters, "networkpolicyid").ratio() >= 0.8
+    return letters in _POLICY_SHORTHANDS or difflib.SequenceMatcher(None, letters, "networkpolicyid").ratio() >= 0.8
 
 
 class LaunchParametersParam(_Echoed):
@@ -110,7 +114,7 @@ class LaunchParametersParam(_Echoed):
     @model_validator(mode="after")
     def _no_misspelt_policy(self):
         for key in self.model_extra or {}:
-            if _looks_like_the_policy_field(key):
+            if looks_like_the_policy_field(key):
                 raise ValueError(f"{key!r} is not a launch parameter: did you mean 'network_policy_id'? (an unknown "
                                  "key is ignored, and a devbox without a policy has unrestricted egress)")
         return self
@@ -161,7 +165,7 @@ class DevboxCreateParams(_Request):
         network_policy_id is its build's): one given here would be ignored, unrestricted."""
         if isinstance(data, dict):
             for key in data:
-                if key == "network_policy_id" or _looks_like_the_policy_field(key):
+                if key == "network_policy_id" or looks_like_the_policy_field(key):
                     raise ValueError(f"{key!r} is not a devbox field: a devbox's network policy goes in "
                                      "launch_parameters.network_policy_id (ignored here, it would leave the "
                                      "devbox unrestricted)")

@@ -1,4 +1,4 @@
-"""An API request body past the cap is a 413 ``request_too_large``, and changes nothing."""
+"""An API request body past its route's cap is a 413 ``request_too_large``, and changes nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import warnings
 import httpx
 import pytest
 
-from simulator.api.body_limit import MAX_BODY_BYTES, BodyLimit
+from simulator.api.body_limit import LIMITS, BodyLimit, Limits
 from simulator.app import create_app
 from simulator.config import Settings
 from tests.api.conftest import ALICE
@@ -21,13 +21,14 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 LIMIT = 4096
+SMALL = Limits(default=LIMIT, file_json=4 * LIMIT, upload=3 * LIMIT)
 
 
 @pytest.fixture
 def small_limit_client(tmp_path):
-    """The app behind a cap of LIMIT bytes (the real cap is 129 MiB: too big to send in a test)."""
+    """The app behind caps of a few KiB (the real file routes' are hundreds of MiB)."""
     app = create_app(Settings(data_dir=tmp_path / "data"))
-    with TestClient(BodyLimit(app, limit=LIMIT)) as client:
+    with TestClient(BodyLimit(app, limits=SMALL)) as client:
         yield client
     app.state.services.close()
 
@@ -70,9 +71,37 @@ def test_an_upload_past_the_cap_is_413_not_the_routes_answer(small_limit_client)
     files = {"file": ("f.bin", b"x" * 100)}
     small = small_limit_client.post("/v1/devboxes/dbx_nope/upload_file", data={"path": "f"}, files=files, headers=ALICE)
     assert small.status_code == 503, small.text
-    files = {"file": ("f.bin", b"x" * (2 * LIMIT))}
+    files = {"file": ("f.bin", b"x" * (2 * LIMIT))}  # over the default cap, within the upload one
+    assert small_limit_client.post("/v1/devboxes/dbx_nope/upload_file", data={"path": "f"}, files=files,
+                                   headers=ALICE).status_code == 503
+    files = {"file": ("f.bin", b"x" * (3 * LIMIT))}
     big = small_limit_client.post("/v1/devboxes/dbx_nope/upload_file", data={"path": "f"}, files=files, headers=ALICE)
     assert big.status_code == 413 and big.json()["error_code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("path", ["/v1/devboxes/dbx_nope/write_file_contents", "/v1/devboxes",
+                                  "/v1/devboxes/create_and_await_running", "/v1/blueprints", "/v1/blueprints/preview"])
+def test_routes_that_carry_file_contents_take_a_files_worth(small_limit_client, path):
+    """A file's contents as JSON text may take six bytes a character (control characters are
+    escaped as \\u001b): these routes take the larger cap, and only they."""
+    body = json.dumps({"file_path": "f", "contents": "\x1b" * (LIMIT // 2), "name": "b"}).encode()
+    assert LIMIT < len(body) < SMALL.file_json
+    r = small_limit_client.post(path, content=_chunks(body), headers={**ALICE, "Content-Type": "application/json"})
+    assert r.status_code != 413, r.text
+    over = json.dumps({"contents": "\x1b" * SMALL.file_json}).encode()
+    r = small_limit_client.post(path, content=_chunks(over), headers={**ALICE, "Content-Type": "application/json"})
+    assert r.status_code == 413
+    # the policy routes, and every other, take the default
+    r = small_limit_client.post("/v1/devboxes/dbx_nope/execute_async", content=body,
+                                headers={**ALICE, "Content-Type": "application/json"})
+    assert r.status_code == 413 and f"{LIMIT} bytes POST /v1/devboxes/dbx_nope/execute_async" in r.json()["message"]
+
+
+def test_the_real_caps_take_any_file_a_route_may_store():
+    from simulator.files import MAX_FILE_BYTES
+
+    # a 64 MiB file of control characters written as JSON; an upload's form around 64 MiB
+    assert LIMITS.file_json >= 6 * MAX_FILE_BYTES + 1024 and LIMITS.upload >= MAX_FILE_BYTES + 1024
 
 
 def test_the_server_answers_a_huge_declared_body_at_once(server):
@@ -86,7 +115,12 @@ def test_the_server_answers_a_huge_declared_body_at_once(server):
         response.begin()
         assert response.status == 413
         body = json.loads(response.read(int(response.getheader("content-length"))))
-    assert body["error_code"] == "request_too_large" and str(MAX_BODY_BYTES) in body["message"]
+    assert body["error_code"] == "request_too_large" and str(LIMITS.default) in body["message"]
+    # A policy body past the default cap (8 MiB), sent whole: refused, nothing stored.
+    flood = json.dumps({"name": "flood", "allowed_hostnames": ["a.co"] * (LIMITS.default // 6)}).encode()
+    r = httpx.post(server.url + "/v1/network-policies", content=flood,
+                   headers={**ALICE, "Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and r.json()["error_code"] == "request_too_large"
     listed = httpx.get(server.url + "/v1/network-policies", headers=ALICE, timeout=10).json()
     assert listed["total_count"] == 0
 

@@ -731,10 +731,16 @@ def test_a_policy_given_where_it_would_be_ignored_is_refused(devbox_client, body
                                     headers=ALICE), 400, "invalid_request", "network_policy_id")
     assert_error(devbox_client.post("/v1/blueprints", json={"name": "b", "launch_parameters": {"policyId": "x"}},
                                     headers=ALICE), 400, "invalid_request", "network_policy_id")
+    for key in ("network_policyid", "policy_id", "networkPolicyId"):  # a blueprint's build policy, misspelt
+        assert_error(devbox_client.post("/v1/blueprints", json={"name": "b", key: "x"}, headers=ALICE), 400,
+                     "invalid_request", "leave the build unrestricted")
     assert devbox_client.get(URL, headers=ALICE).json()["devboxes"] == []
     assert devbox_client.get("/v1/blueprints", headers=ALICE).json()["blueprints"] == []
-    # Other unknown keys are still ignored and echoed (a newer SDK may send more).
-    assert create(devbox_client, launch_parameters={"some_new_field": 1})["launch_parameters"] == {"some_new_field": 1}
+    # Other unknown keys are still ignored and echoed (a newer SDK may send more), those that
+    # name some other policy too.
+    others = {"some_new_field": 1, "restart_policy": "always", "pull_policy": "never", "network_id": "n"}
+    assert create(devbox_client, launch_parameters=others)["launch_parameters"] == others
+    assert create(devbox_client, idle_policy="x", policies=[])["launch_parameters"] is not None
 
 
 def test_a_custom_size_within_the_sdks_limits_is_taken_and_echoed(devbox_client):

@@ -21,6 +21,7 @@ from simulator.hostnames import normalise_pattern, normalise_patterns
         ("xn--bcher-kva.de", "xn--bcher-kva.de"),
         ("XN--BCHER-KVA.de", "xn--bcher-kva.de"),
         ("xn--80ak6aa92e.com", "xn--80ak6aa92e.com"),  # valid Cyrillic, if a homograph
+        ("*.XN--LS8H.la", "*.xn--ls8h.la"),  # an emoji domain (IDNA 2003): real, resolves by this name
         # IDNA 2008 (UTS-46 non-transitional), as browsers: not IDNA 2003's fass.de / strasse.de
         ("faß.de", "xn--fa-hia.de"),
         ("*.Straße.de", "*.xn--strae-oqa.de"),
@@ -71,7 +72,8 @@ def test_accepts(raw, expected):
         "bü_cher.de",  # IDNA 2008 labels hold no "_"
         "xn--a.com",  # punycode of U+0080
         "xn--zz.com",  # no punycode at all
-        "*.xn--ls8h.la",  # punycode of an emoji: no IDNA 2008 label
+        "xn--abc-.com",  # punycode of plain ASCII: not an internationalised label
+        "xn--wca.com",  # "Ü": a name is lower case (xn--tda is "ü")
         "_bücher.de",
         "*_.example.com",
         "a" * 64 + ".com",

@@ -10,7 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictStr, model_validator
 
-from simulator.api.devbox_schemas import LaunchParametersParam, looks_like_the_policy_field
+from simulator.api.devbox_schemas import (
+    LaunchParametersParam,
+    looks_like_the_policy_field,
+)
 
 
 class BlueprintCreateParams(BaseModel):

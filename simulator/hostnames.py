@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 
 import idna
 
@@ -99,15 +100,18 @@ def _to_ascii(body: str) -> str:
 
 
 def _valid_a_label(label: str) -> bool:
-    """An "xn--" label is punycode, in its one spelling, of printable lower-case text that is
-    not all ASCII. Not IDNA 2008 itself: names registered under IDNA 2003 (emoji domains
-    such as xn--ls8h.la) are real and resolve by their ASCII form; a name given in Unicode
-    goes by IDNA 2008 (see _to_ascii)."""
+    """An "xn--" label is punycode, in its one spelling, of text that is not all ASCII and that
+    UTS-46 leaves as it is (already mapped: lower case, or Cherokee's upper case, which is its
+    mapped form; NFC; not starting with a combining mark). Not IDNA 2008's own validity:
+    names registered under IDNA 2003 (emoji domains such as xn--ls8h.la) are real and
+    resolve by their ASCII form; a name given in Unicode goes by IDNA 2008 (see _to_ascii)."""
     try:
         text = label[4:].encode("ascii").decode("punycode")
-    except UnicodeError:
+        mapped = idna.uts46_remap(text, std3_rules=False, transitional=False)
+    except UnicodeError:  # idna.IDNAError is one
         return False
-    return (not text.isascii() and text.isprintable() and text == text.lower()
+    return (not text.isascii() and mapped == text and unicodedata.is_normalized("NFC", text)
+            and not unicodedata.category(text[0]).startswith("M")
             and "xn--" + text.encode("punycode").decode("ascii") == label)
 
 

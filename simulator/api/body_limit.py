@@ -30,15 +30,16 @@ MiB = 1 << 20
 
 class Limits(NamedTuple):
     default: int  # every route but the two below
-    file_json: int  # JSON bodies that carry file contents
+    file_json: int  # JSON bodies that carry file contents (or stdin)
     upload: int  # upload_file's multipart form
 
 
 LIMITS = Limits(default=8 * MiB, file_json=6 * MAX_FILE_BYTES + MiB, upload=MAX_FILE_BYTES + MiB)
 
-# POST routes whose JSON carries file contents: write_file_contents, and creates with file_mounts.
+# POST routes whose JSON carries file contents or other data: write_file_contents, the creates
+# with file_mounts, and a command's stdin.
 _FILE_JSON = re.compile(r"^/v1/(?:devboxes/[^/]+/write_file_contents|devboxes(?:/create_and_await_running)?"
-                        r"|blueprints(?:/preview)?)$")
+                        r"|devboxes/[^/]+/executions/[^/]+/send_std_in|blueprints(?:/preview)?)$")
 _UPLOAD = re.compile(r"^/v1/devboxes/[^/]+/upload_file$")
 
 

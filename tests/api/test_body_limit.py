@@ -80,6 +80,7 @@ def test_an_upload_past_the_cap_is_413_not_the_routes_answer(small_limit_client)
 
 
 @pytest.mark.parametrize("path", ["/v1/devboxes/dbx_nope/write_file_contents", "/v1/devboxes",
+                                  "/v1/devboxes/dbx_nope/executions/exe_nope/send_std_in",
                                   "/v1/devboxes/create_and_await_running", "/v1/blueprints", "/v1/blueprints/preview"])
 def test_routes_that_carry_file_contents_take_a_files_worth(small_limit_client, path):
     """A file's contents as JSON text may take six bytes a character (control characters are

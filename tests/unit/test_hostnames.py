@@ -22,6 +22,8 @@ from simulator.hostnames import normalise_pattern, normalise_patterns
         ("XN--BCHER-KVA.de", "xn--bcher-kva.de"),
         ("xn--80ak6aa92e.com", "xn--80ak6aa92e.com"),  # valid Cyrillic, if a homograph
         ("*.XN--LS8H.la", "*.xn--ls8h.la"),  # an emoji domain (IDNA 2003): real, resolves by this name
+        ("Ꭰ.com", "xn--58d.com"),  # Cherokee: its upper case is the mapped form
+        ("xn--58d.com", "xn--58d.com"),
         # IDNA 2008 (UTS-46 non-transitional), as browsers: not IDNA 2003's fass.de / strasse.de
         ("faß.de", "xn--fa-hia.de"),
         ("*.Straße.de", "*.xn--strae-oqa.de"),
@@ -74,6 +76,9 @@ def test_accepts(raw, expected):
         "xn--zz.com",  # no punycode at all
         "xn--abc-.com",  # punycode of plain ASCII: not an internationalised label
         "xn--wca.com",  # "Ü": a name is lower case (xn--tda is "ü")
+        "xn--py1h.com",  # U+1D400, a bold A: UTS-46 maps it to "a"
+        "xn--a-wbb.com",  # a label starting with a combining mark
+        "xn--a-xbb.com",  # not NFC ("a" then a combining acute)
         "_bücher.de",
         "*_.example.com",
         "a" * 64 + ".com",

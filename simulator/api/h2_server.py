@@ -16,7 +16,9 @@ Bounds, for clients that reach the port through tunnels:
   64 CONTINUATION frames per header block (h2's own limit).
 - request bodies: each stream's window (64 KiB) is given back only as the app takes the body,
   and the connection's window is CONNECTION_WINDOW: that much at most is buffered. Like
-  uvicorn's HTTP/1.1 reading (paused past 64 KiB), there is no size limit, only backpressure.
+  uvicorn's HTTP/1.1 reading (paused past 64 KiB), there is no size limit here, only
+  backpressure (the app's body_limit caps sizes). A body longer or shorter than its
+  content-length resets its own stream (PROTOCOL_ERROR), not the connection.
 - output: when the socket's buffer is full (the client does not read), reading stops too, so
   frames answered automatically (PING, SETTINGS acks, refusals) cannot pile up unread.
 - a response that cannot move for ``h2_stream.STALL_SECONDS`` (the client opens no window, or
@@ -44,7 +46,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame
 from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.utils import (
     get_client_addr,
@@ -72,6 +74,25 @@ class _ServerConnection(h2.connection.H2Connection):
     """h2's connection, but a GOAWAY(NO_ERROR) from the client leaves it open: the client will
     start no new stream, yet those it started are to finish (RFC 9113 6.8), and h2 would drop
     every later frame of theirs (their WINDOW_UPDATEs too) and everything queued to send."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.malformed: list[int] = []  # streams reset for a body not of its declared length
+
+    def _receive_frame(self, frame):
+        """A request whose DATA runs past its content-length, or ends short of it, is malformed:
+        RFC 9113 8.1.1 makes that an error of its stream, not of the connection (the other
+        requests on it go on). h2 raises it as a connection error, without the stream: here
+        the stream is reset instead, its flow-controlled bytes given back to the connection
+        window, and the stream listed in ``malformed`` for the server to end."""
+        try:
+            return super()._receive_frame(frame)
+        except h2.exceptions.InvalidBodyLengthError:
+            self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            if isinstance(frame, DataFrame):
+                self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+            self.malformed.append(frame.stream_id)
+            return []
 
     def _receive_goaway_frame(self, frame):
         if frame.error_code != ErrorCodes.NO_ERROR:
@@ -130,6 +151,9 @@ class H2Protocol(asyncio.Protocol):
             return
         for event in events:
             self._handle(event)
+        while self.conn.malformed:  # reset by the connection itself (see _ServerConnection)
+            if (stream := self.streams.get(self.conn.malformed.pop())) is not None:
+                stream.disconnect()
         self.flush()
         self._idle_if_no_streams()
 

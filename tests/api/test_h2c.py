@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 
+import h2.errors
 import httpx
 import pytest
 from runloop_api_client import DefaultHttpxClient, NotFoundError, Runloop
@@ -233,3 +234,19 @@ def test_http1_and_h2c_clients_at_once(server):
     for thread in threads:
         thread.join(30)
     assert not failures
+
+
+@pytest.mark.parametrize("declared, sent", [(10, b'{"name": "runs past its length"}'), (100, b'{"name": "x"}')],
+                         ids=["longer", "shorter"])
+def test_a_body_not_of_its_declared_length_resets_its_stream_only(server, declared, sent):
+    """RFC 9113 8.1.1: a malformed request is an error of its stream; the connection serves on."""
+    with H2Peer(server.url) as peer:
+        slow = peer.request("GET", "/healthz")  # another stream, open on the same connection
+        bad = peer.request("POST", URL, headers=[(b"content-type", b"application/json"),
+                                                 (b"content-length", str(declared).encode())], end=False)
+        peer.send_body(bad, sent, end=True)
+        peer.read_until(peer.ended(bad, slow))
+        assert peer.responses[bad]["reset"] == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert peer.responses[slow]["status"] == 200 and peer.goaway is None
+        after = peer.get(URL)
+        assert after["status"] == 200 and json.loads(after["body"])["total_count"] == 0  # nothing stored

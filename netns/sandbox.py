@@ -26,7 +26,10 @@ How the holder is built (``start()``)
     * ``/dev/pts`` is a private devpts instance (``/dev/ptmx`` bound to its ``ptmx``) of at most
       ``sandbox_setup.PTY_MAX`` terminals: the machine's pseudo-terminal pool is shared;
     * generated ``resolv.conf`` (only ``nameserver <nameserver>``) and ``hosts`` are bind-mounted
-      read-only over ``/etc/resolv.conf`` and ``/etc/hosts``;
+      read-only over ``/etc/resolv.conf`` and ``/etc/hosts``, and generated ``passwd`` and
+      ``group`` (root, nobody and ``user`` with the devbox's uid and gid) over ``/etc/passwd`` and
+      ``/etc/group``: ``whoami``, ``git commit`` and ``getpwuid()`` find the devbox's user (the
+      host's entries had no line for its uid, and named the host's accounts);
     * ``/sys`` is a fresh read-only sysfs of the devbox's network namespace.
 
     Bind sources are opened (``O_PATH``) after the unshare but before any mount, and mounted
@@ -559,7 +562,13 @@ class Sandbox:
             hosts,
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{self.name}\n".encode(),
         )
-        return str(resolv), str(hosts)
+        passwd, group = priv / "passwd", priv / "group"
+        _write_if_changed(passwd, (
+            "root:x:0:0:root:/root:/bin/sh\n"
+            f"user:x:{self.uid}:{self.gid}:user:{DEVBOX_HOME}:/bin/bash\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode())
+        _write_if_changed(group, f"root:x:0:\nuser:x:{self.gid}:\nnogroup:x:65534:\n".encode())
+        return str(resolv), str(hosts), str(passwd), str(group)
 
     def _hide_targets(self) -> list[tuple[str, bool]]:
         """(path, is_dir) to cover, outermost first; paths covered by another one dropped."""
@@ -591,7 +600,7 @@ class Sandbox:
         ``begin_start`` the caller must call ``finish_start`` (or ``abort_start``)."""
         if self._holder_pid is not None and self.alive():
             raise SandboxError(f"sandbox {self.name} already running")
-        resolv, hosts = self._prepare_root()
+        resolv, hosts, passwd, group = self._prepare_root()
         # /run is replaced whole (below): hiding anything under it is moot, and would fail.
         hides = [(p, d) for p, d in self._hide_targets() if not _under(p, "/run")]
         resolv_target = os.path.realpath("/etc/resolv.conf")
@@ -613,7 +622,7 @@ class Sandbox:
         plan = {
             "net": self.netns_path,
             "hostname": self.name,
-            "sources": [str(self.home_dir), str(self.tmp_dir), resolv, hosts, "/dev/null"],
+            "sources": [str(self.home_dir), str(self.tmp_dir), resolv, hosts, "/dev/null", passwd, group],
             "hides": hides,
             "resolv_in_run": resolv_in_run,
         }

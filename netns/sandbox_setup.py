@@ -66,7 +66,8 @@ def bind(src_fd: int, target: str, extra: int) -> None:
 
 def prepare(plan: dict) -> None:
     """Set up the calling (forked, single-threaded) process. ``plan`` keys: ``net`` (netns
-    path), ``hostname``, ``sources`` ([home, tmp, resolv.conf, hosts, /dev/null] on the host),
+    path), ``hostname``, ``sources`` ([home, tmp, resolv.conf, hosts, /dev/null, passwd, group]
+    on the host),
     ``hides`` ([[path, is_dir]], outermost first, none under /run), ``resolv_in_run`` (the
     realpath of /etc/resolv.conf when it lies under /run, else None)."""
     net_fd = os.open(plan["net"], os.O_RDONLY | os.O_CLOEXEC)
@@ -78,7 +79,8 @@ def prepare(plan: dict) -> None:
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Bind sources must be mounts of *this* namespace: open them now, before any mount can
     # hide them (root may live under /tmp or a hidden path).
-    home_fd, tmp_fd, resolv_fd, hosts_fd, null_fd = (os.open(p, os.O_PATH | os.O_CLOEXEC) for p in plan["sources"])
+    home_fd, tmp_fd, resolv_fd, hosts_fd, null_fd, passwd_fd, group_fd = (
+        os.open(p, os.O_PATH | os.O_CLOEXEC) for p in plan["sources"])
     # The host's /run holds UNIX sockets (D-Bus, dockerd, ...): replaced, not merely hidden.
     mount("dbxsim-run", "/run", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=0755")
     resolv_in_run = plan.get("resolv_in_run")
@@ -112,5 +114,8 @@ def prepare(plan: dict) -> None:
         bind(resolv_fd, "/etc/resolv.conf", MS_RDONLY | MS_NOSUID | MS_NODEV)
     if os.path.exists("/etc/hosts"):
         bind(hosts_fd, "/etc/hosts", MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for fd, path in ((passwd_fd, "/etc/passwd"), (group_fd, "/etc/group")):
+        if os.path.exists(path):
+            bind(fd, path, MS_RDONLY | MS_NOSUID | MS_NODEV)
     # sysfs of this network namespace (also hides the host's cgroup tree)
     mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

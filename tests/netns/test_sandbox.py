@@ -406,6 +406,21 @@ def test_resolv_conf_hosts_hostname(sb):
 
 
 @pytest.mark.privileged
+def test_the_devbox_user_has_a_name_and_the_hosts_accounts_are_not_listed(sb):
+    """whoami, getpwuid() and git's default identity need a passwd line for the devbox's uid
+    (the host's file had none: "whoami: cannot find name for user ID ...")."""
+    rc, out, err = _run(sb, "whoami; id -gn; python3 -c 'import os, pwd; print(pwd.getpwuid(os.getuid()).pw_dir)'")
+    assert rc == 0, err
+    assert out.split() == ["user", "user", "/home/user"]
+    if shutil.which("git"):
+        rc, out, err = _run(sb, "cd ~ && git init -q r && cd r && git -c user.email=a@example.com "
+                                "commit -q --allow-empty -m first && git log --format=%an")
+        assert (rc, out.strip()) == (0, "user"), err
+    rc, out, _ = _run(sb, "cut -d: -f1 /etc/passwd; echo x >> /etc/passwd")
+    assert rc != 0 and out.split() == ["root", "user", "nobody"]
+
+
+@pytest.mark.privileged
 def test_cannot_signal_simulator_processes(sb):
     victim = subprocess.Popen(["sleep", "1000"])
     try:

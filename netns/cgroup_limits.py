@@ -135,6 +135,37 @@ def _write_limit(kind: str, path: str, controller: str, value: int) -> None:
             f.write(str(total))
     except FileNotFoundError:
         pass
+    if kind != "cgroup2":
+        _cap_v1_tcp(path, value)
+
+
+def _cap_v1_tcp(path: str, value: int) -> bool:
+    """cgroup v1 leaves TCP buffers out of a cgroup's memory unless this limit is set: a devbox
+    could then fill the machine's one TCP memory pool (net.ipv4.tcp_mem, about 2 GiB here)
+    with unread connections, starving every socket of the host (the API's, the other
+    devboxes'). v2 counts socket memory with the rest. False where the kernel has no such file."""
+    try:
+        _write(path, "memory.kmem.tcp.limit_in_bytes", str(value))
+        return True
+    except OSError:
+        return False
+
+
+def cap_tcp_memory_of(pid: int, value: int) -> bool:
+    """Cap the TCP buffers of process ``pid``'s memory cgroup (a container's, made by someone
+    else) at ``value`` bytes on cgroup v1; nothing to do on v2 (True). False if it could not."""
+    found = _hierarchy("memory")
+    if found is None or found[0] == "cgroup2":
+        return True
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                _id, controllers, rel = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(","):
+                    return _cap_v1_tcp(found[1] + rel, value)
+    except OSError:
+        pass
+    return False
 
 
 def _write(path: str, name: str, text: str) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns import sandbox
+from netns import cgroup_limits, sandbox
 from netns.sandbox_setup import PTY_MAX
 from simulator.addresses import Address
 from simulator.dataplane import DataPlane
@@ -227,6 +227,7 @@ class DockerRuntime:
             if not pid:
                 raise RuntimeFailure(f"container {name} did not start")
             _cap_pseudo_terminals(pid)
+            _cap_tcp_memory(pid, memory_limit(spec))
             stop_if_cancelled(spec)  # not plugged in (with a policy that may be gone by now)
             self.dataplane.connect(spec.id, spec.account, spec.policy, address, pid=pid)
         except Exception as exc:
@@ -554,6 +555,14 @@ fd = os.open(f"/proc/{sys.argv[1]}/ns/mnt", os.O_RDONLY)
 if libc.setns(fd, 0x00020000) != 0 or libc.mount(None, b"/dev/pts", None, 32 | 2 | 8, sys.argv[2].encode()) != 0:
     sys.exit(os.strerror(ctypes.get_errno()))
 """
+
+
+def _cap_tcp_memory(pid: int, limit: int) -> None:
+    """The container's TCP buffers count against its memory cap: cgroup v1 leaves them out
+    (the daemon ignores KernelMemoryTCP on this path), see netns.cgroup_limits."""
+    if not cgroup_limits.cap_tcp_memory_of(pid, limit):
+        log.warning("could not cap a container's TCP buffer memory (cgroup v1 memory.kmem.tcp): "
+                    "its unread connections are not charged to it")
 
 
 def _cap_pseudo_terminals(pid: int) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import docker.errors
 import pytest
@@ -728,3 +729,40 @@ def test_the_seccomp_helper_must_be_static_unreadable_and_undumpable(tmp_path, m
     assert "missing" in problem(tmp_path / "nothing")
     suid_dumpable.write_text("1\n")
     assert "suid_dumpable" in problem(good)
+
+
+def _container_memory_cgroup(pid: int) -> tuple[str, str]:
+    """(cgroup version, the container's memory cgroup directory), from its init's /proc entry."""
+    v2 = None
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        hierarchy, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return "1", "/sys/fs/cgroup/memory" + path
+        if (hierarchy, controllers) == ("0", ""):
+            v2 = "/sys/fs/cgroup" + path
+    assert v2 is not None, "no memory cgroup"
+    return "2", v2
+
+
+def test_tcp_buffers_are_charged_to_the_container(docker_plane, boxes):
+    """Unread TCP data is memory of the machine's one TCP pool: a cgroup v1 daemon leaves it
+    out of the container's memory unless KernelMemoryTCP is set, and a devbox could starve
+    every socket of the host. Here 32 MiB go to a listener in the container that never reads."""
+    runtime = docker_plane[1]
+    box = boxes.create(make_policy())
+    version, path = _container_memory_cgroup(runtime.container_pid(box))
+    # busybox nc ends at the end of its stdin: the listener's is a pipe that stays open and
+    # empty, and its output a pipe nobody reads (so it stops reading the connection).
+    filler = runtime.exec(box, "sleep 60 | nc -l -p 9000 | sleep 60 & "
+                               "for i in $(seq 200); do head -c 33554432 /dev/zero | nc 127.0.0.1 9000 && break; done")
+
+    def charged() -> int:
+        if version == "1":
+            return int(Path(path, "memory.kmem.tcp.usage_in_bytes").read_text())
+        return int(dict(line.split() for line in Path(path, "memory.stat").read_text().splitlines())["sock"])
+
+    try:
+        _wait_for(lambda: charged() > 2 << 20, "TCP buffers charged to the container", seconds=10)
+    finally:
+        os.killpg(filler.pid, signal.SIGKILL)  # the command's group: nc, sleep and the loop
+        filler.wait(10)

@@ -999,6 +999,52 @@ def test_memory_cap_kills_a_memory_hog_inside_the_devbox(make_sandbox):
     assert _run(sb, ["echo", "still", "works"])[1] == "still works\n"
 
 
+_FILL_TCP = """
+import socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+held, queued = [], 0
+for _ in range(int(sys.argv[1])):  # bounded: this many connections, each filled once
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()  # never read: what the client sends stays queued
+    client.setblocking(False)
+    try:
+        while True:
+            queued += client.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    held += [client, server]
+print(queued, flush=True)
+sys.stdin.read()  # hold the connections until the test has looked
+"""
+
+
+@pytest.mark.privileged
+def test_tcp_buffers_count_against_the_devboxs_memory(make_sandbox, netns_name):
+    """Unread TCP data is kernel memory of the machine's one TCP pool: it must be charged to
+    the devbox (cgroup v1 leaves it out unless told), or a devbox could starve every socket
+    of the host with a few hundred unread connections."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    subprocess.run(["ip", "-n", netns_name, "link", "set", "lo", "up"], check=True)  # the test's own namespace
+    sb = make_sandbox(memory_max=256 << 20)
+    kind, path = sb._limits.dirs["memory"]
+    p = sb.exec([python, "-c", _FILL_TCP, "8"])
+    try:
+        line = p.stdout.readline()
+        assert line, p.stderr.read() if p.poll() is not None else "no output"
+        queued = int(line)
+        assert queued > 4 << 20, queued  # megabytes queued in the devbox's own loopback connections
+        if kind == "cgroup2":
+            charged = int(dict(line.split() for line in Path(path, "memory.stat").read_text().splitlines())["sock"])
+        else:
+            charged = int(Path(path, "memory.kmem.tcp.usage_in_bytes").read_text())
+        assert charged >= queued // 2, (charged, queued)
+    finally:
+        p.stdin.close()
+        p.wait(30)
+
+
 _SPIN = """
 import os, time
 start, cpu0 = time.monotonic(), os.times()

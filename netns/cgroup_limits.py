@@ -139,21 +139,28 @@ def _write_limit(kind: str, path: str, controller: str, value: int) -> None:
         _cap_v1_tcp(path, value)
 
 
-def _cap_v1_tcp(path: str, value: int) -> bool:
-    """cgroup v1 leaves TCP buffers out of a cgroup's memory unless this limit is set: a devbox
+# The share of a devbox's memory cap its TCP buffers may take on cgroup v1 (see _cap_v1_tcp).
+V1_TCP_SHARE = 8
+
+
+def _cap_v1_tcp(path: str, memory_cap: int) -> bool:
+    """cgroup v1 leaves TCP buffers out of a cgroup's memory unless a limit is set: a devbox
     could then fill the machine's one TCP memory pool (net.ipv4.tcp_mem, about 2 GiB here)
     with unread connections, starving every socket of the host (the API's, the other
-    devboxes'). v2 counts socket memory with the rest. False where the kernel has no such file."""
+    devboxes'). v1 counts them apart from the memory cap, not in it, so the limit is a
+    fraction of the cap; and the kernel still charges a little past it per connection (the
+    first packet of an empty queue, send buffers), so this bounds, it does not seal. v2
+    counts socket memory in the cap itself. False where the kernel has no such file."""
     try:
-        _write(path, "memory.kmem.tcp.limit_in_bytes", str(value))
+        _write(path, "memory.kmem.tcp.limit_in_bytes", str(memory_cap // V1_TCP_SHARE))
         return True
     except OSError:
         return False
 
 
-def cap_tcp_memory_of(pid: int, value: int) -> bool:
+def cap_tcp_memory_of(pid: int, memory_cap: int) -> bool:
     """Cap the TCP buffers of process ``pid``'s memory cgroup (a container's, made by someone
-    else) at ``value`` bytes on cgroup v1; nothing to do on v2 (True). False if it could not."""
+    else) as _cap_v1_tcp does, on cgroup v1; nothing to do on v2 (True). False if it could not."""
     found = _hierarchy("memory")
     if found is None or found[0] == "cgroup2":
         return True
@@ -162,7 +169,7 @@ def cap_tcp_memory_of(pid: int, value: int) -> bool:
             for line in f:
                 _id, controllers, rel = line.rstrip("\n").split(":", 2)
                 if "memory" in controllers.split(","):
-                    return _cap_v1_tcp(found[1] + rel, value)
+                    return _cap_v1_tcp(found[1] + rel, memory_cap)
     except OSError:
         pass
     return False

@@ -241,6 +241,11 @@ def _tool(name: str) -> str:
     return found
 
 
+def _shell() -> str:
+    """The devbox user's shell (commands given as text run in it): bash where the host has it."""
+    return "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
+
 def _write_if_changed(path: Path, data: bytes) -> None:
     """Write a small root-only-writable file, mode 0644.
 
@@ -565,7 +570,7 @@ class Sandbox:
         passwd, group = priv / "passwd", priv / "group"
         _write_if_changed(passwd, (
             "root:x:0:0:root:/root:/bin/sh\n"
-            f"user:x:{self.uid}:{self.gid}:user:{DEVBOX_HOME}:/bin/bash\n"
+            f"user:x:{self.uid}:{self.gid}:user:{DEVBOX_HOME}:{_shell()}\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n").encode())
         _write_if_changed(group, f"root:x:0:\nuser:x:{self.gid}:\nnogroup:x:65534:\n".encode())
         return str(resolv), str(hosts), str(passwd), str(group)
@@ -921,8 +926,7 @@ class Sandbox:
         ):
             raise SandboxError(f"sandbox {self.name} is not running")
         if isinstance(command, str):
-            shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-            argv = [shell, "-c", command]
+            argv = [_shell(), "-c", command]
         else:
             argv = [str(a) for a in command]
             if not argv:
@@ -934,7 +938,7 @@ class Sandbox:
             "HOME": DEVBOX_HOME,
             "USER": "user",
             "LOGNAME": "user",
-            "SHELL": "/bin/bash",
+            "SHELL": _shell(),
             "LANG": "C.UTF-8",
         }
         if env:

@@ -46,7 +46,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
-from hyperframe.frame import DataFrame, GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
 from uvicorn.protocols.http.flow_control import FlowControl, service_unavailable
 from uvicorn.protocols.utils import (
     get_client_addr,
@@ -78,21 +78,41 @@ class _ServerConnection(h2.connection.H2Connection):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.malformed: list[int] = []  # streams reset for a body not of its declared length
+        self._declared: dict[int, int] = {}  # stream -> its request's content-length, until it ends
 
     def _receive_frame(self, frame):
-        """A request whose DATA runs past its content-length, or ends short of it, is malformed:
+        """A request whose body runs past its content-length, or ends short of it, is malformed:
         RFC 9113 8.1.1 makes that an error of its stream, not of the connection (the other
-        requests on it go on). h2 raises it as a connection error, without the stream: here
-        the stream is reset instead, its flow-controlled bytes given back to the connection
-        window, and the stream listed in ``malformed`` for the server to end."""
+        requests on it go on). h2 raises it for DATA as a connection error, without the
+        stream, and does not check a request ended by HEADERS (END_STREAM on the request's
+        own headers, or trailers): here the stream is reset instead, a DATA frame's
+        flow-controlled bytes given back to the connection window, the frame's events for
+        the stream dropped, and the stream listed in ``malformed`` for the server to end."""
         try:
-            return super()._receive_frame(frame)
+            events = super()._receive_frame(frame)
         except h2.exceptions.InvalidBodyLengthError:
-            self.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
             if isinstance(frame, DataFrame):
                 self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
-            self.malformed.append(frame.stream_id)
-            return []
+            return self._malformed(frame.stream_id, [])
+        kinds = {type(e) for e in events if getattr(e, "stream_id", None) == frame.stream_id}
+        if isinstance(frame, HeadersFrame) and h2.events.RequestReceived in kinds:
+            # Trailers reset h2's expected length: the request's own is kept here.
+            declared = getattr(self.streams.get(frame.stream_id), "_expected_content_length", None)
+            if declared is not None:
+                self._declared[frame.stream_id] = declared
+        if kinds & {h2.events.StreamEnded, h2.events.StreamReset}:
+            declared = self._declared.pop(frame.stream_id, None)
+            stream = self.streams.get(frame.stream_id)
+            if (isinstance(frame, HeadersFrame) and h2.events.StreamEnded in kinds and declared is not None
+                    and declared != getattr(stream, "_actual_content_length", declared)):
+                return self._malformed(frame.stream_id, events)
+        return events
+
+    def _malformed(self, stream_id: int, events: list) -> list:
+        self._declared.pop(stream_id, None)
+        self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        self.malformed.append(stream_id)
+        return [e for e in events if getattr(e, "stream_id", None) != stream_id]
 
     def _receive_goaway_frame(self, frame):
         if frame.error_code != ErrorCodes.NO_ERROR:
@@ -228,7 +248,9 @@ class H2Protocol(asyncio.Protocol):
             self._close(ErrorCodes.ENHANCE_YOUR_CALM)
             return
         if self.last_stream_id is not None or len(self.streams) - reset_running >= MAX_STREAMS:
-            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # the client may retry it
+            # The client may retry it. (Not if h2 reset it already, in the same read: a body
+            # not of its length; a reset of a closed stream would end the connection.)
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         pseudo, regular, host, cookies, expect_continue = {}, [], None, [], False
         for name, value in headers:

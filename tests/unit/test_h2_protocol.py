@@ -264,3 +264,52 @@ def test_a_body_the_app_does_not_read_stops_at_its_window(served):
                 except TimeoutError:
                     pass
         assert 65535 <= sent <= 3 * 65535
+
+
+def _open(peer: H2Peer, path: str, length: int, end: bool = False) -> int:
+    """A POST stream declaring ``length`` bytes of body (frames queued, not yet sent)."""
+    stream_id = peer.conn.get_next_available_stream_id()
+    peer.conn.send_headers(stream_id, [(b":method", b"POST"), (b":path", path.encode()), (b":scheme", b"http"),
+                                       (b":authority", peer.authority), (b"content-length", str(length).encode())],
+                           end_stream=end)
+    peer.responses[stream_id] = {"status": None, "headers": [], "body": bytearray(), "ended": False, "reset": None}
+    return stream_id
+
+
+def test_a_body_ended_short_by_headers_resets_its_stream(served):
+    """RFC 9113 8.1.1 for a request that ends on HEADERS: its own (END_STREAM, content-length
+    100) or trailers after 10 bytes. h2 checks the length on DATA only (and trailers reset
+    its count), so both were served as whole requests; the same with the exact length is."""
+    url, _app = served
+    with H2Peer(url) as peer:
+        bare = _open(peer, "/echo", 100, end=True)
+        trailed = _open(peer, "/echo", 100)
+        peer.conn.send_data(trailed, b"0123456789")
+        peer.conn.send_headers(trailed, [(b"x-trailer", b"1")], end_stream=True)
+        exact = _open(peer, "/echo", 3)
+        peer.conn.send_data(exact, b"abc")
+        peer.conn.send_headers(exact, [(b"x-trailer", b"1")], end_stream=True)
+        peer.flush()
+        peer.read_until(peer.ended(bare, trailed, exact))
+        assert [peer.responses[s]["reset"] for s in (bare, trailed)] == [h2.errors.ErrorCodes.PROTOCOL_ERROR] * 2
+        assert peer.responses[exact]["status"] == 200 and peer.responses[exact]["body"] == b"abc"
+        assert peer.get("/")["status"] == 200 and peer.goaway is None
+
+
+def test_a_stream_refused_after_h2_reset_it_leaves_the_connection_up(served):
+    """After the client's GOAWAY every new stream is refused; one whose body is malformed in
+    the same read was reset by h2 already, and refusing it again raised and killed the
+    connection, with a request still in flight on it."""
+    url, app = served
+    with H2Peer(url) as peer:
+        first = peer.request("GET", "/later")
+        _until(lambda: app.started == 1)
+        peer.sock.sendall(GoAwayFrame(stream_id=0, last_stream_id=0, error_code=0).serialize())
+        peer.sync()
+        late = _open(peer, "/", 0)
+        peer.conn.send_data(late, b"x")  # past its content-length: h2 resets it in the same read
+        peer.flush()
+        peer.sync()
+        app.release.set()
+        peer.read_until(peer.ended(first))
+        assert peer.responses[first]["status"] == 200 and peer.responses[first]["body"] == b"later"

@@ -114,9 +114,11 @@ def prepare(plan: dict) -> None:
         bind(resolv_fd, "/etc/resolv.conf", MS_RDONLY | MS_NOSUID | MS_NODEV)
     if os.path.exists("/etc/hosts"):
         bind(hosts_fd, "/etc/hosts", MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for fd, path in ((passwd_fd, "/etc/passwd"), (group_fd, "/etc/group"), (null_fd, "/etc/passwd-"),
-                     (null_fd, "/etc/group-")):  # the backups list the host's accounts too
+    for fd, path in ((passwd_fd, "/etc/passwd"), (group_fd, "/etc/group")):
         if os.path.exists(path):
             bind(fd, path, MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for path in ("/etc/passwd-", "/etc/group-"):  # the backups list the host's accounts too
+        if os.path.exists(path):
+            bind(null_fd, path, MS_RDONLY | MS_NOSUID | MS_NOEXEC)  # as hidden files: reads empty
     # sysfs of this network namespace (also hides the host's cgroup tree)
     mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)

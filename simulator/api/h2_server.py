@@ -108,8 +108,13 @@ class _ServerConnection(h2.connection.H2Connection):
                 return self._malformed(frame.stream_id, events)
         return events
 
-    def _malformed(self, stream_id: int, events: list) -> list:
+    def reset_stream(self, stream_id, error_code=0):
+        # Every reset of ours (an early answer, a refusal, a stall, a malformed body): the
+        # client's later frames on the stream are dropped by h2, so no end would remove it.
         self._declared.pop(stream_id, None)
+        return super().reset_stream(stream_id, error_code)
+
+    def _malformed(self, stream_id: int, events: list) -> list:
         self.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
         self.malformed.append(stream_id)
         return [e for e in events if getattr(e, "stream_id", None) != stream_id]

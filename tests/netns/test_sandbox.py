@@ -418,8 +418,9 @@ def test_the_devbox_user_has_a_name_and_the_hosts_accounts_are_not_listed(sb):
         assert (rc, out.strip()) == (0, "user"), err
     rc, out, _ = _run(sb, "cut -d: -f1 /etc/passwd; echo x >> /etc/passwd")
     assert rc != 0 and out.split() == ["root", "user", "nobody"]
-    rc, out, _ = _run(sb, "cat /etc/passwd- /etc/group- 2>/dev/null; echo end")
-    assert out == "end\n"  # the host's backups name its accounts too: empty here
+    for backup in ("/etc/passwd-", "/etc/group-"):  # the host's backups name its accounts too
+        if os.path.exists(backup):
+            assert _run(sb, f"cat {backup}")[:2] == (0, "")  # read as empty files
 
 
 @pytest.mark.privileged

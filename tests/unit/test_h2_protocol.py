@@ -313,3 +313,19 @@ def test_a_stream_refused_after_h2_reset_it_leaves_the_connection_up(served):
         app.release.set()
         peer.read_until(peer.ended(first))
         assert peer.responses[first]["status"] == 200 and peer.responses[first]["body"] == b"later"
+
+
+def test_declared_lengths_are_forgotten_when_the_server_resets_a_stream(served):
+    """The request's content-length is kept until its stream ends; a stream the server resets
+    (answered before its body came, here) never ends for h2, so the reset itself forgets it:
+    a long-lived connection must not grow with every such request."""
+    url, app = served
+    with H2Peer(url) as peer:
+        for _ in range(4):
+            ids = [_open(peer, "/", 100) for _ in range(50)]  # "/" answers before any body is sent
+            peer.flush()
+            peer.read_until(peer.ended(*ids))
+            assert all(peer.responses[s]["status"] == 200 for s in ids)
+        peer.sync()
+        (protocol,) = [c for c in app.server.server_state.connections if isinstance(c, h2_server.H2Protocol)]
+        assert protocol.conn._declared == {}

@@ -108,9 +108,7 @@ def _element(key: SetKey, item: Any) -> Element:
     spans = [_span(t, v, interval) for t, v in zip(types, item["concat"])]
     first = b"".join(_pad(a) for a, _ in spans)
     last = b"".join(_pad(b) for _, b in spans)
-    if not interval:
-        if first != last:  # pragma: no cover - _span refuses ranges outside interval sets
-            raise Unsupported(f"a range in a set without intervals: {item!r}")
+    if not interval:  # first == last: _span refuses ranges outside interval sets
         return Element(first, timeout=timeout)
     return Element(first, key_end=last, timeout=timeout)
 

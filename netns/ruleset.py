@@ -935,7 +935,7 @@ def move_devbox(router: Router, devbox: Devbox, *, flush_learned: bool = True) -
     names) unless ``flush_learned`` is False."""
     cmds: list[Cmd] = [{"flush": {"chain": _t(name=devbox.chain)}}]
     if flush_learned:
-        cmds.append({"flush": {"set": _t(name=learned_set(devbox.key))}})
+        cmds += learned_flush(devbox.key)["nftables"]
     return _doc(cmds + _devbox_rules(router, devbox))
 
 
@@ -989,6 +989,12 @@ def learned_add(devbox_key: str, entries: Iterable[tuple[str, int]]) -> dict:
     _check_key("devbox key", devbox_key)
     elems = _learned_elems(entries)
     return _doc([_elements(learned_set(devbox_key), elems)] if elems else [])
+
+
+def learned_flush(devbox_key: str) -> dict:
+    """Forget every address the devbox learned."""
+    _check_key("devbox key", devbox_key)
+    return _doc([{"flush": {"set": _t(name=learned_set(devbox_key))}}])
 
 
 def learned_remove(devbox_key: str, ips: Iterable[str]) -> dict:

@@ -618,8 +618,7 @@ class DataPlane:
         doc = ruleset.update_policy(state.key, ruleset.Egress())["nftables"]
         for attached in users:
             doc += ruleset.ensure_peer(replace(self._rules_devbox(attached), peer=False))["nftables"]
-            doc.append({"flush": {"set": {"family": "inet", "table": ruleset.TABLE,
-                                          "name": ruleset.learned_set(attached.address.key)}}})
+            doc += ruleset.learned_flush(attached.address.key)["nftables"]
         try:
             self._elements.apply(set_ops(doc, ruleset.element_key))
         except BaseException:

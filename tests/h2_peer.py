@@ -57,9 +57,10 @@ class H2Peer:
             self.sock.sendall(data)
 
     def request(self, method: str, path: str, body: bytes = b"", headers=(), end: bool = True,
-                separate_end: bool = False) -> int:
+                separate_end: bool = False, flush: bool = True) -> int:
         """Open a stream; ``separate_end``: END_STREAM in an empty DATA frame of its own (as
-        node's http2 client does for a GET)."""
+        node's http2 client does for a GET); ``flush=False``: its frames stay queued (sent
+        with the next flush, in one write with what follows)."""
         stream_id = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream_id, [
             (b":method", method.encode()), (b":path", path.encode()), (b":scheme", b"http"),
@@ -70,7 +71,8 @@ class H2Peer:
             self.send_body(stream_id, body, end=end and not separate_end)
         if separate_end:
             self.conn.end_stream(stream_id)
-        self.flush()
+        if flush:
+            self.flush()
         return stream_id
 
     def send_body(self, stream_id: int, body: bytes, end: bool) -> None:

@@ -268,12 +268,7 @@ def test_a_body_the_app_does_not_read_stops_at_its_window(served):
 
 def _open(peer: H2Peer, path: str, length: int, end: bool = False) -> int:
     """A POST stream declaring ``length`` bytes of body (frames queued, not yet sent)."""
-    stream_id = peer.conn.get_next_available_stream_id()
-    peer.conn.send_headers(stream_id, [(b":method", b"POST"), (b":path", path.encode()), (b":scheme", b"http"),
-                                       (b":authority", peer.authority), (b"content-length", str(length).encode())],
-                           end_stream=end)
-    peer.responses[stream_id] = {"status": None, "headers": [], "body": bytearray(), "ended": False, "reset": None}
-    return stream_id
+    return peer.request("POST", path, headers=[(b"content-length", str(length).encode())], end=end, flush=False)
 
 
 def test_a_body_ended_short_by_headers_resets_its_stream(served):
